@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny models and tasks made here, one Ray runtime for the tests that need it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tune.tasks.base import BlockModel, Task, classification_metrics
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+torch.set_num_threads(1)
+
+
+class TinyNet(nn.Module):
+    """Four blocks: conv+BN, conv+BN, pooled linear neck, linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([
+            nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()),
+            nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 8), nn.ReLU()),
+            nn.Linear(8, 3),
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def tiny_block_model() -> BlockModel:
+    torch.manual_seed(0)
+    model = TinyNet()
+    return BlockModel(module=model, blocks=list(model.blocks), block_names=["c1", "c2", "neck", "head"],
+                      cut_points={"backbone": 2}, example_input=torch.zeros(2, 1, 8, 8))
+
+
+def make_tiny_task(n_train: int = 48, n_val: int = 24) -> Task:
+    """Three classes of 8x8 images told apart by where a bright square sits; made here, no download."""
+    generator = torch.Generator().manual_seed(0)
+    n = n_train + n_val
+    targets = torch.arange(n) % 3
+    images = 0.1 * torch.randn(n, 1, 8, 8, generator=generator)
+    for i, label in enumerate(targets.tolist()):
+        images[i, 0, 2 * label:2 * label + 3, 2:5] += 1.0
+    return Task(name="tiny", build_model=tiny_block_model, train_data=(images[:n_train], targets[:n_train]),
+                val_data=(images[n_train:], targets[n_train:]), metric="val_accuracy", loss=F.cross_entropy,
+                evaluate=classification_metrics)
+
+
+@pytest.fixture
+def block_model() -> BlockModel:
+    return tiny_block_model()
+
+
+@pytest.fixture
+def tiny_task() -> Task:
+    return make_tiny_task()
+
+
+@pytest.fixture(scope="session")
+def ray_runtime() -> Iterator[None]:
+    """One local Ray for the session: 2 CPUs and 2 logical GPUs (resources are logical in Ray, so GPU
+    scheduling is tested for real; the trials still train on the CPU)."""
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield
+    ray.shutdown()

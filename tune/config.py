@@ -1,0 +1,289 @@
+"""A search space file → frozen dataclasses, with strict keys and one-line errors.
+
+File layout (every section optional but ``name``)::
+
+    name: digits_freeze            # the MLflow experiment
+    task: {name: digits, options: {labels_per_class: 20}}
+    train: {epochs: 10, batch_size: 32, lr: 1.0e-3, ...}      # TrainConfig: one trial's fixed values
+    space: {freeze_stop: {type: int, low: none, high: all_but_head}, lr: {...}}  # searched (space.py)
+    search: {num_samples: 24, scheduler: asha, ...}           # SearchConfig: how Ray Tune searches
+
+A plain value under ``space:`` fixes that training parameter (so ``--set space.lr=0.003`` pins lr).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tune.errors import ConfigError
+from tune.space import Dimension, parse_dimension
+
+__all__ = ["Config", "ConfigError", "SearchConfig", "TaskConfig", "TrainConfig", "FREEZE_KEYS", "load_config",
+           "parse_overrides"]
+
+FREEZE_KEYS = ("freeze", "freeze_start", "freeze_stop")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str = "digits"  # a built-in task or an import path "package.module:function"
+    options: Mapping[str, Any] = field(default_factory=dict)  # keyword arguments of the task's factory
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one trial needs; the searched keys are replaced per trial."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    freeze: int | str | tuple[int, ...] | None = None  # N = blocks [0, N); a list of blocks; a cut-point name
+    freeze_start: int | str = 0  # with freeze_stop: blocks [freeze_start, freeze_stop)
+    freeze_stop: int | str | None = None
+    frozen_bn: str = "eval"  # eval: frozen BatchNorm keeps its statistics; train: they drift (YOLOv5's train.py)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    num_samples: int = 16
+    metric: str = "score"
+    mode: str = "max"
+    scheduler: str = "asha"  # asha | fifo
+    grace_period: int = 2  # ASHA: epochs every trial gets before it can be stopped
+    reduction_factor: int = 2  # ASHA: keep the top 1/reduction_factor at each rung
+    max_concurrent_trials: int = 0  # 0: as many as the CPUs / GPUs allow
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    seed: int = 0  # the Optuna sampler's seed
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    task: TaskConfig
+    train: TrainConfig
+    space: Mapping[str, Dimension]
+    search: SearchConfig
+    source: Path | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain, YAML-safe view (for logging and for the parent run's params)."""
+        space = {key: {"type": type(dim).__name__, **dataclasses.asdict(dim)} for key, dim in self.space.items()}
+        return {"name": self.name, "task": {"name": self.task.name, "options": dict(self.task.options)},
+                "train": dataclasses.asdict(self.train), "space": space, "search": dataclasses.asdict(self.search)}
+
+
+_SECTIONS = {"name", "task", "train", "space", "search"}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+
+# What each field accepts, as (check, allowed text). Types are checked strictly: a bool is not an int,
+# and an int is accepted where a float is wanted.
+_Rule = tuple[Any, str]
+
+
+def _int_at_least(low: int) -> _Rule:
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low, f"an integer >= {low}")
+
+
+def _float_at_least(low: float, strict: bool = False) -> _Rule:
+    def check(v: Any) -> bool:
+        ok_type = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        return ok_type and (v > low if strict else v >= low)
+
+    return (check, f"a number {'>' if strict else '>='} {low:g}")
+
+
+def _one_of(*options: str) -> _Rule:
+    return (lambda v: v in options, "one of " + ", ".join(options))
+
+
+def _freeze_value(v: Any) -> bool:
+    if v is None or isinstance(v, str):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_FREEZE_ALLOWED = "an integer block count, a list of block indices, or a cut-point name (none, backbone, ...)"
+
+_TRAIN_RULES: dict[str, _Rule] = {
+    "epochs": _int_at_least(1),
+    "batch_size": _int_at_least(1),
+    "optimizer": _one_of("adam", "adamw", "sgd"),
+    "lr": _float_at_least(0.0, strict=True),
+    "momentum": _float_at_least(0.0),
+    "weight_decay": _float_at_least(0.0),
+    "freeze": (_freeze_value, _FREEZE_ALLOWED),
+    "freeze_start": (lambda v: _freeze_value(v) and v is not None and not isinstance(v, (list, tuple)),
+                     "a block index or a cut-point name"),
+    "freeze_stop": (lambda v: _freeze_value(v) and not isinstance(v, (list, tuple)),
+                    "a block index, a cut-point name, or null"),
+    "frozen_bn": _one_of("eval", "train"),
+    "seed": _int_at_least(0),
+    "device": (lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
+               "auto, cpu, cuda or cuda:N"),
+}
+
+_SEARCH_RULES: dict[str, _Rule] = {
+    "num_samples": _int_at_least(1),
+    "metric": (lambda v: isinstance(v, str) and v != "", "a metric name such as score"),
+    "mode": _one_of("max", "min"),
+    "scheduler": _one_of("asha", "fifo"),
+    "grace_period": _int_at_least(1),
+    "reduction_factor": _int_at_least(2),
+    "max_concurrent_trials": _int_at_least(0),
+    "cpus_per_trial": _float_at_least(0.0, strict=True),
+    "gpus_per_trial": _float_at_least(0.0),
+    "seed": _int_at_least(0),
+}
+
+
+def _type_name(v: Any) -> str:
+    return type(v).__name__
+
+
+def _check_fields(section: str, raw: Any, cls: type, rules: Mapping[str, _Rule]) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(section, raw, f"a mapping of {', '.join(rules)}")
+    values = {}
+    for key, value in raw.items():
+        if key not in rules:
+            raise ConfigError(f"{section}.{key}", value, f"keys {', '.join(rules)}", problem="unknown key")
+        check, allowed = rules[key]
+        if not check(value):
+            raise ConfigError(f"{section}.{key}", value, allowed, problem=_type_name(value))
+        values[key] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
+
+
+def _parse_space(raw: Any) -> tuple[dict[str, Dimension], dict[str, Any]]:
+    """Split ``space:`` into searched dimensions and fixed values."""
+    if raw is None:
+        return {}, {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError("space", raw, "a mapping of training parameters to distributions")
+    dims, fixed = {}, {}
+    for key, value in raw.items():
+        if key not in _TRAIN_RULES or key == "device":
+            searchable = ", ".join(k for k in _TRAIN_RULES if k != "device")
+            raise ConfigError(f"space.{key}", value, f"a training parameter: {searchable}", problem="unknown key")
+        if isinstance(value, Mapping):
+            dims[key] = parse_dimension(f"space.{key}", value, names_allowed=key in FREEZE_KEYS)
+        else:
+            fixed[key] = value
+    return dims, fixed
+
+
+def build_config(raw: Any, source: Path | None = None) -> Config:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("<file>", raw, "a YAML mapping with keys " + ", ".join(sorted(_SECTIONS)))
+    for key in raw:
+        if key not in _SECTIONS:
+            raise ConfigError(str(key), raw[key], "sections " + ", ".join(sorted(_SECTIONS)), problem="unknown key")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigError("name", name, "letters, digits, '_', '-', '.' (it names the MLflow experiment)")
+
+    task_raw = raw.get("task") or {}
+    if isinstance(task_raw, str):
+        task_raw = {"name": task_raw}
+    if not isinstance(task_raw, Mapping):
+        raise ConfigError("task", task_raw, "a task name or a mapping with name and options")
+    for key in task_raw:
+        if key not in ("name", "options"):
+            raise ConfigError(f"task.{key}", task_raw[key], "keys name, options", problem="unknown key")
+    task_name = task_raw.get("name", TaskConfig.name)
+    if not isinstance(task_name, str) or not task_name:
+        raise ConfigError("task.name", task_name, "a built-in task name or package.module:function")
+    options = task_raw.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise ConfigError("task.options", options, "a mapping of the task factory's keyword arguments")
+    task = TaskConfig(task_name, dict(options))
+
+    dims, fixed = _parse_space(raw.get("space"))
+    train_raw = raw.get("train") or {}
+    if not isinstance(train_raw, Mapping):
+        raise ConfigError("train", train_raw, "a mapping of " + ", ".join(_TRAIN_RULES))
+    train_raw = {**train_raw, **fixed}
+    given = {k for k in FREEZE_KEYS if train_raw.get(k) is not None} | (dims.keys() & set(FREEZE_KEYS))
+    if "freeze" in given and given & {"freeze_start", "freeze_stop"}:
+        raise ConfigError("freeze", train_raw.get("freeze", "<searched>"),
+                          "either freeze or freeze_start/freeze_stop, not both (train: and space: together)")
+    train = _check_fields("train", train_raw, TrainConfig, _TRAIN_RULES)
+    search = _check_fields("search", raw.get("search"), SearchConfig, _SEARCH_RULES)
+    if search.scheduler == "asha" and search.grace_period > train.epochs:
+        raise ConfigError("search.grace_period", search.grace_period, f"an integer <= train.epochs ({train.epochs})")
+    if not dims:
+        raise ConfigError("space", raw.get("space"), "at least one searched parameter, e.g. freeze_stop")
+    return Config(name=name, task=task, train=train, space=dims, search=search, source=source)
+
+
+def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
+    """``section.key=value`` strings → (dotted key, YAML-parsed value)."""
+    parsed = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError("--set", item, "section.key=value, e.g. train.epochs=3")
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError as err:
+            problem = _first_line(err)
+            raise ConfigError(f"--set {key}", text, "a YAML scalar, list or mapping", problem=problem) from None
+        parsed.append((key, value))
+    return parsed
+
+
+def _apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}", value, f"a key inside a mapping ({part} is {child!r})")
+        node = child
+    node[parts[-1]] = value
+
+
+def _first_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
+def load_config(path: str | Path, overrides: Sequence[tuple[str, Any]] = ()) -> Config:
+    """Read a search-space YAML file (safely), apply ``--set`` overrides, check it all."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("--space", str(path), "an existing YAML file", problem="no such file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
+        raise ConfigError("--space", str(path), "a readable UTF-8 YAML file", problem=type(err).__name__) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(str(path), "<file>", "valid YAML", problem=_first_line(err)) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), raw, "a YAML mapping with keys " + ", ".join(sorted(_SECTIONS)))
+    for dotted, value in overrides:
+        _apply_override(raw, dotted, value)
+    return build_config(raw, source=path)

@@ -1,0 +1,22 @@
+"""The one error a user's input can raise, shared by every module that checks input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ConfigError"]
+
+
+class ConfigError(ValueError):
+    """Bad input: names the key, the value given and what is allowed, on one line.
+
+    The CLI prints ``str(error)`` and exits with code 2.
+    """
+
+    def __init__(self, key: str, value: Any, allowed: str, problem: str | None = None) -> None:
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+        self.problem = problem
+        got = f"got {value!r}" if problem is None else f"got {value!r} ({problem})"
+        super().__init__(f"{key}: {got}; allowed: {allowed}")

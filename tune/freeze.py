@@ -1,0 +1,240 @@
+"""Which blocks to freeze, freezing them, and what it froze.
+
+Semantics (the YOLOv5 / Ultralytics ones, kept exactly):
+- ``freeze: N`` freezes blocks [0, N): YOLOv5's ``--freeze 10`` freezes its backbone, blocks 0-9.
+- ``freeze: [i, j, ...]`` freezes exactly those blocks.
+- ``freeze_start: a, freeze_stop: b`` freezes [a, b), the searchable form; ``freeze_start`` defaults to 0.
+- a name (``none``, ``backbone``, ``all_but_head``, or any cut point of the model) stands for its block count.
+
+Frozen parameters get ``requires_grad=False`` and are left out of the optimizer. Frozen BatchNorm layers stay
+in eval mode by default so their running statistics do not drift; ``frozen_bn="train"`` lets them update, as
+YOLOv5's train.py does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from tune.errors import ConfigError
+from tune.space import IntRange, resolve_names
+from tune.tasks.base import BlockModel
+
+__all__ = ["FreezeSpec", "FreezeSummary", "FrozenModel", "apply_freeze", "block_flops", "check_space", "resolve",
+           "resolve_index"]
+
+
+@dataclass(frozen=True)
+class FreezeSpec:
+    blocks: tuple[int, ...]  # sorted, unique block indices to freeze
+
+    @property
+    def start(self) -> int:
+        return self.blocks[0] if self.blocks else 0
+
+    @property
+    def stop(self) -> int:
+        return self.blocks[-1] + 1 if self.blocks else 0
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.blocks == tuple(range(self.stop))
+
+
+@dataclass(frozen=True)
+class FreezeSummary:
+    frozen_blocks: tuple[int, ...]
+    freeze_start: int
+    freeze_stop: int
+    frozen_params: int
+    trainable_params: int
+    frozen_flops_share: float  # share of one forward pass's FLOPs spent in frozen blocks
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"freeze_start": self.freeze_start, "freeze_stop": self.freeze_stop,
+                "frozen_params": self.frozen_params, "trainable_params": self.trainable_params,
+                "frozen_flops_share": self.frozen_flops_share}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _describe(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "a bool is not a block index"
+    if isinstance(value, float):
+        return "a float is not a block index"
+    return None
+
+
+def resolve_index(key: str, value: Any, n_blocks: int, cut_points: Mapping[str, int], *, low: int = 0,
+                  high: int | None = None) -> int:
+    """One freeze bound (int or cut-point name) → a block count in [low, high] (default [0, n_blocks])."""
+    high = n_blocks if high is None else high
+    names = ", ".join(f"{name}={index}" for name, index in cut_points.items())
+    allowed = f"an integer in [{low}, {high}] or a name ({names})"
+    if isinstance(value, str):
+        if value not in cut_points:
+            raise ConfigError(key, value, allowed, problem="unknown name")
+        index = cut_points[value]
+    elif _is_int(value):
+        index = value
+    else:
+        raise ConfigError(key, value, allowed, problem=_describe(value) or type(value).__name__)
+    if not low <= index <= high:
+        raise ConfigError(key, value, allowed, problem="out of range")
+    return index
+
+
+def resolve(block_model: BlockModel, *, freeze: Any = None, freeze_start: Any = 0, freeze_stop: Any = None
+            ) -> FreezeSpec:
+    """The freeze keys of a trial → the frozen block indices; errors name the key, the value, what is allowed."""
+    n_blocks = block_model.n_blocks
+    cuts = block_model.named_cut_points()
+    if freeze is not None and freeze_stop is not None:
+        raise ConfigError("freeze", freeze, "either freeze or freeze_start/freeze_stop, not both")
+    if isinstance(freeze, (list, tuple)):
+        for position, index in enumerate(freeze):
+            if not _is_int(index) or not 0 <= index < n_blocks:
+                raise ConfigError(f"freeze[{position}]", index, f"a block index in [0, {n_blocks - 1}]",
+                                  problem=_describe(index))
+        blocks = tuple(sorted(set(freeze)))
+        key, shown = "freeze", list(freeze)
+    elif freeze is not None:
+        blocks = tuple(range(resolve_index("freeze", freeze, n_blocks, cuts)))
+        key, shown = "freeze", freeze
+    else:
+        start = resolve_index("freeze_start", freeze_start, n_blocks, cuts)
+        stop = start if freeze_stop is None else resolve_index("freeze_stop", freeze_stop, n_blocks, cuts)
+        if start > stop:
+            raise ConfigError("freeze_start", freeze_start, f"freeze_start <= freeze_stop (freeze_stop={freeze_stop})")
+        blocks = tuple(range(start, stop))
+        key, shown = "freeze_stop", freeze_stop
+    trainable_blocks = [i for i, b in enumerate(block_model.blocks)
+                        if i not in blocks and any(True for _ in b.parameters())]
+    if not trainable_blocks:
+        allowed = f"a freeze that leaves a block with parameters to train (a range stops at most at {n_blocks - 1})"
+        raise ConfigError(key, shown, allowed, problem="freezes every block")
+    return FreezeSpec(blocks)
+
+
+def block_flops(block_model: BlockModel) -> list[int]:
+    """Forward FLOPs of each block on the model's example input, counted by torch's FlopCounterMode."""
+    counts = [0] * block_model.n_blocks
+    modes: dict[int, FlopCounterMode] = {}
+    handles = []
+
+    def enter(index: int):
+        def hook(module: nn.Module, args: Any) -> None:
+            modes[index] = FlopCounterMode(display=False)
+            modes[index].__enter__()
+        return hook
+
+    def leave(index: int):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            modes[index].__exit__(None, None, None)
+            counts[index] += modes[index].get_total_flops()
+        return hook
+
+    for index, block in enumerate(block_model.blocks):
+        handles.append(block.register_forward_pre_hook(enter(index)))
+        handles.append(block.register_forward_hook(leave(index)))
+    was_training = block_model.module.training
+    try:
+        block_model.module.eval()
+        with torch.no_grad():
+            block_model.module(block_model.example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+        block_model.module.train(was_training)
+    return counts
+
+
+def _count(params: Iterable[nn.Parameter]) -> int:
+    return sum(p.numel() for p in params)
+
+
+class FrozenModel:
+    """A block model with a freeze applied. Call ``train_mode()`` instead of ``module.train()``."""
+
+    def __init__(self, block_model: BlockModel, spec: FreezeSpec, frozen_bn: str = "eval") -> None:
+        if frozen_bn not in ("eval", "train"):
+            raise ConfigError("frozen_bn", frozen_bn, "eval or train")
+        self.block_model = block_model
+        self.module = block_model.module
+        self.spec = spec
+        frozen_ids = set()
+        for index in spec.blocks:
+            for param in block_model.blocks[index].parameters():
+                param.requires_grad_(False)
+                frozen_ids.add(id(param))
+        self._frozen_bn = [m for i in spec.blocks for m in block_model.blocks[i].modules()
+                           if isinstance(m, nn.modules.batchnorm._BatchNorm)] if frozen_bn == "eval" else []
+        flops = block_flops(block_model)
+        total_flops = sum(flops)
+        params = list(self.module.parameters())
+        self.summary = FreezeSummary(
+            frozen_blocks=spec.blocks,
+            freeze_start=spec.start,
+            freeze_stop=spec.stop,
+            frozen_params=_count(p for p in params if id(p) in frozen_ids),
+            trainable_params=_count(p for p in params if p.requires_grad),
+            frozen_flops_share=sum(flops[i] for i in spec.blocks) / total_flops if total_flops else 0.0,
+        )
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+    def train_mode(self) -> None:
+        self.module.train()
+        for bn in self._frozen_bn:
+            bn.eval()
+
+
+def apply_freeze(block_model: BlockModel, spec: FreezeSpec, frozen_bn: str = "eval") -> FrozenModel:
+    return FrozenModel(block_model, spec, frozen_bn)
+
+
+def check_space(space: Mapping[str, Any], train: Any, block_model: BlockModel) -> dict[str, Any]:
+    """Resolve cut-point names in the freeze dimensions of ``space`` and check every freeze it can sample.
+
+    ``train`` is the TrainConfig holding the fixed values. Raises ConfigError before any trial starts.
+    """
+    n_blocks, cuts = block_model.n_blocks, block_model.named_cut_points()
+    resolved = {key: resolve_names(f"space.{key}", dim, lambda k, v: resolve_index(k, v, n_blocks, cuts))
+                if key in ("freeze", "freeze_start", "freeze_stop") else dim for key, dim in space.items()}
+    fixed = {"freeze": train.freeze, "freeze_start": train.freeze_start, "freeze_stop": train.freeze_stop}
+    if isinstance(fixed["freeze"], tuple):
+        fixed["freeze"] = list(fixed["freeze"])
+    candidates = {key: _values(resolved[key]) for key in fixed if key in resolved}
+    for combo in _combinations(candidates):
+        values = {**fixed, **combo}
+        if values["freeze_stop"] is not None and values["freeze_start"] > values["freeze_stop"]:
+            continue  # never sampled: freeze_stop's floor is freeze_start (space.optuna_space)
+        try:
+            resolve(block_model, **values)
+        except ConfigError as err:
+            key = err.key.split("[")[0]
+            where = f"space.{key}" if key in combo else f"train.{key}"
+            raise ConfigError(where, values[key], err.allowed, problem=err.problem) from None
+    return resolved
+
+
+def _values(dim: Any) -> list[Any]:
+    if isinstance(dim, IntRange):
+        return list(range(int(dim.low), int(dim.high) + 1, dim.step))
+    return list(dim.values)
+
+
+def _combinations(candidates: Mapping[str, list[Any]]) -> Iterable[dict[str, Any]]:
+    combos: list[dict[str, Any]] = [{}]
+    for key, values in candidates.items():
+        combos = [{**combo, key: value} for combo in combos for value in values]
+    return combos

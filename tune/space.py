@@ -1,0 +1,148 @@
+"""The search-space vocabulary of the YAML files, and its translation to Optuna, in one place.
+
+A key under ``space:`` is a training parameter (``lr``, ``freeze_stop``, ...). Its value is either a plain
+value (held fixed) or a mapping with a ``type``:
+
+    {type: int,    low: 0, high: 7}              integers low..high, both bounds included (step: 1)
+    {type: float,  low: 1.0e-4, high: 1.0e-2, log: true}   reals in [low, high]; log: sample log-uniformly
+    {type: choice, values: [none, backbone, 3]}  one of the listed values (scalars)
+
+Bounds are inclusive, as in Optuna's ``suggest_int`` / ``suggest_float``. Freeze keys may use a model's
+named cut points (``none``, ``backbone``, ``all_but_head``) in bounds and choices; they are resolved to
+block indices against the task's model before any trial starts (``resolve_names``).
+
+When both ``freeze_start`` and ``freeze_stop`` are searched, ``freeze_stop`` is sampled from
+``max(freeze_start, low)..high`` so that every sampled range is valid (define-by-run, see ``optuna_space``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tune.errors import ConfigError
+
+__all__ = ["Choice", "Dimension", "FloatRange", "IntRange", "OptunaSpace", "optuna_space", "parse_dimension",
+           "resolve_names"]
+
+@dataclass(frozen=True)
+class IntRange:
+    low: int | str
+    high: int | str
+    step: int = 1
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    values: tuple[Any, ...]
+
+
+Dimension = IntRange | FloatRange | Choice
+
+_ALLOWED_TYPES = "int, float, choice"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def parse_dimension(key: str, raw: Mapping[str, Any], *, names_allowed: bool) -> Dimension:
+    """Parse one ``space:`` entry given as a mapping (a plain value is a fixed value, handled by config)."""
+    kind = raw.get("type")
+    if kind is None:
+        raise ConfigError(f"{key}.type", None, f"one of {_ALLOWED_TYPES}", problem="missing")
+    expected = {"int": {"type", "low", "high", "step"}, "float": {"type", "low", "high", "log"},
+                "choice": {"type", "values"}}
+    if kind not in expected:
+        raise ConfigError(f"{key}.type", kind, f"one of {_ALLOWED_TYPES}")
+    unknown = sorted(set(raw) - expected[kind])
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}", raw[unknown[0]], f"keys {sorted(expected[kind])} for type {kind}",
+                          problem="unknown key")
+    if kind == "choice":
+        values = raw.get("values")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{key}.values", values, "a non-empty list")
+        for i, value in enumerate(values):
+            if isinstance(value, (list, dict)):
+                raise ConfigError(f"{key}.values[{i}]", value, "a number, string, bool or null (Optuna's choices)")
+        return Choice(tuple(values))
+    for bound in ("low", "high"):
+        if bound not in raw:
+            raise ConfigError(f"{key}.{bound}", None, f"a number (type {kind} needs low and high)", problem="missing")
+    low, high = raw["low"], raw["high"]
+    if kind == "int":
+        for bound, value in (("low", low), ("high", high)):
+            if not (_is_int(value) or (names_allowed and isinstance(value, str))):
+                allowed = "an integer or a cut-point name" if names_allowed else "an integer"
+                raise ConfigError(f"{key}.{bound}", value, allowed)
+        step = raw.get("step", 1)
+        if not _is_int(step) or step < 1:
+            raise ConfigError(f"{key}.step", step, "an integer >= 1")
+        if _is_int(low) and _is_int(high) and low > high:
+            raise ConfigError(f"{key}", {"low": low, "high": high}, "low <= high")
+        return IntRange(low, high, step)
+    for bound, value in (("low", low), ("high", high)):
+        if not _is_number(value) or not math.isfinite(value):
+            raise ConfigError(f"{key}.{bound}", value, "a finite number")
+    log = raw.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{key}.log", log, "true or false")
+    if low > high:
+        raise ConfigError(f"{key}", {"low": low, "high": high}, "low <= high")
+    if log and low <= 0:
+        raise ConfigError(f"{key}.low", low, "a number > 0 when log: true")
+    return FloatRange(float(low), float(high), log)
+
+
+def resolve_names(key: str, dim: Dimension, resolve: Callable[[str, Any], int]) -> Dimension:
+    """Resolve cut-point names inside a freeze dimension to block indices; ``resolve`` checks each value."""
+    if isinstance(dim, IntRange):
+        low, high = resolve(f"{key}.low", dim.low), resolve(f"{key}.high", dim.high)
+        if low > high:
+            raise ConfigError(key, {"low": dim.low, "high": dim.high}, f"low <= high (resolved: {low} > {high})")
+        return IntRange(low, high, dim.step)
+    if isinstance(dim, Choice):
+        return Choice(tuple(resolve(f"{key}.values[{i}]", v) for i, v in enumerate(dim.values)))
+    raise ConfigError(f"{key}.type", "float", "int or choice (a freeze bound is a block index)")
+
+
+class OptunaSpace:
+    """A define-by-run function for ``OptunaSearch`` that samples every dimension of a space.
+
+    A class rather than a closure so that Tune can pickle the searcher into its experiment checkpoint.
+    """
+
+    def __init__(self, space: Mapping[str, Dimension]) -> None:
+        # freeze_start is sampled first so that freeze_stop's floor is known.
+        self.items = sorted(space.items(), key=lambda kv: kv[0] != "freeze_start")
+
+    def __call__(self, trial: Any) -> None:
+        sampled: dict[str, Any] = {}
+        for key, dim in self.items:
+            if isinstance(dim, IntRange):
+                low = int(dim.low)
+                if key == "freeze_stop" and "freeze_start" in sampled:
+                    low = max(low, sampled["freeze_start"])
+                sampled[key] = trial.suggest_int(key, low, max(int(dim.high), low), step=dim.step)
+            elif isinstance(dim, FloatRange):
+                sampled[key] = trial.suggest_float(key, dim.low, dim.high, log=dim.log)
+            else:
+                sampled[key] = trial.suggest_categorical(key, list(dim.values))
+
+
+def optuna_space(space: Mapping[str, Dimension]) -> OptunaSpace:
+    return OptunaSpace(space)

@@ -1,0 +1,45 @@
+"""Tasks: built-in ones by name, user tasks by import path ``package.module:function``."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from tune.config import TaskConfig
+from tune.errors import ConfigError
+from tune.tasks.base import BlockModel, Task
+
+__all__ = ["BUILTIN_TASKS", "BlockModel", "Task", "load_task"]
+
+BUILTIN_TASKS = {"digits": "tune.tasks.digits:make_task"}
+
+_ALLOWED = f"a built-in task ({', '.join(BUILTIN_TASKS)}) or an import path package.module:function"
+
+
+def _import_factory(name: str) -> Any:
+    path = BUILTIN_TASKS.get(name, name)
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigError("task.name", name, _ALLOWED, problem="unknown task")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # any import-time failure of user code is bad input, reported in one line
+        raise ConfigError("task.name", name, _ALLOWED, problem=f"{type(err).__name__}: {err}") from None
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ConfigError("task.name", name, _ALLOWED, problem=f"{module_name} has no function {attribute}")
+    return factory
+
+
+def load_task(task_config: TaskConfig) -> Task:
+    """Import the task's factory (this runs the module's code) and call it with the task's options."""
+    factory = _import_factory(task_config.name)
+    try:
+        task = factory(**task_config.options)
+    except TypeError as err:
+        raise ConfigError("task.options", dict(task_config.options), "the keyword arguments of the task factory",
+                          problem=str(err)) from None
+    if not isinstance(task, Task):
+        raise ConfigError("task.name", task_config.name, "a factory that returns tune.tasks.Task",
+                          problem=f"it returned {type(task).__name__}")
+    return task

@@ -1,0 +1,168 @@
+"""Everything MLflow: the experiment, the parent run of a search, one child run per trial, and the queries
+the report reads back. The only module that imports MLflow.
+
+Layout in MLflow: experiment = the search space's ``name``; parent run = the search (its config as params,
+the space file as an artifact, the git commit); child run per trial (tag ``mlflow.parentRunId``) with the
+trial's config and FreezeSummary as params and its metrics per epoch (step = epoch).
+Every run ends FINISHED, FAILED or KILLED.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+__all__ = ["DEFAULT_TRACKING_URI", "SearchTracker", "TrialRecord", "default_tracking_uri", "fetch_trials",
+           "flatten", "git_commit", "ui_command"]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+PARENT_TAG = "mlflow.parentRunId"
+# Per-epoch metrics the report reads back as histories (the rest stay in MLflow for the UI).
+HISTORY_KEYS = ("score", "train_time_s", "epoch_time_s", "peak_mem_mb", "samples_per_s")
+_BATCH = 900  # MLflow accepts up to 1,000 metrics and 100 params per log_batch call
+
+
+def default_tracking_uri(cwd: Path | None = None) -> str:
+    """``sqlite:///mlflow.db`` in the working directory, as an absolute URI so Ray workers and later
+    commands find the same file."""
+    return f"sqlite:///{((cwd or Path.cwd()) / 'mlflow.db').resolve()}"
+
+
+def ui_command(tracking_uri: str) -> str:
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri} in a browser"
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+def git_commit(path: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config → ``section.key`` strings, for MLflow params."""
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class SearchTracker:
+    """The parent run of one search and the child runs of its trials, through an explicit MlflowClient
+    (no global active run, so several trackers can coexist, e.g. in tests)."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        experiment = self.client.get_experiment_by_name(experiment_name)
+        self.experiment_id = (experiment.experiment_id if experiment is not None
+                              else self.client.create_experiment(experiment_name))
+        self.parent_run_id: str | None = None
+        self._open_children: set[str] = set()
+        self._logged_params: dict[str, set[str]] = {}
+
+    # -- the search ---------------------------------------------------------------------------------------
+    def start_search(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str],
+                     artifacts: Iterable[Path] = ()) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={"freeze_search.role": "search", **tags})
+        self.parent_run_id = run.info.run_id
+        self.log_params(self.parent_run_id, params)
+        for path in artifacts:
+            self.client.log_artifact(self.parent_run_id, str(path))
+        return self.parent_run_id
+
+    def finish_search(self, status: str, tags: Mapping[str, str] = ()) -> None:
+        """End the parent run, and any child run still open as KILLED."""
+        for run_id in list(self._open_children):
+            self.end_trial(run_id, "KILLED")
+        if self.parent_run_id is not None:
+            if tags:
+                self.set_tags(self.parent_run_id, tags)
+            self.client.set_terminated(self.parent_run_id, status=status, end_time=_now_ms())
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        assert self.parent_run_id is not None
+        self.client.log_text(self.parent_run_id, text, artifact_file)
+
+    # -- trials -------------------------------------------------------------------------------------------
+    def start_trial(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        assert self.parent_run_id is not None, "start_search first"
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={PARENT_TAG: self.parent_run_id, "freeze_search.role": "trial", **tags})
+        run_id = run.info.run_id
+        self._open_children.add(run_id)
+        self.log_params(run_id, params)
+        return run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Params are write-once in MLflow: a key already logged for this run is skipped."""
+        logged = self._logged_params.setdefault(run_id, set())
+        new = [Param(key, str(value)) for key, value in params.items() if key not in logged]
+        for start in range(0, len(new), 100):
+            self.client.log_batch(run_id, params=new[start:start + 100])
+        logged.update(p.key for p in new)
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        timestamp = _now_ms()
+        batch = [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
+        for start in range(0, len(batch), _BATCH):
+            self.client.log_batch(run_id, metrics=batch[start:start + _BATCH])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+    def end_trial(self, run_id: str, status: str, tags: Mapping[str, Any] = ()) -> None:
+        if tags:
+            self.set_tags(run_id, tags)
+        self.client.set_terminated(run_id, status=status, end_time=_now_ms())
+        self._open_children.discard(run_id)
+
+
+@dataclass
+class TrialRecord:
+    """One child run as the report sees it."""
+
+    run_id: str
+    name: str
+    status: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+def fetch_trials(tracking_uri: str, parent_run_id: str) -> list[TrialRecord]:
+    """The child runs of a search with their params, tags and per-epoch histories of HISTORY_KEYS."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                              max_results=10_000)
+    records = []
+    for run in runs:
+        history = {}
+        for key in HISTORY_KEYS:
+            points = client.get_metric_history(run.info.run_id, key)
+            history[key] = sorted((m.step, m.value) for m in points)
+        records.append(TrialRecord(run_id=run.info.run_id, name=run.info.run_name or run.info.run_id,
+                                   status=run.info.status, params=dict(run.data.params), tags=dict(run.data.tags),
+                                   history=history))
+    return records
+

@@ -1,0 +1,130 @@
+"""Fit one trial: pure torch, no Ray, no MLflow.
+
+``Trial(task, train_config).epochs()`` yields one metrics dict per epoch (names in METRIC_KEYS plus the task's
+own metric name). ``state_dict()`` / ``load_state_dict()`` checkpoint it between epochs; a resumed trial
+yields exactly what the uninterrupted one would have (the batch order of epoch e depends on (seed, e) only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from tune import freeze, measure
+from tune.config import TrainConfig
+from tune.tasks.base import Task
+
+__all__ = ["METRIC_KEYS", "Trial", "make_optimizer", "pick_device"]
+
+METRIC_KEYS = ("epoch", "score", "val_loss", "train_loss", "epoch_time_s", "train_time_s", "samples_per_s",
+               "peak_mem_mb", "rss_mb", "freeze_start", "freeze_stop", "trainable_params", "frozen_params",
+               "frozen_flops_share")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class Trial:
+    def __init__(self, task: Task, cfg: TrainConfig, device: torch.device | None = None) -> None:
+        self.task = task
+        self.cfg = cfg
+        self.device = device or pick_device(cfg.device)
+        torch.manual_seed(cfg.seed)  # the task's model factory may initialise new layers (e.g. a head)
+        block_model = task.build_model()
+        spec = freeze.resolve(block_model, freeze=_as_list(cfg.freeze), freeze_start=cfg.freeze_start,
+                              freeze_stop=cfg.freeze_stop)
+        self.frozen = freeze.apply_freeze(block_model, spec, cfg.frozen_bn)
+        self.model = self.frozen.module.to(self.device)
+        self.optimizer = make_optimizer(cfg, self.frozen.trainable_parameters())
+        self.train_x, self.train_y = (t.to(self.device) for t in task.train_data)
+        self.val_x, self.val_y = (t.to(self.device) for t in task.val_data)
+        self.epoch = 0
+        self.train_time_s = 0.0
+
+    @property
+    def summary(self) -> freeze.FreezeSummary:
+        return self.frozen.summary
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "epoch": self.epoch, "train_time_s": self.train_time_s}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self.train_time_s = float(state["train_time_s"])
+
+    def epochs(self) -> Iterator[dict[str, Any]]:
+        while self.epoch < self.cfg.epochs:
+            yield self.run_epoch()
+
+    def _batch_order(self) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.epoch)
+        return torch.randperm(len(self.train_x), generator=generator).to(self.device)
+
+    def run_epoch(self) -> dict[str, Any]:
+        cfg, device = self.cfg, self.device
+        order = self._batch_order()
+        watch = measure.Stopwatch(device)
+        activations = measure.SavedActivations()
+        if device.type == "cuda":
+            measure.cuda_peak_mem_mb(device, reset=True)
+        loss_sum, seen = 0.0, 0
+        self.frozen.train_mode()
+        with watch.running():
+            for start in range(0, len(order), cfg.batch_size):
+                index = order[start:start + cfg.batch_size]
+                inputs, targets = self.train_x[index], self.train_y[index]
+                if start == 0:  # the first batch is a full one: its saved activations are the peak
+                    with activations.recording(self.model):
+                        loss = self.task.loss(self.model(inputs), targets)
+                else:
+                    loss = self.task.loss(self.model(inputs), targets)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                loss_sum += loss.detach() * len(index)
+                seen += len(index)
+        self.epoch += 1
+        self.train_time_s += watch.seconds
+        train_loss = float(loss_sum) / seen
+        evaluation = self.task.evaluate(self.model, self.val_x, self.val_y)
+        metrics: dict[str, Any] = {
+            "epoch": self.epoch,
+            "score": evaluation[self.task.metric],
+            **evaluation,
+            "train_loss": train_loss,
+            "epoch_time_s": watch.seconds,
+            "train_time_s": self.train_time_s,
+            "samples_per_s": seen / watch.seconds if watch.seconds > 0 else float("nan"),
+            "rss_mb": measure.rss_mb(),
+            **self.summary.as_metrics(),
+        }
+        if device.type == "cuda":
+            metrics["peak_mem_mb"] = measure.cuda_peak_mem_mb(device)
+            metrics["mem_source"] = "cuda"
+            utilisation = measure.gpu_util_pct(device)
+            if utilisation is not None:
+                metrics["gpu_util_pct"] = utilisation
+        else:
+            metrics["peak_mem_mb"] = measure.model_mem_bytes(self.model, self.optimizer,
+                                                             activations.peak_bytes) / measure.MB
+            metrics["mem_source"] = "model"
+        return metrics
+
+
+def _as_list(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
