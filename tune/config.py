@@ -221,11 +221,12 @@ def build_config(raw: Any, source: Path | None = None) -> Config:
     if not isinstance(train_raw, Mapping):
         raise ConfigError("train", train_raw, "a mapping of " + ", ".join(_TRAIN_RULES))
     train_raw = {**train_raw, **fixed}
+    train = _check_fields("train", train_raw, TrainConfig, _TRAIN_RULES)
     given = {k for k in FREEZE_KEYS if train_raw.get(k) is not None} | (dims.keys() & set(FREEZE_KEYS))
     if "freeze" in given and given & {"freeze_start", "freeze_stop"}:
-        raise ConfigError("freeze", train_raw.get("freeze", "<searched>"),
-                          "either freeze or freeze_start/freeze_stop, not both (train: and space: together)")
-    train = _check_fields("train", train_raw, TrainConfig, _TRAIN_RULES)
+        where = "space.freeze" if "freeze" in dims else "train.freeze"
+        raise ConfigError(where, train_raw.get("freeze", "<searched>"),
+                          "either freeze or freeze_start/freeze_stop, not both (in train: and space: together)")
     search = _check_fields("search", raw.get("search"), SearchConfig, _SEARCH_RULES)
     if search.scheduler == "asha" and search.grace_period > train.epochs:
         raise ConfigError("search.grace_period", search.grace_period, f"an integer <= train.epochs ({train.epochs})")

@@ -44,7 +44,10 @@ class SearchOutcome:
 
 def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfig) -> None:
     """One trial inside a Ray worker: build it, resume from the last checkpoint if any, report each epoch."""
-    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
+    placement = {"trial_cpus": assigned.get("CPU", 0.0), "trial_gpus": assigned.get("GPU", 0.0),
+                 "node_id": ray.get_runtime_context().get_node_id()}
     task = load_task(task_config)
     trial = Trial(task, dataclasses.replace(base, **params))
     checkpoint = ray_tune.get_checkpoint()
@@ -55,14 +58,21 @@ def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfi
     for metrics in trial.epochs():
         with tempfile.TemporaryDirectory() as directory:
             torch.save(trial.state_dict(), Path(directory) / CHECKPOINT_FILE)
-            ray_tune.report(metrics, checkpoint=ray_tune.Checkpoint.from_directory(directory))
+            ray_tune.report({**metrics, **placement}, checkpoint=ray_tune.Checkpoint.from_directory(directory))
+
+
+# Result keys that describe where and how a trial ran: tags of its MLflow run, not metrics.
+_TAG_KEYS = ("mem_source", "node_ip", "node_id", "hostname", "pid", "trial_cpus", "trial_gpus")
 
 
 class _MlflowTrials(ray_tune.Callback):
-    """Runs in the driver: one MLflow child run per Tune trial, metrics per epoch (step = epoch)."""
+    """Runs in the driver: one MLflow child run per Tune trial, metrics per epoch (step = epoch), and a line
+    on the console as each trial ends."""
 
-    def __init__(self, tracker: SearchTracker, base: TrainConfig) -> None:
+    def __init__(self, tracker: SearchTracker, base: TrainConfig, searched: list[str]) -> None:
         self.tracker = tracker
+        self.searched = searched
+        self.last_score: dict[str, float] = {}
         self.base = dataclasses.asdict(base)
         self.epochs = base.epochs
         self.run_ids: dict[str, str] = {}
@@ -88,21 +98,33 @@ class _MlflowTrials(ray_tune.Callback):
                 "freeze_range": f"[{result['freeze_start']}, {result['freeze_stop']})",
                 "trainable_params": result["trainable_params"], "frozen_params": result["frozen_params"],
                 "frozen_flops_share": f"{result['frozen_flops_share']:.4f}"})
-            self.tracker.set_tags(run_id, {"mem_source": result.get("mem_source"), "node_ip": result.get("node_ip"),
-                                           "hostname": result.get("hostname"), "pid": result.get("pid")})
+            self.tracker.set_tags(run_id, {k: result[k] for k in _TAG_KEYS if k in result})
         self.last_epoch[trial.trial_id] = epoch
-        metrics = {k: v for k, v in result.items()
-                   if k not in AUTO_RESULT_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.last_score[trial.trial_id] = result["score"]
+        metrics = {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS and k not in _TAG_KEYS
+                   and isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.tracker.log_metrics(run_id, metrics, step=epoch)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         epochs_run = self.last_epoch.get(trial.trial_id, 0)
+        stopped_early = epochs_run < self.epochs
         self.tracker.end_trial(self._run_id(trial), "FINISHED",
-                               tags={"epochs_run": epochs_run, "stopped_early": epochs_run < self.epochs})
+                               tags={"epochs_run": epochs_run, "stopped_early": stopped_early})
+        self._say(trial, f"score {self.last_score.get(trial.trial_id, float('nan')):.4f} after {epochs_run} epochs"
+                         + (" (stopped early by ASHA)" if stopped_early else ""))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = getattr(trial, "error_file", None) or ""
         self.tracker.end_trial(self._run_id(trial), "FAILED", tags={"error_file": error})
+        self._say(trial, f"FAILED, see {error}")
+
+    def _say(self, trial: Any, outcome: str) -> None:
+        values = ", ".join(f"{k}={_short(trial.config.get(k))}" for k in self.searched)
+        print(f"  trial {trial.trial_id} ({values}): {outcome}", flush=True)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _scheduler(cfg: Config) -> Any:
@@ -129,13 +151,16 @@ def init_ray(address: str | None = None) -> None:
 
 
 def run(cfg: Config, tracker: SearchTracker, *, storage_path: Path, space: Mapping[str, Any] | None = None,
-        address: str | None = None, verbose: int = 1) -> SearchOutcome:
+        address: str | None = None, verbose: int = 0) -> SearchOutcome:
     """Run the search of ``cfg`` (its space already checked against the task: ``freeze.check_space``)."""
     init_ray(address)
     concurrency = _concurrency(cfg)
     # With a searcher, Tune places one trial at a time unless more placement groups may be pending
     # (field-notes: 8 small trials 38 s → 9 s). Read when the Tuner starts.
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(concurrency)
+    # A checkpoint every epoch with num_to_keep=1 forces an experiment snapshot each time (that is what
+    # makes a killed search resumable); Tune warns about it every few seconds, which is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     searcher = OptunaSearch(space=optuna_space(space if space is not None else cfg.space), metric=cfg.search.metric,
                             mode=cfg.search.mode, seed=cfg.search.seed)
     trainable = ray_tune.with_resources(
@@ -149,7 +174,7 @@ def run(cfg: Config, tracker: SearchTracker, *, storage_path: Path, space: Mappi
                                         max_concurrent_trials=concurrency, reuse_actors=True),
         run_config=ray_tune.RunConfig(
             name=run_name, storage_path=str(storage_path.resolve()), verbose=verbose,
-            callbacks=[_MlflowTrials(tracker, cfg.train)],
+            callbacks=[_MlflowTrials(tracker, cfg.train, list(cfg.space))],
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
             failure_config=ray_tune.FailureConfig(max_failures=1)),
     )

@@ -135,7 +135,22 @@ def make_task(labels_per_class: int = 20, val_size: int = 500, split_seed: int =
 
 
 def pretrain(out: Path, epochs: int = 4, seed: int = 0, batch_size: int = 64, lr: float = 1e-3) -> float:
-    """Train the CNN on MNIST (4,500 train / 500 held out) and save its state dict; returns held-out accuracy."""
+    """Train the CNN on MNIST (4,500 train / 500 held out) and save its state dict; returns held-out accuracy.
+
+    Runs on one CPU thread with deterministic algorithms: the thread count changes float summation order,
+    and so the weights.
+    """
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _pretrain(out, epochs, seed, batch_size, lr)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _pretrain(out: Path, epochs: int, seed: int, batch_size: int, lr: float) -> float:
     torch.manual_seed(seed)
     images, labels = _mnist()
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
@@ -165,7 +180,6 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    torch.use_deterministic_algorithms(True)
     started = time.perf_counter()
     accuracy = pretrain(args.out, epochs=args.epochs, seed=args.seed)
     print(f"wrote {args.out} in {time.perf_counter() - started:.1f} s; MNIST held-out accuracy {accuracy:.3f}")

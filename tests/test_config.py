@@ -1,0 +1,155 @@
+"""Search space files: strict keys, one-line errors naming key, value and what is allowed; the space
+vocabulary and its translation to Optuna."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from tune.config import ConfigError, TrainConfig, build_config, load_config, parse_overrides
+from tune.freeze import check_space
+from tune.space import Choice, FloatRange, IntRange, optuna_space
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SPACE = ROOT / "search_spaces" / "digits_freeze.yaml"
+
+
+def minimal(**sections):
+    raw = {"name": "t", "space": {"freeze_stop": {"type": "int", "low": 0, "high": 2}}}
+    raw.update(sections)
+    return raw
+
+
+def test_default_space_loads_with_names_unresolved_until_the_model_is_known():
+    cfg = load_config(DEFAULT_SPACE)
+    assert cfg.name == "digits_freeze"
+    assert cfg.space["freeze_stop"] == IntRange("none", "all_but_head")
+    assert cfg.space["lr"] == FloatRange(3e-4, 3e-3, log=True)
+    assert cfg.search.scheduler == "asha" and cfg.search.num_samples >= 16
+
+
+def test_overrides_reach_every_section_and_a_plain_space_value_fixes_the_parameter():
+    cfg = load_config(DEFAULT_SPACE, parse_overrides(["train.epochs=3", "space.lr=0.005", "search.num_samples=2",
+                                                      "task.options.labels_per_class=5"]))
+    assert cfg.train.epochs == 3 and cfg.search.num_samples == 2
+    assert "lr" not in cfg.space and cfg.train.lr == 0.005
+    assert cfg.task.options["labels_per_class"] == 5
+
+
+@pytest.mark.parametrize(("raw", "key", "value"), [
+    ({"name": "t", "bogus": 1}, "bogus", "1"),
+    (minimal(name="has space"), "name", "'has space'"),
+    (minimal(train={"epochs": "ten"}), "train.epochs", "'ten'"),
+    (minimal(train={"epochs": True}), "train.epochs", "True"),
+    (minimal(train={"epochs": 0}), "train.epochs", "0"),
+    (minimal(train={"lr": -1.0}), "train.lr", "-1.0"),
+    (minimal(train={"learning_rate": 0.1}), "train.learning_rate", "0.1"),
+    (minimal(train={"optimizer": "lion"}), "train.optimizer", "'lion'"),
+    (minimal(train={"frozen_bn": "frozen"}), "train.frozen_bn", "'frozen'"),
+    (minimal(train={"freeze": 1.5}), "train.freeze", "1.5"),
+    (minimal(train={"device": "tpu"}), "train.device", "'tpu'"),
+    (minimal(search={"num_samples": 0}), "search.num_samples", "0"),
+    (minimal(search={"scheduler": "pbt"}), "search.scheduler", "'pbt'"),
+    (minimal(search={"mode": "maximise"}), "search.mode", "'maximise'"),
+    (minimal(search={"cpus_per_trial": 0}), "search.cpus_per_trial", "0"),
+    (minimal(search={"grace_period": 20}), "search.grace_period", "20"),
+    (minimal(space={}), "space", "{}"),
+    (minimal(space={"lr": {"type": "float", "low": 0.1, "high": 0.01}}), "space.lr", "{'low': 0.1, 'high': 0.01}"),
+    (minimal(space={"lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}), "space.lr.low", "0.0"),
+    (minimal(space={"lr": {"type": "normal", "low": 0.0, "high": 0.1}}), "space.lr.type", "'normal'"),
+    (minimal(space={"lr": {"type": "float", "low": 0.1}}), "space.lr.high", "None"),
+    (minimal(space={"lr": {"type": "float", "low": 0.1, "high": 0.2, "q": 2}}), "space.lr.q", "2"),
+    (minimal(space={"freeze_stop": {"type": "int", "low": 0.5, "high": 3}}), "space.freeze_stop.low", "0.5"),
+    (minimal(space={"freeze_stop": {"type": "int", "low": 3, "high": 1}}), "space.freeze_stop",
+     "{'low': 3, 'high': 1}"),
+    (minimal(space={"freeze_stop": {"type": "choice", "values": []}}), "space.freeze_stop.values", "[]"),
+    (minimal(space={"freeze": {"type": "choice", "values": [[0, 1]]}}), "space.freeze.values[0]", "[0, 1]"),
+    (minimal(space={"device": {"type": "choice", "values": ["cpu"]}}), "space.device", "{'type': 'choice'"),
+    (minimal(task={"name": "digits", "opts": {}}), "task.opts", "{}"),
+    (minimal(train={"freeze": 3}), "train.freeze", "3"),  # with a searched freeze_stop: ambiguous
+])
+def test_each_bad_value_is_one_line_naming_key_value_and_allowed(raw, key, value):
+    with pytest.raises(ConfigError) as caught:
+        build_config(raw)
+    message = str(caught.value)
+    assert message.startswith(f"{key}: got {value}"), message
+    assert "; allowed: " in message and "\n" not in message
+
+
+def test_yaml_syntax_error_and_missing_file_name_the_file(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: t\nspace: {freeze_stop: [\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: got '<file>' \(.*\); allowed: valid YAML"):
+        load_config(broken)
+    with pytest.raises(ConfigError, match=r"--space: got '.*missing.yaml' \(no such file\)"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    unsafe = tmp_path / "unsafe.yaml"
+    unsafe.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="valid YAML"):
+        load_config(unsafe)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match=r"^--set: got 'epochs' ; allowed|^--set: got 'epochs'"):
+        parse_overrides(["epochs"])
+
+
+@pytest.mark.parametrize(("space", "key", "value"), [
+    ({"freeze_stop": IntRange(0, 9)}, "space.freeze_stop.high", "9"),  # beyond the model's 4 blocks
+    ({"freeze_stop": IntRange(0, 4)}, "space.freeze_stop", "4"),  # 4 of 4 blocks: nothing left to train
+    ({"freeze_stop": IntRange("none", "trunk")}, "space.freeze_stop.high", "'trunk'"),
+    ({"freeze": Choice((0, "backbone", 2.5))}, "space.freeze.values[2]", "2.5"),
+    ({"freeze_stop": FloatRange(0.0, 3.0)}, "space.freeze_stop.type", "'float'"),
+])
+def test_a_space_is_checked_against_the_model_before_any_trial(block_model, space, key, value):
+    with pytest.raises(ConfigError) as caught:
+        check_space(space, TrainConfig(), block_model)
+    assert str(caught.value).startswith(f"{key}: got {value}"), str(caught.value)
+
+
+def test_names_resolve_to_the_models_cut_points(block_model):
+    space = check_space({"freeze_stop": IntRange("none", "all_but_head"), "lr": FloatRange(0.1, 0.2)},
+                        TrainConfig(), block_model)
+    assert space["freeze_stop"] == IntRange(0, 3)
+    assert space["lr"] == FloatRange(0.1, 0.2)
+
+
+def _sample(space, n, sampler):
+    study = optuna.create_study(sampler=sampler)
+    define = optuna_space(space)
+    samples = []
+    for _ in range(n):
+        trial = study.ask()
+        define(trial)
+        samples.append(trial.params)
+        study.tell(trial, 0.0)
+    return samples
+
+
+def test_int_bounds_are_inclusive_and_sampled_ranges_always_valid():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = {"freeze_stop": IntRange(0, 5), "freeze_start": IntRange(0, 5), "lr": FloatRange(1e-4, 1e-2, log=True),
+             "batch_size": Choice((16, 32))}
+    samples = _sample(space, 300, optuna.samplers.RandomSampler(seed=0))
+    assert all(s["freeze_start"] <= s["freeze_stop"] for s in samples)
+    assert {s["freeze_stop"] for s in samples} == set(range(6))
+    assert {s["freeze_start"] for s in samples} == set(range(6))
+    assert all(1e-4 <= s["lr"] <= 1e-2 for s in samples)
+    assert {s["batch_size"] for s in samples} == {16, 32}
+
+
+def test_every_search_space_file_has_a_header_and_loads():
+    files = sorted((ROOT / "search_spaces").glob("*.yaml"))
+    assert files
+    for path in files:
+        text = path.read_text()
+        for field in ("# Command:", "# Runtime:", "# Expected:"):
+            assert field in text, f"{path.name} lacks {field}"
+        assert yaml.safe_load(text)["name"]
+        load_config(path)

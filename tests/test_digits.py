@@ -1,0 +1,76 @@
+"""The embedded default task: its blocks, its split, the shipped weights and why freezing matters there."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tune.config import TaskConfig, TrainConfig
+from tune.errors import ConfigError
+from tune.tasks import load_task
+from tune.tasks.base import classification_metrics
+from tune.tasks.digits import build_model, make_task, pretrain, weights_path
+from tune.train import Trial
+
+
+def test_model_lists_eight_blocks_with_named_cut_points():
+    block_model = build_model()
+    assert block_model.n_blocks == 8
+    assert block_model.named_cut_points() == {"none": 0, "backbone": 6, "all_but_head": 7}
+    names = {name.split(".")[1] for name, _ in block_model.module.named_parameters()}
+    assert names == {str(i) for i in range(8)}  # every parameter lives in a block
+
+
+def test_few_label_split_is_balanced_and_disjoint():
+    task = make_task(labels_per_class=7, val_size=300)
+    _, train_y = task.train_data
+    assert torch.bincount(train_y).tolist() == [7] * 10
+    assert len(task.val_data[0]) == 300
+    train_rows = {tuple(row.flatten().tolist()) for row in task.train_data[0]}
+    val_rows = [tuple(row.flatten().tolist()) for row in task.val_data[0]]
+    # UCI digits has a few exact duplicate images; the split is by index, so only those may coincide
+    assert sum(row in train_rows for row in val_rows) <= 3
+
+
+def test_pretrained_trunk_transfers_where_a_frozen_trunk_cannot_adapt():
+    task = make_task()
+    zero_shot = classification_metrics(build_model().module, *task.val_data)["val_accuracy"]
+    tuned = max(m["score"] for m in Trial(task, TrainConfig(epochs=4, freeze_stop=3)).epochs())
+    head_only = max(m["score"] for m in Trial(task, TrainConfig(epochs=4, freeze_stop="all_but_head")).epochs())
+    assert zero_shot < 0.5  # the domain shift is real: MNIST weights alone do not read UCI digits
+    assert tuned > 0.85
+    assert tuned > head_only + 0.05  # freezing all but the head costs accuracy here
+
+
+def test_random_init_is_worse_than_pretrained_at_equal_budget():
+    cfg = TrainConfig(epochs=4, freeze_stop=0)
+    pretrained = max(m["score"] for m in Trial(make_task(), cfg).epochs())
+    scratch = max(m["score"] for m in Trial(make_task(weights=None), cfg).epochs())
+    assert pretrained > scratch + 0.05
+
+
+def test_task_options_are_checked():
+    with pytest.raises(ConfigError, match=r"^task.options.labels_per_class: got 0"):
+        load_task(TaskConfig("digits", {"labels_per_class": 0}))
+    with pytest.raises(ConfigError, match=r"^task.options: got \{'labelz': 3\}"):
+        load_task(TaskConfig("digits", {"labelz": 3}))
+    with pytest.raises(ConfigError, match=r"^task.name: got 'no_such_pkg.mod:make' \(ModuleNotFoundError"):
+        load_task(TaskConfig("no_such_pkg.mod:make"))
+    with pytest.raises(ConfigError, match=r"^task.name: got 'resnet' \(unknown task\)"):
+        load_task(TaskConfig("resnet"))
+
+
+def test_user_task_loads_from_an_import_path():
+    task = load_task(TaskConfig("conftest:make_tiny_task", {"n_train": 30}))
+    assert task.name == "tiny" and len(task.train_data[0]) == 30
+
+
+@pytest.mark.slow
+def test_pretraining_command_reproduces_the_shipped_weights(tmp_path):
+    out = tmp_path / "digits_cnn.pt"
+    accuracy = pretrain(out)
+    rebuilt = torch.load(out, weights_only=True)
+    shipped = torch.load(weights_path(), weights_only=True)
+    assert rebuilt.keys() == shipped.keys()
+    assert all(torch.equal(rebuilt[k], shipped[k]) for k in shipped)
+    assert accuracy > 0.9

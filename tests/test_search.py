@@ -1,0 +1,130 @@
+"""Real searches: a local Ray runtime, a real sqlite MLflow store, the CLI end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+import run_search
+from tune.train import METRIC_KEYS
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
+
+
+def _search(tmp_path: Path, *args: str) -> tuple[int, str]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = run_search.main(["--smoke-test", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"), *args])
+    return code, uri
+
+
+def _runs(uri: str, experiment: str) -> tuple[object, list]:
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == len(runs) - 1
+    return parents[0], children
+
+
+def _overlap(children: list) -> int:
+    """The largest number of trial runs open at one moment."""
+    events = sorted([(r.info.start_time, 1) for r in children] + [(r.info.end_time, -1) for r in children],
+                    key=lambda e: (e[0], e[1]))
+    most = current = 0
+    for _, change in events:
+        current += change
+        most = max(most, current)
+    return most
+
+
+@pytest.fixture(scope="module")
+def default_smoke(ray_runtime, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("default")
+    code, uri = _search(tmp_path)
+    return code, uri
+
+
+def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(default_smoke):
+    code, uri = default_smoke
+    assert code == 0
+    parent, children = _runs(uri, "digits_freeze")
+    client = MlflowClient(tracking_uri=uri)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["search.num_samples"] == "4" and parent.data.params["train.epochs"] == "2"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"digits_freeze.yaml", "report.txt"} <= artifacts
+    assert len(children) == 4
+    for child in children:
+        assert child.info.status == "FINISHED"
+        params = child.data.params
+        assert {"freeze_stop", "lr", "epochs", "frozen_params", "trainable_params", "frozen_flops_share",
+                "freeze_range"} <= set(params)
+        assert params["freeze_range"] == f"[0, {params['freeze_stop']})"
+        epochs_run = int(child.data.tags["epochs_run"])
+        assert 1 <= epochs_run <= 2
+        for key in METRIC_KEYS:
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
+            assert steps == list(range(1, epochs_run + 1)), key
+        assert child.data.tags["mem_source"] == "model"
+
+
+def test_trials_run_in_parallel(default_smoke):
+    _, uri = default_smoke
+    _, children = _runs(uri, "digits_freeze")
+    assert _overlap(children) >= 2
+
+
+def test_gpu_fractions_from_the_config_pack_trials_onto_logical_gpus(ray_runtime, tmp_path):
+    # The session's Ray has 2 logical GPUs: 0.5 GPU and 0.5 CPU per trial lets 4 trials run at once.
+    code, uri = _search(tmp_path, "--set", "search.gpus_per_trial=0.5", "--set", "search.cpus_per_trial=0.5",
+                        "--set", "search.num_samples=4", "--set", "search.scheduler=fifo")
+    assert code == 0
+    _, children = _runs(uri, "digits_freeze")
+    assert [c.data.tags["trial_gpus"] for c in children] == ["0.5"] * 4
+    assert [c.data.tags["trial_cpus"] for c in children] == ["0.5"] * 4
+    assert _overlap(children) >= 3
+
+
+@pytest.mark.parametrize("space", [p for p in SPACES if p.name != "digits_freeze.yaml"], ids=lambda p: p.name)
+def test_every_search_space_file_smoke_runs(ray_runtime, tmp_path, space):
+    code, uri = _search(tmp_path, "--space", str(space))
+    assert code == 0
+    import yaml
+
+    parent, children = _runs(uri, yaml.safe_load(space.read_text())["name"])
+    assert parent.info.status == "FINISHED"
+    assert children and all(c.info.status == "FINISHED" for c in children)
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run_search.py"), *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--set", "train.epochs=0"], "error: train.epochs: got 0 (int); allowed: an integer >= 1"),
+    (["--set", "space.freeze_stop.high=12"], "error: space.freeze_stop.high: got 12 (out of range); allowed:"),
+    (["--set", "space.freeze_stop.high=8"], "error: space.freeze_stop: got 8 (freezes every block); allowed:"),
+    (["--set", "task.name=no_such.module:task"], "error: task.name: got 'no_such.module:task' (ModuleNotFoundError"),
+    (["--space", "missing.yaml"], "error: --space: got 'missing.yaml' (no such file)"),
+    (["--num-samples", "0"], "error: search.num_samples: got 0 (int); allowed: an integer >= 1"),
+])
+def test_bad_input_exits_2_with_one_line_and_leaves_nothing_behind(tmp_path, args, expected):
+    result = _cli(tmp_path, *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(expected), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # no MLflow store, no Ray results: nothing was started
+
+
+def test_help_lists_the_options(tmp_path):
+    result = _cli(tmp_path, "--help")
+    assert result.returncode == 0
+    for option in ("--space", "--num-samples", "--set", "--seed", "--tracking-uri", "--storage-path", "--smoke-test"):
+        assert option in result.stdout

@@ -1,0 +1,75 @@
+"""One trial in pure torch: the metrics it yields, the exact CPU memory count, resuming from a checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tune import measure
+from tune.config import TrainConfig
+from tune.tasks.base import BlockModel, Task
+from tune.train import METRIC_KEYS, Trial
+
+
+def test_every_epoch_yields_the_common_metric_names(tiny_task):
+    epochs = list(Trial(tiny_task, TrainConfig(epochs=3, batch_size=8, lr=1e-2, freeze_stop=1)).epochs())
+    assert [m["epoch"] for m in epochs] == [1, 2, 3]
+    for metrics in epochs:
+        assert set(METRIC_KEYS) <= set(metrics)
+        assert metrics["score"] == metrics["val_accuracy"]
+        assert metrics["mem_source"] == "model"
+        assert metrics["freeze_stop"] == 1 and metrics["frozen_params"] > 0
+    assert epochs[-1]["train_time_s"] == pytest.approx(sum(m["epoch_time_s"] for m in epochs))
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]  # the trainable blocks learn
+
+
+def _linear_task(batch: int) -> Task:
+    def build() -> BlockModel:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16, bias=False), nn.Linear(16, 4, bias=False))
+        return BlockModel(module=model, blocks=list(model), block_names=["a", "b"], cut_points={},
+                          example_input=torch.zeros(2, 8))
+
+    x, y = torch.randn(batch, 8), torch.randint(0, 4, (batch,))
+    return Task(name="linear", build_model=build, train_data=(x, y), val_data=(x, y), metric="neg_loss",
+                loss=lambda out, target: out.sum(),
+                evaluate=lambda model, inputs, targets: {"neg_loss": 0.0, "val_loss": 0.0})
+
+
+@pytest.mark.parametrize(("freeze_stop", "saved_activations"), [
+    (0, (32 * 8 + 32 * 16) * 4),  # both layers save their input for their weight's gradient
+    (1, 32 * 16 * 4),  # the frozen first layer records nothing: only the second saves its input
+])
+def test_cpu_peak_memory_is_an_exact_count(freeze_stop, saved_activations):
+    trial = Trial(_linear_task(batch=32), TrainConfig(epochs=1, batch_size=32, optimizer="sgd", momentum=0.9,
+                                                      freeze_stop=freeze_stop))
+    metrics = next(trial.epochs())
+    params = (8 * 16 + 16 * 4) * 4
+    trainable = (16 * 4 + (8 * 16 if freeze_stop == 0 else 0)) * 4
+    # parameters + gradients + one momentum buffer per trainable parameter + saved activations
+    expected = params + trainable + trainable + saved_activations
+    assert metrics["peak_mem_mb"] * measure.MB == pytest.approx(expected, abs=1e-6)
+
+
+def test_deeper_freeze_needs_less_training_memory(tiny_task):
+    memory = [next(Trial(tiny_task, TrainConfig(epochs=1, freeze_stop=k)).epochs())["peak_mem_mb"] for k in range(4)]
+    assert memory == sorted(memory, reverse=True) and memory[0] > memory[-1]
+
+
+def test_a_resumed_trial_continues_exactly_where_it_stopped(tiny_task, tmp_path):
+    cfg = TrainConfig(epochs=4, batch_size=8, lr=1e-2, freeze_stop=1, seed=3)
+    straight = list(Trial(tiny_task, cfg).epochs())
+
+    first = Trial(tiny_task, cfg)
+    head = [next(first.epochs()) for _ in range(2)]
+    torch.save(first.state_dict(), tmp_path / "trial.pt")
+    resumed = Trial(tiny_task, cfg)
+    resumed.load_state_dict(torch.load(tmp_path / "trial.pt", weights_only=True))
+    tail = list(resumed.epochs())
+
+    assert [m["epoch"] for m in head + tail] == [1, 2, 3, 4]
+    for expected, got in zip(straight, head + tail, strict=True):
+        for key in ("score", "val_loss", "train_loss"):
+            assert got[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), key
+    assert tail[-1]["train_time_s"] > head[-1]["train_time_s"]
