@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,6 +71,26 @@ def ray_runtime() -> Iterator[None]:
     scheduling is tested for real; the trials still train on the CPU)."""
     import ray
 
+    # Ray workers inherit the driver's environment: let them import the test tasks ("conftest:...").
+    tests_dir = str(Path(__file__).resolve().parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield
     ray.shutdown()
+
+
+def make_flaky_task(marker: str, fail_at_batch: int = 8) -> Task:
+    """The tiny task, but the first process to reach its ``fail_at_batch``-th training batch crashes once
+    (``marker`` is created so that the retry goes through): a worker dying mid-trial."""
+    task = make_tiny_task()
+    calls = {"n": 0}
+
+    def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == fail_at_batch and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("injected crash in the middle of an epoch")
+        return F.cross_entropy(output, target)
+
+    return Task(name="flaky", build_model=task.build_model, train_data=task.train_data, val_data=task.val_data,
+                metric=task.metric, loss=loss, evaluate=task.evaluate)

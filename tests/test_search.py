@@ -128,3 +128,26 @@ def test_help_lists_the_options(tmp_path):
     assert result.returncode == 0
     for option in ("--space", "--num-samples", "--set", "--seed", "--tracking-uri", "--storage-path", "--smoke-test"):
         assert option in result.stdout
+
+
+def test_a_crashed_trial_is_retried_from_its_last_checkpoint(ray_runtime, tmp_path):
+    # 4 epochs of 6 batches; the crash comes in batch 8, inside epoch 2, after epoch 1's checkpoint.
+    marker = tmp_path / "crashed"
+    space = tmp_path / "flaky.yaml"
+    space.write_text(f"""
+name: flaky
+task: {{name: "conftest:make_flaky_task", options: {{marker: "{marker}", fail_at_batch: 8}}}}
+train: {{epochs: 4, batch_size: 8, lr: 0.01}}
+space: {{freeze_stop: {{type: choice, values: [1]}}}}
+search: {{num_samples: 1, scheduler: fifo}}
+""")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = run_search.main(["--space", str(space), "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray")])
+    assert code == 0
+    assert marker.exists()  # the crash happened
+    _, children = _runs(uri, "flaky")
+    [child] = children
+    assert child.info.status == "FINISHED"
+    assert child.data.tags["resumed_at_epoch"] == "2"  # it went on from the epoch-1 checkpoint, not from zero
+    history = MlflowClient(tracking_uri=uri).get_metric_history(child.info.run_id, "score")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]  # one MLflow run, no epoch logged twice

@@ -99,6 +99,8 @@ class _MlflowTrials(ray_tune.Callback):
                 "trainable_params": result["trainable_params"], "frozen_params": result["frozen_params"],
                 "frozen_flops_share": f"{result['frozen_flops_share']:.4f}"})
             self.tracker.set_tags(run_id, {k: result[k] for k in _TAG_KEYS if k in result})
+        if result.get("iterations_since_restore") == 1 and epoch > 1:
+            self.tracker.set_tags(run_id, {"resumed_at_epoch": epoch})  # restored from the epoch-1 checkpoint
         self.last_epoch[trial.trial_id] = epoch
         self.last_score[trial.trial_id] = result["score"]
         metrics = {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS and k not in _TAG_KEYS
