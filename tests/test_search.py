@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -151,3 +156,48 @@ search: {{num_samples: 1, scheduler: fifo}}
     assert child.data.tags["resumed_at_epoch"] == "2"  # it went on from the epoch-1 checkpoint, not from zero
     history = MlflowClient(tracking_uri=uri).get_metric_history(child.info.run_id, "score")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]  # one MLflow run, no epoch logged twice
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _get(url: str, payload: dict | None = None) -> dict:
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        body = response.read()
+    return json.loads(body) if body.startswith(b"{") else {"html": body.decode(errors="replace")}
+
+
+@pytest.mark.slow
+def test_mlflow_ui_command_serves_the_runs_of_a_smoke_search(default_smoke):
+    """The printed `mlflow ui --backend-store-uri ...` command, run for real on 127.0.0.1."""
+    _, uri = default_smoke
+    parent, children = _runs(uri, "digits_freeze")
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                _get(f"{base}/health")
+                break
+            except (OSError, ValueError):
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise AssertionError("mlflow ui did not answer within 90 s") from None
+                time.sleep(0.5)
+        assert "<html" in _get(f"{base}/")["html"].lower()
+        found = _get(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [parent.info.experiment_id]})
+        assert {r["info"]["run_id"] for r in found["runs"]} == {parent.info.run_id} | {c.info.run_id for c in children}
+        listed = _get(f"{base}/api/2.0/mlflow/artifacts/list?run_id={parent.info.run_id}")
+        assert "report.txt" in {f["path"] for f in listed["files"]}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -35,6 +35,15 @@ def default_tracking_uri(cwd: Path | None = None) -> str:
     return f"sqlite:///{((cwd or Path.cwd()) / 'mlflow.db').resolve()}"
 
 
+def _artifact_location(tracking_uri: str, experiment_name: str) -> str | None:
+    """Artifacts of a local sqlite store go beside the database file (MLflow's own default is ./mlruns in
+    whatever directory the client runs from); a server chooses for itself."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    return (database.resolve().parent / "mlartifacts" / experiment_name).as_uri()
+
+
 def ui_command(tracking_uri: str) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri} in a browser"
@@ -74,7 +83,8 @@ class SearchTracker:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         experiment = self.client.get_experiment_by_name(experiment_name)
         self.experiment_id = (experiment.experiment_id if experiment is not None
-                              else self.client.create_experiment(experiment_name))
+                              else self.client.create_experiment(experiment_name,
+                                                                 _artifact_location(tracking_uri, experiment_name)))
         self.parent_run_id: str | None = None
         self._open_children: set[str] = set()
         self._logged_params: dict[str, set[str]] = {}
