@@ -3,16 +3,19 @@
 
     python run_search.py                         # the embedded default: digits CNN, MNIST → UCI digits
     python run_search.py --smoke-test            # the whole path in seconds
+    python run_search.py --confirm 3             # then re-run the top candidates with 3 fresh seeds each
     python run_search.py --space search_spaces/digits_freeze_range.yaml --set train.epochs=5
+    python run_search.py report [--experiment NAME | --run-id ID]   # the report again, from MLflow alone
 
 Reads a search space (YAML), checks it against the task's model, runs the Ray Tune search (Optuna + ASHA),
-logs every trial to MLflow under one parent run, and prints the trials by score and the command that opens
-them in the MLflow UI. Exit codes: 0 done, 1 the search failed, 2 bad input.
+logs every trial to MLflow under one parent run, and prints the trials, the frontier and a recommendation;
+plots and a summary go to --report-dir and to the parent run. Exit codes: 0 done, 1 failed, 2 bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -26,7 +29,7 @@ DEFAULT_SPACE = ROOT / "search_spaces" / "digits_freeze.yaml"
 SMOKE = [("search.num_samples", 4), ("train.epochs", 2), ("search.grace_period", 1)]
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--space", type=Path, default=DEFAULT_SPACE, help="search space YAML (default: %(default)s)")
@@ -34,8 +37,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a value of the space file, e.g. train.epochs=5 or space.lr=0.001 (repeatable)")
     parser.add_argument("--seed", type=int, help="seed of the sampler and of every trial (search.seed, train.seed)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
-                                               "sqlite:///mlflow.db in the working directory)")
+    parser.add_argument("--time-budget", type=float, metavar="SECONDS",
+                        help="stop the search cleanly after this many seconds (search.time_budget_s)")
+    parser.add_argument("--confirm", type=int, default=0, metavar="K",
+                        help="after the search, re-run the top candidates with K fresh seeds each (K >= 2)")
+    parser.add_argument("--confirm-top", type=int, default=3, metavar="N",
+                        help="how many candidate configurations --confirm re-runs (default: %(default)s)")
+    _add_store_args(parser)
     parser.add_argument("--storage-path", type=Path, default=Path("ray_results"),
                         help="where Ray Tune keeps trial checkpoints (default: ./ray_results)")
     parser.add_argument("--address", help="an existing Ray cluster to run on (default: start Ray here)")
@@ -43,7 +51,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _add_store_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+                                               "sqlite:///mlflow.db in the working directory)")
+    parser.add_argument("--report-dir", type=Path, default=Path("reports"),
+                        help="where the report, plots and summary go, one folder per search (default: ./reports)")
+
+
+def _tracking_uri(args: argparse.Namespace) -> str:
+    from tune import tracking
+
+    return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri()
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:
+        return report_main(argv[1:])
+    return search_main(argv)
+
+
+def search_main(argv: list[str]) -> int:
     args = parse_args(argv)
     # Check everything the user gave before starting Ray or touching MLflow.
     try:
@@ -52,33 +80,63 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(("search.num_samples", args.num_samples))
         if args.seed is not None:
             overrides += [("search.seed", args.seed), ("train.seed", args.seed)]
+        if args.time_budget is not None:
+            overrides.append(("search.time_budget_s", args.time_budget))
+        if args.confirm and args.confirm < 2:
+            raise ConfigError("--confirm", args.confirm, "0 (no confirmation) or an integer >= 2 (seeds per candidate)")
+        if args.confirm_top < 1:
+            raise ConfigError("--confirm-top", args.confirm_top, "an integer >= 1")
         cfg = load_config(args.space, overrides)
         from tune.freeze import check_space
         from tune.tasks import load_task
+        from tune.train import METRIC_KEYS
 
-        block_model = load_task(cfg.task).build_model()
-        space = check_space(cfg.space, cfg.train, block_model)
+        task = load_task(cfg.task)
+        space = check_space(cfg.space, cfg.train, task.build_model())
+        known = [*METRIC_KEYS, task.metric]
+        for metric, _ in cfg.search.objective_list:
+            if metric not in known:
+                raise ConfigError(f"search.objectives.{metric}" if cfg.search.objectives else "search.metric", metric,
+                                  "one of " + ", ".join(known))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    from tune import report, search, tracking
+    from tune import search, tracking
 
-    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri()
+    tracking_uri = _tracking_uri(args)
     tracker = tracking.SearchTracker(tracking_uri, cfg.name)
     commit = tracking.git_commit(ROOT)
+    searched = list(cfg.space)
     parent_id = tracker.start_search(
         run_name=f"search-{time.strftime('%Y%m%d-%H%M%S')}",
         params=tracking.flatten(cfg.as_dict()),
         tags={"space_file": str(args.space), "smoke_test": str(args.smoke_test),
+              "freeze_search.searched": json.dumps(searched),
+              "freeze_search.objectives": json.dumps(cfg.search.objective_list),
               **({"mlflow.source.git.commit": commit} if commit else {})},
         artifacts=[args.space])
     print(f"search {cfg.name}: {cfg.search.num_samples} trials of up to {cfg.train.epochs} epochs over "
-          f"{', '.join(cfg.space)}; MLflow parent run {parent_id}", flush=True)
+          f"{', '.join(searched)}; MLflow parent run {parent_id}", flush=True)
 
     status = "FAILED"
     try:
         outcome = search.run(cfg, tracker, storage_path=args.storage_path, space=space, address=args.address)
+        tracker.kill_open_trials()
+        checkpoints = dict(outcome.best_checkpoints)
+        header = (f"{outcome.trials} trials in {outcome.wall_time_s:.0f} s, {outcome.errored} failed"
+                  + (f"; the time budget of {cfg.search.time_budget_s:g} s stopped the search: trials still "
+                     "running then are marked KILLED, later ones never started" if outcome.budget_reached else "")
+                  + ".\n\n")
+        if args.confirm and outcome.errored < outcome.trials:
+            candidates = _candidates(tracking_uri, parent_id, cfg, args.confirm_top)
+            seeds = [cfg.train.seed + i for i in range(1, args.confirm + 1)]
+            print(f"confirming {len(candidates)} candidates with seeds {seeds}", flush=True)
+            search.confirm(cfg, tracker, candidates, seeds, storage_path=args.storage_path, address=args.address)
+            tracker.kill_open_trials()
+        report = _write_report(tracker, tracking_uri, parent_id, cfg.name, searched, cfg.search.objective_list,
+                               cfg.report.tolerance, cfg.report.cost, args.report_dir, header)
+        _log_recommended_model(tracker, parent_id, report, checkpoints, task)
         status = "FINISHED" if outcome.errored < outcome.trials else "FAILED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -86,23 +144,109 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         tracker.finish_search(status)
-
-    results = report.summarise(tracking.fetch_trials(tracking_uri, parent_id))
-    text = "\n\n".join([
-        f"Trials by score at their best epoch ({len(results)} of {outcome.trials}, {outcome.errored} failed, "
-        f"{outcome.wall_time_s:.0f} s):\n" + report.trial_table(results, list(cfg.space)),
-        "By freeze depth:\n" + report.depth_table(results),
-    ])
-    best = report.best_trial(results)
-    if best is not None:
-        text += (f"\n\nBest: {best.name}, freeze {best.freeze_range}, score {best.score:.4f} at epoch "
-                 f"{best.best_epoch}, {best.time_to_best_s:.2f} s of training, {best.peak_mem_mb:.2f} MB peak")
-        tracker.set_tags(parent_id, {"best_trial": best.name, "best_freeze_range": best.freeze_range,
-                                     "best_score": f"{best.score:.4f}"})
-    tracker.log_text(text + "\n", "report.txt")
-    print("\n" + text)
     print(f"\nCompare the runs: {tracking.ui_command(tracking_uri)}  (experiment '{cfg.name}')")
     return 0 if status == "FINISHED" else 1
+
+
+def _candidates(tracking_uri: str, parent_id: str, cfg, top: int) -> dict[str, dict]:
+    """The configurations worth re-running: the recommendation, the best score, the frontier, then the rest by
+    score, up to ``top`` distinct ones."""
+    from tune import report, tracking
+
+    results = report.summarise(tracking.fetch_trials(tracking_uri, parent_id))
+    chosen = report.recommend(results, cfg.report.tolerance, cfg.report.cost)
+    ordered = ([chosen.trial, chosen.best, *report.frontier(results, report.DEFAULT_FRONTIER), *results]
+               if chosen else [])
+    candidates: dict[str, dict] = {}
+    seen = set()
+    for result in ordered:
+        params = {k: _typed(result.params[k]) for k in cfg.space}
+        key = json.dumps(params, sort_keys=True)
+        if key not in seen and len(candidates) < top:
+            seen.add(key)
+            candidates[result.name] = params
+    return candidates
+
+
+def _typed(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _write_report(tracker, tracking_uri, parent_id, name, searched, objectives, tolerance, cost, report_dir, header):
+    from tune import report, tracking
+
+    keys = [m for m, _ in objectives]
+    records = tracking.fetch_trials(tracking_uri, parent_id, extra_keys=keys)
+    built = report.build_report(records, searched=searched, objectives=objectives, tolerance=tolerance, cost=cost,
+                                header=header)
+    out_dir = report_dir / f"{name}-{parent_id[:8]}"
+    files = report.write_report(built, [r for r in records if "candidate" not in r.tags], out_dir, name)
+    tracker.log_files(parent_id, files, "report")
+    if built.recommendation is not None:
+        tracker.set_tags(parent_id, {"recommended_trial": built.recommendation.trial.name,
+                                     "recommended_freeze_range": built.recommendation.trial.freeze_range,
+                                     "best_score": f"{built.recommendation.best.score:.4f}"})
+    print("\n" + built.text)
+    print(f"\nReport, plots and summary: {out_dir}/ (also artifacts of the parent run, under report/)")
+    return built
+
+
+def _log_recommended_model(tracker, parent_id, built, checkpoints, task) -> None:
+    """The recommended trial's best-epoch weights as an MLflow model of the parent run."""
+    if built.recommendation is None:
+        return
+    name = built.confirmed_choice.name if built.confirmed_choice else built.recommendation.trial.name
+    directory = checkpoints.get(name)
+    if directory is None:
+        print(f"no checkpoint of trial {name}: no model logged", file=sys.stderr)
+        return
+    import tune
+    from tune.train import load_checkpoint
+
+    block_model = task.build_model()
+    block_model.module.load_state_dict(load_checkpoint(directory)["model"])
+    block_model.module.eval()
+    example = task.val_data[0][:2].numpy()
+    uri = tracker.log_model(parent_id, block_model.module, example, Path(tune.__file__).parent)
+    tracker.set_tags(parent_id, {"recommended_model_uri": uri})
+    print(f"Recommended model (trial {name}, its best epoch): {uri}")
+
+
+def report_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="run_search.py report",
+                                     description="The report of a finished search, from MLflow data alone.")
+    parser.add_argument("--experiment", default="digits_freeze", help="the latest search of this experiment")
+    parser.add_argument("--run-id", help="a search's parent run id (instead of --experiment)")
+    parser.add_argument("--tolerance", type=float, help="override the space file's report.tolerance")
+    parser.add_argument("--cost", help="override report.cost: epoch_time_s, train_time_s or peak_mem_mb")
+    _add_store_args(parser)
+    args = parser.parse_args(argv)
+    from tune import tracking
+    from tune.config import COST_METRICS
+
+    tracking_uri = _tracking_uri(args)
+    try:
+        if args.cost is not None and args.cost not in COST_METRICS:
+            raise ConfigError("--cost", args.cost, "one of " + ", ".join(COST_METRICS))
+        if args.tolerance is not None and not args.tolerance >= 0:
+            raise ConfigError("--tolerance", args.tolerance, "a number >= 0")
+        try:
+            parent_id, params, tags = tracking.find_search(tracking_uri, args.experiment, args.run_id)
+        except LookupError as err:
+            raise ConfigError("--run-id" if args.run_id else "--experiment", args.run_id or args.experiment,
+                              "a search logged in this tracking store", problem=str(err)) from None
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    tracker = tracking.SearchTracker(tracking_uri, params.get("name", args.experiment))
+    objectives = [tuple(pair) for pair in json.loads(tags.get("freeze_search.objectives", '[["score", "max"]]'))]
+    _write_report(tracker, tracking_uri, parent_id, params.get("name", args.experiment),
+                  json.loads(tags.get("freeze_search.searched", "[]")), objectives,
+                  args.tolerance if args.tolerance is not None else float(params.get("report.tolerance", 0.01)),
+                  args.cost or params.get("report.cost", "epoch_time_s"), args.report_dir, "")
+    return 0
 
 
 if __name__ == "__main__":

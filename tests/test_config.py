@@ -28,7 +28,7 @@ def test_default_space_loads_with_names_unresolved_until_the_model_is_known():
     assert cfg.name == "digits_freeze"
     assert cfg.space["freeze_stop"] == IntRange("none", "all_but_head")
     assert cfg.space["lr"] == FloatRange(3e-4, 3e-3, log=True)
-    assert cfg.search.scheduler == "asha" and cfg.search.num_samples >= 16
+    assert cfg.search.scheduler_name == "asha" and cfg.search.num_samples >= 16
 
 
 def test_overrides_reach_every_section_and_a_plain_space_value_fixes_the_parameter():
@@ -56,6 +56,12 @@ def test_overrides_reach_every_section_and_a_plain_space_value_fixes_the_paramet
     (minimal(search={"mode": "maximise"}), "search.mode", "'maximise'"),
     (minimal(search={"cpus_per_trial": 0}), "search.cpus_per_trial", "0"),
     (minimal(search={"grace_period": 20}), "search.grace_period", "20"),
+    (minimal(search={"objectives": {"score": "maximise"}}), "search.objectives", "{'score': 'maximise'}"),
+    (minimal(search={"objectives": {"score": "max", "peak_mem_mb": "min"}, "scheduler": "asha"}), "search.scheduler",
+     "'asha'"),
+    (minimal(search={"time_budget_s": -5}), "search.time_budget_s", "-5"),
+    (minimal(report={"tolerance": -0.1}), "report.tolerance", "-0.1"),
+    (minimal(report={"cost": "flops"}), "report.cost", "'flops'"),
     (minimal(space={}), "space", "{}"),
     (minimal(space={"lr": {"type": "float", "low": 0.1, "high": 0.01}}), "space.lr", "{'low': 0.1, 'high': 0.01}"),
     (minimal(space={"lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}), "space.lr.low", "0.0"),
@@ -77,6 +83,14 @@ def test_each_bad_value_is_one_line_naming_key_value_and_allowed(raw, key, value
     message = str(caught.value)
     assert message.startswith(f"{key}: got {value}"), message
     assert "; allowed: " in message and "\n" not in message
+
+
+def test_several_objectives_choose_fifo_and_one_keeps_asha():
+    several = build_config(minimal(search={"objectives": {"score": "max", "peak_mem_mb": "min"}}))
+    assert several.search.objective_list == [("score", "max"), ("peak_mem_mb", "min")]
+    assert several.search.scheduler_name == "fifo"
+    one = build_config(minimal())
+    assert one.search.objective_list == [("score", "max")] and one.search.scheduler_name == "asha"
 
 
 def test_yaml_syntax_error_and_missing_file_name_the_file(tmp_path):

@@ -23,7 +23,8 @@ SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
 
 def _search(tmp_path: Path, *args: str) -> tuple[int, str]:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = run_search.main(["--smoke-test", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"), *args])
+    code = run_search.main(["--smoke-test", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"),
+                            "--report-dir", str(tmp_path / "reports"), *args])
     return code, uri
 
 
@@ -52,18 +53,21 @@ def _overlap(children: list) -> int:
 def default_smoke(ray_runtime, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("default")
     code, uri = _search(tmp_path)
-    return code, uri
+    return code, uri, tmp_path
 
 
 def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(default_smoke):
-    code, uri = default_smoke
+    code, uri, _ = default_smoke
     assert code == 0
     parent, children = _runs(uri, "digits_freeze")
     client = MlflowClient(tracking_uri=uri)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["search.num_samples"] == "4" and parent.data.params["train.epochs"] == "2"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"digits_freeze.yaml", "report.txt"} <= artifacts
+    assert "digits_freeze.yaml" in artifacts
+    report_files = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {f"report/{n}" for n in ("report.txt", "summary.md", "frontier.png", "score_by_epoch.png",
+                                    "resources_by_range.png")} <= report_files
     assert len(children) == 4
     for child in children:
         assert child.info.status == "FINISHED"
@@ -80,7 +84,7 @@ def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(def
 
 
 def test_trials_run_in_parallel(default_smoke):
-    _, uri = default_smoke
+    _, uri, _ = default_smoke
     _, children = _runs(uri, "digits_freeze")
     assert _overlap(children) >= 2
 
@@ -147,7 +151,8 @@ space: {{freeze_stop: {{type: choice, values: [1]}}}}
 search: {{num_samples: 1, scheduler: fifo}}
 """)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = run_search.main(["--space", str(space), "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray")])
+    code = run_search.main(["--space", str(space), "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"),
+                            "--report-dir", str(tmp_path / "reports")])
     assert code == 0
     assert marker.exists()  # the crash happened
     _, children = _runs(uri, "flaky")
@@ -175,7 +180,7 @@ def _get(url: str, payload: dict | None = None) -> dict:
 @pytest.mark.slow
 def test_mlflow_ui_command_serves_the_runs_of_a_smoke_search(default_smoke):
     """The printed `mlflow ui --backend-store-uri ...` command, run for real on 127.0.0.1."""
-    _, uri = default_smoke
+    _, uri, _ = default_smoke
     parent, children = _runs(uri, "digits_freeze")
     port = _free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -197,7 +202,73 @@ def test_mlflow_ui_command_serves_the_runs_of_a_smoke_search(default_smoke):
         found = _get(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [parent.info.experiment_id]})
         assert {r["info"]["run_id"] for r in found["runs"]} == {parent.info.run_id} | {c.info.run_id for c in children}
         listed = _get(f"{base}/api/2.0/mlflow/artifacts/list?run_id={parent.info.run_id}")
-        assert "report.txt" in {f["path"] for f in listed["files"]}
+        assert "report" in {f["path"] for f in listed["files"]}
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_recommended_model_loads_back_from_mlflow_and_scores_what_its_trial_scored(default_smoke):
+    import mlflow.pytorch
+    import torch
+
+    from tune.tasks.base import classification_metrics
+    from tune.tasks.digits import make_task
+
+    _, uri, _ = default_smoke
+    parent, children = _runs(uri, "digits_freeze")
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pytorch.load_model(parent.data.tags["recommended_model_uri"])
+    trial = next(c for c in children if c.info.run_name == parent.data.tags["recommended_trial"])
+    best = max(m.value for m in MlflowClient(tracking_uri=uri).get_metric_history(trial.info.run_id, "score"))
+    task = make_task(labels_per_class=10, val_size=1000)
+    with torch.no_grad():
+        assert classification_metrics(model, *task.val_data)["val_accuracy"] == pytest.approx(best, abs=1e-9)
+
+
+def test_report_command_rebuilds_the_report_from_mlflow_alone(default_smoke, tmp_path, capsys):
+    _, uri, _ = default_smoke
+    code = run_search.main(["report", "--tracking-uri", uri, "--report-dir", str(tmp_path), "--tolerance", "0.5"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Frontier over score (max), epoch_time_s (min), peak_mem_mb (min)" in out and "Recommendation:" in out
+    [folder] = list(tmp_path.iterdir())
+    assert {p.name for p in folder.iterdir()} >= {"report.txt", "summary.md", "frontier.png"}
+    assert run_search.main(["report", "--tracking-uri", uri, "--experiment", "nope"]) == 2
+    assert "error: --experiment: got 'nope' (no experiment 'nope'" in capsys.readouterr().err
+
+
+def test_multi_objective_search_runs_every_trial_to_the_end_and_reports_that_frontier(ray_runtime, tmp_path,
+                                                                                   capsys):
+    code, uri = _search(tmp_path, "--set", "search.objectives={score: max, peak_mem_mb: min}")
+    assert code == 0
+    parent, children = _runs(uri, "digits_freeze")
+    assert json.loads(parent.data.tags["freeze_search.objectives"]) == [["score", "max"], ["peak_mem_mb", "min"]]
+    assert all(c.data.tags["stopped_early"] == "False" for c in children)  # FIFO: ASHA would bias the front
+    assert "Frontier over score (max), peak_mem_mb (min)" in capsys.readouterr().out
+
+
+def test_time_budget_stops_the_search_cleanly(ray_runtime, tmp_path, capsys):
+    code, uri = _search(tmp_path, "--set", "search.num_samples=40", "--set", "train.epochs=10", "--time-budget", "6")
+    assert code == 0
+    parent, children = _runs(uri, "digits_freeze")
+    assert parent.info.status == "FINISHED"
+    assert len(children) < 40  # later trials never started
+    assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}
+    assert "the time budget of 6 s stopped the search" in capsys.readouterr().out
+
+
+def test_confirm_reruns_the_top_candidates_with_fresh_seeds(ray_runtime, tmp_path, capsys):
+    code, uri = _search(tmp_path, "--confirm", "2", "--confirm-top", "2")
+    assert code == 0
+    _, children = _runs(uri, "digits_freeze")
+    confirm_runs = [c for c in children if c.data.tags.get("phase") == "confirm"]
+    assert len(confirm_runs) == 4  # 2 candidates x 2 seeds
+    assert sorted(c.data.params["seed"] for c in confirm_runs) == ["1", "1", "2", "2"]
+    searched = {c.info.run_name: c for c in children if c.data.tags.get("phase") == "search"}
+    for run in confirm_runs:
+        source = searched[run.data.tags["candidate"]]
+        assert run.data.params["freeze_stop"] == source.data.params["freeze_stop"]
+        assert run.data.params["lr"] == source.data.params["lr"]
+    out = capsys.readouterr().out
+    assert "Confirmation (fresh seeds" in out and "Confirmed recommendation:" in out

@@ -7,6 +7,7 @@ File layout (every section optional but ``name``)::
     train: {epochs: 10, batch_size: 32, lr: 1.0e-3, ...}      # TrainConfig: one trial's fixed values
     space: {freeze_stop: {type: int, low: none, high: all_but_head}, lr: {...}}  # searched (space.py)
     search: {num_samples: 24, scheduler: asha, ...}           # SearchConfig: how Ray Tune searches
+    report: {tolerance: 0.01, cost: epoch_time_s}             # ReportConfig: the recommendation rule
 
 A plain value under ``space:`` fixes that training parameter (so ``--set space.lr=0.003`` pins lr).
 """
@@ -26,8 +27,8 @@ import yaml
 from tune.errors import ConfigError
 from tune.space import Dimension, parse_dimension
 
-__all__ = ["Config", "ConfigError", "SearchConfig", "TaskConfig", "TrainConfig", "FREEZE_KEYS", "load_config",
-           "parse_overrides"]
+__all__ = ["COST_METRICS", "FREEZE_KEYS", "Config", "ConfigError", "ReportConfig", "SearchConfig", "TaskConfig",
+           "TrainConfig", "load_config", "parse_overrides"]
 
 FREEZE_KEYS = ("freeze", "freeze_start", "freeze_stop")
 
@@ -61,13 +62,34 @@ class SearchConfig:
     num_samples: int = 16
     metric: str = "score"
     mode: str = "max"
-    scheduler: str = "asha"  # asha | fifo
+    scheduler: str = "auto"  # auto (asha for one objective, fifo for several) | asha | fifo
     grace_period: int = 2  # ASHA: epochs every trial gets before it can be stopped
     reduction_factor: int = 2  # ASHA: keep the top 1/reduction_factor at each rung
     max_concurrent_trials: int = 0  # 0: as many as the CPUs / GPUs allow
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     seed: int = 0  # the Optuna sampler's seed
+    objectives: tuple[tuple[str, str], ...] = ()  # several (metric, mode): a multi-objective search
+    time_budget_s: float | None = None  # stop the search cleanly after this many seconds
+
+    @property
+    def objective_list(self) -> list[tuple[str, str]]:
+        return list(self.objectives) or [(self.metric, self.mode)]
+
+    @property
+    def scheduler_name(self) -> str:
+        if self.scheduler != "auto":
+            return self.scheduler
+        return "fifo" if len(self.objective_list) > 1 else "asha"
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """The recommendation rule: among trials scoring within ``tolerance`` of the best (in score units),
+    the one with the lowest ``cost``."""
+
+    tolerance: float = 0.01
+    cost: str = "epoch_time_s"  # epoch_time_s (mean per epoch) | train_time_s (to the best epoch) | peak_mem_mb
 
 
 @dataclass(frozen=True)
@@ -77,16 +99,18 @@ class Config:
     train: TrainConfig
     space: Mapping[str, Dimension]
     search: SearchConfig
+    report: ReportConfig = field(default_factory=ReportConfig)
     source: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A plain, YAML-safe view (for logging and for the parent run's params)."""
         space = {key: {"type": type(dim).__name__, **dataclasses.asdict(dim)} for key, dim in self.space.items()}
         return {"name": self.name, "task": {"name": self.task.name, "options": dict(self.task.options)},
-                "train": dataclasses.asdict(self.train), "space": space, "search": dataclasses.asdict(self.search)}
+                "train": dataclasses.asdict(self.train), "space": space, "search": dataclasses.asdict(self.search),
+                "report": dataclasses.asdict(self.report)}
 
 
-_SECTIONS = {"name", "task", "train", "space", "search"}
+_SECTIONS = {"name", "task", "train", "space", "search", "report"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 
 # What each field accepts, as (check, allowed text). Types are checked strictly: a bool is not an int,
@@ -142,13 +166,24 @@ _SEARCH_RULES: dict[str, _Rule] = {
     "num_samples": _int_at_least(1),
     "metric": (lambda v: isinstance(v, str) and v != "", "a metric name such as score"),
     "mode": _one_of("max", "min"),
-    "scheduler": _one_of("asha", "fifo"),
+    "scheduler": _one_of("auto", "asha", "fifo"),
     "grace_period": _int_at_least(1),
     "reduction_factor": _int_at_least(2),
     "max_concurrent_trials": _int_at_least(0),
     "cpus_per_trial": _float_at_least(0.0, strict=True),
     "gpus_per_trial": _float_at_least(0.0),
     "seed": _int_at_least(0),
+    "objectives": (lambda v: isinstance(v, Mapping) and len(v) >= 1 and all(
+        isinstance(k, str) and m in ("max", "min") for k, m in v.items()),
+        "a mapping of metric names to max or min, e.g. {score: max, epoch_time_s: min}"),
+    "time_budget_s": (lambda v: v is None or (_float_at_least(0.0, strict=True)[0](v)), "a number of seconds > 0"),
+}
+
+COST_METRICS = ("epoch_time_s", "train_time_s", "peak_mem_mb")
+
+_REPORT_RULES: dict[str, _Rule] = {
+    "tolerance": _float_at_least(0.0),
+    "cost": _one_of(*COST_METRICS),
 }
 
 
@@ -168,7 +203,11 @@ def _check_fields(section: str, raw: Any, cls: type, rules: Mapping[str, _Rule])
         check, allowed = rules[key]
         if not check(value):
             raise ConfigError(f"{section}.{key}", value, allowed, problem=_type_name(value))
-        values[key] = tuple(value) if isinstance(value, list) else value
+        if isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(value, Mapping):
+            value = tuple(value.items())
+        values[key] = value
     return cls(**values)
 
 
@@ -228,11 +267,15 @@ def build_config(raw: Any, source: Path | None = None) -> Config:
         raise ConfigError(where, train_raw.get("freeze", "<searched>"),
                           "either freeze or freeze_start/freeze_stop, not both (in train: and space: together)")
     search = _check_fields("search", raw.get("search"), SearchConfig, _SEARCH_RULES)
-    if search.scheduler == "asha" and search.grace_period > train.epochs:
+    report = _check_fields("report", raw.get("report"), ReportConfig, _REPORT_RULES)
+    if search.scheduler == "asha" and len(search.objective_list) > 1:
+        raise ConfigError("search.scheduler", "asha", "fifo or auto with several objectives (ASHA ranks trials "
+                                                       "by one metric and would bias the frontier)")
+    if search.scheduler_name == "asha" and search.grace_period > train.epochs:
         raise ConfigError("search.grace_period", search.grace_period, f"an integer <= train.epochs ({train.epochs})")
     if not dims:
         raise ConfigError("space", raw.get("space"), "at least one searched parameter, e.g. freeze_stop")
-    return Config(name=name, task=task, train=train, space=dims, search=search, source=source)
+    return Config(name=name, task=task, train=train, space=dims, search=search, report=report, source=source)
 
 
 def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:

@@ -1,15 +1,30 @@
-"""What a search found, from MLflow data alone: trials compared at their best epoch, a table by trial and
-a table by freeze depth. (Plots, the frontier and the recommendation rule build on these rows.)"""
+"""What a search found, from MLflow data alone: every trial at its best epoch, the frontier, a recommendation
+and, after ``--confirm``, whether it holds up across seeds. Tables as text, plots as PNG.
+
+The recommendation rule (``report:`` in a space file): take the best score among the search's trials; among
+the trials scoring within ``tolerance`` of it, recommend the one with the lowest ``cost`` (mean epoch time by
+default; ties go to the higher score). With confirmation runs (K fresh seeds per candidate, the search's own
+run left out because it was picked for being lucky), a candidate holds up when its mean score is within
+``tolerance`` plus two standard errors of the difference from the best mean; the cheapest candidate that holds
+up is recommended.
+"""
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from tune.tracking import TrialRecord
 
-__all__ = ["TrialResult", "best_trial", "depth_table", "summarise", "trial_table"]
+__all__ = ["Candidate", "Recommendation", "Report", "TrialResult", "build_report", "dominates", "frontier",
+           "recommend", "summarise", "write_report"]
+
+DEFAULT_FRONTIER = (("score", "max"), ("epoch_time_s", "min"), ("peak_mem_mb", "min"))
+_MAX_OVER_EPOCHS = ("peak_mem_mb", "rss_mb")
+_MEAN_OVER_EPOCHS = ("epoch_time_s", "samples_per_s")
 
 
 @dataclass(frozen=True)
@@ -17,83 +32,258 @@ class TrialResult:
     name: str
     status: str
     freeze_range: str
-    freeze_stop: int | None
+    freeze_key: tuple[int, int]  # (start, stop) of the frozen range, for ordering
     params: dict[str, str]
     best_epoch: int
     score: float  # at the best epoch
-    time_to_best_s: float  # cumulative training time at the best epoch
-    epoch_time_s: float  # mean training time per epoch
-    peak_mem_mb: float
+    values: dict[str, float]  # each metric at the comparison point (see value_at_best)
     epochs_run: int
     stopped_early: bool
+    candidate: str | None = None  # confirmation runs: the search trial they repeat
+
+    @property
+    def epoch_time_s(self) -> float:
+        return self.values.get("epoch_time_s", math.nan)
+
+    @property
+    def time_to_best_s(self) -> float:
+        return self.values.get("train_time_s", math.nan)
+
+    @property
+    def peak_mem_mb(self) -> float:
+        return self.values.get("peak_mem_mb", math.nan)
 
 
-def _at(history: list[tuple[int, float]], step: int) -> float:
-    values = [v for s, v in history if s == step]
-    return values[-1] if values else float("nan")
+def value_at_best(history: list[tuple[int, float]], metric: str, best_epoch: int) -> float:
+    """How a trial is compared on ``metric``: peak memory is the max over epochs, epoch time and throughput
+    the mean, anything else (score, train_time_s = time to the best epoch, losses) its value at the best epoch."""
+    values = [v for _, v in history]
+    if not values:
+        return math.nan
+    if metric in _MAX_OVER_EPOCHS:
+        return max(values)
+    if metric in _MEAN_OVER_EPOCHS:
+        return statistics.fmean(values)
+    at = [v for step, v in history if step == best_epoch]
+    return at[-1] if at else math.nan
+
+
+def _freeze_key(freeze_range: str) -> tuple[int, int]:
+    try:
+        start, stop = (int(part) for part in freeze_range.strip("[)").split(","))
+    except ValueError:
+        return (0, 0)
+    return (start, stop)
 
 
 def summarise(records: Sequence[TrialRecord]) -> list[TrialResult]:
-    """Each trial at its best epoch (by score; the earliest on ties), best first. Trials with no epoch are
-    left out."""
+    """Each trial at its best epoch (by score; the earliest on ties), best first; trials with no epoch are left
+    out."""
     results = []
     for record in records:
         scores = record.history.get("score", [])
         if not scores:
             continue
         best_epoch, best = max(scores, key=lambda point: (point[1], -point[0]))
-        epoch_times = [v for _, v in record.history.get("epoch_time_s", [])]
-        memory = [v for _, v in record.history.get("peak_mem_mb", [])]
+        values = {metric: value_at_best(history, metric, best_epoch) for metric, history in record.history.items()}
         freeze_range = record.params.get("freeze_range", "?")
-        stop = freeze_range.strip("[)").split(",")[-1].strip() if freeze_range != "?" else ""
         results.append(TrialResult(
-            name=record.name, status=record.status, freeze_range=freeze_range,
-            freeze_stop=int(stop) if stop.isdigit() else None, params=record.params, best_epoch=best_epoch,
-            score=best, time_to_best_s=_at(record.history.get("train_time_s", []), best_epoch),
-            epoch_time_s=statistics.fmean(epoch_times) if epoch_times else float("nan"),
-            peak_mem_mb=max(memory) if memory else float("nan"), epochs_run=scores[-1][0],
-            stopped_early=record.tags.get("stopped_early") == "True"))
-    return sorted(results, key=lambda r: (-r.score, r.time_to_best_s))
+            name=record.name, status=record.status, freeze_range=freeze_range, freeze_key=_freeze_key(freeze_range),
+            params=record.params, best_epoch=best_epoch, score=best, values=values, epochs_run=scores[-1][0],
+            stopped_early=record.tags.get("stopped_early") == "True", candidate=record.tags.get("candidate")))
+    return sorted(results, key=lambda r: (-r.score, r.epoch_time_s))
 
 
-def best_trial(results: Sequence[TrialResult]) -> TrialResult | None:
-    return results[0] if results else None
+# -- frontier ---------------------------------------------------------------------------------------------------
+def dominates(a: TrialResult, b: TrialResult, objectives: Sequence[tuple[str, str]]) -> bool:
+    """a is at least as good as b on every objective and better on one."""
+    at_least, better = True, False
+    for metric, mode in objectives:
+        x, y = a.values.get(metric, math.nan), b.values.get(metric, math.nan)
+        if math.isnan(x) or math.isnan(y):
+            return False
+        if mode == "min":
+            x, y = -x, -y
+        at_least &= x >= y
+        better |= x > y
+    return at_least and better
 
 
+def frontier(results: Sequence[TrialResult], objectives: Sequence[tuple[str, str]]) -> list[TrialResult]:
+    """The non-dominated trials (equal points are all kept), best score first."""
+    front = [r for r in results if not any(dominates(o, r, objectives) for o in results if o is not r)]
+    return sorted(front, key=lambda r: (-r.score, r.epoch_time_s))
+
+
+# -- recommendation ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Recommendation:
+    trial: TrialResult
+    best: TrialResult
+    tolerance: float
+    cost: str
+    searched: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        chosen, best, cost = self.trial, self.best, self.cost
+        text = (f"Recommendation: freeze {chosen.freeze_range} ({_params_text(chosen, self.searched)}): "
+                f"score {chosen.score:.4f}, "
+                f"{cost} {chosen.values.get(cost, math.nan):.4g}, peak memory {chosen.peak_mem_mb:.2f} MB.")
+        if chosen is best:
+            return text + f" It is also the best score; no trial within {self.tolerance:g} of it costs less."
+        ratio = chosen.values.get(cost, math.nan) / best.values.get(cost, math.nan)
+        return (text + f" The best score is {best.score:.4f} (freeze {best.freeze_range}); this one is within the "
+                f"tolerance of {self.tolerance:g} at {ratio:.0%} of its {cost} and "
+                f"{chosen.peak_mem_mb / best.peak_mem_mb:.0%} of its memory.")
+
+
+def recommend(results: Sequence[TrialResult], tolerance: float, cost: str, searched: Sequence[str] = ()
+              ) -> Recommendation | None:
+    if not results:
+        return None
+    best = max(results, key=lambda r: (r.score, -r.values.get(cost, math.inf)))
+    eligible = [r for r in results if r.score >= best.score - tolerance - 1e-12]
+    chosen = min(eligible, key=lambda r: (r.values.get(cost, math.inf), -r.score))
+    return Recommendation(trial=chosen, best=best, tolerance=tolerance, cost=cost, searched=tuple(searched))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A configuration re-run with fresh seeds by ``--confirm``."""
+
+    name: str  # the search trial it repeats
+    freeze_range: str
+    params_text: str
+    scores: tuple[float, ...]
+    cost: float  # mean over the seeds
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.scores)
+
+    @property
+    def sd(self) -> float:
+        return statistics.stdev(self.scores) if len(self.scores) > 1 else math.nan
+
+
+def confirmed(results: Sequence[TrialResult], tolerance: float, cost: str, searched: Sequence[str] = ()
+              ) -> tuple[list[Candidate], Candidate | None]:
+    """Group confirmation runs by candidate; the cheapest candidate within tolerance + 2 SE of the best mean."""
+    groups: dict[str, list[TrialResult]] = {}
+    for r in results:
+        if r.candidate:
+            groups.setdefault(r.candidate, []).append(r)
+    candidates = [Candidate(name=name, freeze_range=runs[0].freeze_range, params_text=_params_text(runs[0], searched),
+                            scores=tuple(r.score for r in runs),
+                            cost=statistics.fmean(r.values.get(cost, math.nan) for r in runs))
+                  for name, runs in groups.items()]
+    if not candidates:
+        return [], None
+    candidates.sort(key=lambda c: -c.mean)
+    best = candidates[0]
+
+    def holds_up(c: Candidate) -> bool:
+        spread = math.sqrt(_var(best) / len(best.scores) + _var(c) / len(c.scores))
+        return best.mean - c.mean <= tolerance + 2 * spread
+
+    chosen = min((c for c in candidates if holds_up(c)), key=lambda c: (c.cost, -c.mean))
+    return candidates, chosen
+
+
+def _var(candidate: Candidate) -> float:
+    return candidate.sd ** 2 if len(candidate.scores) > 1 else 0.0
+
+
+def _params_text(result: TrialResult, searched: Sequence[str]) -> str:
+    others = [k for k in searched if not k.startswith("freeze")]
+    return ", ".join(f"{k}={_short(result.params.get(k, '?'))}" for k in others) or "no other searched values"
+
+
+# -- text -------------------------------------------------------------------------------------------------------
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
              "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     return "\n".join(lines)
 
 
-def trial_table(results: Sequence[TrialResult], searched: Sequence[str]) -> str:
+def trial_table(results: Sequence[TrialResult], searched: Sequence[str], marks: dict[str, str] | None = None) -> str:
     """One row per trial, best first: freeze range, the other searched values, score at the best epoch,
     training time to it, mean epoch time, peak memory, epochs run."""
-    others = [k for k in searched if k not in ("freeze", "freeze_start", "freeze_stop")]
-    header = ["trial", "freeze", *others, "score", "best@", "time_s", "epoch_s", "mem_mb", "epochs", "status"]
+    marks = marks or {}
+    others = [k for k in searched if not k.startswith("freeze")]
+    header = ["", "trial", "freeze", *others, "score", "best@", "time_s", "epoch_s", "mem_mb", "epochs", "status"]
     rows = []
     for r in results:
-        values = [_short(r.params.get(k, "")) for k in others]
         status = r.status if not r.stopped_early else f"{r.status} (ASHA stop)"
-        rows.append([r.name, r.freeze_range, *values, f"{r.score:.4f}", str(r.best_epoch), f"{r.time_to_best_s:.2f}",
-                     f"{r.epoch_time_s:.3f}", f"{r.peak_mem_mb:.2f}", str(r.epochs_run), status])
+        rows.append([marks.get(r.name, ""), r.name, r.freeze_range, *(_short(r.params.get(k, "")) for k in others),
+                     f"{r.score:.4f}", str(r.best_epoch), f"{r.time_to_best_s:.2f}", f"{r.epoch_time_s:.3f}",
+                     f"{r.peak_mem_mb:.2f}", str(r.epochs_run), status])
     return _table(header, rows)
 
 
 def depth_table(results: Sequence[TrialResult]) -> str:
-    """The trade-off by freeze depth: trials, best score, median epoch time and peak memory."""
+    """The trade-off by freeze range: trials, best score, median epoch time, peak memory."""
     by_range: dict[str, list[TrialResult]] = {}
     for r in results:
         by_range.setdefault(r.freeze_range, []).append(r)
-    header = ["freeze", "trials", "best score", "median epoch_s", "mem_mb"]
-    rows = []
-    for freeze_range, group in sorted(by_range.items(), key=lambda kv: (kv[1][0].freeze_stop or 0, kv[0])):
-        rows.append([freeze_range, str(len(group)), f"{max(r.score for r in group):.4f}",
-                     f"{statistics.median(r.epoch_time_s for r in group):.3f}",
-                     f"{max(r.peak_mem_mb for r in group):.2f}"])
-    return _table(header, rows)
+    rows = [[freeze_range, str(len(group)), f"{max(r.score for r in group):.4f}",
+             f"{statistics.median(r.epoch_time_s for r in group):.3f}", f"{max(r.peak_mem_mb for r in group):.2f}"]
+            for freeze_range, group in sorted(by_range.items(), key=lambda kv: kv[1][0].freeze_key)]
+    return _table(["freeze", "trials", "best score", "median epoch_s", "mem_mb"], rows)
+
+
+def candidate_table(candidates: Sequence[Candidate], chosen: Candidate | None, cost: str) -> str:
+    rows = [["*" if c is chosen else "", c.name, c.freeze_range, c.params_text, str(len(c.scores)), f"{c.mean:.4f}",
+             f"{c.sd:.4f}", f"{c.cost:.4g}"] for c in candidates]
+    return _table(["", "candidate", "freeze", "params", "seeds", "mean score", "sd", cost], rows)
+
+
+@dataclass
+class Report:
+    search: list[TrialResult]
+    confirmation: list[TrialResult]
+    front: list[TrialResult]
+    objectives: list[tuple[str, str]]
+    recommendation: Recommendation | None
+    candidates: list[Candidate] = field(default_factory=list)
+    confirmed_choice: Candidate | None = None
+    text: str = ""
+
+
+def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], objectives: Sequence[tuple[str, str]],
+                 tolerance: float, cost: str, header: str = "") -> Report:
+    results = summarise(records)
+    search = [r for r in results if r.candidate is None]
+    confirmation = [r for r in results if r.candidate is not None]
+    front_objectives = list(objectives) if len(objectives) > 1 else list(DEFAULT_FRONTIER)
+    front = frontier(search, front_objectives)
+    recommendation = recommend(search, tolerance, cost, searched)
+    report = Report(search=search, confirmation=confirmation, front=front, objectives=front_objectives,
+                    recommendation=recommendation)
+    marks = {r.name: "F" for r in front}
+    if recommendation is not None:
+        marks[recommendation.trial.name] = "R"
+    parts = [header + f"Trials at their best epoch ({len(search)}; F = on the frontier, R = recommended):\n"
+             + trial_table(search, searched, marks),
+             "By freeze range:\n" + depth_table(search),
+             "Frontier over " + ", ".join(f"{m} ({mode})" for m, mode in front_objectives) + ":\n"
+             + trial_table(front, searched)]
+    if recommendation is not None:
+        parts.append(recommendation.describe())
+    if confirmation:
+        report.candidates, report.confirmed_choice = confirmed(confirmation, tolerance, cost, searched)
+        chosen = report.confirmed_choice
+        parts.append("Confirmation (fresh seeds; the search's own run left out):\n"
+                     + candidate_table(report.candidates, chosen, cost))
+        if chosen is not None:
+            parts.append(f"Confirmed recommendation: freeze {chosen.freeze_range} ({chosen.params_text}): mean score "
+                         f"{chosen.mean:.4f} ± {chosen.sd:.4f} over {len(chosen.scores)} seeds, the lowest {cost} "
+                         f"among the candidates whose mean is within the tolerance ({tolerance:g}) plus two standard "
+                         f"errors of the best mean ({report.candidates[0].mean:.4f}).")
+    report.text = "\n\n".join(parts)
+    return report
 
 
 def _short(value: str) -> str:
@@ -102,3 +292,77 @@ def _short(value: str) -> str:
     except ValueError:
         return value
     return f"{number:.3g}" if not number.is_integer() else str(int(number))
+
+
+# -- plots ------------------------------------------------------------------------------------------------------
+def write_report(report: Report, records: Sequence[TrialRecord], out_dir: Path, title: str) -> list[Path]:
+    """Write report.txt, the plots and summary.md (linking them) into ``out_dir``; returns the files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ranges = sorted({r.freeze_range for r in report.search}, key=_freeze_key)
+    colours = {fr: plt.get_cmap("viridis")(i / max(1, len(ranges) - 1)) for i, fr in enumerate(ranges)}
+    by_name = {r.name: r for r in report.search}
+    files = []
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labelled = set()
+    for record in records:
+        result = by_name.get(record.name)
+        if result is None:
+            continue
+        steps, scores = zip(*record.history["score"], strict=True)
+        label = None if result.freeze_range in labelled else f"freeze {result.freeze_range}"
+        labelled.add(result.freeze_range)
+        ax.plot(steps, scores, color=colours[result.freeze_range], alpha=0.8, marker=".", label=label)
+    ax.set(xlabel="epoch", ylabel="score", title=f"{title}: score per epoch by freeze range")
+    ax.legend(fontsize=7, ncol=2)
+    files.append(_save(fig, out_dir / "score_by_epoch.png"))
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, metric, label in ((left, "epoch_time_s", "training time per epoch (s)"),
+                                (right, "peak_mem_mb", "peak training memory (MB)")):
+        for i, freeze_range in enumerate(ranges):
+            values = [r.values.get(metric, math.nan) for r in report.search if r.freeze_range == freeze_range]
+            axis.scatter([i] * len(values), values, color=colours[freeze_range], alpha=0.7)
+            axis.plot([i - 0.3, i + 0.3], [statistics.median(values)] * 2, color="black")
+        axis.set_xticks(range(len(ranges)), ranges, rotation=45, fontsize=8)
+        axis.set(xlabel="freeze range", ylabel=label)
+    fig.suptitle(f"{title}: time and memory by freeze range")
+    files.append(_save(fig, out_dir / "resources_by_range.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    points = ax.scatter([r.epoch_time_s for r in report.search], [r.score for r in report.search],
+                        c=[r.peak_mem_mb for r in report.search], cmap="plasma", s=30, alpha=0.8)
+    fig.colorbar(points, ax=ax, label="peak memory (MB)")
+    front = sorted(report.front, key=lambda r: r.epoch_time_s)
+    ax.plot([r.epoch_time_s for r in front], [r.score for r in front], color="black", linewidth=1, marker="o",
+            markerfacecolor="none", markersize=9, label="frontier")
+    for r in front:
+        ax.annotate(r.freeze_range, (r.epoch_time_s, r.score), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    if report.recommendation is not None:
+        chosen = report.recommendation.trial
+        ax.scatter([chosen.epoch_time_s], [chosen.score], marker="*", s=250, color="red", label="recommended",
+                   zorder=3)
+    ax.set(xlabel="training time per epoch (s)", ylabel="score at the best epoch", title=f"{title}: frontier")
+    ax.legend(fontsize=8)
+    files.append(_save(fig, out_dir / "frontier.png"))
+
+    text_file = out_dir / "report.txt"
+    text_file.write_text(report.text + "\n")
+    summary = out_dir / "summary.md"
+    images = "\n\n".join(f"![{path.stem}]({path.name})" for path in files)
+    summary.write_text(f"# {title}\n\n{images}\n\n```\n{report.text}\n```\n")
+    return [*files, text_file, summary]
+
+
+def _save(fig: object, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

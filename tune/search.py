@@ -27,19 +27,18 @@ from tune.config import Config, TaskConfig, TrainConfig
 from tune.space import optuna_space
 from tune.tasks import load_task
 from tune.tracking import SearchTracker
-from tune.train import Trial
+from tune.train import Trial, load_checkpoint, save_checkpoint
 
-__all__ = ["SearchOutcome", "run"]
-
-CHECKPOINT_FILE = "trial.pt"
-
+__all__ = ["SearchOutcome", "confirm", "init_ray", "run"]
 
 @dataclass(frozen=True)
 class SearchOutcome:
     experiment_path: str
-    trials: int
+    trials: int  # trials that started
     errored: int
     wall_time_s: float
+    budget_reached: bool  # the search stopped at search.time_budget_s
+    best_checkpoints: dict[str, str]  # trial id → directory of its best-score checkpoint
 
 
 def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfig) -> None:
@@ -53,16 +52,28 @@ def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfi
     checkpoint = ray_tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            trial.load_state_dict(torch.load(Path(directory) / CHECKPOINT_FILE, map_location=trial.device,
-                                             weights_only=True))
+            trial.load_state_dict(load_checkpoint(directory, trial.device))
     for metrics in trial.epochs():
         with tempfile.TemporaryDirectory() as directory:
-            torch.save(trial.state_dict(), Path(directory) / CHECKPOINT_FILE)
+            save_checkpoint(trial, directory)
             ray_tune.report({**metrics, **placement}, checkpoint=ray_tune.Checkpoint.from_directory(directory))
 
 
 # Result keys that describe where and how a trial ran: tags of its MLflow run, not metrics.
 _TAG_KEYS = ("mem_source", "node_ip", "node_id", "hostname", "pid", "trial_cpus", "trial_gpus")
+
+
+def _variant_trainable(config: dict[str, Any], base: TrainConfig, task_config: TaskConfig) -> None:
+    """A confirmation run: ``config["variant"]`` holds the candidate's name and its exact params."""
+    _trainable(config["variant"]["params"], base, task_config)
+
+
+def _trial_params(trial: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """A trial's training params and the tags that say which phase it belongs to."""
+    variant = trial.config.get("variant")
+    if variant is None:
+        return dict(trial.config), {"phase": "search"}
+    return dict(variant["params"]), {"phase": "confirm", "candidate": variant["candidate"]}
 
 
 class _MlflowTrials(ray_tune.Callback):
@@ -80,9 +91,9 @@ class _MlflowTrials(ray_tune.Callback):
 
     def _run_id(self, trial: Any) -> str:
         if trial.trial_id not in self.run_ids:
-            params = {**self.base, **trial.config}
+            params, tags = _trial_params(trial)
             self.run_ids[trial.trial_id] = self.tracker.start_trial(
-                trial.trial_id, params, tags={"ray.trial_id": trial.trial_id})
+                trial.trial_id, {**self.base, **params}, tags={"ray.trial_id": trial.trial_id, **tags})
         return self.run_ids[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -121,7 +132,9 @@ class _MlflowTrials(ray_tune.Callback):
         self._say(trial, f"FAILED, see {error}")
 
     def _say(self, trial: Any, outcome: str) -> None:
-        values = ", ".join(f"{k}={_short(trial.config.get(k))}" for k in self.searched)
+        params, tags = _trial_params(trial)
+        values = ", ".join(f"{k}={_short(params.get(k))}" for k in [*self.searched, *(["seed"] if "candidate" in tags
+                                                                                       else [])])
         print(f"  trial {trial.trial_id} ({values}): {outcome}", flush=True)
 
 
@@ -130,7 +143,7 @@ def _short(value: Any) -> str:
 
 
 def _scheduler(cfg: Config) -> Any:
-    if cfg.search.scheduler == "fifo":
+    if cfg.search.scheduler_name == "fifo":
         return FIFOScheduler()
     return ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
                          grace_period=cfg.search.grace_period, reduction_factor=cfg.search.reduction_factor)
@@ -152,10 +165,8 @@ def init_ray(address: str | None = None) -> None:
                  logging_level="WARNING")
 
 
-def run(cfg: Config, tracker: SearchTracker, *, storage_path: Path, space: Mapping[str, Any] | None = None,
-        address: str | None = None, verbose: int = 0) -> SearchOutcome:
-    """Run the search of ``cfg`` (its space already checked against the task: ``freeze.check_space``)."""
-    init_ray(address)
+def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, storage_path: Path,
+         tune_config: dict[str, Any], param_space: dict[str, Any] | None, verbose: int) -> SearchOutcome:
     concurrency = _concurrency(cfg)
     # With a searcher, Tune places one trial at a time unless more placement groups may be pending
     # (field-notes: 8 small trials 38 s → 9 s). Read when the Tuner starts.
@@ -163,24 +174,62 @@ def run(cfg: Config, tracker: SearchTracker, *, storage_path: Path, space: Mappi
     # A checkpoint every epoch with num_to_keep=1 forces an experiment snapshot each time (that is what
     # makes a killed search resumable); Tune warns about it every few seconds, which is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    searcher = OptunaSearch(space=optuna_space(space if space is not None else cfg.space), metric=cfg.search.metric,
-                            mode=cfg.search.mode, seed=cfg.search.seed)
-    trainable = ray_tune.with_resources(
-        ray_tune.with_parameters(_trainable, base=cfg.train, task_config=cfg.task),
-        {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial})
-    run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     tuner = ray_tune.Tuner(
-        trainable,
-        tune_config=ray_tune.TuneConfig(metric=cfg.search.metric, mode=cfg.search.mode, search_alg=searcher,
-                                        scheduler=_scheduler(cfg), num_samples=cfg.search.num_samples,
-                                        max_concurrent_trials=concurrency, reuse_actors=True),
+        ray_tune.with_resources(ray_tune.with_parameters(trainable, base=cfg.train, task_config=cfg.task),
+                                {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial}),
+        param_space=param_space,
+        tune_config=ray_tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True, **tune_config),
         run_config=ray_tune.RunConfig(
-            name=run_name, storage_path=str(storage_path.resolve()), verbose=verbose,
-            callbacks=[_MlflowTrials(tracker, cfg.train, list(cfg.space))],
-            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
+            name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage_path.resolve()),
+            verbose=verbose, callbacks=[_MlflowTrials(tracker, cfg.train, list(cfg.space))],
+            # keep the best-score checkpoint (for the logged model) and the latest (to resume)
+            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="score",
+                                                        checkpoint_score_order="max"),
             failure_config=ray_tune.FailureConfig(max_failures=1)),
     )
     started = time.perf_counter()
     results = tuner.fit()
+    wall = time.perf_counter() - started
+    budget = tune_config.get("time_budget_s")
     return SearchOutcome(experiment_path=results.experiment_path, trials=len(results), errored=results.num_errors,
-                         wall_time_s=time.perf_counter() - started)
+                         wall_time_s=wall, budget_reached=budget is not None and wall >= budget,
+                         best_checkpoints=_best_checkpoints(results))
+
+
+def run(cfg: Config, tracker: SearchTracker, *, storage_path: Path, space: Mapping[str, Any] | None = None,
+        address: str | None = None, verbose: int = 0) -> SearchOutcome:
+    """Run the search of ``cfg`` (its space already checked against the task: ``freeze.check_space``)."""
+    init_ray(address)
+    objectives = cfg.search.objective_list
+    metrics, modes = [m for m, _ in objectives], [m for _, m in objectives]
+    single = len(objectives) == 1
+    # Several objectives go to Optuna as lists; Tune itself takes one metric or none (field-notes).
+    searcher = OptunaSearch(space=optuna_space(space if space is not None else cfg.space),
+                            metric=metrics[0] if single else metrics, mode=modes[0] if single else modes,
+                            seed=cfg.search.seed)
+    tune_config = {"metric": metrics[0] if single else None, "mode": modes[0] if single else None,
+                   "search_alg": searcher, "scheduler": _scheduler(cfg), "num_samples": cfg.search.num_samples,
+                   "time_budget_s": cfg.search.time_budget_s}
+    return _fit(cfg, tracker, _trainable, name=cfg.name, storage_path=storage_path, tune_config=tune_config,
+                param_space=None, verbose=verbose)
+
+
+def confirm(cfg: Config, tracker: SearchTracker, candidates: Mapping[str, dict[str, Any]], seeds: list[int], *,
+            storage_path: Path, address: str | None = None, verbose: int = 0) -> SearchOutcome:
+    """Re-run each candidate's exact params with each of ``seeds``, every epoch, no early stopping."""
+    init_ray(address)
+    variants = [{"candidate": name, "params": {**params, "seed": seed}}
+                for name, params in candidates.items() for seed in seeds]
+    return _fit(cfg, tracker, _variant_trainable, name=f"{cfg.name}-confirm", storage_path=storage_path,
+                tune_config={"scheduler": FIFOScheduler()}, param_space={"variant": ray_tune.grid_search(variants)},
+                verbose=verbose)
+
+
+def _best_checkpoints(results: Any) -> dict[str, str]:
+    best = {}
+    for result in results:
+        scored = [(metrics.get("score", float("-inf")), checkpoint) for checkpoint, metrics in result.best_checkpoints]
+        if scored and "trial_id" in result.metrics:
+            best[result.metrics["trial_id"]] = max(scored, key=lambda pair: pair[0])[1].path
+    return best
+

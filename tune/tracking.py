@@ -20,7 +20,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 __all__ = ["DEFAULT_TRACKING_URI", "SearchTracker", "TrialRecord", "default_tracking_uri", "fetch_trials",
-           "flatten", "git_commit", "ui_command"]
+           "find_search", "flatten", "git_commit", "ui_command"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
@@ -100,18 +100,39 @@ class SearchTracker:
             self.client.log_artifact(self.parent_run_id, str(path))
         return self.parent_run_id
 
-    def finish_search(self, status: str, tags: Mapping[str, str] = ()) -> None:
-        """End the parent run, and any child run still open as KILLED."""
+    def kill_open_trials(self) -> None:
+        """End every child run still open as KILLED (a time budget or an interrupt stopped its trial)."""
         for run_id in list(self._open_children):
             self.end_trial(run_id, "KILLED")
+
+    def finish_search(self, status: str, tags: Mapping[str, str] = ()) -> None:
+        """End the parent run, and any child run still open as KILLED."""
+        self.kill_open_trials()
         if self.parent_run_id is not None:
             if tags:
                 self.set_tags(self.parent_run_id, tags)
             self.client.set_terminated(self.parent_run_id, status=status, end_time=_now_ms())
 
-    def log_text(self, text: str, artifact_file: str) -> None:
-        assert self.parent_run_id is not None
-        self.client.log_text(self.parent_run_id, text, artifact_file)
+    def log_files(self, run_id: str, files: Iterable[Path], artifact_path: str) -> None:
+        for path in files:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_model(self, run_id: str, module: Any, input_example: Any, code_dir: Path) -> str:
+        """Log a torch module as an MLflow model of ``run_id`` (with ``code_dir``, the package that defines
+        its classes, so it loads without this project installed); returns its model URI."""
+        import mlflow
+        import mlflow.pytorch
+        import torch
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        # Requirements given, not inferred: inference re-imports the model in a subprocess (about 10 s).
+        requirements = [f"torch=={torch.__version__.split('+')[0]}"]
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(module, name="recommended_model", input_example=input_example,
+                                            code_paths=[str(code_dir)], pip_requirements=requirements,
+                                            # a whole nn.Module for any batch size (pt2 export fixes the shapes)
+                                            serialization_format="pickle")
+        return info.model_uri
 
     # -- trials -------------------------------------------------------------------------------------------
     def start_trial(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
@@ -147,6 +168,27 @@ class SearchTracker:
         self._open_children.discard(run_id)
 
 
+def find_search(tracking_uri: str, experiment_name: str | None, run_id: str | None) -> tuple[str, dict, dict]:
+    """A search's parent run: ``run_id`` itself, or the latest search of ``experiment_name``.
+    Returns (run id, params, tags); LookupError names what is missing."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    if run_id is not None:
+        try:
+            run = client.get_run(run_id)
+        except Exception as err:  # MlflowException: no such run in this store
+            raise LookupError(f"no run {run_id} in {tracking_uri}") from err
+        return run.info.run_id, dict(run.data.params), dict(run.data.tags)
+    experiment = client.get_experiment_by_name(experiment_name or "")
+    if experiment is None:
+        names = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
+        raise LookupError(f"no experiment '{experiment_name}' in {tracking_uri} (experiments: {names})")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`freeze_search.role` = 'search'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise LookupError(f"no search in experiment '{experiment_name}'")
+    return runs[0].info.run_id, dict(runs[0].data.params), dict(runs[0].data.tags)
+
+
 @dataclass
 class TrialRecord:
     """One child run as the report sees it."""
@@ -159,8 +201,9 @@ class TrialRecord:
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
 
-def fetch_trials(tracking_uri: str, parent_run_id: str) -> list[TrialRecord]:
-    """The child runs of a search with their params, tags and per-epoch histories of HISTORY_KEYS."""
+def fetch_trials(tracking_uri: str, parent_run_id: str, extra_keys: Iterable[str] = ()) -> list[TrialRecord]:
+    """The child runs of a search with their params, tags and per-epoch histories of HISTORY_KEYS and
+    ``extra_keys``."""
     client = MlflowClient(tracking_uri=tracking_uri)
     parent = client.get_run(parent_run_id)
     runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
@@ -168,7 +211,7 @@ def fetch_trials(tracking_uri: str, parent_run_id: str) -> list[TrialRecord]:
     records = []
     for run in runs:
         history = {}
-        for key in HISTORY_KEYS:
+        for key in dict.fromkeys([*HISTORY_KEYS, *extra_keys]):
             points = client.get_metric_history(run.info.run_id, key)
             history[key] = sorted((m.step, m.value) for m in points)
         records.append(TrialRecord(run_id=run.info.run_id, name=run.info.run_name or run.info.run_id,

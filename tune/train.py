@@ -8,6 +8,7 @@ yields exactly what the uninterrupted one would have (the batch order of epoch e
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +17,10 @@ from tune import freeze, measure
 from tune.config import TrainConfig
 from tune.tasks.base import Task
 
-__all__ = ["METRIC_KEYS", "Trial", "make_optimizer", "pick_device"]
+__all__ = ["CHECKPOINT_FILE", "METRIC_KEYS", "Trial", "load_checkpoint", "make_optimizer", "pick_device",
+           "save_checkpoint"]
+
+CHECKPOINT_FILE = "trial.pt"
 
 METRIC_KEYS = ("epoch", "score", "val_loss", "train_loss", "epoch_time_s", "train_time_s", "samples_per_s",
                "peak_mem_mb", "rss_mb", "freeze_start", "freeze_stop", "trainable_params", "frozen_params",
@@ -124,6 +128,15 @@ class Trial:
                                                              activations.peak_bytes) / measure.MB
             metrics["mem_source"] = "model"
         return metrics
+
+
+def save_checkpoint(trial: Trial, directory: str | Path) -> None:
+    torch.save(trial.state_dict(), Path(directory) / CHECKPOINT_FILE)
+
+
+def load_checkpoint(directory: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A trial's checkpoint (model and optimizer state, epoch, time), loaded with weights_only=True."""
+    return torch.load(Path(directory) / CHECKPOINT_FILE, map_location=device, weights_only=True)
 
 
 def _as_list(value: Any) -> Any:

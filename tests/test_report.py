@@ -1,0 +1,116 @@
+"""The frontier, the recommendation rule and the plots, on hand-made trial records."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.image
+import pytest
+
+from tune.report import (
+    DEFAULT_FRONTIER,
+    build_report,
+    confirmed,
+    dominates,
+    frontier,
+    recommend,
+    summarise,
+    value_at_best,
+    write_report,
+)
+from tune.tracking import TrialRecord
+
+
+def record(name: str, stop: int, scores: list[float], epoch_time: float, memory: float, *, lr: float = 1e-3,
+           candidate: str | None = None) -> TrialRecord:
+    epochs = range(1, len(scores) + 1)
+    tags = {"candidate": candidate} if candidate else {}
+    return TrialRecord(
+        run_id=name, name=name, status="FINISHED", params={"freeze_range": f"[0, {stop})", "freeze_stop": str(stop),
+                                                           "lr": str(lr)}, tags=tags,
+        history={"score": list(zip(epochs, scores, strict=True)),
+                 "epoch_time_s": [(e, epoch_time) for e in epochs],
+                 "train_time_s": [(e, epoch_time * e) for e in epochs],
+                 "peak_mem_mb": [(e, memory) for e in epochs]})
+
+
+def test_trials_are_compared_at_their_best_epoch_not_their_last():
+    [result] = summarise([record("a", 2, [0.5, 0.9, 0.7], epoch_time=2.0, memory=5.0)])
+    assert (result.best_epoch, result.score) == (2, 0.9)
+    assert result.time_to_best_s == 4.0  # cumulative training time at epoch 2, not at the end
+    assert result.epoch_time_s == 2.0 and result.peak_mem_mb == 5.0
+    assert value_at_best([(1, 3.0), (2, 7.0)], "peak_mem_mb", 1) == 7.0  # memory: the max over epochs
+
+
+def test_dominance_needs_at_least_as_good_everywhere_and_better_somewhere():
+    a, b, c, d = summarise([record("a", 0, [0.9], 2.0, 8.0), record("b", 4, [0.9], 1.0, 3.0),
+                            record("c", 6, [0.8], 1.0, 3.0), record("d", 4, [0.9], 1.0, 3.0)])
+    by = {r.name: r for r in (a, b, c, d)}
+    assert dominates(by["b"], by["a"], DEFAULT_FRONTIER)  # same score, cheaper, less memory
+    assert dominates(by["b"], by["c"], DEFAULT_FRONTIER)  # same cost, higher score
+    assert not dominates(by["b"], by["d"], DEFAULT_FRONTIER)  # equal points dominate neither way
+    assert not dominates(by["a"], by["c"], DEFAULT_FRONTIER)  # a trade-off: better score, higher cost
+
+
+def test_frontier_keeps_ties_and_trade_offs_and_drops_dominated_trials():
+    results = summarise([record("slow_best", 0, [0.95], 2.0, 8.0), record("mid", 4, [0.93], 1.0, 3.0),
+                         record("mid_twin", 4, [0.93], 1.0, 3.0), record("dominated", 3, [0.90], 1.5, 4.0),
+                         record("cheap", 7, [0.60], 0.5, 0.6)])
+    names = [r.name for r in frontier(results, DEFAULT_FRONTIER)]
+    assert names[0] == "slow_best" and set(names) == {"slow_best", "mid", "mid_twin", "cheap"}
+
+
+def test_single_objective_frontier_is_the_best_score_and_its_ties():
+    results = summarise([record("a", 0, [0.9], 2.0, 8.0), record("b", 4, [0.9], 1.0, 3.0),
+                         record("c", 6, [0.8], 0.5, 1.0)])
+    assert {r.name for r in frontier(results, [("score", "max")])} == {"a", "b"}
+
+
+def test_recommendation_is_the_cheapest_trial_within_tolerance_of_the_best():
+    results = summarise([record("best", 0, [0.950], 2.0, 8.0), record("close", 4, [0.945], 1.0, 3.0),
+                         record("cheaper_but_worse", 6, [0.90], 0.5, 1.0)])
+    chosen = recommend(results, tolerance=0.01, cost="epoch_time_s")
+    assert (chosen.trial.name, chosen.best.name) == ("close", "best")
+    assert "within the tolerance" in chosen.describe() and "50%" in chosen.describe()
+    assert recommend(results, tolerance=0.0, cost="epoch_time_s").trial.name == "best"
+    assert recommend(results, tolerance=0.1, cost="peak_mem_mb").trial.name == "cheaper_but_worse"
+
+
+def test_confirmation_recommends_the_cheap_candidate_only_when_it_holds_up_across_seeds():
+    noisy_tie = summarise([record(f"x{i}", 0, [s], 2.0, 8.0, candidate="expensive") for i, s in
+                           enumerate([0.95, 0.93, 0.94])] +
+                          [record(f"y{i}", 4, [s], 1.0, 3.0, candidate="cheap") for i, s in
+                           enumerate([0.94, 0.92, 0.95])])
+    candidates, chosen = confirmed(noisy_tie, tolerance=0.0, cost="epoch_time_s")
+    assert chosen.name == "cheap"  # the means differ by less than two standard errors
+    assert {c.name: len(c.scores) for c in candidates} == {"expensive": 3, "cheap": 3}
+
+    clearly_worse = summarise([record(f"x{i}", 0, [s], 2.0, 8.0, candidate="expensive") for i, s in
+                               enumerate([0.950, 0.951, 0.949])] +
+                              [record(f"y{i}", 4, [s], 1.0, 3.0, candidate="cheap") for i, s in
+                               enumerate([0.900, 0.901, 0.899])])
+    assert confirmed(clearly_worse, tolerance=0.01, cost="epoch_time_s")[1].name == "expensive"
+
+
+def test_report_text_and_plots_are_written(tmp_path):
+    records = [record(f"t{stop}", stop, [0.5 + 0.05 * stop, 0.6 + 0.04 * stop], 1.0 - 0.1 * stop, 8.0 - stop)
+               for stop in range(6)]
+    report = build_report(records, searched=["freeze_stop", "lr"], objectives=[("score", "max")], tolerance=0.02,
+                          cost="epoch_time_s")
+    assert "Recommendation: freeze [0, 5)" in report.text and "Frontier over score" in report.text
+    files = write_report(report, records, tmp_path, "demo")
+    names = {f.name for f in files}
+    assert names == {"score_by_epoch.png", "resources_by_range.png", "frontier.png", "report.txt", "summary.md"}
+    for path in files:
+        if path.suffix == ".png":
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            image = matplotlib.image.imread(path)
+            assert image.shape[0] > 200 and image.shape[1] > 200 and image.std() > 0.01  # not a blank canvas
+    summary = (tmp_path / "summary.md").read_text()
+    assert "![frontier](frontier.png)" in summary and "Recommendation" in summary
+
+
+@pytest.mark.parametrize("cost", ["epoch_time_s", "train_time_s", "peak_mem_mb"])
+def test_every_cost_name_is_a_compared_value(cost):
+    [result] = summarise([record("a", 2, [0.5, 0.9], epoch_time=2.0, memory=5.0)])
+    assert not math.isnan(result.values[cost])
