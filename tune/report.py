@@ -310,7 +310,7 @@ def write_report(report: Report, records: Sequence[TrialRecord], out_dir: Path, 
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     labelled = set()
-    for record in records:
+    for record in sorted(records, key=lambda rec: by_name[rec.name].freeze_key if rec.name in by_name else (0, 0)):
         result = by_name.get(record.name)
         if result is None:
             continue
@@ -338,13 +338,20 @@ def write_report(report: Report, records: Sequence[TrialRecord], out_dir: Path, 
     points = ax.scatter([r.epoch_time_s for r in report.search], [r.score for r in report.search],
                         c=[r.peak_mem_mb for r in report.search], cmap="plasma", s=30, alpha=0.8)
     fig.colorbar(points, ax=ax, label="peak memory (MB)")
-    front = sorted(report.front, key=lambda r: r.epoch_time_s)
-    ax.plot([r.epoch_time_s for r in front], [r.score for r in front], color="black", linewidth=1, marker="o",
-            markerfacecolor="none", markersize=9, label="frontier")
-    for r in front:
+    ax.scatter([r.epoch_time_s for r in report.front], [r.score for r in report.front], s=110, facecolors="none",
+               edgecolors="black", label="frontier (" + ", ".join(m for m, _ in report.objectives) + ")")
+    # the staircase of the two plotted objectives alone: each step is a trial no faster one outscores
+    stairs, best_so_far = [], -math.inf
+    for r in sorted(report.search, key=lambda r: (r.epoch_time_s, -r.score)):
+        if r.score > best_so_far:
+            stairs.append(r)
+            best_so_far = r.score
+    ax.step([r.epoch_time_s for r in stairs], [r.score for r in stairs], where="post", color="black", linewidth=0.8,
+            alpha=0.6, label="best score at this epoch time or less")
+    for r in report.front:
         ax.annotate(r.freeze_range, (r.epoch_time_s, r.score), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    if report.recommendation is not None:
-        chosen = report.recommendation.trial
+    chosen = _final_choice(report)
+    if chosen is not None:
         ax.scatter([chosen.epoch_time_s], [chosen.score], marker="*", s=250, color="red", label="recommended",
                    zorder=3)
     ax.set(xlabel="training time per epoch (s)", ylabel="score at the best epoch", title=f"{title}: frontier")
@@ -357,6 +364,13 @@ def write_report(report: Report, records: Sequence[TrialRecord], out_dir: Path, 
     images = "\n\n".join(f"![{path.stem}]({path.name})" for path in files)
     summary.write_text(f"# {title}\n\n{images}\n\n```\n{report.text}\n```\n")
     return [*files, text_file, summary]
+
+
+def _final_choice(report: Report) -> TrialResult | None:
+    """The recommended search trial: the confirmed candidate when there was a confirmation."""
+    if report.confirmed_choice is not None:
+        return next((r for r in report.search if r.name == report.confirmed_choice.name), None)
+    return report.recommendation.trial if report.recommendation is not None else None
 
 
 def _save(fig: object, path: Path) -> Path:
