@@ -44,8 +44,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--confirm-top", type=int, default=3, metavar="N",
                         help="how many candidate configurations --confirm re-runs (default: %(default)s)")
     _add_store_args(parser)
-    parser.add_argument("--storage-path", type=Path, default=Path("ray_results"),
-                        help="where Ray Tune keeps trial checkpoints (default: ./ray_results)")
+    parser.add_argument("--storage-path", default="ray_results",
+                        help="where Ray Tune keeps trial checkpoints: a folder every node can write (shared on a "
+                             "cluster) or a URI such as s3://bucket/path (default: ./ray_results)")
     parser.add_argument("--address", help="an existing Ray cluster to run on (default: start Ray here)")
     parser.add_argument("--smoke-test", action="store_true", help="4 trials of 2 epochs: the whole path quickly")
     return parser.parse_args(argv)
@@ -98,13 +99,17 @@ def search_main(argv: list[str]) -> int:
             if metric not in known:
                 raise ConfigError(f"search.objectives.{metric}" if cfg.search.objectives else "search.metric", metric,
                                   "one of " + ", ".join(known))
+        from tune import tracking
+
+        tracking_uri = _tracking_uri(args)
+        tracking.check_store(tracking_uri)
+        _check_storage(args.storage_path)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    from tune import search, tracking
+    from tune import search
 
-    tracking_uri = _tracking_uri(args)
     tracker = tracking.SearchTracker(tracking_uri, cfg.name)
     commit = tracking.git_commit(ROOT)
     searched = list(cfg.space)
@@ -146,6 +151,20 @@ def search_main(argv: list[str]) -> int:
         tracker.finish_search(status)
     print(f"\nCompare the runs: {tracking.ui_command(tracking_uri)}  (experiment '{cfg.name}')")
     return 0 if status == "FINISHED" else 1
+
+
+def _check_storage(storage_path: str) -> None:
+    if "://" in storage_path:
+        return  # a URI (s3://, gs://, ...): Ray checks it when the search starts
+    path = Path(storage_path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError("--storage-path", storage_path, "a folder this process can write (shared by every node "
+                          "on a cluster)", problem=err.strerror or type(err).__name__) from None
 
 
 def _candidates(tracking_uri: str, parent_id: str, cfg, top: int) -> dict[str, dict]:

@@ -94,3 +94,11 @@ def make_flaky_task(marker: str, fail_at_batch: int = 8) -> Task:
 
     return Task(name="flaky", build_model=task.build_model, train_data=task.train_data, val_data=task.val_data,
                 metric=task.metric, loss=loss, evaluate=task.evaluate)
+
+
+def make_file_task(data: str) -> Task:
+    """A user task whose data come from a file saved by torch.save: (images, labels)."""
+    images, labels = torch.load(data, weights_only=True)
+    base = make_tiny_task()
+    return Task(name="file", build_model=base.build_model, train_data=(images, labels), val_data=(images, labels),
+                metric="val_accuracy", loss=F.cross_entropy, evaluate=classification_metrics)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tempfile
 import time
 from collections.abc import Mapping
@@ -53,14 +54,18 @@ def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfi
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trial.load_state_dict(load_checkpoint(directory, trial.device))
-    for metrics in trial.epochs():
-        with tempfile.TemporaryDirectory() as directory:
-            save_checkpoint(trial, directory)
-            ray_tune.report({**metrics, **placement}, checkpoint=ray_tune.Checkpoint.from_directory(directory))
+    try:
+        for metrics in trial.epochs():
+            with tempfile.TemporaryDirectory() as directory:
+                save_checkpoint(trial, directory)
+                ray_tune.report({**metrics, **placement}, checkpoint=ray_tune.Checkpoint.from_directory(directory))
+    except (torch.cuda.OutOfMemoryError, MemoryError) as err:
+        # the trial fails with its reason; the search goes on with the others
+        raise RuntimeError(f"out of memory at epoch {trial.epoch + 1}: {type(err).__name__}: {err}") from None
 
 
 # Result keys that describe where and how a trial ran: tags of its MLflow run, not metrics.
-_TAG_KEYS = ("mem_source", "node_ip", "node_id", "hostname", "pid", "trial_cpus", "trial_gpus")
+_TAG_KEYS = ("mem_source", "node_ip", "node_id", "hostname", "pid", "trial_cpus", "trial_gpus", "diverged")
 
 
 def _variant_trainable(config: dict[str, Any], base: TrainConfig, task_config: TaskConfig) -> None:
@@ -84,6 +89,7 @@ class _MlflowTrials(ray_tune.Callback):
         self.tracker = tracker
         self.searched = searched
         self.last_score: dict[str, float] = {}
+        self.diverged: set[str] = set()
         self.base = dataclasses.asdict(base)
         self.epochs = base.epochs
         self.run_ids: dict[str, str] = {}
@@ -112,6 +118,9 @@ class _MlflowTrials(ray_tune.Callback):
             self.tracker.set_tags(run_id, {k: result[k] for k in _TAG_KEYS if k in result})
         if result.get("iterations_since_restore") == 1 and epoch > 1:
             self.tracker.set_tags(run_id, {"resumed_at_epoch": epoch})  # restored from the epoch-1 checkpoint
+        if result.get("diverged"):
+            self.diverged.add(trial.trial_id)
+            self.tracker.set_tags(run_id, {"diverged": "true", "diverged_at_epoch": epoch})
         self.last_epoch[trial.trial_id] = epoch
         self.last_score[trial.trial_id] = result["score"]
         metrics = {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS and k not in _TAG_KEYS
@@ -120,6 +129,10 @@ class _MlflowTrials(ray_tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         epochs_run = self.last_epoch.get(trial.trial_id, 0)
+        if trial.trial_id in self.diverged:
+            self.tracker.end_trial(self._run_id(trial), "FINISHED", tags={"epochs_run": epochs_run})
+            self._say(trial, f"diverged (loss not finite) at epoch {epochs_run}")
+            return
         stopped_early = epochs_run < self.epochs
         self.tracker.end_trial(self._run_id(trial), "FINISHED",
                                tags={"epochs_run": epochs_run, "stopped_early": stopped_early})
@@ -127,15 +140,27 @@ class _MlflowTrials(ray_tune.Callback):
                          + (" (stopped early by ASHA)" if stopped_early else ""))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        error = getattr(trial, "error_file", None) or ""
-        self.tracker.end_trial(self._run_id(trial), "FAILED", tags={"error_file": error})
-        self._say(trial, f"FAILED, see {error}")
+        error_file = getattr(trial, "error_file", None) or ""
+        reason = _failure_reason(error_file)
+        self.tracker.end_trial(self._run_id(trial), "FAILED", tags={"error_file": error_file,
+                                                                    "failure_reason": reason})
+        self._say(trial, f"FAILED: {reason}")
 
     def _say(self, trial: Any, outcome: str) -> None:
         params, tags = _trial_params(trial)
         values = ", ".join(f"{k}={_short(params.get(k))}" for k in [*self.searched, *(["seed"] if "candidate" in tags
                                                                                        else [])])
         print(f"  trial {trial.trial_id} ({values}): {outcome}", flush=True)
+
+
+def _failure_reason(error_file: str) -> str:
+    """The last line of the trial's traceback that names an exception, e.g. 'RuntimeError: out of memory ...'."""
+    try:
+        lines = [line.strip() for line in Path(error_file).read_text().splitlines() if line.strip()]
+    except OSError:
+        return "unknown (no error file)"
+    named = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
+    return (named[-1] if named else lines[-1] if lines else "unknown")[:500]
 
 
 def _short(value: Any) -> str:
@@ -165,7 +190,12 @@ def init_ray(address: str | None = None) -> None:
                  logging_level="WARNING")
 
 
-def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, storage_path: Path,
+def storage_uri(storage_path: str) -> str:
+    """An absolute local path (Ray needs one), or a URI such as s3://bucket/path as given."""
+    return storage_path if "://" in storage_path else str(Path(storage_path).resolve())
+
+
+def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, storage_path: str,
          tune_config: dict[str, Any], param_space: dict[str, Any] | None, verbose: int) -> SearchOutcome:
     concurrency = _concurrency(cfg)
     # With a searcher, Tune places one trial at a time unless more placement groups may be pending
@@ -180,7 +210,7 @@ def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, stor
         param_space=param_space,
         tune_config=ray_tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True, **tune_config),
         run_config=ray_tune.RunConfig(
-            name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage_path.resolve()),
+            name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_uri(storage_path),
             verbose=verbose, callbacks=[_MlflowTrials(tracker, cfg.train, list(cfg.space))],
             # keep the best-score checkpoint (for the logged model) and the latest (to resume)
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="score",
@@ -196,7 +226,7 @@ def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, stor
                          best_checkpoints=_best_checkpoints(results))
 
 
-def run(cfg: Config, tracker: SearchTracker, *, storage_path: Path, space: Mapping[str, Any] | None = None,
+def run(cfg: Config, tracker: SearchTracker, *, storage_path: str, space: Mapping[str, Any] | None = None,
         address: str | None = None, verbose: int = 0) -> SearchOutcome:
     """Run the search of ``cfg`` (its space already checked against the task: ``freeze.check_space``)."""
     init_ray(address)
@@ -215,7 +245,7 @@ def run(cfg: Config, tracker: SearchTracker, *, storage_path: Path, space: Mappi
 
 
 def confirm(cfg: Config, tracker: SearchTracker, candidates: Mapping[str, dict[str, Any]], seeds: list[int], *,
-            storage_path: Path, address: str | None = None, verbose: int = 0) -> SearchOutcome:
+            storage_path: str, address: str | None = None, verbose: int = 0) -> SearchOutcome:
     """Re-run each candidate's exact params with each of ``seeds``, every epoch, no early stopping."""
     init_ray(address)
     variants = [{"candidate": name, "params": {**params, "seed": seed}}

@@ -9,18 +9,23 @@ Every run ends FINISHED, FAILED or KILLED.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from tune.errors import ConfigError
+
 __all__ = ["DEFAULT_TRACKING_URI", "SearchTracker", "TrialRecord", "default_tracking_uri", "fetch_trials",
-           "find_search", "flatten", "git_commit", "ui_command"]
+           "check_store", "find_search", "flatten", "git_commit", "redact", "ui_command"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
@@ -44,10 +49,47 @@ def _artifact_location(tracking_uri: str, experiment_name: str) -> str | None:
     return (database.resolve().parent / "mlartifacts" / experiment_name).as_uri()
 
 
+def redact(uri: str) -> str:
+    """The URI with any user:password removed, for messages and logs."""
+    parts = urlsplit(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+_STORE_ALLOWED = "sqlite:///PATH, http(s)://HOST:PORT of an MLflow server, or postgresql/mysql/mssql://..."
+
+
+def check_store(tracking_uri: str, timeout_s: float = 10.0) -> None:
+    """Fail fast, before any trial, when the tracking store cannot be used: ConfigError within ``timeout_s``."""
+    scheme = urlsplit(tracking_uri).scheme
+    shown = redact(tracking_uri)
+    if scheme == "sqlite":
+        if not tracking_uri.startswith("sqlite:///"):
+            raise ConfigError("--tracking-uri", shown, "sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        folder = Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise ConfigError("--tracking-uri", shown, "a sqlite file in a writable folder",
+                              problem=f"cannot write in {folder}")
+    elif scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s) as response:
+                response.read()
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            raise ConfigError("--tracking-uri", shown, "a reachable MLflow server", problem=f"{reason}") from None
+    elif scheme in ("postgresql", "mysql", "mssql"):
+        return  # checked by MLflow itself when the experiment is created
+    else:
+        raise ConfigError("--tracking-uri", shown, _STORE_ALLOWED, problem="unsupported scheme")
+
+
 def ui_command(tracking_uri: str) -> str:
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri} in a browser"
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
+        return f"open {redact(tracking_uri)} in a browser"
+    return f"mlflow ui --backend-store-uri {redact(tracking_uri)}"
 
 
 def git_commit(path: Path) -> str | None:

@@ -7,6 +7,7 @@ yields exactly what the uninterrupted one would have (the batch order of epoch e
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ class Trial:
         self.val_x, self.val_y = (t.to(self.device) for t in task.val_data)
         self.epoch = 0
         self.train_time_s = 0.0
+        self.diverged = False
 
     @property
     def summary(self) -> freeze.FreezeSummary:
@@ -72,7 +74,9 @@ class Trial:
         self.train_time_s = float(state["train_time_s"])
 
     def epochs(self) -> Iterator[dict[str, Any]]:
-        while self.epoch < self.cfg.epochs:
+        """Epoch metrics until the last epoch, or until the training loss stops being finite: that epoch is
+        yielded with ``diverged: 1`` and the trial ends there."""
+        while self.epoch < self.cfg.epochs and not self.diverged:
             yield self.run_epoch()
 
     def _batch_order(self) -> torch.Tensor:
@@ -117,6 +121,9 @@ class Trial:
             "rss_mb": measure.rss_mb(),
             **self.summary.as_metrics(),
         }
+        if not math.isfinite(train_loss):
+            self.diverged = True
+            metrics["diverged"] = 1
         if device.type == "cuda":
             metrics["peak_mem_mb"] = measure.cuda_peak_mem_mb(device)
             metrics["mem_source"] = "cuda"

@@ -39,6 +39,9 @@ def load_task(task_config: TaskConfig) -> Task:
     except TypeError as err:
         raise ConfigError("task.options", dict(task_config.options), "the keyword arguments of the task factory",
                           problem=str(err)) from None
+    except OSError as err:  # missing or unreadable data
+        raise ConfigError("task.options", dict(task_config.options), "options that point at readable data",
+                          problem=f"{type(err).__name__}: {err}") from None
     if not isinstance(task, Task):
         raise ConfigError("task.name", task_config.name, "a factory that returns tune.tasks.Task",
                           problem=f"it returned {type(task).__name__}")

@@ -71,12 +71,21 @@ def build_model(weights: str | None = "pretrained", new_head: bool = False) -> B
     model = DigitsCNN()
     if weights is not None:
         path = weights_path() if weights == "pretrained" else Path(weights)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        try:
+            # weights_only: a weights file is data, never code (a pickled object is refused here)
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as err:  # corrupt file, unsafe pickle, or another model's state dict
+            raise ConfigError("task.options.weights", str(weights), "a DigitsCNN state dict saved with torch.save",
+                              problem=_first_line(err)) from None
     if new_head:
         model.blocks[-1].reset_parameters()
     return BlockModel(module=model, blocks=list(model.blocks), block_names=DigitsCNN.block_names,
                       cut_points={"backbone": 6}, example_input=torch.zeros(2, 1, RESOLUTION, RESOLUTION))
+
+
+def _first_line(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:160]}"
 
 
 def _uci_digits() -> tuple[torch.Tensor, torch.Tensor]:

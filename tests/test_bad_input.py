@@ -1,0 +1,135 @@
+"""Bad input, end to end through the CLI: exit 2, one line naming the key, the value and what is allowed,
+no Ray started, no MLflow store or run written."""
+
+from __future__ import annotations
+
+import pickle
+import socket
+
+import pytest
+import torch
+
+import run_search
+from tune import search
+
+ROOT = run_search.ROOT
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("this pickle runs code when loaded without weights_only",))
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """An empty working directory; starting Ray from here fails the test."""
+    monkeypatch.chdir(tmp_path)
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started for bad input")
+
+    monkeypatch.setattr(search, "init_ray", no_ray)
+    (tmp_path / "inputs").mkdir()
+    return tmp_path
+
+
+def _files(tmp_path):
+    return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if "inputs" not in p.parts)
+
+
+def _unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+CASES = {
+    "yaml syntax": (lambda d: ["--space", _write(d / "inputs/bad.yaml", "name: x\nspace: {freeze_stop: [\n")],
+                    "error: {d}/inputs/bad.yaml: got '<file>' (while parsing"),
+    "unknown key": (lambda d: ["--set", "train.learning_rate=0.1"],
+                    "error: train.learning_rate: got 0.1 (unknown key)"),
+    "unknown section": (lambda d: ["--set", "trainer.epochs=3"], "error: trainer: got {'epochs': 3} (unknown key)"),
+    "wrong type": (lambda d: ["--set", "train.epochs=ten"],
+                   "error: train.epochs: got 'ten' (str); allowed: an integer"),
+    "bool for int": (lambda d: ["--set", "train.batch_size=true"], "error: train.batch_size: got True (bool)"),
+    "low > high": (lambda d: ["--set", "space.lr.low=0.1", "--set", "space.lr.high=0.01"],
+                   "error: space.lr: got {'low': 0.1, 'high': 0.01}; allowed: low <= high"),
+    "float freeze": (lambda d: ["--set", "space.freeze_stop.high=2.5"], "error: space.freeze_stop.high: got 2.5"),
+    "bool freeze": (lambda d: ["--set", "space.freeze_stop=true"], "error: train.freeze_stop: got True (bool)"),
+    "freeze beyond depth": (lambda d: ["--set", "space.freeze_stop.high=30"],
+                            "error: space.freeze_stop.high: got 30 (out of range); allowed: an integer in [0, 8]"),
+    "freeze every block": (lambda d: ["--set", "space.freeze_stop={type: choice, values: [2, 8]}"],
+                           "error: space.freeze_stop: got 8 (freezes every block)"),
+    "unknown freeze name": (lambda d: ["--set", "space.freeze_stop.high=neck"],
+                            "error: space.freeze_stop.high: got 'neck' (unknown name)"),
+    "unknown task": (lambda d: ["--set", "task.name=resnet"], "error: task.name: got 'resnet' (unknown task)"),
+    "import path does not load": (lambda d: ["--set", "task.name=nowhere.tasks:make"],
+                                  "error: task.name: got 'nowhere.tasks:make' (ModuleNotFoundError"),
+    "import path lacks function": (lambda d: ["--set", "task.name=conftest:no_such_factory"],
+                                   "error: task.name: got 'conftest:no_such_factory' (conftest has no function"),
+    "unknown task option": (lambda d: ["--set", "task.options.labelz=3"], "error: task.options: got {"),
+    "missing data": (lambda d: ["--set", "task.name=conftest:make_file_task", "--set", "task.options={data: nope.pt}"],
+                     "error: task.options: got {'data': 'nope.pt'} (FileNotFoundError"),
+    "corrupt weights": (lambda d: ["--set", f"task.options.weights={_write(d / 'inputs/w.pt', 'not a zip')}"],
+                        "error: task.options.weights: got '{d}/inputs/w.pt' (UnpicklingError"),
+    "unsafe weights": (lambda d: ["--set", f"task.options.weights={_pickle(d / 'inputs/evil.pt')}"],
+                       "error: task.options.weights: got '{d}/inputs/evil.pt' (UnpicklingError: Weights only load"),
+    "wrong model weights": (lambda d: ["--set", f"task.options.weights={_other_weights(d / 'inputs/other.pt')}"],
+                            "error: task.options.weights: got '{d}/inputs/other.pt' (RuntimeError: Error(s) in"),
+    "unreachable tracking server": (lambda d: ["--tracking-uri", f"http://127.0.0.1:{_unused_port()}"],
+                                    "error: --tracking-uri: got 'http://127.0.0.1:"),
+    "tracking uri scheme": (lambda d: ["--tracking-uri", "ftp://example/mlflow"],
+                            "error: --tracking-uri: got 'ftp://example/mlflow' (unsupported scheme)"),
+    "sqlite in missing folder": (lambda d: ["--tracking-uri", "sqlite:////no/such/folder/m.db"],
+                                 "error: --tracking-uri: got 'sqlite:////no/such/folder/m.db' (cannot write in"),
+    "credentials are not echoed": (lambda d: ["--tracking-uri", f"http://alice:s3cret@127.0.0.1:{_unused_port()}"],
+                                   "error: --tracking-uri: got 'http://***@127.0.0.1:"),
+    "unwritable storage": (lambda d: ["--storage-path", "/proc/forbidden"], "error: --storage-path: got '/proc/"),
+    "zero samples": (lambda d: ["--num-samples", "0"], "error: search.num_samples: got 0 (int)"),
+    "unknown objective": (lambda d: ["--set", "search.objectives={accuracy: max, peak_mem_mb: min}"],
+                          "error: search.objectives.accuracy: got 'accuracy'; allowed: one of epoch, score"),
+    "objective mode": (lambda d: ["--set", "search.objectives={score: up}"], "error: search.objectives: got {'score'"),
+    "asha with objectives": (lambda d: ["--set", "search.scheduler=asha",
+                                        "--set", "search.objectives={score: max, peak_mem_mb: min}"],
+                             "error: search.scheduler: got 'asha'; allowed: fifo or auto with several objectives"),
+    "grace beyond epochs": (lambda d: ["--set", "train.epochs=2", "--set", "search.grace_period=3"],
+                            "error: search.grace_period: got 3; allowed: an integer <= train.epochs (2)"),
+    "confirm one seed": (lambda d: ["--confirm", "1"], "error: --confirm: got 1; allowed: 0 (no confirmation)"),
+    "set syntax": (lambda d: ["--set", "epochs"], "error: --set: got 'epochs'; allowed: section.key=value"),
+    "missing space file": (lambda d: ["--space", "nope.yaml"], "error: --space: got 'nope.yaml' (no such file)"),
+}
+
+
+def _pickle(path):
+    with open(path, "wb") as handle:
+        pickle.dump(_Exploit(), handle)
+    return str(path)
+
+
+def _other_weights(path):
+    torch.save(torch.nn.Linear(2, 2).state_dict(), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_exits_2_with_one_line_and_no_side_effects(case, workdir, capsys):
+    make_args, expected = CASES[case]
+    code = run_search.main(make_args(workdir))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(expected.replace("{d}", str(workdir))), lines[0]
+    assert "allowed:" in lines[0]
+    assert _files(workdir) == []  # no mlflow.db, no ray_results, no reports
+    if "s3cret" in " ".join(make_args(workdir)):
+        assert "s3cret" not in err
+
+
+def test_at_least_twenty_distinct_cases():
+    assert len(CASES) >= 20
