@@ -102,3 +102,16 @@ def make_file_task(data: str) -> Task:
     base = make_tiny_task()
     return Task(name="file", build_model=base.build_model, train_data=(images, labels), val_data=(images, labels),
                 metric="val_accuracy", loss=F.cross_entropy, evaluate=classification_metrics)
+
+
+def make_big_batch_oom_task(limit: int = 16) -> Task:
+    """The tiny task on a 'device' that runs out of memory above ``limit`` samples per batch."""
+    base = make_tiny_task()
+
+    def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if len(target) > limit:
+            raise MemoryError(f"cannot hold a batch of {len(target)} (limit {limit})")
+        return F.cross_entropy(output, target)
+
+    return Task(name="oom", build_model=base.build_model, train_data=base.train_data, val_data=base.val_data,
+                metric=base.metric, loss=loss, evaluate=base.evaluate)

@@ -272,3 +272,57 @@ def test_confirm_reruns_the_top_candidates_with_fresh_seeds(ray_runtime, tmp_pat
         assert run.data.params["lr"] == source.data.params["lr"]
     out = capsys.readouterr().out
     assert "Confirmation (fresh seeds" in out and "Confirmed recommendation:" in out
+
+
+def _space_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+def _run_space(tmp_path: Path, text: str) -> tuple[int, str]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = run_search.main(["--space", str(_space_file(tmp_path, text)), "--tracking-uri", uri,
+                            "--storage-path", str(tmp_path / "ray"), "--report-dir", str(tmp_path / "reports")])
+    return code, uri
+
+
+def test_a_diverging_trial_stops_is_tagged_and_the_search_goes_on(ray_runtime, tmp_path):
+    code, uri = _run_space(tmp_path, """
+name: diverge
+task: {name: "conftest:make_tiny_task"}
+train: {epochs: 4, batch_size: 8, optimizer: sgd, momentum: 0.0}
+space: {lr: {type: choice, values: [0.01, 1.0e+30]}, freeze_stop: 1}
+search: {num_samples: 6, scheduler: fifo}
+""")
+    assert code == 0
+    _, children = _runs(uri, "diverge")
+    lrs = {c.data.params["lr"] for c in children}
+    assert lrs == {"0.01", "1e+30"}, "both learning rates must have been sampled for this test to mean anything"
+    for child in children:
+        assert child.info.status == "FINISHED"
+        if child.data.params["lr"] == "1e+30":
+            assert child.data.tags["diverged"] == "true"
+            assert int(child.data.tags["epochs_run"]) < 4  # it stopped at the diverged epoch
+        else:
+            assert "diverged" not in child.data.tags and child.data.tags["epochs_run"] == "4"
+
+
+def test_an_out_of_memory_trial_fails_with_its_reason_and_the_search_goes_on(ray_runtime, tmp_path):
+    code, uri = _run_space(tmp_path, """
+name: oom
+task: {name: "conftest:make_big_batch_oom_task", options: {limit: 16}}
+train: {epochs: 2, freeze_stop: 1}
+space: {batch_size: {type: choice, values: [8, 48]}}
+search: {num_samples: 6, scheduler: fifo}
+""")
+    assert code == 0  # some trials finished
+    _, children = _runs(uri, "oom")
+    by_batch = {c.data.params["batch_size"] for c in children}
+    assert by_batch == {"8", "48"}, "both batch sizes must have been sampled for this test to mean anything"
+    for child in children:
+        if child.data.params["batch_size"] == "48":
+            assert child.info.status == "FAILED"
+            assert child.data.tags["failure_reason"].startswith("RuntimeError: out of memory at epoch 1: MemoryError")
+        else:
+            assert child.info.status == "FINISHED"
