@@ -49,6 +49,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "cluster) or a URI such as s3://bucket/path (default: ./ray_results)")
     parser.add_argument("--address", help="an existing Ray cluster to run on (default: start Ray here)")
     parser.add_argument("--smoke-test", action="store_true", help="4 trials of 2 epochs: the whole path quickly")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on with the latest unfinished search of this space (killed or interrupted): same "
+                             "parent run, finished trials kept; give the same arguments as the first time")
     return parser.parse_args(argv)
 
 
@@ -104,6 +107,7 @@ def search_main(argv: list[str]) -> int:
         tracking_uri = _tracking_uri(args)
         tracking.check_store(tracking_uri)
         _check_storage(args.storage_path)
+        resume = _resumable(tracking_uri, cfg.name) if args.resume else None
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -111,22 +115,31 @@ def search_main(argv: list[str]) -> int:
     from tune import search
 
     tracker = tracking.SearchTracker(tracking_uri, cfg.name)
-    commit = tracking.git_commit(ROOT)
     searched = list(cfg.space)
-    parent_id = tracker.start_search(
-        run_name=f"search-{time.strftime('%Y%m%d-%H%M%S')}",
-        params=tracking.flatten(cfg.as_dict()),
-        tags={"space_file": str(args.space), "smoke_test": str(args.smoke_test),
-              "freeze_search.searched": json.dumps(searched),
-              "freeze_search.objectives": json.dumps(cfg.search.objective_list),
-              **({"mlflow.source.git.commit": commit} if commit else {})},
-        artifacts=[args.space])
+    if resume is not None:
+        parent_id, experiment_path = resume
+        tracker.reopen_search(parent_id)
+        # Runs the dead driver left open: the trials Tune saved reopen theirs when they go on; a trial started
+        # after Tune's last snapshot is lost with the driver and stays KILLED (Tune samples a new one).
+        tracker.kill_open_trials("the driver stopped before this trial ended")
+    else:
+        commit = tracking.git_commit(ROOT)
+        experiment_path = None
+        parent_id = tracker.start_search(
+            run_name=f"search-{time.strftime('%Y%m%d-%H%M%S')}",
+            params=tracking.flatten(cfg.as_dict()),
+            tags={"space_file": str(args.space), "smoke_test": str(args.smoke_test),
+                  "freeze_search.searched": json.dumps(searched),
+                  "freeze_search.objectives": json.dumps(cfg.search.objective_list),
+                  **({"mlflow.source.git.commit": commit} if commit else {})},
+            artifacts=[args.space])
     print(f"search {cfg.name}: {cfg.search.num_samples} trials of up to {cfg.train.epochs} epochs over "
           f"{', '.join(searched)}; MLflow parent run {parent_id}", flush=True)
 
-    status = "FAILED"
+    status, reason = "FAILED", "the search failed before this trial ended"
     try:
-        outcome = search.run(cfg, tracker, storage_path=args.storage_path, space=space, address=args.address)
+        outcome = search.run(cfg, tracker, storage_path=args.storage_path, space=space, address=args.address,
+                             restore_from=experiment_path)
         tracker.kill_open_trials()
         checkpoints = dict(outcome.best_checkpoints)
         header = (f"{outcome.trials} trials in {outcome.wall_time_s:.0f} s, {outcome.errored} failed"
@@ -144,13 +157,31 @@ def search_main(argv: list[str]) -> int:
         _log_recommended_model(tracker, parent_id, report, checkpoints, task)
         status = "FINISHED" if outcome.errored < outcome.trials else "FAILED"
     except KeyboardInterrupt:
-        status = "KILLED"
-        print("interrupted: open runs marked KILLED", file=sys.stderr)
+        status, reason = "KILLED", "interrupted (Ctrl-C)"
+        print("interrupted: open runs marked KILLED; go on with the same command and --resume", file=sys.stderr)
         return 130
     finally:
-        tracker.finish_search(status)
+        tracker.finish_search(status, reason=reason)
     print(f"\nCompare the runs: {tracking.ui_command(tracking_uri)}  (experiment '{cfg.name}')")
     return 0 if status == "FINISHED" else 1
+
+
+def _resumable(tracking_uri: str, experiment: str) -> tuple[str, str]:
+    """The latest search of ``experiment`` if it did not finish, and the Ray experiment folder to restore."""
+    from tune import search, tracking
+
+    try:
+        parent_id, _, tags, status = tracking.find_search(tracking_uri, experiment, None)
+    except LookupError as err:
+        raise ConfigError("--resume", experiment, "an experiment with an unfinished search", problem=str(err)) from None
+    if status == "FINISHED":
+        raise ConfigError("--resume", experiment, "an experiment whose latest search did not finish",
+                          problem=f"search {parent_id} finished")
+    path = tags.get("ray.experiment_path", "")
+    if not path or not search.can_restore(path):
+        raise ConfigError("--resume", experiment, "a search whose Ray experiment folder is still there",
+                          problem=f"cannot restore {path or 'an unrecorded path'}")
+    return parent_id, path
 
 
 def _check_storage(storage_path: str) -> None:
@@ -252,7 +283,7 @@ def report_main(argv: list[str]) -> int:
         if args.tolerance is not None and not args.tolerance >= 0:
             raise ConfigError("--tolerance", args.tolerance, "a number >= 0")
         try:
-            parent_id, params, tags = tracking.find_search(tracking_uri, args.experiment, args.run_id)
+            parent_id, params, tags, _ = tracking.find_search(tracking_uri, args.experiment, args.run_id)
         except LookupError as err:
             raise ConfigError("--run-id" if args.run_id else "--experiment", args.run_id or args.experiment,
                               "a search logged in this tracking store", problem=str(err)) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,3 +116,15 @@ def make_big_batch_oom_task(limit: int = 16) -> Task:
 
     return Task(name="oom", build_model=base.build_model, train_data=base.train_data, val_data=base.val_data,
                 metric=base.metric, loss=loss, evaluate=base.evaluate)
+
+
+def make_slow_task(seconds_per_epoch: float = 0.5) -> Task:
+    """The tiny task with a validation pass that takes ``seconds_per_epoch``: time to act mid-trial."""
+    base = make_tiny_task()
+
+    def evaluate(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        time.sleep(seconds_per_epoch)
+        return classification_metrics(model, inputs, targets)
+
+    return Task(name="slow", build_model=base.build_model, train_data=base.train_data, val_data=base.val_data,
+                metric=base.metric, loss=base.loss, evaluate=evaluate)

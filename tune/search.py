@@ -30,7 +30,7 @@ from tune.tasks import load_task
 from tune.tracking import SearchTracker
 from tune.train import Trial, load_checkpoint, save_checkpoint
 
-__all__ = ["SearchOutcome", "confirm", "init_ray", "run"]
+__all__ = ["SearchOutcome", "can_restore", "confirm", "experiment_name", "init_ray", "run", "storage_uri"]
 
 @dataclass(frozen=True)
 class SearchOutcome:
@@ -90,6 +90,7 @@ class _MlflowTrials(ray_tune.Callback):
         self.searched = searched
         self.last_score: dict[str, float] = {}
         self.diverged: set[str] = set()
+        self.closed: set[str] = set()  # trials whose MLflow run had already ended when a search was restored
         self.base = dataclasses.asdict(base)
         self.epochs = base.epochs
         self.run_ids: dict[str, str] = {}
@@ -97,6 +98,15 @@ class _MlflowTrials(ray_tune.Callback):
 
     def _run_id(self, trial: Any) -> str:
         if trial.trial_id not in self.run_ids:
+            found = self.tracker.find_trial(trial.trial_id)  # a restored search: go on with the trial's run
+            if found is not None:
+                run_id, last_epoch, finished = found
+                self.run_ids[trial.trial_id] = run_id
+                if last_epoch:
+                    self.last_epoch[trial.trial_id] = last_epoch
+                if finished:  # it ended before the driver died, after Tune's last snapshot: leave its run be
+                    self.closed.add(trial.trial_id)
+                return run_id
             params, tags = _trial_params(trial)
             self.run_ids[trial.trial_id] = self.tracker.start_trial(
                 trial.trial_id, {**self.base, **params}, tags={"ray.trial_id": trial.trial_id, **tags})
@@ -128,6 +138,8 @@ class _MlflowTrials(ray_tune.Callback):
         self.tracker.log_metrics(run_id, metrics, step=epoch)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self.closed:
+            return
         epochs_run = self.last_epoch.get(trial.trial_id, 0)
         if trial.trial_id in self.diverged:
             self.tracker.end_trial(self._run_id(trial), "FINISHED", tags={"epochs_run": epochs_run})
@@ -140,6 +152,8 @@ class _MlflowTrials(ray_tune.Callback):
                          + (" (stopped early by ASHA)" if stopped_early else ""))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self.closed:
+            return
         error_file = getattr(trial, "error_file", None) or ""
         reason = _failure_reason(error_file)
         self.tracker.end_trial(self._run_id(trial), "FAILED", tags={"error_file": error_file,
@@ -196,7 +210,8 @@ def storage_uri(storage_path: str) -> str:
 
 
 def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, storage_path: str,
-         tune_config: dict[str, Any], param_space: dict[str, Any] | None, verbose: int) -> SearchOutcome:
+         tune_config: dict[str, Any], param_space: dict[str, Any] | None, verbose: int,
+         restore_from: str | None = None) -> SearchOutcome:
     concurrency = _concurrency(cfg)
     # With a searcher, Tune places one trial at a time unless more placement groups may be pending
     # (field-notes: 8 small trials 38 s → 9 s). Read when the Tuner starts.
@@ -204,32 +219,58 @@ def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, stor
     # A checkpoint every epoch with num_to_keep=1 forces an experiment snapshot each time (that is what
     # makes a killed search resumable); Tune warns about it every few seconds, which is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ctrl-C reaches the CLI as KeyboardInterrupt (open runs KILLED, parent KILLED, resumable with --resume)
+    # instead of Tune's own handler, which would return as if the search had finished.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    if restore_from is not None:
+        tuner = ray_tune.Tuner.restore(restore_from, trainable=_wrap(cfg, trainable), resume_unfinished=True,
+                                       resume_errored=False)
+        return _outcome(tuner, tune_config.get("time_budget_s"))
     tuner = ray_tune.Tuner(
-        ray_tune.with_resources(ray_tune.with_parameters(trainable, base=cfg.train, task_config=cfg.task),
-                                {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial}),
+        _wrap(cfg, trainable),
         param_space=param_space,
         tune_config=ray_tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True, **tune_config),
         run_config=ray_tune.RunConfig(
-            name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_uri(storage_path),
+            name=name, storage_path=storage_uri(storage_path),
             verbose=verbose, callbacks=[_MlflowTrials(tracker, cfg.train, list(cfg.space))],
             # keep the best-score checkpoint (for the logged model) and the latest (to resume)
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="score",
                                                         checkpoint_score_order="max"),
             failure_config=ray_tune.FailureConfig(max_failures=1)),
     )
+    return _outcome(tuner, tune_config.get("time_budget_s"))
+
+
+def _wrap(cfg: Config, trainable: Any) -> Any:
+    return ray_tune.with_resources(ray_tune.with_parameters(trainable, base=cfg.train, task_config=cfg.task),
+                                   {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial})
+
+
+def _outcome(tuner: Any, budget: float | None) -> SearchOutcome:
     started = time.perf_counter()
     results = tuner.fit()
     wall = time.perf_counter() - started
-    budget = tune_config.get("time_budget_s")
     return SearchOutcome(experiment_path=results.experiment_path, trials=len(results), errored=results.num_errors,
                          wall_time_s=wall, budget_reached=budget is not None and wall >= budget,
                          best_checkpoints=_best_checkpoints(results))
 
 
+def experiment_name(cfg: Config) -> str:
+    return f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def can_restore(experiment_path: str) -> bool:
+    return ray_tune.Tuner.can_restore(experiment_path)
+
+
 def run(cfg: Config, tracker: SearchTracker, *, storage_path: str, space: Mapping[str, Any] | None = None,
-        address: str | None = None, verbose: int = 0) -> SearchOutcome:
-    """Run the search of ``cfg`` (its space already checked against the task: ``freeze.check_space``)."""
+        address: str | None = None, verbose: int = 0, restore_from: str | None = None) -> SearchOutcome:
+    """Run the search of ``cfg`` (its space already checked against the task: ``freeze.check_space``), or go
+    on with the interrupted one saved at ``restore_from`` (its trials keep their MLflow runs)."""
     init_ray(address)
+    name = experiment_name(cfg)
+    if restore_from is None:
+        tracker.set_tags(tracker.parent_run_id, {"ray.experiment_path": f"{storage_uri(storage_path)}/{name}"})
     objectives = cfg.search.objective_list
     metrics, modes = [m for m, _ in objectives], [m for _, m in objectives]
     single = len(objectives) == 1
@@ -240,8 +281,8 @@ def run(cfg: Config, tracker: SearchTracker, *, storage_path: str, space: Mappin
     tune_config = {"metric": metrics[0] if single else None, "mode": modes[0] if single else None,
                    "search_alg": searcher, "scheduler": _scheduler(cfg), "num_samples": cfg.search.num_samples,
                    "time_budget_s": cfg.search.time_budget_s}
-    return _fit(cfg, tracker, _trainable, name=cfg.name, storage_path=storage_path, tune_config=tune_config,
-                param_space=None, verbose=verbose)
+    return _fit(cfg, tracker, _trainable, name=name, storage_path=storage_path, tune_config=tune_config,
+                param_space=None, verbose=verbose, restore_from=restore_from)
 
 
 def confirm(cfg: Config, tracker: SearchTracker, candidates: Mapping[str, dict[str, Any]], seeds: list[int], *,
@@ -250,7 +291,7 @@ def confirm(cfg: Config, tracker: SearchTracker, candidates: Mapping[str, dict[s
     init_ray(address)
     variants = [{"candidate": name, "params": {**params, "seed": seed}}
                 for name, params in candidates.items() for seed in seeds]
-    return _fit(cfg, tracker, _variant_trainable, name=f"{cfg.name}-confirm", storage_path=storage_path,
+    return _fit(cfg, tracker, _variant_trainable, name=f"{experiment_name(cfg)}-confirm", storage_path=storage_path,
                 tune_config={"scheduler": FIFOScheduler()}, param_space={"variant": ray_tune.grid_search(variants)},
                 verbose=verbose)
 

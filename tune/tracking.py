@@ -128,8 +128,18 @@ class SearchTracker:
                               else self.client.create_experiment(experiment_name,
                                                                  _artifact_location(tracking_uri, experiment_name)))
         self.parent_run_id: str | None = None
-        self._open_children: set[str] = set()
         self._logged_params: dict[str, set[str]] = {}
+
+    # Tune pickles its callbacks (and so this tracker) into the experiment state for Tuner.restore: keep the
+    # URI and ids, not the client.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("client")
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
 
     # -- the search ---------------------------------------------------------------------------------------
     def start_search(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str],
@@ -142,14 +152,40 @@ class SearchTracker:
             self.client.log_artifact(self.parent_run_id, str(path))
         return self.parent_run_id
 
-    def kill_open_trials(self) -> None:
-        """End every child run still open as KILLED (a time budget or an interrupt stopped its trial)."""
-        for run_id in list(self._open_children):
-            self.end_trial(run_id, "KILLED")
+    def reopen_search(self, parent_run_id: str) -> None:
+        """Continue an interrupted search's parent run (``--resume``)."""
+        self.parent_run_id = parent_run_id
+        self.client.update_run(parent_run_id, status="RUNNING")
 
-    def finish_search(self, status: str, tags: Mapping[str, str] = ()) -> None:
-        """End the parent run, and any child run still open as KILLED."""
-        self.kill_open_trials()
+    def _children(self, filter_string: str = "") -> list:
+        query = f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'" + (f" and {filter_string}" if filter_string else "")
+        return self.client.search_runs([self.experiment_id], filter_string=query, max_results=10_000)
+
+    def find_trial(self, trial_id: str) -> tuple[str, int, bool] | None:
+        """The child run of a Tune trial logged before (a restored search): its id, last logged epoch, and whether
+        it had FINISHED. A run that was KILLED is reopened: its trial goes on."""
+        runs = self._children(f"tags.`ray.trial_id` = '{trial_id}'")
+        if not runs:
+            return None
+        run = runs[0]
+        finished = run.info.status == "FINISHED"
+        if run.info.status == "KILLED":
+            self.client.update_run(run.info.run_id, status="RUNNING")
+        steps = [m.step for m in self.client.get_metric_history(run.info.run_id, "score")]
+        self._logged_params[run.info.run_id] = set(run.data.params)
+        return run.info.run_id, max(steps, default=0), finished
+
+    def kill_open_trials(self, reason: str = "the search stopped before this trial ended") -> None:
+        """End every child run still open as KILLED (a time budget, an interrupt or a dead driver stopped it)."""
+        if self.parent_run_id is None:
+            return
+        for run in self._children("attributes.status = 'RUNNING'"):
+            self.end_trial(run.info.run_id, "KILLED", tags={"killed_because": reason})
+
+    def finish_search(self, status: str, tags: Mapping[str, str] = (),
+                      reason: str = "the search stopped before this trial ended") -> None:
+        """End the parent run, and any child run still open as KILLED (with ``reason``)."""
+        self.kill_open_trials(reason)
         if self.parent_run_id is not None:
             if tags:
                 self.set_tags(self.parent_run_id, tags)
@@ -182,7 +218,6 @@ class SearchTracker:
         run = self.client.create_run(self.experiment_id, run_name=run_name,
                                      tags={PARENT_TAG: self.parent_run_id, "freeze_search.role": "trial", **tags})
         run_id = run.info.run_id
-        self._open_children.add(run_id)
         self.log_params(run_id, params)
         return run_id
 
@@ -207,19 +242,19 @@ class SearchTracker:
         if tags:
             self.set_tags(run_id, tags)
         self.client.set_terminated(run_id, status=status, end_time=_now_ms())
-        self._open_children.discard(run_id)
 
 
-def find_search(tracking_uri: str, experiment_name: str | None, run_id: str | None) -> tuple[str, dict, dict]:
+def find_search(tracking_uri: str, experiment_name: str | None, run_id: str | None
+                ) -> tuple[str, dict, dict, str]:
     """A search's parent run: ``run_id`` itself, or the latest search of ``experiment_name``.
-    Returns (run id, params, tags); LookupError names what is missing."""
+    Returns (run id, params, tags, status); LookupError names what is missing."""
     client = MlflowClient(tracking_uri=tracking_uri)
     if run_id is not None:
         try:
             run = client.get_run(run_id)
         except Exception as err:  # MlflowException: no such run in this store
             raise LookupError(f"no run {run_id} in {tracking_uri}") from err
-        return run.info.run_id, dict(run.data.params), dict(run.data.tags)
+        return run.info.run_id, dict(run.data.params), dict(run.data.tags), run.info.status
     experiment = client.get_experiment_by_name(experiment_name or "")
     if experiment is None:
         names = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
@@ -228,7 +263,7 @@ def find_search(tracking_uri: str, experiment_name: str | None, run_id: str | No
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         raise LookupError(f"no search in experiment '{experiment_name}'")
-    return runs[0].info.run_id, dict(runs[0].data.params), dict(runs[0].data.tags)
+    return runs[0].info.run_id, dict(runs[0].data.params), dict(runs[0].data.tags), runs[0].info.status
 
 
 @dataclass

@@ -1,0 +1,144 @@
+"""Work survives kills: a trial's worker killed with SIGKILL resumes from its checkpoint; a driver killed with
+SIGKILL or stopped with Ctrl-C is resumed with --resume into the same parent run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+SLOW_SPACE = """
+name: slow
+task: {{name: "conftest:make_slow_task", options: {{seconds_per_epoch: {seconds}}}}}
+train: {{epochs: {epochs}, batch_size: 8, lr: 0.01}}
+space: {{freeze_stop: {{type: int, low: 0, high: 3}}}}
+search: {{num_samples: {samples}, scheduler: fifo, max_concurrent_trials: 2}}
+"""
+
+
+def _start(tmp_path: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), "--space", str(tmp_path / "space.yaml"),
+                             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *extra],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _client(tmp_path: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def _runs(tmp_path: Path) -> list:
+    client = _client(tmp_path)
+    experiment = client.get_experiment_by_name("slow")
+    return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
+def _wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _trials(tmp_path: Path, status: str | None = None) -> list:
+    try:
+        runs = _runs(tmp_path)
+    except Exception:  # the store is being created by the search
+        return []
+    return [r for r in runs if r.data.tags.get("freeze_search.role") == "trial"
+            and (status is None or r.info.status == status)]
+
+
+def _check_complete(tmp_path: Path, samples: int, epochs: int) -> None:
+    runs = _runs(tmp_path)
+    parents = [r for r in runs if r.data.tags.get("freeze_search.role") == "search"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the same parent run
+    trials = [r for r in runs if r.data.tags.get("freeze_search.role") == "trial"]
+    assert sorted(r.data.tags["ray.trial_id"] for r in trials) == sorted({r.data.tags["ray.trial_id"] for r in trials})
+    finished = [r for r in trials if r.info.status == "FINISHED"]
+    assert len(finished) == samples  # the search completed every sample
+    client = _client(tmp_path)
+    for run in trials:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "score")]
+        assert len(steps) == len(set(steps))  # no epoch logged twice
+        if run.info.status == "FINISHED":
+            assert sorted(steps) == list(range(1, epochs + 1))  # none missing
+        else:  # a trial the driver started after Tune's last snapshot: lost with the driver, and said so
+            assert run.info.status == "KILLED"
+            assert run.data.tags["killed_because"] in ("the driver stopped before this trial ended",
+                                                       "interrupted (Ctrl-C)")
+
+
+def _space(tmp_path: Path, seconds: float, epochs: int, samples: int) -> None:
+    (tmp_path / "space.yaml").write_text(SLOW_SPACE.format(seconds=seconds, epochs=epochs, samples=samples))
+
+
+@pytest.mark.slow
+def test_a_trial_worker_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path):
+    _space(tmp_path, seconds=0.6, epochs=6, samples=2)
+    driver = _start(tmp_path)
+    try:
+        def running_trial_past_epoch_2():
+            for run in _trials(tmp_path, "RUNNING"):
+                if "pid" in run.data.tags and run.data.metrics.get("epoch", 0) >= 2:
+                    return run
+            return None
+
+        victim = _wait_for(running_trial_past_epoch_2, 120, "a trial past its second epoch")
+        os.kill(int(victim.data.tags["pid"]), signal.SIGKILL)
+        output, _ = driver.communicate(timeout=300)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, output
+    _check_complete(tmp_path, samples=2, epochs=6)
+    [resumed] = [r for r in _trials(tmp_path) if r.info.run_id == victim.info.run_id]
+    assert int(resumed.data.tags["resumed_at_epoch"]) >= 3  # it went on after its checkpoint, not from epoch 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["sigkill", "ctrl-c"])
+def test_a_stopped_driver_is_resumed_into_the_same_parent_run(tmp_path, how):
+    _space(tmp_path, seconds=0.3, epochs=3, samples=6)
+    driver = _start(tmp_path)
+    try:
+        _wait_for(lambda: len(_trials(tmp_path, "FINISHED")) >= 2, 180, "two finished trials")
+        driver.send_signal(signal.SIGKILL if how == "sigkill" else signal.SIGINT)
+        output, _ = driver.communicate(timeout=120)
+    finally:
+        driver.kill()
+    finished_before = {r.data.tags["ray.trial_id"]: r.info.end_time for r in _trials(tmp_path, "FINISHED")}
+    if how == "ctrl-c":
+        assert driver.returncode == 130, output
+        assert "--resume" in output
+        [parent] = [r for r in _runs(tmp_path) if r.data.tags.get("freeze_search.role") == "search"]
+        assert parent.info.status == "KILLED"
+        assert not _trials(tmp_path, "RUNNING")  # open runs were marked KILLED
+    assert len(finished_before) < 6
+
+    resumed = _start(tmp_path, "--resume")
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    _check_complete(tmp_path, samples=6, epochs=3)
+    after = {r.data.tags["ray.trial_id"]: r.info.end_time for r in _trials(tmp_path)}
+    for trial_id, end_time in finished_before.items():
+        assert after[trial_id] == end_time  # finished trials were not run again
+
+
+def test_resume_without_an_unfinished_search_is_bad_input(tmp_path):
+    _space(tmp_path, seconds=0.0, epochs=1, samples=1)
+    result = _start(tmp_path, "--resume")
+    output, _ = result.communicate(timeout=120)
+    assert result.returncode == 2
+    assert output.strip().splitlines()[-1].startswith("error: --resume: got 'slow' (no experiment 'slow'")
