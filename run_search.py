@@ -6,6 +6,8 @@
     python run_search.py --confirm 3             # then re-run the top candidates with 3 fresh seeds each
     python run_search.py --space search_spaces/digits_freeze_range.yaml --set train.epochs=5
     python run_search.py report [--experiment NAME | --run-id ID]   # the report again, from MLflow alone
+    python run_search.py submit --address http://HEAD:8265 --tracking-uri http://MLFLOW:5000 \
+        --storage-path /shared/ray_results [search args]             # the same search as a Ray Job
 
 Reads a search space (YAML), checks it against the task's model, runs the Ray Tune search (Optuna + ASHA),
 logs every trial to MLflow under one parent run, and prints the trials, the frontier and a recommendation;
@@ -72,47 +74,53 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["report"]:
         return report_main(argv[1:])
+    if argv[:1] == ["submit"]:
+        return submit_main(argv[1:])
     return search_main(argv)
+
+
+def _check_search_args(args: argparse.Namespace) -> tuple:
+    """Everything the user gave, checked before Ray starts or MLflow is touched: (config, task, space, uri)."""
+    overrides = (SMOKE if args.smoke_test else []) + parse_overrides(args.set)
+    if args.num_samples is not None:
+        overrides.append(("search.num_samples", args.num_samples))
+    if args.seed is not None:
+        overrides += [("search.seed", args.seed), ("train.seed", args.seed)]
+    if args.time_budget is not None:
+        overrides.append(("search.time_budget_s", args.time_budget))
+    if args.confirm and args.confirm < 2:
+        raise ConfigError("--confirm", args.confirm, "0 (no confirmation) or an integer >= 2 (seeds per candidate)")
+    if args.confirm_top < 1:
+        raise ConfigError("--confirm-top", args.confirm_top, "an integer >= 1")
+    cfg = load_config(args.space, overrides)
+    from tune import tracking
+    from tune.freeze import check_space
+    from tune.tasks import load_task
+    from tune.train import METRIC_KEYS
+
+    task = load_task(cfg.task)
+    space = check_space(cfg.space, cfg.train, task.build_model())
+    known = [*METRIC_KEYS, task.metric]
+    for metric, _ in cfg.search.objective_list:
+        if metric not in known:
+            raise ConfigError(f"search.objectives.{metric}" if cfg.search.objectives else "search.metric", metric,
+                              "one of " + ", ".join(known))
+    tracking_uri = _tracking_uri(args)
+    tracking.check_store(tracking_uri)
+    return cfg, task, space, tracking_uri
 
 
 def search_main(argv: list[str]) -> int:
     args = parse_args(argv)
-    # Check everything the user gave before starting Ray or touching MLflow.
     try:
-        overrides = (SMOKE if args.smoke_test else []) + parse_overrides(args.set)
-        if args.num_samples is not None:
-            overrides.append(("search.num_samples", args.num_samples))
-        if args.seed is not None:
-            overrides += [("search.seed", args.seed), ("train.seed", args.seed)]
-        if args.time_budget is not None:
-            overrides.append(("search.time_budget_s", args.time_budget))
-        if args.confirm and args.confirm < 2:
-            raise ConfigError("--confirm", args.confirm, "0 (no confirmation) or an integer >= 2 (seeds per candidate)")
-        if args.confirm_top < 1:
-            raise ConfigError("--confirm-top", args.confirm_top, "an integer >= 1")
-        cfg = load_config(args.space, overrides)
-        from tune.freeze import check_space
-        from tune.tasks import load_task
-        from tune.train import METRIC_KEYS
-
-        task = load_task(cfg.task)
-        space = check_space(cfg.space, cfg.train, task.build_model())
-        known = [*METRIC_KEYS, task.metric]
-        for metric, _ in cfg.search.objective_list:
-            if metric not in known:
-                raise ConfigError(f"search.objectives.{metric}" if cfg.search.objectives else "search.metric", metric,
-                                  "one of " + ", ".join(known))
-        from tune import tracking
-
-        tracking_uri = _tracking_uri(args)
-        tracking.check_store(tracking_uri)
+        cfg, task, space, tracking_uri = _check_search_args(args)
         _check_storage(args.storage_path)
         resume = _resumable(tracking_uri, cfg.name) if args.resume else None
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    from tune import search
+    from tune import search, tracking
 
     tracker = tracking.SearchTracker(tracking_uri, cfg.name)
     searched = list(cfg.space)
@@ -262,6 +270,50 @@ def _log_recommended_model(tracker, parent_id, built, checkpoints, task) -> None
     uri = tracker.log_model(parent_id, block_model.module, example, Path(tune.__file__).parent)
     tracker.set_tags(parent_id, {"recommended_model_uri": uri})
     print(f"Recommended model (trial {name}, its best epoch): {uri}")
+
+
+def submit_main(argv: list[str]) -> int:
+    """``submit --address http://HEAD:8265 [--wait] [search args]``: the same search as a Ray Job."""
+    parser = argparse.ArgumentParser(prog="run_search.py submit", add_help=False)
+    parser.add_argument("--address", required=True, help="the Ray dashboard / Jobs address, http://HEAD:8265")
+    parser.add_argument("--wait", action="store_true", help="follow the job's logs and exit with its outcome")
+    parser.add_argument("--python", default="python", help="the Python that runs the job on the cluster")
+    parser.add_argument("-h", "--help", action="store_true")
+    args, search_argv = parser.parse_known_args(argv)
+    if args.help:
+        parser.print_help()
+        print("\nEvery other argument is a search argument (python run_search.py --help); --tracking-uri must be a "
+              "server the cluster reaches and --storage-path a folder (or URI) every node shares.")
+        return 0
+    search_args = parse_args(search_argv)
+    try:
+        if not (search_args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+            raise ConfigError("--tracking-uri", None, "an MLflow server the cluster reaches, e.g. http://HOST:5000 "
+                                                      "(a local sqlite file would stay inside the job's folder)")
+        storage = search_args.storage_path
+        if "://" not in storage and not Path(storage).is_absolute():
+            raise ConfigError("--storage-path", storage, "an absolute folder every node shares, or a URI (s3://...)")
+        if not search_args.space.resolve().is_relative_to(ROOT):
+            raise ConfigError("--space", str(search_args.space), f"a space file inside the project ({ROOT}), which "
+                                                                 "is uploaded as the job's working directory")
+        _check_search_args(search_args)  # bad input fails here, not on the cluster
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from tune import search
+
+    # the job runs in an uploaded copy of the project: name the space file by its place there
+    inside = str(search_args.space.resolve().relative_to(ROOT))
+    search_argv = [inside if a == str(search_args.space) else a for a in search_argv]
+    job_id = search.submit_job(args.address, ROOT, search_argv, python=args.python)
+    print(f"submitted Ray Job {job_id} to {args.address}")
+    print(f"  follow: ray job logs --address {args.address} --follow {job_id}")
+    print(f"  stop:   ray job stop --address {args.address} {job_id}")
+    if not args.wait:
+        return 0
+    status = search.follow_job(args.address, job_id)
+    print(f"job {job_id}: {status}")
+    return 0 if status.endswith("SUCCEEDED") else 1
 
 
 def report_main(argv: list[str]) -> int:
