@@ -116,6 +116,8 @@ def search_main(argv: list[str]) -> int:
         cfg, task, space, tracking_uri = _check_search_args(args)
         _check_storage(args.storage_path)
         resume = _resumable(tracking_uri, cfg.name) if args.resume else None
+        if args.address:
+            _connect(args.address)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -174,6 +176,17 @@ def search_main(argv: list[str]) -> int:
     return 0 if status == "FINISHED" else 1
 
 
+def _connect(address: str) -> None:
+    """Join the cluster now, so that an unreachable one is bad input, not a failed search."""
+    from tune import search
+
+    try:
+        search.init_ray(address)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise ConfigError("--address", address, "a running Ray cluster this machine reaches (HOST:6379 or auto)",
+                          problem=" ".join(str(err).split())[:200]) from None
+
+
 def _resumable(tracking_uri: str, experiment: str) -> tuple[str, str]:
     """The latest search of ``experiment`` if it did not finish, and the Ray experiment folder to restore."""
     from tune import search, tracking
@@ -227,9 +240,16 @@ def _candidates(tracking_uri: str, parent_id: str, cfg, top: int) -> dict[str, d
 
 
 def _typed(text: str):
+    """A param as MLflow stored it (a string) → its value; YAML alone would keep '5e-05' a string."""
     import yaml
 
-    return yaml.safe_load(text)
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _write_report(tracker, tracking_uri, parent_id, name, searched, objectives, tolerance, cost, report_dir, header):
@@ -243,8 +263,8 @@ def _write_report(tracker, tracking_uri, parent_id, name, searched, objectives, 
     files = report.write_report(built, [r for r in records if "candidate" not in r.tags], out_dir, name)
     tracker.log_files(parent_id, files, "report")
     if built.recommendation is not None:
-        tracker.set_tags(parent_id, {"recommended_trial": built.recommendation.trial.name,
-                                     "recommended_freeze_range": built.recommendation.trial.freeze_range,
+        chosen = built.confirmed_choice or built.recommendation.trial  # after --confirm, the confirmed one
+        tracker.set_tags(parent_id, {"recommended_trial": chosen.name, "recommended_freeze_range": chosen.freeze_range,
                                      "best_score": f"{built.recommendation.best.score:.4f}"})
     print("\n" + built.text)
     print(f"\nReport, plots and summary: {out_dir}/ (also artifacts of the parent run, under report/)")
@@ -334,6 +354,9 @@ def report_main(argv: list[str]) -> int:
             raise ConfigError("--cost", args.cost, "one of " + ", ".join(COST_METRICS))
         if args.tolerance is not None and not args.tolerance >= 0:
             raise ConfigError("--tolerance", args.tolerance, "a number >= 0")
+        tracking.check_store(tracking_uri)
+        if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+            raise ConfigError("--tracking-uri", tracking_uri, "an existing MLflow store", problem="no such file")
         try:
             parent_id, params, tags, _ = tracking.find_search(tracking_uri, args.experiment, args.run_id)
         except LookupError as err:

@@ -40,7 +40,7 @@ def tiny_block_model() -> BlockModel:
     torch.manual_seed(0)
     model = TinyNet()
     return BlockModel(module=model, blocks=list(model.blocks), block_names=["c1", "c2", "neck", "head"],
-                      cut_points={"backbone": 2}, example_input=torch.zeros(2, 1, 8, 8))
+                      cut_points={"backbone": 2}, example_input=torch.zeros(2, 1, 8, 8), sequential=True)
 
 
 def make_tiny_task(n_train: int = 48, n_val: int = 24) -> Task:

@@ -100,15 +100,16 @@ def _wait_for_nodes(env: dict, gcs: int, count: int) -> None:
     raise AssertionError(f"the cluster did not reach {count} nodes: {status.stdout}{status.stderr}")
 
 
-def test_a_submitted_search_runs_on_both_nodes_and_logs_to_the_server(cluster, tmp_path, monkeypatch, capsys):
-    for key, value in cluster["env"].items():
-        monkeypatch.setenv(key, value)
-    code = run_search.main(["submit", "--address", cluster["jobs"], "--wait", "--python", sys.executable,
-                            "--tracking-uri", cluster["mlflow"], "--storage-path", str(tmp_path / "shared"),
-                            "--smoke-test", "--set", "search.num_samples=4", "--set", "search.scheduler=fifo",
-                            "--set", "search.max_concurrent_trials=2"])
-    out = capsys.readouterr().out
-    assert code == 0, out
+def test_a_submitted_search_runs_on_both_nodes_and_logs_to_the_server(cluster, tmp_path):
+    # as a user would: a new process with the cluster's environment (RAY_AUTH_MODE=token), from another folder
+    result = subprocess.run([sys.executable, str(run_search.ROOT / "run_search.py"), "submit", "--address",
+                             cluster["jobs"], "--wait", "--python", sys.executable, "--tracking-uri", cluster["mlflow"],
+                             "--storage-path", str(tmp_path / "shared"), "--smoke-test",
+                             "--set", "search.num_samples=4", "--set", "search.scheduler=fifo",
+                             "--set", "search.max_concurrent_trials=2"],
+                            cwd=tmp_path, env=cluster["env"], capture_output=True, text=True, timeout=600)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
     assert "submitted Ray Job" in out and "ray job logs --address" in out
     client = MlflowClient(tracking_uri=cluster["mlflow"])
     runs = client.search_runs([client.get_experiment_by_name("digits_freeze").experiment_id])

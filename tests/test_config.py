@@ -75,6 +75,10 @@ def test_overrides_reach_every_section_and_a_plain_space_value_fixes_the_paramet
     (minimal(space={"freeze": {"type": "choice", "values": [[0, 1]]}}), "space.freeze.values[0]", "[0, 1]"),
     (minimal(space={"device": {"type": "choice", "values": ["cpu"]}}), "space.device", "{'type': 'choice'"),
     (minimal(task={"name": "digits", "opts": {}}), "task.opts", "{}"),
+    (minimal(space={"batch_size": {"type": "int", "low": 0, "high": 4}}), "space.batch_size.low", "0"),
+    (minimal(space={"optimizer": {"type": "choice", "values": ["adam", "bogus"]}}), "space.optimizer.values[1]",
+     "'bogus'"),
+    (minimal(space={"epochs": {"type": "float", "low": 1, "high": 4}}), "space.epochs.type", "'float'"),
     (minimal(train={"freeze": 3}), "train.freeze", "3"),  # with a searched freeze_stop: ambiguous
 ])
 def test_each_bad_value_is_one_line_naming_key_value_and_allowed(raw, key, value):
@@ -125,6 +129,15 @@ def test_a_space_is_checked_against_the_model_before_any_trial(block_model, spac
     with pytest.raises(ConfigError) as caught:
         check_space(space, TrainConfig(), block_model)
     assert str(caught.value).startswith(f"{key}: got {value}"), str(caught.value)
+
+
+def test_a_fixed_start_bounds_the_searched_stop(block_model):
+    # a cut-point name as the fixed start is resolved before it is compared
+    space = check_space({"freeze_stop": IntRange(2, 3)}, TrainConfig(freeze_start="backbone"), block_model)
+    assert space["freeze_stop"] == IntRange(2, 3)
+    # a fixed start above the searched stop's low bound would sample invalid ranges: refused up front
+    with pytest.raises(ConfigError, match=r"^train.freeze_start: got 2; allowed: freeze_start <= freeze_stop"):
+        check_space({"freeze_stop": IntRange(0, 3)}, TrainConfig(freeze_start=2), block_model)
 
 
 def test_names_resolve_to_the_models_cut_points(block_model):

@@ -114,3 +114,9 @@ def test_report_text_and_plots_are_written(tmp_path):
 def test_every_cost_name_is_a_compared_value(cost):
     [result] = summarise([record("a", 2, [0.5, 0.9], epoch_time=2.0, memory=5.0)])
     assert not math.isnan(result.values[cost])
+
+
+def test_params_read_back_from_mlflow_keep_their_types():
+    import run_search
+
+    assert run_search._typed("5e-05") == 5e-05 and run_search._typed("3") == 3 and run_search._typed("adam") == "adam"

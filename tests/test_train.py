@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
 from tune import measure
 from tune.config import TrainConfig
-from tune.tasks.base import BlockModel, Task
+from tune.tasks.base import BlockModel, Task, classification_metrics
 from tune.train import METRIC_KEYS, Trial
 
 
@@ -53,7 +55,8 @@ def test_cpu_peak_memory_is_an_exact_count(freeze_stop, saved_activations):
 
 
 def test_deeper_freeze_needs_less_training_memory(tiny_task):
-    memory = [next(Trial(tiny_task, TrainConfig(epochs=1, freeze_stop=k)).epochs())["peak_mem_mb"] for k in range(4)]
+    memory = [next(Trial(tiny_task, TrainConfig(epochs=1, freeze_stop=k, prefix_cache="off")).epochs())["peak_mem_mb"]
+              for k in range(4)]
     assert memory == sorted(memory, reverse=True) and memory[0] > memory[-1]
 
 
@@ -73,3 +76,52 @@ def test_a_resumed_trial_continues_exactly_where_it_stopped(tiny_task, tmp_path)
         for key in ("score", "val_loss", "train_loss"):
             assert got[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), key
     assert tail[-1]["train_time_s"] > head[-1]["train_time_s"]
+
+
+def test_cached_prefix_trains_exactly_like_the_full_model(tiny_task):
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-2, freeze_stop=2, seed=1)
+    cached, full = Trial(tiny_task, cfg), Trial(tiny_task, dataclasses.replace(cfg, prefix_cache="off"))
+    assert (cached.prefix_cache, full.prefix_cache) == ("on", "off: off in the config")
+    for with_cache, without in zip(cached.epochs(), full.epochs(), strict=True):
+        assert with_cache["prefix_cache"] == "on"
+        for key in ("train_loss", "val_loss", "score"):
+            assert with_cache[key] == pytest.approx(without[key], rel=1e-5, abs=1e-7), key
+    for (name, a), (_, b) in zip(cached.model.named_parameters(), full.model.named_parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
+
+
+class _WithDropout(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.1)), nn.Linear(8, 3)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks[1](self.blocks[0](x))
+
+
+def _dropout_task() -> Task:
+    def build() -> BlockModel:
+        model = _WithDropout()
+        return BlockModel(module=model, blocks=list(model.blocks), block_names=["a", "b"], cut_points={},
+                          example_input=torch.zeros(2, 8), sequential=True)
+
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    return Task(name="dropout", build_model=build, train_data=(x, y), val_data=(x, y), metric="val_accuracy",
+                loss=torch.nn.functional.cross_entropy, evaluate=classification_metrics)
+
+
+@pytest.mark.parametrize(("task_factory", "changes", "reason"), [
+    ("tiny", {"freeze_stop": 0}, "nothing frozen"),
+    ("tiny", {"freeze": (1,)}, "the frozen blocks are not a prefix"),
+    ("tiny", {"freeze_stop": 2, "frozen_bn": "train"}, "frozen BatchNorm updates its statistics (frozen_bn: train)"),
+    ("tiny", {"freeze_stop": 2, "prefix_cache": "off"}, "off in the config"),
+    ("augmenting", {"freeze_stop": 2}, "the task augments its inputs"),
+    ("dropout", {"freeze_stop": 1}, "dropout in the frozen prefix"),
+    ("linear", {"freeze_stop": 1}, "the model is not a plain sequence of blocks"),
+])
+def test_the_cache_turns_itself_off_where_it_would_not_be_exact(tiny_task, task_factory, changes, reason):
+    task = {"tiny": tiny_task, "augmenting": dataclasses.replace(tiny_task, augments=True),
+            "dropout": _dropout_task(), "linear": _linear_task(batch=8)}[task_factory]
+    trial = Trial(task, dataclasses.replace(TrainConfig(epochs=1), **changes))
+    assert trial.prefix_cache == f"off: {reason}"
+    assert next(trial.epochs())["prefix_cache"] == f"off: {reason}"

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from tune.errors import ConfigError
-from tune.space import Dimension, parse_dimension
+from tune.space import Choice, Dimension, FloatRange, parse_dimension
 
 __all__ = ["COST_METRICS", "FREEZE_KEYS", "Config", "ConfigError", "ReportConfig", "SearchConfig", "TaskConfig",
            "TrainConfig", "load_config", "parse_overrides"]
@@ -53,6 +53,7 @@ class TrainConfig:
     freeze_start: int | str = 0  # with freeze_stop: blocks [freeze_start, freeze_stop)
     freeze_stop: int | str | None = None
     frozen_bn: str = "eval"  # eval: frozen BatchNorm keeps its statistics; train: they drift (YOLOv5's train.py)
+    prefix_cache: str = "auto"  # auto: compute a frozen prefix's outputs once when that is exact; off: never
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
@@ -157,6 +158,7 @@ _TRAIN_RULES: dict[str, _Rule] = {
     "freeze_stop": (lambda v: _freeze_value(v) and not isinstance(v, (list, tuple)),
                     "a block index, a cut-point name, or null"),
     "frozen_bn": _one_of("eval", "train"),
+    "prefix_cache": _one_of("auto", "off"),
     "seed": _int_at_least(0),
     "device": (lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
                "auto, cpu, cuda or cuda:N"),
@@ -224,9 +226,24 @@ def _parse_space(raw: Any) -> tuple[dict[str, Dimension], dict[str, Any]]:
             raise ConfigError(f"space.{key}", value, f"a training parameter: {searchable}", problem="unknown key")
         if isinstance(value, Mapping):
             dims[key] = parse_dimension(f"space.{key}", value, names_allowed=key in FREEZE_KEYS)
+            _check_dimension_values(key, dims[key])
         else:
             fixed[key] = value
     return dims, fixed
+
+
+def _check_dimension_values(key: str, dim: Dimension) -> None:
+    """Every value a dimension can take must be a valid value of its training parameter."""
+    check, allowed = _TRAIN_RULES[key]
+    if isinstance(dim, Choice):
+        named = [(f"space.{key}.values[{i}]", v) for i, v in enumerate(dim.values)]
+    else:
+        named = [(f"space.{key}.low", dim.low), (f"space.{key}.high", dim.high)]
+        if isinstance(dim, FloatRange) and key in ("epochs", "batch_size", "seed"):
+            raise ConfigError(f"space.{key}.type", "float", "int or choice (this parameter is an integer)")
+    for where, value in named:
+        if not check(value):
+            raise ConfigError(where, value, allowed, problem=_type_name(value))
 
 
 def build_config(raw: Any, source: Path | None = None) -> Config:

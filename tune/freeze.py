@@ -25,8 +25,8 @@ from tune.errors import ConfigError
 from tune.space import IntRange, resolve_names
 from tune.tasks.base import BlockModel
 
-__all__ = ["FreezeSpec", "FreezeSummary", "FrozenModel", "apply_freeze", "block_flops", "check_space", "resolve",
-           "resolve_index"]
+__all__ = ["FreezeSpec", "FreezeSummary", "FrozenModel", "apply_freeze", "block_flops", "check_space",
+           "prefix_cache_blocker", "resolve", "resolve_index"]
 
 
 @dataclass(frozen=True)
@@ -170,6 +170,7 @@ class FrozenModel:
         self.block_model = block_model
         self.module = block_model.module
         self.spec = spec
+        self.frozen_bn = frozen_bn
         frozen_ids = set()
         for index in spec.blocks:
             for param in block_model.blocks[index].parameters():
@@ -198,6 +199,27 @@ class FrozenModel:
             bn.eval()
 
 
+def prefix_cache_blocker(frozen: FrozenModel, augments: bool) -> str | None:
+    """Why the frozen blocks' outputs cannot be computed once and reused every epoch, or None when they can:
+    the frozen part must be a prefix of a sequential model, and deterministic (no input augmentation, frozen
+    BatchNorm in eval mode, no dropout in it)."""
+    spec, block_model = frozen.spec, frozen.block_model
+    if not spec.blocks:
+        return "nothing frozen"
+    if not block_model.sequential:
+        return "the model is not a plain sequence of blocks"
+    if not spec.is_prefix:
+        return "the frozen blocks are not a prefix"
+    if augments:
+        return "the task augments its inputs"
+    prefix = [m for i in spec.blocks for m in block_model.blocks[i].modules()]
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) for m in prefix):
+        return "dropout in the frozen prefix"
+    if frozen.frozen_bn == "train" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in prefix):
+        return "frozen BatchNorm updates its statistics (frozen_bn: train)"
+    return None
+
+
 def apply_freeze(block_model: BlockModel, spec: FreezeSpec, frozen_bn: str = "eval") -> FrozenModel:
     return FrozenModel(block_model, spec, frozen_bn)
 
@@ -214,10 +236,11 @@ def check_space(space: Mapping[str, Any], train: Any, block_model: BlockModel) -
     if isinstance(fixed["freeze"], tuple):
         fixed["freeze"] = list(fixed["freeze"])
     candidates = {key: _values(resolved[key]) for key in fixed if key in resolved}
+    both_searched = {"freeze_start", "freeze_stop"} <= candidates.keys()
     for combo in _combinations(candidates):
         values = {**fixed, **combo}
-        if values["freeze_stop"] is not None and values["freeze_start"] > values["freeze_stop"]:
-            continue  # never sampled: freeze_stop's floor is freeze_start (space.optuna_space)
+        if both_searched and combo["freeze_start"] > combo["freeze_stop"]:
+            continue  # never sampled: freeze_stop's floor is the sampled freeze_start (space.OptunaSpace)
         try:
             resolve(block_model, **values)
         except ConfigError as err:

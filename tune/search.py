@@ -51,7 +51,11 @@ def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfi
     placement = {"trial_cpus": assigned.get("CPU", 0.0), "trial_gpus": assigned.get("GPU", 0.0),
                  "node_id": ray.get_runtime_context().get_node_id()}
     task = load_task(task_config)
-    trial = Trial(task, dataclasses.replace(base, **params))
+    cfg = dataclasses.replace(base, **params)
+    if cfg.device == "auto" and not assigned.get("GPU"):
+        # Ray does not hide GPUs from a trial that asked for none: keep it off the GPUs others were given
+        cfg = dataclasses.replace(cfg, device="cpu")
+    trial = Trial(task, cfg)
     checkpoint = ray_tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -67,7 +71,8 @@ def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfi
 
 
 # Result keys that describe where and how a trial ran: tags of its MLflow run, not metrics.
-_TAG_KEYS = ("mem_source", "node_ip", "node_id", "hostname", "pid", "trial_cpus", "trial_gpus", "diverged")
+_TAG_KEYS = ("mem_source", "prefix_cache", "node_ip", "node_id", "hostname", "pid", "trial_cpus", "trial_gpus",
+             "diverged")
 
 
 def _variant_trainable(config: dict[str, Any], base: TrainConfig, task_config: TaskConfig) -> None:

@@ -9,6 +9,7 @@ Every run ends FINISHED, FAILED or KILLED.
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import time
@@ -74,8 +75,14 @@ def check_store(tracking_uri: str, timeout_s: float = 10.0) -> None:
             raise ConfigError("--tracking-uri", shown, "a sqlite file in a writable folder",
                               problem=f"cannot write in {folder}")
     elif scheme in ("http", "https"):
+        parts = urlsplit(tracking_uri)
+        host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+        request = urllib.request.Request(urlunsplit((parts.scheme, host, parts.path.rstrip("/") + "/health", "", "")))
+        if parts.username is not None:  # urllib does not read user:password from a URL
+            token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
         try:
-            with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s) as response:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 response.read()
         except (OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
@@ -147,9 +154,13 @@ class SearchTracker:
         run = self.client.create_run(self.experiment_id, run_name=run_name,
                                      tags={"freeze_search.role": "search", **tags})
         self.parent_run_id = run.info.run_id
-        self.log_params(self.parent_run_id, params)
-        for path in artifacts:
-            self.client.log_artifact(self.parent_run_id, str(path))
+        try:
+            self.log_params(self.parent_run_id, params)
+            for path in artifacts:
+                self.client.log_artifact(self.parent_run_id, str(path))
+        except BaseException:  # never leave the new parent RUNNING
+            self.client.set_terminated(self.parent_run_id, status="FAILED", end_time=_now_ms())
+            raise
         return self.parent_run_id
 
     def reopen_search(self, parent_run_id: str) -> None:

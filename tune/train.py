@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from tune import freeze, measure
 from tune.config import TrainConfig
@@ -53,11 +54,26 @@ class Trial:
         self.frozen = freeze.apply_freeze(block_model, spec, cfg.frozen_bn)
         self.model = self.frozen.module.to(self.device)
         self.optimizer = make_optimizer(cfg, self.frozen.trainable_parameters())
-        self.train_x, self.train_y = (t.to(self.device) for t in task.train_data)
-        self.val_x, self.val_y = (t.to(self.device) for t in task.val_data)
+        train_x, self.train_y = (t.to(self.device) for t in task.train_data)
+        val_x, self.val_y = (t.to(self.device) for t in task.val_data)
         self.epoch = 0
         self.train_time_s = 0.0
         self.diverged = False
+        # The network trained each step and its inputs: the whole model on the data, or, with a frozen prefix
+        # cached, the blocks after it on the prefix's outputs (computed once; exact, see prefix_cache_blocker).
+        blocker = ("off in the config" if cfg.prefix_cache == "off"
+                   else freeze.prefix_cache_blocker(self.frozen, task.augments))
+        self.prefix_cache = "on" if blocker is None else f"off: {blocker}"
+        self.net, self.train_x, self.val_x = self.model, train_x, val_x
+        self.cache_bytes, self._cache_time_s = 0, 0.0
+        if blocker is None:
+            blocks = self.frozen.block_model.blocks
+            prefix, self.net = nn.Sequential(*blocks[:spec.stop]), nn.Sequential(*blocks[spec.stop:])
+            watch = measure.Stopwatch(self.device)
+            with watch.running():
+                self.train_x, self.val_x = _outputs(prefix, train_x), _outputs(prefix, val_x)
+            self._cache_time_s = watch.seconds  # paid once: counted in the first epoch's training time
+            self.cache_bytes = measure.tensor_bytes([self.train_x, self.val_x])
 
     @property
     def summary(self) -> freeze.FreezeSummary:
@@ -92,15 +108,16 @@ class Trial:
             measure.cuda_peak_mem_mb(device, reset=True)
         loss_sum, seen = 0.0, 0
         self.frozen.train_mode()
+        watch.seconds, self._cache_time_s = self._cache_time_s, 0.0
         with watch.running():
             for start in range(0, len(order), cfg.batch_size):
                 index = order[start:start + cfg.batch_size]
                 inputs, targets = self.train_x[index], self.train_y[index]
                 if start == 0:  # the first batch is a full one: its saved activations are the peak
                     with activations.recording(self.model):
-                        loss = self.task.loss(self.model(inputs), targets)
+                        loss = self.task.loss(self.net(inputs), targets)
                 else:
-                    loss = self.task.loss(self.model(inputs), targets)
+                    loss = self.task.loss(self.net(inputs), targets)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -109,7 +126,7 @@ class Trial:
         self.epoch += 1
         self.train_time_s += watch.seconds
         train_loss = float(loss_sum) / seen
-        evaluation = self.task.evaluate(self.model, self.val_x, self.val_y)
+        evaluation = self.task.evaluate(self.net, self.val_x, self.val_y)
         metrics: dict[str, Any] = {
             "epoch": self.epoch,
             "score": evaluation[self.task.metric],
@@ -119,6 +136,7 @@ class Trial:
             "train_time_s": self.train_time_s,
             "samples_per_s": seen / watch.seconds if watch.seconds > 0 else float("nan"),
             "rss_mb": measure.rss_mb(),
+            "prefix_cache": self.prefix_cache,
             **self.summary.as_metrics(),
         }
         if not math.isfinite(train_loss):
@@ -131,10 +149,16 @@ class Trial:
             if utilisation is not None:
                 metrics["gpu_util_pct"] = utilisation
         else:
-            metrics["peak_mem_mb"] = measure.model_mem_bytes(self.model, self.optimizer,
-                                                             activations.peak_bytes) / measure.MB
+            metrics["peak_mem_mb"] = (measure.model_mem_bytes(self.model, self.optimizer, activations.peak_bytes)
+                                      + self.cache_bytes) / measure.MB
             metrics["mem_source"] = "model"
         return metrics
+
+
+@torch.no_grad()
+def _outputs(prefix: nn.Module, inputs: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    prefix.eval()
+    return torch.cat([prefix(inputs[start:start + batch_size]) for start in range(0, len(inputs), batch_size)])
 
 
 def save_checkpoint(trial: Trial, directory: str | Path) -> None:

@@ -23,7 +23,9 @@ class BlockModel:
     ``blocks`` are submodules of ``module`` in forward order. ``cut_points`` names block counts that mean
     something for this model, e.g. ``{"backbone": 6}``: freezing ``backbone`` freezes blocks [0, 6).
     ``none`` (0) and ``all_but_head`` (len(blocks) - 1) are always defined. ``example_input`` is one small
-    batch, used to measure each block's share of forward FLOPs.
+    batch, used to measure each block's share of forward FLOPs. ``sequential`` says that the forward pass is
+    exactly the blocks applied in order (each block's output is the next one's input): only then can a frozen
+    prefix's outputs be cached and the rest trained on them.
     """
 
     module: nn.Module
@@ -31,6 +33,7 @@ class BlockModel:
     block_names: Sequence[str]
     cut_points: Mapping[str, int]
     example_input: torch.Tensor
+    sequential: bool = False
 
     def __post_init__(self) -> None:
         if len(self.blocks) != len(self.block_names):
@@ -54,7 +57,8 @@ class Task:
     """Everything a trial needs. Data are in-memory tensors: (inputs, targets) for training and validation.
 
     ``metric`` names the primary metric (higher is better), which trials also report as ``score``.
-    ``evaluate(model, inputs, targets)`` returns at least ``metric`` and ``val_loss``.
+    ``evaluate(model, inputs, targets)`` returns at least ``metric`` and ``val_loss``. ``augments`` says that
+    training inputs change from epoch to epoch (augmentation), which rules out caching a frozen prefix.
     """
 
     name: str
@@ -64,6 +68,7 @@ class Task:
     metric: str
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     evaluate: Callable[[nn.Module, torch.Tensor, torch.Tensor], Metrics]
+    augments: bool = False
 
 
 @torch.no_grad()

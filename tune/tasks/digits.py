@@ -80,7 +80,8 @@ def build_model(weights: str | None = "pretrained", new_head: bool = False) -> B
     if new_head:
         model.blocks[-1].reset_parameters()
     return BlockModel(module=model, blocks=list(model.blocks), block_names=DigitsCNN.block_names,
-                      cut_points={"backbone": 6}, example_input=torch.zeros(2, 1, RESOLUTION, RESOLUTION))
+                      cut_points={"backbone": 6}, example_input=torch.zeros(2, 1, RESOLUTION, RESOLUTION),
+                      sequential=True)
 
 
 def _first_line(err: Exception) -> str:
