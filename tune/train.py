@@ -71,9 +71,12 @@ class Trial:
             prefix, self.net = nn.Sequential(*blocks[:spec.stop]), nn.Sequential(*blocks[spec.stop:])
             watch = measure.Stopwatch(self.device)
             with watch.running():
-                self.train_x, self.val_x = _outputs(prefix, train_x), _outputs(prefix, val_x)
-            self._cache_time_s = watch.seconds  # paid once: counted in the first epoch's training time
-            self.cache_bytes = measure.tensor_bytes([self.train_x, self.val_x])
+                self.train_x = _outputs(prefix, train_x)
+            # Training's share, paid once: its time goes into the first epoch's training time and the cached
+            # features into training memory. The validation features are evaluation's, which neither counts.
+            self._cache_time_s = watch.seconds
+            self.cache_bytes = measure.tensor_bytes([self.train_x])
+            self.val_x = _outputs(prefix, val_x)
 
     @property
     def summary(self) -> freeze.FreezeSummary:
