@@ -4,7 +4,8 @@ Peak training memory comes from one of two sources, named in ``mem_source``:
 - ``cuda``: ``torch.cuda.max_memory_allocated`` over the epoch (never run on a GPU in this project's CI).
 - ``model``: on CPU, an exact count of the bytes training holds at its peak: parameters and buffers,
   gradients of trainable parameters, optimizer state, and the activations autograd saved for backward in one
-  full batch (each storage counted once; parameters it saves are not counted twice).
+  full batch (each storage counted once; parameters it saves are not counted twice), plus, with the
+  frozen-prefix cache on, the cached features of the training set (added by tune.train).
 """
 
 from __future__ import annotations
