@@ -60,6 +60,7 @@ def test_overrides_reach_every_section_and_a_plain_space_value_fixes_the_paramet
     (minimal(search={"objectives": {"score": "max", "peak_mem_mb": "min"}, "scheduler": "asha"}), "search.scheduler",
      "'asha'"),
     (minimal(search={"time_budget_s": -5}), "search.time_budget_s", "-5"),
+    (minimal(search={"freeze_aware_gpus": True}), "search.freeze_aware_gpus", "True"),
     (minimal(report={"tolerance": -0.1}), "report.tolerance", "-0.1"),
     (minimal(report={"cost": "flops"}), "report.cost", "'flops'"),
     (minimal(space={}), "space", "{}"),

@@ -125,3 +125,12 @@ def test_the_cache_turns_itself_off_where_it_would_not_be_exact(tiny_task, task_
     trial = Trial(task, dataclasses.replace(TrainConfig(epochs=1), **changes))
     assert trial.prefix_cache == f"off: {reason}"
     assert next(trial.epochs())["prefix_cache"] == f"off: {reason}"
+
+
+def test_gpu_shares_follow_the_measured_memory_by_depth(tiny_task):
+    from tune.train import gpu_shares
+
+    shares = gpu_shares(tiny_task, TrainConfig(batch_size=8, prefix_cache="off"), [0, 1, 2, 3], full_share=1.0)
+    assert shares[0] == 1.0
+    assert shares[3] < shares[0] and list(shares.values()) == sorted(shares.values(), reverse=True)
+    assert all(abs(round(v * 20) - v * 20) < 1e-9 and 0.05 <= v <= 1.0 for v in shares.values())

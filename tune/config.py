@@ -69,6 +69,7 @@ class SearchConfig:
     max_concurrent_trials: int = 0  # 0: as many as the CPUs / GPUs allow
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    freeze_aware_gpus: bool = False  # scale each trial's GPU share by its freeze depth's measured memory
     seed: int = 0  # the Optuna sampler's seed
     objectives: tuple[tuple[str, str], ...] = ()  # several (metric, mode): a multi-objective search
     time_budget_s: float | None = None  # stop the search cleanly after this many seconds
@@ -174,6 +175,7 @@ _SEARCH_RULES: dict[str, _Rule] = {
     "max_concurrent_trials": _int_at_least(0),
     "cpus_per_trial": _float_at_least(0.0, strict=True),
     "gpus_per_trial": _float_at_least(0.0),
+    "freeze_aware_gpus": (lambda v: isinstance(v, bool), "true or false"),
     "seed": _int_at_least(0),
     "objectives": (lambda v: isinstance(v, Mapping) and len(v) >= 1 and all(
         isinstance(k, str) and m in ("max", "min") for k, m in v.items()),
@@ -285,6 +287,8 @@ def build_config(raw: Any, source: Path | None = None) -> Config:
                           "either freeze or freeze_start/freeze_stop, not both (in train: and space: together)")
     search = _check_fields("search", raw.get("search"), SearchConfig, _SEARCH_RULES)
     report = _check_fields("report", raw.get("report"), ReportConfig, _REPORT_RULES)
+    if search.freeze_aware_gpus and search.gpus_per_trial <= 0:
+        raise ConfigError("search.freeze_aware_gpus", True, "false, or true with search.gpus_per_trial > 0")
     if search.scheduler == "asha" and len(search.objective_list) > 1:
         raise ConfigError("search.scheduler", "asha", "fifo or auto with several objectives (ASHA ranks trials "
                                                        "by one metric and would bias the frontier)")

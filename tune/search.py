@@ -21,6 +21,7 @@ from typing import Any
 import ray
 import torch
 from ray import tune as ray_tune
+from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -29,7 +30,7 @@ from tune.config import Config, TaskConfig, TrainConfig
 from tune.space import optuna_space
 from tune.tasks import load_task
 from tune.tracking import SearchTracker
-from tune.train import Trial, load_checkpoint, save_checkpoint
+from tune.train import Trial, gpu_shares, load_checkpoint, save_checkpoint
 
 __all__ = ["SearchOutcome", "can_restore", "confirm", "experiment_name", "follow_job", "init_ray", "run",
            "storage_uri", "submit_job"]
@@ -285,8 +286,26 @@ def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, stor
 
 
 def _wrap(cfg: Config, trainable: Any) -> Any:
-    return ray_tune.with_resources(ray_tune.with_parameters(trainable, base=cfg.train, task_config=cfg.task),
-                                   {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial})
+    wrapped = ray_tune.with_parameters(trainable, base=cfg.train, task_config=cfg.task)
+    if not cfg.search.freeze_aware_gpus:
+        return ray_tune.with_resources(wrapped, {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial})
+    return ray_tune.with_resources(wrapped, _FreezeAwareResources(cfg))
+
+
+class _FreezeAwareResources:
+    """Per-trial resources from the trial's config: a deeper freeze needs less memory, so it asks for a smaller
+    share of a GPU and more trials share one (search.freeze_aware_gpus)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cpus, self.full = cfg.search.cpus_per_trial, cfg.search.gpus_per_trial
+        task = load_task(cfg.task)
+        # every prefix depth of the model: one epoch each, measured once in the driver before the search
+        self.shares = gpu_shares(task, cfg.train, list(range(task.build_model().n_blocks)), self.full)
+
+    def __call__(self, config: dict[str, Any]) -> Any:
+        params = config.get("variant", {}).get("params", config)
+        share = self.shares.get(params.get("freeze_stop"), self.full)
+        return PlacementGroupFactory([{"CPU": self.cpus, "GPU": share}])
 
 
 def _outcome(tuner: Any, budget: float | None) -> SearchOutcome:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,18 @@ class Trial:
 def _outputs(prefix: nn.Module, inputs: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     prefix.eval()
     return torch.cat([prefix(inputs[start:start + batch_size]) for start in range(0, len(inputs), batch_size)])
+
+
+def gpu_shares(task: Task, cfg: TrainConfig, depths: list[int], full_share: float) -> dict[int, float]:
+    """Freeze-aware resources: each freeze_stop's GPU share, ``full_share`` scaled by its training memory
+    (one epoch's exact count, measured here) against freezing nothing, rounded up to 0.05."""
+    def memory(depth: int) -> float:
+        trial_cfg = replace(cfg, epochs=1, freeze=None, freeze_start=0, freeze_stop=depth)
+        return next(Trial(task, trial_cfg, torch.device("cpu")).epochs())["peak_mem_mb"]
+
+    reference = memory(0)
+    return {depth: min(full_share, max(0.05, math.ceil(20 * full_share * memory(depth) / reference) / 20))
+            for depth in depths}
 
 
 def save_checkpoint(trial: Trial, directory: str | Path) -> None:
