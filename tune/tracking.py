@@ -25,10 +25,9 @@ from mlflow.tracking import MlflowClient
 
 from tune.errors import ConfigError
 
-__all__ = ["DEFAULT_TRACKING_URI", "SearchTracker", "TrialRecord", "default_tracking_uri", "fetch_trials",
+__all__ = ["SearchTracker", "TrialRecord", "default_tracking_uri", "fetch_trials",
            "check_store", "find_search", "flatten", "git_commit", "redact", "ui_command"]
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
 # Per-epoch metrics the report reads back as histories (the rest stay in MLflow for the UI).
 HISTORY_KEYS = ("score", "train_time_s", "epoch_time_s", "peak_mem_mb", "samples_per_s")
