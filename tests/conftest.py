@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,13 @@ def make_tiny_task(n_train: int = 48, n_val: int = 24) -> Task:
     return Task(name="tiny", build_model=tiny_block_model, train_data=(images[:n_train], targets[:n_train]),
                 val_data=(images[n_train:], targets[n_train:]), metric="val_accuracy", loss=F.cross_entropy,
                 evaluate=classification_metrics)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture

@@ -4,10 +4,10 @@ no Ray started, no MLflow store or run written."""
 from __future__ import annotations
 
 import pickle
-import socket
 
 import pytest
 import torch
+from conftest import free_port
 
 import run_search
 from tune import search
@@ -35,12 +35,6 @@ def workdir(tmp_path, monkeypatch):
 
 def _files(tmp_path):
     return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if "inputs" not in p.parts)
-
-
-def _unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _write(path, text):
@@ -81,13 +75,13 @@ CASES = {
                        "error: task.options.weights: got '{d}/inputs/evil.pt' (UnpicklingError: Weights only load"),
     "wrong model weights": (lambda d: ["--set", f"task.options.weights={_other_weights(d / 'inputs/other.pt')}"],
                             "error: task.options.weights: got '{d}/inputs/other.pt' (RuntimeError: Error(s) in"),
-    "unreachable tracking server": (lambda d: ["--tracking-uri", f"http://127.0.0.1:{_unused_port()}"],
+    "unreachable tracking server": (lambda d: ["--tracking-uri", f"http://127.0.0.1:{free_port()}"],
                                     "error: --tracking-uri: got 'http://127.0.0.1:"),
     "tracking uri scheme": (lambda d: ["--tracking-uri", "ftp://example/mlflow"],
                             "error: --tracking-uri: got 'ftp://example/mlflow' (unsupported scheme)"),
     "sqlite in missing folder": (lambda d: ["--tracking-uri", "sqlite:////no/such/folder/m.db"],
                                  "error: --tracking-uri: got 'sqlite:////no/such/folder/m.db' (cannot write in"),
-    "credentials are not echoed": (lambda d: ["--tracking-uri", f"http://alice:s3cret@127.0.0.1:{_unused_port()}"],
+    "credentials are not echoed": (lambda d: ["--tracking-uri", f"http://alice:s3cret@127.0.0.1:{free_port()}"],
                                    "error: --tracking-uri: got 'http://***@127.0.0.1:"),
     "unwritable storage": (lambda d: ["--storage-path", "/proc/forbidden"], "error: --storage-path: got '/proc/"),
     "zero samples": (lambda d: ["--num-samples", "0"], "error: search.num_samples: got 0 (int)"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,18 +15,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 from mlflow.tracking import MlflowClient
 
 import run_search
 
 pytestmark = pytest.mark.cluster
 BIN = Path(sys.executable).parent
-
-
-def _port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _wait_http(url: str, timeout: float, process: subprocess.Popen) -> None:
@@ -66,7 +60,7 @@ def cluster(tmp_path):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_DEDUP_LOGS": "0",
            "RAY_AUTH_MODE": "token", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("RAY_ADDRESS", None)
-    gcs, dashboard, mlflow_port = _port(), _port(), _port()
+    gcs, dashboard, mlflow_port = free_port(), free_port(), free_port()
     processes = []
     try:
         processes.append(_spawn([str(BIN / "ray"), "start", "--head", "--block", "--port", str(gcs),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 from mlflow.tracking import MlflowClient
 
 import run_search
@@ -163,12 +163,6 @@ search: {{num_samples: 1, scheduler: fifo}}
     assert sorted(m.step for m in history) == [1, 2, 3, 4]  # one MLflow run, no epoch logged twice
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _get(url: str, payload: dict | None = None) -> dict:
     data = None if payload is None else json.dumps(payload).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
@@ -182,7 +176,7 @@ def test_mlflow_ui_command_serves_the_runs_of_a_smoke_search(default_smoke):
     """The printed `mlflow ui --backend-store-uri ...` command, run for real on 127.0.0.1."""
     _, uri, _ = default_smoke
     parent, children = _runs(uri, "digits_freeze")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                                "--port", str(port), "--workers", "1"], env=env, stdout=subprocess.DEVNULL,

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from tune.errors import ConfigError
-from tune.space import Choice, Dimension, FloatRange, parse_dimension
+from tune.space import Choice, Dimension, FloatRange, is_int, parse_dimension
 
 __all__ = ["COST_METRICS", "FREEZE_KEYS", "Config", "ConfigError", "ReportConfig", "SearchConfig", "TaskConfig",
            "TrainConfig", "load_config", "parse_overrides"]
@@ -121,7 +121,7 @@ _Rule = tuple[Any, str]
 
 
 def _int_at_least(low: int) -> _Rule:
-    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low, f"an integer >= {low}")
+    return (lambda v: is_int(v) and v >= low, f"an integer >= {low}")
 
 
 def _float_at_least(low: float, strict: bool = False) -> _Rule:
@@ -140,8 +140,8 @@ def _freeze_value(v: Any) -> bool:
     if v is None or isinstance(v, str):
         return True
     if isinstance(v, (list, tuple)):
-        return all(isinstance(i, int) and not isinstance(i, bool) for i in v)
-    return isinstance(v, int) and not isinstance(v, bool)
+        return all(is_int(i) for i in v)
+    return is_int(v)
 
 
 _FREEZE_ALLOWED = "an integer block count, a list of block indices, or a cut-point name (none, backbone, ...)"

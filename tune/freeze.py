@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from tune.errors import ConfigError
-from tune.space import IntRange, resolve_names
+from tune.space import IntRange, is_int, resolve_names
 from tune.tasks.base import BlockModel
 
 __all__ = ["FreezeSpec", "FreezeSummary", "FrozenModel", "apply_freeze", "block_flops", "check_space",
@@ -61,10 +61,6 @@ class FreezeSummary:
                 "frozen_flops_share": self.frozen_flops_share}
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _describe(value: Any) -> str | None:
     if isinstance(value, bool):
         return "a bool is not a block index"
@@ -83,7 +79,7 @@ def resolve_index(key: str, value: Any, n_blocks: int, cut_points: Mapping[str, 
         if value not in cut_points:
             raise ConfigError(key, value, allowed, problem="unknown name")
         index = cut_points[value]
-    elif _is_int(value):
+    elif is_int(value):
         index = value
     else:
         raise ConfigError(key, value, allowed, problem=_describe(value) or type(value).__name__)
@@ -101,7 +97,7 @@ def resolve(block_model: BlockModel, *, freeze: Any = None, freeze_start: Any = 
         raise ConfigError("freeze", freeze, "either freeze or freeze_start/freeze_stop, not both")
     if isinstance(freeze, (list, tuple)):
         for position, index in enumerate(freeze):
-            if not _is_int(index) or not 0 <= index < n_blocks:
+            if not is_int(index) or not 0 <= index < n_blocks:
                 raise ConfigError(f"freeze[{position}]", index, f"a block index in [0, {n_blocks - 1}]",
                                   problem=_describe(index))
         blocks = tuple(sorted(set(freeze)))

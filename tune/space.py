@@ -24,7 +24,7 @@ from typing import Any
 
 from tune.errors import ConfigError
 
-__all__ = ["Choice", "Dimension", "FloatRange", "IntRange", "OptunaSpace", "optuna_space", "parse_dimension",
+__all__ = ["Choice", "Dimension", "FloatRange", "IntRange", "OptunaSpace", "is_int", "optuna_space", "parse_dimension",
            "resolve_names"]
 
 @dataclass(frozen=True)
@@ -51,7 +51,8 @@ Dimension = IntRange | FloatRange | Choice
 _ALLOWED_TYPES = "int, float, choice"
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (True would otherwise pass as 1)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -86,13 +87,13 @@ def parse_dimension(key: str, raw: Mapping[str, Any], *, names_allowed: bool) ->
     low, high = raw["low"], raw["high"]
     if kind == "int":
         for bound, value in (("low", low), ("high", high)):
-            if not (_is_int(value) or (names_allowed and isinstance(value, str))):
+            if not (is_int(value) or (names_allowed and isinstance(value, str))):
                 allowed = "an integer or a cut-point name" if names_allowed else "an integer"
                 raise ConfigError(f"{key}.{bound}", value, allowed)
         step = raw.get("step", 1)
-        if not _is_int(step) or step < 1:
+        if not is_int(step) or step < 1:
             raise ConfigError(f"{key}.step", step, "an integer >= 1")
-        if _is_int(low) and _is_int(high) and low > high:
+        if is_int(low) and is_int(high) and low > high:
             raise ConfigError(f"{key}", {"low": low, "high": high}, "low <= high")
         return IntRange(low, high, step)
     for bound, value in (("low", low), ("high", high)):
