@@ -6,6 +6,7 @@
     python run_search.py --confirm 3             # then re-run the top candidates with 3 fresh seeds each
     python run_search.py --space search_spaces/digits_freeze_range.yaml --set train.epochs=5
     python run_search.py report [--experiment NAME | --run-id ID]   # the report again, from MLflow alone
+    python run_search.py layers [--space FILE | --task yolo --model yolov5mu.yaml]  # which N is my backbone?
     python run_search.py submit --address http://HEAD:8265 --tracking-uri http://MLFLOW:5000 \
         --storage-path /shared/ray_results [search args]             # the same search as a Ray Job
 
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return report_main(argv[1:])
     if argv[:1] == ["submit"]:
         return submit_main(argv[1:])
+    if argv[:1] == ["layers"]:
+        return layers_main(argv[1:])
     return search_main(argv)
 
 
@@ -100,7 +103,7 @@ def _check_search_args(args: argparse.Namespace) -> tuple:
 
     task = load_task(cfg.task)
     space = check_space(cfg.space, cfg.train, task.build_model())
-    known = [*METRIC_KEYS, task.metric]
+    known = [*METRIC_KEYS, task.metric, *task.extra_metrics]
     for metric, _ in cfg.search.objective_list:
         if metric not in known:
             raise ConfigError(f"search.objectives.{metric}" if cfg.search.objectives else "search.metric", metric,
@@ -286,7 +289,7 @@ def _log_recommended_model(tracker, parent_id, built, checkpoints, task) -> None
     block_model = task.build_model()
     block_model.module.load_state_dict(load_checkpoint(directory)["model"])
     block_model.module.eval()
-    example = task.val_data[0][:2].numpy()
+    example = block_model.example_input.numpy()
     uri = tracker.log_model(parent_id, block_model.module, example, Path(tune.__file__).parent)
     tracker.set_tags(parent_id, {"recommended_model_uri": uri})
     print(f"Recommended model (trial {name}, its best epoch): {uri}")
@@ -334,6 +337,41 @@ def submit_main(argv: list[str]) -> int:
     status = search.follow_job(args.address, job_id)
     print(f"job {job_id}: {status}")
     return 0 if status.endswith("SUCCEEDED") else 1
+
+
+def layers_main(argv: list[str]) -> int:
+    """``layers [--space FILE] [--task NAME] [--model M] [--set KEY=VALUE]``: the model's blocks, in order."""
+    parser = argparse.ArgumentParser(prog="run_search.py layers",
+                                     description="List a task's blocks: index, name, type, parameters, share of "
+                                                 "forward FLOPs, and where each named cut point (backbone, ...) is.")
+    parser.add_argument("--space", type=Path, default=DEFAULT_SPACE, help="a search space file: its task and options")
+    parser.add_argument("--task", help="a task name or import path instead of the space file's")
+    parser.add_argument("--model", help="the task's model option (yolo: a model yaml such as yolov5nu.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for a search")
+    args = parser.parse_args(argv)
+    try:
+        from tune.config import TaskConfig
+        from tune.freeze import layer_table
+        from tune.tasks import load_task
+
+        cfg = load_config(args.space, parse_overrides(args.set))
+        task_config = cfg.task
+        if args.task is not None:
+            task_config = TaskConfig(args.task, {} if args.task != task_config.name else dict(task_config.options))
+        if args.model is not None:
+            task_config = TaskConfig(task_config.name, {**task_config.options, "model": args.model})
+        if task_config.name == "yolo":  # no data set needed to list a YOLO model's blocks
+            from tune.tasks.yolo import layers_model
+
+            block_model = layers_model(task_config.options)
+        else:
+            block_model = load_task(task_config).build_model()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"task {task_config.name} {dict(task_config.options) or ''}".rstrip())
+    print(layer_table(block_model))
+    return 0
 
 
 def report_main(argv: list[str]) -> int:

@@ -26,7 +26,7 @@ from tune.space import IntRange, is_int, resolve_names
 from tune.tasks.base import BlockModel
 
 __all__ = ["FreezeSpec", "FreezeSummary", "FrozenModel", "apply_freeze", "block_flops", "check_space",
-           "prefix_cache_blocker", "resolve", "resolve_index"]
+           "layer_table", "prefix_cache_blocker", "resolve", "resolve_index"]
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,29 @@ def block_flops(block_model: BlockModel) -> list[int]:
             handle.remove()
         block_model.module.train(was_training)
     return counts
+
+
+def layer_table(block_model: BlockModel) -> str:
+    """The ordered blocks (index, name, type, parameters, share of forward FLOPs, cumulative share) with a rule
+    under each named cut point: which ``freeze: N`` freezes what."""
+    flops = block_flops(block_model)
+    total = sum(flops) or 1
+    cuts: dict[int, list[str]] = {}
+    for name, index in block_model.named_cut_points().items():
+        cuts.setdefault(index, []).append(name)
+    width = max(len(str(name)) for name in block_model.block_names)
+    lines = [f"{'block':>5}  {'name':<{width}}  {'type':<16} {'params':>11}  {'flops':>6}  {'cum.':>6}"]
+    done = 0
+    for index, (name, block) in enumerate(zip(block_model.block_names, block_model.blocks, strict=True)):
+        if index in cuts:
+            lines.append(f"{'':>5}  --- freeze: {index} ({', '.join(cuts[index])}) freezes the blocks above ---")
+        done += flops[index]
+        lines.append(f"{index:>5}  {name:<{width}}  {type(block).__name__:<16} {_count(block.parameters()):>11,}  "
+                     f"{flops[index] / total:>6.1%}  {done / total:>6.1%}")
+    params = _count(block_model.module.parameters())
+    lines.append(f"{block_model.n_blocks} blocks, {params:,} parameters; FLOPs of one forward pass on an input of "
+                 f"shape {tuple(block_model.example_input.shape)}.")
+    return "\n".join(lines)
 
 
 def _count(params: Iterable[nn.Parameter]) -> int:

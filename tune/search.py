@@ -30,7 +30,7 @@ from tune.config import Config, TaskConfig, TrainConfig
 from tune.space import optuna_space
 from tune.tasks import load_task
 from tune.tracking import SearchTracker
-from tune.train import Trial, gpu_shares, load_checkpoint, save_checkpoint
+from tune.train import gpu_shares, load_checkpoint, make_trial, save_checkpoint
 
 __all__ = ["SearchOutcome", "can_restore", "confirm", "experiment_name", "follow_job", "init_ray", "run",
            "storage_uri", "submit_job"]
@@ -56,16 +56,19 @@ def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfi
     if cfg.device == "auto" and not assigned.get("GPU"):
         # Ray does not hide GPUs from a trial that asked for none: keep it off the GPUs others were given
         cfg = dataclasses.replace(cfg, device="cpu")
-    trial = Trial(task, cfg)
+    trial = make_trial(task, cfg)
     checkpoint = ray_tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trial.load_state_dict(load_checkpoint(directory, trial.device))
+
+    def report(metrics: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            save_checkpoint(trial, directory)
+            ray_tune.report({**metrics, **placement}, checkpoint=ray_tune.Checkpoint.from_directory(directory))
+
     try:
-        for metrics in trial.epochs():
-            with tempfile.TemporaryDirectory() as directory:
-                save_checkpoint(trial, directory)
-                ray_tune.report({**metrics, **placement}, checkpoint=ray_tune.Checkpoint.from_directory(directory))
+        trial.run(report)
     except (torch.cuda.OutOfMemoryError, MemoryError) as err:
         # the trial fails with its reason; the search goes on with the others
         raise RuntimeError(f"out of memory at epoch {trial.epoch + 1}: {type(err).__name__}: {err}") from None

@@ -215,6 +215,13 @@ class SearchTracker:
         mlflow.set_tracking_uri(self.tracking_uri)
         # Requirements given, not inferred: inference re-imports the model in a subprocess (about 10 s).
         requirements = [f"torch=={torch.__version__.split('+')[0]}"]
+        top = type(module).__module__.split(".")[0]
+        if top not in ("torch", "tune", "tests", "conftest", "__main__"):  # e.g. ultralytics for the yolo task
+            import contextlib
+            from importlib import metadata
+
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                requirements.append(f"{top}=={metadata.version(top)}")
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(module, name="recommended_model", input_example=input_example,
                                             code_paths=[str(code_dir)], pip_requirements=requirements,

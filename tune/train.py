@@ -1,14 +1,17 @@
 """Fit one trial: pure torch, no Ray, no MLflow.
 
 ``Trial(task, train_config).epochs()`` yields one metrics dict per epoch (names in METRIC_KEYS plus the task's
-own metric name). ``state_dict()`` / ``load_state_dict()`` checkpoint it between epochs; a resumed trial
-yields exactly what the uninterrupted one would have (the batch order of epoch e depends on (seed, e) only).
+own metric name); ``run(on_epoch)`` calls ``on_epoch(metrics)`` instead, the form every trial has (a task with its
+own trainer, such as yolo, gives its own trial class through ``Task.make_trial``). ``state_dict()`` /
+``load_state_dict()`` checkpoint it between epochs; a resumed trial yields exactly what the uninterrupted one
+would have (the batch order of epoch e depends on (seed, e) only).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,8 +23,8 @@ from tune import freeze, measure
 from tune.config import TrainConfig
 from tune.tasks.base import Task
 
-__all__ = ["CHECKPOINT_FILE", "METRIC_KEYS", "Trial", "load_checkpoint", "make_optimizer", "pick_device",
-           "save_checkpoint"]
+__all__ = ["CHECKPOINT_FILE", "METRIC_KEYS", "Trial", "first_epoch", "load_checkpoint", "make_optimizer", "make_trial",
+           "pick_device", "save_checkpoint"]
 
 CHECKPOINT_FILE = "trial.pt"
 
@@ -92,6 +95,11 @@ class Trial:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
         self.train_time_s = float(state["train_time_s"])
+
+    def run(self, on_epoch: Callable[[dict[str, Any]], None]) -> None:
+        """Train to the end, calling ``on_epoch(metrics)`` after each epoch (the trial can be checkpointed then)."""
+        for metrics in self.epochs():
+            on_epoch(metrics)
 
     def epochs(self) -> Iterator[dict[str, Any]]:
         """Epoch metrics until the last epoch, or until the training loss stops being finite: that epoch is
@@ -165,12 +173,36 @@ def _outputs(prefix: nn.Module, inputs: torch.Tensor, batch_size: int = 1024) ->
     return torch.cat([prefix(inputs[start:start + batch_size]) for start in range(0, len(inputs), batch_size)])
 
 
+def make_trial(task: Task, cfg: TrainConfig, device: torch.device | None = None) -> Any:
+    """The task's own trial (``Task.make_trial``) or the built-in tensor Trial."""
+    return (task.make_trial or Trial)(task, cfg, device)
+
+
+class _Enough(Exception):
+    pass
+
+
+def first_epoch(trial: Any) -> dict[str, Any]:
+    """Run a trial for one epoch only; its metrics."""
+    seen: list[dict[str, Any]] = []
+
+    def stop(metrics: dict[str, Any]) -> None:
+        seen.append(metrics)
+        raise _Enough
+
+    with contextlib.suppress(_Enough):
+        trial.run(stop)
+    if not seen:
+        raise RuntimeError("the trial ended before its first epoch")
+    return seen[0]
+
+
 def gpu_shares(task: Task, cfg: TrainConfig, depths: list[int], full_share: float) -> dict[int, float]:
     """Freeze-aware resources: each freeze_stop's GPU share, ``full_share`` scaled by its training memory
     (one epoch's exact count, measured here) against freezing nothing, rounded up to 0.05."""
     def memory(depth: int) -> float:
         trial_cfg = replace(cfg, epochs=1, freeze=None, freeze_start=0, freeze_stop=depth)
-        return next(Trial(task, trial_cfg, torch.device("cpu")).epochs())["peak_mem_mb"]
+        return first_epoch(make_trial(task, trial_cfg, torch.device("cpu")))["peak_mem_mb"]
 
     reference = memory(0)
     return {depth: min(full_share, max(0.05, math.ceil(20 * full_share * memory(depth) / reference) / 20))

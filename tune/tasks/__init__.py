@@ -11,7 +11,7 @@ from tune.tasks.base import BlockModel, Task
 
 __all__ = ["BUILTIN_TASKS", "BlockModel", "Task", "load_task"]
 
-BUILTIN_TASKS = {"digits": "tune.tasks.digits:make_task"}
+BUILTIN_TASKS = {"digits": "tune.tasks.digits:make_task", "yolo": "tune.tasks.yolo:make_task"}
 
 _ALLOWED = f"a built-in task ({', '.join(BUILTIN_TASKS)}) or an import path package.module:function"
 

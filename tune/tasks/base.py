@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,16 +60,28 @@ class Task:
     ``metric`` names the primary metric (higher is better), which trials also report as ``score``.
     ``evaluate(model, inputs, targets)`` returns at least ``metric`` and ``val_loss``. ``augments`` says that
     training inputs change from epoch to epoch (augmentation), which rules out caching a frozen prefix.
+
+    A task that trains with its own loop (the ``yolo`` task trains with Ultralytics' trainer) gives
+    ``make_trial(task, train_config, device)`` instead of tensors, a loss and ``evaluate``: it returns an object
+    with ``run(on_epoch)``, ``state_dict()``, ``load_state_dict()``, ``epoch`` and ``device`` (see
+    tune.train.Trial). ``extra_metrics`` names the metrics its trials report beyond tune.train.METRIC_KEYS.
     """
 
     name: str
     build_model: Callable[[], BlockModel]
-    train_data: tuple[torch.Tensor, torch.Tensor]
-    val_data: tuple[torch.Tensor, torch.Tensor]
     metric: str
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    evaluate: Callable[[nn.Module, torch.Tensor, torch.Tensor], Metrics]
+    train_data: tuple[torch.Tensor, torch.Tensor] | None = None
+    val_data: tuple[torch.Tensor, torch.Tensor] | None = None
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    evaluate: Callable[[nn.Module, torch.Tensor, torch.Tensor], Metrics] | None = None
     augments: bool = False
+    make_trial: Callable[..., Any] | None = None
+    extra_metrics: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        missing = [name for name in ("train_data", "val_data", "loss", "evaluate") if getattr(self, name) is None]
+        if self.make_trial is None and missing:
+            raise ValueError(f"task {self.name!r} has no make_trial and no {', '.join(missing)}")
 
 
 @torch.no_grad()

@@ -1,0 +1,371 @@
+"""The ``yolo`` task: object detection with Ultralytics YOLO (the YOLOv5 guide's case). Optional extra:
+``pip install -e ".[yolo]"`` (Ultralytics needs torchvision: torch==2.14.1 torchvision==0.29.1 on these machines).
+
+Options (``task.options`` in a space file)::
+
+    data: path/to/dataset.yaml   # an Ultralytics dataset yaml whose images are on disk (required; nothing downloads)
+    model: yolov5nu.yaml         # a model yaml bundled with Ultralytics or a path (yolov5mu.yaml = the guide's v5m)
+    weights: null                # pretrained weights: a state_dict file (loaded with weights_only=True)
+    imgsz: 640                   # training and validation image size
+    workers: 2                   # dataloader workers per trial
+    hyp: {}                      # other Ultralytics train arguments, fixed (lrf, warmup_epochs, mosaic...)
+
+Freezing keeps YOLOv5's meaning exactly: the blocks are ``model.model[i]``, whose parameters are named
+``model.{i}.*``, so ``freeze: 10`` freezes every parameter named ``model.0.`` to ``model.9.``; ``backbone`` is the
+length of the model yaml's backbone (10 for YOLOv5) and ``all_but_head`` everything but Detect (24 for YOLOv5).
+Trials train with Ultralytics' own DetectionTrainer, with four differences, all in :class:`YoloTrial`: frozen
+parameters are left out of the optimizer (YOLOv5's train.py keeps them in, which changes nothing numerically:
+PyTorch's optimizers skip parameters without a gradient, weight decay included); ``frozen_bn: eval`` (the
+default, as Ultralytics does) keeps frozen BatchNorm statistics fixed, ``frozen_bn: train`` lets them drift as
+YOLOv5's train.py does (the guide's behaviour); checkpoints are state dicts written by this project, not
+Ultralytics' pickled ``last.pt``; and the final re-validation of ``best.pt`` is skipped (every epoch is validated).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from tune import freeze, measure
+from tune.config import TrainConfig
+from tune.errors import ConfigError
+from tune.tasks.base import BlockModel, Task
+
+__all__ = ["METRICS", "YoloTrial", "block_model", "layers_model", "make_task"]
+
+# Reported each epoch beside tune.train.METRIC_KEYS: score is mAP50-95.
+METRICS = ("mAP50", "mAP50-95", "precision", "recall", "box_loss", "cls_loss", "dfl_loss", "val_box_loss",
+           "val_cls_loss", "val_dfl_loss", "gpu_util_pct")
+
+# Ultralytics train arguments that come from the search's own keys (train:/space:), not from ``hyp``.
+_OWN_KEYS = {"lr0": "lr", "momentum": "momentum", "weight_decay": "weight_decay", "epochs": "epochs",
+             "batch": "batch_size", "optimizer": "optimizer", "freeze": "freeze", "seed": "seed", "device": "device"}
+# Ones this task sets itself: where the trial runs and what it writes.
+_FIXED_KEYS = {"model", "data", "imgsz", "workers", "project", "name", "exist_ok", "save", "plots", "val", "resume",
+               "pretrained", "verbose", "mode", "task", "time", "save_period", "cache"}
+_OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+
+
+def _ultralytics() -> Any:
+    """Import Ultralytics offline: no downloads, settings in a folder of this project's, not the user's."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(tempfile.gettempdir()) / "freeze-depth-search-ultralytics"))
+    try:
+        import ultralytics
+    except ImportError as err:
+        raise ConfigError("task.name", "yolo", 'the yolo extra installed: pip install -e ".[yolo]"',
+                          problem=f"{type(err).__name__}: {err}") from None
+    return ultralytics
+
+
+def _check_data(data: Any) -> tuple[Path, dict[str, Any]]:
+    allowed = "an Ultralytics dataset yaml (train, val, names) whose images are on disk"
+    if not isinstance(data, (str, Path)) or not str(data):
+        raise ConfigError("task.options.data", data, allowed, problem="missing")
+    path = Path(data).expanduser().resolve()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError("task.options.data", str(data), allowed, problem=type(err).__name__) from None
+    except yaml.YAMLError as err:
+        raise ConfigError("task.options.data", str(data), allowed, problem=" ".join(str(err).split())) from None
+    if not isinstance(raw, dict) or not {"train", "val", "names"} <= raw.keys():
+        raise ConfigError("task.options.data", str(data), allowed, problem="no train, val or names")
+    root = Path(raw.get("path") or path.parent)
+    root = root if root.is_absolute() else (path.parent / root)
+    for split in ("train", "val"):
+        entries = raw[split] if isinstance(raw[split], list) else [raw[split]]
+        for entry in entries:
+            if not (root / str(entry)).exists():  # Ultralytics would try the yaml's download: key
+                raise ConfigError(f"task.options.data.{split}", str(root / str(entry)), allowed,
+                                  problem="not on disk; nothing is downloaded")
+    return path, raw
+
+
+def _check_hyp(hyp: Any) -> dict[str, Any]:
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    if hyp is None:
+        return {}
+    if not isinstance(hyp, Mapping):
+        raise ConfigError("task.options.hyp", hyp, "a mapping of Ultralytics train arguments")
+    for key, value in hyp.items():
+        if key in _OWN_KEYS:
+            raise ConfigError(f"task.options.hyp.{key}", value, f"train.{_OWN_KEYS[key]} or space.{_OWN_KEYS[key]}",
+                              problem="set by the search's own key")
+        if key in _FIXED_KEYS or key not in DEFAULT_CFG_DICT:
+            raise ConfigError(f"task.options.hyp.{key}", value, "an Ultralytics train argument such as lrf, "
+                              "warmup_epochs, box, cls, dfl, hsv_h, degrees, mosaic, mixup, close_mosaic",
+                              problem="unknown key" if key not in DEFAULT_CFG_DICT else "set by the yolo task")
+    return dict(hyp)
+
+
+def _load_weights(module: torch.nn.Module, weights: str) -> None:
+    allowed = "a state_dict file of this model (torch.save(model.state_dict()), loaded with weights_only=True)"
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:  # unreadable, unsafe (pickled objects) or corrupt: bad input, one line
+        raise ConfigError("task.options.weights", weights, allowed,
+                          problem=f"{type(err).__name__}: {' '.join(str(err).split())[:200]}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a checkpoint of this project's (tune.train.save_checkpoint)
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise ConfigError("task.options.weights", weights, allowed,
+                          problem=f"does not fit the model: {str(err).splitlines()[0][:200]}") from None
+
+
+def block_model(model: str, nc: int, imgsz: int, weights: str | None = None) -> BlockModel:
+    """A YOLO DetectionModel as blocks: ``model.model[i]`` (parameters ``model.{i}.*``), the backbone's end from
+    the model yaml. FLOP shares are measured at ``min(imgsz, 256)``: every block is convolutional, so the shares
+    barely depend on the size."""
+    _ultralytics()
+    from ultralytics.nn.tasks import DetectionModel
+
+    try:
+        module = DetectionModel(cfg=model, nc=nc, verbose=False)
+    except (FileNotFoundError, KeyError, ValueError, AssertionError) as err:
+        raise ConfigError("task.options.model", model, "a YOLO detection model yaml, e.g. yolov5nu.yaml",
+                          problem=f"{type(err).__name__}: {err}") from None
+    if weights is not None:
+        _load_weights(module, weights)
+    layers = list(module.model)
+    backbone = len(module.yaml.get("backbone", []))
+    size = max(32, min(int(imgsz), 256) // 32 * 32)
+    return BlockModel(module=module, blocks=layers, block_names=[f"model.{i}" for i in range(len(layers))],
+                      cut_points={"backbone": backbone} if 0 < backbone < len(layers) else {},
+                      example_input=torch.zeros(1, 3, size, size), sequential=False)
+
+
+def layers_model(options: Mapping[str, Any]) -> BlockModel:
+    """The block model for ``run_search.py layers``: no data needed (80 classes, COCO's, unless a dataset yaml
+    on disk says otherwise)."""
+    _ultralytics()
+    data = options.get("data")
+    nc = len(_check_data(data)[1]["names"]) if data else 80
+    return block_model(options.get("model", "yolov5nu.yaml"), nc, int(options.get("imgsz", 640)),
+                       options.get("weights"))
+
+
+def make_task(data: str | None = None, model: str = "yolov5nu.yaml", weights: str | None = None, imgsz: int = 640,
+              workers: int = 2, hyp: Mapping[str, Any] | None = None) -> Task:
+    _ultralytics()
+    data_path, raw = _check_data(data)
+    names = raw["names"]
+    nc = len(names)
+    if not isinstance(imgsz, int) or isinstance(imgsz, bool) or imgsz < 32:
+        raise ConfigError("task.options.imgsz", imgsz, "an integer >= 32 (a multiple of 32)")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise ConfigError("task.options.workers", workers, "an integer >= 0")
+    options = {"data": str(data_path), "model": model, "imgsz": imgsz, "workers": workers, "hyp": _check_hyp(hyp)}
+    block_model(model, nc, imgsz, weights)  # bad model or weights: fail here, before any trial
+
+    def build() -> BlockModel:
+        return block_model(model, nc, imgsz, weights)
+
+    return Task(name="yolo", build_model=build, metric="mAP50-95", augments=True,
+                make_trial=lambda task, cfg, device=None: YoloTrial(task, cfg, options, device),
+                extra_metrics=METRICS)
+
+
+def _device_arg(device: torch.device) -> str:
+    return "cpu" if device.type == "cpu" else str(device.index or 0)
+
+
+class YoloTrial:
+    """One trial: Ultralytics' DetectionTrainer on a model built by the task, frozen as ``cfg`` says, reporting
+    each epoch through ``run(on_epoch)`` and checkpointable between epochs (``state_dict``)."""
+
+    def __init__(self, task: Task, cfg: TrainConfig, options: Mapping[str, Any],
+                 device: torch.device | None = None) -> None:
+        from tune.train import pick_device
+
+        self.task, self.cfg, self.options = task, cfg, options
+        self.device = device or pick_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.block_model = task.build_model()
+        spec = freeze.resolve(self.block_model, freeze=list(cfg.freeze) if isinstance(cfg.freeze, tuple)
+                              else cfg.freeze, freeze_start=cfg.freeze_start, freeze_stop=cfg.freeze_stop)
+        self.frozen = freeze.apply_freeze(self.block_model, spec, cfg.frozen_bn)
+        self.summary = self.frozen.summary
+        self.epoch = 0
+        self.train_time_s = 0.0
+        self._restore: dict[str, Any] | None = None
+        self.trainer: Any = None
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self.trainer
+        return {"model": trainer.model.state_dict(), "ema": trainer.ema.ema.state_dict(),
+                "ema_updates": int(trainer.ema.updates), "optimizer": trainer.optimizer.state_dict(),
+                "epoch": self.epoch, "train_time_s": self.train_time_s,
+                "best_fitness": float(trainer.best_fitness or 0.0)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Applied when training starts (the trainer builds the optimizer and EMA then)."""
+        self._restore = state
+        self.epoch = int(state["epoch"])
+        self.train_time_s = float(state["train_time_s"])
+
+    def run(self, on_epoch: Callable[[dict[str, Any]], None]) -> None:
+        if self.epoch >= self.cfg.epochs:
+            return
+        with tempfile.TemporaryDirectory(prefix="yolo-trial-") as workdir:
+            self.trainer = _make_trainer(self, Path(workdir), on_epoch)
+            self.trainer.train()
+
+
+def _make_trainer(trial: YoloTrial, workdir: Path, on_epoch: Callable[[dict[str, Any]], None]) -> Any:
+    _ultralytics()
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.utils import callbacks
+
+    cfg, options = trial.cfg, trial.options
+    frozen_bn_train = cfg.frozen_bn == "train"
+
+    class Trainer(DetectionTrainer):
+        def _model_train(self) -> None:
+            if frozen_bn_train:  # YOLOv5's train.py: frozen BatchNorm statistics keep updating
+                self.model.train()
+            else:
+                super()._model_train()
+
+        def build_optimizer(self, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
+            optimizer = super().build_optimizer(*args, **kwargs)
+            for group in optimizer.param_groups:  # frozen parameters are not the optimizer's
+                group["params"] = [p for p in group["params"] if p.requires_grad]
+            return optimizer
+
+        def resume_training(self, ckpt: Any) -> None:
+            state = trial._restore
+            if state is None:
+                return
+            self.model.load_state_dict(state["model"])
+            self.ema.ema.load_state_dict(state["ema"])
+            self.ema.updates = state["ema_updates"]
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.best_fitness = state["best_fitness"]
+            self.start_epoch = int(state["epoch"])
+
+        def save_model(self) -> bool:  # checkpoints are the trial's state_dict, taken by the search
+            return False
+
+        def final_eval(self) -> None:  # every epoch was validated; no best.pt to re-validate
+            return None
+
+    hyp = dict(options["hyp"])
+    overrides = {
+        **hyp, "model": "unused.yaml", "data": options["data"], "imgsz": options["imgsz"],
+        "workers": options["workers"], "epochs": cfg.epochs, "batch": cfg.batch_size, "lr0": cfg.lr,
+        "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "optimizer": _OPTIMIZERS[cfg.optimizer],
+        "freeze": list(trial.frozen.spec.blocks), "seed": cfg.seed, "device": _device_arg(trial.device),
+        "project": str(workdir), "name": "train", "exist_ok": True, "save": False, "plots": False, "val": True,
+        "verbose": False, "amp": hyp.get("amp", trial.device.type == "cuda"),
+    }
+    trainer = Trainer(overrides=overrides)
+    trainer.callbacks = callbacks.get_default_callbacks()  # no Ultralytics integrations (its own MLflow, Ray...)
+    trainer.model = trial.frozen.module  # built (and pretrained) by the task, as DetectionTrainer allows
+    _EpochReporter(trial, trainer, on_epoch).attach()
+    return trainer
+
+
+class _EpochReporter:
+    """Callbacks that time each epoch's training, count its memory and report its metrics."""
+
+    def __init__(self, trial: YoloTrial, trainer: Any, on_epoch: Callable[[dict[str, Any]], None]) -> None:
+        self.trial, self.trainer, self.on_epoch = trial, trainer, on_epoch
+        self.watch = measure.Stopwatch(trial.device)
+        self.activations = measure.SavedActivations()
+        self._recording: Any = None
+        self._timing: Any = None
+        self._first_batch = True
+
+    def attach(self) -> None:
+        for event in ("on_pretrain_routine_end", "on_train_epoch_start", "on_train_batch_start",
+                      "on_train_batch_end", "on_train_epoch_end", "on_fit_epoch_end"):
+            self.trainer.add_callback(event, getattr(self, event))
+
+    def on_pretrain_routine_end(self, trainer: Any) -> None:
+        ours = {id(p) for p in self.trial.frozen.trainable_parameters()}
+        theirs = {id(p) for p in trainer.model.parameters() if p.requires_grad}
+        dfl = {id(p) for name, p in trainer.model.named_parameters() if ".dfl" in name}
+        if theirs != ours - dfl:  # Ultralytics froze by its name rule: it must be our block set
+            raise RuntimeError("Ultralytics froze other parameters than the freeze spec")
+
+    def on_train_epoch_start(self, trainer: Any) -> None:
+        if self.trial.device.type == "cuda":
+            measure.cuda_peak_mem_mb(self.trial.device, reset=True)
+        self._first_batch = True
+        self.watch.seconds = 0.0
+        self._timing = self.watch.running()  # training only: data loading included, validation not
+        self._timing.__enter__()
+
+    def on_train_batch_start(self, trainer: Any) -> None:
+        if self._first_batch:  # the first batch is a full one: its saved activations are the peak
+            self._recording = self.activations.recording(trainer.model)
+            self._recording.__enter__()
+
+    def on_train_batch_end(self, trainer: Any) -> None:
+        if self._first_batch and self._recording is not None:
+            self._recording.__exit__(None, None, None)
+            self._recording, self._first_batch = None, False
+
+    def on_train_epoch_end(self, trainer: Any) -> None:
+        self._timing.__exit__(None, None, None)
+
+    def on_fit_epoch_end(self, trainer: Any) -> None:
+        trial = self.trial
+        trial.epoch = trainer.epoch + 1
+        trial.train_time_s += self.watch.seconds
+        metrics = self._metrics(trainer)
+        self.on_epoch(metrics)
+
+    def _metrics(self, trainer: Any) -> dict[str, Any]:
+        trial, device, seconds = self.trial, self.trial.device, self.watch.seconds
+        found = trainer.metrics or {}
+
+        def metric(name: str) -> float:
+            return float(found.get(name, float("nan")))
+
+        train_losses = {name: float(value) for name, value in (trainer.tloss or {}).items()}
+        val_losses = {f"val_{name}": metric(f"val/{name}") for name in ("box_loss", "cls_loss", "dfl_loss")}
+        samples = len(trainer.train_loader.dataset)
+        metrics: dict[str, Any] = {
+            "epoch": trial.epoch,
+            "score": metric("metrics/mAP50-95(B)"),
+            "mAP50-95": metric("metrics/mAP50-95(B)"),
+            "mAP50": metric("metrics/mAP50(B)"),
+            "precision": metric("metrics/precision(B)"),
+            "recall": metric("metrics/recall(B)"),
+            **{f"{name}_loss" if not name.endswith("_loss") else name: v for name, v in train_losses.items()},
+            **val_losses,
+            "train_loss": sum(train_losses.values()) if train_losses else float("nan"),
+            "val_loss": sum(val_losses.values()),
+            "epoch_time_s": seconds,
+            "train_time_s": trial.train_time_s,
+            "samples_per_s": samples / seconds if seconds > 0 else float("nan"),
+            "rss_mb": measure.rss_mb(),
+            "prefix_cache": "off: the task augments its inputs",
+            **trial.summary.as_metrics(),
+        }
+        if not math.isfinite(metrics["train_loss"]):
+            metrics["diverged"] = 1
+        if device.type == "cuda":
+            metrics["peak_mem_mb"] = measure.cuda_peak_mem_mb(device)
+            metrics["mem_source"] = "cuda"
+            utilisation = measure.gpu_util_pct(device)
+            if utilisation is not None:
+                metrics["gpu_util_pct"] = utilisation
+        else:
+            ema_bytes = measure.tensor_bytes(trainer.ema.ema.state_dict().values())
+            metrics["peak_mem_mb"] = (measure.model_mem_bytes(trainer.model, trainer.optimizer,
+                                                              self.activations.peak_bytes) + ema_bytes) / measure.MB
+            metrics["mem_source"] = "model"
+        return metrics
