@@ -96,6 +96,10 @@ def _check_search_args(args: argparse.Namespace) -> tuple:
     if args.confirm_top < 1:
         raise ConfigError("--confirm-top", args.confirm_top, "an integer >= 1")
     cfg = load_config(args.space, overrides)
+    if args.smoke_test and cfg.search.algorithm == "grid" and args.num_samples is None:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, num_samples=1))  # the grid once
     from tune import tracking
     from tune.freeze import check_space
     from tune.tasks import load_task
@@ -146,7 +150,9 @@ def search_main(argv: list[str]) -> int:
                   "freeze_search.objectives": json.dumps(cfg.search.objective_list),
                   **({"mlflow.source.git.commit": commit} if commit else {})},
             artifacts=[args.space])
-    print(f"search {cfg.name}: {cfg.search.num_samples} trials of up to {cfg.train.epochs} epochs over "
+    planned = (f"a grid of {search.grid_size(space)} x {cfg.search.num_samples}" if cfg.search.algorithm == "grid"
+               else str(cfg.search.num_samples))
+    print(f"search {cfg.name}: {planned} trials of up to {cfg.train.epochs} epochs over "
           f"{', '.join(searched)}; MLflow parent run {parent_id}", flush=True)
 
     status, reason = "FAILED", "the search failed before this trial ended"

@@ -18,7 +18,8 @@ import run_search
 from tune.train import METRIC_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
-SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
+# the yolo spaces need the yolo extra and a data set: tests/test_yolo.py runs them on synthetic data
+SPACES = sorted(p for p in (ROOT / "search_spaces").glob("*.yaml") if not p.name.startswith("yolo"))
 
 
 def _search(tmp_path: Path, *args: str) -> tuple[int, str]:

@@ -60,7 +60,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    num_samples: int = 16
+    num_samples: int = 16  # trials (optuna); with algorithm grid, how many times the whole grid runs
+    algorithm: str = "optuna"  # optuna: TPE samples the space | grid: every combination of the choices, once each
     metric: str = "score"
     mode: str = "max"
     scheduler: str = "auto"  # auto (asha for one objective, fifo for several) | asha | fifo
@@ -82,7 +83,7 @@ class SearchConfig:
     def scheduler_name(self) -> str:
         if self.scheduler != "auto":
             return self.scheduler
-        return "fifo" if len(self.objective_list) > 1 else "asha"
+        return "fifo" if len(self.objective_list) > 1 or self.algorithm == "grid" else "asha"
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ _TRAIN_RULES: dict[str, _Rule] = {
 
 _SEARCH_RULES: dict[str, _Rule] = {
     "num_samples": _int_at_least(1),
+    "algorithm": _one_of("optuna", "grid"),
     "metric": (lambda v: isinstance(v, str) and v != "", "a metric name such as score"),
     "mode": _one_of("max", "min"),
     "scheduler": _one_of("auto", "asha", "fifo"),
@@ -296,6 +298,14 @@ def build_config(raw: Any, source: Path | None = None) -> Config:
         raise ConfigError("search.grace_period", search.grace_period, f"an integer <= train.epochs ({train.epochs})")
     if not dims:
         raise ConfigError("space", raw.get("space"), "at least one searched parameter, e.g. freeze_stop")
+    if search.algorithm == "grid":
+        for key, dim in dims.items():
+            if isinstance(dim, FloatRange):
+                raise ConfigError(f"space.{key}.type", "float", "choice or int with search.algorithm: grid "
+                                                                "(a grid needs a finite set of values)")
+        if {"freeze_start", "freeze_stop"} <= dims.keys():
+            raise ConfigError("space.freeze_start", "<searched>", "a fixed freeze_start with search.algorithm: grid "
+                                                                  "(the grid would pair a start after a stop)")
     return Config(name=name, task=task, train=train, space=dims, search=search, report=report, source=source)
 
 

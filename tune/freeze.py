@@ -26,7 +26,7 @@ from tune.space import IntRange, is_int, resolve_names
 from tune.tasks.base import BlockModel
 
 __all__ = ["FreezeSpec", "FreezeSummary", "FrozenModel", "apply_freeze", "block_flops", "check_space",
-           "layer_table", "prefix_cache_blocker", "resolve", "resolve_index"]
+           "grid_values", "layer_table", "prefix_cache_blocker", "resolve", "resolve_index"]
 
 
 @dataclass(frozen=True)
@@ -267,6 +267,11 @@ def check_space(space: Mapping[str, Any], train: Any, block_model: BlockModel) -
             where = f"space.{key}" if key in combo else f"train.{key}"
             raise ConfigError(where, values[key], err.allowed, problem=err.problem) from None
     return resolved
+
+
+def grid_values(dim: Any) -> list[Any]:
+    """Every value of a choice or int dimension (names already resolved), for search.algorithm: grid."""
+    return _values(dim)
 
 
 def _values(dim: Any) -> list[Any]:

@@ -27,12 +27,13 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from tune.config import Config, TaskConfig, TrainConfig
+from tune.freeze import grid_values
 from tune.space import optuna_space
 from tune.tasks import load_task
 from tune.tracking import SearchTracker
 from tune.train import gpu_shares, load_checkpoint, make_trial, save_checkpoint
 
-__all__ = ["SearchOutcome", "can_restore", "confirm", "experiment_name", "follow_job", "init_ray", "run",
+__all__ = ["SearchOutcome", "can_restore", "confirm", "experiment_name", "follow_job", "grid_size", "init_ray", "run",
            "storage_uri", "submit_job"]
 
 @dataclass(frozen=True)
@@ -205,7 +206,17 @@ def _concurrency(cfg: Config) -> int:
     resources = ray.cluster_resources()
     by_cpu = int(resources.get("CPU", 1) // cfg.search.cpus_per_trial)
     by_gpu = int(resources.get("GPU", 0) // cfg.search.gpus_per_trial) if cfg.search.gpus_per_trial else by_cpu
+    if cfg.search.algorithm == "grid":
+        return max(1, min(by_cpu, by_gpu))
     return max(1, min(by_cpu, by_gpu, cfg.search.num_samples))
+
+
+def grid_size(space: Mapping[str, Any]) -> int:
+    """How many combinations a grid search over ``space`` (names resolved) runs."""
+    size = 1
+    for dim in space.values():
+        size *= len(grid_values(dim))
+    return size
 
 
 def init_ray(address: str | None = None) -> None:
@@ -339,15 +350,19 @@ def run(cfg: Config, tracker: SearchTracker, *, storage_path: str, space: Mappin
     objectives = cfg.search.objective_list
     metrics, modes = [m for m, _ in objectives], [m for _, m in objectives]
     single = len(objectives) == 1
-    # Several objectives go to Optuna as lists; Tune itself takes one metric or none (field-notes).
-    searcher = OptunaSearch(space=optuna_space(space if space is not None else cfg.space),
-                            metric=metrics[0] if single else metrics, mode=modes[0] if single else modes,
-                            seed=cfg.search.seed)
+    space = space if space is not None else cfg.space
     tune_config = {"metric": metrics[0] if single else None, "mode": modes[0] if single else None,
-                   "search_alg": searcher, "scheduler": _scheduler(cfg), "num_samples": cfg.search.num_samples,
+                   "scheduler": _scheduler(cfg), "num_samples": cfg.search.num_samples,
                    "time_budget_s": cfg.search.time_budget_s}
+    param_space = None
+    if cfg.search.algorithm == "grid":  # every combination, once per num_samples (Tune's grid_search)
+        param_space = {key: ray_tune.grid_search(grid_values(dim)) for key, dim in space.items()}
+    else:
+        # Several objectives go to Optuna as lists; Tune itself takes one metric or none (field-notes).
+        tune_config["search_alg"] = OptunaSearch(space=optuna_space(space), metric=metrics[0] if single else metrics,
+                                                 mode=modes[0] if single else modes, seed=cfg.search.seed)
     return _fit(cfg, tracker, _trainable, name=name, storage_path=storage_path, tune_config=tune_config,
-                param_space=None, verbose=verbose, restore_from=restore_from)
+                param_space=param_space, verbose=verbose, restore_from=restore_from)
 
 
 def confirm(cfg: Config, tracker: SearchTracker, candidates: Mapping[str, dict[str, Any]], seeds: list[int], *,

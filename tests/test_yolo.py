@@ -1,0 +1,207 @@
+"""The yolo task (Ultralytics): YOLOv5's freeze rule, frozen weights, resume, a smoke search of the guide's space.
+
+Needs the yolo extra, in its own venv (Ultralytics needs torchvision: torch==2.14.1 torchvision==0.29.1); .ci/run
+makes that venv and runs ``python -m pytest -m yolo`` there. Data: a synthetic detection set made by the tests.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("ultralytics", reason="needs the yolo extra: pip install torch==2.14.1 torchvision==0.29.1 "
+                                          "-e '.[yolo]' (its own venv; .ci/run makes it)")
+
+from mlflow.tracking import MlflowClient  # noqa: E402
+from yolo_data import make_detection_data  # noqa: E402
+
+import run_search  # noqa: E402
+from tune import freeze  # noqa: E402
+from tune.config import TrainConfig  # noqa: E402
+from tune.tasks.yolo import make_task  # noqa: E402
+from tune.train import load_checkpoint, make_trial, save_checkpoint  # noqa: E402
+
+pytestmark = pytest.mark.yolo
+ROOT = Path(__file__).resolve().parents[1]
+TINY = TrainConfig(epochs=1, batch_size=8, optimizer="sgd", lr=0.01, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_detection_data(tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.fixture(scope="module")
+def task(data):
+    return make_task(data=str(data), model="yolov5nu.yaml", imgsz=64, workers=0)
+
+
+def _run(trial) -> list[dict]:
+    seen: list[dict] = []
+    trial.run(seen.append)
+    return seen
+
+
+@pytest.mark.parametrize("n", [0, 10, 24])
+def test_frozen_blocks_follow_yolov5s_name_rule(task, n):
+    block_model = task.build_model()
+    assert block_model.named_cut_points() == {"none": 0, "backbone": 10, "all_but_head": 24}
+    frozen = freeze.apply_freeze(block_model, freeze.resolve(block_model, freeze=n))
+    # YOLOv5 train.py: freeze = [f"model.{x}." for x in range(n)]; frozen if any of them is in the name
+    rule = [f"model.{x}." for x in range(n)]
+    by_rule = {name for name, _ in block_model.module.named_parameters() if any(x in name for x in rule)}
+    ours = {name for name, p in block_model.module.named_parameters()
+            if not p.requires_grad and ".dfl" not in name}  # Detect's DFL conv is fixed in every YOLOv8-style head
+    assert ours == by_rule
+    assert (n == 0) == (not ours)
+    assert frozen.summary.frozen_params == sum(p.numel() for name, p in block_model.module.named_parameters()
+                                               if name in by_rule)
+
+
+def test_training_leaves_frozen_blocks_and_their_bn_statistics_untouched(task):
+    trial = make_trial(task, TrainConfig(**{**TINY.__dict__, "freeze": "backbone"}))
+    model = trial.frozen.module
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    metrics = _run(trial)
+    assert [m["epoch"] for m in metrics] == [1]
+    after = model.state_dict()
+    frozen = [k for k in before if k.split(".")[1].isdigit() and int(k.split(".")[1]) < 10]
+    trained = [k for k in before if k.startswith("model.24.") and k.endswith("weight") and ".dfl" not in k]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)  # weights and BN running stats
+    assert any(not torch.equal(before[k], after[k]) for k in trained)
+    optimised = {id(p) for group in trial.trainer.optimizer.param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in model.parameters() if p.requires_grad}
+    m = metrics[0]
+    assert m["freeze_stop"] == 10 and m["trainable_params"] == sum(p.numel() for p in model.parameters()
+                                                                   if p.requires_grad)
+    for key in ("mAP50", "mAP50-95", "precision", "recall", "box_loss", "cls_loss", "dfl_loss", "val_box_loss"):
+        assert key in m
+    assert m["score"] == m["mAP50-95"] and m["epoch_time_s"] > 0 and m["peak_mem_mb"] > 0
+
+
+def test_frozen_bn_train_lets_frozen_statistics_drift_as_yolov5_does(task):
+    trial = make_trial(task, TrainConfig(**{**TINY.__dict__, "freeze": 10, "frozen_bn": "train"}))
+    model = trial.frozen.module
+    mean = model.model[0].bn.running_mean.clone()
+    weight = model.model[0].conv.weight.clone()
+    _run(trial)
+    assert not torch.equal(mean, model.model[0].bn.running_mean)
+    assert torch.equal(weight, model.model[0].conv.weight)
+
+
+def test_memory_falls_with_depth(task):
+    memory = {n: _run(make_trial(task, TrainConfig(**{**TINY.__dict__, "freeze": n})))[0]["peak_mem_mb"]
+              for n in (0, 10, 24)}
+    assert memory[0] > memory[10] > memory[24]
+
+
+def test_a_trial_resumes_from_its_checkpoint(task, tmp_path):
+    cfg = TrainConfig(**{**TINY.__dict__, "epochs": 2, "freeze": 10})
+    first = make_trial(task, cfg)
+    saved: list[dict] = []
+
+    def stop_after_one(metrics: dict) -> None:
+        save_checkpoint(first, tmp_path)
+        saved.append({k: v.clone() for k, v in first.trainer.model.state_dict().items()})
+        raise KeyboardInterrupt  # the worker dies after epoch 1's checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        first.run(stop_after_one)
+    resumed = make_trial(task, cfg)
+    resumed.load_state_dict(load_checkpoint(tmp_path))
+    starts: list[dict] = []
+    resumed.run(lambda m: starts.append(m))
+    assert [m["epoch"] for m in starts] == [2]
+    assert starts[0]["train_time_s"] > starts[0]["epoch_time_s"]  # epoch 1's time carried over
+    loaded = load_checkpoint(tmp_path)["model"]
+    assert all(torch.equal(loaded[k], saved[0][k]) for k in loaded)
+
+
+def _search(tmp_path: Path, data: Path, *args: str) -> tuple[int, str]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = run_search.main([
+        "--space", str(ROOT / "search_spaces" / "yolov5_freeze.yaml"), "--smoke-test", "--tracking-uri", uri,
+        "--storage-path", str(tmp_path / "ray"), "--report-dir", str(tmp_path / "reports"),
+        "--set", f"task.options.data={data}", "--set", "task.options.model=yolov5nu.yaml",
+        "--set", "task.options.imgsz=64", "--set", "task.options.workers=0", "--set", "train.batch_size=8",
+        "--set", "search.cpus_per_trial=1", *args])
+    return code, uri
+
+
+def test_smoke_search_of_the_guides_space_logs_nested_runs_with_map_time_and_memory(ray_runtime, tmp_path, data):
+    code, uri = _search(tmp_path, data)
+    assert code == 0
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("yolov5_freeze")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED"
+    # the grid: each of the guide's three freezes exactly once, on a (logical) GPU each
+    assert sorted(c.data.params["freeze_range"] for c in children) == ["[0, 0)", "[0, 10)", "[0, 24)"]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["trial_gpus"] == "1.0"
+        for key in ("mAP50-95", "mAP50", "epoch_time_s", "peak_mem_mb", "samples_per_s", "box_loss"):
+            history = client.get_metric_history(child.info.run_id, key)
+            assert [h.step for h in history] == [1, 2], key
+    report = (tmp_path / "reports").rglob("report.txt")
+    assert "Recommendation" in next(report).read_text()
+
+
+@pytest.mark.slow
+def test_the_model_learns_the_synthetic_shapes(tmp_path):
+    data = make_detection_data(tmp_path / "shapes", n_train=64, n_val=16, seed=1)
+    task = make_task(data=str(data), model="yolov5nu.yaml", imgsz=64, workers=0, hyp={"mosaic": 0.0,
+                                                                                      "warmup_epochs": 1.0})
+    metrics = _run(make_trial(task, TrainConfig(epochs=25, batch_size=8, optimizer="sgd", lr=0.02, device="cpu")))
+    first, last = metrics[0], metrics[-1]
+    assert last["mAP50"] > first["mAP50"] + 0.05, [round(m["mAP50"], 3) for m in metrics]
+    assert last["box_loss"] < first["box_loss"]
+
+
+def test_layers_lists_yolov5nu_with_its_backbone(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "run_search.py"), "layers", "--task", "yolo", "--model",
+                             "yolov5nu.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "freeze: 10 (backbone)" in lines[lines.index(next(x for x in lines if x.strip().startswith("10 ")
+                                                              and "model.10" in x)) - 1]
+    assert any("freeze: 24 (all_but_head)" in line for line in lines)
+    assert any(line.split()[:3] == ["24", "model.24", "Detect"] for line in lines)
+    assert "25 blocks, 2,654,816 parameters" in result.stdout or "25 blocks" in result.stdout
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ({"data": "missing.yaml"}, "error: task.options.data: got '"),
+    ({"hyp": {"lr0": 0.1}}, "error: task.options.hyp.lr0: got 0.1 (set by the search's own key); allowed: train.lr"),
+    ({"hyp": {"mosiac": 1.0}}, "error: task.options.hyp.mosiac: got 1.0 (unknown key)"),
+    ({"model": "nope.yaml"}, "error: task.options.model: got 'nope.yaml'"),
+])
+def test_bad_yolo_options_exit_2_with_one_line(tmp_path, data, options, expected):
+    import yaml
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"name": "bad", "task": {"name": "yolo", "options": {
+        "data": str(data), "imgsz": 64, **options}}, "space": {"freeze": {"type": "choice", "values": [0, 10]}}}))
+    result = subprocess.run([sys.executable, str(ROOT / "run_search.py"), "--space", str(space)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith(expected), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"]
+
+
+def test_unsafe_weights_are_refused(tmp_path, data):
+    from ultralytics.cfg import IterableSimpleNamespace
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": IterableSimpleNamespace(a=1)}, evil)  # a pickled object: weights_only refuses it
+    from tune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^task.options.weights: got '.*evil.pt' \(UnpicklingError"):
+        make_task(data=str(data), imgsz=64, weights=str(evil))
