@@ -181,3 +181,22 @@ def test_every_search_space_file_has_a_header_and_loads():
             assert field in text, f"{path.name} lacks {field}"
         assert yaml.safe_load(text)["name"]
         load_config(path)
+
+
+@pytest.mark.parametrize(("space", "message"), [
+    ({"lr": {"type": "float", "low": 1e-4, "high": 1e-2}},
+     "space.lr.type: got 'float'; allowed: choice or int with search.algorithm: grid"),
+    ({"freeze_start": {"type": "int", "low": 0, "high": 2}, "freeze_stop": {"type": "int", "low": 0, "high": 3}},
+     "space.freeze_start: got '<searched>'; allowed: a fixed freeze_start with search.algorithm: grid"),
+])
+def test_a_grid_needs_finite_values_and_no_start_after_stop(space, message):
+    with pytest.raises(ConfigError) as err:
+        build_config(minimal(space=space, search={"algorithm": "grid"}))
+    assert str(err.value).startswith(message)
+
+
+def test_a_grid_runs_every_trial_to_the_end():
+    cfg = build_config(minimal(search={"algorithm": "grid"}))
+    assert cfg.search.scheduler_name == "fifo"
+    with pytest.raises(ConfigError, match=r"^search.algorithm: got 'random' \(str\); allowed: one of optuna, grid"):
+        build_config(minimal(search={"algorithm": "random"}))

@@ -243,6 +243,26 @@ def test_multi_objective_search_runs_every_trial_to_the_end_and_reports_that_fro
     assert "Frontier over score (max), peak_mem_mb (min)" in capsys.readouterr().out
 
 
+def test_a_grid_search_runs_each_combination_exactly_once(ray_runtime, tmp_path, capsys):
+    code, uri = _search(tmp_path, "--set", "search.algorithm=grid", "--set", "space.lr=0.001",
+                        "--set", "space.freeze_stop={type: choice, values: [none, 3, backbone]}")
+    assert code == 0
+    _, children = _runs(uri, "digits_freeze")
+    assert sorted(c.data.params["freeze_range"] for c in children) == ["[0, 0)", "[0, 3)", "[0, 6)"]
+    assert all(c.data.tags["stopped_early"] == "False" for c in children)
+    assert "a grid of 3 x 1 trials" in capsys.readouterr().out
+
+
+def test_layers_lists_the_default_models_blocks_and_cut_points(capsys):
+    assert run_search.main(["layers"]) == 0
+    out = capsys.readouterr().out
+    assert "--- freeze: 6 (backbone)" in out and "--- freeze: 7 (all_but_head)" in out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit() and len(line.split()) == 6]
+    assert [row[1] for row in rows] == ["stem", "conv1", "conv2", "conv3", "conv4", "conv5", "neck", "head"]
+    assert rows[-1][-1] == "100.0%"
+    assert sum(int(row[3].replace(",", "")) for row in rows) == 152_570
+
+
 def test_time_budget_stops_the_search_cleanly(ray_runtime, tmp_path, capsys):
     code, uri = _search(tmp_path, "--set", "search.num_samples=40", "--set", "train.epochs=10", "--time-budget", "6")
     assert code == 0
