@@ -121,10 +121,11 @@ def search_main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
         cfg, task, space, tracking_uri = _check_search_args(args)
-        _check_storage(args.storage_path)
         resume = _resumable(tracking_uri, cfg.name) if args.resume else None
         if args.address:
             _connect(args.address)
+        _check_gpus(cfg.search.gpus_per_trial)
+        _check_storage(args.storage_path)  # last: it makes the folder
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -194,6 +195,19 @@ def _connect(address: str) -> None:
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ConfigError("--address", address, "a running Ray cluster this machine reaches (HOST:6379 or auto)",
                           problem=" ".join(str(err).split())[:200]) from None
+
+
+def _check_gpus(per_trial: float) -> None:
+    """A trial asking for more GPUs than any node has would wait forever: refuse it before the search."""
+    if per_trial <= 0:
+        return
+    from tune import search
+
+    largest = search.largest_node_gpus()
+    if per_trial > largest:
+        where = "no GPU here" if largest == 0 else f"the largest node has {largest:g}"
+        raise ConfigError("search.gpus_per_trial", per_trial,
+                          f"at most {largest:g} (0 trains on the CPU: --set search.gpus_per_trial=0)", problem=where)
 
 
 def _resumable(tracking_uri: str, experiment: str) -> tuple[str, str]:

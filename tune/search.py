@@ -33,8 +33,8 @@ from tune.tasks import load_task
 from tune.tracking import SearchTracker
 from tune.train import gpu_shares, load_checkpoint, make_trial, save_checkpoint
 
-__all__ = ["SearchOutcome", "can_restore", "confirm", "experiment_name", "follow_job", "grid_size", "init_ray", "run",
-           "storage_uri", "submit_job"]
+__all__ = ["SearchOutcome", "can_restore", "confirm", "experiment_name", "follow_job", "grid_size", "init_ray",
+           "largest_node_gpus", "run", "storage_uri", "submit_job"]
 
 @dataclass(frozen=True)
 class SearchOutcome:
@@ -217,6 +217,14 @@ def grid_size(space: Mapping[str, Any]) -> int:
     for dim in space.values():
         size *= len(grid_values(dim))
     return size
+
+
+def largest_node_gpus() -> float:
+    """GPUs of the largest live node: of the Ray runtime this process is connected to, else of this machine
+    (what a local Ray would find)."""
+    if ray.is_initialized():
+        return max((node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node["Alive"]), default=0.0)
+    return float(torch.cuda.device_count())
 
 
 def init_ray(address: str | None = None) -> None:
