@@ -17,11 +17,11 @@ pytest.importorskip("ultralytics", reason="needs the yolo extra: pip install tor
                                           "-e '.[yolo]' (its own venv; .ci/run makes it)")
 
 from mlflow.tracking import MlflowClient  # noqa: E402
-from yolo_data import make_detection_data  # noqa: E402
 
 import run_search  # noqa: E402
 from tune import freeze  # noqa: E402
 from tune.config import TrainConfig  # noqa: E402
+from tune.tasks.shapes import make_detection_data  # noqa: E402
 from tune.tasks.yolo import make_task  # noqa: E402
 from tune.train import load_checkpoint, make_trial, save_checkpoint  # noqa: E402
 

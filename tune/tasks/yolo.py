@@ -56,6 +56,7 @@ _OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 def _ultralytics() -> Any:
     """Import Ultralytics offline: no downloads, settings in a folder of this project's, not the user's."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_VERBOSE", "False")  # trials report through this project; no progress bars
     os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(tempfile.gettempdir()) / "freeze-depth-search-ultralytics"))
     try:
         import ultralytics

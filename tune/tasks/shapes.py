@@ -1,4 +1,7 @@
-"""A small synthetic detection data set in the Ultralytics layout, made by the tests (nothing downloads).
+"""A small synthetic detection data set in the Ultralytics layout, drawn here (nothing downloads): for the yolo
+tests, the yolo benchmark and a first offline run of the yolo spaces::
+
+    python -m tune.tasks.shapes DIR [--train N] [--val N] [--size PX]    # prints the dataset yaml's path
 
 Each image is a noisy grey background with 1-3 shapes: class 0 a bright filled square, class 1 a dark filled
 circle, at random places and sizes. Labels are YOLO text lines ``class x_center y_center width height``
@@ -7,6 +10,7 @@ circle, at random places and sizes. Labels are YOLO text lines ``class x_center 
 
 from __future__ import annotations
 
+import argparse
 import random
 from pathlib import Path
 
@@ -49,3 +53,18 @@ def make_detection_data(root: Path, n_train: int = 32, n_val: int = 16, size: in
     names = "\n".join(f"  {k}: {v}" for k, v in NAMES.items())
     data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
     return data
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tune.tasks.shapes", description="Draw a synthetic detection set")
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--train", type=int, default=256)
+    parser.add_argument("--val", type=int, default=64)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(make_detection_data(args.root.resolve(), args.train, args.val, args.size, args.seed))
+
+
+if __name__ == "__main__":
+    main()

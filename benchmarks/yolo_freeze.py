@@ -1,0 +1,63 @@
+"""The YOLOv5 guide's three-way study at small scale: freeze 0 / 10 (backbone) / 24 (all but Detect), in one run.
+
+    python benchmarks/yolo_freeze.py [--model yolov5nu.yaml] [--epochs 10] [--imgsz 128] [--device cpu]
+
+Needs the yolo extra (its venv: README). Data: the synthetic shapes set (tune.tasks.shapes, 256 train / 64 val
+images), drawn into a temporary folder; the model starts from random weights (no download here), so this
+measures the costs of freezing, not what freezing pretrained features buys. Trials run one after another in this
+process with the same seed; each prints its last epoch's mAP50 / mAP50-95, its median training epoch time, its
+peak training memory (exact count on a CPU, torch.cuda.max_memory_allocated on a GPU) and, on a GPU, the
+utilisation; ratios are to freezing nothing, measured in this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tune.config import TrainConfig
+from tune.tasks.shapes import make_detection_data
+from tune.tasks.yolo import make_task
+from tune.train import make_trial
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="yolov5nu.yaml")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--imgsz", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as root:
+        data = make_detection_data(Path(root), n_train=256, n_val=64, size=args.imgsz)
+        task = make_task(data=str(data), model=args.model, imgsz=args.imgsz, workers=0)
+        print(f"{args.model}, {args.epochs} epochs, image {args.imgsz}, batch {args.batch}, {args.device}, "
+              f"{args.threads} thread(s)")
+        print(f"{'freeze':>6} {'trainable':>10} {'flops':>6} {'mAP50':>6} {'mAP50-95':>8} {'epoch s':>8} "
+              f"{'ratio':>6} {'mem MB':>8} {'ratio':>6} {'gpu %':>6}")
+        base: dict[str, float] = {}
+        for freeze in (0, 10, 24):
+            cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, optimizer="sgd", lr=0.01, freeze=freeze,
+                              device=args.device)
+            metrics: list[dict] = []
+            make_trial(task, cfg).run(metrics.append)
+            last = metrics[-1]
+            epoch_s = statistics.median(m["epoch_time_s"] for m in metrics[1:] or metrics)  # epoch 1 warms up
+            memory = max(m["peak_mem_mb"] for m in metrics)
+            base.setdefault("time", epoch_s)
+            base.setdefault("mem", memory)
+            util = statistics.mean(m["gpu_util_pct"] for m in metrics) if "gpu_util_pct" in last else float("nan")
+            print(f"{freeze:>6} {last['trainable_params']:>10,} {last['frozen_flops_share']:>6.2f} "
+                  f"{last['mAP50']:>6.3f} {last['mAP50-95']:>8.3f} {epoch_s:>8.3f} {epoch_s / base['time']:>6.2f} "
+                  f"{memory:>8.1f} {memory / base['mem']:>6.2f} {util:>6.1f}")
+
+
+if __name__ == "__main__":
+    main()
