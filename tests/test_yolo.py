@@ -117,7 +117,7 @@ def test_a_trial_resumes_from_its_checkpoint(task, tmp_path):
     resumed.run(lambda m: starts.append(m))
     assert [m["epoch"] for m in starts] == [2]
     assert starts[0]["train_time_s"] > starts[0]["epoch_time_s"]  # epoch 1's time carried over
-    loaded = load_checkpoint(tmp_path)["model"]
+    loaded = load_checkpoint(tmp_path)["train_model"]
     assert all(torch.equal(loaded[k], saved[0][k]) for k in loaded)
 
 
@@ -151,6 +151,11 @@ def test_smoke_search_of_the_guides_space_logs_nested_runs_with_map_time_and_mem
             assert [h.step for h in history] == [1, 2], key
     report = (tmp_path / "reports").rglob("report.txt")
     assert "Recommendation" in next(report).read_text()
+    import mlflow.pytorch
+
+    parent = client.get_run(parent.info.run_id)
+    model = mlflow.pytorch.load_model(parent.data.tags["recommended_model_uri"])  # the EMA weights it validated
+    assert type(model).__name__ == "DetectionModel" and len(model.model) == 25
 
 
 @pytest.mark.slow

@@ -203,8 +203,10 @@ class YoloTrial:
         self.trainer: Any = None
 
     def state_dict(self) -> dict[str, Any]:
+        """``model`` holds the weights each epoch was validated with (Ultralytics validates its EMA), so a logged
+        model scores what its trial reported; ``train_model`` the weights being trained, to resume."""
         trainer = self.trainer
-        return {"model": trainer.model.state_dict(), "ema": trainer.ema.ema.state_dict(),
+        return {"model": trainer.ema.ema.state_dict(), "train_model": trainer.model.state_dict(),
                 "ema_updates": int(trainer.ema.updates), "optimizer": trainer.optimizer.state_dict(),
                 "epoch": self.epoch, "train_time_s": self.train_time_s,
                 "best_fitness": float(trainer.best_fitness or 0.0)}
@@ -248,8 +250,8 @@ def _make_trainer(trial: YoloTrial, workdir: Path, on_epoch: Callable[[dict[str,
             state = trial._restore
             if state is None:
                 return
-            self.model.load_state_dict(state["model"])
-            self.ema.ema.load_state_dict(state["ema"])
+            self.model.load_state_dict(state["train_model"])
+            self.ema.ema.load_state_dict(state["model"])
             self.ema.updates = state["ema_updates"]
             self.optimizer.load_state_dict(state["optimizer"])
             self.best_fitness = state["best_fitness"]
