@@ -243,14 +243,19 @@ def test_multi_objective_search_runs_every_trial_to_the_end_and_reports_that_fro
     assert "Frontier over score (max), peak_mem_mb (min)" in capsys.readouterr().out
 
 
-def test_a_grid_search_runs_each_combination_exactly_once(ray_runtime, tmp_path, capsys):
-    code, uri = _search(tmp_path, "--set", "search.algorithm=grid", "--set", "space.lr=0.001",
+def test_a_grid_search_runs_each_combination_once_per_sample_and_trials_share_prefixes(ray_runtime, tmp_path,
+                                                                                          capsys):
+    code, uri = _search(tmp_path, "--set", "search.algorithm=grid", "--set", "space.lr=0.001", "--num-samples", "2",
                         "--set", "space.freeze_stop={type: choice, values: [none, 3, backbone]}")
     assert code == 0
     _, children = _runs(uri, "digits_freeze")
-    assert sorted(c.data.params["freeze_range"] for c in children) == ["[0, 0)", "[0, 3)", "[0, 6)"]
+    assert sorted(c.data.params["freeze_range"] for c in children) == ["[0, 0)"] * 2 + ["[0, 3)"] * 2 + ["[0, 6)"] * 2
     assert all(c.data.tags["stopped_early"] == "False" for c in children)
-    assert "a grid of 3 x 1 trials" in capsys.readouterr().out
+    assert "a grid of 3 x 2 trials" in capsys.readouterr().out
+    # the second trial of a depth loads the first one's prefix outputs from the storage folder
+    tags = sorted(c.data.tags["prefix_cache"] for c in children)
+    assert tags.count("off: nothing frozen") == 2 and "on (shared, loaded)" in tags
+    assert len(list((tmp_path / "ray" / "prefix_cache").glob("*.pt"))) == 2
 
 
 def test_layers_lists_the_default_models_blocks_and_cut_points(capsys):

@@ -11,7 +11,7 @@ from torch import nn
 from tune import measure
 from tune.config import TrainConfig
 from tune.tasks.base import BlockModel, Task, classification_metrics
-from tune.train import METRIC_KEYS, Trial
+from tune.train import METRIC_KEYS, SharedPrefixCache, Trial
 
 
 def test_every_epoch_yields_the_common_metric_names(tiny_task):
@@ -88,6 +88,40 @@ def test_cached_prefix_trains_exactly_like_the_full_model(tiny_task):
             assert with_cache[key] == pytest.approx(without[key], rel=1e-5, abs=1e-7), key
     for (name, a), (_, b) in zip(cached.model.named_parameters(), full.model.named_parameters(), strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
+
+
+def test_trials_with_the_same_prefix_share_its_outputs_and_train_exactly_as_alone(tiny_task, tmp_path, monkeypatch):
+    shared = SharedPrefixCache(tmp_path / "prefix_cache")
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, freeze_stop=2, seed=1)
+    first = Trial(tiny_task, cfg, shared_cache=shared)
+    assert first.prefix_cache == "on (shared, computed)"
+    assert len(list((tmp_path / "prefix_cache").glob("*.pt"))) == 1
+    import tune.train
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("the prefix was computed again")
+
+    monkeypatch.setattr(tune.train, "_outputs", no_compute)
+    other_lr = dataclasses.replace(cfg, lr=3e-3)
+    second = Trial(tiny_task, other_lr, shared_cache=shared)  # another trial, same prefix: loaded, not computed
+    assert second.prefix_cache == "on (shared, loaded)"
+    monkeypatch.undo()
+    alone = Trial(tiny_task, other_lr)
+    for shared_epoch, alone_epoch in zip(second.epochs(), alone.epochs(), strict=True):
+        for key in ("train_loss", "val_loss", "score"):
+            assert shared_epoch[key] == pytest.approx(alone_epoch[key], rel=1e-6, abs=1e-9), key
+    # another depth, other weights or other data: another key, computed again
+    Trial(tiny_task, dataclasses.replace(cfg, freeze_stop=1), shared_cache=shared)
+    block_model = tiny_task.build_model()
+    prefix = torch.nn.Sequential(*block_model.blocks[:2])
+    x = tiny_task.train_data[0]
+    keys = {shared.key(prefix, 2, x), shared.key(prefix, 1, x), shared.key(prefix, 2, x + 1)}
+    with torch.no_grad():
+        block_model.blocks[0][0].weight.add_(1)
+    keys.add(shared.key(prefix, 2, x))
+    assert len(keys) == 4
+    assert len(list((tmp_path / "prefix_cache").glob("*.pt"))) == 2
+    assert not list((tmp_path / "prefix_cache").glob(".*.tmp"))  # written whole, renamed into place
 
 
 class _WithDropout(nn.Module):

@@ -31,7 +31,7 @@ from tune.freeze import grid_values
 from tune.space import optuna_space
 from tune.tasks import load_task
 from tune.tracking import SearchTracker
-from tune.train import gpu_shares, load_checkpoint, make_trial, save_checkpoint
+from tune.train import SharedPrefixCache, gpu_shares, load_checkpoint, make_trial, save_checkpoint
 
 __all__ = ["SearchOutcome", "can_restore", "confirm", "experiment_name", "follow_job", "grid_size", "init_ray",
            "largest_node_gpus", "run", "storage_uri", "submit_job"]
@@ -46,7 +46,8 @@ class SearchOutcome:
     best_checkpoints: dict[str, str]  # trial id → directory of its best-score checkpoint
 
 
-def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfig) -> None:
+def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfig,
+               cache_dir: str | None = None) -> None:
     """One trial inside a Ray worker: build it, resume from the last checkpoint if any, report each epoch."""
     assigned = ray.get_runtime_context().get_assigned_resources()
     torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
@@ -57,7 +58,7 @@ def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfi
     if cfg.device == "auto" and not assigned.get("GPU"):
         # Ray does not hide GPUs from a trial that asked for none: keep it off the GPUs others were given
         cfg = dataclasses.replace(cfg, device="cpu")
-    trial = make_trial(task, cfg)
+    trial = make_trial(task, cfg, shared_cache=SharedPrefixCache(cache_dir) if cache_dir else None)
     checkpoint = ray_tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -80,9 +81,10 @@ _TAG_KEYS = ("mem_source", "prefix_cache", "node_ip", "node_id", "hostname", "pi
              "diverged")
 
 
-def _variant_trainable(config: dict[str, Any], base: TrainConfig, task_config: TaskConfig) -> None:
+def _variant_trainable(config: dict[str, Any], base: TrainConfig, task_config: TaskConfig,
+                       cache_dir: str | None = None) -> None:
     """A confirmation run: ``config["variant"]`` holds the candidate's name and its exact params."""
-    _trainable(config["variant"]["params"], base, task_config)
+    _trainable(config["variant"]["params"], base, task_config, cache_dir)
 
 
 def _trial_params(trial: Any) -> tuple[dict[str, Any], dict[str, str]]:
@@ -288,12 +290,12 @@ def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, stor
     # Ctrl-C reaches the CLI as KeyboardInterrupt (open runs KILLED, parent KILLED, resumable with --resume)
     # instead of Tune's own handler, which would return as if the search had finished.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    wrapped = _wrap(cfg, trainable, prefix_cache_dir(storage_path))
     if restore_from is not None:
-        tuner = ray_tune.Tuner.restore(restore_from, trainable=_wrap(cfg, trainable), resume_unfinished=True,
-                                       resume_errored=False)
+        tuner = ray_tune.Tuner.restore(restore_from, trainable=wrapped, resume_unfinished=True, resume_errored=False)
         return _outcome(tuner, tune_config.get("time_budget_s"))
     tuner = ray_tune.Tuner(
-        _wrap(cfg, trainable),
+        wrapped,
         param_space=param_space,
         tune_config=ray_tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True, **tune_config),
         run_config=ray_tune.RunConfig(
@@ -307,8 +309,16 @@ def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, stor
     return _outcome(tuner, tune_config.get("time_budget_s"))
 
 
-def _wrap(cfg: Config, trainable: Any) -> Any:
-    wrapped = ray_tune.with_parameters(trainable, base=cfg.train, task_config=cfg.task)
+def prefix_cache_dir(storage_path: str) -> str | None:
+    """Where the trials of every search under ``storage_path`` share frozen-prefix outputs (keys are content
+    hashes, so searches, confirmations and resumed searches share safely); None for a remote URI, where each
+    trial computes its own. The folder can be deleted at any time."""
+    uri = storage_uri(storage_path)
+    return None if "://" in uri else str(Path(uri) / "prefix_cache")
+
+
+def _wrap(cfg: Config, trainable: Any, cache_dir: str | None) -> Any:
+    wrapped = ray_tune.with_parameters(trainable, base=cfg.train, task_config=cfg.task, cache_dir=cache_dir)
     if not cfg.search.freeze_aware_gpus:
         return ray_tune.with_resources(wrapped, {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial})
     return ray_tune.with_resources(wrapped, _FreezeAwareResources(cfg))

@@ -10,7 +10,10 @@ would have (the batch order of epoch e depends on (seed, e) only).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,8 +26,8 @@ from tune import freeze, measure
 from tune.config import TrainConfig
 from tune.tasks.base import Task
 
-__all__ = ["CHECKPOINT_FILE", "METRIC_KEYS", "Trial", "first_epoch", "load_checkpoint", "make_optimizer", "make_trial",
-           "pick_device", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FILE", "METRIC_KEYS", "SharedPrefixCache", "Trial", "first_epoch", "load_checkpoint",
+           "make_optimizer", "make_trial", "pick_device", "save_checkpoint"]
 
 CHECKPOINT_FILE = "trial.pt"
 
@@ -46,8 +49,42 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.
     return optimizer_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+class SharedPrefixCache:
+    """Frozen-prefix outputs shared by the trials of a search: one file per key under ``directory`` (the search's
+    storage folder, which every node of a cluster writes). The key hashes the prefix's weights and buffers, its
+    depth and the inputs, so two trials freezing the same prefix of the same weights on the same data pay for it
+    once; anything else gets another key. Files are written whole and renamed into place (two trials computing
+    the same key at once both write the same bytes) and loaded with weights_only=True."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    @staticmethod
+    def key(prefix: nn.Module, depth: int, *inputs: torch.Tensor) -> str:
+        digest = hashlib.sha256(f"depth={depth}".encode())
+        for name, tensor in [*prefix.state_dict().items(), *((f"input{i}", t) for i, t in enumerate(inputs))]:
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            flat = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        return digest.hexdigest()[:32]
+
+    def get(self, key: str) -> dict[str, torch.Tensor] | None:
+        path = self.directory / f"{key}.pt"
+        if not path.exists():
+            return None
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=f".{key}.", suffix=".tmp")
+        os.close(handle)
+        torch.save({name: t.detach().cpu() for name, t in tensors.items()}, temporary)
+        os.replace(temporary, self.directory / f"{key}.pt")
+
+
 class Trial:
-    def __init__(self, task: Task, cfg: TrainConfig, device: torch.device | None = None) -> None:
+    def __init__(self, task: Task, cfg: TrainConfig, device: torch.device | None = None,
+                 shared_cache: SharedPrefixCache | None = None) -> None:
         self.task = task
         self.cfg = cfg
         self.device = device or pick_device(cfg.device)
@@ -73,14 +110,35 @@ class Trial:
         if blocker is None:
             blocks = self.frozen.block_model.blocks
             prefix, self.net = nn.Sequential(*blocks[:spec.stop]), nn.Sequential(*blocks[spec.stop:])
-            watch = measure.Stopwatch(self.device)
-            with watch.running():
-                self.train_x = _outputs(prefix, train_x)
+            self.train_x, self.val_x, origin, self._cache_time_s = self._prefix_outputs(
+                prefix, spec.stop, train_x, val_x, shared_cache)
             # Training's share, paid once: its time goes into the first epoch's training time and the cached
-            # features into training memory. The validation features are evaluation's, which neither counts.
-            self._cache_time_s = watch.seconds
+            # features into training memory. The validation features are evaluation's, which neither counts;
+            # features loaded from the shared cache cost their loading, all of it counted.
             self.cache_bytes = measure.tensor_bytes([self.train_x])
-            self.val_x = _outputs(prefix, val_x)
+            self.prefix_cache = "on" if origin == "computed" else f"on ({origin})"
+
+    def _prefix_outputs(self, prefix: nn.Module, depth: int, train_x: torch.Tensor, val_x: torch.Tensor,
+                        shared: SharedPrefixCache | None) -> tuple[torch.Tensor, torch.Tensor, str, float]:
+        """The prefix's outputs on the training and validation inputs, where they came from, and training's
+        time for them."""
+        watch = measure.Stopwatch(self.device)
+        key = shared.key(prefix, depth, train_x, val_x) if shared is not None else ""
+        if shared is not None:
+            with watch.running():
+                found = shared.get(key)
+                if found is not None:
+                    found = {name: tensor.to(self.device) for name, tensor in found.items()}
+            if found is not None:
+                return found["train"], found["val"], "shared, loaded", watch.seconds
+            watch.seconds = 0.0
+        with watch.running():
+            train_out = _outputs(prefix, train_x)
+        val_out = _outputs(prefix, val_x)
+        if shared is None:
+            return train_out, val_out, "computed", watch.seconds
+        shared.put(key, {"train": train_out, "val": val_out})
+        return train_out, val_out, "shared, computed", watch.seconds
 
     @property
     def summary(self) -> freeze.FreezeSummary:
@@ -173,9 +231,13 @@ def _outputs(prefix: nn.Module, inputs: torch.Tensor, batch_size: int = 1024) ->
     return torch.cat([prefix(inputs[start:start + batch_size]) for start in range(0, len(inputs), batch_size)])
 
 
-def make_trial(task: Task, cfg: TrainConfig, device: torch.device | None = None) -> Any:
-    """The task's own trial (``Task.make_trial``) or the built-in tensor Trial."""
-    return (task.make_trial or Trial)(task, cfg, device)
+def make_trial(task: Task, cfg: TrainConfig, device: torch.device | None = None,
+               shared_cache: SharedPrefixCache | None = None) -> Any:
+    """The task's own trial (``Task.make_trial``) or the built-in tensor Trial (with the search's shared prefix
+    cache, if any)."""
+    if task.make_trial is not None:
+        return task.make_trial(task, cfg, device)
+    return Trial(task, cfg, device, shared_cache)
 
 
 class _Enough(Exception):
