@@ -15,6 +15,7 @@ from conftest import free_port
 from mlflow.tracking import MlflowClient
 
 import run_search
+from tune.config import load_config, parse_overrides
 from tune.train import METRIC_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -359,3 +360,12 @@ def test_freeze_aware_gpus_give_deeper_freezes_a_smaller_share(ray_runtime, tmp_
     assert set(shares) == {"0", "7"}, "both depths must have been sampled for this test to mean anything"
     assert shares["0"] == 1.0  # nothing frozen: the whole GPU it asked for
     assert shares["7"] <= 0.25  # all but the head: a small share, so several such trials share a GPU
+
+
+def test_concurrency_counts_freeze_aware_shares_at_the_smallest(ray_runtime):
+    from tune import search
+
+    cfg = load_config(ROOT / "search_spaces" / "digits_freeze.yaml", parse_overrides(
+        ["search.gpus_per_trial=1.0", "search.cpus_per_trial=0.25", "search.num_samples=20"]))
+    assert search._concurrency(cfg) == 2  # 2 logical GPUs, a whole one per trial
+    assert search._concurrency(cfg, smallest_gpu_share=0.25) == 8  # 8 of the deepest freezes fit, CPUs allow 8

@@ -202,12 +202,15 @@ def _scheduler(cfg: Config) -> Any:
                          grace_period=cfg.search.grace_period, reduction_factor=cfg.search.reduction_factor)
 
 
-def _concurrency(cfg: Config) -> int:
+def _concurrency(cfg: Config, smallest_gpu_share: float | None = None) -> int:
+    """Trials at a time: the config's, or as many as the cluster's CPUs and GPUs hold (with freeze-aware GPU
+    shares, counted at the smallest share; Ray places each trial on what it actually asks for)."""
     if cfg.search.max_concurrent_trials:
         return cfg.search.max_concurrent_trials
     resources = ray.cluster_resources()
     by_cpu = int(resources.get("CPU", 1) // cfg.search.cpus_per_trial)
-    by_gpu = int(resources.get("GPU", 0) // cfg.search.gpus_per_trial) if cfg.search.gpus_per_trial else by_cpu
+    gpu_share = smallest_gpu_share or cfg.search.gpus_per_trial
+    by_gpu = int(resources.get("GPU", 0) // gpu_share) if gpu_share else by_cpu
     if cfg.search.algorithm == "grid":
         return max(1, min(by_cpu, by_gpu))
     return max(1, min(by_cpu, by_gpu, cfg.search.num_samples))
@@ -280,7 +283,8 @@ def storage_uri(storage_path: str) -> str:
 def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, storage_path: str,
          tune_config: dict[str, Any], param_space: dict[str, Any] | None, verbose: int,
          restore_from: str | None = None) -> SearchOutcome:
-    concurrency = _concurrency(cfg)
+    per_trial = _FreezeAwareResources(cfg) if cfg.search.freeze_aware_gpus else None
+    concurrency = _concurrency(cfg, min(per_trial.shares.values()) if per_trial else None)
     # With a searcher, Tune places one trial at a time unless more placement groups may be pending
     # (field-notes: 8 small trials 38 s → 9 s). Read when the Tuner starts.
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(concurrency)
@@ -290,7 +294,7 @@ def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, stor
     # Ctrl-C reaches the CLI as KeyboardInterrupt (open runs KILLED, parent KILLED, resumable with --resume)
     # instead of Tune's own handler, which would return as if the search had finished.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    wrapped = _wrap(cfg, trainable, prefix_cache_dir(storage_path))
+    wrapped = _wrap(cfg, trainable, prefix_cache_dir(storage_path), per_trial)
     if restore_from is not None:
         tuner = ray_tune.Tuner.restore(restore_from, trainable=wrapped, resume_unfinished=True, resume_errored=False)
         return _outcome(tuner, tune_config.get("time_budget_s"))
@@ -317,11 +321,11 @@ def prefix_cache_dir(storage_path: str) -> str | None:
     return None if "://" in uri else str(Path(uri) / "prefix_cache")
 
 
-def _wrap(cfg: Config, trainable: Any, cache_dir: str | None) -> Any:
+def _wrap(cfg: Config, trainable: Any, cache_dir: str | None, per_trial: _FreezeAwareResources | None) -> Any:
     wrapped = ray_tune.with_parameters(trainable, base=cfg.train, task_config=cfg.task, cache_dir=cache_dir)
-    if not cfg.search.freeze_aware_gpus:
+    if per_trial is None:
         return ray_tune.with_resources(wrapped, {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial})
-    return ray_tune.with_resources(wrapped, _FreezeAwareResources(cfg))
+    return ray_tune.with_resources(wrapped, per_trial)
 
 
 class _FreezeAwareResources:
