@@ -147,11 +147,11 @@ def block_model(model: str, nc: int, imgsz: int, weights: str | None = None) -> 
 
 
 def layers_model(options: Mapping[str, Any]) -> BlockModel:
-    """The block model for ``run_search.py layers``: no data needed (80 classes, COCO's, unless a dataset yaml
-    on disk says otherwise)."""
+    """The block model for ``run_search.py layers``: no data needed (80 classes, COCO's, unless the dataset yaml
+    is on disk: only the Detect head's size depends on it)."""
     _ultralytics()
     data = options.get("data")
-    nc = len(_check_data(data)[1]["names"]) if data else 80
+    nc = len(_check_data(data)[1]["names"]) if isinstance(data, str) and Path(data).expanduser().exists() else 80
     return block_model(options.get("model", "yolov5nu.yaml"), nc, int(options.get("imgsz", 640)),
                        options.get("weights"))
 
