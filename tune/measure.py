@@ -14,14 +14,15 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["SavedActivations", "Stopwatch", "cuda_peak_mem_mb", "gpu_util_pct", "model_mem_bytes", "rss_mb",
-           "synchronize", "tensor_bytes"]
+__all__ = ["SavedActivations", "Stopwatch", "cuda_peak_mem_mb", "epoch_memory", "gpu_util_pct", "model_mem_bytes",
+           "rss_mb", "synchronize", "tensor_bytes"]
 
 MB = 1024 * 1024
 
@@ -102,6 +103,18 @@ def gpu_util_pct(device: torch.device) -> float | None:
         return float(torch.cuda.utilization(device))
     except Exception:  # pynvml missing or the driver refuses: the metric is simply not reported
         return None
+
+
+def epoch_memory(device: torch.device, counted_bytes: Callable[[], int]) -> dict[str, Any]:
+    """An epoch's peak training memory: on a GPU the allocator's peak since the epoch's reset, with the GPU's
+    utilisation where NVML answers; elsewhere ``counted_bytes()``, the exact count."""
+    if device.type == "cuda":
+        metrics: dict[str, Any] = {"peak_mem_mb": cuda_peak_mem_mb(device), "mem_source": "cuda"}
+        utilisation = gpu_util_pct(device)
+        if utilisation is not None:
+            metrics["gpu_util_pct"] = utilisation
+        return metrics
+    return {"peak_mem_mb": counted_bytes() / MB, "mem_source": "model"}
 
 
 def rss_mb() -> float:

@@ -212,16 +212,8 @@ class Trial:
         if not math.isfinite(train_loss):
             self.diverged = True
             metrics["diverged"] = 1
-        if device.type == "cuda":
-            metrics["peak_mem_mb"] = measure.cuda_peak_mem_mb(device)
-            metrics["mem_source"] = "cuda"
-            utilisation = measure.gpu_util_pct(device)
-            if utilisation is not None:
-                metrics["gpu_util_pct"] = utilisation
-        else:
-            metrics["peak_mem_mb"] = (measure.model_mem_bytes(self.model, self.optimizer, activations.peak_bytes)
-                                      + self.cache_bytes) / measure.MB
-            metrics["mem_source"] = "model"
+        metrics.update(measure.epoch_memory(device, lambda: measure.model_mem_bytes(
+            self.model, self.optimizer, activations.peak_bytes) + self.cache_bytes))
         return metrics
 
 

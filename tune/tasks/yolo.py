@@ -360,15 +360,7 @@ class _EpochReporter:
         }
         if not math.isfinite(metrics["train_loss"]):
             metrics["diverged"] = 1
-        if device.type == "cuda":
-            metrics["peak_mem_mb"] = measure.cuda_peak_mem_mb(device)
-            metrics["mem_source"] = "cuda"
-            utilisation = measure.gpu_util_pct(device)
-            if utilisation is not None:
-                metrics["gpu_util_pct"] = utilisation
-        else:
-            ema_bytes = measure.tensor_bytes(trainer.ema.ema.state_dict().values())
-            metrics["peak_mem_mb"] = (measure.model_mem_bytes(trainer.model, trainer.optimizer,
-                                                              self.activations.peak_bytes) + ema_bytes) / measure.MB
-            metrics["mem_source"] = "model"
+        metrics.update(measure.epoch_memory(device, lambda: measure.model_mem_bytes(
+            trainer.model, trainer.optimizer, self.activations.peak_bytes)
+            + measure.tensor_bytes(trainer.ema.ema.state_dict().values())))  # the EMA copy lives beside the model
         return metrics
