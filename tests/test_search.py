@@ -349,14 +349,17 @@ search: {num_samples: 6, scheduler: fifo}
             assert child.info.status == "FINISHED"
 
 
-def test_freeze_aware_gpus_give_deeper_freezes_a_smaller_share(ray_runtime, tmp_path):
+@pytest.mark.parametrize("key", ["freeze_stop", "freeze"])
+def test_freeze_aware_gpus_give_deeper_freezes_a_smaller_share(ray_runtime, tmp_path, key):
+    space = (["--set", "space.freeze_stop={type: choice, values: [0, 7]}"] if key == "freeze_stop" else
+             ["--set", "space.freeze_stop=null", "--set", "space.freeze={type: choice, values: [0, all_but_head]}"])
     code, uri = _search(tmp_path, "--set", "search.gpus_per_trial=1.0", "--set", "search.freeze_aware_gpus=true",
                         "--set", "search.cpus_per_trial=0.5", "--set", "search.scheduler=fifo",
-                        "--set", "search.num_samples=8", "--set", "search.max_concurrent_trials=4",
-                        "--set", "space.freeze_stop={type: choice, values: [0, 7]}")
+                        "--set", "search.num_samples=8", "--set", "search.max_concurrent_trials=4", *space)
     assert code == 0
     _, children = _runs(uri, "digits_freeze")
-    shares = {c.data.params["freeze_stop"]: float(c.data.tags["trial_gpus"]) for c in children}
+    shares = {c.data.params["freeze_range"].split(", ")[1].rstrip(")"): float(c.data.tags["trial_gpus"])
+              for c in children}
     assert set(shares) == {"0", "7"}, "both depths must have been sampled for this test to mean anything"
     assert shares["0"] == 1.0  # nothing frozen: the whole GPU it asked for
     assert shares["7"] <= 0.25  # all but the head: a small share, so several such trials share a GPU

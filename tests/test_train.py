@@ -164,7 +164,11 @@ def test_the_cache_turns_itself_off_where_it_would_not_be_exact(tiny_task, task_
 def test_gpu_shares_follow_the_measured_memory_by_depth(tiny_task):
     from tune.train import gpu_shares
 
-    shares = gpu_shares(tiny_task, TrainConfig(batch_size=8, prefix_cache="off"), [0, 1, 2, 3], full_share=1.0)
-    assert shares[0] == 1.0
-    assert shares[3] < shares[0] and list(shares.values()) == sorted(shares.values(), reverse=True)
+    freezes = {tuple(range(k)): {"freeze": None, "freeze_start": 0, "freeze_stop": k} for k in range(4)}
+    freezes[(1,)] = {"freeze": [1], "freeze_start": 0, "freeze_stop": None}  # not a prefix: measured all the same
+    shares = gpu_shares(tiny_task, TrainConfig(batch_size=8, prefix_cache="off"), freezes, full_share=1.0)
+    by_depth = [shares[tuple(range(k))] for k in range(4)]
+    assert by_depth[0] == 1.0
+    assert by_depth[3] < by_depth[0] and by_depth == sorted(by_depth, reverse=True)
+    assert shares[(1,)] < 1.0
     assert all(abs(round(v * 20) - v * 20) < 1e-9 and 0.05 <= v <= 1.0 for v in shares.values())

@@ -26,7 +26,8 @@ from tune.space import IntRange, is_int, resolve_names
 from tune.tasks.base import BlockModel
 
 __all__ = ["FreezeSpec", "FreezeSummary", "FrozenModel", "apply_freeze", "block_flops", "check_space",
-           "grid_values", "layer_table", "prefix_cache_blocker", "resolve", "resolve_index"]
+           "grid_values", "layer_table", "prefix_cache_blocker", "resolve", "resolve_index", "sampled_freezes",
+           "trial_freeze"]
 
 
 @dataclass(frozen=True)
@@ -251,15 +252,7 @@ def check_space(space: Mapping[str, Any], train: Any, block_model: BlockModel) -
     n_blocks, cuts = block_model.n_blocks, block_model.named_cut_points()
     resolved = {key: resolve_names(f"space.{key}", dim, lambda k, v: resolve_index(k, v, n_blocks, cuts))
                 if key in ("freeze", "freeze_start", "freeze_stop") else dim for key, dim in space.items()}
-    fixed = {"freeze": train.freeze, "freeze_start": train.freeze_start, "freeze_stop": train.freeze_stop}
-    if isinstance(fixed["freeze"], tuple):
-        fixed["freeze"] = list(fixed["freeze"])
-    candidates = {key: _values(resolved[key]) for key in fixed if key in resolved}
-    both_searched = {"freeze_start", "freeze_stop"} <= candidates.keys()
-    for combo in _combinations(candidates):
-        values = {**fixed, **combo}
-        if both_searched and combo["freeze_start"] > combo["freeze_stop"]:
-            continue  # never sampled: freeze_stop's floor is the sampled freeze_start (space.OptunaSpace)
+    for combo, values in _freeze_values(resolved, train):
         try:
             resolve(block_model, **values)
         except ConfigError as err:
@@ -267,6 +260,36 @@ def check_space(space: Mapping[str, Any], train: Any, block_model: BlockModel) -
             where = f"space.{key}" if key in combo else f"train.{key}"
             raise ConfigError(where, values[key], err.allowed, problem=err.problem) from None
     return resolved
+
+
+def sampled_freezes(space: Mapping[str, Any], train: Any, block_model: BlockModel) -> dict[tuple[int, ...], dict]:
+    """Every distinct set of frozen blocks a checked space (``check_space``'s result) can sample, with the freeze
+    keys that give it."""
+    found: dict[tuple[int, ...], dict] = {}
+    for _, values in _freeze_values(space, train):
+        found.setdefault(resolve(block_model, **values).blocks, values)
+    return found
+
+
+def trial_freeze(params: Mapping[str, Any], train: Any, block_model: BlockModel) -> tuple[int, ...]:
+    """The frozen blocks of a trial: its sampled params over the fixed values of ``train``."""
+    values = {key: params.get(key, getattr(train, key)) for key in ("freeze", "freeze_start", "freeze_stop")}
+    if isinstance(values["freeze"], tuple):
+        values["freeze"] = list(values["freeze"])
+    return resolve(block_model, **values).blocks
+
+
+def _freeze_values(space: Mapping[str, Any], train: Any) -> Iterable[tuple[dict[str, Any], dict[str, Any]]]:
+    """(the searched freeze values, all freeze keys) for every combination the space can sample."""
+    fixed = {"freeze": train.freeze, "freeze_start": train.freeze_start, "freeze_stop": train.freeze_stop}
+    if isinstance(fixed["freeze"], tuple):
+        fixed["freeze"] = list(fixed["freeze"])
+    candidates = {key: _values(space[key]) for key in fixed if key in space}
+    both_searched = {"freeze_start", "freeze_stop"} <= candidates.keys()
+    for combo in _combinations(candidates):
+        if both_searched and combo["freeze_start"] > combo["freeze_stop"]:
+            continue  # never sampled: freeze_stop's floor is the sampled freeze_start (space.OptunaSpace)
+        yield combo, {**fixed, **combo}
 
 
 def grid_values(dim: Any) -> list[Any]:

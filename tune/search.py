@@ -27,7 +27,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from tune.config import Config, TaskConfig, TrainConfig
-from tune.freeze import grid_values
+from tune.freeze import check_space, grid_values, sampled_freezes, trial_freeze
 from tune.space import optuna_space
 from tune.tasks import load_task
 from tune.tracking import SearchTracker
@@ -333,14 +333,16 @@ class _FreezeAwareResources:
     share of a GPU and more trials share one (search.freeze_aware_gpus)."""
 
     def __init__(self, cfg: Config) -> None:
-        self.cpus, self.full = cfg.search.cpus_per_trial, cfg.search.gpus_per_trial
+        self.cpus, self.full, self.train = cfg.search.cpus_per_trial, cfg.search.gpus_per_trial, cfg.train
         task = load_task(cfg.task)
-        # every prefix depth of the model: one epoch each, measured once in the driver before the search
-        self.shares = gpu_shares(task, cfg.train, list(range(task.build_model().n_blocks)), self.full)
+        self.block_model = task.build_model()
+        # every freeze the space can sample: one epoch each, measured once in the driver before the search
+        freezes = sampled_freezes(check_space(cfg.space, cfg.train, self.block_model), cfg.train, self.block_model)
+        self.shares = gpu_shares(task, cfg.train, freezes, self.full)
 
     def __call__(self, config: dict[str, Any]) -> Any:
         params = config.get("variant", {}).get("params", config)
-        share = self.shares.get(params.get("freeze_stop"), self.full)
+        share = self.shares.get(trial_freeze(params, self.train, self.block_model), self.full)
         return PlacementGroupFactory([{"CPU": self.cpus, "GPU": share}])
 
 

@@ -251,16 +251,19 @@ def first_epoch(trial: Any) -> dict[str, Any]:
     return seen[0]
 
 
-def gpu_shares(task: Task, cfg: TrainConfig, depths: list[int], full_share: float) -> dict[int, float]:
-    """Freeze-aware resources: each freeze_stop's GPU share, ``full_share`` scaled by its training memory
-    (one epoch's exact count, measured here) against freezing nothing, rounded up to 0.05."""
-    def memory(depth: int) -> float:
-        trial_cfg = replace(cfg, epochs=1, freeze=None, freeze_start=0, freeze_stop=depth)
+def gpu_shares(task: Task, cfg: TrainConfig, freezes: dict[tuple[int, ...], dict], full_share: float
+               ) -> dict[tuple[int, ...], float]:
+    """Freeze-aware resources: the GPU share of each set of frozen blocks (``freeze.sampled_freezes``),
+    ``full_share`` scaled by its training memory (its first epoch's exact count, measured here) against freezing
+    nothing, rounded up to 0.05. One epoch per freeze: cheap for in-memory tasks, an epoch of the data set each
+    for a task with its own trainer (yolo)."""
+    def memory(keys: dict) -> float:
+        trial_cfg = replace(cfg, epochs=1, **keys)
         return first_epoch(make_trial(task, trial_cfg, torch.device("cpu")))["peak_mem_mb"]
 
-    reference = memory(0)
-    return {depth: min(full_share, max(0.05, math.ceil(20 * full_share * memory(depth) / reference) / 20))
-            for depth in depths}
+    reference = memory({"freeze": None, "freeze_start": 0, "freeze_stop": 0})
+    return {blocks: min(full_share, max(0.05, math.ceil(20 * full_share * memory(keys) / reference) / 20))
+            for blocks, keys in freezes.items()}
 
 
 def save_checkpoint(trial: Trial, directory: str | Path) -> None:
