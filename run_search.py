@@ -18,6 +18,7 @@ plots and a summary go to --report-dir and to the parent run. Exit codes: 0 done
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -97,12 +98,12 @@ def _check_search_args(args: argparse.Namespace) -> tuple:
         raise ConfigError("--confirm-top", args.confirm_top, "an integer >= 1")
     cfg = load_config(args.space, overrides)
     if args.smoke_test and cfg.search.algorithm == "grid" and args.num_samples is None:
-        import dataclasses
-
         cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, num_samples=1))  # the grid once
     from tune import tracking
     from tune.freeze import check_space
-    from tune.tasks import load_task
+    from tune.tasks import absolute_paths, load_task
+
+    cfg = dataclasses.replace(cfg, task=absolute_paths(cfg.task, Path.cwd()))  # trials run in their own folders
     from tune.train import METRIC_KEYS
 
     task = load_task(cfg.task)
@@ -122,9 +123,10 @@ def search_main(argv: list[str]) -> int:
     try:
         cfg, task, space, tracking_uri = _check_search_args(args)
         resume = _resumable(tracking_uri, cfg.name) if args.resume else None
-        if args.address:
-            _connect(args.address)
-        _check_gpus(cfg.search.gpus_per_trial)
+        address = args.address or os.environ.get("RAY_ADDRESS")  # a Ray Job or KubeRay sets RAY_ADDRESS
+        if address:
+            _connect(address, "--address" if args.address else "RAY_ADDRESS")
+        _check_gpus(cfg.search.gpus_per_trial, on_cluster=bool(address))
         _check_storage(args.storage_path)  # last: it makes the folder
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -186,28 +188,34 @@ def search_main(argv: list[str]) -> int:
     return 0 if status == "FINISHED" else 1
 
 
-def _connect(address: str) -> None:
+def _connect(address: str, key: str = "--address") -> None:
     """Join the cluster now, so that an unreachable one is bad input, not a failed search."""
     from tune import search
 
     try:
         search.init_ray(address)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise ConfigError("--address", address, "a running Ray cluster this machine reaches (HOST:6379 or auto)",
+        raise ConfigError(key, address, "a running Ray cluster this machine reaches (HOST:6379 or auto)",
                           problem=" ".join(str(err).split())[:200]) from None
 
 
-def _check_gpus(per_trial: float) -> None:
-    """A trial asking for more GPUs than any node has would wait forever: refuse it before the search."""
+def _check_gpus(per_trial: float, on_cluster: bool) -> None:
+    """A trial asking for more GPUs than any node has waits until such a node joins: on this machine that is
+    never (bad input); on a cluster an autoscaler may add one (a warning)."""
     if per_trial <= 0:
         return
     from tune import search
 
     largest = search.largest_node_gpus()
-    if per_trial > largest:
-        where = "no GPU here" if largest == 0 else f"the largest node has {largest:g}"
-        raise ConfigError("search.gpus_per_trial", per_trial,
-                          f"at most {largest:g} (0 trains on the CPU: --set search.gpus_per_trial=0)", problem=where)
+    if per_trial <= largest:
+        return
+    where = "no GPU here" if largest == 0 else f"the largest node has {largest:g}"
+    if on_cluster:
+        print(f"warning: search.gpus_per_trial is {per_trial:g} but no node of the cluster has that many GPUs now "
+              f"({where}): trials wait until such a node joins (an autoscaler)", file=sys.stderr)
+        return
+    raise ConfigError("search.gpus_per_trial", per_trial,
+                      f"at most {largest:g} (0 trains on the CPU: --set search.gpus_per_trial=0)", problem=where)
 
 
 def _resumable(tracking_uri: str, experiment: str) -> tuple[str, str]:

@@ -131,3 +131,21 @@ def test_bad_input_exits_2_with_one_line_and_no_side_effects(case, workdir, caps
 
 def test_at_least_twenty_distinct_cases():
     assert len(CASES) >= 20
+
+
+def test_an_unreachable_ray_address_from_the_environment_is_bad_input(workdir, capsys, monkeypatch):
+    from tune import search
+
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)  # what a Ray Job or KubeRay sets, with no --address
+
+    def unreachable(given):  # what ray.init raises, without its minute of retries
+        assert given == address
+        raise ConnectionError(f"Could not connect to the GCS at {given}")
+
+    monkeypatch.setattr(search, "init_ray", unreachable)
+    code = run_search.main([])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: RAY_ADDRESS: got '127.0.0.1:") and len(err.strip().splitlines()) == 1
+    assert _files(workdir) == []

@@ -198,5 +198,7 @@ def test_a_grid_needs_finite_values_and_no_start_after_stop(space, message):
 def test_a_grid_runs_every_trial_to_the_end():
     cfg = build_config(minimal(search={"algorithm": "grid"}))
     assert cfg.search.scheduler_name == "fifo"
+    assert cfg.search.num_samples == 1  # each combination once, unless num_samples says otherwise
+    assert build_config(minimal(search={"algorithm": "grid", "num_samples": 3})).search.num_samples == 3
     with pytest.raises(ConfigError, match=r"^search.algorithm: got 'random' \(str\); allowed: one of optuna, grid"):
         build_config(minimal(search={"algorithm": "random"}))

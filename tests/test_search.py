@@ -372,3 +372,28 @@ def test_concurrency_counts_freeze_aware_shares_at_the_smallest(ray_runtime):
         ["search.gpus_per_trial=1.0", "search.cpus_per_trial=0.25", "search.num_samples=20"]))
     assert search._concurrency(cfg) == 2  # 2 logical GPUs, a whole one per trial
     assert search._concurrency(cfg, smallest_gpu_share=0.25) == 8  # 8 of the deepest freezes fit, CPUs allow 8
+
+
+def test_gpus_per_trial_beyond_every_node_is_refused_here_and_a_warning_on_a_cluster(ray_runtime, capsys):
+    from tune.config import ConfigError
+
+    run_search._check_gpus(2.0, on_cluster=False)  # 2 logical GPUs on the one node: fits
+    with pytest.raises(ConfigError, match=r"^search.gpus_per_trial: got 3.0 \(the largest node has 2\)"):
+        run_search._check_gpus(3.0, on_cluster=False)
+    run_search._check_gpus(3.0, on_cluster=True)  # an autoscaler may add a bigger node: trials wait for it
+    assert "warning: search.gpus_per_trial is 3 but no node" in capsys.readouterr().err
+
+
+def test_a_relative_data_path_reaches_trials_that_run_in_their_own_folders(ray_runtime, tmp_path, monkeypatch):
+    import torch
+    from conftest import make_tiny_task
+
+    (tmp_path / "inputs").mkdir()
+    torch.save(make_tiny_task().train_data, tmp_path / "inputs" / "data.pt")
+    monkeypatch.chdir(tmp_path)
+    code, uri = _search(tmp_path, "--set", "task.name=conftest:make_file_task",
+                        "--set", "task.options={data: inputs/data.pt}", "--set", "space.freeze_stop.high=3")
+    assert code == 0
+    parent, children = _runs(uri, "digits_freeze")
+    assert children and all(c.info.status == "FINISHED" for c in children)
+    assert parent.data.params["task.options.data"] == str(tmp_path / "inputs" / "data.pt")

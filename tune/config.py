@@ -60,7 +60,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    num_samples: int = 16  # trials (optuna); with algorithm grid, how many times the whole grid runs
+    num_samples: int = 16  # trials (optuna); with algorithm grid, how many times the whole grid runs (default 1)
     algorithm: str = "optuna"  # optuna: TPE samples the space | grid: every combination of the choices, once each
     metric: str = "score"
     mode: str = "max"
@@ -288,6 +288,8 @@ def build_config(raw: Any, source: Path | None = None) -> Config:
         raise ConfigError(where, train_raw.get("freeze", "<searched>"),
                           "either freeze or freeze_start/freeze_stop, not both (in train: and space: together)")
     search = _check_fields("search", raw.get("search"), SearchConfig, _SEARCH_RULES)
+    if search.algorithm == "grid" and "num_samples" not in (raw.get("search") or {}):
+        search = dataclasses.replace(search, num_samples=1)  # a grid runs each combination once unless told
     report = _check_fields("report", raw.get("report"), ReportConfig, _REPORT_RULES)
     if search.freeze_aware_gpus and search.gpus_per_trial <= 0:
         raise ConfigError("search.freeze_aware_gpus", True, "false, or true with search.gpus_per_trial > 0")

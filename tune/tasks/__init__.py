@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 from tune.config import TaskConfig
 from tune.errors import ConfigError
 from tune.tasks.base import BlockModel, Task
 
-__all__ = ["BUILTIN_TASKS", "BlockModel", "Task", "load_task"]
+__all__ = ["BUILTIN_TASKS", "BlockModel", "Task", "absolute_paths", "load_task"]
 
 BUILTIN_TASKS = {"digits": "tune.tasks.digits:make_task", "yolo": "tune.tasks.yolo:make_task"}
 
@@ -46,3 +47,15 @@ def load_task(task_config: TaskConfig) -> Task:
         raise ConfigError("task.name", task_config.name, "a factory that returns tune.tasks.Task",
                           problem=f"it returned {type(task).__name__}")
     return task
+
+
+def absolute_paths(task_config: TaskConfig, base: Path) -> TaskConfig:
+    """The task's options with every relative path that names an existing file or folder under ``base`` (the
+    driver's working directory) made absolute: Ray Tune runs each trial in its own folder, where a relative
+    path would point nowhere."""
+    options = {}
+    for key, value in task_config.options.items():
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() and (base / value).exists():
+            value = str((base / value).resolve())
+        options[key] = value
+    return TaskConfig(task_config.name, options)

@@ -50,20 +50,51 @@ _OWN_KEYS = {"lr0": "lr", "momentum": "momentum", "weight_decay": "weight_decay"
 # Ones this task sets itself: where the trial runs and what it writes.
 _FIXED_KEYS = {"model", "data", "imgsz", "workers", "project", "name", "exist_ok", "save", "plots", "val", "resume",
                "pretrained", "verbose", "mode", "task", "time", "save_period", "cache"}
+# Ones that would change the model the task built and froze (its classes, its modules, its parameter names).
+_REFUSED_KEYS = {"single_cls", "classes", "compile", "distill_model", "quantize"}
 _OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 
 
+def _config_dir() -> Path:
+    """Ultralytics' settings folder for this project: the user's own (mode 0700), not Ultralytics' default (its
+    settings turn on integrations) and not a shared /tmp path another user could prepare."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = base / "freeze-depth-search" / "ultralytics"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder
+
+
 def _ultralytics() -> Any:
-    """Import Ultralytics offline: no downloads, settings in a folder of this project's, not the user's."""
+    """Import Ultralytics offline, quiet, with this project's settings folder, and without the two downloads it
+    would try on its own: fonts for plots (no plots here) and a model for its AMP self-check (see _make_trainer)."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_VERBOSE", "False")  # trials report through this project; no progress bars
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(tempfile.gettempdir()) / "freeze-depth-search-ultralytics"))
+    if "YOLO_CONFIG_DIR" not in os.environ:
+        os.environ["YOLO_CONFIG_DIR"] = str(_config_dir())
     try:
         import ultralytics
+        import ultralytics.data.utils
     except ImportError as err:
         raise ConfigError("task.name", "yolo", 'the yolo extra installed: pip install -e ".[yolo]"',
                           problem=f"{type(err).__name__}: {err}") from None
+    ultralytics.data.utils.check_font = lambda *args, **kwargs: None  # it downloads a font when online
     return ultralytics
+
+
+def _dataset_root(path: Path, raw: Mapping[str, Any]) -> Path:
+    """The dataset's root: its ``path:`` (relative to the yaml's folder), else the yaml's folder."""
+    root = Path(str(raw.get("path") or path.parent)).expanduser()
+    return root if root.is_absolute() else (path.parent / root).resolve()
+
+
+def _offline_copy(path: Path, raw: Mapping[str, Any], directory: Path) -> str:
+    """The dataset yaml as Ultralytics gets it: an absolute ``path:`` (Ultralytics would read a relative one
+    against the working directory, miss, and run the yaml's ``download:``) and no ``download:`` key."""
+    copy = {key: value for key, value in raw.items() if key != "download"}
+    copy["path"] = str(_dataset_root(path, raw))
+    target = directory / path.name
+    target.write_text(yaml.safe_dump(copy, sort_keys=False), encoding="utf-8")
+    return str(target)
 
 
 def _check_data(data: Any) -> tuple[Path, dict[str, Any]]:
@@ -79,8 +110,7 @@ def _check_data(data: Any) -> tuple[Path, dict[str, Any]]:
         raise ConfigError("task.options.data", str(data), allowed, problem=" ".join(str(err).split())) from None
     if not isinstance(raw, dict) or not {"train", "val", "names"} <= raw.keys():
         raise ConfigError("task.options.data", str(data), allowed, problem="no train, val or names")
-    root = Path(raw.get("path") or path.parent)
-    root = root if root.is_absolute() else (path.parent / root)
+    root = _dataset_root(path, raw)
     for split in ("train", "val"):
         entries = raw[split] if isinstance(raw[split], list) else [raw[split]]
         for entry in entries:
@@ -101,14 +131,27 @@ def _check_hyp(hyp: Any) -> dict[str, Any]:
         if key in _OWN_KEYS:
             raise ConfigError(f"task.options.hyp.{key}", value, f"train.{_OWN_KEYS[key]} or space.{_OWN_KEYS[key]}",
                               problem="set by the search's own key")
-        if key in _FIXED_KEYS or key not in DEFAULT_CFG_DICT:
+        if key in _FIXED_KEYS or key in _REFUSED_KEYS or key not in DEFAULT_CFG_DICT:
+            problem = ("unknown key" if key not in DEFAULT_CFG_DICT else "set by the yolo task" if key in _FIXED_KEYS
+                       else "it would change the model the task built and froze")
             raise ConfigError(f"task.options.hyp.{key}", value, "an Ultralytics train argument such as lrf, "
-                              "warmup_epochs, box, cls, dfl, hsv_h, degrees, mosaic, mixup, close_mosaic",
-                              problem="unknown key" if key not in DEFAULT_CFG_DICT else "set by the yolo task")
+                              "warmup_epochs, box, cls, dfl, hsv_h, degrees, mosaic, mixup, close_mosaic, amp",
+                              problem=problem)
+    from ultralytics.cfg import get_cfg
+
+    for key, value in hyp.items():  # Ultralytics' own type and range checks, one key at a time
+        try:
+            get_cfg(overrides={key: value})
+        except (TypeError, ValueError, SyntaxError) as err:
+            raise ConfigError(f"task.options.hyp.{key}", value, "a value Ultralytics accepts for it",
+                              problem=" ".join(str(err).split())[:200]) from None
     return dict(hyp)
 
 
 def _load_weights(module: torch.nn.Module, weights: str) -> None:
+    """Load a state dict, as YOLOv5 does for pretrained weights: every tensor whose name and shape match; the
+    Detect head's class outputs are left as built when the data set has another number of classes (COCO's 80
+    to VOC's 20). Anything else that does not fit is refused."""
     allowed = "a state_dict file of this model (torch.save(model.state_dict()), loaded with weights_only=True)"
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -117,11 +160,18 @@ def _load_weights(module: torch.nn.Module, weights: str) -> None:
                           problem=f"{type(err).__name__}: {' '.join(str(err).split())[:200]}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a checkpoint of this project's (tune.train.save_checkpoint)
-    try:
-        module.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as err:
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError("task.options.weights", weights, allowed, problem="not a state dict of tensors")
+    own = module.state_dict()
+    head = f"model.{len(module.model) - 1}."
+    unfit = sorted(name for name in own if name not in state or state[name].shape != own[name].shape)
+    unexpected = sorted(name for name in state if name not in own)
+    if unexpected or any(not name.startswith(head) for name in unfit):
+        shown = (unexpected or [name for name in unfit if not name.startswith(head)])[:3]
         raise ConfigError("task.options.weights", weights, allowed,
-                          problem=f"does not fit the model: {str(err).splitlines()[0][:200]}") from None
+                          problem=f"does not fit the model ({len(unexpected)} unexpected, {len(unfit)} missing or "
+                                  f"of another shape, e.g. {', '.join(shown)})")
+    module.load_state_dict({name: tensor for name, tensor in state.items() if name not in unfit}, strict=False)
 
 
 def block_model(model: str, nc: int, imgsz: int, weights: str | None = None) -> BlockModel:
@@ -166,7 +216,8 @@ def make_task(data: str | None = None, model: str = "yolov5nu.yaml", weights: st
         raise ConfigError("task.options.imgsz", imgsz, "an integer >= 32 (a multiple of 32)")
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
         raise ConfigError("task.options.workers", workers, "an integer >= 0")
-    options = {"data": str(data_path), "model": model, "imgsz": imgsz, "workers": workers, "hyp": _check_hyp(hyp)}
+    options = {"data": data_path, "data_raw": raw, "model": model, "imgsz": imgsz, "workers": workers,
+               "hyp": _check_hyp(hyp)}
     block_model(model, nc, imgsz, weights)  # bad model or weights: fail here, before any trial
 
     def build() -> BlockModel:
@@ -227,6 +278,7 @@ class YoloTrial:
 
 def _make_trainer(trial: YoloTrial, workdir: Path, on_epoch: Callable[[dict[str, Any]], None]) -> Any:
     _ultralytics()
+    from ultralytics.engine import trainer as trainer_module
     from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.utils import callbacks
 
@@ -263,17 +315,30 @@ def _make_trainer(trial: YoloTrial, workdir: Path, on_epoch: Callable[[dict[str,
         def final_eval(self) -> None:  # every epoch was validated; no best.pt to re-validate
             return None
 
+        def _handle_nan_recovery(self, epoch: int) -> bool:  # a non-finite loss ends the trial (diverged), as
+            return False  # for every task; Ultralytics would reload a last.pt this project does not write
+
     hyp = dict(options["hyp"])
     overrides = {
-        **hyp, "model": "unused.yaml", "data": options["data"], "imgsz": options["imgsz"],
+        **hyp, "model": "unused.yaml", "data": _offline_copy(options["data"], options["data_raw"], workdir),
+        "imgsz": options["imgsz"],
         "workers": options["workers"], "epochs": cfg.epochs, "batch": cfg.batch_size, "lr0": cfg.lr,
         "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "optimizer": _OPTIMIZERS[cfg.optimizer],
         "freeze": list(trial.frozen.spec.blocks), "seed": cfg.seed, "device": _device_arg(trial.device),
         "project": str(workdir), "name": "train", "exist_ok": True, "save": False, "plots": False, "val": True,
         "verbose": False, "amp": hyp.get("amp", trial.device.type == "cuda"),
     }
-    trainer = Trainer(overrides=overrides)
-    trainer.callbacks = callbacks.get_default_callbacks()  # no Ultralytics integrations (its own MLflow, Ray...)
+    # No Ultralytics integrations (its own MLflow, Ray Tune, W&B, Platform... loggers): a trial logs through this
+    # project only. They are added while the trainer is built, and some run a hook at once: keep them out.
+    add_integrations = callbacks.add_integration_callbacks
+    callbacks.add_integration_callbacks = lambda instance: None
+    try:
+        trainer = Trainer(overrides=overrides)
+    finally:
+        callbacks.add_integration_callbacks = add_integrations
+    # Ultralytics' AMP self-check runs a model it downloads (and loads it as a pickle): not here. AMP is on for a
+    # CUDA trial unless hyp says amp: false.
+    trainer_module.check_amp = lambda model: True
     trainer.model = trial.frozen.module  # built (and pretrained) by the task, as DetectionTrainer allows
     _EpochReporter(trial, trainer, on_epoch).attach()
     return trainer
@@ -289,6 +354,7 @@ class _EpochReporter:
         self._recording: Any = None
         self._timing: Any = None
         self._first_batch = True
+        self._memory: dict[str, Any] = {}
 
     def attach(self) -> None:
         for event in ("on_pretrain_routine_end", "on_train_epoch_start", "on_train_batch_start",
@@ -322,16 +388,25 @@ class _EpochReporter:
 
     def on_train_epoch_end(self, trainer: Any) -> None:
         self._timing.__exit__(None, None, None)
+        # training's memory, read before validation (which runs at twice the batch size) can raise the peak
+        self._memory = measure.epoch_memory(self.trial.device, lambda: measure.model_mem_bytes(
+            trainer.model, trainer.optimizer, self.activations.peak_bytes)
+            + measure.tensor_bytes(trainer.ema.ema.state_dict().values()))  # the EMA copy lives beside the model
 
     def on_fit_epoch_end(self, trainer: Any) -> None:
         trial = self.trial
+        if trainer.batch_size != trial.cfg.batch_size:  # Ultralytics halves the batch after a CUDA OOM and goes on
+            raise RuntimeError(f"out of memory at epoch {trainer.epoch + 1}: Ultralytics retried with batch "
+                               f"{trainer.batch_size} instead of {trial.cfg.batch_size}")
         trial.epoch = trainer.epoch + 1
         trial.train_time_s += self.watch.seconds
         metrics = self._metrics(trainer)
+        if metrics.get("diverged"):
+            trainer.stop = True  # the trial ends at this epoch, as a tensor trial does
         self.on_epoch(metrics)
 
     def _metrics(self, trainer: Any) -> dict[str, Any]:
-        trial, device, seconds = self.trial, self.trial.device, self.watch.seconds
+        trial, seconds = self.trial, self.watch.seconds
         found = trainer.metrics or {}
 
         def metric(name: str) -> float:
@@ -360,7 +435,5 @@ class _EpochReporter:
         }
         if not math.isfinite(metrics["train_loss"]):
             metrics["diverged"] = 1
-        metrics.update(measure.epoch_memory(device, lambda: measure.model_mem_bytes(
-            trainer.model, trainer.optimizer, self.activations.peak_bytes)
-            + measure.tensor_bytes(trainer.ema.ema.state_dict().values())))  # the EMA copy lives beside the model
+        metrics.update(self._memory)
         return metrics
