@@ -78,8 +78,11 @@ def test_training_leaves_frozen_blocks_and_their_bn_statistics_untouched(task):
     m = metrics[0]
     assert m["freeze_stop"] == 10 and m["trainable_params"] == sum(p.numel() for p in model.parameters()
                                                                    if p.requires_grad)
-    for key in ("mAP50", "mAP50-95", "precision", "recall", "box_loss", "cls_loss", "dfl_loss", "val_box_loss"):
-        assert key in m
+    import math
+
+    for key in ("mAP50", "mAP50-95", "precision", "recall", "box_loss", "cls_loss", "dfl_loss", "val_box_loss",
+                "val_cls_loss", "val_dfl_loss", "samples_per_s"):
+        assert math.isfinite(m[key]), key
     assert m["score"] == m["mAP50-95"] and m["epoch_time_s"] > 0 and m["peak_mem_mb"] > 0
 
 
@@ -99,26 +102,79 @@ def test_memory_falls_with_depth(task):
     assert memory[0] > memory[10] > memory[24]
 
 
-def test_a_trial_resumes_from_its_checkpoint(task, tmp_path):
+def test_a_trial_resumes_from_its_checkpoint(task, tmp_path, monkeypatch):
     cfg = TrainConfig(**{**TINY.__dict__, "epochs": 2, "freeze": 10})
     first = make_trial(task, cfg)
-    saved: list[dict] = []
 
     def stop_after_one(metrics: dict) -> None:
         save_checkpoint(first, tmp_path)
-        saved.append({k: v.clone() for k, v in first.trainer.model.state_dict().items()})
         raise KeyboardInterrupt  # the worker dies after epoch 1's checkpoint
 
     with pytest.raises(KeyboardInterrupt):
         first.run(stop_after_one)
+    saved = load_checkpoint(tmp_path)
+    assert saved["epoch"] == 1 and saved["ema_updates"] > 0
+    restored: dict = {}
+    from tune.tasks import yolo
+
+    check = yolo._EpochReporter.on_pretrain_routine_end
+
+    def capture(self, trainer):  # right after Ultralytics' resume_training, before epoch 2
+        restored.update(start=trainer.start_epoch, updates=trainer.ema.updates,
+                        model={k: v.clone() for k, v in trainer.model.state_dict().items()},
+                        ema={k: v.clone() for k, v in trainer.ema.ema.state_dict().items()},
+                        optimizer=trainer.optimizer.state_dict())
+        check(self, trainer)
+
+    monkeypatch.setattr(yolo._EpochReporter, "on_pretrain_routine_end", capture)
     resumed = make_trial(task, cfg)
-    resumed.load_state_dict(load_checkpoint(tmp_path))
-    starts: list[dict] = []
-    resumed.run(lambda m: starts.append(m))
-    assert [m["epoch"] for m in starts] == [2]
-    assert starts[0]["train_time_s"] > starts[0]["epoch_time_s"]  # epoch 1's time carried over
-    loaded = load_checkpoint(tmp_path)["train_model"]
-    assert all(torch.equal(loaded[k], saved[0][k]) for k in loaded)
+    resumed.load_state_dict(saved)
+    epochs: list[dict] = []
+    resumed.run(epochs.append)
+    assert [m["epoch"] for m in epochs] == [2]
+    assert epochs[0]["train_time_s"] > epochs[0]["epoch_time_s"]  # epoch 1's time carried over
+    assert restored["start"] == 1 and restored["updates"] == saved["ema_updates"]
+    assert all(torch.equal(restored["model"][k], v) for k, v in saved["train_model"].items())
+    assert all(torch.equal(restored["ema"][k], v) for k, v in saved["model"].items())
+    momentum = [s["momentum_buffer"] for s in restored["optimizer"]["state"].values() if "momentum_buffer" in s]
+    saved_momentum = [s["momentum_buffer"] for s in saved["optimizer"]["state"].values() if "momentum_buffer" in s]
+    assert momentum and all(torch.equal(a, b) for a, b in zip(momentum, saved_momentum, strict=True))
+
+
+def test_coco_weights_load_onto_a_data_set_with_other_classes(data, tmp_path):
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(3)
+    coco = DetectionModel(cfg="yolov5nu.yaml", nc=80, verbose=False)  # as pretrained on COCO's 80 classes
+    torch.save(coco.state_dict(), tmp_path / "coco.pt")
+    block_model = make_task(data=str(data), imgsz=64, weights=str(tmp_path / "coco.pt"), workers=0).build_model()
+    ours = block_model.module.state_dict()
+    source = coco.state_dict()
+    kept = [k for k in ours if source[k].shape == ours[k].shape]
+    assert all(torch.equal(ours[k], source[k]) for k in kept)  # the backbone, the neck, box outputs: transferred
+    assert all(k.startswith("model.24.cv3.") for k in ours if k not in kept)  # only the class outputs differ
+    small = DetectionModel(cfg="yolov5su.yaml", nc=2, verbose=False)  # another architecture: refused
+    torch.save(small.state_dict(), tmp_path / "v5s.pt")
+    from tune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^task.options.weights: got '.*v5s.pt' \(does not fit the model"):
+        make_task(data=str(data), imgsz=64, weights=str(tmp_path / "v5s.pt"))
+
+
+def test_a_relative_dataset_path_never_runs_the_yamls_download(data, tmp_path):
+    import shutil
+
+    import yaml
+
+    shutil.copytree(data.parent / "images", tmp_path / "ds" / "images")
+    shutil.copytree(data.parent / "labels", tmp_path / "ds" / "labels")
+    marker = tmp_path / "downloaded"
+    spec = {"path": "ds", "train": "images/train", "val": "images/val", "names": {0: "square", 1: "circle"},
+            "download": f"open({str(marker)!r}, 'w').close()"}  # Ultralytics would exec this text
+    (tmp_path / "shapes.yaml").write_text(yaml.safe_dump(spec))
+    task = make_task(data=str(tmp_path / "shapes.yaml"), imgsz=64, workers=0)
+    assert len(_run(make_trial(task, TINY))) == 1
+    assert not marker.exists()
 
 
 def _search(tmp_path: Path, data: Path, *args: str) -> tuple[int, str]:
@@ -195,6 +251,8 @@ def test_layers_of_the_guides_space_need_no_data(tmp_path):
     ({"hyp": {"lr0": 0.1}}, "error: task.options.hyp.lr0: got 0.1 (set by the search's own key); allowed: train.lr"),
     ({"hyp": {"mosiac": 1.0}}, "error: task.options.hyp.mosiac: got 1.0 (unknown key)"),
     ({"model": "nope.yaml"}, "error: task.options.model: got 'nope.yaml'"),
+    ({"hyp": {"mosaic": "abc"}}, "error: task.options.hyp.mosaic: got 'abc' ("),
+    ({"hyp": {"single_cls": True}}, "error: task.options.hyp.single_cls: got True (it would change the model"),
 ])
 def test_bad_yolo_options_exit_2_with_one_line(tmp_path, data, options, expected):
     import yaml
