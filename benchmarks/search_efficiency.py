@@ -40,7 +40,8 @@ def _search(root: Path, name: str, args: list[str]) -> list:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet):
-        code = run_search.main(["--tracking-uri", uri, "--storage-path", str(root / "ray"), "--report-dir",
+        # a storage folder per search: no search loads the frozen-prefix outputs another one computed
+        code = run_search.main(["--tracking-uri", uri, "--storage-path", str(root / "ray" / name), "--report-dir",
                                 str(root / "reports"), "--set", f"name={name}",
                                 "--set", f"search.max_concurrent_trials={CONCURRENCY}", *args])
     if code != 0:

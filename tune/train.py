@@ -123,21 +123,22 @@ class Trial:
         """The prefix's outputs on the training and validation inputs, where they came from, and training's
         time for them."""
         watch = measure.Stopwatch(self.device)
-        key = shared.key(prefix, depth, train_x, val_x) if shared is not None else ""
+        key = ""
         if shared is not None:
-            with watch.running():
+            with watch.running():  # hashing the weights and the data is part of what sharing costs
+                key = shared.key(prefix, depth, train_x, val_x)
                 found = shared.get(key)
                 if found is not None:
                     found = {name: tensor.to(self.device) for name, tensor in found.items()}
             if found is not None:
                 return found["train"], found["val"], "shared, loaded", watch.seconds
-            watch.seconds = 0.0
         with watch.running():
             train_out = _outputs(prefix, train_x)
         val_out = _outputs(prefix, val_x)
         if shared is None:
             return train_out, val_out, "computed", watch.seconds
-        shared.put(key, {"train": train_out, "val": val_out})
+        with watch.running():  # writing them for the other trials, too
+            shared.put(key, {"train": train_out, "val": val_out})
         return train_out, val_out, "shared, computed", watch.seconds
 
     @property
