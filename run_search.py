@@ -380,7 +380,7 @@ def layers_main(argv: list[str]) -> int:
     try:
         from tune.config import TaskConfig
         from tune.freeze import layer_table
-        from tune.tasks import load_task
+        from tune.tasks import load_block_model
 
         cfg = load_config(args.space, parse_overrides(args.set))
         task_config = cfg.task
@@ -388,12 +388,7 @@ def layers_main(argv: list[str]) -> int:
             task_config = TaskConfig(args.task, {} if args.task != task_config.name else dict(task_config.options))
         if args.model is not None:
             task_config = TaskConfig(task_config.name, {**task_config.options, "model": args.model})
-        if task_config.name == "yolo":  # no data set needed to list a YOLO model's blocks
-            from tune.tasks.yolo import layers_model
-
-            block_model = layers_model(task_config.options)
-        else:
-            block_model = load_task(task_config).build_model()
+        block_model = load_block_model(task_config)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

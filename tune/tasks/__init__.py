@@ -10,7 +10,7 @@ from tune.config import TaskConfig
 from tune.errors import ConfigError
 from tune.tasks.base import BlockModel, Task
 
-__all__ = ["BUILTIN_TASKS", "BlockModel", "Task", "absolute_paths", "load_task"]
+__all__ = ["BUILTIN_TASKS", "BlockModel", "Task", "absolute_paths", "load_block_model", "load_task"]
 
 BUILTIN_TASKS = {"digits": "tune.tasks.digits:make_task", "yolo": "tune.tasks.yolo:make_task"}
 
@@ -47,6 +47,16 @@ def load_task(task_config: TaskConfig) -> Task:
         raise ConfigError("task.name", task_config.name, "a factory that returns tune.tasks.Task",
                           problem=f"it returned {type(task).__name__}")
     return task
+
+
+def load_block_model(task_config: TaskConfig) -> BlockModel:
+    """The task's model alone (``run_search.py layers``): the task module's ``layers_model(options)`` if it has
+    one (the yolo task's needs no data set), else the model of the whole task."""
+    module = importlib.import_module(_import_factory(task_config.name).__module__)
+    layers_model = getattr(module, "layers_model", None)
+    if callable(layers_model):
+        return layers_model(dict(task_config.options))
+    return load_task(task_config).build_model()
 
 
 def absolute_paths(task_config: TaskConfig, base: Path) -> TaskConfig:
