@@ -202,3 +202,15 @@ def test_a_grid_runs_every_trial_to_the_end():
     assert build_config(minimal(search={"algorithm": "grid", "num_samples": 3})).search.num_samples == 3
     with pytest.raises(ConfigError, match=r"^search.algorithm: got 'random' \(str\); allowed: one of optuna, grid"):
         build_config(minimal(search={"algorithm": "random"}))
+
+
+@pytest.mark.parametrize(("search", "key", "value"), [
+    ({"metric": "val_loss", "mode": "min"}, "search.metric", "'val_loss'"),
+    ({"mode": "min"}, "search.mode", "'min'"),
+])
+def test_a_single_objective_other_than_score_is_refused_because_the_report_ranks_by_score(search, key, value):
+    with pytest.raises(ConfigError) as err:
+        build_config(minimal(search=search))
+    assert str(err.value).startswith(f"{key}: got {value}; allowed: score with mode max")
+    objectives = build_config(minimal(search={"objectives": {"score": "max", "val_loss": "min"}})).search
+    assert objectives.objective_list == [("score", "max"), ("val_loss", "min")]

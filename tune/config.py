@@ -291,6 +291,12 @@ def build_config(raw: Any, source: Path | None = None) -> Config:
     if search.algorithm == "grid" and "num_samples" not in (raw.get("search") or {}):
         search = dataclasses.replace(search, num_samples=1)  # a grid runs each combination once unless told
     report = _check_fields("report", raw.get("report"), ReportConfig, _REPORT_RULES)
+    if not search.objectives and (search.metric, search.mode) != ("score", "max"):
+        key = "search.metric" if search.metric != "score" else "search.mode"
+        raise ConfigError(key, search.metric if key == "search.metric" else search.mode,
+                          "score with mode max: the report and the recommendation rank trials by score, the task's "
+                          "primary metric; search other metrics as search.objectives, e.g. {score: max, "
+                          "peak_mem_mb: min}")
     if search.freeze_aware_gpus and search.gpus_per_trial <= 0:
         raise ConfigError("search.freeze_aware_gpus", True, "false, or true with search.gpus_per_trial > 0")
     if search.scheduler == "asha" and len(search.objective_list) > 1:
