@@ -126,3 +126,15 @@ def test_frozen_flops_share_is_measured_per_block():
     assert block_flops(block_model) == [2 * 4 * 10 * 20, 2 * 4 * 20 * 30, 2 * 4 * 30 * 5]
     summary = apply_freeze(block_model, resolve(block_model, freeze=2)).summary
     assert summary.frozen_flops_share == pytest.approx((1600 + 4800) / (1600 + 4800 + 1200))
+
+
+@pytest.mark.parametrize(("keys", "label"), [
+    ({"freeze": 2}, "[0, 2)"), ({"freeze_start": 1, "freeze_stop": 3}, "[1, 3)"), ({"freeze": 0}, "[0, 0)"),
+    ({"freeze": [0, 2]}, "{0, 2}"), ({"freeze": [1, 2]}, "[1, 3)"),
+])
+def test_a_freeze_is_labelled_as_a_range_only_when_it_is_one(block_model, keys, label):
+    from tune.report import _freeze_key
+
+    summary = apply_freeze(block_model, resolve(block_model, **keys)).summary
+    assert summary.label == label and summary.as_metrics()["freeze_label"] == label
+    assert _freeze_key(label) == (summary.freeze_start, summary.freeze_stop)

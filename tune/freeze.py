@@ -56,8 +56,15 @@ class FreezeSummary:
     trainable_params: int
     frozen_flops_share: float  # share of one forward pass's FLOPs spent in frozen blocks
 
-    def as_metrics(self) -> dict[str, float]:
-        return {"freeze_start": self.freeze_start, "freeze_stop": self.freeze_stop,
+    @property
+    def label(self) -> str:
+        """``[start, stop)`` for a contiguous range (YOLOv5's ``--freeze N`` is ``[0, N)``), else the blocks."""
+        if self.frozen_blocks == tuple(range(self.freeze_start, self.freeze_stop)):
+            return f"[{self.freeze_start}, {self.freeze_stop})"
+        return "{" + ", ".join(str(i) for i in self.frozen_blocks) + "}"
+
+    def as_metrics(self) -> dict[str, Any]:
+        return {"freeze_label": self.label, "freeze_start": self.freeze_start, "freeze_stop": self.freeze_stop,
                 "frozen_params": self.frozen_params, "trainable_params": self.trainable_params,
                 "frozen_flops_share": self.frozen_flops_share}
 

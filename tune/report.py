@@ -69,11 +69,14 @@ def value_at_best(history: list[tuple[int, float]], metric: str, best_epoch: int
 
 
 def _freeze_key(freeze_range: str) -> tuple[int, int]:
+    """Sort key of a freeze label: ``[start, stop)``, or ``{i, j}`` for blocks that are not a range."""
     try:
-        start, stop = (int(part) for part in freeze_range.strip("[)").split(","))
+        blocks = [int(part) for part in freeze_range.strip("[){}").split(",")]
     except ValueError:
         return (0, 0)
-    return (start, stop)
+    if freeze_range.startswith("{"):
+        return (blocks[0], blocks[-1] + 1)
+    return (blocks[0], blocks[1])
 
 
 def summarise(records: Sequence[TrialRecord]) -> list[TrialResult]:

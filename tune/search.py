@@ -136,7 +136,7 @@ class _MlflowTrials(ray_tune.Callback):
             return  # a retried trial replays no epoch it already logged
         if trial.trial_id not in self.last_epoch:  # the first result carries the FreezeSummary
             self.tracker.log_params(run_id, {
-                "freeze_range": f"[{result['freeze_start']}, {result['freeze_stop']})",
+                "freeze_range": result.get("freeze_label", f"[{result['freeze_start']}, {result['freeze_stop']})"),
                 "trainable_params": result["trainable_params"], "frozen_params": result["frozen_params"],
                 "frozen_flops_share": f"{result['frozen_flops_share']:.4f}"})
             self.tracker.set_tags(run_id, {k: result[k] for k in _TAG_KEYS if k in result})
