@@ -307,15 +307,16 @@ def _log_recommended_model(tracker, parent_id, built, checkpoints, task) -> None
     if built.recommendation is None:
         return
     name = built.confirmed_choice.name if built.confirmed_choice else built.recommendation.trial.name
-    directory = checkpoints.get(name)
-    if directory is None:
+    checkpoint = checkpoints.get(name)
+    if checkpoint is None:
         print(f"no checkpoint of trial {name}: no model logged", file=sys.stderr)
         return
     import tune
     from tune.train import load_checkpoint
 
     block_model = task.build_model()
-    block_model.module.load_state_dict(load_checkpoint(directory)["model"])
+    with checkpoint.as_directory() as directory:  # a local folder, or one downloaded from the storage URI
+        block_model.module.load_state_dict(load_checkpoint(directory)["model"])
     block_model.module.eval()
     example = block_model.example_input.numpy()
     uri = tracker.log_model(parent_id, block_model.module, example, Path(tune.__file__).parent)

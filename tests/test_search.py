@@ -397,3 +397,14 @@ def test_a_relative_data_path_reaches_trials_that_run_in_their_own_folders(ray_r
     parent, children = _runs(uri, "digits_freeze")
     assert children and all(c.info.status == "FINISHED" for c in children)
     assert parent.data.params["task.options.data"] == str(tmp_path / "inputs" / "data.pt")
+
+
+def test_a_storage_uri_keeps_checkpoints_behind_rays_filesystem_layer(ray_runtime, tmp_path):
+    # file:// goes through the same pyarrow filesystem path as s3:// or gs://: the recommended model's checkpoint
+    # is read with Checkpoint.as_directory(), and trials cache prefixes for themselves only
+    code, uri = _search(tmp_path, "--storage-path", f"file://{tmp_path / 'remote'}", "--set", "space.freeze_stop.low=2")
+    assert code == 0
+    parent, children = _runs(uri, "digits_freeze")
+    assert MlflowClient(tracking_uri=uri).get_run(parent.info.run_id).data.tags["recommended_model_uri"]
+    assert {c.data.tags["prefix_cache"] for c in children} == {"on"}  # per trial: nothing shared through a URI
+    assert any((tmp_path / "remote").iterdir()) and not (tmp_path / "remote" / "prefix_cache").exists()

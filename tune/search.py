@@ -43,7 +43,7 @@ class SearchOutcome:
     errored: int
     wall_time_s: float
     budget_reached: bool  # the search stopped at search.time_budget_s
-    best_checkpoints: dict[str, str]  # trial id → directory of its best-score checkpoint
+    best_checkpoints: dict[str, Any]  # trial id → its best-score ray.tune.Checkpoint (local or on s3://...)
 
 
 def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfig,
@@ -400,11 +400,12 @@ def confirm(cfg: Config, tracker: SearchTracker, candidates: Mapping[str, dict[s
                 verbose=verbose)
 
 
-def _best_checkpoints(results: Any) -> dict[str, str]:
+def _best_checkpoints(results: Any) -> dict[str, Any]:
+    """Each trial's best-score checkpoint; ``checkpoint.as_directory()`` gives a local folder wherever it is."""
     best = {}
     for result in results:
         scored = [(metrics.get("score", float("-inf")), checkpoint) for checkpoint, metrics in result.best_checkpoints]
         if scored and "trial_id" in result.metrics:
-            best[result.metrics["trial_id"]] = max(scored, key=lambda pair: pair[0])[1].path
+            best[result.metrics["trial_id"]] = max(scored, key=lambda pair: pair[0])[1]
     return best
 
