@@ -159,7 +159,7 @@ class _MlflowTrials(ray_tune.Callback):
             self.tracker.end_trial(self._run_id(trial), "FINISHED", tags={"epochs_run": epochs_run})
             self._say(trial, f"diverged (loss not finite) at epoch {epochs_run}")
             return
-        stopped_early = epochs_run < self.epochs
+        stopped_early = epochs_run < _trial_params(trial)[0].get("epochs", self.epochs)  # epochs may be searched
         self.tracker.end_trial(self._run_id(trial), "FINISHED",
                                tags={"epochs_run": epochs_run, "stopped_early": stopped_early})
         self._say(trial, f"score {self.last_score.get(trial.trial_id, float('nan')):.4f} after {epochs_run} epochs"
