@@ -408,3 +408,13 @@ def test_a_storage_uri_keeps_checkpoints_behind_rays_filesystem_layer(ray_runtim
     assert MlflowClient(tracking_uri=uri).get_run(parent.info.run_id).data.tags["recommended_model_uri"]
     assert {c.data.tags["prefix_cache"] for c in children} == {"on"}  # per trial: nothing shared through a URI
     assert any((tmp_path / "remote").iterdir()) and not (tmp_path / "remote" / "prefix_cache").exists()
+
+
+def test_a_trial_that_ran_its_own_searched_epochs_did_not_stop_early(ray_runtime, tmp_path):
+    code, uri = _search(tmp_path, "--set", "search.scheduler=fifo", "--set", "search.num_samples=6",
+                        "--set", "space.epochs={type: choice, values: [1, 2]}")
+    assert code == 0
+    _, children = _runs(uri, "digits_freeze")
+    assert {c.data.params["epochs"] for c in children} == {"1", "2"}, "both must be sampled to mean anything"
+    assert all(c.data.tags["stopped_early"] == "False" for c in children)
+    assert all(c.data.tags["epochs_run"] == c.data.params["epochs"] for c in children)
