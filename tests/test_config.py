@@ -207,6 +207,8 @@ def test_a_grid_runs_every_trial_to_the_end():
 @pytest.mark.parametrize(("search", "key", "value"), [
     ({"metric": "val_loss", "mode": "min"}, "search.metric", "'val_loss'"),
     ({"mode": "min"}, "search.mode", "'min'"),
+    ({"objectives": {"peak_mem_mb": "min"}}, "search.objectives", "{'peak_mem_mb': 'min'}"),
+    ({"objectives": {"score": "min"}}, "search.objectives", "{'score': 'min'}"),
 ])
 def test_a_single_objective_other_than_score_is_refused_because_the_report_ranks_by_score(search, key, value):
     with pytest.raises(ConfigError) as err:

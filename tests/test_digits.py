@@ -74,3 +74,17 @@ def test_pretraining_command_reproduces_the_shipped_weights(tmp_path):
     assert rebuilt.keys() == shipped.keys()
     assert all(torch.equal(rebuilt[k], shipped[k]) for k in shipped)
     assert accuracy > 0.9
+
+
+def test_relative_path_options_become_absolute_and_words_stay_words(tmp_path):
+    from tune.config import TaskConfig
+    from tune.tasks import absolute_paths
+
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs" / "data.pt").write_bytes(b"")
+    (tmp_path / "w.pt").write_bytes(b"")
+    (tmp_path / "pretrained").mkdir()  # a folder that happens to share a keyword's name
+    options = {"data": "inputs/data.pt", "weights": "pretrained", "other": "w.pt", "missing": "nope/x.pt", "n": 3,
+               "model": "yolov5nu.yaml"}
+    got = absolute_paths(TaskConfig("digits", options), tmp_path).options
+    assert got == {**options, "data": str(tmp_path / "inputs" / "data.pt"), "other": str(tmp_path / "w.pt")}

@@ -277,3 +277,33 @@ def test_unsafe_weights_are_refused(tmp_path, data):
 
     with pytest.raises(ConfigError, match=r"^task.options.weights: got '.*evil.pt' \(UnpicklingError"):
         make_task(data=str(data), imgsz=64, weights=str(evil))
+
+
+def test_ultralytics_hooks_are_replaced_only_while_a_trial_runs(task):
+    import ultralytics.data.utils
+    from ultralytics.engine import trainer as trainer_module
+    from ultralytics.utils import callbacks
+
+    from tune.tasks import yolo
+
+    originals = (callbacks.add_integration_callbacks, ultralytics.data.utils.check_font, trainer_module.check_amp)
+    seen = []
+    trial = make_trial(task, TrainConfig(**{**TINY.__dict__, "freeze": 10}))
+    trial.run(lambda m: seen.append((trainer_module.check_amp, trial.trainer.amp)))
+    assert seen == [(yolo._amp_allowed, False)]  # a CPU trial trains without AMP, as Ultralytics' check says
+    assert (callbacks.add_integration_callbacks, ultralytics.data.utils.check_font,
+            trainer_module.check_amp) == originals
+    assert not yolo._amp_allowed(torch.nn.Linear(2, 2))
+
+
+def test_a_batch_ultralytics_halved_after_an_oom_fails_the_trial_at_the_restart(task):
+    from types import SimpleNamespace
+
+    from tune.tasks import yolo
+
+    trial = make_trial(task, TrainConfig(**{**TINY.__dict__, "batch_size": 8}))
+    reporter = yolo._EpochReporter(trial, SimpleNamespace(add_callback=lambda *a: None), lambda m: None)
+    reporter.on_train_epoch_start(SimpleNamespace(batch_size=8, epoch=0))  # as configured: the epoch starts
+    with pytest.raises(RuntimeError, match=r"^out of memory at epoch 1: Ultralytics retried with batch 4 instead of 8"):
+        reporter.on_train_epoch_start(SimpleNamespace(batch_size=4, epoch=0))  # the restart after halving
+    assert reporter._timing is None  # the interrupted epoch's stopwatch was closed

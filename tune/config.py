@@ -291,9 +291,11 @@ def build_config(raw: Any, source: Path | None = None) -> Config:
     if search.algorithm == "grid" and "num_samples" not in (raw.get("search") or {}):
         search = dataclasses.replace(search, num_samples=1)  # a grid runs each combination once unless told
     report = _check_fields("report", raw.get("report"), ReportConfig, _REPORT_RULES)
-    if not search.objectives and (search.metric, search.mode) != ("score", "max"):
-        key = "search.metric" if search.metric != "score" else "search.mode"
-        raise ConfigError(key, search.metric if key == "search.metric" else search.mode,
+    if len(search.objective_list) == 1 and search.objective_list[0] != ("score", "max"):
+        metric, mode = search.objective_list[0]
+        key = ("search.objectives" if search.objectives else
+               "search.metric" if search.metric != "score" else "search.mode")
+        raise ConfigError(key, dict(search.objectives) if search.objectives else metric if metric != "score" else mode,
                           "score with mode max: the report and the recommendation rank trials by score, the task's "
                           "primary metric; search other metrics as search.objectives, e.g. {score: max, "
                           "peak_mem_mb: min}")

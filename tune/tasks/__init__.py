@@ -60,12 +60,18 @@ def load_block_model(task_config: TaskConfig) -> BlockModel:
 
 
 def absolute_paths(task_config: TaskConfig, base: Path) -> TaskConfig:
-    """The task's options with every relative path that names an existing file or folder under ``base`` (the
-    driver's working directory) made absolute: Ray Tune runs each trial in its own folder, where a relative
-    path would point nowhere."""
+    """The task's options with every relative path under ``base`` (the driver's working directory) made
+    absolute: Ray Tune runs each trial in its own folder, where a relative path would point nowhere. A path is a
+    top-level string option that has a folder part or a file suffix (``data.pt``, ``shapes/shapes.yaml``) and names
+    something that exists; a bare word such as ``pretrained`` stays a word."""
     options = {}
     for key, value in task_config.options.items():
-        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() and (base / value).exists():
+        if isinstance(value, str) and _is_relative_path(value) and (base / value).exists():
             value = str((base / value).resolve())
         options[key] = value
     return TaskConfig(task_config.name, options)
+
+
+def _is_relative_path(value: str) -> bool:
+    path = Path(value)
+    return bool(value) and not path.expanduser().is_absolute() and (len(path.parts) > 1 or path.suffix != "")

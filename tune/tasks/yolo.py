@@ -23,10 +23,11 @@ Ultralytics' pickled ``last.pt``; and the final re-validation of ``best.pt`` is 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,8 @@ def _config_dir() -> Path:
 
 
 def _ultralytics() -> Any:
-    """Import Ultralytics offline, quiet, with this project's settings folder, and without the two downloads it
-    would try on its own: fonts for plots (no plots here) and a model for its AMP self-check (see _make_trainer)."""
+    """Import Ultralytics offline, quiet, with this project's settings folder (its own downloads are kept out
+    while a trial trains: _offline_hooks)."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_VERBOSE", "False")  # trials report through this project; no progress bars
     if "YOLO_CONFIG_DIR" not in os.environ:
@@ -77,8 +78,43 @@ def _ultralytics() -> Any:
     except ImportError as err:
         raise ConfigError("task.name", "yolo", 'the yolo extra installed: pip install -e ".[yolo]"',
                           problem=f"{type(err).__name__}: {err}") from None
-    ultralytics.data.utils.check_font = lambda *args, **kwargs: None  # it downloads a font when online
     return ultralytics
+
+
+# GPUs on which Ultralytics turns AMP off (NaN losses or zero mAP reported on them): its check_amp's list.
+_AMP_UNSAFE_GPUS = ("1660", "1650", "1630", "t400", "t550", "t600", "t1000", "t1200", "t2000", "k40m")
+
+
+def _amp_allowed(model: torch.nn.Module) -> bool:
+    """Ultralytics' check_amp without the model it downloads (and loads as a pickle) to compare fp32 and AMP
+    outputs: AMP only on CUDA, and not on the GPUs that check turns it off for."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return False
+    name = torch.cuda.get_device_name(device).lower()
+    return not any(gpu in name for gpu in _AMP_UNSAFE_GPUS)
+
+
+@contextlib.contextmanager
+def _offline_hooks() -> Iterator[None]:
+    """While a trial builds and runs its trainer: no Ultralytics integrations (its own MLflow, Ray Tune, W&B,
+    Platform... loggers, some of which act as soon as they are added), no font download (check_font, for plots
+    this project does not make) and no AMP self-check download (_amp_allowed instead). Restored afterwards."""
+    import ultralytics.data.utils
+    from ultralytics.engine import trainer as trainer_module
+    from ultralytics.utils import callbacks
+
+    patches = [(callbacks, "add_integration_callbacks", lambda instance: None),
+               (ultralytics.data.utils, "check_font", lambda *args, **kwargs: None),
+               (trainer_module, "check_amp", _amp_allowed)]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, replacement in patches:
+        setattr(owner, name, replacement)
+    try:
+        yield
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
 
 
 def _dataset_root(path: Path, raw: Mapping[str, Any]) -> Path:
@@ -271,16 +307,14 @@ class YoloTrial:
     def run(self, on_epoch: Callable[[dict[str, Any]], None]) -> None:
         if self.epoch >= self.cfg.epochs:
             return
-        with tempfile.TemporaryDirectory(prefix="yolo-trial-") as workdir:
+        with tempfile.TemporaryDirectory(prefix="yolo-trial-") as workdir, _offline_hooks():
             self.trainer = _make_trainer(self, Path(workdir), on_epoch)
             self.trainer.train()
 
 
 def _make_trainer(trial: YoloTrial, workdir: Path, on_epoch: Callable[[dict[str, Any]], None]) -> Any:
     _ultralytics()
-    from ultralytics.engine import trainer as trainer_module
     from ultralytics.models.yolo.detect import DetectionTrainer
-    from ultralytics.utils import callbacks
 
     cfg, options = trial.cfg, trial.options
     frozen_bn_train = cfg.frozen_bn == "train"
@@ -328,17 +362,7 @@ def _make_trainer(trial: YoloTrial, workdir: Path, on_epoch: Callable[[dict[str,
         "project": str(workdir), "name": "train", "exist_ok": True, "save": False, "plots": False, "val": True,
         "verbose": False, "amp": hyp.get("amp", trial.device.type == "cuda"),
     }
-    # No Ultralytics integrations (its own MLflow, Ray Tune, W&B, Platform... loggers): a trial logs through this
-    # project only. They are added while the trainer is built, and some run a hook at once: keep them out.
-    add_integrations = callbacks.add_integration_callbacks
-    callbacks.add_integration_callbacks = lambda instance: None
-    try:
-        trainer = Trainer(overrides=overrides)
-    finally:
-        callbacks.add_integration_callbacks = add_integrations
-    # Ultralytics' AMP self-check runs a model it downloads (and loads it as a pickle): not here. AMP is on for a
-    # CUDA trial unless hyp says amp: false.
-    trainer_module.check_amp = lambda model: True
+    trainer = Trainer(overrides=overrides)  # inside _offline_hooks: no integrations, no downloads
     trainer.model = trial.frozen.module  # built (and pretrained) by the task, as DetectionTrainer allows
     _EpochReporter(trial, trainer, on_epoch).attach()
     return trainer
@@ -369,6 +393,18 @@ class _EpochReporter:
             raise RuntimeError("Ultralytics froze other parameters than the freeze spec")
 
     def on_train_epoch_start(self, trainer: Any) -> None:
+        # After a CUDA out-of-memory error in epoch 1 Ultralytics halves the batch and starts the epoch again
+        # (the interrupted batch never reached on_train_batch_end): close what it left open, and fail the trial
+        # as any out-of-memory trial fails; a smaller batch is not the configuration the search compares.
+        if self._recording is not None:
+            self._recording.__exit__(None, None, None)
+            self._recording = None
+        if self._timing is not None:
+            self._timing.__exit__(None, None, None)
+            self._timing = None
+        if trainer.batch_size != self.trial.cfg.batch_size:
+            raise RuntimeError(f"out of memory at epoch {trainer.epoch + 1}: Ultralytics retried with batch "
+                               f"{trainer.batch_size} instead of {self.trial.cfg.batch_size}")
         if self.trial.device.type == "cuda":
             measure.cuda_peak_mem_mb(self.trial.device, reset=True)
         self._first_batch = True
@@ -388,6 +424,7 @@ class _EpochReporter:
 
     def on_train_epoch_end(self, trainer: Any) -> None:
         self._timing.__exit__(None, None, None)
+        self._timing = None
         # training's memory, read before validation (which runs at twice the batch size) can raise the peak
         self._memory = measure.epoch_memory(self.trial.device, lambda: measure.model_mem_bytes(
             trainer.model, trainer.optimizer, self.activations.peak_bytes)
@@ -395,9 +432,6 @@ class _EpochReporter:
 
     def on_fit_epoch_end(self, trainer: Any) -> None:
         trial = self.trial
-        if trainer.batch_size != trial.cfg.batch_size:  # Ultralytics halves the batch after a CUDA OOM and goes on
-            raise RuntimeError(f"out of memory at epoch {trainer.epoch + 1}: Ultralytics retried with batch "
-                               f"{trainer.batch_size} instead of {trial.cfg.batch_size}")
         trial.epoch = trainer.epoch + 1
         trial.train_time_s += self.watch.seconds
         metrics = self._metrics(trainer)
