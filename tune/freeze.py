@@ -25,9 +25,9 @@ from tune.errors import ConfigError
 from tune.space import IntRange, is_int, resolve_names
 from tune.tasks.base import BlockModel
 
-__all__ = ["FreezeSpec", "FreezeSummary", "FrozenModel", "apply_freeze", "block_flops", "check_space",
-           "grid_values", "layer_table", "prefix_cache_blocker", "resolve", "resolve_index", "sampled_freezes",
-           "trial_freeze"]
+__all__ = ["FreezeSpec", "FreezeSummary", "FrozenModel", "apply_freeze", "block_flops", "check_space", "freeze_keys",
+           "freeze_model", "grid_values", "layer_table", "prefix_cache_blocker", "resolve", "resolve_index",
+           "sampled_freezes", "trial_freeze"]
 
 
 @dataclass(frozen=True)
@@ -278,19 +278,28 @@ def sampled_freezes(space: Mapping[str, Any], train: Any, block_model: BlockMode
     return found
 
 
-def trial_freeze(params: Mapping[str, Any], train: Any, block_model: BlockModel) -> tuple[int, ...]:
-    """The frozen blocks of a trial: its sampled params over the fixed values of ``train``."""
-    values = {key: params.get(key, getattr(train, key)) for key in ("freeze", "freeze_start", "freeze_stop")}
+def freeze_keys(train: Any, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A trial's freeze keys for ``resolve``: its sampled ``params`` over the fixed values of ``train`` (a
+    TrainConfig, where a list of blocks is a tuple)."""
+    values = {key: (params or {}).get(key, getattr(train, key)) for key in ("freeze", "freeze_start", "freeze_stop")}
     if isinstance(values["freeze"], tuple):
         values["freeze"] = list(values["freeze"])
-    return resolve(block_model, **values).blocks
+    return values
+
+
+def freeze_model(block_model: BlockModel, cfg: Any) -> FrozenModel:
+    """Freeze ``block_model`` as the TrainConfig ``cfg`` says (its freeze keys and frozen_bn)."""
+    return FrozenModel(block_model, resolve(block_model, **freeze_keys(cfg)), cfg.frozen_bn)
+
+
+def trial_freeze(params: Mapping[str, Any], train: Any, block_model: BlockModel) -> tuple[int, ...]:
+    """The frozen blocks of a trial: its sampled params over the fixed values of ``train``."""
+    return resolve(block_model, **freeze_keys(train, params)).blocks
 
 
 def _freeze_values(space: Mapping[str, Any], train: Any) -> Iterable[tuple[dict[str, Any], dict[str, Any]]]:
     """(the searched freeze values, all freeze keys) for every combination the space can sample."""
-    fixed = {"freeze": train.freeze, "freeze_start": train.freeze_start, "freeze_stop": train.freeze_stop}
-    if isinstance(fixed["freeze"], tuple):
-        fixed["freeze"] = list(fixed["freeze"])
+    fixed = freeze_keys(train)
     candidates = {key: _values(space[key]) for key in fixed if key in space}
     both_searched = {"freeze_start", "freeze_stop"} <= candidates.keys()
     for combo in _combinations(candidates):

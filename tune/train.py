@@ -90,9 +90,8 @@ class Trial:
         self.device = device or pick_device(cfg.device)
         torch.manual_seed(cfg.seed)  # the task's model factory may initialise new layers (e.g. a head)
         block_model = task.build_model()
-        spec = freeze.resolve(block_model, freeze=_as_list(cfg.freeze), freeze_start=cfg.freeze_start,
-                              freeze_stop=cfg.freeze_stop)
-        self.frozen = freeze.apply_freeze(block_model, spec, cfg.frozen_bn)
+        self.frozen = freeze.freeze_model(block_model, cfg)
+        spec = self.frozen.spec
         self.model = self.frozen.module.to(self.device)
         self.optimizer = make_optimizer(cfg, self.frozen.trainable_parameters())
         train_x, self.train_y = (t.to(self.device) for t in task.train_data)
@@ -274,7 +273,3 @@ def save_checkpoint(trial: Trial, directory: str | Path) -> None:
 def load_checkpoint(directory: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     """A trial's checkpoint (model and optimizer state, epoch, time), loaded with weights_only=True."""
     return torch.load(Path(directory) / CHECKPOINT_FILE, map_location=device, weights_only=True)
-
-
-def _as_list(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value

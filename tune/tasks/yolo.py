@@ -280,9 +280,7 @@ class YoloTrial:
         self.device = device or pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.block_model = task.build_model()
-        spec = freeze.resolve(self.block_model, freeze=list(cfg.freeze) if isinstance(cfg.freeze, tuple)
-                              else cfg.freeze, freeze_start=cfg.freeze_start, freeze_stop=cfg.freeze_stop)
-        self.frozen = freeze.apply_freeze(self.block_model, spec, cfg.frozen_bn)
+        self.frozen = freeze.freeze_model(self.block_model, cfg)
         self.summary = self.frozen.summary
         self.epoch = 0
         self.train_time_s = 0.0
