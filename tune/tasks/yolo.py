@@ -256,7 +256,7 @@ def make_task(data: str | None = None, model: str = "yolov5nu.yaml", weights: st
                "hyp": _check_hyp(hyp)}
     block_model(model, nc, imgsz, weights)  # bad model or weights: fail here, before any trial
 
-    def build() -> BlockModel:
+    def build() -> BlockModel:  # a fresh model each time, its new layers seeded by the trial (YoloTrial)
         return block_model(model, nc, imgsz, weights)
 
     return Task(name="yolo", build_model=build, metric="mAP50-95", augments=True,
@@ -282,6 +282,7 @@ class YoloTrial:
         self.block_model = task.build_model()
         self.frozen = freeze.freeze_model(self.block_model, cfg)
         self.summary = self.frozen.summary
+        self.prefix_cache = f"off: {freeze.prefix_cache_blocker(self.frozen, task.augments)}"  # never exact here
         self.epoch = 0
         self.train_time_s = 0.0
         self._restore: dict[str, Any] | None = None
@@ -462,7 +463,7 @@ class _EpochReporter:
             "train_time_s": trial.train_time_s,
             "samples_per_s": samples / seconds if seconds > 0 else float("nan"),
             "rss_mb": measure.rss_mb(),
-            "prefix_cache": "off: the task augments its inputs",
+            "prefix_cache": trial.prefix_cache,
             **trial.summary.as_metrics(),
         }
         if not math.isfinite(metrics["train_loss"]):
