@@ -105,8 +105,11 @@ def test_a_trial_worker_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path
     _check_complete(tmp_path, samples=2, epochs=12)
     resumed = {r.info.run_id: int(r.data.tags["resumed_at_epoch"]) for r in _trials(tmp_path)
                if "resumed_at_epoch" in r.data.tags}
-    # the killed worker's trial went on after its last checkpoint (epoch >= 2), not from epoch 1
-    assert resumed.get(victim.info.run_id, 0) >= 3, (resumed, output)
+    # the killed worker's trial went on from its last checkpoint, not from epoch 1: MLflow showed epoch `seen`, so
+    # the checkpoint of epoch seen - 1 at least was registered (the one of epoch `seen` may not be yet: Tune
+    # registers it by a save call to the worker after the result's callbacks, and the kill can land in between)
+    seen = int(victim.data.metrics["epoch"])
+    assert resumed.get(victim.info.run_id, 0) >= seen >= 2, (seen, resumed, output)
 
 
 @pytest.mark.slow

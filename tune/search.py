@@ -132,6 +132,11 @@ class _MlflowTrials(ray_tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run_id = self._run_id(trial)
         epoch = int(result["epoch"])
+        if result.get("iterations_since_restore") == 1 and epoch > 1:
+            # restored from the epoch-1 checkpoint. Tune registers a reported checkpoint only after this callback
+            # (a save call to the worker), so a worker killed in between restarts one checkpoint earlier and
+            # replays an epoch MLflow already holds: the tag says where it went on either way.
+            self.tracker.set_tags(run_id, {"resumed_at_epoch": epoch})
         if epoch <= self.last_epoch.get(trial.trial_id, 0):
             return  # a retried trial replays no epoch it already logged
         if trial.trial_id not in self.last_epoch:  # the first result carries the FreezeSummary
@@ -140,8 +145,6 @@ class _MlflowTrials(ray_tune.Callback):
                 "trainable_params": result["trainable_params"], "frozen_params": result["frozen_params"],
                 "frozen_flops_share": f"{result['frozen_flops_share']:.4f}"})
             self.tracker.set_tags(run_id, {k: result[k] for k in _TAG_KEYS if k in result})
-        if result.get("iterations_since_restore") == 1 and epoch > 1:
-            self.tracker.set_tags(run_id, {"resumed_at_epoch": epoch})  # restored from the epoch-1 checkpoint
         if result.get("diverged"):
             self.diverged.add(trial.trial_id)
             self.tracker.set_tags(run_id, {"diverged": "true", "diverged_at_epoch": epoch})
