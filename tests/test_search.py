@@ -418,3 +418,36 @@ def test_a_trial_that_ran_its_own_searched_epochs_did_not_stop_early(ray_runtime
     assert {c.data.params["epochs"] for c in children} == {"1", "2"}, "both must be sampled to mean anything"
     assert all(c.data.tags["stopped_early"] == "False" for c in children)
     assert all(c.data.tags["epochs_run"] == c.data.params["epochs"] for c in children)
+
+
+def test_a_trial_restarted_one_checkpoint_early_is_tagged_and_logs_no_epoch_twice(tmp_path):
+    # Tune registers a reported checkpoint after the result's callbacks: a worker killed in between restarts from
+    # the checkpoint before, and its first result replays an epoch MLflow already holds.
+    from types import SimpleNamespace
+
+    from tune.config import TrainConfig
+    from tune.search import _MlflowTrials
+    from tune.tracking import SearchTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SearchTracker(uri, "replay")
+    tracker.start_search("search", {}, {})
+    callback = _MlflowTrials(tracker, TrainConfig(epochs=4), ["freeze_stop"])
+    trial = SimpleNamespace(trial_id="t1", config={"freeze_stop": 1})
+
+    def result(epoch: int, since_restore: int, score: float) -> dict:
+        return {"epoch": epoch, "iterations_since_restore": since_restore, "score": score, "freeze_start": 0,
+                "freeze_stop": 1, "trainable_params": 10, "frozen_params": 5, "frozen_flops_share": 0.25}
+
+    callback.on_trial_start(0, [], trial)
+    for epoch in (1, 2):
+        callback.on_trial_result(0, [], trial, result(epoch, epoch, 0.1 * epoch))
+    for since_restore, epoch in enumerate((2, 3, 4), start=1):  # restored from epoch 1's checkpoint
+        callback.on_trial_result(0, [], trial, result(epoch, since_restore, 0.5))
+    callback.on_trial_complete(0, [], trial)
+
+    run = MlflowClient(tracking_uri=uri).get_run(callback.run_ids["t1"])
+    assert run.data.tags["resumed_at_epoch"] == "2"
+    history = MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "score")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.1), (2, 0.2), (3, 0.5), (4, 0.5)]
+    assert run.info.status == "FINISHED" and run.data.tags["stopped_early"] == "False"
