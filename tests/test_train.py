@@ -161,8 +161,24 @@ def test_the_cache_turns_itself_off_where_it_would_not_be_exact(tiny_task, task_
     assert next(trial.epochs())["prefix_cache"] == f"off: {reason}"
 
 
-def test_gpu_shares_follow_the_measured_memory_by_depth(tiny_task):
+@pytest.mark.parametrize(("optimizer", "freeze_stop", "prefix_cache"),
+                         [("sgd", 0, "auto"), ("adamw", 2, "off"), ("adamw", 2, "auto"), ("sgd", 3, "auto")])
+def test_the_memory_probe_gives_epoch_1s_peak_after_one_optimizer_step(tiny_task, optimizer, freeze_stop,
+                                                                         prefix_cache):
+    cfg = TrainConfig(batch_size=8, epochs=1, optimizer=optimizer, freeze_stop=freeze_stop, prefix_cache=prefix_cache)
+    probe = Trial(tiny_task, cfg, torch.device("cpu"))
+    steps = []
+    probe.optimizer.register_step_post_hook(lambda *args: steps.append(1))
+    probed = probe.probe_memory()
+    assert len(steps) == 1  # one batch of the epoch's 6
+    assert probed == next(Trial(tiny_task, cfg, torch.device("cpu")).epochs())["peak_mem_mb"]
+
+
+def test_gpu_shares_follow_the_measured_memory_by_depth(tiny_task, monkeypatch):
+    from tune import train
     from tune.train import gpu_shares
+
+    monkeypatch.setattr(train, "first_epoch", None)  # measured by the one-step probe, not by a whole epoch
 
     freezes = {tuple(range(k)): {"freeze": None, "freeze_start": 0, "freeze_stop": k} for k in range(4)}
     freezes[(1,)] = {"freeze": [1], "freeze_start": 0, "freeze_stop": None}  # not a prefix: measured all the same

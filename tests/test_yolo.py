@@ -23,7 +23,7 @@ from tune import freeze  # noqa: E402
 from tune.config import TrainConfig  # noqa: E402
 from tune.tasks.shapes import make_detection_data  # noqa: E402
 from tune.tasks.yolo import make_task  # noqa: E402
-from tune.train import load_checkpoint, make_trial, save_checkpoint  # noqa: E402
+from tune.train import first_epoch, load_checkpoint, make_trial, save_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.yolo
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +100,24 @@ def test_memory_falls_with_depth(task):
     memory = {n: _run(make_trial(task, TrainConfig(**{**TINY.__dict__, "freeze": n})))[0]["peak_mem_mb"]
               for n in (0, 10, 24)}
     assert memory[0] > memory[10] > memory[24]
+
+
+def test_the_memory_probe_gives_epoch_1s_peak_after_one_optimizer_step(task, monkeypatch):
+    from tune.tasks import yolo
+
+    batches: list[int] = []
+    start = yolo._EpochReporter.on_train_batch_start
+    monkeypatch.setattr(yolo._EpochReporter, "on_train_batch_start",
+                        lambda self, trainer: (batches.append(1), start(self, trainer))[1])
+    for n in (0, 10):
+        # 2 epochs: Ultralytics warms up over the first (one optimizer step per batch), and a 1-epoch run has no
+        # warmup: it accumulates gradients over the whole tiny epoch before its first step
+        cfg = TrainConfig(**{**TINY.__dict__, "epochs": 2, "freeze": n})
+        batches.clear()
+        probe = make_trial(task, cfg)
+        probed = probe.probe_memory()
+        assert probe.trainer.optimizer_steps == 1 and len(batches) == 1 < len(probe.trainer.train_loader)
+        assert probed == first_epoch(make_trial(task, cfg))["peak_mem_mb"]
 
 
 def test_a_trial_resumes_from_its_checkpoint(task, tmp_path, monkeypatch):

@@ -27,7 +27,7 @@ from tune.config import TrainConfig
 from tune.tasks.base import Task
 
 __all__ = ["CHECKPOINT_FILE", "METRIC_KEYS", "SharedPrefixCache", "Trial", "first_epoch", "load_checkpoint",
-           "make_optimizer", "make_trial", "pick_device", "save_checkpoint"]
+           "make_optimizer", "make_trial", "pick_device", "save_checkpoint", "trial_memory_mb"]
 
 CHECKPOINT_FILE = "trial.pt"
 
@@ -182,16 +182,9 @@ class Trial:
         with watch.running():
             for start in range(0, len(order), cfg.batch_size):
                 index = order[start:start + cfg.batch_size]
-                inputs, targets = self.train_x[index], self.train_y[index]
-                if start == 0:  # the first batch is a full one: its saved activations are the peak
-                    with activations.recording(self.model):
-                        loss = self.task.loss(self.net(inputs), targets)
-                else:
-                    loss = self.task.loss(self.net(inputs), targets)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                loss_sum += loss.detach() * len(index)
+                # the first batch is a full one: its saved activations are the peak
+                loss = self._step(index, activations if start == 0 else None)
+                loss_sum += loss * len(index)
                 seen += len(index)
         self.epoch += 1
         self.train_time_s += watch.seconds
@@ -212,9 +205,34 @@ class Trial:
         if not math.isfinite(train_loss):
             self.diverged = True
             metrics["diverged"] = 1
-        metrics.update(measure.epoch_memory(device, lambda: measure.model_mem_bytes(
-            self.model, self.optimizer, activations.peak_bytes) + self.cache_bytes))
+        metrics.update(self._memory(activations))
         return metrics
+
+    def _step(self, index: torch.Tensor, activations: measure.SavedActivations | None = None) -> torch.Tensor:
+        """One optimizer step on the training samples ``index`` (recording the activations saved for backward
+        into ``activations`` if given); the batch's loss."""
+        inputs, targets = self.train_x[index], self.train_y[index]
+        with activations.recording(self.model) if activations is not None else contextlib.nullcontext():
+            loss = self.task.loss(self.net(inputs), targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def _memory(self, activations: measure.SavedActivations) -> dict[str, Any]:
+        return measure.epoch_memory(self.device, lambda: measure.model_mem_bytes(
+            self.model, self.optimizer, activations.peak_bytes) + self.cache_bytes)
+
+    def probe_memory(self) -> float:
+        """Peak training memory (MB) from one optimizer step on epoch 1's first batch, without the rest of the
+        epoch: the same figure as epoch 1's ``peak_mem_mb`` (that batch holds the activation peak and the
+        optimizer's state exists after one step). Spends the trial: build another one to train."""
+        if self.device.type == "cuda":
+            measure.cuda_peak_mem_mb(self.device, reset=True)
+        activations = measure.SavedActivations()
+        self.frozen.train_mode()
+        self._step(self._batch_order()[:self.cfg.batch_size], activations)
+        return self._memory(activations)["peak_mem_mb"]
 
 
 @torch.no_grad()
@@ -251,15 +269,20 @@ def first_epoch(trial: Any) -> dict[str, Any]:
     return seen[0]
 
 
+def trial_memory_mb(trial: Any) -> float:
+    """A new trial's training memory (epoch 1's ``peak_mem_mb``): from its ``probe_memory()`` (one optimizer step)
+    where it has one, else from a whole first epoch. Spends the trial."""
+    probe = getattr(trial, "probe_memory", None)
+    return float(probe()) if probe is not None else float(first_epoch(trial)["peak_mem_mb"])
+
+
 def gpu_shares(task: Task, cfg: TrainConfig, freezes: dict[tuple[int, ...], dict], full_share: float
                ) -> dict[tuple[int, ...], float]:
     """Freeze-aware resources: the GPU share of each set of frozen blocks (``freeze.sampled_freezes``),
     ``full_share`` scaled by its training memory (its first epoch's exact count, measured here) against freezing
-    nothing, rounded up to 0.05. One epoch per freeze: cheap for in-memory tasks, an epoch of the data set each
-    for a task with its own trainer (yolo)."""
+    nothing, rounded up to 0.05. One optimizer step per freeze (``trial_memory_mb``), measured on the CPU."""
     def memory(keys: dict) -> float:
-        trial_cfg = replace(cfg, epochs=1, **keys)
-        return first_epoch(make_trial(task, trial_cfg, torch.device("cpu")))["peak_mem_mb"]
+        return trial_memory_mb(make_trial(task, replace(cfg, **keys), torch.device("cpu")))
 
     reference = memory({"freeze": None, "freeze_start": 0, "freeze_stop": 0})
     return {blocks: min(full_share, max(0.05, math.ceil(20 * full_share * memory(keys) / reference) / 20))

@@ -310,8 +310,33 @@ class YoloTrial:
             self.trainer = _make_trainer(self, Path(workdir), on_epoch)
             self.trainer.train()
 
+    def probe_memory(self) -> float:
+        """Peak training memory (MB) up to Ultralytics' first optimizer step (one batch, or a few where it
+        accumulates gradients), without the rest of the epoch or validation: epoch 1's ``peak_mem_mb`` (the first
+        batch holds the activation peak; the optimizer's state and the EMA exist after one step). Still builds the
+        trainer and its data loaders. Spends the trial."""
+        def no_epoch(metrics: dict[str, Any]) -> None:
+            raise RuntimeError("the memory probe reached the end of an epoch")
 
-def _make_trainer(trial: YoloTrial, workdir: Path, on_epoch: Callable[[dict[str, Any]], None]) -> Any:
+        with tempfile.TemporaryDirectory(prefix="yolo-probe-") as workdir, _offline_hooks():
+            self.trainer = _make_trainer(self, Path(workdir), no_epoch, probe=True)
+            try:
+                self.trainer.train()
+            except _Probed as probed:
+                return probed.peak_mem_mb
+        raise RuntimeError("the trial ended before its first optimizer step")
+
+
+class _Probed(Exception):
+    """Ends a memory probe (YoloTrial.probe_memory) at the first optimizer step, carrying its peak memory."""
+
+    def __init__(self, peak_mem_mb: float) -> None:
+        super().__init__(peak_mem_mb)
+        self.peak_mem_mb = peak_mem_mb
+
+
+def _make_trainer(trial: YoloTrial, workdir: Path, on_epoch: Callable[[dict[str, Any]], None],
+                  probe: bool = False) -> Any:
     _ultralytics()
     from ultralytics.models.yolo.detect import DetectionTrainer
 
@@ -342,6 +367,10 @@ def _make_trainer(trial: YoloTrial, workdir: Path, on_epoch: Callable[[dict[str,
             self.best_fitness = state["best_fitness"]
             self.start_epoch = int(state["epoch"])
 
+        def optimizer_step(self) -> None:
+            super().optimizer_step()
+            self.optimizer_steps = getattr(self, "optimizer_steps", 0) + 1
+
         def save_model(self) -> bool:  # checkpoints are the trial's state_dict, taken by the search
             return False
 
@@ -363,15 +392,16 @@ def _make_trainer(trial: YoloTrial, workdir: Path, on_epoch: Callable[[dict[str,
     }
     trainer = Trainer(overrides=overrides)  # inside _offline_hooks: no integrations, no downloads
     trainer.model = trial.frozen.module  # built (and pretrained) by the task, as DetectionTrainer allows
-    _EpochReporter(trial, trainer, on_epoch).attach()
+    _EpochReporter(trial, trainer, on_epoch, probe).attach()
     return trainer
 
 
 class _EpochReporter:
     """Callbacks that time each epoch's training, count its memory and report its metrics."""
 
-    def __init__(self, trial: YoloTrial, trainer: Any, on_epoch: Callable[[dict[str, Any]], None]) -> None:
-        self.trial, self.trainer, self.on_epoch = trial, trainer, on_epoch
+    def __init__(self, trial: YoloTrial, trainer: Any, on_epoch: Callable[[dict[str, Any]], None],
+                 probe: bool = False) -> None:
+        self.trial, self.trainer, self.on_epoch, self.probe = trial, trainer, on_epoch, probe
         self.watch = measure.Stopwatch(trial.device)
         self.activations = measure.SavedActivations()
         self._recording: Any = None
@@ -420,6 +450,9 @@ class _EpochReporter:
         if self._first_batch and self._recording is not None:
             self._recording.__exit__(None, None, None)
             self._recording, self._first_batch = None, False
+        if self.probe and getattr(trainer, "optimizer_steps", 0):
+            self.on_train_epoch_end(trainer)
+            raise _Probed(self._memory["peak_mem_mb"])
 
     def on_train_epoch_end(self, trainer: Any) -> None:
         self._timing.__exit__(None, None, None)
