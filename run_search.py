@@ -21,6 +21,8 @@ import argparse
 import dataclasses
 import json
 import os
+import re
+import socket
 import sys
 import time
 from pathlib import Path
@@ -192,11 +194,25 @@ def _connect(address: str, key: str = "--address") -> None:
     """Join the cluster now, so that an unreachable one is bad input, not a failed search."""
     from tune import search
 
+    allowed = "a running Ray cluster this machine reaches (HOST:6379 or auto)"
+    endpoint = _host_port(address)
+    if endpoint is not None:  # ray.init would retry a dead address for about a minute before saying so
+        try:
+            socket.create_connection(endpoint, timeout=5).close()
+        except OSError as err:
+            raise ConfigError(key, address, allowed,
+                              problem=f"nothing answers at {endpoint[0]}:{endpoint[1]}: {type(err).__name__}") from None
     try:
         search.init_ray(address)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise ConfigError(key, address, "a running Ray cluster this machine reaches (HOST:6379 or auto)",
-                          problem=" ".join(str(err).split())[:200]) from None
+        raise ConfigError(key, address, allowed, problem=" ".join(str(err).split())[:200]) from None
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """HOST:PORT of a Ray address (GCS ``HOST:PORT`` or client ``ray://HOST:PORT``); None for ``auto``, ``local``
+    and anything else Ray resolves itself."""
+    match = re.fullmatch(r"(?:ray://)?\[?([\w.\-:]+?)\]?:(\d+)/?", address.strip())
+    return (match.group(1), int(match.group(2))) if match else None
 
 
 def _check_gpus(per_trial: float, on_cluster: bool) -> None:

@@ -4,6 +4,8 @@ no Ray started, no MLflow store or run written."""
 from __future__ import annotations
 
 import pickle
+import socket
+import time
 
 import pytest
 import torch
@@ -139,13 +141,33 @@ def test_an_unreachable_ray_address_from_the_environment_is_bad_input(workdir, c
     address = f"127.0.0.1:{free_port()}"
     monkeypatch.setenv("RAY_ADDRESS", address)  # what a Ray Job or KubeRay sets, with no --address
 
-    def unreachable(given):  # what ray.init raises, without its minute of retries
-        assert given == address
-        raise ConnectionError(f"Could not connect to the GCS at {given}")
+    def never(given):  # ray.init would retry the dead address for about a minute
+        raise AssertionError("ray.init was reached")
 
-    monkeypatch.setattr(search, "init_ray", unreachable)
+    monkeypatch.setattr(search, "init_ray", never)
+    started = time.monotonic()
     code = run_search.main([])
     err = capsys.readouterr().err
     assert code == 2, err
-    assert err.startswith("error: RAY_ADDRESS: got '127.0.0.1:") and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: RAY_ADDRESS: got '{address}' (nothing answers at {address}: ConnectionRefused")
+    assert len(err.strip().splitlines()) == 1 and time.monotonic() - started < 30
     assert _files(workdir) == []
+
+
+def test_a_ray_address_that_answers_goes_on_to_ray_init(workdir, capsys, monkeypatch):
+    from tune import search
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = f"ray://127.0.0.1:{listener.getsockname()[1]}"
+    seen = []
+
+    def init_ray(given):
+        seen.append(given)
+        raise ConnectionError(f"Could not connect to the GCS at {given}")
+
+    monkeypatch.setattr(search, "init_ray", init_ray)
+    with listener:
+        code = run_search.main(["--address", address])
+    err = capsys.readouterr().err
+    assert code == 2 and seen == [address], err
+    assert err.startswith(f"error: --address: got '{address}' (Could not connect") and len(err.splitlines()) == 1
