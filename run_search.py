@@ -187,7 +187,23 @@ def search_main(argv: list[str]) -> int:
     finally:
         tracker.finish_search(status, reason=reason)
     print(f"\nCompare the runs: {tracking.ui_command(tracking_uri)}  (experiment '{cfg.name}')")
+    cache = _prefix_cache_line(args.storage_path)
+    if cache:
+        print(cache)
     return 0 if status == "FINISHED" else 1
+
+
+def _prefix_cache_line(storage_path: str) -> str | None:
+    """What the shared frozen-prefix cache holds on disk: it is never pruned, so the user sees its size."""
+    from tune import search
+
+    folder = search.prefix_cache_dir(storage_path)
+    files = sorted(Path(folder).glob("*.pt")) if folder else []
+    if not files:
+        return None
+    size = sum(f.stat().st_size for f in files) / 2**20
+    return (f"Frozen-prefix cache: {len(files)} file{'s' * (len(files) > 1)}, {size:.1f} MB in {folder} (later "
+            "searches with the same storage path, weights and data reuse them; delete the folder any time)")
 
 
 def _connect(address: str, key: str = "--address") -> None:

@@ -252,11 +252,15 @@ def test_a_grid_search_runs_each_combination_once_per_sample_and_trials_share_pr
     _, children = _runs(uri, "digits_freeze")
     assert sorted(c.data.params["freeze_range"] for c in children) == ["[0, 0)"] * 2 + ["[0, 3)"] * 2 + ["[0, 6)"] * 2
     assert all(c.data.tags["stopped_early"] == "False" for c in children)
-    assert "a grid of 3 x 2 trials" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "a grid of 3 x 2 trials" in out
     # the second trial of a depth loads the first one's prefix outputs from the storage folder
     tags = sorted(c.data.tags["prefix_cache"] for c in children)
     assert tags.count("off: nothing frozen") == 2 and "on (shared, loaded)" in tags
-    assert len(list((tmp_path / "ray" / "prefix_cache").glob("*.pt"))) == 2
+    files = list((tmp_path / "ray" / "prefix_cache").glob("*.pt"))
+    assert len(files) == 2
+    size = sum(f.stat().st_size for f in files) / 2**20
+    assert f"Frozen-prefix cache: 2 files, {size:.1f} MB in {tmp_path / 'ray' / 'prefix_cache'} (" in out
 
 
 def test_layers_lists_the_default_models_blocks_and_cut_points(capsys):
