@@ -173,8 +173,11 @@ def search_main(argv: list[str]) -> int:
         if args.confirm and outcome.errored < outcome.trials:
             candidates = _candidates(tracking_uri, parent_id, cfg, args.confirm_top)
             seeds = [cfg.train.seed + i for i in range(1, args.confirm + 1)]
-            print(f"confirming {len(candidates)} candidates with seeds {seeds}", flush=True)
-            search.confirm(cfg, tracker, candidates, seeds, storage_path=args.storage_path, address=args.address)
+            done = _confirmed_before(tracking_uri, parent_id) if resume is not None else set()
+            print(f"confirming {len(candidates)} candidates with seeds {seeds}"
+                  + (f" ({len(done)} of these runs finished before the resume)" if done else ""), flush=True)
+            search.confirm(cfg, tracker, candidates, seeds, storage_path=args.storage_path, address=args.address,
+                           done=done)
             tracker.kill_open_trials()
         report = _write_report(tracker, tracking_uri, parent_id, cfg.name, searched, cfg.search.objective_list,
                                cfg.report.tolerance, cfg.report.cost, args.report_dir, header)
@@ -287,7 +290,8 @@ def _candidates(tracking_uri: str, parent_id: str, cfg, top: int) -> dict[str, d
     score, up to ``top`` distinct ones."""
     from tune import report, tracking
 
-    results = report.summarise(tracking.fetch_trials(tracking_uri, parent_id))
+    # the search's own trials: after a resume, confirmation runs that finished before the stop are there too
+    results = [r for r in report.summarise(tracking.fetch_trials(tracking_uri, parent_id)) if r.candidate is None]
     chosen = report.recommend(results, cfg.report.tolerance, cfg.report.cost)
     ordered = ([chosen.trial, chosen.best, *report.frontier(results, report.DEFAULT_FRONTIER), *results]
                if chosen else [])
@@ -300,6 +304,15 @@ def _candidates(tracking_uri: str, parent_id: str, cfg, top: int) -> dict[str, d
             seen.add(key)
             candidates[result.name] = params
     return candidates
+
+
+def _confirmed_before(tracking_uri: str, parent_id: str) -> set[tuple[str, int]]:
+    """The (candidate, seed) confirmation runs a stopped driver finished: a resumed --confirm does not repeat them
+    (runs it left unfinished are KILLED, run again, and left out of the report)."""
+    from tune import tracking
+
+    return {(r.tags["candidate"], int(r.params["seed"])) for r in tracking.fetch_trials(tracking_uri, parent_id, ())
+            if r.tags.get("candidate") and r.status == "FINISHED" and "seed" in r.params}
 
 
 def _typed(text: str):

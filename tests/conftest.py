@@ -126,11 +126,31 @@ def make_big_batch_oom_task(limit: int = 16) -> Task:
                 metric=base.metric, loss=loss, evaluate=base.evaluate)
 
 
-def make_slow_task(seconds_per_epoch: float = 0.5) -> Task:
-    """The tiny task with a validation pass that takes ``seconds_per_epoch``: time to act mid-trial."""
+def make_slow_task(seconds_per_epoch: float = 0.5, tokens: str | None = None, gate: str | None = None) -> Task:
+    """The tiny task with a validation pass that takes ``seconds_per_epoch``: time to act mid-trial.
+
+    With ``tokens`` and ``gate`` (paths), a trial runs freely only if it takes one of the files in the ``tokens``
+    folder (removed atomically, once per trial at its first validation); every other trial waits in its
+    validation until ``gate`` exists. A test thus stops a search at a known point, free of timing races."""
     base = make_tiny_task()
+    free = [tokens is None]
+    taken = []
+
+    def claim() -> bool:
+        for token in sorted(Path(tokens).iterdir()):
+            try:
+                token.unlink()  # only one trial can remove a given file
+                return True
+            except FileNotFoundError:
+                continue
+        return False
 
     def evaluate(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        if not taken:
+            taken.append(True)
+            free[0] = free[0] or claim()
+        while not free[0] and not Path(gate).exists():
+            time.sleep(0.1)
         time.sleep(seconds_per_epoch)
         return classification_metrics(model, inputs, targets)
 

@@ -18,7 +18,7 @@ TESTS = Path(__file__).resolve().parent
 
 SLOW_SPACE = """
 name: slow
-task: {{name: "conftest:make_slow_task", options: {{seconds_per_epoch: {seconds}}}}}
+task: {{name: "conftest:make_slow_task", options: {{seconds_per_epoch: {seconds}{gate}}}}}
 train: {{epochs: {epochs}, batch_size: 8, lr: 0.01}}
 space: {{freeze_stop: {{type: int, low: 0, high: 3}}}}
 search: {{num_samples: {samples}, scheduler: fifo, max_concurrent_trials: 2}}
@@ -81,8 +81,22 @@ def _check_complete(tmp_path: Path, samples: int, epochs: int) -> None:
                                                        "interrupted (Ctrl-C)")
 
 
-def _space(tmp_path: Path, seconds: float, epochs: int, samples: int) -> None:
-    (tmp_path / "space.yaml").write_text(SLOW_SPACE.format(seconds=seconds, epochs=epochs, samples=samples))
+def _space(tmp_path: Path, seconds: float, epochs: int, samples: int, free: int | None = None) -> None:
+    """The slow task's space; with ``free``, only that many trials run freely and the rest wait until the test
+    opens the gate (_open_gate): the search stops at a known point, whatever the machine's speed."""
+    gate = ""
+    if free is not None:
+        tokens = tmp_path / "tokens"
+        tokens.mkdir()
+        for i in range(free):
+            (tokens / str(i)).touch()
+        gate = f", tokens: '{tokens}', gate: '{tmp_path / 'gate'}'"
+    (tmp_path / "space.yaml").write_text(SLOW_SPACE.format(seconds=seconds, epochs=epochs, samples=samples,
+                                                           gate=gate))
+
+
+def _open_gate(tmp_path: Path) -> None:
+    (tmp_path / "gate").touch()
 
 
 @pytest.mark.slow
@@ -115,7 +129,7 @@ def test_a_trial_worker_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["sigkill", "ctrl-c"])
 def test_a_stopped_driver_is_resumed_into_the_same_parent_run(tmp_path, how):
-    _space(tmp_path, seconds=0.3, epochs=3, samples=6)
+    _space(tmp_path, seconds=0.3, epochs=3, samples=6, free=2)  # the others wait for the gate
     driver = _start(tmp_path)
     try:
         _wait_for(lambda: len(_trials(tmp_path, "FINISHED")) >= 2, 180, "two finished trials")
@@ -130,8 +144,9 @@ def test_a_stopped_driver_is_resumed_into_the_same_parent_run(tmp_path, how):
         [parent] = [r for r in _runs(tmp_path) if r.data.tags.get("freeze_search.role") == "search"]
         assert parent.info.status == "KILLED"
         assert not _trials(tmp_path, "RUNNING")  # open runs were marked KILLED
-    assert len(finished_before) < 6
+    assert len(finished_before) == 2
 
+    _open_gate(tmp_path)
     resumed = _start(tmp_path, "--resume")
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
@@ -147,3 +162,48 @@ def test_resume_without_an_unfinished_search_is_bad_input(tmp_path):
     output, _ = result.communicate(timeout=120)
     assert result.returncode == 2
     assert output.strip().splitlines()[-1].startswith("error: --resume: got 'slow' (no experiment 'slow'")
+
+
+@pytest.mark.slow
+def test_a_driver_stopped_during_confirm_resumes_it_without_repeating_or_counting_partial_runs(tmp_path):
+    from tune import report, tracking
+
+    _space(tmp_path, seconds=0.3, epochs=3, samples=1, free=4)  # the 3 search trials and 1 confirmation run
+    space = tmp_path / "space.yaml"  # a grid: 3 distinct configurations, so that there are 2 candidates
+    space.write_text(space.read_text().replace("{type: int, low: 0, high: 3}", "{type: choice, values: [1, 2, 3]}")
+                     .replace("scheduler: fifo", "algorithm: grid, scheduler: fifo"))
+    confirm = ("--confirm", "2", "--confirm-top", "2")  # 2 candidates x seeds 1, 2
+
+    def confirm_runs(status: str | None = None) -> list:
+        return [r for r in _trials(tmp_path, status) if r.data.tags.get("phase") == "confirm"]
+
+    driver = _start(tmp_path, *confirm)
+    try:
+        _wait_for(lambda: confirm_runs("FINISHED"), 240, "a finished confirmation run")
+        driver.send_signal(signal.SIGINT)
+        output, _ = driver.communicate(timeout=120)
+    finally:
+        driver.kill()
+    assert driver.returncode == 130, output
+    before = {r.info.run_id: r.info.end_time for r in confirm_runs("FINISHED")}
+    assert len(before) == 1, output
+    assert confirm_runs("KILLED")  # stopped part way: it must not count
+
+    _open_gate(tmp_path)
+    resumed = _start(tmp_path, "--resume", *confirm)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert f"({len(before)} of these runs finished before the resume)" in output
+    finished = confirm_runs("FINISHED")
+    pairs = sorted((r.data.tags["candidate"], r.data.params["seed"]) for r in finished)
+    assert len(pairs) == 4 and len(set(pairs)) == 4  # every candidate and seed once: none repeated, none missing
+    assert {seed for _, seed in pairs} == {"1", "2"}
+    after = {r.info.run_id: r.info.end_time for r in finished}
+    assert all(after.get(run_id) == end for run_id, end in before.items())  # not run again
+    assert {r.info.status for r in confirm_runs()} <= {"FINISHED", "KILLED"}
+
+    [parent] = [r for r in _runs(tmp_path) if r.data.tags.get("freeze_search.role") == "search"]
+    assert parent.info.status == "FINISHED"
+    records = tracking.fetch_trials(f"sqlite:///{tmp_path / 'mlflow.db'}", parent.info.run_id)
+    candidates, _ = report.confirmed(report.summarise(records), tolerance=0.01, cost="epoch_time_s")
+    assert sorted(len(c.scores) for c in candidates) == [2, 2]  # the runs killed part way are not counted

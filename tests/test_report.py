@@ -22,12 +22,12 @@ from tune.tracking import TrialRecord
 
 
 def record(name: str, stop: int, scores: list[float], epoch_time: float, memory: float, *, lr: float = 1e-3,
-           candidate: str | None = None) -> TrialRecord:
+           candidate: str | None = None, seed: int | None = None, status: str = "FINISHED") -> TrialRecord:
     epochs = range(1, len(scores) + 1)
     tags = {"candidate": candidate} if candidate else {}
-    return TrialRecord(
-        run_id=name, name=name, status="FINISHED", params={"freeze_range": f"[0, {stop})", "freeze_stop": str(stop),
-                                                           "lr": str(lr)}, tags=tags,
+    params = {"freeze_range": f"[0, {stop})", "freeze_stop": str(stop), "lr": str(lr),
+              **({"seed": str(seed)} if seed is not None else {})}
+    return TrialRecord(run_id=name, name=name, status=status, params=params, tags=tags,
         history={"score": list(zip(epochs, scores, strict=True)),
                  "epoch_time_s": [(e, epoch_time) for e in epochs],
                  "train_time_s": [(e, epoch_time * e) for e in epochs],
@@ -77,19 +77,34 @@ def test_recommendation_is_the_cheapest_trial_within_tolerance_of_the_best():
 
 
 def test_confirmation_recommends_the_cheap_candidate_only_when_it_holds_up_across_seeds():
-    noisy_tie = summarise([record(f"x{i}", 0, [s], 2.0, 8.0, candidate="expensive") for i, s in
+    noisy_tie = summarise([record(f"x{i}", 0, [s], 2.0, 8.0, candidate="expensive", seed=i) for i, s in
                            enumerate([0.95, 0.93, 0.94])] +
-                          [record(f"y{i}", 4, [s], 1.0, 3.0, candidate="cheap") for i, s in
+                          [record(f"y{i}", 4, [s], 1.0, 3.0, candidate="cheap", seed=i) for i, s in
                            enumerate([0.94, 0.92, 0.95])])
     candidates, chosen = confirmed(noisy_tie, tolerance=0.0, cost="epoch_time_s")
     assert chosen.name == "cheap"  # the means differ by less than two standard errors
     assert {c.name: len(c.scores) for c in candidates} == {"expensive": 3, "cheap": 3}
 
-    clearly_worse = summarise([record(f"x{i}", 0, [s], 2.0, 8.0, candidate="expensive") for i, s in
+    clearly_worse = summarise([record(f"x{i}", 0, [s], 2.0, 8.0, candidate="expensive", seed=i) for i, s in
                                enumerate([0.950, 0.951, 0.949])] +
-                              [record(f"y{i}", 4, [s], 1.0, 3.0, candidate="cheap") for i, s in
+                              [record(f"y{i}", 4, [s], 1.0, 3.0, candidate="cheap", seed=i) for i, s in
                                enumerate([0.900, 0.901, 0.899])])
     assert confirmed(clearly_worse, tolerance=0.01, cost="epoch_time_s")[1].name == "expensive"
+
+
+def test_confirmation_counts_each_seed_once_and_only_runs_that_finished():
+    # A driver stopped during --confirm, then resumed: seed 1 of "cheap" was killed after one epoch and run again;
+    # seed 2 of "expensive" had finished before the stop and its rerun (an older version) is a duplicate.
+    runs = [record("x1", 0, [0.95, 0.96], 2.0, 8.0, candidate="expensive", seed=1),
+            record("x2", 0, [0.94, 0.95], 2.0, 8.0, candidate="expensive", seed=2),
+            record("x2-again", 0, [0.94, 0.95], 2.0, 8.0, candidate="expensive", seed=2),
+            record("y1-killed", 4, [0.20], 1.0, 3.0, candidate="cheap", seed=1, status="KILLED"),
+            record("y1-failed", 4, [0.30], 1.0, 3.0, candidate="cheap", seed=1, status="FAILED"),
+            record("y1", 4, [0.93, 0.955], 1.0, 3.0, candidate="cheap", seed=1),
+            record("y2", 4, [0.93, 0.945], 1.0, 3.0, candidate="cheap", seed=2)]
+    candidates, chosen = confirmed(summarise(runs), tolerance=0.01, cost="epoch_time_s")
+    assert {c.name: sorted(c.scores) for c in candidates} == {"expensive": [0.95, 0.96], "cheap": [0.945, 0.955]}
+    assert chosen.name == "cheap"  # with the killed run counted its mean would be far below
 
 
 def test_report_text_and_plots_are_written(tmp_path):

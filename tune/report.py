@@ -171,10 +171,16 @@ class Candidate:
 
 def confirmed(results: Sequence[TrialResult], tolerance: float, cost: str, searched: Sequence[str] = ()
               ) -> tuple[list[Candidate], Candidate | None]:
-    """Group confirmation runs by candidate; the cheapest candidate within tolerance + 2 SE of the best mean."""
+    """Group confirmation runs by candidate; the cheapest candidate within tolerance + 2 SE of the best mean.
+
+    Only finished runs count, one per (candidate, seed): a run killed or failed part way (a driver stopped during
+    the confirmation, then resumed) scores at fewer epochs than the others and would pull its candidate down."""
     groups: dict[str, list[TrialResult]] = {}
+    seen = set()
     for r in results:
-        if r.candidate:
+        key = (r.candidate, r.params.get("seed"))
+        if r.candidate and r.status == "FINISHED" and key not in seen:
+            seen.add(key)
             groups.setdefault(r.candidate, []).append(r)
     candidates = [Candidate(name=name, freeze_range=runs[0].freeze_range, params_text=_params_text(runs[0], searched),
                             scores=tuple(r.score for r in runs),

@@ -13,7 +13,7 @@ import re
 import shlex
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -393,11 +393,15 @@ def run(cfg: Config, tracker: SearchTracker, *, storage_path: str, space: Mappin
 
 
 def confirm(cfg: Config, tracker: SearchTracker, candidates: Mapping[str, dict[str, Any]], seeds: list[int], *,
-            storage_path: str, address: str | None = None, verbose: int = 0) -> SearchOutcome:
-    """Re-run each candidate's exact params with each of ``seeds``, every epoch, no early stopping."""
-    init_ray(address)
+            storage_path: str, address: str | None = None, verbose: int = 0,
+            done: Collection[tuple[str, int]] = ()) -> SearchOutcome | None:
+    """Re-run each candidate's exact params with each of ``seeds``, every epoch, no early stopping; the
+    (candidate, seed) pairs in ``done`` (finished before a resume) are not run again. None when nothing is left."""
     variants = [{"candidate": name, "params": {**params, "seed": seed}}
-                for name, params in candidates.items() for seed in seeds]
+                for name, params in candidates.items() for seed in seeds if (name, seed) not in done]
+    if not variants:
+        return None
+    init_ray(address)
     return _fit(cfg, tracker, _variant_trainable, name=f"{experiment_name(cfg)}-confirm", storage_path=storage_path,
                 tune_config={"scheduler": FIFOScheduler()}, param_space={"variant": ray_tune.grid_search(variants)},
                 verbose=verbose)
