@@ -126,15 +126,19 @@ def make_big_batch_oom_task(limit: int = 16) -> Task:
                 metric=base.metric, loss=loss, evaluate=base.evaluate)
 
 
-def make_slow_task(seconds_per_epoch: float = 0.5, tokens: str | None = None, gate: str | None = None) -> Task:
+def make_slow_task(seconds_per_epoch: float = 0.5, tokens: str | None = None, gate: str | None = None,
+                   hold_at: int | None = None) -> Task:
     """The tiny task with a validation pass that takes ``seconds_per_epoch``: time to act mid-trial.
 
     With ``tokens`` and ``gate`` (paths), a trial runs freely only if it takes one of the files in the ``tokens``
     folder (removed atomically, once per trial at its first validation); every other trial waits in its
-    validation until ``gate`` exists. A test thus stops a search at a known point, free of timing races."""
+    validation until ``gate`` exists. With ``hold_at`` and ``gate``, every trial waits in its ``hold_at``-th
+    validation (counted from its start or restart) until ``gate`` exists. A test thus stops a search at a known
+    point, free of timing races."""
     base = make_tiny_task()
     free = [tokens is None]
     taken = []
+    calls = []
 
     def claim() -> bool:
         for token in sorted(Path(tokens).iterdir()):
@@ -149,7 +153,9 @@ def make_slow_task(seconds_per_epoch: float = 0.5, tokens: str | None = None, ga
         if not taken:
             taken.append(True)
             free[0] = free[0] or claim()
-        while not free[0] and not Path(gate).exists():
+        calls.append(True)
+        held = not free[0] or len(calls) == hold_at
+        while held and not Path(gate).exists():
             time.sleep(0.1)
         time.sleep(seconds_per_epoch)
         return classification_metrics(model, inputs, targets)

@@ -81,16 +81,22 @@ def _check_complete(tmp_path: Path, samples: int, epochs: int) -> None:
                                                        "interrupted (Ctrl-C)")
 
 
-def _space(tmp_path: Path, seconds: float, epochs: int, samples: int, free: int | None = None) -> None:
+def _space(tmp_path: Path, seconds: float, epochs: int, samples: int, free: int | None = None,
+           hold_at: int | None = None) -> None:
     """The slow task's space; with ``free``, only that many trials run freely and the rest wait until the test
-    opens the gate (_open_gate): the search stops at a known point, whatever the machine's speed."""
+    opens the gate (_open_gate); with ``hold_at``, every trial waits at that epoch's validation until then: the
+    search stops at a known point, whatever the machine's speed."""
     gate = ""
     if free is not None:
         tokens = tmp_path / "tokens"
         tokens.mkdir()
         for i in range(free):
             (tokens / str(i)).touch()
-        gate = f", tokens: '{tokens}', gate: '{tmp_path / 'gate'}'"
+        gate = f", tokens: '{tokens}'"
+    if hold_at is not None:
+        gate += f", hold_at: {hold_at}"
+    if gate:
+        gate += f", gate: '{tmp_path / 'gate'}'"
     (tmp_path / "space.yaml").write_text(SLOW_SPACE.format(seconds=seconds, epochs=epochs, samples=samples,
                                                            gate=gate))
 
@@ -101,22 +107,23 @@ def _open_gate(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_trial_worker_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path):
-    _space(tmp_path, seconds=0.5, epochs=12, samples=2)
+    _space(tmp_path, seconds=0.2, epochs=6, samples=2, hold_at=3)  # each trial waits in epoch 3 for the gate
     driver = _start(tmp_path)
     try:
-        def running_trial_in_its_early_epochs():  # well before its end, so that the kill lands mid-trial
+        def trial_held_in_epoch_3():
             for run in _trials(tmp_path, "RUNNING"):
-                if "pid" in run.data.tags and 2 <= run.data.metrics.get("epoch", 0) <= 5:
+                if "pid" in run.data.tags and run.data.metrics.get("epoch", 0) == 2:
                     return run
             return None
 
-        victim = _wait_for(running_trial_in_its_early_epochs, 120, "a trial in its early epochs")
+        victim = _wait_for(trial_held_in_epoch_3, 180, "a trial held in epoch 3")
         os.kill(int(victim.data.tags["pid"]), signal.SIGKILL)
+        _open_gate(tmp_path)  # the other trial and the restarted one go on
         output, _ = driver.communicate(timeout=300)
     finally:
         driver.kill()
     assert driver.returncode == 0, output
-    _check_complete(tmp_path, samples=2, epochs=12)
+    _check_complete(tmp_path, samples=2, epochs=6)
     resumed = {r.info.run_id: int(r.data.tags["resumed_at_epoch"]) for r in _trials(tmp_path)
                if "resumed_at_epoch" in r.data.tags}
     # the killed worker's trial went on from its last checkpoint, not from epoch 1: MLflow showed epoch `seen`, so
