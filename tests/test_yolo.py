@@ -132,6 +132,7 @@ def test_a_trial_resumes_from_its_checkpoint(task, tmp_path, monkeypatch):
         first.run(stop_after_one)
     saved = load_checkpoint(tmp_path)
     assert saved["epoch"] == 1 and saved["ema_updates"] > 0
+    assert saved["stopper"] == {"best_fitness": saved["best_fitness"], "best_epoch": 1}  # a fresh stopper: None, 0
     restored: dict = {}
     from tune.tasks import yolo
 
@@ -141,7 +142,8 @@ def test_a_trial_resumes_from_its_checkpoint(task, tmp_path, monkeypatch):
         restored.update(start=trainer.start_epoch, updates=trainer.ema.updates,
                         model={k: v.clone() for k, v in trainer.model.state_dict().items()},
                         ema={k: v.clone() for k, v in trainer.ema.ema.state_dict().items()},
-                        optimizer=trainer.optimizer.state_dict())
+                        optimizer=trainer.optimizer.state_dict(), scaler=trainer.scaler.state_dict(),
+                        stopper=(trainer.stopper.best_fitness, trainer.stopper.best_epoch))
         check(self, trainer)
 
     monkeypatch.setattr(yolo._EpochReporter, "on_pretrain_routine_end", capture)
@@ -153,6 +155,8 @@ def test_a_trial_resumes_from_its_checkpoint(task, tmp_path, monkeypatch):
     assert epochs[0]["train_time_s"] > epochs[0]["epoch_time_s"]  # epoch 1's time carried over
     assert restored["start"] == 1 and restored["updates"] == saved["ema_updates"]
     assert all(torch.equal(restored["model"][k], v) for k, v in saved["train_model"].items())
+    # early stopping counts patience from epoch 1's fitness, not afresh; AMP's scale goes on (off on a CPU: empty)
+    assert restored["stopper"] == (saved["stopper"]["best_fitness"], 1) and restored["scaler"] == saved["scaler"]
     assert all(torch.equal(restored["ema"][k], v) for k, v in saved["model"].items())
     momentum = [s["momentum_buffer"] for s in restored["optimizer"]["state"].values() if "momentum_buffer" in s]
     saved_momentum = [s["momentum_buffer"] for s in saved["optimizer"]["state"].values() if "momentum_buffer" in s]

@@ -295,7 +295,12 @@ class YoloTrial:
         return {"model": trainer.ema.ema.state_dict(), "train_model": trainer.model.state_dict(),
                 "ema_updates": int(trainer.ema.updates), "optimizer": trainer.optimizer.state_dict(),
                 "epoch": self.epoch, "train_time_s": self.train_time_s,
-                "best_fitness": float(trainer.best_fitness or 0.0)}
+                "best_fitness": float(trainer.best_fitness or 0.0),
+                # AMP's loss scale (empty when AMP is off) and the early-stopping counter (patience), as
+                # Ultralytics' own last.pt keeps them; plain numbers, so weights_only loading takes them
+                "scaler": {k: v.item() if torch.is_tensor(v) else v for k, v in trainer.scaler.state_dict().items()},
+                "stopper": {"best_fitness": None if trainer.stopper.best_fitness is None
+                            else float(trainer.stopper.best_fitness), "best_epoch": int(trainer.stopper.best_epoch)}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Applied when training starts (the trainer builds the optimizer and EMA then)."""
@@ -365,6 +370,9 @@ def _make_trainer(trial: YoloTrial, workdir: Path, on_epoch: Callable[[dict[str,
             self.ema.updates = state["ema_updates"]
             self.optimizer.load_state_dict(state["optimizer"])
             self.best_fitness = state["best_fitness"]
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            self.stopper.__dict__.update(state.get("stopper") or {})
             self.start_epoch = int(state["epoch"])
 
         def optimizer_step(self) -> None:
