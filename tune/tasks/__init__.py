@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +63,20 @@ def load_block_model(task_config: TaskConfig) -> BlockModel:
 def absolute_paths(task_config: TaskConfig, base: Path) -> TaskConfig:
     """The task's options with every relative path under ``base`` (the driver's working directory) made
     absolute: Ray Tune runs each trial in its own folder, where a relative path would point nowhere. A path is a
-    top-level string option that has a folder part or a file suffix (``data.pt``, ``shapes/shapes.yaml``) and names
-    something that exists; a bare word such as ``pretrained`` stays a word."""
-    options = {}
-    for key, value in task_config.options.items():
-        if isinstance(value, str) and _is_relative_path(value) and (base / value).exists():
-            value = str((base / value).resolve())
-        options[key] = value
-    return TaskConfig(task_config.name, options)
+    string option, at the top level or inside a list or mapping, that has a folder part or a file suffix
+    (``data.pt``, ``shapes/shapes.yaml``) and names something that exists; a bare word such as ``pretrained``
+    stays a word."""
+    return TaskConfig(task_config.name, {key: _absolute(value, base) for key, value in task_config.options.items()})
+
+
+def _absolute(value: Any, base: Path) -> Any:
+    if isinstance(value, str):
+        return str((base / value).resolve()) if _is_relative_path(value) and (base / value).exists() else value
+    if isinstance(value, Mapping):
+        return {key: _absolute(item, base) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_absolute(item, base) for item in value)
+    return value
 
 
 def _is_relative_path(value: str) -> bool:
