@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -17,6 +18,22 @@ from tune.tasks.base import BlockModel, Task, classification_metrics
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 torch.set_num_threads(1)
+
+# Trials run on the CPU in every test but the `gpu` ones, so that the suite means the same on a machine with a GPU
+# (device: auto would pick CUDA there, and the exact-memory tests would read the allocator instead): no CUDA device
+# is visible, and Ray does not set CUDA_VISIBLE_DEVICES for the logical GPUs it hands out.
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": "", "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}
+
+
+@pytest.fixture(autouse=True)
+def trials_on_the_cpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process and every process a test starts (CLI runs, Ray workers, cluster nodes)."""
+    if request.node.get_closest_marker("gpu"):
+        return
+    for key, value in CPU_ONLY.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
 
 
 class TinyNet(nn.Module):
@@ -57,6 +74,24 @@ def make_tiny_task(n_train: int = 48, n_val: int = 24) -> Task:
                 evaluate=classification_metrics)
 
 
+class _Enough(Exception):
+    pass
+
+
+def first_epoch(trial) -> dict:
+    """Run a trial (tune.trial.TrialProtocol) for one epoch only; its metrics."""
+    seen: list[dict] = []
+
+    def stop(metrics: dict) -> None:
+        seen.append(metrics)
+        raise _Enough
+
+    with contextlib.suppress(_Enough):
+        trial.run(stop)
+    assert seen, "the trial ended before its first epoch"
+    return seen[0]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as probe:
@@ -83,7 +118,11 @@ def ray_runtime() -> Iterator[None]:
     # Ray workers inherit the driver's environment: let them import the test tasks ("conftest:...").
     tests_dir = str(Path(__file__).resolve().parent)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    # Trials train on the CPU: the workers see no CUDA device, and Ray leaves that alone (the raylet itself refuses
+    # 2 GPUs with an empty CUDA_VISIBLE_DEVICES, so only the workers get it)
+    os.environ["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"] = "1"
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+             runtime_env={"env_vars": CPU_ONLY})
     yield
     ray.shutdown()
 

@@ -11,7 +11,7 @@ import yaml
 
 from tune.config import ConfigError, TrainConfig, build_config, load_config, parse_overrides
 from tune.freeze import check_space
-from tune.space import Choice, FloatRange, IntRange, optuna_space
+from tune.space import Choice, FloatRange, IntRange, OptunaSpace
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SPACE = ROOT / "search_spaces" / "digits_freeze.yaml"
@@ -150,7 +150,7 @@ def test_names_resolve_to_the_models_cut_points(block_model):
 
 def _sample(space, n, sampler):
     study = optuna.create_study(sampler=sampler)
-    define = optuna_space(space)
+    define = OptunaSpace(space)
     samples = []
     for _ in range(n):
         trial = study.ask()
@@ -204,9 +204,13 @@ def test_a_grid_runs_every_trial_to_the_end():
         build_config(minimal(search={"algorithm": "random"}))
 
 
+@pytest.mark.parametrize("key", ["metric", "mode"])
+def test_metric_and_mode_are_not_keys_score_is_always_the_objective(key):
+    with pytest.raises(ConfigError, match=rf"^search.{key}: got 'x' \(unknown key\)"):
+        build_config(minimal(search={key: "x"}))
+
+
 @pytest.mark.parametrize(("search", "key", "value"), [
-    ({"metric": "val_loss", "mode": "min"}, "search.metric", "'val_loss'"),
-    ({"mode": "min"}, "search.mode", "'min'"),
     ({"objectives": {"peak_mem_mb": "min"}}, "search.objectives", "{'peak_mem_mb': 'min'}"),
     ({"objectives": {"score": "min"}}, "search.objectives", "{'score': 'min'}"),
 ])

@@ -8,7 +8,7 @@ from torch import nn
 
 from tune.config import TrainConfig
 from tune.errors import ConfigError
-from tune.freeze import apply_freeze, block_flops, resolve
+from tune.freeze import FrozenModel, block_flops, resolve
 from tune.tasks.base import BlockModel
 from tune.train import Trial
 
@@ -39,7 +39,7 @@ def frozen_blocks_of(block_model: BlockModel) -> set[int]:
 def test_resolve_and_apply_freeze_exactly_the_named_blocks(block_model, keys, expected):
     spec = resolve(block_model, **keys)
     assert spec.blocks == expected
-    frozen = apply_freeze(block_model, spec)
+    frozen = FrozenModel(block_model, spec)
     assert frozen_blocks_of(block_model) == set(expected)
     total = sum(p.numel() for p in block_model.module.parameters())
     in_frozen = sum(p.numel() for i in expected for p in block_model.blocks[i].parameters())
@@ -69,8 +69,16 @@ def test_bad_freeze_is_one_line_naming_key_value_and_allowed(block_model, keys, 
     assert "allowed:" in message and "\n" not in message
 
 
-def test_training_changes_trainable_params_and_leaves_frozen_ones_bit_identical(tiny_task):
-    trial = Trial(tiny_task, TrainConfig(epochs=2, batch_size=8, lr=1e-2, freeze_stop=2))
+# With the prefix cache on, frozen blocks run once under no_grad: their weights and statistics would stay put even if
+# freezing did nothing. With it off, every step runs them: only requires_grad=False, the optimizer and eval mode
+# keep them. Both are tested.
+CACHE = pytest.mark.parametrize(("prefix_cache", "state"), [("auto", "on"), ("off", "off: off in the config")])
+
+
+@CACHE
+def test_training_changes_trainable_params_and_leaves_frozen_ones_bit_identical(tiny_task, prefix_cache, state):
+    trial = Trial(tiny_task, TrainConfig(epochs=2, batch_size=8, lr=1e-2, freeze_stop=2, prefix_cache=prefix_cache))
+    assert trial.prefix_cache == state
     before = {name: p.detach().clone() for name, p in trial.model.named_parameters()}
     list(trial.epochs())
     for name, param in trial.model.named_parameters():
@@ -86,8 +94,10 @@ def _bn_stats(model: nn.Module, blocks: range) -> list[torch.Tensor]:
             for t in (m.running_mean, m.running_var)]
 
 
-def test_frozen_batchnorm_keeps_its_statistics_by_default(tiny_task):
-    trial = Trial(tiny_task, TrainConfig(epochs=1, batch_size=8, freeze_stop=1))
+@CACHE
+def test_frozen_batchnorm_keeps_its_statistics_by_default(tiny_task, prefix_cache, state):
+    trial = Trial(tiny_task, TrainConfig(epochs=1, batch_size=8, freeze_stop=1, prefix_cache=prefix_cache))
+    assert trial.prefix_cache == state
     frozen_before, trainable_before = _bn_stats(trial.model, range(1)), _bn_stats(trial.model, range(1, 2))
     list(trial.epochs())
     assert all(torch.equal(a, b) for a, b in zip(frozen_before, _bn_stats(trial.model, range(1)), strict=True))
@@ -124,7 +134,7 @@ def test_frozen_flops_share_is_measured_per_block():
     block_model = _linear_blocks()
     # a matmul of (4 x n) by (n x m) is 2 * 4 * n * m FLOPs
     assert block_flops(block_model) == [2 * 4 * 10 * 20, 2 * 4 * 20 * 30, 2 * 4 * 30 * 5]
-    summary = apply_freeze(block_model, resolve(block_model, freeze=2)).summary
+    summary = FrozenModel(block_model, resolve(block_model, freeze=2)).summary
     assert summary.frozen_flops_share == pytest.approx((1600 + 4800) / (1600 + 4800 + 1200))
 
 
@@ -135,6 +145,6 @@ def test_frozen_flops_share_is_measured_per_block():
 def test_a_freeze_is_labelled_as_a_range_only_when_it_is_one(block_model, keys, label):
     from tune.report import _freeze_key
 
-    summary = apply_freeze(block_model, resolve(block_model, **keys)).summary
+    summary = FrozenModel(block_model, resolve(block_model, **keys)).summary
     assert summary.label == label and summary.as_metrics()["freeze_label"] == label
     assert _freeze_key(label) == (summary.freeze_start, summary.freeze_stop)

@@ -132,6 +132,6 @@ def test_every_cost_name_is_a_compared_value(cost):
 
 
 def test_params_read_back_from_mlflow_keep_their_types():
-    import run_search
+    from tune.tracking import typed
 
-    assert run_search._typed("5e-05") == 5e-05 and run_search._typed("3") == 3 and run_search._typed("adam") == "adam"
+    assert typed("5e-05") == 5e-05 and typed("3") == 3 and typed("adam") == "adam"

@@ -15,8 +15,9 @@ from conftest import free_port
 from mlflow.tracking import MlflowClient
 
 import run_search
-from tune.config import load_config, parse_overrides
-from tune.train import METRIC_KEYS
+from tune import search
+from tune.config import ConfigError, load_config, parse_overrides
+from tune.trial import METRIC_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 # the yolo spaces need the yolo extra and a data set: tests/test_yolo.py runs them on synthetic data
@@ -53,9 +54,15 @@ def _overlap(children: list) -> int:
 
 @pytest.fixture(scope="module")
 def default_smoke(ray_runtime, tmp_path_factory):
+    """The default space's smoke test with a confirmation of its top 2 candidates (2 seeds each): one search that
+    the tests of the whole path share."""
     tmp_path = tmp_path_factory.mktemp("default")
-    code, uri = _search(tmp_path)
+    code, uri = _search(tmp_path, "--confirm", "2", "--confirm-top", "2")
     return code, uri, tmp_path
+
+
+def _phase(children: list, phase: str) -> list:
+    return [c for c in children if c.data.tags.get("phase") == phase]
 
 
 def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(default_smoke):
@@ -70,7 +77,7 @@ def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(def
     report_files = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {f"report/{n}" for n in ("report.txt", "summary.md", "frontier.png", "score_by_epoch.png",
                                     "resources_by_range.png")} <= report_files
-    assert len(children) == 4
+    assert len(_phase(children, "search")) == 4 and len(_phase(children, "confirm")) == 4
     for child in children:
         assert child.info.status == "FINISHED"
         params = child.data.params
@@ -78,7 +85,7 @@ def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(def
                 "freeze_range"} <= set(params)
         assert params["freeze_range"] == f"[0, {params['freeze_stop']})"
         epochs_run = int(child.data.tags["epochs_run"])
-        assert 1 <= epochs_run <= 2
+        assert 1 <= epochs_run <= 2 if child.data.tags["phase"] == "search" else epochs_run == 2
         for key in METRIC_KEYS:
             steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
             assert steps == list(range(1, epochs_run + 1)), key
@@ -94,12 +101,13 @@ def test_trials_run_in_parallel(default_smoke):
 def test_gpu_fractions_from_the_config_pack_trials_onto_logical_gpus(ray_runtime, tmp_path):
     # The session's Ray has 2 logical GPUs: 0.5 GPU and 0.5 CPU per trial lets 4 trials run at once.
     code, uri = _search(tmp_path, "--set", "search.gpus_per_trial=0.5", "--set", "search.cpus_per_trial=0.5",
-                        "--set", "search.num_samples=4", "--set", "search.scheduler=fifo")
+                        "--set", "search.num_samples=4", "--set", "search.scheduler=fifo", "--set", "train.epochs=1")
     assert code == 0
     _, children = _runs(uri, "digits_freeze")
     assert [c.data.tags["trial_gpus"] for c in children] == ["0.5"] * 4
     assert [c.data.tags["trial_cpus"] for c in children] == ["0.5"] * 4
     assert _overlap(children) >= 3
+    assert {c.data.tags["mem_source"] for c in children} == {"model"}  # a GPU share, but trained on the CPU
 
 
 @pytest.mark.parametrize("space", [p for p in SPACES if p.name != "digits_freeze.yaml"], ids=lambda p: p.name)
@@ -111,6 +119,13 @@ def test_every_search_space_file_smoke_runs(ray_runtime, tmp_path, space):
     parent, children = _runs(uri, yaml.safe_load(space.read_text())["name"])
     assert parent.info.status == "FINISHED"
     assert children and all(c.info.status == "FINISHED" for c in children)
+    if "freeze_start" in yaml.safe_load(space.read_text())["space"]:  # a range space: both bounds sampled, in order
+        starts = [int(c.data.params["freeze_start"]) for c in children]
+        stops = [int(c.data.params["freeze_stop"]) for c in children]
+        pairs = list(zip(starts, stops, strict=True))
+        assert all(start <= stop for start, stop in pairs), pairs
+        assert len(set(starts)) > 1, f"freeze_start was not sampled: {starts}"
+        assert [c.data.params["freeze_range"] for c in children] == [f"[{a}, {b})" for a, b in pairs]
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -141,6 +156,7 @@ def test_help_lists_the_options(tmp_path):
         assert option in result.stdout
 
 
+@pytest.mark.slow
 def test_a_crashed_trial_is_retried_from_its_last_checkpoint(ray_runtime, tmp_path):
     # 4 epochs of 6 batches; the crash comes in batch 8, inside epoch 2, after epoch 1's checkpoint.
     marker = tmp_path / "crashed"
@@ -234,6 +250,7 @@ def test_report_command_rebuilds_the_report_from_mlflow_alone(default_smoke, tmp
     assert "error: --experiment: got 'nope' (no experiment 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_multi_objective_search_runs_every_trial_to_the_end_and_reports_that_frontier(ray_runtime, tmp_path,
                                                                                    capsys):
     code, uri = _search(tmp_path, "--set", "search.objectives={score: max, peak_mem_mb: min}")
@@ -273,6 +290,7 @@ def test_layers_lists_the_default_models_blocks_and_cut_points(capsys):
     assert sum(int(row[3].replace(",", "")) for row in rows) == 152_570
 
 
+@pytest.mark.slow
 def test_time_budget_stops_the_search_cleanly(ray_runtime, tmp_path, capsys):
     code, uri = _search(tmp_path, "--set", "search.num_samples=40", "--set", "train.epochs=10", "--time-budget", "6")
     assert code == 0
@@ -283,20 +301,65 @@ def test_time_budget_stops_the_search_cleanly(ray_runtime, tmp_path, capsys):
     assert "the time budget of 6 s stopped the search" in capsys.readouterr().out
 
 
-def test_confirm_reruns_the_top_candidates_with_fresh_seeds(ray_runtime, tmp_path, capsys):
-    code, uri = _search(tmp_path, "--confirm", "2", "--confirm-top", "2")
-    assert code == 0
-    _, children = _runs(uri, "digits_freeze")
-    confirm_runs = [c for c in children if c.data.tags.get("phase") == "confirm"]
+def test_confirm_reruns_the_top_ranked_candidates_with_fresh_seeds_and_recommends_the_confirmed_one(default_smoke):
+    from tune import report, tracking
+
+    _, uri, _ = default_smoke
+    parent, children = _runs(uri, "digits_freeze")
+    confirm_runs = _phase(children, "confirm")
     assert len(confirm_runs) == 4  # 2 candidates x 2 seeds
     assert sorted(c.data.params["seed"] for c in confirm_runs) == ["1", "1", "2", "2"]
-    searched = {c.info.run_name: c for c in children if c.data.tags.get("phase") == "search"}
+    searched = {c.info.run_name: c for c in _phase(children, "search")}
     for run in confirm_runs:
         source = searched[run.data.tags["candidate"]]
         assert run.data.params["freeze_stop"] == source.data.params["freeze_stop"]
         assert run.data.params["lr"] == source.data.params["lr"]
-    out = capsys.readouterr().out
-    assert "Confirmation (fresh seeds" in out and "Confirmed recommendation:" in out
+    # the candidates are the top-ranked search trials: the recommendation, the best score, the frontier, then the
+    # rest by score (the first two distinct ones)
+    records = tracking.fetch_trials(uri, parent.info.run_id)
+    results = [r for r in report.summarise(records) if r.candidate is None]
+    chosen = report.recommend(results, tolerance=0.01, cost="epoch_time_s")
+    front = report.frontier(results, report.DEFAULT_FRONTIER)
+    ranked = [chosen.trial.name, chosen.best.name, *(r.name for r in front), *(r.name for r in results)]
+    expected = list(dict.fromkeys(ranked))[:2]
+    assert {c.data.tags["candidate"] for c in confirm_runs} == set(expected)
+    # the parent's recommendation is the confirmed choice, judged on the confirmation runs alone
+    _, confirmed = report.confirmed([r for r in report.summarise(records) if r.candidate], 0.01, "epoch_time_s")
+    assert parent.data.tags["recommended_trial"] == confirmed.name
+    assert parent.data.tags["recommended_freeze_range"] == searched[confirmed.name].data.params["freeze_range"]
+
+
+def test_the_recommendation_follows_the_confirmed_choice_not_the_search_trial(tmp_path):
+    """Logged by hand (no Ray): the search recommends the cheap trial, its confirmation does not hold up, so the
+    report, the parent's tags and the logged model's trial are the expensive one."""
+    from tune.study import rebuild_report
+    from tune.tracking import SearchTracker, TrialRuns, search_tags
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SearchTracker(uri, "confirmed")
+    tracker.start_search("search", {"name": "confirmed", "report.tolerance": "0.01"},
+                         search_tags(["freeze_stop"], [("score", "max")]))
+    runs = TrialRuns(tracker, {"epochs": 1}, 1)
+
+    def trial(name: str, stop: int, score: float, epoch_time: float, **tags: str) -> None:
+        result = {"epoch": 1, "score": score, "epoch_time_s": epoch_time, "peak_mem_mb": 8.0 - stop,
+                  "train_time_s": epoch_time, "freeze_start": 0, "freeze_stop": stop, "trainable_params": 1,
+                  "frozen_params": 1, "frozen_flops_share": 0.5}
+        runs.result(name, {"freeze_stop": stop, "seed": tags.pop("seed", 0)}, tags, result, first_since_restore=False)
+        runs.complete(name, {"freeze_stop": stop}, tags)
+
+    trial("expensive", 0, 0.950, 2.0, phase="search")
+    trial("cheap", 4, 0.945, 1.0, phase="search")  # within 0.01: the search's recommendation
+    for seed, (high, low) in enumerate([(0.950, 0.900), (0.951, 0.901), (0.949, 0.899)], start=1):
+        trial(f"e{seed}", 0, high, 2.0, phase="confirm", candidate="expensive", seed=seed)
+        trial(f"c{seed}", 4, low, 1.0, phase="confirm", candidate="cheap", seed=seed)
+    tracker.finish_search("FINISHED")
+
+    built = rebuild_report(uri, experiment="confirmed", report_dir=tmp_path / "reports", say=lambda line: None)
+    assert built.recommendation.trial.name == "cheap" and built.confirmed_choice.name == "expensive"
+    assert built.chosen_name == "expensive"
+    tags = MlflowClient(tracking_uri=uri).get_run(tracker.parent_run_id).data.tags
+    assert tags["recommended_trial"] == "expensive" and tags["recommended_freeze_range"] == "[0, 0)"
 
 
 def _space_file(tmp_path: Path, text: str) -> Path:
@@ -312,6 +375,7 @@ def _run_space(tmp_path: Path, text: str) -> tuple[int, str]:
     return code, uri
 
 
+@pytest.mark.slow
 def test_a_diverging_trial_stops_is_tagged_and_the_search_goes_on(ray_runtime, tmp_path):
     code, uri = _run_space(tmp_path, """
 name: diverge
@@ -333,6 +397,7 @@ search: {num_samples: 6, scheduler: fifo}
             assert "diverged" not in child.data.tags and child.data.tags["epochs_run"] == "4"
 
 
+@pytest.mark.slow
 def test_an_out_of_memory_trial_fails_with_its_reason_and_the_search_goes_on(ray_runtime, tmp_path):
     code, uri = _run_space(tmp_path, """
 name: oom
@@ -353,6 +418,7 @@ search: {num_samples: 6, scheduler: fifo}
             assert child.info.status == "FINISHED"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["freeze_stop", "freeze"])
 def test_freeze_aware_gpus_give_deeper_freezes_a_smaller_share(ray_runtime, tmp_path, key):
     space = (["--set", "space.freeze_stop={type: choice, values: [0, 7]}"] if key == "freeze_stop" else
@@ -370,24 +436,45 @@ def test_freeze_aware_gpus_give_deeper_freezes_a_smaller_share(ray_runtime, tmp_
 
 
 def test_concurrency_counts_freeze_aware_shares_at_the_smallest(ray_runtime):
-    from tune import search
-
     cfg = load_config(ROOT / "search_spaces" / "digits_freeze.yaml", parse_overrides(
         ["search.gpus_per_trial=1.0", "search.cpus_per_trial=0.25", "search.num_samples=20"]))
-    assert search._concurrency(cfg) == 2  # 2 logical GPUs, a whole one per trial
-    assert search._concurrency(cfg, smallest_gpu_share=0.25) == 8  # 8 of the deepest freezes fit, CPUs allow 8
+    assert search.concurrency(cfg) == 2  # 2 logical GPUs, a whole one per trial
+    assert search.concurrency(cfg, smallest_gpu_share=0.25) == 8  # 8 of the deepest freezes fit, CPUs allow 8
 
 
-def test_gpus_per_trial_beyond_every_node_is_refused_here_and_a_warning_on_a_cluster(ray_runtime, capsys):
-    from tune.config import ConfigError
-
-    run_search._check_gpus(2.0, on_cluster=False)  # 2 logical GPUs on the one node: fits
-    with pytest.raises(ConfigError, match=r"^search.gpus_per_trial: got 3.0 \(the largest node has 2\)"):
-        run_search._check_gpus(3.0, on_cluster=False)
-    run_search._check_gpus(3.0, on_cluster=True)  # an autoscaler may add a bigger node: trials wait for it
-    assert "warning: search.gpus_per_trial is 3 but no node" in capsys.readouterr().err
+def _resources_cfg(*overrides: str):
+    return load_config(ROOT / "search_spaces" / "digits_freeze.yaml", parse_overrides(list(overrides)))
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["search.gpus_per_trial=3"], r"^search.gpus_per_trial: got 3 \(the largest node has 2\)"),
+    (["search.cpus_per_trial=8"], r"^search.cpus_per_trial: got 8 \(the largest node has 2 CPUs\)"),
+    (["search.cpus_per_trial=2", "search.gpus_per_trial=0"], None),  # the whole node: fits
+    (["train.device=cuda"], r"^train.device: got 'cuda' \(trials get no GPU: search.gpus_per_trial is 0\)"),
+    (["train.device=cuda:1", "search.gpus_per_trial=1"],
+     r"^train.device: got 'cuda:1'; allowed: cuda or cuda:N with N < 1"),
+    (["train.device=cuda", "search.gpus_per_trial=0.5"],
+     r"^train.device: got 'cuda' \(torch here has no CUDA device\)"),
+])
+def test_requests_no_node_can_meet_are_refused_here_before_any_trial(ray_runtime, overrides, message):
+    # the session's Ray: one node of 2 CPUs and 2 logical GPUs, and torch without CUDA
+    cfg = _resources_cfg(*overrides)
+    if message is None:
+        assert search.check_resources(cfg, on_cluster=False) == []
+        return
+    with pytest.raises(ConfigError, match=message):
+        search.check_resources(cfg, on_cluster=False)
+
+
+def test_on_a_cluster_a_shortfall_is_a_warning_an_autoscaler_may_answer(ray_runtime):
+    warnings = search.check_resources(_resources_cfg("search.gpus_per_trial=3", "search.cpus_per_trial=1"),
+                                      on_cluster=True)
+    assert len(warnings) == 1 and warnings[0].startswith("search.gpus_per_trial is 3 but no node of the cluster")
+    assert search.check_resources(_resources_cfg("search.cpus_per_trial=16"), on_cluster=True)[0].startswith(
+        "search.cpus_per_trial is 16 but no node")
+
+
+@pytest.mark.slow
 def test_a_relative_data_path_reaches_trials_that_run_in_their_own_folders(ray_runtime, tmp_path, monkeypatch):
     import torch
     from conftest import make_tiny_task
@@ -403,6 +490,7 @@ def test_a_relative_data_path_reaches_trials_that_run_in_their_own_folders(ray_r
     assert parent.data.params["task.options.data"] == str(tmp_path / "inputs" / "data.pt")
 
 
+@pytest.mark.slow
 def test_a_storage_uri_keeps_checkpoints_behind_rays_filesystem_layer(ray_runtime, tmp_path):
     # file:// goes through the same pyarrow filesystem path as s3:// or gs://: the recommended model's checkpoint
     # is read with Checkpoint.as_directory(), and trials cache prefixes for themselves only
@@ -414,6 +502,7 @@ def test_a_storage_uri_keeps_checkpoints_behind_rays_filesystem_layer(ray_runtim
     assert any((tmp_path / "remote").iterdir()) and not (tmp_path / "remote" / "prefix_cache").exists()
 
 
+@pytest.mark.slow
 def test_a_trial_that_ran_its_own_searched_epochs_did_not_stop_early(ray_runtime, tmp_path):
     code, uri = _search(tmp_path, "--set", "search.scheduler=fifo", "--set", "search.num_samples=6",
                         "--set", "space.epochs={type: choice, values: [1, 2]}")
@@ -424,34 +513,61 @@ def test_a_trial_that_ran_its_own_searched_epochs_did_not_stop_early(ray_runtime
     assert all(c.data.tags["epochs_run"] == c.data.params["epochs"] for c in children)
 
 
-def test_a_trial_restarted_one_checkpoint_early_is_tagged_and_logs_no_epoch_twice(tmp_path):
-    # Tune registers a reported checkpoint after the result's callbacks: a worker killed in between restarts from
-    # the checkpoint before, and its first result replays an epoch MLflow already holds.
-    from types import SimpleNamespace
-
-    from tune.config import TrainConfig
-    from tune.search import _MlflowTrials
-    from tune.tracking import SearchTracker
+def _trial_runs(tmp_path: Path, epochs: int = 4):
+    from tune.tracking import SearchTracker, TrialRuns
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = SearchTracker(uri, "replay")
+    tracker = SearchTracker(uri, "by-hand")
     tracker.start_search("search", {}, {})
-    callback = _MlflowTrials(tracker, TrainConfig(epochs=4), ["freeze_stop"])
-    trial = SimpleNamespace(trial_id="t1", config={"freeze_stop": 1})
+    return TrialRuns(tracker, {"epochs": epochs, "lr": 0.001}, epochs), MlflowClient(tracking_uri=uri)
 
-    def result(epoch: int, since_restore: int, score: float) -> dict:
-        return {"epoch": epoch, "iterations_since_restore": since_restore, "score": score, "freeze_start": 0,
-                "freeze_stop": 1, "trainable_params": 10, "frozen_params": 5, "frozen_flops_share": 0.25}
 
-    callback.on_trial_start(0, [], trial)
+def _result(epoch: int, score: float, **extra) -> dict:
+    return {"epoch": epoch, "score": score, "freeze_start": 0, "freeze_stop": 1, "trainable_params": 10,
+            "frozen_params": 5, "frozen_flops_share": 0.25, "mem_source": "model", **extra}
+
+
+def test_a_trial_restarted_one_checkpoint_early_is_tagged_and_logs_no_epoch_twice(tmp_path):
+    # Tune registers a reported checkpoint after the result's callbacks: a worker killed in between restarts from
+    # the checkpoint before, and its first result replays an epoch MLflow already holds. Driven by hand, no Ray.
+    runs, client = _trial_runs(tmp_path)
+    params, tags = {"freeze_stop": 1}, {"phase": "search"}
+    runs.run_id("t1", params, tags)
     for epoch in (1, 2):
-        callback.on_trial_result(0, [], trial, result(epoch, epoch, 0.1 * epoch))
+        runs.result("t1", params, tags, _result(epoch, 0.1 * epoch), first_since_restore=epoch == 1)
     for since_restore, epoch in enumerate((2, 3, 4), start=1):  # restored from epoch 1's checkpoint
-        callback.on_trial_result(0, [], trial, result(epoch, since_restore, 0.5))
-    callback.on_trial_complete(0, [], trial)
+        runs.result("t1", params, tags, _result(epoch, 0.5), first_since_restore=since_restore == 1)
+    assert runs.complete("t1", params, tags) == "score 0.5000 after 4 epochs"
 
-    run = MlflowClient(tracking_uri=uri).get_run(callback.run_ids["t1"])
+    run = client.get_run(runs.run_ids["t1"])
     assert run.data.tags["resumed_at_epoch"] == "2"
-    history = MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "score")
+    history = client.get_metric_history(run.info.run_id, "score")
     assert sorted((m.step, m.value) for m in history) == [(1, 0.1), (2, 0.2), (3, 0.5), (4, 0.5)]
     assert run.info.status == "FINISHED" and run.data.tags["stopped_early"] == "False"
+    assert run.data.tags["mem_source"] == "model" and "mem_source" not in run.data.metrics  # a tag, not a metric
+    assert run.data.params["freeze_range"] == "[0, 1)" and run.data.params["lr"] == "0.001"
+
+
+def test_trial_runs_tag_divergence_early_stops_against_searched_epochs_and_failures(tmp_path):
+    runs, client = _trial_runs(tmp_path, epochs=4)
+    tags = {"phase": "search"}
+    runs.result("diverged", {}, tags, _result(1, 0.2, diverged=1), first_since_restore=False)
+    assert runs.complete("diverged", {}, tags) == "diverged (loss not finite) at epoch 1"
+    runs.result("asha", {}, tags, _result(1, 0.3), first_since_restore=False)
+    assert runs.complete("asha", {}, tags).endswith("(stopped early by ASHA)")
+    runs.result("short", {"epochs": 1}, tags, _result(1, 0.3), first_since_restore=False)  # epochs searched: 1
+    assert not runs.complete("short", {"epochs": 1}, tags).endswith("ASHA)")
+    error_file = tmp_path / "error.txt"
+    error_file.write_text("Traceback (most recent call last):\n  File x\nMemoryError: too big\n"
+                          "RuntimeError: out of memory at epoch 1: MemoryError: too big\n")
+    runs.result("oom", {}, tags, _result(1, 0.1), first_since_restore=False)
+    reason = "RuntimeError: out of memory at epoch 1: MemoryError: too big"
+    assert runs.error("oom", {}, tags, str(error_file)) == f"FAILED: {reason}"
+
+    run = {name: client.get_run(runs.run_ids[name]) for name in ("diverged", "asha", "short", "oom")}
+    assert run["diverged"].data.tags["diverged"] == "true" and run["diverged"].data.tags["diverged_at_epoch"] == "1"
+    assert "stopped_early" not in run["diverged"].data.tags
+    assert run["asha"].data.tags["stopped_early"] == "True" and run["short"].data.tags["stopped_early"] == "False"
+    assert run["oom"].info.status == "FAILED"
+    assert run["oom"].data.tags["failure_reason"].startswith("RuntimeError: out of memory at epoch 1: MemoryError")
+    assert {r.info.status for name, r in run.items() if name != "oom"} == {"FINISHED"}

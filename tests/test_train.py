@@ -10,8 +10,10 @@ from torch import nn
 
 from tune import measure
 from tune.config import TrainConfig
+from tune.prefix_cache import SharedPrefixCache
 from tune.tasks.base import BlockModel, Task, classification_metrics
-from tune.train import METRIC_KEYS, SharedPrefixCache, Trial
+from tune.train import Trial
+from tune.trial import METRIC_KEYS
 
 
 def test_every_epoch_yields_the_common_metric_names(tiny_task):
@@ -96,12 +98,12 @@ def test_trials_with_the_same_prefix_share_its_outputs_and_train_exactly_as_alon
     first = Trial(tiny_task, cfg, shared_cache=shared)
     assert first.prefix_cache == "on (shared, computed)"
     assert len(list((tmp_path / "prefix_cache").glob("*.pt"))) == 1
-    import tune.train
+    import tune.prefix_cache
 
     def no_compute(*args, **kwargs):
         raise AssertionError("the prefix was computed again")
 
-    monkeypatch.setattr(tune.train, "_outputs", no_compute)
+    monkeypatch.setattr(tune.prefix_cache, "_outputs", no_compute)
     other_lr = dataclasses.replace(cfg, lr=3e-3)
     second = Trial(tiny_task, other_lr, shared_cache=shared)  # another trial, same prefix: loaded, not computed
     assert second.prefix_cache == "on (shared, loaded)"
@@ -175,10 +177,12 @@ def test_the_memory_probe_gives_epoch_1s_peak_after_one_optimizer_step(tiny_task
 
 
 def test_gpu_shares_follow_the_measured_memory_by_depth(tiny_task, monkeypatch):
-    from tune import train
-    from tune.train import gpu_shares
+    from tune.search import gpu_shares
 
-    monkeypatch.setattr(train, "first_epoch", None)  # measured by the one-step probe, not by a whole epoch
+    def no_epoch(*args, **kwargs):
+        raise AssertionError("a whole epoch was trained: shares come from the one-step probe")
+
+    monkeypatch.setattr(Trial, "run_epoch", no_epoch)
 
     freezes = {tuple(range(k)): {"freeze": None, "freeze_start": 0, "freeze_stop": k} for k in range(4)}
     freezes[(1,)] = {"freeze": [1], "freeze_start": 0, "freeze_stop": None}  # not a prefix: measured all the same
@@ -188,3 +192,11 @@ def test_gpu_shares_follow_the_measured_memory_by_depth(tiny_task, monkeypatch):
     assert by_depth[3] < by_depth[0] and by_depth == sorted(by_depth, reverse=True)
     assert shares[(1,)] < 1.0
     assert all(abs(round(v * 20) - v * 20) < 1e-9 and 0.05 <= v <= 1.0 for v in shares.values())
+
+
+def test_trials_in_tests_run_on_the_cpu_even_where_there_is_a_gpu():
+    import os
+
+    from tune.trial import pick_device
+
+    assert pick_device("auto").type == "cpu" and os.environ["CUDA_VISIBLE_DEVICES"] == ""

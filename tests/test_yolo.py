@@ -16,6 +16,7 @@ import torch
 pytest.importorskip("ultralytics", reason="needs the yolo extra: pip install torch==2.14.1 torchvision==0.29.1 "
                                           "-e '.[yolo]' (its own venv; .ci/run makes it)")
 
+from conftest import first_epoch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 import run_search  # noqa: E402
@@ -23,7 +24,8 @@ from tune import freeze  # noqa: E402
 from tune.config import TrainConfig  # noqa: E402
 from tune.tasks.shapes import make_detection_data  # noqa: E402
 from tune.tasks.yolo import make_task  # noqa: E402
-from tune.train import first_epoch, load_checkpoint, make_trial, save_checkpoint  # noqa: E402
+from tune.train import make_trial  # noqa: E402
+from tune.trial import load_checkpoint, save_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.yolo
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +52,7 @@ def _run(trial) -> list[dict]:
 def test_frozen_blocks_follow_yolov5s_name_rule(task, n):
     block_model = task.build_model()
     assert block_model.named_cut_points() == {"none": 0, "backbone": 10, "all_but_head": 24}
-    frozen = freeze.apply_freeze(block_model, freeze.resolve(block_model, freeze=n))
+    frozen = freeze.FrozenModel(block_model, freeze.resolve(block_model, freeze=n))
     # YOLOv5 train.py: freeze = [f"model.{x}." for x in range(n)]; frozen if any of them is in the name
     rule = [f"model.{x}." for x in range(n)]
     by_rule = {name for name, _ in block_model.module.named_parameters() if any(x in name for x in rule)}

@@ -24,13 +24,11 @@ from typing import Any
 
 import yaml
 
-from tune.errors import ConfigError
-from tune.space import Choice, Dimension, FloatRange, is_int, parse_dimension
+from tune.errors import ConfigError, one_line
+from tune.space import FREEZE_KEYS, ORDERED, Choice, Dimension, FloatRange, is_int, parse_dimension
 
 __all__ = ["COST_METRICS", "FREEZE_KEYS", "Config", "ConfigError", "ReportConfig", "SearchConfig", "TaskConfig",
            "TrainConfig", "load_config", "parse_overrides"]
-
-FREEZE_KEYS = ("freeze", "freeze_start", "freeze_stop")
 
 
 @dataclass(frozen=True)
@@ -62,8 +60,6 @@ class TrainConfig:
 class SearchConfig:
     num_samples: int = 16  # trials (optuna); with algorithm grid, how many times the whole grid runs (default 1)
     algorithm: str = "optuna"  # optuna: TPE samples the space | grid: every combination of the choices, once each
-    metric: str = "score"
-    mode: str = "max"
     scheduler: str = "auto"  # auto (asha for one objective, fifo for several) | asha | fifo
     grace_period: int = 2  # ASHA: epochs every trial gets before it can be stopped
     reduction_factor: int = 2  # ASHA: keep the top 1/reduction_factor at each rung
@@ -72,12 +68,13 @@ class SearchConfig:
     gpus_per_trial: float = 0.0
     freeze_aware_gpus: bool = False  # scale each trial's GPU share by its freeze depth's measured memory
     seed: int = 0  # the Optuna sampler's seed
-    objectives: tuple[tuple[str, str], ...] = ()  # several (metric, mode): a multi-objective search
+    objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) pairs beside score: a multi-objective search
     time_budget_s: float | None = None  # stop the search cleanly after this many seconds
 
     @property
     def objective_list(self) -> list[tuple[str, str]]:
-        return list(self.objectives) or [(self.metric, self.mode)]
+        """What the search optimises: score (max), the task's primary metric, unless objectives say more."""
+        return list(self.objectives) or [("score", "max")]
 
     @property
     def scheduler_name(self) -> str:
@@ -103,7 +100,6 @@ class Config:
     space: Mapping[str, Dimension]
     search: SearchConfig
     report: ReportConfig = field(default_factory=ReportConfig)
-    source: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A plain, YAML-safe view (for logging and for the parent run's params)."""
@@ -169,8 +165,6 @@ _TRAIN_RULES: dict[str, _Rule] = {
 _SEARCH_RULES: dict[str, _Rule] = {
     "num_samples": _int_at_least(1),
     "algorithm": _one_of("optuna", "grid"),
-    "metric": (lambda v: isinstance(v, str) and v != "", "a metric name such as score"),
-    "mode": _one_of("max", "min"),
     "scheduler": _one_of("auto", "asha", "fifo"),
     "grace_period": _int_at_least(1),
     "reduction_factor": _int_at_least(2),
@@ -250,7 +244,7 @@ def _check_dimension_values(key: str, dim: Dimension) -> None:
             raise ConfigError(where, value, allowed, problem=_type_name(value))
 
 
-def build_config(raw: Any, source: Path | None = None) -> Config:
+def build_config(raw: Any) -> Config:
     if not isinstance(raw, Mapping):
         raise ConfigError("<file>", raw, "a YAML mapping with keys " + ", ".join(sorted(_SECTIONS)))
     for key in raw:
@@ -292,13 +286,9 @@ def build_config(raw: Any, source: Path | None = None) -> Config:
         search = dataclasses.replace(search, num_samples=1)  # a grid runs each combination once unless told
     report = _check_fields("report", raw.get("report"), ReportConfig, _REPORT_RULES)
     if len(search.objective_list) == 1 and search.objective_list[0] != ("score", "max"):
-        metric, mode = search.objective_list[0]
-        key = ("search.objectives" if search.objectives else
-               "search.metric" if search.metric != "score" else "search.mode")
-        raise ConfigError(key, dict(search.objectives) if search.objectives else metric if metric != "score" else mode,
-                          "score with mode max: the report and the recommendation rank trials by score, the task's "
-                          "primary metric; search other metrics as search.objectives, e.g. {score: max, "
-                          "peak_mem_mb: min}")
+        raise ConfigError("search.objectives", dict(search.objectives), "score with mode max: the report and the "
+                          "recommendation rank trials by score, the task's primary metric; search other metrics "
+                          "beside it, e.g. {score: max, peak_mem_mb: min}")
     if search.freeze_aware_gpus and search.gpus_per_trial <= 0:
         raise ConfigError("search.freeze_aware_gpus", True, "false, or true with search.gpus_per_trial > 0")
     if search.scheduler == "asha" and len(search.objective_list) > 1:
@@ -313,10 +303,10 @@ def build_config(raw: Any, source: Path | None = None) -> Config:
             if isinstance(dim, FloatRange):
                 raise ConfigError(f"space.{key}.type", "float", "choice or int with search.algorithm: grid "
                                                                 "(a grid needs a finite set of values)")
-        if {"freeze_start", "freeze_stop"} <= dims.keys():
-            raise ConfigError("space.freeze_start", "<searched>", "a fixed freeze_start with search.algorithm: grid "
-                                                                  "(the grid would pair a start after a stop)")
-    return Config(name=name, task=task, train=train, space=dims, search=search, report=report, source=source)
+        if set(ORDERED) <= dims.keys():
+            raise ConfigError(f"space.{ORDERED[0]}", "<searched>", f"a fixed {ORDERED[0]} with search.algorithm: "
+                              f"grid (the grid would pair a {ORDERED[0]} after a {ORDERED[1]})")
+    return Config(name=name, task=task, train=train, space=dims, search=search, report=report)
 
 
 def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
@@ -329,7 +319,7 @@ def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
         try:
             value = yaml.safe_load(text) if text else None
         except yaml.YAMLError as err:
-            problem = _first_line(err)
+            problem = one_line(err)
             raise ConfigError(f"--set {key}", text, "a YAML scalar, list or mapping", problem=problem) from None
         parsed.append((key, value))
     return parsed
@@ -348,10 +338,6 @@ def _apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _first_line(err: Exception) -> str:
-    return " ".join(str(err).split())
-
-
 def load_config(path: str | Path, overrides: Sequence[tuple[str, Any]] = ()) -> Config:
     """Read a search-space YAML file (safely), apply ``--set`` overrides, check it all."""
     path = Path(path)
@@ -364,11 +350,11 @@ def load_config(path: str | Path, overrides: Sequence[tuple[str, Any]] = ()) -> 
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(str(path), "<file>", "valid YAML", problem=_first_line(err)) from None
+        raise ConfigError(str(path), "<file>", "valid YAML", problem=one_line(err, limit=500)) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(str(path), raw, "a YAML mapping with keys " + ", ".join(sorted(_SECTIONS)))
     for dotted, value in overrides:
         _apply_override(raw, dotted, value)
-    return build_config(raw, source=path)
+    return build_config(raw)

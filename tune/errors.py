@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ConfigError"]
+__all__ = ["ConfigError", "one_line"]
 
 
 class ConfigError(ValueError):
@@ -20,3 +20,8 @@ class ConfigError(ValueError):
         self.problem = problem
         got = f"got {value!r}" if problem is None else f"got {value!r} ({problem})"
         super().__init__(f"{key}: {got}; allowed: {allowed}")
+
+
+def one_line(text: object, limit: int = 200) -> str:
+    """``text`` (an exception, a message) on one line, at most ``limit`` characters: for ConfigError problems."""
+    return " ".join(str(text).split())[:limit]

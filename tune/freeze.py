@@ -1,4 +1,4 @@
-"""Which blocks to freeze, freezing them, and what it froze.
+"""Blocks, which of them to freeze, freezing them, and what it froze. Knows no task: tasks build a BlockModel.
 
 Semantics (the YOLOv5 / Ultralytics ones, kept exactly):
 - ``freeze: N`` freezes blocks [0, N): YOLOv5's ``--freeze 10`` freezes its backbone, blocks 0-9.
@@ -13,7 +13,7 @@ YOLOv5's train.py does.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,12 +22,44 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from tune.errors import ConfigError
-from tune.space import IntRange, is_int, resolve_names
-from tune.tasks.base import BlockModel
+from tune.space import FREEZE_KEYS, IntRange, in_order, is_int, resolve_names
 
-__all__ = ["FreezeSpec", "FreezeSummary", "FrozenModel", "apply_freeze", "block_flops", "check_space", "freeze_keys",
-           "freeze_model", "grid_values", "layer_table", "prefix_cache_blocker", "resolve", "resolve_index",
-           "sampled_freezes", "trial_freeze"]
+__all__ = ["FREEZE_KEYS", "BlockModel", "FreezeSpec", "FreezeSummary", "FrozenModel", "block_flops", "check_space",
+           "freeze_keys", "freeze_model", "grid_values", "layer_table", "resolve", "resolve_index", "sampled_freezes",
+           "trial_freeze"]
+
+
+@dataclass(frozen=True)
+class BlockModel:
+    """A model and its ordered blocks: freezing works on block indices.
+
+    ``blocks`` are submodules of ``module`` in forward order. ``cut_points`` names block counts that mean
+    something for this model, e.g. ``{"backbone": 6}``: freezing ``backbone`` freezes blocks [0, 6).
+    ``none`` (0) and ``all_but_head`` (len(blocks) - 1) are always defined. ``example_input`` is one small
+    batch, used to measure each block's share of forward FLOPs. ``sequential`` says that the forward pass is
+    exactly the blocks applied in order (each block's output is the next one's input): only then can a frozen
+    prefix's outputs be cached and the rest trained on them.
+    """
+
+    module: nn.Module
+    blocks: Sequence[nn.Module]
+    block_names: Sequence[str]
+    cut_points: Mapping[str, int]
+    example_input: torch.Tensor
+    sequential: bool = False
+
+    def __post_init__(self) -> None:
+        if len(self.blocks) != len(self.block_names):
+            raise ValueError(f"{len(self.blocks)} blocks but {len(self.block_names)} block names")
+        if len(self.blocks) < 2:
+            raise ValueError("a model needs at least two blocks (one to freeze, one to train)")
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+    def named_cut_points(self) -> dict[str, int]:
+        return {"none": 0, **self.cut_points, "all_but_head": self.n_blocks - 1}
 
 
 @dataclass(frozen=True)
@@ -116,7 +148,7 @@ def resolve(block_model: BlockModel, *, freeze: Any = None, freeze_start: Any = 
     else:
         start = resolve_index("freeze_start", freeze_start, n_blocks, cuts)
         stop = start if freeze_stop is None else resolve_index("freeze_stop", freeze_stop, n_blocks, cuts)
-        if start > stop:
+        if not in_order({"freeze_start": start, "freeze_stop": stop}):
             raise ConfigError("freeze_start", freeze_start, f"freeze_start <= freeze_stop (freeze_stop={freeze_stop})")
         blocks = tuple(range(start, stop))
         key, shown = "freeze_stop", freeze_stop
@@ -226,31 +258,6 @@ class FrozenModel:
             bn.eval()
 
 
-def prefix_cache_blocker(frozen: FrozenModel, augments: bool) -> str | None:
-    """Why the frozen blocks' outputs cannot be computed once and reused every epoch, or None when they can:
-    the frozen part must be a prefix of a sequential model, and deterministic (no input augmentation, frozen
-    BatchNorm in eval mode, no dropout in it)."""
-    spec, block_model = frozen.spec, frozen.block_model
-    if not spec.blocks:
-        return "nothing frozen"
-    if not block_model.sequential:
-        return "the model is not a plain sequence of blocks"
-    if not spec.is_prefix:
-        return "the frozen blocks are not a prefix"
-    if augments:
-        return "the task augments its inputs"
-    prefix = [m for i in spec.blocks for m in block_model.blocks[i].modules()]
-    if any(isinstance(m, nn.modules.dropout._DropoutNd) for m in prefix):
-        return "dropout in the frozen prefix"
-    if frozen.frozen_bn == "train" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in prefix):
-        return "frozen BatchNorm updates its statistics (frozen_bn: train)"
-    return None
-
-
-def apply_freeze(block_model: BlockModel, spec: FreezeSpec, frozen_bn: str = "eval") -> FrozenModel:
-    return FrozenModel(block_model, spec, frozen_bn)
-
-
 def check_space(space: Mapping[str, Any], train: Any, block_model: BlockModel) -> dict[str, Any]:
     """Resolve cut-point names in the freeze dimensions of ``space`` and check every freeze it can sample.
 
@@ -258,7 +265,7 @@ def check_space(space: Mapping[str, Any], train: Any, block_model: BlockModel) -
     """
     n_blocks, cuts = block_model.n_blocks, block_model.named_cut_points()
     resolved = {key: resolve_names(f"space.{key}", dim, lambda k, v: resolve_index(k, v, n_blocks, cuts))
-                if key in ("freeze", "freeze_start", "freeze_stop") else dim for key, dim in space.items()}
+                if key in FREEZE_KEYS else dim for key, dim in space.items()}
     for combo, values in _freeze_values(resolved, train):
         try:
             resolve(block_model, **values)
@@ -281,7 +288,7 @@ def sampled_freezes(space: Mapping[str, Any], train: Any, block_model: BlockMode
 def freeze_keys(train: Any, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A trial's freeze keys for ``resolve``: its sampled ``params`` over the fixed values of ``train`` (a
     TrainConfig, where a list of blocks is a tuple)."""
-    values = {key: (params or {}).get(key, getattr(train, key)) for key in ("freeze", "freeze_start", "freeze_stop")}
+    values = {key: (params or {}).get(key, getattr(train, key)) for key in FREEZE_KEYS}
     if isinstance(values["freeze"], tuple):
         values["freeze"] = list(values["freeze"])
     return values
@@ -301,10 +308,9 @@ def _freeze_values(space: Mapping[str, Any], train: Any) -> Iterable[tuple[dict[
     """(the searched freeze values, all freeze keys) for every combination the space can sample."""
     fixed = freeze_keys(train)
     candidates = {key: _values(space[key]) for key in fixed if key in space}
-    both_searched = {"freeze_start", "freeze_stop"} <= candidates.keys()
     for combo in _combinations(candidates):
-        if both_searched and combo["freeze_start"] > combo["freeze_stop"]:
-            continue  # never sampled: freeze_stop's floor is the sampled freeze_start (space.OptunaSpace)
+        if not in_order(combo):
+            continue  # never sampled: the upper bound's floor is the sampled lower one (space.OptunaSpace)
         yield combo, {**fixed, **combo}
 
 

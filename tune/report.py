@@ -11,16 +11,19 @@ up is recommended.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from tune.tracking import TrialRecord
+from tune.config import ReportConfig
+from tune.tracking import TrialRecord, typed
 
-__all__ = ["Candidate", "Recommendation", "Report", "TrialResult", "build_report", "dominates", "frontier",
-           "recommend", "summarise", "write_report"]
+__all__ = ["Candidate", "Recommendation", "Report", "TrialResult", "build_report", "candidates", "dominates",
+           "frontier", "recommend", "short", "summarise", "write_report"]
 
 DEFAULT_FRONTIER = (("score", "max"), ("epoch_time_s", "min"), ("peak_mem_mb", "min"))
 _MAX_OVER_EPOCHS = ("peak_mem_mb", "rss_mb")
@@ -150,6 +153,25 @@ def recommend(results: Sequence[TrialResult], tolerance: float, cost: str, searc
     return Recommendation(trial=chosen, best=best, tolerance=tolerance, cost=cost, searched=tuple(searched))
 
 
+def candidates(records: Sequence[TrialRecord], rule: ReportConfig, searched: Sequence[str], top: int
+               ) -> dict[str, dict[str, Any]]:
+    """The configurations ``--confirm`` re-runs: the recommendation, the best score, the frontier, then the rest by
+    score, up to ``top`` distinct ones, each as its searched params (typed). Only the search's own trials count:
+    after a resume, confirmation runs that finished before the stop are records too."""
+    results = [r for r in summarise(records) if r.candidate is None]
+    chosen = recommend(results, rule.tolerance, rule.cost)
+    ordered = [chosen.trial, chosen.best, *frontier(results, DEFAULT_FRONTIER), *results] if chosen else []
+    picked: dict[str, dict[str, Any]] = {}
+    seen = set()
+    for result in ordered:
+        params = {k: typed(result.params[k]) for k in searched}
+        key = json.dumps(params, sort_keys=True)
+        if key not in seen and len(picked) < top:
+            seen.add(key)
+            picked[result.name] = params
+    return picked
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A configuration re-run with fresh seeds by ``--confirm``."""
@@ -205,7 +227,7 @@ def _var(candidate: Candidate) -> float:
 
 def _params_text(result: TrialResult, searched: Sequence[str]) -> str:
     others = [k for k in searched if not k.startswith("freeze")]
-    return ", ".join(f"{k}={_short(result.params.get(k, '?'))}" for k in others) or "no other searched values"
+    return ", ".join(f"{k}={short(result.params.get(k, '?'))}" for k in others) or "no other searched values"
 
 
 # -- text -------------------------------------------------------------------------------------------------------
@@ -226,7 +248,7 @@ def trial_table(results: Sequence[TrialResult], searched: Sequence[str], marks: 
     rows = []
     for r in results:
         status = r.status if not r.stopped_early else f"{r.status} (ASHA stop)"
-        rows.append([marks.get(r.name, ""), r.name, r.freeze_range, *(_short(r.params.get(k, "")) for k in others),
+        rows.append([marks.get(r.name, ""), r.name, r.freeze_range, *(short(r.params.get(k, "")) for k in others),
                      f"{r.score:.4f}", str(r.best_epoch), f"{r.time_to_best_s:.2f}", f"{r.epoch_time_s:.3f}",
                      f"{r.peak_mem_mb:.2f}", str(r.epochs_run), status])
     return _table(header, rows)
@@ -259,6 +281,13 @@ class Report:
     candidates: list[Candidate] = field(default_factory=list)
     confirmed_choice: Candidate | None = None
     text: str = ""
+
+    @property
+    def chosen_name(self) -> str | None:
+        """The recommended search trial: the confirmed candidate after a confirmation, else the recommendation."""
+        if self.confirmed_choice is not None:
+            return self.confirmed_choice.name
+        return self.recommendation.trial.name if self.recommendation is not None else None
 
 
 def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], objectives: Sequence[tuple[str, str]],
@@ -295,11 +324,14 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
     return report
 
 
-def _short(value: str) -> str:
+def short(value: Any) -> str:
+    """A param for a table or a console line: numbers (or numeric strings, as MLflow keeps params) to 3 digits."""
+    if isinstance(value, bool):
+        return str(value)
     try:
         number = float(value)
-    except ValueError:
-        return value
+    except (TypeError, ValueError):
+        return str(value)
     return f"{number:.3g}" if not number.is_integer() else str(int(number))
 
 
@@ -376,10 +408,7 @@ def write_report(report: Report, records: Sequence[TrialRecord], out_dir: Path, 
 
 
 def _final_choice(report: Report) -> TrialResult | None:
-    """The recommended search trial: the confirmed candidate when there was a confirmation."""
-    if report.confirmed_choice is not None:
-        return next((r for r in report.search if r.name == report.confirmed_choice.name), None)
-    return report.recommendation.trial if report.recommendation is not None else None
+    return next((r for r in report.search if r.name == report.chosen_name), None)
 
 
 def _save(fig: object, path: Path) -> Path:

@@ -2,15 +2,18 @@
 
 One Tuner per search: OptunaSearch (TPE) samples the space (define-by-run, see tune.space), ASHA stops
 weak trials early on ``score`` (or FIFO runs them all), each trial reports every epoch with a checkpoint
-and resumes from it, and a Tune callback in the driver logs every trial to MLflow (tune.tracking).
+and resumes from it, and a Tune callback in the driver hands every trial event to MLflow (tune.tracking.TrialRuns).
+Before Ray starts: the cluster's address, its resources against what a trial asks for, the storage path.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import shlex
+import socket
 import tempfile
 import time
 from collections.abc import Collection, Mapping
@@ -26,19 +29,23 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from tune import prefix_cache
 from tune.config import Config, TaskConfig, TrainConfig
-from tune.freeze import check_space, grid_values, sampled_freezes, trial_freeze
-from tune.space import optuna_space
+from tune.errors import ConfigError, one_line
+from tune.freeze import grid_values, sampled_freezes, trial_freeze
+from tune.report import short
+from tune.space import OptunaSpace
 from tune.tasks import load_task
-from tune.tracking import SearchTracker
-from tune.train import SharedPrefixCache, gpu_shares, load_checkpoint, make_trial, save_checkpoint
+from tune.tracking import SearchTracker, TrialRuns
+from tune.train import make_trial
+from tune.trial import load_checkpoint, save_checkpoint
 
-__all__ = ["SearchOutcome", "can_restore", "confirm", "experiment_name", "follow_job", "grid_size", "init_ray",
-           "largest_node_gpus", "run", "storage_uri", "submit_job"]
+__all__ = ["SearchOutcome", "can_restore", "check_resources", "check_storage", "concurrency", "confirm", "connect",
+           "follow_job", "gpu_shares", "grid_size", "init_ray", "run", "storage_uri", "submit_job"]
+
 
 @dataclass(frozen=True)
 class SearchOutcome:
-    experiment_path: str
     trials: int  # trials that started
     errored: int
     wall_time_s: float
@@ -46,6 +53,110 @@ class SearchOutcome:
     best_checkpoints: dict[str, Any]  # trial id → its best-score ray.tune.Checkpoint (local or on s3://...)
 
 
+# -- before Ray starts ------------------------------------------------------------------------------------------
+_ADDRESS_ALLOWED = "a running Ray cluster this machine reaches (HOST:6379 or auto)"
+
+
+def connect(address: str, key: str = "--address") -> None:
+    """Join the cluster now, so that an unreachable one is bad input, not a failed search."""
+    endpoint = _host_port(address)
+    if endpoint is not None:  # ray.init would retry a dead address for about a minute before saying so
+        try:
+            socket.create_connection(endpoint, timeout=5).close()
+        except OSError as err:
+            raise ConfigError(key, address, _ADDRESS_ALLOWED,
+                              problem=f"nothing answers at {endpoint[0]}:{endpoint[1]}: {type(err).__name__}") from None
+    try:
+        init_ray(address)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise ConfigError(key, address, _ADDRESS_ALLOWED, problem=one_line(err)) from None
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """HOST:PORT of a Ray address (GCS ``HOST:PORT`` or client ``ray://HOST:PORT``); None for ``auto``, ``local``
+    and anything else Ray resolves itself."""
+    match = re.fullmatch(r"(?:ray://)?\[?([\w.\-:]+?)\]?:(\d+)/?", address.strip())
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def _nodes() -> list[dict[str, float]]:
+    """CPUs and GPUs of each live node: of the Ray runtime this process is connected to, else of this machine (what
+    a local Ray would find)."""
+    if ray.is_initialized():
+        return [{"CPU": n["Resources"].get("CPU", 0.0), "GPU": n["Resources"].get("GPU", 0.0)}
+                for n in ray.nodes() if n["Alive"]]
+    from ray._private.utils import get_num_cpus  # what ray.init() counts: the cgroup's CPUs in a container
+
+    return [{"CPU": float(get_num_cpus()), "GPU": float(torch.cuda.device_count())}]
+
+
+def check_resources(cfg: Config, on_cluster: bool) -> list[str]:
+    """What a trial asks for against the nodes that could give it, before any trial waits for it.
+
+    A trial no node can hold waits forever (Ray only warns), and a trial on a CUDA device it was given no GPU for
+    fails: on this machine that is bad input (ConfigError); on a cluster an autoscaler may add a node that fits, so
+    the shortfall is a warning (returned). A trial sees only the GPUs Ray gave it, numbered from 0."""
+    cpus, gpus, device = cfg.search.cpus_per_trial, cfg.search.gpus_per_trial, cfg.train.device
+    nodes = _nodes()
+    most_cpus, most_gpus = max(n["CPU"] for n in nodes), max(n["GPU"] for n in nodes)
+    warnings = []
+
+    def short_of(key: str, value: float, allowed: str, problem: str) -> None:
+        if not on_cluster:
+            raise ConfigError(key, value, allowed, problem=problem)
+        warnings.append(f"{key} is {value:g} but no node of the cluster has that many now ({problem}): trials "
+                        "wait until such a node joins (an autoscaler)")
+
+    if cpus > most_cpus:
+        short_of("search.cpus_per_trial", cpus, f"at most {most_cpus:g}, the CPUs of the largest node",
+                 f"the largest node has {most_cpus:g} CPUs")
+    elif gpus > most_gpus:
+        short_of("search.gpus_per_trial", gpus, f"at most {most_gpus:g} (0 trains on the CPU: --set "
+                 "search.gpus_per_trial=0)", "no GPU here" if most_gpus == 0 else f"the largest node has {most_gpus:g}")
+    elif not any(n["CPU"] >= cpus and n["GPU"] >= gpus for n in nodes):
+        short_of("search.cpus_per_trial", cpus, f"CPUs and {gpus:g} GPUs that one node holds together",
+                 "no node has both")
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        seen = max(1, math.ceil(gpus))
+        if gpus <= 0:
+            raise ConfigError("train.device", device, "auto or cpu, or a CUDA device with search.gpus_per_trial > 0",
+                              problem="trials get no GPU: search.gpus_per_trial is 0")
+        if index >= seen:
+            raise ConfigError("train.device", device, f"cuda or cuda:N with N < {seen} (a trial sees only the GPUs "
+                              "Ray gives it, numbered from 0), or auto")
+        if not on_cluster and not torch.cuda.is_available():
+            raise ConfigError("train.device", device, "auto or cpu", problem="torch here has no CUDA device")
+    return warnings
+
+
+def check_storage(storage_path: str) -> None:
+    """A local storage path must be a folder this process can write (it is made here); a URI is Ray's to check."""
+    if "://" in storage_path:
+        return  # a URI (s3://, gs://, ...): Ray checks it when the search starts
+    path = Path(storage_path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError("--storage-path", storage_path, "a folder this process can write (shared by every node "
+                          "on a cluster)", problem=err.strerror or type(err).__name__) from None
+
+
+def init_ray(address: str | None = None) -> None:
+    """Connect to ``address`` or $RAY_ADDRESS (an existing cluster; a Ray Job sets it) or start a local Ray
+    without its dashboard (about 1 GB less), unless Ray is already up."""
+    if ray.is_initialized():
+        return
+    options: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": "WARNING"}
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        options["include_dashboard"] = False
+    ray.init(address=address, **options)
+
+
+# -- one trial in a Ray worker ----------------------------------------------------------------------------------
 def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfig,
                cache_dir: str | None = None) -> None:
     """One trial inside a Ray worker: build it, resume from the last checkpoint if any, report each epoch."""
@@ -58,7 +169,7 @@ def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfi
     if cfg.device == "auto" and not assigned.get("GPU"):
         # Ray does not hide GPUs from a trial that asked for none: keep it off the GPUs others were given
         cfg = dataclasses.replace(cfg, device="cpu")
-    trial = make_trial(task, cfg, shared_cache=SharedPrefixCache(cache_dir) if cache_dir else None)
+    trial = make_trial(task, cfg, shared_cache=prefix_cache.SharedPrefixCache(cache_dir) if cache_dir else None)
     checkpoint = ray_tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -76,11 +187,6 @@ def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfi
         raise RuntimeError(f"out of memory at epoch {trial.epoch + 1}: {type(err).__name__}: {err}") from None
 
 
-# Result keys that describe where and how a trial ran: tags of its MLflow run, not metrics.
-_TAG_KEYS = ("mem_source", "prefix_cache", "node_ip", "node_id", "hostname", "pid", "trial_cpus", "trial_gpus",
-             "diverged")
-
-
 def _variant_trainable(config: dict[str, Any], base: TrainConfig, task_config: TaskConfig,
                        cache_dir: str | None = None) -> None:
     """A confirmation run: ``config["variant"]`` holds the candidate's name and its exact params."""
@@ -95,109 +201,38 @@ def _trial_params(trial: Any) -> tuple[dict[str, Any], dict[str, str]]:
     return dict(variant["params"]), {"phase": "confirm", "candidate": variant["candidate"]}
 
 
-class _MlflowTrials(ray_tune.Callback):
-    """Runs in the driver: one MLflow child run per Tune trial, metrics per epoch (step = epoch), and a line
-    on the console as each trial ends."""
+class _TrialEvents(ray_tune.Callback):
+    """Runs in the driver: hands each Tune trial event to MLflow (``TrialRuns``) and prints a line as a trial ends."""
 
-    def __init__(self, tracker: SearchTracker, base: TrainConfig, searched: list[str]) -> None:
-        self.tracker = tracker
+    def __init__(self, runs: TrialRuns, searched: list[str]) -> None:
+        self.runs = runs
         self.searched = searched
-        self.last_score: dict[str, float] = {}
-        self.diverged: set[str] = set()
-        self.closed: set[str] = set()  # trials whose MLflow run had already ended when a search was restored
-        self.base = dataclasses.asdict(base)
-        self.epochs = base.epochs
-        self.run_ids: dict[str, str] = {}
-        self.last_epoch: dict[str, int] = {}
-
-    def _run_id(self, trial: Any) -> str:
-        if trial.trial_id not in self.run_ids:
-            found = self.tracker.find_trial(trial.trial_id)  # a restored search: go on with the trial's run
-            if found is not None:
-                run_id, last_epoch, finished = found
-                self.run_ids[trial.trial_id] = run_id
-                if last_epoch:
-                    self.last_epoch[trial.trial_id] = last_epoch
-                if finished:  # it ended before the driver died, after Tune's last snapshot: leave its run be
-                    self.closed.add(trial.trial_id)
-                return run_id
-            params, tags = _trial_params(trial)
-            self.run_ids[trial.trial_id] = self.tracker.start_trial(
-                trial.trial_id, {**self.base, **params}, tags={"ray.trial_id": trial.trial_id, **tags})
-        return self.run_ids[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._run_id(trial)
+        self.runs.run_id(trial.trial_id, *_trial_params(trial))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        run_id = self._run_id(trial)
-        epoch = int(result["epoch"])
-        if result.get("iterations_since_restore") == 1 and epoch > 1:
-            # restored from the epoch-1 checkpoint. Tune registers a reported checkpoint only after this callback
-            # (a save call to the worker), so a worker killed in between restarts one checkpoint earlier and
-            # replays an epoch MLflow already holds: the tag says where it went on either way.
-            self.tracker.set_tags(run_id, {"resumed_at_epoch": epoch})
-        if epoch <= self.last_epoch.get(trial.trial_id, 0):
-            return  # a retried trial replays no epoch it already logged
-        if trial.trial_id not in self.last_epoch:  # the first result carries the FreezeSummary
-            self.tracker.log_params(run_id, {
-                "freeze_range": result.get("freeze_label", f"[{result['freeze_start']}, {result['freeze_stop']})"),
-                "trainable_params": result["trainable_params"], "frozen_params": result["frozen_params"],
-                "frozen_flops_share": f"{result['frozen_flops_share']:.4f}"})
-            self.tracker.set_tags(run_id, {k: result[k] for k in _TAG_KEYS if k in result})
-        if result.get("diverged"):
-            self.diverged.add(trial.trial_id)
-            self.tracker.set_tags(run_id, {"diverged": "true", "diverged_at_epoch": epoch})
-        self.last_epoch[trial.trial_id] = epoch
-        self.last_score[trial.trial_id] = result["score"]
-        metrics = {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS and k not in _TAG_KEYS
-                   and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.tracker.log_metrics(run_id, metrics, step=epoch)
+        ours = {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS}
+        self.runs.result(trial.trial_id, *_trial_params(trial), ours,
+                         first_since_restore=result.get("iterations_since_restore") == 1)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial.trial_id in self.closed:
-            return
-        epochs_run = self.last_epoch.get(trial.trial_id, 0)
-        if trial.trial_id in self.diverged:
-            self.tracker.end_trial(self._run_id(trial), "FINISHED", tags={"epochs_run": epochs_run})
-            self._say(trial, f"diverged (loss not finite) at epoch {epochs_run}")
-            return
-        stopped_early = epochs_run < _trial_params(trial)[0].get("epochs", self.epochs)  # epochs may be searched
-        self.tracker.end_trial(self._run_id(trial), "FINISHED",
-                               tags={"epochs_run": epochs_run, "stopped_early": stopped_early})
-        self._say(trial, f"score {self.last_score.get(trial.trial_id, float('nan')):.4f} after {epochs_run} epochs"
-                         + (" (stopped early by ASHA)" if stopped_early else ""))
+        self._say(trial, self.runs.complete(trial.trial_id, *_trial_params(trial)))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial.trial_id in self.closed:
-            return
         error_file = getattr(trial, "error_file", None) or ""
-        reason = _failure_reason(error_file)
-        self.tracker.end_trial(self._run_id(trial), "FAILED", tags={"error_file": error_file,
-                                                                    "failure_reason": reason})
-        self._say(trial, f"FAILED: {reason}")
+        self._say(trial, self.runs.error(trial.trial_id, *_trial_params(trial), error_file))
 
-    def _say(self, trial: Any, outcome: str) -> None:
+    def _say(self, trial: Any, outcome: str | None) -> None:
+        if outcome is None:
+            return
         params, tags = _trial_params(trial)
-        values = ", ".join(f"{k}={_short(params.get(k))}" for k in [*self.searched, *(["seed"] if "candidate" in tags
-                                                                                       else [])])
+        keys = [*self.searched, *(["seed"] if "candidate" in tags else [])]
+        values = ", ".join(f"{k}={short(params.get(k))}" for k in keys)
         print(f"  trial {trial.trial_id} ({values}): {outcome}", flush=True)
 
 
-def _failure_reason(error_file: str) -> str:
-    """The last line of the trial's traceback that names an exception, e.g. 'RuntimeError: out of memory ...'."""
-    try:
-        lines = [line.strip() for line in Path(error_file).read_text().splitlines() if line.strip()]
-    except OSError:
-        return "unknown (no error file)"
-    named = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
-    return (named[-1] if named else lines[-1] if lines else "unknown")[:500]
-
-
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
+# -- the Tuner ------------------------------------------------------------------------------------------------
 def _scheduler(cfg: Config) -> Any:
     if cfg.search.scheduler_name == "fifo":
         return FIFOScheduler()
@@ -205,7 +240,7 @@ def _scheduler(cfg: Config) -> Any:
                          grace_period=cfg.search.grace_period, reduction_factor=cfg.search.reduction_factor)
 
 
-def _concurrency(cfg: Config, smallest_gpu_share: float | None = None) -> int:
+def concurrency(cfg: Config, smallest_gpu_share: float | None = None) -> int:
     """Trials at a time: the config's, or as many as the cluster's CPUs and GPUs hold (with freeze-aware GPU
     shares, counted at the smallest share; Ray places each trial on what it actually asks for)."""
     if cfg.search.max_concurrent_trials:
@@ -225,25 +260,6 @@ def grid_size(space: Mapping[str, Any]) -> int:
     for dim in space.values():
         size *= len(grid_values(dim))
     return size
-
-
-def largest_node_gpus() -> float:
-    """GPUs of the largest live node: of the Ray runtime this process is connected to, else of this machine
-    (what a local Ray would find)."""
-    if ray.is_initialized():
-        return max((node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node["Alive"]), default=0.0)
-    return float(torch.cuda.device_count())
-
-
-def init_ray(address: str | None = None) -> None:
-    """Connect to ``address`` or $RAY_ADDRESS (an existing cluster; a Ray Job sets it) or start a local Ray
-    without its dashboard (about 1 GB less), unless Ray is already up."""
-    if ray.is_initialized():
-        return
-    options: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": "WARNING"}
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        options["include_dashboard"] = False
-    ray.init(address=address, **options)
 
 
 # What a Ray Job's working directory leaves out (gitignore patterns): environments, stores, results.
@@ -287,27 +303,28 @@ def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, stor
          tune_config: dict[str, Any], param_space: dict[str, Any] | None, verbose: int,
          restore_from: str | None = None) -> SearchOutcome:
     per_trial = _FreezeAwareResources(cfg) if cfg.search.freeze_aware_gpus else None
-    concurrency = _concurrency(cfg, min(per_trial.shares.values()) if per_trial else None)
+    at_once = concurrency(cfg, min(per_trial.shares.values()) if per_trial else None)
     # With a searcher, Tune places one trial at a time unless more placement groups may be pending
     # (field-notes: 8 small trials 38 s → 9 s). Read when the Tuner starts.
-    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(concurrency)
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(at_once)
     # A checkpoint every epoch with num_to_keep=1 forces an experiment snapshot each time (that is what
     # makes a killed search resumable); Tune warns about it every few seconds, which is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Ctrl-C reaches the CLI as KeyboardInterrupt (open runs KILLED, parent KILLED, resumable with --resume)
     # instead of Tune's own handler, which would return as if the search had finished.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    wrapped = _wrap(cfg, trainable, prefix_cache_dir(storage_path), per_trial)
+    wrapped = _wrap(cfg, trainable, prefix_cache.directory(storage_path), per_trial)
+    runs = TrialRuns(tracker, dataclasses.asdict(cfg.train), cfg.train.epochs)
     if restore_from is not None:
         tuner = ray_tune.Tuner.restore(restore_from, trainable=wrapped, resume_unfinished=True, resume_errored=False)
         return _outcome(tuner, tune_config.get("time_budget_s"))
     tuner = ray_tune.Tuner(
         wrapped,
         param_space=param_space,
-        tune_config=ray_tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True, **tune_config),
+        tune_config=ray_tune.TuneConfig(max_concurrent_trials=at_once, reuse_actors=True, **tune_config),
         run_config=ray_tune.RunConfig(
             name=name, storage_path=storage_uri(storage_path),
-            verbose=verbose, callbacks=[_MlflowTrials(tracker, cfg.train, list(cfg.space))],
+            verbose=verbose, callbacks=[_TrialEvents(runs, list(cfg.space))],
             # keep the best-score checkpoint (for the logged model) and the latest (to resume)
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="score",
                                                         checkpoint_score_order="max"),
@@ -316,19 +333,24 @@ def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, stor
     return _outcome(tuner, tune_config.get("time_budget_s"))
 
 
-def prefix_cache_dir(storage_path: str) -> str | None:
-    """Where the trials of every search under ``storage_path`` share frozen-prefix outputs (keys are content
-    hashes, so searches, confirmations and resumed searches share safely); None for a remote URI, where each
-    trial computes its own. The folder can be deleted at any time."""
-    uri = storage_uri(storage_path)
-    return None if "://" in uri else str(Path(uri) / "prefix_cache")
-
-
 def _wrap(cfg: Config, trainable: Any, cache_dir: str | None, per_trial: _FreezeAwareResources | None) -> Any:
     wrapped = ray_tune.with_parameters(trainable, base=cfg.train, task_config=cfg.task, cache_dir=cache_dir)
     if per_trial is None:
         return ray_tune.with_resources(wrapped, {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial})
     return ray_tune.with_resources(wrapped, per_trial)
+
+
+def gpu_shares(task: Any, cfg: TrainConfig, freezes: Mapping[tuple[int, ...], dict], full_share: float
+               ) -> dict[tuple[int, ...], float]:
+    """Freeze-aware resources: the GPU share of each set of frozen blocks (``freeze.sampled_freezes``),
+    ``full_share`` scaled by its training memory against freezing nothing, rounded up to 0.05. Each freeze's memory
+    is its trial's ``probe_memory()`` (one optimizer step, epoch 1's peak), measured on the CPU in the driver."""
+    def memory(keys: dict) -> float:
+        return float(make_trial(task, dataclasses.replace(cfg, **keys), torch.device("cpu")).probe_memory())
+
+    reference = memory({"freeze": None, "freeze_start": 0, "freeze_stop": 0})
+    return {blocks: min(full_share, max(0.05, math.ceil(20 * full_share * memory(keys) / reference) / 20))
+            for blocks, keys in freezes.items()}
 
 
 class _FreezeAwareResources:
@@ -339,9 +361,8 @@ class _FreezeAwareResources:
         self.cpus, self.full, self.train = cfg.search.cpus_per_trial, cfg.search.gpus_per_trial, cfg.train
         task = load_task(cfg.task)
         self.block_model = task.build_model()
-        # every freeze the space can sample: one epoch each, measured once in the driver before the search
-        freezes = sampled_freezes(check_space(cfg.space, cfg.train, self.block_model), cfg.train, self.block_model)
-        self.shares = gpu_shares(task, cfg.train, freezes, self.full)
+        # every freeze the (checked, names resolved) space can sample, measured once in the driver
+        self.shares = gpu_shares(task, cfg.train, sampled_freezes(cfg.space, cfg.train, self.block_model), self.full)
 
     def __call__(self, config: dict[str, Any]) -> Any:
         params = config.get("variant", {}).get("params", config)
@@ -353,40 +374,39 @@ def _outcome(tuner: Any, budget: float | None) -> SearchOutcome:
     started = time.perf_counter()
     results = tuner.fit()
     wall = time.perf_counter() - started
-    return SearchOutcome(experiment_path=results.experiment_path, trials=len(results), errored=results.num_errors,
-                         wall_time_s=wall, budget_reached=budget is not None and wall >= budget,
+    return SearchOutcome(trials=len(results), errored=results.num_errors, wall_time_s=wall,
+                         budget_reached=budget is not None and wall >= budget,
                          best_checkpoints=_best_checkpoints(results))
 
 
-def experiment_name(cfg: Config) -> str:
+def _experiment_name(cfg: Config) -> str:
     return f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def can_restore(experiment_path: str) -> bool:
-    return ray_tune.Tuner.can_restore(experiment_path)
+    return bool(experiment_path) and ray_tune.Tuner.can_restore(experiment_path)
 
 
-def run(cfg: Config, tracker: SearchTracker, *, storage_path: str, space: Mapping[str, Any] | None = None,
-        address: str | None = None, verbose: int = 0, restore_from: str | None = None) -> SearchOutcome:
-    """Run the search of ``cfg`` (its space already checked against the task: ``freeze.check_space``), or go
-    on with the interrupted one saved at ``restore_from`` (its trials keep their MLflow runs)."""
+def run(cfg: Config, tracker: SearchTracker, *, storage_path: str, address: str | None = None, verbose: int = 0,
+        restore_from: str | None = None) -> SearchOutcome:
+    """Run the search of ``cfg`` (checked against its task, names resolved: tune.study), or go on with the
+    interrupted one saved at ``restore_from`` (its trials keep their MLflow runs)."""
     init_ray(address)
-    name = experiment_name(cfg)
+    name = _experiment_name(cfg)
     if restore_from is None:
         tracker.set_tags(tracker.parent_run_id, {"ray.experiment_path": f"{storage_uri(storage_path)}/{name}"})
     objectives = cfg.search.objective_list
     metrics, modes = [m for m, _ in objectives], [m for _, m in objectives]
     single = len(objectives) == 1
-    space = space if space is not None else cfg.space
     tune_config = {"metric": metrics[0] if single else None, "mode": modes[0] if single else None,
                    "scheduler": _scheduler(cfg), "num_samples": cfg.search.num_samples,
                    "time_budget_s": cfg.search.time_budget_s}
     param_space = None
     if cfg.search.algorithm == "grid":  # every combination, once per num_samples (Tune's grid_search)
-        param_space = {key: ray_tune.grid_search(grid_values(dim)) for key, dim in space.items()}
+        param_space = {key: ray_tune.grid_search(grid_values(dim)) for key, dim in cfg.space.items()}
     else:
         # Several objectives go to Optuna as lists; Tune itself takes one metric or none (field-notes).
-        tune_config["search_alg"] = OptunaSearch(space=optuna_space(space), metric=metrics[0] if single else metrics,
+        tune_config["search_alg"] = OptunaSearch(space=OptunaSpace(cfg.space), metric=metrics[0] if single else metrics,
                                                  mode=modes[0] if single else modes, seed=cfg.search.seed)
     return _fit(cfg, tracker, _trainable, name=name, storage_path=storage_path, tune_config=tune_config,
                 param_space=param_space, verbose=verbose, restore_from=restore_from)
@@ -402,7 +422,7 @@ def confirm(cfg: Config, tracker: SearchTracker, candidates: Mapping[str, dict[s
     if not variants:
         return None
     init_ray(address)
-    return _fit(cfg, tracker, _variant_trainable, name=f"{experiment_name(cfg)}-confirm", storage_path=storage_path,
+    return _fit(cfg, tracker, _variant_trainable, name=f"{_experiment_name(cfg)}-confirm", storage_path=storage_path,
                 tune_config={"scheduler": FIFOScheduler()}, param_space={"variant": ray_tune.grid_search(variants)},
                 verbose=verbose)
 
@@ -415,4 +435,3 @@ def _best_checkpoints(results: Any) -> dict[str, Any]:
         if scored and "trial_id" in result.metrics:
             best[result.metrics["trial_id"]] = max(scored, key=lambda pair: pair[0])[1]
     return best
-

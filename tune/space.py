@@ -11,8 +11,9 @@ Bounds are inclusive, as in Optuna's ``suggest_int`` / ``suggest_float``. Freeze
 named cut points (``none``, ``backbone``, ``all_but_head``) in bounds and choices; they are resolved to
 block indices against the task's model before any trial starts (``resolve_names``).
 
-When both ``freeze_start`` and ``freeze_stop`` are searched, ``freeze_stop`` is sampled from
-``max(freeze_start, low)..high`` so that every sampled range is valid (define-by-run, see ``optuna_space``).
+A freeze range is ``[freeze_start, freeze_stop)``: ``freeze_start <= freeze_stop`` is the one ordering rule
+(``ORDERED``, ``in_order``), kept here and used by the sampler (when both are searched, ``freeze_stop`` is sampled
+from ``max(freeze_start, low)..high``: ``OptunaSpace``), the freeze engine and the config checks.
 """
 
 from __future__ import annotations
@@ -24,8 +25,19 @@ from typing import Any
 
 from tune.errors import ConfigError
 
-__all__ = ["Choice", "Dimension", "FloatRange", "IntRange", "OptunaSpace", "is_int", "optuna_space", "parse_dimension",
-           "resolve_names"]
+__all__ = ["FREEZE_KEYS", "ORDERED", "Choice", "Dimension", "FloatRange", "IntRange", "OptunaSpace", "in_order",
+           "is_int", "parse_dimension", "resolve_names"]
+
+# (lower, upper): two training parameters whose values satisfy lower <= upper in every trial.
+ORDERED = ("freeze_start", "freeze_stop")
+# The training parameters that say what a trial freezes (tune.freeze); they may hold a model's cut-point names.
+FREEZE_KEYS = ("freeze", *ORDERED)
+
+
+def in_order(values: Mapping[str, Any]) -> bool:
+    """Whether ``values`` keep ``ORDERED``: true when either key is missing or None (freeze_stop null: no range)."""
+    lower, upper = (values.get(key) for key in ORDERED)
+    return lower is None or upper is None or not (is_int(lower) and is_int(upper)) or lower <= upper
 
 @dataclass(frozen=True)
 class IntRange:
@@ -128,22 +140,21 @@ class OptunaSpace:
     """
 
     def __init__(self, space: Mapping[str, Dimension]) -> None:
-        # freeze_start is sampled first so that freeze_stop's floor is known.
-        self.items = sorted(space.items(), key=lambda kv: kv[0] != "freeze_start")
+        # the lower of ORDERED is sampled first so that the upper one's floor is known
+        lower, upper = ORDERED
+        self.items = sorted(space.items(), key=lambda kv: kv[0] != lower)
+        self.floor = {upper: lower}
 
     def __call__(self, trial: Any) -> None:
         sampled: dict[str, Any] = {}
         for key, dim in self.items:
             if isinstance(dim, IntRange):
                 low = int(dim.low)
-                if key == "freeze_stop" and "freeze_start" in sampled:
-                    low = max(low, sampled["freeze_start"])
+                if self.floor.get(key) in sampled:
+                    low = max(low, sampled[self.floor[key]])
                 sampled[key] = trial.suggest_int(key, low, max(int(dim.high), low), step=dim.step)
             elif isinstance(dim, FloatRange):
                 sampled[key] = trial.suggest_float(key, dim.low, dim.high, log=dim.log)
             else:
                 sampled[key] = trial.suggest_categorical(key, list(dim.values))
 
-
-def optuna_space(space: Mapping[str, Dimension]) -> OptunaSpace:
-    return OptunaSpace(space)

@@ -10,7 +10,9 @@ Every run ends FINISHED, FAILED or KILLED.
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
 import subprocess
 import time
 import urllib.request
@@ -23,10 +25,12 @@ from urllib.parse import urlsplit, urlunsplit
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from tune.config import ReportConfig, SearchConfig
 from tune.errors import ConfigError
 
-__all__ = ["SearchTracker", "TrialRecord", "default_tracking_uri", "fetch_trials",
-           "check_store", "find_search", "flatten", "git_commit", "redact", "ui_command"]
+__all__ = ["SearchRecord", "SearchTracker", "TrialRecord", "TrialRuns", "check_store", "default_tracking_uri",
+           "failure_reason", "fetch_trials", "find_search", "finished_confirmations", "flatten", "git_commit",
+           "redact", "search_tags", "typed", "ui_command"]
 
 PARENT_TAG = "mlflow.parentRunId"
 # Per-epoch metrics the report reads back as histories (the rest stay in MLflow for the UI).
@@ -128,6 +132,7 @@ class SearchTracker:
 
     def __init__(self, tracking_uri: str, experiment_name: str) -> None:
         self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
         self.client = MlflowClient(tracking_uri=tracking_uri)
         experiment = self.client.get_experiment_by_name(experiment_name)
         self.experiment_id = (experiment.experiment_id if experiment is not None
@@ -192,13 +197,10 @@ class SearchTracker:
         for run in self._children("attributes.status = 'RUNNING'"):
             self.end_trial(run.info.run_id, "KILLED", tags={"killed_because": reason})
 
-    def finish_search(self, status: str, tags: Mapping[str, str] = (),
-                      reason: str = "the search stopped before this trial ended") -> None:
+    def finish_search(self, status: str, reason: str = "the search stopped before this trial ended") -> None:
         """End the parent run, and any child run still open as KILLED (with ``reason``)."""
         self.kill_open_trials(reason)
         if self.parent_run_id is not None:
-            if tags:
-                self.set_tags(self.parent_run_id, tags)
             self.client.set_terminated(self.parent_run_id, status=status, end_time=_now_ms())
 
     def log_files(self, run_id: str, files: Iterable[Path], artifact_path: str) -> None:
@@ -261,26 +263,79 @@ class SearchTracker:
         self.client.set_terminated(run_id, status=status, end_time=_now_ms())
 
 
-def find_search(tracking_uri: str, experiment_name: str | None, run_id: str | None
-                ) -> tuple[str, dict, dict, str]:
-    """A search's parent run: ``run_id`` itself, or the latest search of ``experiment_name``.
-    Returns (run id, params, tags, status); LookupError names what is missing."""
+def search_tags(searched: Iterable[str], objectives: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The parent run's tags that ``SearchRecord`` reads back: what was searched and optimised."""
+    return {"freeze_search.searched": json.dumps(list(searched)),
+            "freeze_search.objectives": json.dumps([list(pair) for pair in objectives])}
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    """A search's parent run as MLflow holds it, decoded: its config's report rule, what it searched."""
+
+    run_id: str
+    status: str
+    params: dict[str, str]
+    tags: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        return self.params.get("name", "")
+
+    @property
+    def searched(self) -> list[str]:
+        return json.loads(self.tags.get("freeze_search.searched", "[]"))
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        default = json.dumps(SearchConfig().objective_list)
+        return [tuple(pair) for pair in json.loads(self.tags.get("freeze_search.objectives", default))]
+
+    @property
+    def report(self) -> ReportConfig:
+        default = ReportConfig()
+        return ReportConfig(tolerance=float(self.params.get("report.tolerance", default.tolerance)),
+                            cost=self.params.get("report.cost", default.cost))
+
+    @property
+    def experiment_path(self) -> str:
+        """The Ray experiment folder (or URI) that ``--resume`` restores."""
+        return self.tags.get("ray.experiment_path", "")
+
+
+def find_search(tracking_uri: str, experiment_name: str | None, run_id: str | None = None) -> SearchRecord:
+    """A search's parent run: ``run_id`` itself, or the latest search of ``experiment_name``. LookupError names
+    what is missing."""
     client = MlflowClient(tracking_uri=tracking_uri)
     if run_id is not None:
         try:
             run = client.get_run(run_id)
         except Exception as err:  # MlflowException: no such run in this store
             raise LookupError(f"no run {run_id} in {tracking_uri}") from err
-        return run.info.run_id, dict(run.data.params), dict(run.data.tags), run.info.status
-    experiment = client.get_experiment_by_name(experiment_name or "")
-    if experiment is None:
-        names = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
-        raise LookupError(f"no experiment '{experiment_name}' in {tracking_uri} (experiments: {names})")
-    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`freeze_search.role` = 'search'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
-        raise LookupError(f"no search in experiment '{experiment_name}'")
-    return runs[0].info.run_id, dict(runs[0].data.params), dict(runs[0].data.tags), runs[0].info.status
+    else:
+        experiment = client.get_experiment_by_name(experiment_name or "")
+        if experiment is None:
+            names = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
+            raise LookupError(f"no experiment '{experiment_name}' in {tracking_uri} (experiments: {names})")
+        runs = client.search_runs([experiment.experiment_id], filter_string="tags.`freeze_search.role` = 'search'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+        if not runs:
+            raise LookupError(f"no search in experiment '{experiment_name}'")
+        run = runs[0]
+    return SearchRecord(run.info.run_id, run.info.status, dict(run.data.params), dict(run.data.tags))
+
+
+def typed(text: str) -> Any:
+    """A param as MLflow stored it (a string) → its value; YAML alone would keep '5e-05' a string."""
+    import yaml
+
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 @dataclass
@@ -313,3 +368,108 @@ def fetch_trials(tracking_uri: str, parent_run_id: str, extra_keys: Iterable[str
                                    history=history))
     return records
 
+
+
+def finished_confirmations(tracking_uri: str, parent_run_id: str) -> set[tuple[str, int]]:
+    """The (candidate, seed) confirmation runs of a search that FINISHED: a resumed --confirm does not repeat them
+    (runs a stopped driver left unfinished are KILLED, run again, and left out of the report)."""
+    return {(r.tags["candidate"], int(r.params["seed"])) for r in fetch_trials(tracking_uri, parent_run_id, ())
+            if r.tags.get("candidate") and r.status == "FINISHED" and "seed" in r.params}
+
+
+# -- the trials' runs -----------------------------------------------------------------------------------------
+# Result keys that describe where and how a trial ran: tags of its MLflow run, not metrics.
+TAG_KEYS = ("mem_source", "prefix_cache", "node_ip", "node_id", "hostname", "pid", "trial_cpus", "trial_gpus",
+            "diverged")
+
+
+class TrialRuns:
+    """One MLflow child run per trial of a search, fed by the search's trial events: the trial's config as params
+    (with its FreezeSummary, from its first result), where and how it ran as tags (``TAG_KEYS``), every numeric
+    result as a metric (step = epoch); a restored trial goes on in its run and logs no epoch twice; a trial ends
+    FINISHED (tagged ``epochs_run``, ``stopped_early`` or ``diverged``) or FAILED (with ``failure_reason``).
+    Each event returns a line for the console, or None for a run that had already ended."""
+
+    def __init__(self, tracker: SearchTracker, base_params: Mapping[str, Any], epochs: int) -> None:
+        self.tracker = tracker
+        self.base_params = dict(base_params)
+        self.epochs = epochs
+        self.run_ids: dict[str, str] = {}
+        self.last_epoch: dict[str, int] = {}
+        self.last_score: dict[str, float] = {}
+        self.diverged: set[str] = set()
+        self.closed: set[str] = set()  # trials whose run had already ended when a search was restored
+
+    def run_id(self, trial_id: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        """The trial's run: found again after a restore (a KILLED one reopens), else created."""
+        if trial_id not in self.run_ids:
+            found = self.tracker.find_trial(trial_id)
+            if found is not None:
+                run_id, last_epoch, finished = found
+                self.run_ids[trial_id] = run_id
+                if last_epoch:
+                    self.last_epoch[trial_id] = last_epoch
+                if finished:  # it ended before the driver died, after Tune's last snapshot: leave its run be
+                    self.closed.add(trial_id)
+                return run_id
+            self.run_ids[trial_id] = self.tracker.start_trial(
+                trial_id, {**self.base_params, **params}, tags={"ray.trial_id": trial_id, **tags})
+        return self.run_ids[trial_id]
+
+    def result(self, trial_id: str, params: Mapping[str, Any], tags: Mapping[str, str], result: Mapping[str, Any],
+               *, first_since_restore: bool) -> None:
+        """An epoch's result (``first_since_restore``: the first after the trial was restored from a checkpoint)."""
+        run_id = self.run_id(trial_id, params, tags)
+        epoch = int(result["epoch"])
+        if first_since_restore and epoch > 1:
+            # Restored from a checkpoint. Tune registers a reported checkpoint only after the driver's callbacks
+            # (a save call to the worker), so a worker killed in between restarts one checkpoint earlier and
+            # replays an epoch MLflow already holds: the tag says where it went on either way.
+            self.tracker.set_tags(run_id, {"resumed_at_epoch": epoch})
+        if epoch <= self.last_epoch.get(trial_id, 0):
+            return  # a retried trial replays no epoch it already logged
+        if trial_id not in self.last_epoch:  # the first result carries the FreezeSummary
+            self.tracker.log_params(run_id, {
+                "freeze_range": result.get("freeze_label", f"[{result['freeze_start']}, {result['freeze_stop']})"),
+                "trainable_params": result["trainable_params"], "frozen_params": result["frozen_params"],
+                "frozen_flops_share": f"{result['frozen_flops_share']:.4f}"})
+            self.tracker.set_tags(run_id, {k: result[k] for k in TAG_KEYS if k in result})
+        if result.get("diverged"):
+            self.diverged.add(trial_id)
+            self.tracker.set_tags(run_id, {"diverged": "true", "diverged_at_epoch": epoch})
+        self.last_epoch[trial_id] = epoch
+        self.last_score[trial_id] = result["score"]
+        metrics = {k: v for k, v in result.items() if k not in TAG_KEYS and isinstance(v, (int, float))
+                   and not isinstance(v, bool)}
+        self.tracker.log_metrics(run_id, metrics, step=epoch)
+
+    def complete(self, trial_id: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str | None:
+        if trial_id in self.closed:
+            return None
+        run_id, epochs_run = self.run_id(trial_id, params, tags), self.last_epoch.get(trial_id, 0)
+        if trial_id in self.diverged:
+            self.tracker.end_trial(run_id, "FINISHED", tags={"epochs_run": epochs_run})
+            return f"diverged (loss not finite) at epoch {epochs_run}"
+        stopped_early = epochs_run < params.get("epochs", self.epochs)  # epochs may be searched
+        self.tracker.end_trial(run_id, "FINISHED", tags={"epochs_run": epochs_run, "stopped_early": stopped_early})
+        return (f"score {self.last_score.get(trial_id, float('nan')):.4f} after {epochs_run} epochs"
+                + (" (stopped early by ASHA)" if stopped_early else ""))
+
+    def error(self, trial_id: str, params: Mapping[str, Any], tags: Mapping[str, str], error_file: str
+              ) -> str | None:
+        if trial_id in self.closed:
+            return None
+        reason = failure_reason(error_file)
+        self.tracker.end_trial(self.run_id(trial_id, params, tags), "FAILED",
+                               tags={"error_file": error_file, "failure_reason": reason})
+        return f"FAILED: {reason}"
+
+
+def failure_reason(error_file: str) -> str:
+    """The last line of a trial's traceback that names an exception, e.g. 'RuntimeError: out of memory ...'."""
+    try:
+        lines = [line.strip() for line in Path(error_file).read_text().splitlines() if line.strip()]
+    except OSError:
+        return "unknown (no error file)"
+    named = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
+    return (named[-1] if named else lines[-1] if lines else "unknown")[:500]

@@ -6,7 +6,7 @@ Importing it runs its code: name only modules you trust.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,40 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tune.freeze import BlockModel  # the block vocabulary is the freeze engine's; tasks build it
+
 __all__ = ["BlockModel", "Task", "classification_metrics"]
-
-
-@dataclass(frozen=True)
-class BlockModel:
-    """A model and its ordered blocks: freezing works on block indices.
-
-    ``blocks`` are submodules of ``module`` in forward order. ``cut_points`` names block counts that mean
-    something for this model, e.g. ``{"backbone": 6}``: freezing ``backbone`` freezes blocks [0, 6).
-    ``none`` (0) and ``all_but_head`` (len(blocks) - 1) are always defined. ``example_input`` is one small
-    batch, used to measure each block's share of forward FLOPs. ``sequential`` says that the forward pass is
-    exactly the blocks applied in order (each block's output is the next one's input): only then can a frozen
-    prefix's outputs be cached and the rest trained on them.
-    """
-
-    module: nn.Module
-    blocks: Sequence[nn.Module]
-    block_names: Sequence[str]
-    cut_points: Mapping[str, int]
-    example_input: torch.Tensor
-    sequential: bool = False
-
-    def __post_init__(self) -> None:
-        if len(self.blocks) != len(self.block_names):
-            raise ValueError(f"{len(self.blocks)} blocks but {len(self.block_names)} block names")
-        if len(self.blocks) < 2:
-            raise ValueError("a model needs at least two blocks (one to freeze, one to train)")
-
-    @property
-    def n_blocks(self) -> int:
-        return len(self.blocks)
-
-    def named_cut_points(self) -> dict[str, int]:
-        return {"none": 0, **self.cut_points, "all_but_head": self.n_blocks - 1}
 
 
 Metrics = dict[str, float]
@@ -62,9 +31,9 @@ class Task:
     training inputs change from epoch to epoch (augmentation), which rules out caching a frozen prefix.
 
     A task that trains with its own loop (the ``yolo`` task trains with Ultralytics' trainer) gives
-    ``make_trial(task, train_config, device)`` instead of tensors, a loss and ``evaluate``: it returns an object
-    with ``run(on_epoch)``, ``state_dict()``, ``load_state_dict()``, ``epoch`` and ``device`` (see
-    tune.train.Trial). ``extra_metrics`` names the metrics its trials report beyond tune.train.METRIC_KEYS.
+    ``make_trial(task, train_config, device)`` instead of tensors, a loss and ``evaluate``: it returns a
+    ``tune.trial.TrialProtocol`` whose epochs report ``tune.trial.epoch_metrics``. ``extra_metrics`` names the
+    metrics its trials report beyond tune.trial.METRIC_KEYS.
     """
 
     name: str

@@ -24,7 +24,6 @@ Ultralytics' pickled ``last.pt``; and the final re-validation of ``best.pt`` is 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -34,14 +33,15 @@ from typing import Any
 import torch
 import yaml
 
-from tune import freeze, measure
+from tune import freeze, prefix_cache
 from tune.config import TrainConfig
-from tune.errors import ConfigError
+from tune.errors import ConfigError, one_line
 from tune.tasks.base import BlockModel, Task
+from tune.trial import EpochMeter, epoch_metrics, pick_device
 
 __all__ = ["METRICS", "YoloTrial", "block_model", "layers_model", "make_task"]
 
-# Reported each epoch beside tune.train.METRIC_KEYS: score is mAP50-95.
+# Reported each epoch beside tune.trial.METRIC_KEYS: score is mAP50-95.
 METRICS = ("mAP50", "mAP50-95", "precision", "recall", "box_loss", "cls_loss", "dfl_loss", "val_box_loss",
            "val_cls_loss", "val_dfl_loss", "gpu_util_pct")
 
@@ -143,7 +143,7 @@ def _check_data(data: Any) -> tuple[Path, dict[str, Any]]:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError("task.options.data", str(data), allowed, problem=type(err).__name__) from None
     except yaml.YAMLError as err:
-        raise ConfigError("task.options.data", str(data), allowed, problem=" ".join(str(err).split())) from None
+        raise ConfigError("task.options.data", str(data), allowed, problem=one_line(err, limit=500)) from None
     if not isinstance(raw, dict) or not {"train", "val", "names"} <= raw.keys():
         raise ConfigError("task.options.data", str(data), allowed, problem="no train, val or names")
     root = _dataset_root(path, raw)
@@ -180,7 +180,7 @@ def _check_hyp(hyp: Any) -> dict[str, Any]:
             get_cfg(overrides={key: value})
         except (TypeError, ValueError, SyntaxError) as err:
             raise ConfigError(f"task.options.hyp.{key}", value, "a value Ultralytics accepts for it",
-                              problem=" ".join(str(err).split())[:200]) from None
+                              problem=one_line(err)) from None
     return dict(hyp)
 
 
@@ -193,9 +193,9 @@ def _load_weights(module: torch.nn.Module, weights: str) -> None:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as err:  # unreadable, unsafe (pickled objects) or corrupt: bad input, one line
         raise ConfigError("task.options.weights", weights, allowed,
-                          problem=f"{type(err).__name__}: {' '.join(str(err).split())[:200]}") from None
+                          problem=f"{type(err).__name__}: {one_line(err)}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # a checkpoint of this project's (tune.train.save_checkpoint)
+        state = state["model"]  # a checkpoint of this project's (tune.trial.save_checkpoint)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError("task.options.weights", weights, allowed, problem="not a state dict of tensors")
     own = module.state_dict()
@@ -269,20 +269,18 @@ def _device_arg(device: torch.device) -> str:
 
 
 class YoloTrial:
-    """One trial: Ultralytics' DetectionTrainer on a model built by the task, frozen as ``cfg`` says, reporting
-    each epoch through ``run(on_epoch)`` and checkpointable between epochs (``state_dict``)."""
+    """One trial (``tune.trial.TrialProtocol``): Ultralytics' DetectionTrainer on a model built by the task, frozen
+    as ``cfg`` says, reporting each epoch through ``run(on_epoch)`` and checkpointable between epochs."""
 
     def __init__(self, task: Task, cfg: TrainConfig, options: Mapping[str, Any],
                  device: torch.device | None = None) -> None:
-        from tune.train import pick_device
-
         self.task, self.cfg, self.options = task, cfg, options
         self.device = device or pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.block_model = task.build_model()
         self.frozen = freeze.freeze_model(self.block_model, cfg)
         self.summary = self.frozen.summary
-        self.prefix_cache = f"off: {freeze.prefix_cache_blocker(self.frozen, task.augments)}"  # never exact here
+        self.prefix_cache = f"off: {prefix_cache.blocker(self.frozen, task.augments)}"  # never exact here
         self.epoch = 0
         self.train_time_s = 0.0
         self._restore: dict[str, Any] | None = None
@@ -410,8 +408,7 @@ class _EpochReporter:
     def __init__(self, trial: YoloTrial, trainer: Any, on_epoch: Callable[[dict[str, Any]], None],
                  probe: bool = False) -> None:
         self.trial, self.trainer, self.on_epoch, self.probe = trial, trainer, on_epoch, probe
-        self.watch = measure.Stopwatch(trial.device)
-        self.activations = measure.SavedActivations()
+        self.meter = EpochMeter(trial.device)
         self._recording: Any = None
         self._timing: Any = None
         self._first_batch = True
@@ -442,16 +439,14 @@ class _EpochReporter:
         if trainer.batch_size != self.trial.cfg.batch_size:
             raise RuntimeError(f"out of memory at epoch {trainer.epoch + 1}: Ultralytics retried with batch "
                                f"{trainer.batch_size} instead of {self.trial.cfg.batch_size}")
-        if self.trial.device.type == "cuda":
-            measure.cuda_peak_mem_mb(self.trial.device, reset=True)
+        self.meter.start()
         self._first_batch = True
-        self.watch.seconds = 0.0
-        self._timing = self.watch.running()  # training only: data loading included, validation not
+        self._timing = self.meter.timing()  # training only: data loading included, validation not
         self._timing.__enter__()
 
     def on_train_batch_start(self, trainer: Any) -> None:
         if self._first_batch:  # the first batch is a full one: its saved activations are the peak
-            self._recording = self.activations.recording(trainer.model)
+            self._recording = self.meter.recording(trainer.model)
             self._recording.__enter__()
 
     def on_train_batch_end(self, trainer: Any) -> None:
@@ -466,21 +461,20 @@ class _EpochReporter:
         self._timing.__exit__(None, None, None)
         self._timing = None
         # training's memory, read before validation (which runs at twice the batch size) can raise the peak
-        self._memory = measure.epoch_memory(self.trial.device, lambda: measure.model_mem_bytes(
-            trainer.model, trainer.optimizer, self.activations.peak_bytes)
-            + measure.tensor_bytes(trainer.ema.ema.state_dict().values()))  # the EMA copy lives beside the model
+        self._memory = self.meter.memory(trainer.model, trainer.optimizer,  # the EMA copy lives beside the model
+                                         trainer.ema.ema.state_dict().values())
 
     def on_fit_epoch_end(self, trainer: Any) -> None:
         trial = self.trial
         trial.epoch = trainer.epoch + 1
-        trial.train_time_s += self.watch.seconds
+        trial.train_time_s += self.meter.seconds
         metrics = self._metrics(trainer)
         if metrics.get("diverged"):
             trainer.stop = True  # the trial ends at this epoch, as a tensor trial does
         self.on_epoch(metrics)
 
     def _metrics(self, trainer: Any) -> dict[str, Any]:
-        trial, seconds = self.trial, self.watch.seconds
+        trial = self.trial
         found = trainer.metrics or {}
 
         def metric(name: str) -> float:
@@ -488,26 +482,12 @@ class _EpochReporter:
 
         train_losses = {name: float(value) for name, value in (trainer.tloss or {}).items()}
         val_losses = {f"val_{name}": metric(f"val/{name}") for name in ("box_loss", "cls_loss", "dfl_loss")}
-        samples = len(trainer.train_loader.dataset)
-        metrics: dict[str, Any] = {
-            "epoch": trial.epoch,
-            "score": metric("metrics/mAP50-95(B)"),
-            "mAP50-95": metric("metrics/mAP50-95(B)"),
-            "mAP50": metric("metrics/mAP50(B)"),
-            "precision": metric("metrics/precision(B)"),
-            "recall": metric("metrics/recall(B)"),
-            **{f"{name}_loss" if not name.endswith("_loss") else name: v for name, v in train_losses.items()},
-            **val_losses,
-            "train_loss": sum(train_losses.values()) if train_losses else float("nan"),
-            "val_loss": sum(val_losses.values()),
-            "epoch_time_s": seconds,
-            "train_time_s": trial.train_time_s,
-            "samples_per_s": samples / seconds if seconds > 0 else float("nan"),
-            "rss_mb": measure.rss_mb(),
-            "prefix_cache": trial.prefix_cache,
-            **trial.summary.as_metrics(),
-        }
-        if not math.isfinite(metrics["train_loss"]):
-            metrics["diverged"] = 1
-        metrics.update(self._memory)
-        return metrics
+        own = {"mAP50-95": metric("metrics/mAP50-95(B)"), "mAP50": metric("metrics/mAP50(B)"),
+               "precision": metric("metrics/precision(B)"), "recall": metric("metrics/recall(B)"),
+               **{f"{name}_loss" if not name.endswith("_loss") else name: v for name, v in train_losses.items()},
+               **val_losses}
+        return epoch_metrics(epoch=trial.epoch, score=own["mAP50-95"], val_loss=sum(val_losses.values()),
+                             train_loss=sum(train_losses.values()) if train_losses else float("nan"),
+                             epoch_time_s=self.meter.seconds, train_time_s=trial.train_time_s,
+                             samples=len(trainer.train_loader.dataset), prefix_cache=trial.prefix_cache,
+                             summary=trial.summary, memory=self._memory, task_metrics=own)

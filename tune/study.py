@@ -1,0 +1,296 @@
+"""One search's lifecycle, from its first MLflow run to its last tag: the Study.
+
+    study = Study.prepare(StudyOptions(space_file=Path("search_spaces/digits_freeze.yaml")))  # or ConfigError
+    status = study.run()  # FINISHED, FAILED or KILLED: the parent run's status, never left RUNNING
+
+``prepare`` checks everything before Ray starts a trial or MLflow holds a run: the config (loaded, checked against
+the task's model, cut-point names resolved once: the checked config carries the resolved space), the tracking
+store, the search to resume, the Ray cluster, what a trial asks for against the nodes, the storage path. ``run``
+then owns the parent run: created (or reopened with ``--resume``), the search (tune.search), open trials killed, the
+confirmation of the top candidates (picked and judged by tune.report, run by tune.search), the report, the
+recommended model, the parent's end. ``rebuild_report`` writes a finished search's report again from MLflow alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import tune
+from tune.config import COST_METRICS, Config, ReportConfig, load_config
+from tune.errors import ConfigError
+
+# torch, Ray and MLflow take seconds to import: they come in once the config file has loaded, so that a mistake in
+# it is reported at once. Annotations name their types as strings.
+if TYPE_CHECKING:
+    from tune import report, tracking
+    from tune.tasks import Task
+
+__all__ = ["SMOKE", "Study", "StudyOptions", "check_config", "check_submission", "rebuild_report", "tracking_uri"]
+
+# --smoke-test: a few trials of two epochs (a grid runs once); the user's own overrides still win.
+SMOKE = (("search.num_samples", 4), ("train.epochs", 2), ("search.grace_period", 1))
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """What a search is asked to do: the space file with its overrides, where it logs and keeps its state."""
+
+    space_file: Path
+    overrides: Sequence[tuple[str, Any]] = ()  # (dotted key, value), as from --set
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db here
+    storage_path: str = "ray_results"
+    report_dir: Path = Path("reports")
+    address: str | None = None  # an existing Ray cluster; None: $RAY_ADDRESS, else a local Ray
+    confirm: int = 0  # seeds per candidate, 0 for no confirmation
+    confirm_top: int = 3
+    resume: bool = False
+    smoke_test: bool = False
+
+
+def tracking_uri(given: str | None) -> str:
+    from tune import tracking
+
+    return given or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri()
+
+
+def check_config(options: StudyOptions) -> tuple[Config, Task]:
+    """The search's config checked against its task (names resolved), and the task; the tracking store usable.
+    Raises ConfigError naming the key, the value and what is allowed."""
+    if options.confirm and options.confirm < 2:
+        raise ConfigError("--confirm", options.confirm, "0 (no confirmation) or an integer >= 2 (seeds per candidate)")
+    if options.confirm_top < 1:
+        raise ConfigError("--confirm-top", options.confirm_top, "an integer >= 1")
+    overrides = [*(SMOKE if options.smoke_test else ()), *options.overrides]
+    cfg = load_config(options.space_file, overrides)
+    from tune import freeze, tracking
+    from tune.tasks import absolute_paths, load_task
+    from tune.trial import known_metrics
+
+    if options.smoke_test and cfg.search.algorithm == "grid" and "search.num_samples" not in dict(options.overrides):
+        cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, num_samples=1))  # the grid once
+    cfg = dataclasses.replace(cfg, task=absolute_paths(cfg.task, Path.cwd()))  # trials run in their own folders
+    task = load_task(cfg.task)
+    cfg = dataclasses.replace(cfg, space=freeze.check_space(cfg.space, cfg.train, task.build_model()))
+    known = known_metrics(task.metric, task.extra_metrics)
+    for metric, _ in cfg.search.objective_list:
+        if metric not in known:
+            raise ConfigError(f"search.objectives.{metric}", metric, "one of " + ", ".join(known))
+    tracking.check_store(tracking_uri(options.tracking_uri))
+    return cfg, task
+
+
+def check_submission(options: StudyOptions, project_dir: Path) -> str:
+    """A search to submit as a Ray Job, checked here (``check_config``) rather than on the cluster; returns the space
+    file's path inside ``project_dir``, which the job gets as its working directory."""
+    if not (options.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        raise ConfigError("--tracking-uri", None, "an MLflow server the cluster reaches, e.g. http://HOST:5000 "
+                                                  "(a local sqlite file would stay inside the job's folder)")
+    storage = options.storage_path
+    if "://" not in storage and not Path(storage).is_absolute():
+        raise ConfigError("--storage-path", storage, "an absolute folder every node shares, or a URI (s3://...)")
+    space = options.space_file.resolve()
+    if not space.is_relative_to(project_dir):
+        raise ConfigError("--space", str(options.space_file), f"a space file inside the project ({project_dir}), "
+                                                              "which is uploaded as the job's working directory")
+    check_config(options)
+    return str(space.relative_to(project_dir))
+
+
+class Study:
+    """One search of one config. Build it with ``prepare`` (every check), then ``run`` it once."""
+
+    def __init__(self, options: StudyOptions, cfg: Config, task: Task, *, resume: tracking.SearchRecord | None,
+                 address: str | None, say: Say = print) -> None:
+        self.options, self.cfg, self.task, self.resume, self.address = options, cfg, task, resume, address
+        self.say = say
+        self.tracking_uri = tracking_uri(options.tracking_uri)
+        self.tracker: tracking.SearchTracker | None = None
+
+    @classmethod
+    def prepare(cls, options: StudyOptions, say: Say = print) -> Study:
+        """Check everything a search needs, in the order a user would fix it; ConfigError on the first problem.
+        Connects to the cluster (if any) and makes the storage folder; starts no trial and writes no run."""
+        cfg, task = check_config(options)
+        from tune import search
+
+        resume = _resume_point(tracking_uri(options.tracking_uri), cfg.name) if options.resume else None
+        address = options.address or os.environ.get("RAY_ADDRESS")  # a Ray Job or KubeRay sets RAY_ADDRESS
+        if address:
+            search.connect(address, "--address" if options.address else "RAY_ADDRESS")
+        for warning in search.check_resources(cfg, on_cluster=bool(address)):
+            print(f"warning: {warning}", file=sys.stderr)
+        search.check_storage(options.storage_path)  # last: it makes the folder
+        return cls(options, cfg, task, resume=resume, address=options.address, say=say)
+
+    @property
+    def searched(self) -> list[str]:
+        return list(self.cfg.space)
+
+    def run(self) -> str:
+        """The whole search; returns how the parent run ended: FINISHED (a trial finished), FAILED (none did, or an
+        error, re-raised), KILLED (Ctrl-C: open runs KILLED too; ``--resume`` goes on)."""
+        from tune import prefix_cache, search, tracking
+
+        cfg, options = self.cfg, self.options
+        self.tracker = tracker = tracking.SearchTracker(self.tracking_uri, cfg.name)
+        parent_id = self._open_parent()
+        planned = (f"a grid of {search.grid_size(cfg.space)} x {cfg.search.num_samples}"
+                   if cfg.search.algorithm == "grid" else str(cfg.search.num_samples))
+        self.say(f"search {cfg.name}: {planned} trials of up to {cfg.train.epochs} epochs over "
+                 f"{', '.join(self.searched)}; MLflow parent run {parent_id}")
+        status, reason = "FAILED", "the search failed before this trial ended"
+        try:
+            outcome = search.run(cfg, tracker, storage_path=options.storage_path, address=self.address,
+                                 restore_from=self.resume.experiment_path if self.resume else None)
+            tracker.kill_open_trials()
+            header = (f"{outcome.trials} trials in {outcome.wall_time_s:.0f} s, {outcome.errored} failed"
+                      + (f"; the time budget of {cfg.search.time_budget_s:g} s stopped the search: trials still "
+                         "running then are marked KILLED, later ones never started" if outcome.budget_reached else "")
+                      + ".\n\n")
+            if options.confirm and outcome.errored < outcome.trials:
+                self._confirm()
+            built = _write_report(tracker, self.searched, cfg.search.objective_list, cfg.report, options.report_dir,
+                                  header, self.say)
+            self._log_recommended_model(built, outcome.best_checkpoints)
+            status = "FINISHED" if outcome.errored < outcome.trials else "FAILED"
+        except KeyboardInterrupt:
+            status, reason = "KILLED", "interrupted (Ctrl-C)"
+        finally:
+            tracker.finish_search(status, reason=reason)
+        if status != "KILLED":
+            self.say(f"\nCompare the runs: {tracking.ui_command(self.tracking_uri)}  (experiment '{cfg.name}')")
+            cache = prefix_cache.describe(options.storage_path)
+            if cache:
+                self.say(cache)
+        return status
+
+    def _open_parent(self) -> str:
+        from tune import tracking
+
+        tracker = self.tracker
+        if self.resume is not None:
+            tracker.reopen_search(self.resume.run_id)
+            # Runs the dead driver left open: the trials Tune saved reopen theirs when they go on; a trial started
+            # after Tune's last snapshot is lost with the driver and stays KILLED (Tune samples a new one).
+            tracker.kill_open_trials("the driver stopped before this trial ended")
+            return self.resume.run_id
+        commit = tracking.git_commit(Path(tune.__file__).resolve().parents[1])
+        space_file = self.options.space_file
+        return tracker.start_search(
+            run_name=f"search-{time.strftime('%Y%m%d-%H%M%S')}", params=tracking.flatten(self.cfg.as_dict()),
+            tags={"space_file": str(space_file), "smoke_test": str(self.options.smoke_test),
+                  **tracking.search_tags(self.searched, self.cfg.search.objective_list),
+                  **({"mlflow.source.git.commit": commit} if commit else {})},
+            artifacts=[space_file])
+
+    def _confirm(self) -> None:
+        """Re-run the top candidates with fresh seeds; after a resume, the (candidate, seed) runs that finished
+        before the stop are not run again."""
+        from tune import report, search, tracking
+
+        cfg, options, parent_id = self.cfg, self.options, self.tracker.parent_run_id
+        records = tracking.fetch_trials(self.tracking_uri, parent_id)
+        candidates = report.candidates(records, cfg.report, self.searched, options.confirm_top)
+        seeds = [cfg.train.seed + i for i in range(1, options.confirm + 1)]
+        done = tracking.finished_confirmations(self.tracking_uri, parent_id) if self.resume else set()
+        self.say(f"confirming {len(candidates)} candidates with seeds {seeds}"
+                 + (f" ({len(done)} of these runs finished before the resume)" if done else ""))
+        search.confirm(cfg, self.tracker, candidates, seeds, storage_path=options.storage_path, address=self.address,
+                       done=done)
+        self.tracker.kill_open_trials()
+
+    def _log_recommended_model(self, built: report.Report, checkpoints: dict[str, Any]) -> None:
+        """The recommended trial's best-epoch weights as an MLflow model of the parent run."""
+        chosen = built.chosen_name
+        if chosen is None:
+            return
+        from tune.trial import load_checkpoint
+
+        checkpoint = checkpoints.get(chosen)
+        if checkpoint is None:
+            self.say(f"no checkpoint of trial {chosen}: no model logged")
+            return
+        block_model = self.task.build_model()
+        with checkpoint.as_directory() as directory:  # a local folder, or one downloaded from the storage URI
+            block_model.module.load_state_dict(load_checkpoint(directory)["model"])
+        block_model.module.eval()
+        parent_id = self.tracker.parent_run_id
+        uri = self.tracker.log_model(parent_id, block_model.module, block_model.example_input.numpy(),
+                                     Path(tune.__file__).parent)
+        self.tracker.set_tags(parent_id, {"recommended_model_uri": uri})
+        self.say(f"Recommended model (trial {chosen}, its best epoch): {uri}")
+
+
+def _resume_point(uri: str, experiment: str) -> tracking.SearchRecord:
+    """The latest search of ``experiment`` if it did not finish and its Ray experiment folder can be restored."""
+    from tune import search, tracking
+
+    try:
+        record = tracking.find_search(uri, experiment)
+    except LookupError as err:
+        raise ConfigError("--resume", experiment, "an experiment with an unfinished search", problem=str(err)) from None
+    if record.status == "FINISHED":
+        raise ConfigError("--resume", experiment, "an experiment whose latest search did not finish",
+                          problem=f"search {record.run_id} finished")
+    if not search.can_restore(record.experiment_path):
+        raise ConfigError("--resume", experiment, "a search whose Ray experiment folder is still there",
+                          problem=f"cannot restore {record.experiment_path or 'an unrecorded path'}")
+    return record
+
+
+def _write_report(tracker: tracking.SearchTracker, searched: list[str], objectives: list[tuple[str, str]],
+                  rule: ReportConfig, report_dir: Path, header: str, say: Say) -> report.Report:
+    """Build the report from MLflow, write it (text, plots, summary) under ``report_dir`` and into the parent run,
+    tag the parent with the recommendation, and print it."""
+    from tune import report, tracking
+
+    parent_id = tracker.parent_run_id
+    records = tracking.fetch_trials(tracker.tracking_uri, parent_id, extra_keys=[m for m, _ in objectives])
+    built = report.build_report(records, searched=searched, objectives=objectives, tolerance=rule.tolerance,
+                                cost=rule.cost, header=header)
+    name = tracker.experiment_name
+    out_dir = report_dir / f"{name}-{parent_id[:8]}"
+    files = report.write_report(built, [r for r in records if "candidate" not in r.tags], out_dir, name)
+    tracker.log_files(parent_id, files, "report")
+    if built.recommendation is not None:
+        chosen = built.confirmed_choice or built.recommendation.trial  # after --confirm, the confirmed one
+        tracker.set_tags(parent_id, {"recommended_trial": chosen.name, "recommended_freeze_range": chosen.freeze_range,
+                                     "best_score": f"{built.recommendation.best.score:.4f}"})
+    say("\n" + built.text)
+    say(f"\nReport, plots and summary: {out_dir}/ (also artifacts of the parent run, under report/)")
+    return built
+
+
+def rebuild_report(uri: str | None, *, experiment: str, run_id: str | None = None, tolerance: float | None = None,
+                   cost: str | None = None, report_dir: Path = Path("reports"), say: Say = print) -> report.Report:
+    """A logged search's report again, from MLflow alone (``run_search.py report``); ``tolerance`` and ``cost``
+    override the rule the search was run with."""
+    from tune import tracking
+
+    uri = tracking_uri(uri)
+    if cost is not None and cost not in COST_METRICS:
+        raise ConfigError("--cost", cost, "one of " + ", ".join(COST_METRICS))
+    if tolerance is not None and not tolerance >= 0:
+        raise ConfigError("--tolerance", tolerance, "a number >= 0")
+    tracking.check_store(uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ConfigError("--tracking-uri", uri, "an existing MLflow store", problem="no such file")
+    try:
+        record = tracking.find_search(uri, experiment, run_id)
+    except LookupError as err:
+        raise ConfigError("--run-id" if run_id else "--experiment", run_id or experiment,
+                          "a search logged in this tracking store", problem=str(err)) from None
+    tracker = tracking.SearchTracker(uri, record.name or experiment)
+    tracker.parent_run_id = record.run_id
+    logged = record.report
+    rule = ReportConfig(tolerance=logged.tolerance if tolerance is None else tolerance, cost=cost or logged.cost)
+    return _write_report(tracker, record.searched, record.objectives, rule, report_dir, "", say)
