@@ -90,6 +90,8 @@ def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(def
             steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
             assert steps == list(range(1, epochs_run + 1)), key
         assert child.data.tags["mem_source"] == "model"
+        where = {"pid", "hostname", "node_ip", "node_id", "trial_cpus", "trial_gpus", "prefix_cache"}
+        assert where <= set(child.data.tags)  # where and how it ran: tags, not metrics
 
 
 def test_trials_run_in_parallel(default_smoke):

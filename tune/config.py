@@ -277,7 +277,7 @@ def build_config(raw: Any) -> Config:
     train_raw = {**train_raw, **fixed}
     train = _check_fields("train", train_raw, TrainConfig, _TRAIN_RULES)
     given = {k for k in FREEZE_KEYS if train_raw.get(k) is not None} | (dims.keys() & set(FREEZE_KEYS))
-    if "freeze" in given and given & {"freeze_start", "freeze_stop"}:
+    if "freeze" in given and given & set(ORDERED):
         where = "space.freeze" if "freeze" in dims else "train.freeze"
         raise ConfigError(where, train_raw.get("freeze", "<searched>"),
                           "either freeze or freeze_start/freeze_stop, not both (in train: and space: together)")

@@ -36,7 +36,7 @@ from tune.freeze import grid_values, sampled_freezes, trial_freeze
 from tune.report import short
 from tune.space import OptunaSpace
 from tune.tasks import load_task
-from tune.tracking import SearchTracker, TrialRuns
+from tune.tracking import TAG_KEYS, SearchTracker, TrialRuns
 from tune.train import make_trial
 from tune.trial import load_checkpoint, save_checkpoint
 
@@ -212,7 +212,8 @@ class _TrialEvents(ray_tune.Callback):
         self.runs.run_id(trial.trial_id, *_trial_params(trial))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        ours = {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS}
+        # Tune's own keys are left out but where the trial ran (pid, hostname, node_ip), which its run is tagged with
+        ours = {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS or k in TAG_KEYS}
         self.runs.result(trial.trial_id, *_trial_params(trial), ours,
                          first_since_restore=result.get("iterations_since_restore") == 1)
 

@@ -28,9 +28,9 @@ from mlflow.tracking import MlflowClient
 from tune.config import ReportConfig, SearchConfig
 from tune.errors import ConfigError
 
-__all__ = ["SearchRecord", "SearchTracker", "TrialRecord", "TrialRuns", "check_store", "default_tracking_uri",
-           "failure_reason", "fetch_trials", "find_search", "finished_confirmations", "flatten", "git_commit",
-           "redact", "search_tags", "typed", "ui_command"]
+__all__ = ["TAG_KEYS", "SearchRecord", "SearchTracker", "TrialRecord", "TrialRuns", "check_store",
+           "default_tracking_uri", "failure_reason", "fetch_trials", "find_search", "finished_confirmations", "flatten",
+           "git_commit", "redact", "search_tags", "typed", "ui_command"]
 
 PARENT_TAG = "mlflow.parentRunId"
 # Per-epoch metrics the report reads back as histories (the rest stay in MLflow for the UI).

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tune.errors import ConfigError
+from tune.errors import ConfigError, one_line
 from tune.tasks.base import BlockModel, Task, classification_metrics
 
 __all__ = ["DigitsCNN", "build_model", "make_task", "pretrain"]
@@ -76,17 +76,12 @@ def build_model(weights: str | None = "pretrained", new_head: bool = False) -> B
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         except Exception as err:  # corrupt file, unsafe pickle, or another model's state dict
             raise ConfigError("task.options.weights", str(weights), "a DigitsCNN state dict saved with torch.save",
-                              problem=_first_line(err)) from None
+                              problem=f"{type(err).__name__}: {one_line(err, limit=160)}") from None
     if new_head:
         model.blocks[-1].reset_parameters()
     return BlockModel(module=model, blocks=list(model.blocks), block_names=DigitsCNN.block_names,
                       cut_points={"backbone": 6}, example_input=torch.zeros(2, 1, RESOLUTION, RESOLUTION),
                       sequential=True)
-
-
-def _first_line(err: Exception) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text[:160]}"
 
 
 def _uci_digits() -> tuple[torch.Tensor, torch.Tensor]:
