@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from tune.config import ConfigError, TaskConfig, load_config, parse_overrides
+from tune.study import Study, StudyOptions
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_SPACE = ROOT / "search_spaces" / "digits_freeze.yaml"
@@ -40,10 +41,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="stop the search cleanly after this many seconds (search.time_budget_s)")
     parser.add_argument("--confirm", type=int, default=0, metavar="K",
                         help="after the search, re-run the top candidates with K fresh seeds each (K >= 2)")
-    parser.add_argument("--confirm-top", type=int, default=3, metavar="N",
+    parser.add_argument("--confirm-top", type=int, default=StudyOptions.confirm_top, metavar="N",
                         help="how many candidate configurations --confirm re-runs (default: %(default)s)")
     _add_store_args(parser)
-    parser.add_argument("--storage-path", default="ray_results",
+    parser.add_argument("--storage-path", default=StudyOptions.storage_path,
                         help="where Ray Tune keeps trial checkpoints: a folder every node can write (shared on a "
                              "cluster) or a URI such as s3://bucket/path (default: ./ray_results)")
     parser.add_argument("--address", help="an existing Ray cluster to run on (default: start Ray here)")
@@ -57,14 +58,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def _add_store_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                                                "sqlite:///mlflow.db in the working directory)")
-    parser.add_argument("--report-dir", type=Path, default=Path("reports"),
+    parser.add_argument("--report-dir", type=Path, default=StudyOptions.report_dir,
                         help="where the report, plots and summary go, one folder per search (default: ./reports)")
 
 
-def study_options(args: argparse.Namespace):
+def study_options(args: argparse.Namespace) -> StudyOptions:
     """The search's arguments as tune.study.StudyOptions; the flags become the overrides they stand for."""
-    from tune.study import StudyOptions
-
     overrides = parse_overrides(args.set)
     flags = [("search.num_samples", args.num_samples), ("search.seed", args.seed), ("train.seed", args.seed),
              ("search.time_budget_s", args.time_budget)]
@@ -76,6 +75,7 @@ def study_options(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Bad input (a ConfigError, raised by every command's checks before it starts anything): one line, exit 2."""
     argv = sys.argv[1:] if argv is None else list(argv)
     command = {"report": report_main, "submit": submit_main, "layers": layers_main}.get(argv[0] if argv else "")
     try:
@@ -86,11 +86,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def search_main(argv: list[str]) -> int:
-    options = study_options(parse_args(argv))
-    from tune.study import Study
-
-    study = Study.prepare(options)
-    status = study.run()
+    study = Study.prepare(study_options(parse_args(argv)))  # every check; the search starts below
+    try:
+        status = study.run()
+    except ConfigError as err:  # raised once runs exist: a failed search (FAILED in MLflow), not bad input
+        raise RuntimeError(str(err)) from err
     if status == "KILLED":
         print("interrupted: open runs marked KILLED; go on with the same command and --resume", file=sys.stderr)
     return EXIT_CODES[status]

@@ -53,7 +53,6 @@ def test_overrides_reach_every_section_and_a_plain_space_value_fixes_the_paramet
     (minimal(train={"device": "tpu"}), "train.device", "'tpu'"),
     (minimal(search={"num_samples": 0}), "search.num_samples", "0"),
     (minimal(search={"scheduler": "pbt"}), "search.scheduler", "'pbt'"),
-    (minimal(search={"mode": "maximise"}), "search.mode", "'maximise'"),
     (minimal(search={"cpus_per_trial": 0}), "search.cpus_per_trial", "0"),
     (minimal(search={"grace_period": 20}), "search.grace_period", "20"),
     (minimal(search={"objectives": {"score": "maximise"}}), "search.objectives", "{'score': 'maximise'}"),
@@ -206,7 +205,7 @@ def test_a_grid_runs_every_trial_to_the_end():
 
 @pytest.mark.parametrize("key", ["metric", "mode"])
 def test_metric_and_mode_are_not_keys_score_is_always_the_objective(key):
-    with pytest.raises(ConfigError, match=rf"^search.{key}: got 'x' \(unknown key\)"):
+    with pytest.raises(ConfigError, match=rf"^search.{key}: got 'x' \(no longer a key: the search optimises score"):
         build_config(minimal(search={key: "x"}))
 
 

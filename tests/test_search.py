@@ -72,6 +72,9 @@ def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(def
     client = MlflowClient(tracking_uri=uri)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["search.num_samples"] == "4" and parent.data.params["train.epochs"] == "2"
+    # the space as written: cut-point names, not the block indices they resolve to
+    assert (parent.data.params["space.freeze_stop.low"], parent.data.params["space.freeze_stop.high"]) == (
+        "none", "all_but_head")
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "digits_freeze.yaml" in artifacts
     report_files = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
@@ -357,11 +360,15 @@ def test_the_recommendation_follows_the_confirmed_choice_not_the_search_trial(tm
         trial(f"c{seed}", 4, low, 1.0, phase="confirm", candidate="cheap", seed=seed)
     tracker.finish_search("FINISHED")
 
-    built = rebuild_report(uri, experiment="confirmed", report_dir=tmp_path / "reports", say=lambda line: None)
+    lines: list[str] = []
+    built = rebuild_report(uri, experiment="confirmed", report_dir=tmp_path / "reports", say=lines.append)
     assert built.recommendation.trial.name == "cheap" and built.confirmed_choice.name == "expensive"
-    assert built.chosen_name == "expensive"
+    assert built.chosen.name == "expensive"  # the trial whose checkpoint is logged as the recommended model
     tags = MlflowClient(tracking_uri=uri).get_run(tracker.parent_run_id).data.tags
     assert tags["recommended_trial"] == "expensive" and tags["recommended_freeze_range"] == "[0, 0)"
+    text = "\n".join(lines)
+    assert "Recommendation: freeze [0, 4)" in text and "Confirmation (fresh seeds" in text
+    assert "Confirmed recommendation: freeze [0, 0) (no other searched values): mean score 0.9500" in text
 
 
 def _space_file(tmp_path: Path, text: str) -> Path:
@@ -449,7 +456,7 @@ def _resources_cfg(*overrides: str):
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["search.gpus_per_trial=3"], r"^search.gpus_per_trial: got 3 \(the largest node has 2\)"),
+    (["search.gpus_per_trial=3"], r"^search.gpus_per_trial: got 3 \(the largest node has 2 GPUs\)"),
     (["search.cpus_per_trial=8"], r"^search.cpus_per_trial: got 8 \(the largest node has 2 CPUs\)"),
     (["search.cpus_per_trial=2", "search.gpus_per_trial=0"], None),  # the whole node: fits
     (["train.device=cuda"], r"^train.device: got 'cuda' \(trials get no GPU: search.gpus_per_trial is 0\)"),
@@ -472,8 +479,12 @@ def test_on_a_cluster_a_shortfall_is_a_warning_an_autoscaler_may_answer(ray_runt
     warnings = search.check_resources(_resources_cfg("search.gpus_per_trial=3", "search.cpus_per_trial=1"),
                                       on_cluster=True)
     assert len(warnings) == 1 and warnings[0].startswith("search.gpus_per_trial is 3 but no node of the cluster")
-    assert search.check_resources(_resources_cfg("search.cpus_per_trial=16"), on_cluster=True)[0].startswith(
-        "search.cpus_per_trial is 16 but no node")
+    assert warnings[0].endswith("trials wait until such a node joins (an autoscaler)")
+    both = search.check_resources(_resources_cfg("search.cpus_per_trial=16", "search.gpus_per_trial=4"),
+                                  on_cluster=True)
+    assert [w.split(" is ")[0] for w in both] == ["search.cpus_per_trial", "search.gpus_per_trial"]
+    assert both[0].startswith("search.cpus_per_trial is 16 but no node of the cluster can give that now (the largest "
+                              "node has 2 CPUs)")
 
 
 @pytest.mark.slow
@@ -573,3 +584,14 @@ def test_trial_runs_tag_divergence_early_stops_against_searched_epochs_and_failu
     assert run["oom"].info.status == "FAILED"
     assert run["oom"].data.tags["failure_reason"].startswith("RuntimeError: out of memory at epoch 1: MemoryError")
     assert {r.info.status for name, r in run.items() if name != "oom"} == {"FINISHED"}
+
+
+def test_a_trial_needs_its_cpus_and_gpus_on_one_node(monkeypatch):
+    # a CPU node and a small GPU node: 4 CPUs and 1 GPU exist, but on no one node
+    monkeypatch.setattr(search, "_nodes", lambda: [{"CPU": 8.0, "GPU": 0.0}, {"CPU": 2.0, "GPU": 1.0}])
+    cfg = _resources_cfg("search.cpus_per_trial=4", "search.gpus_per_trial=1")
+    with pytest.raises(ConfigError, match=r"^search.cpus_per_trial: got 4 \(no node has 4 CPUs and 1 GPUs\); "
+                                          r"allowed: at most 2, the CPUs of the largest node with 1 GPUs"):
+        search.check_resources(cfg, on_cluster=False)
+    assert search.check_resources(_resources_cfg("search.cpus_per_trial=2", "search.gpus_per_trial=1"),
+                                  on_cluster=False) == []

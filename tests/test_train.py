@@ -194,9 +194,15 @@ def test_gpu_shares_follow_the_measured_memory_by_depth(tiny_task, monkeypatch):
     assert all(abs(round(v * 20) - v * 20) < 1e-9 and 0.05 <= v <= 1.0 for v in shares.values())
 
 
-def test_trials_in_tests_run_on_the_cpu_even_where_there_is_a_gpu():
-    import os
 
-    from tune.trial import pick_device
+def test_a_tasks_own_trial_must_implement_the_trial_protocol(tiny_task):
+    from types import SimpleNamespace
 
-    assert pick_device("auto").type == "cpu" and os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    from tune.train import make_trial
+
+    incomplete = SimpleNamespace(epoch=0, device=torch.device("cpu"), run=print, state_dict=dict,
+                                 load_state_dict=print)  # no probe_memory
+    task = dataclasses.replace(tiny_task, make_trial=lambda task, cfg, device=None: incomplete)
+    with pytest.raises(TypeError, match=r"^task 'tiny': make_trial gave a SimpleNamespace without probe_memory"):
+        make_trial(task, TrainConfig())
+    assert isinstance(make_trial(tiny_task, TrainConfig(freeze_stop=1)), Trial)

@@ -187,6 +187,11 @@ _REPORT_RULES: dict[str, _Rule] = {
 }
 
 
+# Keys that older space files may hold, and why they are gone.
+_REMOVED = {f"search.{key}": "no longer a key: the search optimises score, the task's primary metric; other "
+                             "metrics go beside it in search.objectives" for key in ("metric", "mode")}
+
+
 def _type_name(v: Any) -> str:
     return type(v).__name__
 
@@ -199,7 +204,8 @@ def _check_fields(section: str, raw: Any, cls: type, rules: Mapping[str, _Rule])
     values = {}
     for key, value in raw.items():
         if key not in rules:
-            raise ConfigError(f"{section}.{key}", value, f"keys {', '.join(rules)}", problem="unknown key")
+            problem = _REMOVED.get(f"{section}.{key}", "unknown key")
+            raise ConfigError(f"{section}.{key}", value, f"keys {', '.join(rules)}", problem=problem)
         check, allowed = rules[key]
         if not check(value):
             raise ConfigError(f"{section}.{key}", value, allowed, problem=_type_name(value))
@@ -319,7 +325,7 @@ def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
         try:
             value = yaml.safe_load(text) if text else None
         except yaml.YAMLError as err:
-            problem = one_line(err)
+            problem = one_line(err, limit=None)
             raise ConfigError(f"--set {key}", text, "a YAML scalar, list or mapping", problem=problem) from None
         parsed.append((key, value))
     return parsed
@@ -350,7 +356,7 @@ def load_config(path: str | Path, overrides: Sequence[tuple[str, Any]] = ()) -> 
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(str(path), "<file>", "valid YAML", problem=one_line(err, limit=500)) from None
+        raise ConfigError(str(path), "<file>", "valid YAML", problem=one_line(err, limit=None)) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

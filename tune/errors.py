@@ -22,6 +22,7 @@ class ConfigError(ValueError):
         super().__init__(f"{key}: {got}; allowed: {allowed}")
 
 
-def one_line(text: object, limit: int = 200) -> str:
-    """``text`` (an exception, a message) on one line, at most ``limit`` characters: for ConfigError problems."""
+def one_line(text: object, limit: int | None = 200) -> str:
+    """``text`` (an exception, a message) on one line, cut at ``limit`` characters (None: whole): for ConfigError
+    problems."""
     return " ".join(str(text).split())[:limit]

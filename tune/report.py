@@ -283,11 +283,13 @@ class Report:
     text: str = ""
 
     @property
-    def chosen_name(self) -> str | None:
-        """The recommended search trial: the confirmed candidate after a confirmation, else the recommendation."""
-        if self.confirmed_choice is not None:
-            return self.confirmed_choice.name
-        return self.recommendation.trial.name if self.recommendation is not None else None
+    def chosen(self) -> TrialResult | None:
+        """The recommended search trial: the confirmed candidate's after a confirmation, else the recommendation."""
+        if self.recommendation is None:
+            return None
+        if self.confirmed_choice is None:
+            return self.recommendation.trial
+        return next(r for r in self.search if r.name == self.confirmed_choice.name)
 
 
 def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], objectives: Sequence[tuple[str, str]],
@@ -391,7 +393,7 @@ def write_report(report: Report, records: Sequence[TrialRecord], out_dir: Path, 
             alpha=0.6, label="best score at this epoch time or less")
     for r in report.front:
         ax.annotate(r.freeze_range, (r.epoch_time_s, r.score), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    chosen = _final_choice(report)
+    chosen = report.chosen
     if chosen is not None:
         ax.scatter([chosen.epoch_time_s], [chosen.score], marker="*", s=250, color="red", label="recommended",
                    zorder=3)
@@ -405,10 +407,6 @@ def write_report(report: Report, records: Sequence[TrialRecord], out_dir: Path, 
     images = "\n\n".join(f"![{path.stem}]({path.name})" for path in files)
     summary.write_text(f"# {title}\n\n{images}\n\n```\n{report.text}\n```\n")
     return [*files, text_file, summary]
-
-
-def _final_choice(report: Report) -> TrialResult | None:
-    return next((r for r in report.search if r.name == report.chosen_name), None)
 
 
 def _save(fig: object, path: Path) -> Path:

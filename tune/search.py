@@ -85,37 +85,40 @@ def _nodes() -> list[dict[str, float]]:
     if ray.is_initialized():
         return [{"CPU": n["Resources"].get("CPU", 0.0), "GPU": n["Resources"].get("GPU", 0.0)}
                 for n in ray.nodes() if n["Alive"]]
-    from ray._private.utils import get_num_cpus  # what ray.init() counts: the cgroup's CPUs in a container
-
-    return [{"CPU": float(get_num_cpus()), "GPU": float(torch.cuda.device_count())}]
+    try:
+        from ray._private.utils import get_num_cpus  # what ray.init() counts: the cgroup's CPUs in a container
+    except ImportError:  # a private helper: if a Ray release moves it, count as Python does
+        cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    else:
+        cpus = float(get_num_cpus())
+    return [{"CPU": cpus, "GPU": float(torch.cuda.device_count())}]
 
 
 def check_resources(cfg: Config, on_cluster: bool) -> list[str]:
     """What a trial asks for against the nodes that could give it, before any trial waits for it.
 
     A trial no node can hold waits forever (Ray only warns), and a trial on a CUDA device it was given no GPU for
-    fails: on this machine that is bad input (ConfigError); on a cluster an autoscaler may add a node that fits, so
-    the shortfall is a warning (returned). A trial sees only the GPUs Ray gave it, numbered from 0."""
+    fails: on this machine that is bad input (ConfigError, the first problem); on a cluster an autoscaler may add a
+    node that fits, so each shortfall is a warning (returned). A trial sees only the GPUs Ray gave it, numbered
+    from 0."""
     cpus, gpus, device = cfg.search.cpus_per_trial, cfg.search.gpus_per_trial, cfg.train.device
     nodes = _nodes()
     most_cpus, most_gpus = max(n["CPU"] for n in nodes), max(n["GPU"] for n in nodes)
-    warnings = []
-
-    def short_of(key: str, value: float, allowed: str, problem: str) -> None:
-        if not on_cluster:
-            raise ConfigError(key, value, allowed, problem=problem)
-        warnings.append(f"{key} is {value:g} but no node of the cluster has that many now ({problem}): trials "
-                        "wait until such a node joins (an autoscaler)")
-
+    short: list[tuple[str, float, str, str]] = []  # (key, value, allowed, problem)
     if cpus > most_cpus:
-        short_of("search.cpus_per_trial", cpus, f"at most {most_cpus:g}, the CPUs of the largest node",
-                 f"the largest node has {most_cpus:g} CPUs")
-    elif gpus > most_gpus:
-        short_of("search.gpus_per_trial", gpus, f"at most {most_gpus:g} (0 trains on the CPU: --set "
-                 "search.gpus_per_trial=0)", "no GPU here" if most_gpus == 0 else f"the largest node has {most_gpus:g}")
-    elif not any(n["CPU"] >= cpus and n["GPU"] >= gpus for n in nodes):
-        short_of("search.cpus_per_trial", cpus, f"CPUs and {gpus:g} GPUs that one node holds together",
-                 "no node has both")
+        short.append(("search.cpus_per_trial", cpus, f"at most {most_cpus:g}, the CPUs of the largest node",
+                      f"the largest node has {most_cpus:g} CPUs"))
+    if gpus > most_gpus:
+        short.append(("search.gpus_per_trial", gpus, f"at most {most_gpus:g} (0 trains on the CPU: --set "
+                      "search.gpus_per_trial=0)", "no GPU here" if most_gpus == 0
+                      else f"the largest node has {most_gpus:g} GPUs"))
+    if not short and not any(n["CPU"] >= cpus and n["GPU"] >= gpus for n in nodes):
+        fitting = max(n["CPU"] for n in nodes if n["GPU"] >= gpus)
+        short.append(("search.cpus_per_trial", cpus, f"at most {fitting:g}, the CPUs of the largest node with "
+                      f"{gpus:g} GPUs", f"no node has {cpus:g} CPUs and {gpus:g} GPUs"))
+    if short and not on_cluster:
+        key, value, allowed, problem = short[0]
+        raise ConfigError(key, value, allowed, problem=problem)
     if device.startswith("cuda"):
         index = int(device.partition(":")[2] or 0)
         seen = max(1, math.ceil(gpus))
@@ -127,7 +130,8 @@ def check_resources(cfg: Config, on_cluster: bool) -> list[str]:
                               "Ray gives it, numbered from 0), or auto")
         if not on_cluster and not torch.cuda.is_available():
             raise ConfigError("train.device", device, "auto or cpu", problem="torch here has no CUDA device")
-    return warnings
+    return [f"{key} is {value:g} but no node of the cluster can give that now ({problem}): trials wait until such "
+            "a node joins (an autoscaler)" for key, value, _, problem in short]
 
 
 def check_storage(storage_path: str) -> None:

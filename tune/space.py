@@ -105,8 +105,8 @@ def parse_dimension(key: str, raw: Mapping[str, Any], *, names_allowed: bool) ->
         step = raw.get("step", 1)
         if not is_int(step) or step < 1:
             raise ConfigError(f"{key}.step", step, "an integer >= 1")
-        if is_int(low) and is_int(high) and low > high:
-            raise ConfigError(f"{key}", {"low": low, "high": high}, "low <= high")
+        if is_int(low) and is_int(high):  # names are resolved against the model later (resolve_names)
+            _check_bounds(key, low, high)
         return IntRange(low, high, step)
     for bound, value in (("low", low), ("high", high)):
         if not _is_number(value) or not math.isfinite(value):
@@ -114,19 +114,25 @@ def parse_dimension(key: str, raw: Mapping[str, Any], *, names_allowed: bool) ->
     log = raw.get("log", False)
     if not isinstance(log, bool):
         raise ConfigError(f"{key}.log", log, "true or false")
-    if low > high:
-        raise ConfigError(f"{key}", {"low": low, "high": high}, "low <= high")
+    _check_bounds(key, low, high)
     if log and low <= 0:
         raise ConfigError(f"{key}.low", low, "a number > 0 when log: true")
     return FloatRange(float(low), float(high), log)
+
+
+def _check_bounds(key: str, low: Any, high: Any, given: tuple[Any, Any] | None = None) -> None:
+    """Bounds are inclusive and ordered: low <= high (``given``: the bounds as written, before names resolved)."""
+    if low > high:
+        shown_low, shown_high = given or (low, high)
+        resolved = f" (resolved: {low} > {high})" if given else ""
+        raise ConfigError(key, {"low": shown_low, "high": shown_high}, f"low <= high{resolved}")
 
 
 def resolve_names(key: str, dim: Dimension, resolve: Callable[[str, Any], int]) -> Dimension:
     """Resolve cut-point names inside a freeze dimension to block indices; ``resolve`` checks each value."""
     if isinstance(dim, IntRange):
         low, high = resolve(f"{key}.low", dim.low), resolve(f"{key}.high", dim.high)
-        if low > high:
-            raise ConfigError(key, {"low": dim.low, "high": dim.high}, f"low <= high (resolved: {low} > {high})")
+        _check_bounds(key, low, high, given=(dim.low, dim.high))
         return IntRange(low, high, dim.step)
     if isinstance(dim, Choice):
         return Choice(tuple(resolve(f"{key}.values[{i}]", v) for i, v in enumerate(dim.values)))

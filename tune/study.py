@@ -32,12 +32,22 @@ if TYPE_CHECKING:
     from tune import report, tracking
     from tune.tasks import Task
 
-__all__ = ["SMOKE", "Study", "StudyOptions", "check_config", "check_submission", "rebuild_report", "tracking_uri"]
+__all__ = ["SMOKE", "Checked", "Study", "StudyOptions", "check_config", "check_submission", "rebuild_report",
+           "tracking_uri"]
 
 # --smoke-test: a few trials of two epochs (a grid runs once); the user's own overrides still win.
 SMOKE = (("search.num_samples", 4), ("train.epochs", 2), ("search.grace_period", 1))
 
 Say = Callable[[str], None]
+
+
+def say(line: str) -> None:
+    """The search's own lines, as they happen (a Ray Job's log or a pipe shows them at once)."""
+    print(line, flush=True)
+
+
+def warn(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -62,7 +72,17 @@ def tracking_uri(given: str | None) -> str:
     return given or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri()
 
 
-def check_config(options: StudyOptions) -> tuple[Config, Task]:
+@dataclass(frozen=True)
+class Checked:
+    """A search's config checked against its task: names resolved in ``cfg.space``; ``written`` is the config as the
+    space file and the overrides give it (cut-point names as written), what the parent run logs as its params."""
+
+    cfg: Config
+    task: Task
+    written: Config
+
+
+def check_config(options: StudyOptions) -> Checked:
     """The search's config checked against its task (names resolved), and the task; the tracking store usable.
     Raises ConfigError naming the key, the value and what is allowed."""
     if options.confirm and options.confirm < 2:
@@ -77,7 +97,7 @@ def check_config(options: StudyOptions) -> tuple[Config, Task]:
 
     if options.smoke_test and cfg.search.algorithm == "grid" and "search.num_samples" not in dict(options.overrides):
         cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, num_samples=1))  # the grid once
-    cfg = dataclasses.replace(cfg, task=absolute_paths(cfg.task, Path.cwd()))  # trials run in their own folders
+    written = cfg = dataclasses.replace(cfg, task=absolute_paths(cfg.task, Path.cwd()))  # trials run elsewhere
     task = load_task(cfg.task)
     cfg = dataclasses.replace(cfg, space=freeze.check_space(cfg.space, cfg.train, task.build_model()))
     known = known_metrics(task.metric, task.extra_metrics)
@@ -85,7 +105,7 @@ def check_config(options: StudyOptions) -> tuple[Config, Task]:
         if metric not in known:
             raise ConfigError(f"search.objectives.{metric}", metric, "one of " + ", ".join(known))
     tracking.check_store(tracking_uri(options.tracking_uri))
-    return cfg, task
+    return Checked(cfg, task, written)
 
 
 def check_submission(options: StudyOptions, project_dir: Path) -> str:
@@ -108,18 +128,19 @@ def check_submission(options: StudyOptions, project_dir: Path) -> str:
 class Study:
     """One search of one config. Build it with ``prepare`` (every check), then ``run`` it once."""
 
-    def __init__(self, options: StudyOptions, cfg: Config, task: Task, *, resume: tracking.SearchRecord | None,
-                 address: str | None, say: Say = print) -> None:
-        self.options, self.cfg, self.task, self.resume, self.address = options, cfg, task, resume, address
-        self.say = say
+    def __init__(self, options: StudyOptions, checked: Checked, *, resume: tracking.SearchRecord | None,
+                 address: str | None, say: Say = say) -> None:
+        self.options, self.checked, self.resume, self.address, self.say = options, checked, resume, address, say
+        self.cfg, self.task = checked.cfg, checked.task
         self.tracking_uri = tracking_uri(options.tracking_uri)
         self.tracker: tracking.SearchTracker | None = None
 
     @classmethod
-    def prepare(cls, options: StudyOptions, say: Say = print) -> Study:
+    def prepare(cls, options: StudyOptions, say: Say = say) -> Study:
         """Check everything a search needs, in the order a user would fix it; ConfigError on the first problem.
         Connects to the cluster (if any) and makes the storage folder; starts no trial and writes no run."""
-        cfg, task = check_config(options)
+        checked = check_config(options)
+        cfg = checked.cfg
         from tune import search
 
         resume = _resume_point(tracking_uri(options.tracking_uri), cfg.name) if options.resume else None
@@ -127,9 +148,9 @@ class Study:
         if address:
             search.connect(address, "--address" if options.address else "RAY_ADDRESS")
         for warning in search.check_resources(cfg, on_cluster=bool(address)):
-            print(f"warning: {warning}", file=sys.stderr)
+            warn(f"warning: {warning}")
         search.check_storage(options.storage_path)  # last: it makes the folder
-        return cls(options, cfg, task, resume=resume, address=options.address, say=say)
+        return cls(options, checked, resume=resume, address=options.address, say=say)
 
     @property
     def searched(self) -> list[str]:
@@ -186,7 +207,8 @@ class Study:
         commit = tracking.git_commit(Path(tune.__file__).resolve().parents[1])
         space_file = self.options.space_file
         return tracker.start_search(
-            run_name=f"search-{time.strftime('%Y%m%d-%H%M%S')}", params=tracking.flatten(self.cfg.as_dict()),
+            run_name=f"search-{time.strftime('%Y%m%d-%H%M%S')}",
+            params=tracking.flatten(self.checked.written.as_dict()),  # the config as written: names unresolved
             tags={"space_file": str(space_file), "smoke_test": str(self.options.smoke_test),
                   **tracking.search_tags(self.searched, self.cfg.search.objective_list),
                   **({"mlflow.source.git.commit": commit} if commit else {})},
@@ -210,14 +232,14 @@ class Study:
 
     def _log_recommended_model(self, built: report.Report, checkpoints: dict[str, Any]) -> None:
         """The recommended trial's best-epoch weights as an MLflow model of the parent run."""
-        chosen = built.chosen_name
-        if chosen is None:
+        if built.chosen is None:
             return
         from tune.trial import load_checkpoint
 
+        chosen = built.chosen.name
         checkpoint = checkpoints.get(chosen)
         if checkpoint is None:
-            self.say(f"no checkpoint of trial {chosen}: no model logged")
+            warn(f"no checkpoint of trial {chosen}: no model logged")
             return
         block_model = self.task.build_model()
         with checkpoint.as_directory() as directory:  # a local folder, or one downloaded from the storage URI
@@ -261,8 +283,8 @@ def _write_report(tracker: tracking.SearchTracker, searched: list[str], objectiv
     out_dir = report_dir / f"{name}-{parent_id[:8]}"
     files = report.write_report(built, [r for r in records if "candidate" not in r.tags], out_dir, name)
     tracker.log_files(parent_id, files, "report")
-    if built.recommendation is not None:
-        chosen = built.confirmed_choice or built.recommendation.trial  # after --confirm, the confirmed one
+    chosen = built.chosen  # after --confirm, the confirmed one
+    if chosen is not None:
         tracker.set_tags(parent_id, {"recommended_trial": chosen.name, "recommended_freeze_range": chosen.freeze_range,
                                      "best_score": f"{built.recommendation.best.score:.4f}"})
     say("\n" + built.text)
@@ -271,7 +293,7 @@ def _write_report(tracker: tracking.SearchTracker, searched: list[str], objectiv
 
 
 def rebuild_report(uri: str | None, *, experiment: str, run_id: str | None = None, tolerance: float | None = None,
-                   cost: str | None = None, report_dir: Path = Path("reports"), say: Say = print) -> report.Report:
+                   cost: str | None = None, report_dir: Path = Path("reports"), say: Say = say) -> report.Report:
     """A logged search's report again, from MLflow alone (``run_search.py report``); ``tolerance`` and ``cost``
     override the rule the search was run with."""
     from tune import tracking

@@ -148,6 +148,12 @@ def make_trial(task: Task, cfg: TrainConfig, device: torch.device | None = None,
                shared_cache: prefix_cache.SharedPrefixCache | None = None) -> TrialProtocol:
     """The task's own trial (``Task.make_trial``) or the built-in tensor Trial (with the search's shared prefix
     cache, if any)."""
-    if task.make_trial is not None:
-        return task.make_trial(task, cfg, device)
-    return Trial(task, cfg, device, shared_cache)
+    if task.make_trial is None:
+        return Trial(task, cfg, device, shared_cache)
+    trial = task.make_trial(task, cfg, device)
+    if not isinstance(trial, TrialProtocol):  # the attributes and methods a search calls, present
+        missing = [name for name in ("epoch", "device", "run", "state_dict", "load_state_dict", "probe_memory")
+                   if not hasattr(trial, name)]
+        raise TypeError(f"task {task.name!r}: make_trial gave a {type(trial).__name__} without {', '.join(missing)} "
+                        "(tune.trial.TrialProtocol)")
+    return trial

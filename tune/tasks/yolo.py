@@ -143,7 +143,7 @@ def _check_data(data: Any) -> tuple[Path, dict[str, Any]]:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError("task.options.data", str(data), allowed, problem=type(err).__name__) from None
     except yaml.YAMLError as err:
-        raise ConfigError("task.options.data", str(data), allowed, problem=one_line(err, limit=500)) from None
+        raise ConfigError("task.options.data", str(data), allowed, problem=one_line(err, limit=None)) from None
     if not isinstance(raw, dict) or not {"train", "val", "names"} <= raw.keys():
         raise ConfigError("task.options.data", str(data), allowed, problem="no train, val or names")
     root = _dataset_root(path, raw)
