@@ -163,12 +163,16 @@ def test_a_stopped_driver_is_resumed_into_the_same_parent_run(tmp_path, how):
         assert after[trial_id] == end_time  # finished trials were not run again
 
 
-def test_resume_without_an_unfinished_search_is_bad_input(tmp_path):
+def test_resume_without_an_unfinished_search_is_bad_input(tmp_path, capsys):
+    import run_search
+
     _space(tmp_path, seconds=0.0, epochs=1, samples=1)
-    result = _start(tmp_path, "--resume")
-    output, _ = result.communicate(timeout=120)
-    assert result.returncode == 2
-    assert output.strip().splitlines()[-1].startswith("error: --resume: got 'slow' (no experiment 'slow'")
+    code = run_search.main(["--space", str(tmp_path / "space.yaml"), "--tracking-uri",
+                            f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage-path", str(tmp_path / "ray"), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("error: --resume: got 'slow' (no experiment 'slow'")
+    assert not (tmp_path / "ray").exists()  # refused before the storage folder was made
 
 
 @pytest.mark.slow

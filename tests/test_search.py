@@ -138,11 +138,16 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
+# In a real process, as a user meets them. The cases that load the task (torch, seconds each) are slow: the same
+# errors are tested in process in test_bad_input.py.
 @pytest.mark.parametrize(("args", "expected"), [
     (["--set", "train.epochs=0"], "error: train.epochs: got 0 (int); allowed: an integer >= 1"),
-    (["--set", "space.freeze_stop.high=12"], "error: space.freeze_stop.high: got 12 (out of range); allowed:"),
-    (["--set", "space.freeze_stop.high=8"], "error: space.freeze_stop: got 8 (freezes every block); allowed:"),
-    (["--set", "task.name=no_such.module:task"], "error: task.name: got 'no_such.module:task' (ModuleNotFoundError"),
+    pytest.param(["--set", "space.freeze_stop.high=12"],
+                 "error: space.freeze_stop.high: got 12 (out of range); allowed:", marks=pytest.mark.slow),
+    pytest.param(["--set", "space.freeze_stop.high=8"],
+                 "error: space.freeze_stop: got 8 (freezes every block); allowed:", marks=pytest.mark.slow),
+    pytest.param(["--set", "task.name=no_such.module:task"],
+                 "error: task.name: got 'no_such.module:task' (ModuleNotFoundError", marks=pytest.mark.slow),
     (["--space", "missing.yaml"], "error: --space: got 'missing.yaml' (no such file)"),
     (["--num-samples", "0"], "error: search.num_samples: got 0 (int); allowed: an integer >= 1"),
 ])
