@@ -185,6 +185,29 @@ def test_coco_weights_load_onto_a_data_set_with_other_classes(data, tmp_path):
         make_task(data=str(data), imgsz=64, weights=str(tmp_path / "v5s.pt"))
 
 
+@pytest.mark.parametrize("layout", ["last.pt", "best.pt"])
+def test_an_ultralytics_checkpoint_loads_as_saved_but_only_with_trust_weights(data, tmp_path, layout):
+    """Ultralytics saves the model itself, pickled, in half precision: its EMA under "ema" in last.pt, under "model"
+    in a stripped best.pt. No re-saving by hand, but a pickle runs code when loaded: only with trust_weights."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from tune.errors import ConfigError
+
+    torch.manual_seed(4)
+    ema = DetectionModel(cfg="yolov5nu.yaml", nc=2, verbose=False).half()
+    checkpoint = {"epoch": 9, "model": None, "ema": ema} if layout == "last.pt" else {"epoch": -1, "model": ema}
+    torch.save(checkpoint, tmp_path / layout)
+    with pytest.raises(ConfigError, match=r"^task.options.weights: got '.*\.pt' \(UnpicklingError.*; allowed: .*"
+                                          r"with task.options.trust_weights: true"):
+        make_task(data=str(data), imgsz=64, weights=str(tmp_path / layout))
+    ours = make_task(data=str(data), imgsz=64, weights=str(tmp_path / layout), trust_weights=True,
+                     workers=0).build_model().module.state_dict()
+    source = ema.float().state_dict()
+    assert ours.keys() == source.keys() and all(torch.equal(ours[k], source[k]) for k in ours)
+    with pytest.raises(ConfigError, match=r"^task.options.trust_weights: got 'yes'; allowed: true or false"):
+        make_task(data=str(data), imgsz=64, weights=str(tmp_path / layout), trust_weights="yes")
+
+
 def test_a_relative_dataset_path_never_runs_the_yamls_download(data, tmp_path):
     import shutil
 

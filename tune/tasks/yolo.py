@@ -5,7 +5,9 @@ Options (``task.options`` in a space file)::
 
     data: path/to/dataset.yaml   # an Ultralytics dataset yaml whose images are on disk (required; nothing downloads)
     model: yolov5nu.yaml         # a model yaml bundled with Ultralytics or a path (yolov5mu.yaml = the guide's v5m)
-    weights: null                # pretrained weights: a state_dict file (loaded with weights_only=True)
+    weights: null                # pretrained weights: a state_dict file (loaded with weights_only=True), or
+                                 # Ultralytics' own checkpoint (yolov5mu.pt) with trust_weights: true
+    trust_weights: false         # true: load a pickled checkpoint (Ultralytics' .pt runs code when loaded)
     imgsz: 640                   # training and validation image size
     workers: 2                   # dataloader workers per trial
     hyp: {}                      # other Ultralytics train arguments, fixed (lrf, warmup_epochs, mosaic...)
@@ -184,33 +186,46 @@ def _check_hyp(hyp: Any) -> dict[str, Any]:
     return dict(hyp)
 
 
-def _load_weights(module: torch.nn.Module, weights: str) -> None:
-    """Load a state dict, as YOLOv5 does for pretrained weights: every tensor whose name and shape match; the
-    Detect head's class outputs are left as built when the data set has another number of classes (COCO's 80
-    to VOC's 20). Anything else that does not fit is refused."""
-    allowed = "a state_dict file of this model (torch.save(model.state_dict()), loaded with weights_only=True)"
+def _read_weights(weights: str, trust: bool) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: a state dict (loaded with weights_only=True), a checkpoint of this project's,
+    or with ``trust`` Ultralytics' own checkpoint (a pickle of the model; its EMA weights, which it predicts with)."""
+    allowed = ("a state_dict file of this model (torch.save(model.state_dict()), loaded with weights_only=True), or "
+               "an Ultralytics checkpoint (yolov5mu.pt, a pickle) with task.options.trust_weights: true")
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = torch.load(weights, map_location="cpu", weights_only=not trust)
     except Exception as err:  # unreadable, unsafe (pickled objects) or corrupt: bad input, one line
         raise ConfigError("task.options.weights", weights, allowed,
                           problem=f"{type(err).__name__}: {one_line(err)}") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # a checkpoint of this project's (tune.trial.save_checkpoint)
+    if isinstance(state, dict):
+        pickled = [state.get(key) for key in ("ema", "model") if isinstance(state.get(key), torch.nn.Module)]
+        if pickled:  # Ultralytics' last.pt keeps the EMA under "ema", a stripped best.pt under "model"
+            state = pickled[0].float().state_dict()
+        elif isinstance(state.get("model"), dict):
+            state = state["model"]  # a checkpoint of this project's (tune.trial.save_checkpoint)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError("task.options.weights", weights, allowed, problem="not a state dict of tensors")
+    return state
+
+
+def _load_weights(module: torch.nn.Module, weights: str, trust: bool = False) -> None:
+    """Load pretrained weights, as YOLOv5 does: every tensor whose name and shape match; the Detect head's class
+    outputs are left as built when the data set has another number of classes (COCO's 80 to VOC's 20). Anything
+    else that does not fit is refused."""
+    state = _read_weights(weights, trust)
     own = module.state_dict()
     head = f"model.{len(module.model) - 1}."
     unfit = sorted(name for name in own if name not in state or state[name].shape != own[name].shape)
     unexpected = sorted(name for name in state if name not in own)
     if unexpected or any(not name.startswith(head) for name in unfit):
         shown = (unexpected or [name for name in unfit if not name.startswith(head)])[:3]
-        raise ConfigError("task.options.weights", weights, allowed,
+        raise ConfigError("task.options.weights", weights, "weights of this model",
                           problem=f"does not fit the model ({len(unexpected)} unexpected, {len(unfit)} missing or "
                                   f"of another shape, e.g. {', '.join(shown)})")
     module.load_state_dict({name: tensor for name, tensor in state.items() if name not in unfit}, strict=False)
 
 
-def block_model(model: str, nc: int, imgsz: int, weights: str | None = None) -> BlockModel:
+def block_model(model: str, nc: int, imgsz: int, weights: str | None = None, trust_weights: bool = False
+                ) -> BlockModel:
     """A YOLO DetectionModel as blocks: ``model.model[i]`` (parameters ``model.{i}.*``), the backbone's end from
     the model yaml. FLOP shares are measured at ``min(imgsz, 256)``: every block is convolutional, so the shares
     barely depend on the size."""
@@ -223,7 +238,7 @@ def block_model(model: str, nc: int, imgsz: int, weights: str | None = None) -> 
         raise ConfigError("task.options.model", model, "a YOLO detection model yaml, e.g. yolov5nu.yaml",
                           problem=f"{type(err).__name__}: {err}") from None
     if weights is not None:
-        _load_weights(module, weights)
+        _load_weights(module, weights, trust_weights)
     layers = list(module.model)
     backbone = len(module.yaml.get("backbone", []))
     size = max(32, min(int(imgsz), 256) // 32 * 32)
@@ -239,11 +254,11 @@ def layers_model(options: Mapping[str, Any]) -> BlockModel:
     data = options.get("data")
     nc = len(_check_data(data)[1]["names"]) if isinstance(data, str) and Path(data).expanduser().exists() else 80
     return block_model(options.get("model", "yolov5nu.yaml"), nc, int(options.get("imgsz", 640)),
-                       options.get("weights"))
+                       options.get("weights"), options.get("trust_weights") is True)
 
 
 def make_task(data: str | None = None, model: str = "yolov5nu.yaml", weights: str | None = None, imgsz: int = 640,
-              workers: int = 2, hyp: Mapping[str, Any] | None = None) -> Task:
+              workers: int = 2, hyp: Mapping[str, Any] | None = None, trust_weights: bool = False) -> Task:
     _ultralytics()
     data_path, raw = _check_data(data)
     names = raw["names"]
@@ -252,12 +267,14 @@ def make_task(data: str | None = None, model: str = "yolov5nu.yaml", weights: st
         raise ConfigError("task.options.imgsz", imgsz, "an integer >= 32 (a multiple of 32)")
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
         raise ConfigError("task.options.workers", workers, "an integer >= 0")
+    if not isinstance(trust_weights, bool):
+        raise ConfigError("task.options.trust_weights", trust_weights, "true or false")
     options = {"data": data_path, "data_raw": raw, "model": model, "imgsz": imgsz, "workers": workers,
                "hyp": _check_hyp(hyp)}
-    block_model(model, nc, imgsz, weights)  # bad model or weights: fail here, before any trial
+    block_model(model, nc, imgsz, weights, trust_weights)  # bad model or weights: fail here, before any trial
 
     def build() -> BlockModel:  # a fresh model each time, its new layers seeded by the trial (YoloTrial)
-        return block_model(model, nc, imgsz, weights)
+        return block_model(model, nc, imgsz, weights, trust_weights)
 
     return Task(name="yolo", build_model=build, metric="mAP50-95", augments=True,
                 make_trial=lambda task, cfg, device=None: YoloTrial(task, cfg, options, device),
