@@ -14,7 +14,8 @@ YOLOv5's train.py does.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -29,37 +30,104 @@ __all__ = ["FREEZE_KEYS", "BlockModel", "FreezeSpec", "FreezeSummary", "FrozenMo
            "trial_freeze"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BlockModel:
     """A model and its ordered blocks: freezing works on block indices.
 
-    ``blocks`` are submodules of ``module`` in forward order. ``cut_points`` names block counts that mean
-    something for this model, e.g. ``{"backbone": 6}``: freezing ``backbone`` freezes blocks [0, 6).
-    ``none`` (0) and ``all_but_head`` (len(blocks) - 1) are always defined. ``example_input`` is one small
-    batch, used to measure each block's share of forward FLOPs. ``sequential`` says that the forward pass is
-    exactly the blocks applied in order (each block's output is the next one's input): only then can a frozen
-    prefix's outputs be cached and the rest trained on them.
+    A block is a set of the model's parameters, given in one of two ways:
+    - ``blocks``: submodules of ``module`` in forward order, one per block (a block holds their parameters);
+    - ``param_blocks``: a map from every parameter name of ``module`` (``named_parameters()``) to its block index,
+      so that parameters that live on the root or a shared container (a ViT's ``cls_token`` and ``pos_embed``)
+      belong to the stem and freeze with it. ``tune.blocks`` derives it from a timm or torchvision model.
+    Every parameter belongs to exactly one block. ``cut_points`` names block counts that mean something for this
+    model, e.g. ``{"backbone": 6}``: freezing ``backbone`` freezes blocks [0, 6). ``none`` (0) and
+    ``all_but_head`` (n_blocks - 1) are always defined. ``example_input`` is one small batch (a tensor, or a
+    mapping of keyword tensors), used to measure each block's share of forward FLOPs. ``sequential`` (with
+    ``blocks`` only) says that the forward pass is exactly the blocks applied in order (each block's output is
+    the next one's input): only then can a frozen prefix's outputs be cached and the rest trained on them.
     """
 
     module: nn.Module
-    blocks: Sequence[nn.Module]
     block_names: Sequence[str]
     cut_points: Mapping[str, int]
-    example_input: torch.Tensor
+    example_input: Any
+    blocks: Sequence[nn.Module] = ()
+    param_blocks: Mapping[str, int] = field(default_factory=dict)
     sequential: bool = False
 
     def __post_init__(self) -> None:
-        if len(self.blocks) != len(self.block_names):
+        if self.blocks and self.param_blocks:
+            raise ValueError("give blocks or param_blocks, not both")
+        if self.blocks and len(self.blocks) != len(self.block_names):
             raise ValueError(f"{len(self.blocks)} blocks but {len(self.block_names)} block names")
-        if len(self.blocks) < 2:
+        if self.sequential and not self.blocks:
+            raise ValueError("a sequential model gives its blocks as modules")
+        if len(self.block_names) < 2:
             raise ValueError("a model needs at least two blocks (one to freeze, one to train)")
+        names = [name for name, _ in self.module.named_parameters()]
+        mapping = self._from_modules() if self.blocks else dict(self.param_blocks)
+        unassigned = [name for name in names if name not in mapping]
+        if unassigned:
+            raise ValueError(f"{len(unassigned)} parameters belong to no block, e.g. {', '.join(unassigned[:3])}")
+        wrong = [name for name, index in mapping.items() if not 0 <= index < len(self.block_names)]
+        if wrong or set(mapping) - set(names):
+            raise ValueError(f"param_blocks names a block index out of range or an unknown parameter: "
+                             f"{', '.join((wrong or sorted(set(mapping) - set(names)))[:3])}")
+        object.__setattr__(self, "param_blocks", {name: mapping[name] for name in names})
+
+    def _from_modules(self) -> dict[str, int]:
+        owner: dict[int, int] = {}
+        for index, block in enumerate(self.blocks):
+            for param in block.parameters():
+                if owner.setdefault(id(param), index) != index:
+                    raise ValueError(f"a parameter is in two blocks ({owner[id(param)]} and {index})")
+        return {name: owner[id(p)] for name, p in self.module.named_parameters() if id(p) in owner}
 
     @property
     def n_blocks(self) -> int:
-        return len(self.blocks)
+        return len(self.block_names)
 
     def named_cut_points(self) -> dict[str, int]:
         return {"none": 0, **self.cut_points, "all_but_head": self.n_blocks - 1}
+
+    def parameters_of(self, blocks: Iterable[int]) -> list[nn.Parameter]:
+        """The parameters of ``blocks``, in the model's order."""
+        wanted = set(blocks)
+        return [p for name, p in self.module.named_parameters() if self.param_blocks[name] in wanted]
+
+    def param_counts(self) -> list[int]:
+        counts = [0] * self.n_blocks
+        for name, param in self.module.named_parameters():
+            counts[self.param_blocks[name]] += param.numel()
+        return counts
+
+    @cached_property
+    def roots(self) -> list[list[nn.Module]]:
+        """Each block's top modules: its given module, or the largest submodules whose parameters all lie in it
+        (a block of root-level parameters alone has none)."""
+        if self.blocks:
+            return [[block] for block in self.blocks]
+        found: list[list[nn.Module]] = [[] for _ in range(self.n_blocks)]
+
+        def visit(module: nn.Module, prefix: str) -> None:
+            for name, child in module.named_children():
+                path = f"{prefix}{name}"
+                owners = {self.param_blocks[f"{path}.{p}"] for p, _ in child.named_parameters()}
+                if len(owners) == 1:
+                    found[owners.pop()].append(child)
+                elif owners:
+                    visit(child, f"{path}.")
+
+        visit(self.module, "")
+        return found
+
+    def modules_of(self, blocks: Iterable[int]) -> list[nn.Module]:
+        """Every module inside the top modules of ``blocks`` (BatchNorm and dropout in a frozen part)."""
+        return [m for index in blocks for root in self.roots[index] for m in root.modules()]
+
+    def forward_example(self) -> Any:
+        example = self.example_input
+        return self.module(**example) if isinstance(example, Mapping) else self.module(example)
 
 
 @dataclass(frozen=True)
@@ -152,8 +220,8 @@ def resolve(block_model: BlockModel, *, freeze: Any = None, freeze_start: Any = 
             raise ConfigError("freeze_start", freeze_start, f"freeze_start <= freeze_stop (freeze_stop={freeze_stop})")
         blocks = tuple(range(start, stop))
         key, shown = "freeze_stop", freeze_stop
-    trainable_blocks = [i for i, b in enumerate(block_model.blocks)
-                        if i not in blocks and any(True for _ in b.parameters())]
+    counts = block_model.param_counts()
+    trainable_blocks = [i for i in range(n_blocks) if i not in blocks and counts[i]]
     if not trainable_blocks:
         allowed = f"a freeze that leaves a block with parameters to train (a range stops at most at {n_blocks - 1})"
         raise ConfigError(key, shown, allowed, problem="freezes every block")
@@ -178,14 +246,15 @@ def block_flops(block_model: BlockModel) -> list[int]:
             counts[index] += modes[index].get_total_flops()
         return hook
 
-    for index, block in enumerate(block_model.blocks):
-        handles.append(block.register_forward_pre_hook(enter(index)))
-        handles.append(block.register_forward_hook(leave(index)))
+    for index, roots in enumerate(block_model.roots):
+        for root in roots:
+            handles.append(root.register_forward_pre_hook(enter(index)))
+            handles.append(root.register_forward_hook(leave(index)))
     was_training = block_model.module.training
     try:
         block_model.module.eval()
         with torch.no_grad():
-            block_model.module(block_model.example_input)
+            block_model.forward_example()
     finally:
         for handle in handles:
             handle.remove()
@@ -204,16 +273,27 @@ def layer_table(block_model: BlockModel) -> str:
     width = max(len(str(name)) for name in block_model.block_names)
     lines = [f"{'block':>5}  {'name':<{width}}  {'type':<16} {'params':>11}  {'flops':>6}  {'cum.':>6}"]
     done = 0
-    for index, (name, block) in enumerate(zip(block_model.block_names, block_model.blocks, strict=True)):
+    params = block_model.param_counts()
+    for index, name in enumerate(block_model.block_names):
         if index in cuts:
             lines.append(f"{'':>5}  --- freeze: {index} ({', '.join(cuts[index])}) freezes the blocks above ---")
         done += flops[index]
-        lines.append(f"{index:>5}  {name:<{width}}  {type(block).__name__:<16} {_count(block.parameters()):>11,}  "
+        lines.append(f"{index:>5}  {name:<{width}}  {_kind(block_model, index):<16} {params[index]:>11,}  "
                      f"{flops[index] / total:>6.1%}  {done / total:>6.1%}")
-    params = _count(block_model.module.parameters())
-    lines.append(f"{block_model.n_blocks} blocks, {params:,} parameters; FLOPs of one forward pass on an input of "
-                 f"shape {tuple(block_model.example_input.shape)}.")
+    example = block_model.example_input
+    shape = ({key: tuple(value.shape) for key, value in example.items()} if isinstance(example, Mapping)
+             else tuple(example.shape))
+    lines.append(f"{block_model.n_blocks} blocks, {sum(params):,} parameters; FLOPs of one forward pass on an input "
+                 f"of shape {shape}.")
     return "\n".join(lines)
+
+
+def _kind(block_model: BlockModel, index: int) -> str:
+    """A block's type: its module's class, or how many modules (and root-level parameters) it gathers."""
+    roots = block_model.roots[index]
+    own = sum(p.numel() for p in block_model.parameters_of([index])) - sum(_count(r.parameters()) for r in roots)
+    kind = type(roots[0]).__name__ if len(roots) == 1 else f"{len(roots)} modules" if roots else ""
+    return f"{kind} + params" if own and kind else kind or "params"
 
 
 def _count(params: Iterable[nn.Parameter]) -> int:
@@ -230,22 +310,19 @@ class FrozenModel:
         self.module = block_model.module
         self.spec = spec
         self.frozen_bn = frozen_bn
-        frozen_ids = set()
-        for index in spec.blocks:
-            for param in block_model.blocks[index].parameters():
-                param.requires_grad_(False)
-                frozen_ids.add(id(param))
-        self._frozen_bn = [m for i in spec.blocks for m in block_model.blocks[i].modules()
+        for param in block_model.parameters_of(spec.blocks):
+            param.requires_grad_(False)
+        self._frozen_bn = [m for m in block_model.modules_of(spec.blocks)
                            if isinstance(m, nn.modules.batchnorm._BatchNorm)] if frozen_bn == "eval" else []
         flops = block_flops(block_model)
         total_flops = sum(flops)
-        params = list(self.module.parameters())
+        counts = block_model.param_counts()
         self.summary = FreezeSummary(
             frozen_blocks=spec.blocks,
             freeze_start=spec.start,
             freeze_stop=spec.stop,
-            frozen_params=_count(p for p in params if id(p) in frozen_ids),
-            trainable_params=_count(p for p in params if p.requires_grad),
+            frozen_params=sum(counts[i] for i in spec.blocks),
+            trainable_params=_count(p for p in self.module.parameters() if p.requires_grad),
             frozen_flops_share=sum(flops[i] for i in spec.blocks) / total_flops if total_flops else 0.0,
         )
 

@@ -23,7 +23,7 @@ from tune.freeze import FrozenModel
 __all__ = ["SharedPrefixCache", "blocker", "describe", "directory", "prefix_outputs"]
 
 
-def blocker(frozen: FrozenModel, augments: bool, setting: str = "auto") -> str | None:
+def blocker(frozen: FrozenModel, augments: bool, setting: str = "auto", own_loader: bool = False) -> str | None:
     """Why the frozen blocks' outputs cannot be computed once and reused every epoch, or None when they can."""
     spec, block_model = frozen.spec, frozen.block_model
     if setting == "off":
@@ -36,7 +36,9 @@ def blocker(frozen: FrozenModel, augments: bool, setting: str = "auto") -> str |
         return "the frozen blocks are not a prefix"
     if augments:
         return "the task augments its inputs"
-    prefix = [m for i in spec.blocks for m in block_model.blocks[i].modules()]
+    if own_loader:
+        return "the task builds its own training loader"
+    prefix = block_model.modules_of(spec.blocks)
     if any(isinstance(m, nn.modules.dropout._DropoutNd) for m in prefix):
         return "dropout in the frozen prefix"
     if frozen.frozen_bn == "train" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in prefix):

@@ -1,9 +1,9 @@
-"""Fit one trial on in-memory tensors: pure torch, no Ray, no MLflow.
+"""Fit one trial on a task's data (in-memory tensors or datasets, ``tune.data``): pure torch, no Ray, no MLflow.
 
 ``Trial(task, train_config)`` is the built-in trial (``tune.trial.TrialProtocol``): ``epochs()`` yields one metrics
 dict per epoch (``tune.trial.epoch_metrics``), ``run(on_epoch)`` calls ``on_epoch(metrics)`` instead, the form every
 trial has. ``state_dict()`` / ``load_state_dict()`` checkpoint it between epochs; a resumed trial yields exactly what
-the uninterrupted one would have (the batch order of epoch e depends on (seed, e) only). A frozen prefix is
+the uninterrupted one would have (epoch e's batches and randomness depend on (seed, e) only). A frozen prefix is
 computed once where that is exact (``tune.prefix_cache``). ``make_trial`` gives a task's own trial where it has one.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tune import freeze, prefix_cache
+from tune import data, freeze, prefix_cache
 from tune.config import TrainConfig
 from tune.tasks.base import Task
 from tune.trial import EpochMeter, TrialProtocol, epoch_metrics, pick_device
@@ -32,7 +32,7 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.
 
 
 class Trial:
-    """The built-in trial: the task's model, frozen as ``cfg`` says, trained on the task's tensors."""
+    """The built-in trial: the task's model, frozen as ``cfg`` says, trained on the task's data (``tune.data``)."""
 
     def __init__(self, task: Task, cfg: TrainConfig, device: torch.device | None = None,
                  shared_cache: prefix_cache.SharedPrefixCache | None = None) -> None:
@@ -45,28 +45,38 @@ class Trial:
         spec = self.frozen.spec
         self.model = self.frozen.module.to(self.device)
         self.optimizer = make_optimizer(cfg, self.frozen.trainable_parameters())
-        train_x, self.train_y = (t.to(self.device) for t in task.train_data)
-        val_x, self.val_y = (t.to(self.device) for t in task.val_data)
+        self.train_set, self.val_set = (self._on_device(d) for d in (task.train_data, task.val_data))
         self.epoch = 0
         self.train_time_s = 0.0
         self.diverged = False
-        # The network trained each step and its inputs: the whole model on the data, or, with a frozen prefix
-        # cached, the blocks after it on the prefix's outputs (computed once where exact: tune.prefix_cache).
-        blocker = prefix_cache.blocker(self.frozen, task.augments, cfg.prefix_cache)
+        # The network trained each step and its data: the whole model on the task's data, or, with a frozen
+        # prefix cached, the blocks after it on the prefix's outputs (computed once where exact: tune.prefix_cache).
+        blocker = prefix_cache.blocker(self.frozen, task.augments, cfg.prefix_cache,
+                                       own_loader=task.train_loader is not None)
         self.prefix_cache = "on" if blocker is None else f"off: {blocker}"
-        self.net, self.train_x, self.val_x = self.model, train_x, val_x
+        self.net = self.model
         self.cached_features: list[torch.Tensor] = []  # training memory beside the model's
         self._cache_time_s = 0.0
         if blocker is None:
             blocks = self.frozen.block_model.blocks
             prefix, self.net = nn.Sequential(*blocks[:spec.stop]), nn.Sequential(*blocks[spec.stop:])
-            self.train_x, self.val_x, origin, self._cache_time_s = prefix_cache.prefix_outputs(
+            (train_x, train_y), (val_x, val_y) = (self._tensors(d) for d in (self.train_set, self.val_set))
+            train_f, val_f, origin, self._cache_time_s = prefix_cache.prefix_outputs(
                 prefix, spec.stop, train_x, val_x, shared_cache, self.device)
+            self.train_set, self.val_set = (train_f, train_y), (val_f, val_y)
             # Training's share, paid once: its time goes into the first epoch's training time and the cached
             # features into training memory. The validation features are evaluation's, which neither counts;
             # features loaded from the shared cache cost their loading, all of it counted.
-            self.cached_features = [self.train_x]
+            self.cached_features = [train_f]
             self.prefix_cache = "on" if origin == "computed" else f"on ({origin})"
+
+    def _on_device(self, dataset: Any) -> Any:
+        return tuple(t.to(self.device) for t in dataset) if data.is_tensor_pair(dataset) else dataset
+
+    def _tensors(self, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if data.is_tensor_pair(dataset):
+            return dataset
+        return tuple(t.to(self.device) for t in data.materialize(dataset, self.task.num_workers))
 
     @property
     def summary(self) -> freeze.FreezeSummary:
@@ -93,28 +103,39 @@ class Trial:
         while self.epoch < self.cfg.epochs and not self.diverged:
             yield self.run_epoch()
 
-    def _batch_order(self) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.epoch)
-        return torch.randperm(len(self.train_x), generator=generator).to(self.device)
+    def _train_batches(self, epoch: int) -> Iterator[Any]:
+        """Epoch ``epoch``'s training batches on the device; they and the epoch's randomness (augmentation,
+        dropout) depend on (seed, epoch) only."""
+        seed = self.cfg.seed
+        data.seed_epoch(seed, epoch)
+        if self.task.train_loader is not None and not self.cached_features:
+            return data.own_loader(self.task.train_loader, self.cfg.batch_size, epoch, seed, self.device)
+        n = len(self.train_set[0]) if data.is_tensor_pair(self.train_set) else len(self.train_set)
+        return data.batches(self.train_set, self.cfg.batch_size, self.device, order=data.epoch_order(n, seed, epoch),
+                            num_workers=self.task.num_workers, seed=data.epoch_seed(seed, epoch))
+
+    def _evaluate(self) -> dict[str, float]:
+        if data.is_tensor_pair(self.val_set):
+            return self.task.evaluate(self.net, *self.val_set)
+        return self.task.evaluate(self.net, data.batches(self.val_set, self.cfg.batch_size, self.device,
+                                                         num_workers=self.task.num_workers))
 
     def run_epoch(self) -> dict[str, Any]:
-        cfg = self.cfg
-        order = self._batch_order()
         meter = EpochMeter(self.device)
         loss_sum, seen = 0.0, 0
         self.frozen.train_mode()
         meter.start(self._cache_time_s)  # the prefix cache's first computation is training's time
         self._cache_time_s = 0.0
         with meter.timing():
-            for start in range(0, len(order), cfg.batch_size):
-                index = order[start:start + cfg.batch_size]
-                loss = self._step(index, meter if start == 0 else None)  # the first batch is a full one
-                loss_sum += loss * len(index)
-                seen += len(index)
+            for number, batch in enumerate(self._train_batches(self.epoch)):
+                loss = self._step(batch, meter if number == 0 else None)  # the first batch is a full one
+                size = data.batch_size_of(batch)
+                loss_sum += loss * size
+                seen += size
         self.epoch += 1
         self.train_time_s += meter.seconds
         memory = meter.memory(self.model, self.optimizer, self.cached_features)
-        evaluation = self.task.evaluate(self.net, self.val_x, self.val_y)
+        evaluation = self._evaluate()
         metrics = epoch_metrics(epoch=self.epoch, score=evaluation[self.task.metric], val_loss=evaluation["val_loss"],
                                 train_loss=float(loss_sum) / seen, epoch_time_s=meter.seconds,
                                 train_time_s=self.train_time_s, samples=seen, prefix_cache=self.prefix_cache,
@@ -122,12 +143,11 @@ class Trial:
         self.diverged = "diverged" in metrics
         return metrics
 
-    def _step(self, index: torch.Tensor, meter: EpochMeter | None = None) -> torch.Tensor:
-        """One optimizer step on the training samples ``index`` (recording the activations saved for backward
-        into ``meter`` if given); the batch's loss."""
-        inputs, targets = self.train_x[index], self.train_y[index]
+    def _step(self, batch: Any, meter: EpochMeter | None = None) -> torch.Tensor:
+        """One optimizer step on ``batch`` (recording the activations saved for backward into ``meter`` if
+        given); the batch's loss."""
         with meter.recording(self.model) if meter is not None else contextlib.nullcontext():
-            loss = self.task.loss(self.net(inputs), targets)
+            loss = self.task.step(self.net, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -140,7 +160,7 @@ class Trial:
         meter = EpochMeter(self.device)
         meter.start()
         self.frozen.train_mode()
-        self._step(self._batch_order()[:self.cfg.batch_size], meter)
+        self._step(next(iter(self._train_batches(0))), meter)
         return meter.memory(self.model, self.optimizer, self.cached_features)["peak_mem_mb"]
 
 

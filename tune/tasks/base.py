@@ -6,7 +6,7 @@ Importing it runs its code: name only modules you trust.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,14 +24,25 @@ Metrics = dict[str, float]
 
 @dataclass(frozen=True)
 class Task:
-    """Everything a trial needs. Data are in-memory tensors: (inputs, targets) for training and validation.
+    """Everything a trial needs: a model that lists its blocks, data, how to train a step and how to score.
 
-    ``metric`` names the primary metric (higher is better), which trials also report as ``score``.
-    ``evaluate(model, inputs, targets)`` returns at least ``metric`` and ``val_loss``. ``augments`` says that
-    training inputs change from epoch to epoch (augmentation), which rules out caching a frozen prefix.
+    ``train_data`` / ``val_data``: two in-memory tensors ``(inputs, targets)``, or map-style datasets whose
+    samples are ``(input, target)`` (or whatever ``training_step`` and ``evaluate`` take); ``tune.data`` turns
+    them into batches whose order and randomness depend on (seed, epoch) only. ``num_workers`` loader processes
+    read a dataset (0: the trial's own process).
+
+    ``training_step(model, batch)`` returns the batch's loss; by default ``loss(model(inputs), targets)``.
+    ``evaluate`` scores the model: on tensors ``evaluate(model, inputs, targets)`` (the form of today's tasks),
+    on datasets ``evaluate(model, batches)`` with the validation batches on the trial's device. It returns at
+    least ``metric`` (the primary metric, higher is better, also reported as ``score``) and ``val_loss``.
+    ``classification_metrics`` takes either form.
+
+    ``augments`` says that training inputs change from epoch to epoch (augmentation), which rules out caching a
+    frozen prefix. ``train_loader(batch_size, epoch, seed)`` lets a task build its own training batches (then
+    it owns exact resume: epoch e's batches must depend on (seed, e) only; the prefix cache is off).
 
     A task that trains with its own loop (the ``yolo`` task trains with Ultralytics' trainer) gives
-    ``make_trial(task, train_config, device)`` instead of tensors, a loss and ``evaluate``: it returns a
+    ``make_trial(task, train_config, device)`` instead of data, a loss and ``evaluate``: it returns a
     ``tune.trial.TrialProtocol`` whose epochs report ``tune.trial.epoch_metrics``. ``extra_metrics`` names the
     metrics its trials report beyond tune.trial.METRIC_KEYS.
     """
@@ -39,29 +50,44 @@ class Task:
     name: str
     build_model: Callable[[], BlockModel]
     metric: str
-    train_data: tuple[torch.Tensor, torch.Tensor] | None = None
-    val_data: tuple[torch.Tensor, torch.Tensor] | None = None
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-    evaluate: Callable[[nn.Module, torch.Tensor, torch.Tensor], Metrics] | None = None
+    train_data: Any = None
+    val_data: Any = None
+    loss: Callable[[Any, Any], torch.Tensor] | None = None
+    evaluate: Callable[..., Metrics] | None = None
     augments: bool = False
     make_trial: Callable[..., Any] | None = None
     extra_metrics: tuple[str, ...] = ()
+    training_step: Callable[[nn.Module, Any], torch.Tensor] | None = None
+    train_loader: Callable[[int, int, int], Iterable[Any]] | None = None
+    num_workers: int = 0
 
     def __post_init__(self) -> None:
-        missing = [name for name in ("train_data", "val_data", "loss", "evaluate") if getattr(self, name) is None]
+        missing = [name for name in ("train_data", "val_data", "evaluate") if getattr(self, name) is None]
+        if self.loss is None and self.training_step is None:
+            missing.append("loss")
         if self.make_trial is None and missing:
             raise ValueError(f"task {self.name!r} has no make_trial and no {', '.join(missing)}")
 
+    def step(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """One batch's training loss: ``training_step``, or ``loss(model(inputs), targets)``."""
+        if self.training_step is not None:
+            return self.training_step(model, batch)
+        inputs, targets = batch
+        return self.loss(model(inputs), targets)
+
 
 @torch.no_grad()
-def classification_metrics(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+def classification_metrics(model: nn.Module, inputs: Any, targets: torch.Tensor | None = None,
                            batch_size: int = 1024) -> Metrics:
-    """``val_accuracy`` and ``val_loss`` (mean cross-entropy) of a classifier, in eval mode."""
+    """``val_accuracy`` and ``val_loss`` (mean cross-entropy) of a classifier, in eval mode: on ``(inputs,
+    targets)`` tensors, or on ``inputs`` alone as an iterable of ``(inputs, targets)`` batches."""
     model.eval()
-    correct, loss_sum = 0, 0.0
-    for start in range(0, len(inputs), batch_size):
-        logits = model(inputs[start:start + batch_size])
-        target = targets[start:start + batch_size]
+    batches = inputs if targets is None else [(inputs[start:start + batch_size], targets[start:start + batch_size])
+                                              for start in range(0, len(inputs), batch_size)]
+    correct, loss_sum, seen = 0, 0.0, 0
+    for batch_inputs, target in batches:
+        logits = model(batch_inputs)
         loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
         correct += (logits.argmax(dim=1) == target).sum().item()
-    return {"val_accuracy": correct / len(inputs), "val_loss": loss_sum / len(inputs)}
+        seen += len(target)
+    return {"val_accuracy": correct / seen, "val_loss": loss_sum / seen}

@@ -1,0 +1,162 @@
+"""The task protocol for real data: datasets and loaders, blocks as parameter-name maps."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from tune.config import TrainConfig
+from tune.freeze import BlockModel, freeze_model, layer_table
+from tune.tasks.base import Task, classification_metrics
+from tune.train import Trial
+
+
+class Shifted(Dataset):
+    """The tiny task's images as a dataset; with ``augment`` each read shifts the image by a random pixel."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, augment: bool = False) -> None:
+        self.images, self.targets, self.augment = images, targets, augment
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.reads += 1
+        image = self.images[index]
+        if self.augment:
+            image = torch.roll(image, shifts=int(torch.randint(-1, 2, ())), dims=-1)
+        return image, self.targets[index]
+
+
+def dataset_task(task: Task, augment: bool, num_workers: int = 0) -> Task:
+    return dataclasses.replace(task, train_data=Shifted(*task.train_data, augment=augment),
+                               val_data=Shifted(*task.val_data), augments=augment, num_workers=num_workers)
+
+
+def test_a_dataset_task_trains_exactly_as_the_same_data_in_tensors(tiny_task):
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, freeze_stop=1, seed=2, prefix_cache="off")
+    as_tensors = list(Trial(tiny_task, cfg).epochs())
+    as_dataset = list(Trial(dataset_task(tiny_task, augment=False), cfg).epochs())
+    for expected, got in zip(as_tensors, as_dataset, strict=True):
+        for key in ("score", "val_loss", "train_loss"):
+            assert got[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), key
+
+
+def test_a_cached_prefix_over_a_dataset_trains_like_the_full_model(tiny_task):
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, freeze_stop=2, seed=1)
+    task = dataset_task(tiny_task, augment=False)
+    cached, full = Trial(task, cfg), Trial(task, dataclasses.replace(cfg, prefix_cache="off"))
+    assert cached.prefix_cache == "on"
+    reads = task.train_data.reads
+    for with_cache, without in zip(cached.epochs(), full.epochs(), strict=True):
+        assert with_cache["train_loss"] == pytest.approx(without["train_loss"], rel=1e-5, abs=1e-7)
+        assert with_cache["score"] == pytest.approx(without["score"])
+    assert reads == len(task.train_data)  # the cached trial read its training images once
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_an_augmenting_shuffling_loader_resumes_exactly(tiny_task, tmp_path, num_workers):
+    task = dataset_task(tiny_task, augment=True, num_workers=num_workers)
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-2, freeze_stop=1, seed=5)
+    straight = Trial(task, cfg)
+    assert straight.prefix_cache == "off: the task augments its inputs"
+    expected = list(straight.epochs())
+    first = Trial(task, cfg)
+    head = [next(first.epochs())]
+    torch.save(first.state_dict(), tmp_path / "trial.pt")
+    torch.manual_seed(1234)  # whatever ran in between does not matter
+    resumed = Trial(task, cfg)
+    resumed.load_state_dict(torch.load(tmp_path / "trial.pt", weights_only=True))
+    got = head + list(resumed.epochs())
+    assert [m["epoch"] for m in got] == [1, 2, 3]
+    for want, have in zip(expected, got, strict=True):
+        assert have["train_loss"] == pytest.approx(want["train_loss"], rel=1e-6, abs=1e-9)
+        assert have["score"] == pytest.approx(want["score"])
+    # the augmentation is real: another seed sees other images
+    other = list(Trial(task, dataclasses.replace(cfg, seed=6)).epochs())
+    assert [m["train_loss"] for m in other] != [m["train_loss"] for m in expected]
+
+
+def test_a_task_may_build_its_own_training_loader_and_step(tiny_task):
+    seen = []
+
+    def loader(batch_size, epoch, seed):
+        seen.append((batch_size, epoch, seed))
+        x, y = tiny_task.train_data
+        return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+
+    def step(model, batch):
+        inputs, targets = batch
+        return F.cross_entropy(model(inputs), targets, label_smoothing=0.1)
+
+    task = dataclasses.replace(tiny_task, train_loader=loader, training_step=step, loss=None)
+    trial = Trial(task, TrainConfig(epochs=2, batch_size=16, freeze_stop=2, seed=4))
+    assert trial.prefix_cache == "off: the task builds its own training loader"
+    metrics = list(trial.epochs())
+    assert seen == [(16, 0, 4), (16, 1, 4)]
+    assert metrics[-1]["samples_per_s"] > 0 and len(metrics) == 2
+
+
+class RootParams(nn.Module):
+    """A ViT-like layout: a token and a position table on the root, a stem, two blocks, a norm and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(1, 4))
+        self.pos = nn.Parameter(torch.randn(4))
+        self.stem = nn.Linear(4, 4)
+        self.layers = nn.ModuleList([nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)) for _ in range(2)])
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x) + self.pos + self.token
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
+
+
+def root_params_model() -> BlockModel:
+    module = RootParams()
+    mapping = {"token": 0, "pos": 0, "stem.weight": 0, "stem.bias": 0, "head.weight": 3, "head.bias": 3}
+    mapping.update({f"layers.{i}.{k}": i + 1 for i in range(2) for k in ("0.weight", "0.bias", "1.weight", "1.bias")})
+    return BlockModel(module=module, param_blocks=mapping, block_names=["stem", "layers.0", "layers.1", "head"],
+                      cut_points={}, example_input=torch.zeros(2, 4))
+
+
+def test_root_level_parameters_freeze_with_their_block_and_bn_stays_in_eval():
+    block_model = root_params_model()
+    frozen = freeze_model(block_model, TrainConfig(freeze_stop=2))
+    assert {name for name, p in block_model.module.named_parameters() if not p.requires_grad} == {
+        "token", "pos", "stem.weight", "stem.bias", "layers.0.0.weight", "layers.0.0.bias", "layers.0.1.weight",
+        "layers.0.1.bias"}
+    frozen.train_mode()
+    assert not block_model.module.layers[0][1].training and block_model.module.layers[1][1].training
+    assert frozen.summary.frozen_params == 4 + 4 + 20 + 20 + 8
+    assert [len(r) for r in block_model.roots] == [1, 1, 1, 1]  # the stem's top module; the root params have none
+    table = layer_table(block_model)
+    assert "Linear + params" in table.splitlines()[2]  # the stem: a module and root-level parameters
+
+
+def test_every_parameter_must_belong_to_a_block():
+    module = RootParams()
+    with pytest.raises(ValueError, match="belong to no block, e.g. token"):
+        BlockModel(module=module, param_blocks={"pos": 0}, block_names=["a", "b"], cut_points={},
+                   example_input=torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="two blocks"):
+        BlockModel(module=module, blocks=[module.layers, module.layers[0]], block_names=["a", "b"], cut_points={},
+                   example_input=torch.zeros(2, 4))
+
+
+def test_classification_metrics_score_tensors_and_batches_alike(tiny_task):
+    model = tiny_task.build_model().module
+    x, y = tiny_task.val_data
+    whole = classification_metrics(model, x, y)
+    batched = classification_metrics(model, [(x[:10], y[:10]), (x[10:], y[10:])])
+    assert batched["val_accuracy"] == whole["val_accuracy"]
+    assert batched["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-6)

@@ -1,0 +1,108 @@
+"""A trial's batches: the task's data as loaders whose order and randomness depend on (seed, epoch) alone.
+
+A task gives its training and validation data in one of two forms (``tune.tasks.Task``):
+- two in-memory tensors ``(inputs, targets)``: batches are slices of them, on the trial's device;
+- a map-style ``torch.utils.data.Dataset`` of samples: batches come from a DataLoader (``num_workers``,
+  ``pin_memory`` on CUDA).
+Epoch e visits the training samples in ``epoch_order(n, seed, e)``, and everything random in it (augmentation in
+the main process or in the loader's workers, dropout) is seeded from (seed, e) by ``seed_epoch``: a trial resumed
+at epoch e sees exactly the batches the uninterrupted one would have. A task may build its own training loader
+instead (``Task.train_loader(batch_size, epoch, seed)``); it then owns that promise.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["batch_size_of", "batches", "epoch_order", "epoch_seed", "is_tensor_pair", "materialize", "seed_epoch",
+           "to_device"]
+
+Batch = Any
+
+
+def is_tensor_pair(data: Any) -> bool:
+    return (isinstance(data, (tuple, list)) and len(data) == 2
+            and all(isinstance(t, torch.Tensor) for t in data))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch`` (0-based) of a trial seeded ``seed``."""
+    return seed * 100_003 + epoch
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order in which epoch ``epoch`` visits ``n`` training samples."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
+
+
+def seed_epoch(seed: int, epoch: int) -> None:
+    """Seed torch, Python and NumPy for one epoch: augmentation and dropout in it depend on (seed, epoch) only."""
+    value = epoch_seed(seed, epoch)
+    torch.manual_seed(value)
+    random.seed(value)
+    try:
+        import numpy
+
+        numpy.random.seed(value % 2**32)
+    except ImportError:  # pragma: no cover - numpy comes with torch's usual installs
+        pass
+
+
+def to_device(batch: Batch, device: torch.device, non_blocking: bool = False) -> Batch:
+    """A batch (tensors, or tuples / lists / mappings of them) on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, Mapping):
+        return {key: to_device(value, device, non_blocking) for key, value in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(value, device, non_blocking) for value in batch)
+    return batch
+
+
+def batch_size_of(batch: Batch) -> int:
+    """How many samples a batch holds: the length of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return len(batch)
+    values = batch.values() if isinstance(batch, Mapping) else batch
+    return next(batch_size_of(value) for value in values if isinstance(value, (torch.Tensor, Mapping, tuple, list)))
+
+
+def batches(data: Any, batch_size: int, device: torch.device, *, order: torch.Tensor | None = None,
+            num_workers: int = 0, seed: int = 0) -> Iterator[Batch]:
+    """Batches of ``data`` on ``device``, in ``order`` (the sample indices; None: as stored, for evaluation).
+    ``seed`` seeds the loader's workers (their augmentation) for this pass."""
+    if is_tensor_pair(data):
+        inputs, targets = data
+        index = torch.arange(len(inputs)) if order is None else order
+        index = index.to(inputs.device)
+        for start in range(0, len(index), batch_size):
+            chunk = index[start:start + batch_size]
+            yield inputs[chunk].to(device), targets[chunk].to(device)
+        return
+    pin = device.type == "cuda"
+    loader = DataLoader(data, batch_size=batch_size, sampler=None if order is None else order.tolist(),
+                        num_workers=num_workers, pin_memory=pin,
+                        generator=torch.Generator().manual_seed(seed))
+    for batch in loader:
+        yield to_device(batch, device, non_blocking=pin)
+
+
+def materialize(data: Dataset | Sequence, num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dataset of (input, target) samples as two tensors, in its own order (what a cached prefix runs on)."""
+    inputs, targets = [], []
+    for x, y in batches(data, 256, torch.device("cpu"), num_workers=num_workers):
+        inputs.append(x)
+        targets.append(torch.as_tensor(y))
+    return torch.cat(inputs), torch.cat(targets)
+
+
+def own_loader(make: Callable[[int, int, int], Iterable[Batch]], batch_size: int, epoch: int, seed: int,
+               device: torch.device) -> Iterator[Batch]:
+    """Batches of a task's own training loader (``Task.train_loader``), on ``device``."""
+    for batch in make(batch_size, epoch, seed):
+        yield to_device(batch, device)
