@@ -84,11 +84,14 @@ def test_relative_path_options_become_absolute_and_words_stay_words(tmp_path):
     (tmp_path / "inputs" / "data.pt").write_bytes(b"")
     (tmp_path / "w.pt").write_bytes(b"")
     (tmp_path / "pretrained").mkdir()  # a folder that happens to share a keyword's name
-    options = {"data": "inputs/data.pt", "weights": "pretrained", "other": "w.pt", "missing": "nope/x.pt", "n": 3,
+    (tmp_path / "flowers").mkdir()  # a data option is a path even as a bare word
+    options = {"data": "inputs/data.pt", "val_data": "flowers", "test_data": "absent", "weights": "pretrained",
+               "other": "w.pt", "missing": "nope/x.pt", "n": 3,
                "model": "yolov5nu.yaml", "shards": ["w.pt", "nope/y.pt", "word"],
                "hyp": {"cfg": "inputs/data.pt", "optimizer": "SGD", "lrf": 0.1, "nested": [{"file": "w.pt"}]}}
     got = absolute_paths(TaskConfig("digits", options), tmp_path).options
     assert got == {**options, "data": str(tmp_path / "inputs" / "data.pt"), "other": str(tmp_path / "w.pt"),
+                   "val_data": str(tmp_path / "flowers"),
                    "shards": [str(tmp_path / "w.pt"), "nope/y.pt", "word"],
                    "hyp": {"cfg": str(tmp_path / "inputs" / "data.pt"), "optimizer": "SGD", "lrf": 0.1,
                            "nested": [{"file": str(tmp_path / "w.pt")}]}}

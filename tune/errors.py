@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 __all__ = ["ConfigError", "one_line"]
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colours some libraries put in their messages
 
 
 class ConfigError(ValueError):
@@ -25,4 +28,4 @@ class ConfigError(ValueError):
 def one_line(text: object, limit: int | None = 200) -> str:
     """``text`` (an exception, a message) on one line, cut at ``limit`` characters (None: whole): for ConfigError
     problems."""
-    return " ".join(str(text).split())[:limit]
+    return " ".join(_ANSI.sub("", str(text)).split())[:limit]

@@ -271,14 +271,16 @@ def layer_table(block_model: BlockModel) -> str:
     for name, index in block_model.named_cut_points().items():
         cuts.setdefault(index, []).append(name)
     width = max(len(str(name)) for name in block_model.block_names)
-    lines = [f"{'block':>5}  {'name':<{width}}  {'type':<16} {'params':>11}  {'flops':>6}  {'cum.':>6}"]
+    kinds = [_kind(block_model, index) for index in range(block_model.n_blocks)]
+    kind_width = max(16, *map(len, kinds))
+    lines = [f"{'block':>5}  {'name':<{width}}  {'type':<{kind_width}} {'params':>11}  {'flops':>6}  {'cum.':>6}"]
     done = 0
     params = block_model.param_counts()
     for index, name in enumerate(block_model.block_names):
         if index in cuts:
             lines.append(f"{'':>5}  --- freeze: {index} ({', '.join(cuts[index])}) freezes the blocks above ---")
         done += flops[index]
-        lines.append(f"{index:>5}  {name:<{width}}  {_kind(block_model, index):<16} {params[index]:>11,}  "
+        lines.append(f"{index:>5}  {name:<{width}}  {kinds[index]:<{kind_width}} {params[index]:>11,}  "
                      f"{flops[index] / total:>6.1%}  {done / total:>6.1%}")
     example = block_model.example_input
     shape = ({key: tuple(value.shape) for key, value in example.items()} if isinstance(example, Mapping)

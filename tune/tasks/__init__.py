@@ -13,7 +13,8 @@ from tune.tasks.base import BlockModel, Task
 
 __all__ = ["BUILTIN_TASKS", "BlockModel", "Task", "absolute_paths", "load_block_model", "load_task"]
 
-BUILTIN_TASKS = {"digits": "tune.tasks.digits:make_task", "yolo": "tune.tasks.yolo:make_task"}
+BUILTIN_TASKS = {"digits": "tune.tasks.digits:make_task", "image": "tune.tasks.image:make_task",
+                 "yolo": "tune.tasks.yolo:make_task"}
 
 _ALLOWED = f"a built-in task ({', '.join(BUILTIN_TASKS)}) or an import path package.module:function"
 
@@ -65,8 +66,16 @@ def absolute_paths(task_config: TaskConfig, base: Path) -> TaskConfig:
     absolute: Ray Tune runs each trial in its own folder, where a relative path would point nowhere. A path is a
     string option, at the top level or inside a list or mapping, that has a folder part or a file suffix
     (``data.pt``, ``shapes/shapes.yaml``) and names something that exists; a bare word such as ``pretrained``
-    stays a word."""
-    return TaskConfig(task_config.name, {key: _absolute(value, base) for key, value in task_config.options.items()})
+    stays a word, but for a data option (``data``, ``val_data``: always a path) it is a path when it exists
+    (an image folder ``flowers``)."""
+    return TaskConfig(task_config.name, {
+        key: str((base / value).resolve()) if _is_data_folder(key, value, base) else _absolute(value, base)
+        for key, value in task_config.options.items()})
+
+
+def _is_data_folder(key: str, value: Any, base: Path) -> bool:
+    return ((key == "data" or key.endswith("_data")) and isinstance(value, str) and bool(value)
+            and not Path(value).expanduser().is_absolute() and (base / value).exists())
 
 
 def _absolute(value: Any, base: Path) -> Any:

@@ -40,6 +40,7 @@ from tune.config import TrainConfig
 from tune.errors import ConfigError, one_line
 from tune.tasks.base import BlockModel, Task
 from tune.trial import EpochMeter, epoch_metrics, pick_device
+from tune.weights import load_fitting, read_state_dict
 
 __all__ = ["METRICS", "YoloTrial", "block_model", "layers_model", "make_task"]
 
@@ -186,42 +187,14 @@ def _check_hyp(hyp: Any) -> dict[str, Any]:
     return dict(hyp)
 
 
-def _read_weights(weights: str, trust: bool) -> dict[str, torch.Tensor]:
-    """The tensors of a weights file: a state dict (loaded with weights_only=True), a checkpoint of this project's,
-    or with ``trust`` Ultralytics' own checkpoint (a pickle of the model; its EMA weights, which it predicts with)."""
-    allowed = ("a state_dict file of this model (torch.save(model.state_dict()), loaded with weights_only=True), or "
-               "an Ultralytics checkpoint (yolov5mu.pt, a pickle) with task.options.trust_weights: true")
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=not trust)
-    except Exception as err:  # unreadable, unsafe (pickled objects) or corrupt: bad input, one line
-        raise ConfigError("task.options.weights", weights, allowed,
-                          problem=f"{type(err).__name__}: {one_line(err)}") from None
-    if isinstance(state, dict):
-        pickled = [state.get(key) for key in ("ema", "model") if isinstance(state.get(key), torch.nn.Module)]
-        if pickled:  # Ultralytics' last.pt keeps the EMA under "ema", a stripped best.pt under "model"
-            state = pickled[0].float().state_dict()
-        elif isinstance(state.get("model"), dict):
-            state = state["model"]  # a checkpoint of this project's (tune.trial.save_checkpoint)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError("task.options.weights", weights, allowed, problem="not a state dict of tensors")
-    return state
-
-
 def _load_weights(module: torch.nn.Module, weights: str, trust: bool = False) -> None:
     """Load pretrained weights, as YOLOv5 does: every tensor whose name and shape match; the Detect head's class
     outputs are left as built when the data set has another number of classes (COCO's 80 to VOC's 20). Anything
-    else that does not fit is refused."""
-    state = _read_weights(weights, trust)
-    own = module.state_dict()
+    else that does not fit is refused. Ultralytics' own checkpoint (a pickle) loads with ``trust``."""
+    state = read_state_dict(weights, trust, "a state_dict file of this model (torch.save(model.state_dict())), or "
+                                            "an Ultralytics checkpoint (yolov5mu.pt, a pickle)")
     head = f"model.{len(module.model) - 1}."
-    unfit = sorted(name for name in own if name not in state or state[name].shape != own[name].shape)
-    unexpected = sorted(name for name in state if name not in own)
-    if unexpected or any(not name.startswith(head) for name in unfit):
-        shown = (unexpected or [name for name in unfit if not name.startswith(head)])[:3]
-        raise ConfigError("task.options.weights", weights, "weights of this model",
-                          problem=f"does not fit the model ({len(unexpected)} unexpected, {len(unfit)} missing or "
-                                  f"of another shape, e.g. {', '.join(shown)})")
-    module.load_state_dict({name: tensor for name, tensor in state.items() if name not in unfit}, strict=False)
+    load_fitting(module, state, weights, lambda name: name.startswith(head))
 
 
 def block_model(model: str, nc: int, imgsz: int, weights: str | None = None, trust_weights: bool = False

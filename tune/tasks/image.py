@@ -1,0 +1,226 @@
+"""The built-in image-classification task: a timm or torchvision model fine-tuned on a folder of images.
+
+Options (``task.options`` in a search space file):
+- ``model``: a timm model name (``resnet18``, ``vit_small_patch16_224``, ``convnext_tiny``, any of
+  ``timm.list_models()``) or a torchvision one as ``torchvision:resnet18``. Its blocks come from the model's own
+  description (``tune.blocks``); ``python run_search.py layers`` lists them.
+- ``data``: a folder holding ``train/<class>/<images>`` and ``val/<class>/<images>`` (the layout of
+  ``torchvision.datasets.ImageFolder``; both splits with the same class folders).
+- ``weights``: a local file in the form the library saved it (a state dict, a ``.safetensors`` file, a training
+  checkpoint holding one: ``tune.weights``); ``pretrained``: the library's own pretrained download, only on a
+  machine that reaches the model hub; null: random init. ``trust_weights: true`` lets a pickled checkpoint load
+  (it runs code when loaded; only a file you trust).
+- ``new_head`` (true): the classifier is new, sized for the data's classes; false keeps the file's head where its
+  shape fits.
+- ``image_size``: the side images are resized and cropped to (default: the model's own input size, 224 for most);
+  the transforms come from the model's data config (timm's ``resolve_data_config`` / ``create_transform``;
+  ImageNet's mean and std for torchvision models).
+- ``augment`` (true): timm's training transform (random resized crop, flip, colour jitter), new every epoch;
+  false: the evaluation transform for training too.
+- ``workers`` (2): DataLoader processes per trial.
+
+``python -m tune.tasks.image example DIR`` writes an image folder from the UCI digits that ship with
+scikit-learn (no download), to try the task on.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tune.blocks import timm_blocks, torchvision_blocks
+from tune.errors import ConfigError, one_line
+from tune.tasks.base import BlockModel, Task, classification_metrics
+from tune.weights import load_fitting, read_state_dict
+
+__all__ = ["block_model", "layers_model", "make_task", "write_example"]
+
+_MODEL_ALLOWED = ("a timm model name (timm.list_models(), e.g. resnet18) or torchvision:<name> "
+                  "(e.g. torchvision:resnet18)")
+
+
+def _library(model: Any) -> tuple[str, str]:
+    if not isinstance(model, str) or not model:
+        raise ConfigError("task.options.model", model, _MODEL_ALLOWED)
+    library, sep, name = model.partition(":")
+    if not sep:
+        library, name = "timm", model
+    if library == "timm":
+        import timm
+
+        known = timm.is_model(name)
+    elif library == "torchvision":
+        import torchvision
+
+        known = name in torchvision.models.list_models(module=torchvision.models)
+    else:
+        raise ConfigError("task.options.model", model, _MODEL_ALLOWED, problem=f"unknown library {library}")
+    if not known:
+        raise ConfigError("task.options.model", model, _MODEL_ALLOWED, problem="unknown model")
+    return library, name
+
+
+def _create(library: str, name: str, num_classes: int, pretrained: bool, image_size: int | None) -> nn.Module:
+    if library == "timm":
+        import timm
+
+        if image_size is not None:  # models with a fixed input size (a ViT's position table) take it as built
+            try:
+                return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, img_size=image_size)
+            except TypeError:  # a convolutional model takes any size and no img_size argument
+                pass
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
+    import torchvision
+
+    if not pretrained:
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    model = torchvision.models.get_model(name, weights="DEFAULT")  # needs the hub: never run here
+    parent, attribute, old = next((p, a, m) for p, a, m in reversed(_linear_layers(model)))
+    setattr(parent, attribute, nn.Linear(old.in_features, num_classes))
+    return model
+
+
+def _linear_layers(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
+    return [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+            if isinstance(child, nn.Linear)]
+
+
+def _data_config(model: nn.Module, library: str, image_size: int | None) -> dict[str, Any]:
+    from timm.data import resolve_data_config
+
+    size = {} if image_size is None else {"input_size": (3, image_size, image_size)}
+    if library == "timm":
+        return resolve_data_config(size, model=model)
+    return resolve_data_config(size or {"input_size": (3, 224, 224)})  # timm's defaults: ImageNet's mean, std
+
+
+def block_model(model: str, num_classes: int, weights: str | None = None, trust_weights: bool = False,
+                new_head: bool = True, image_size: int | None = None,
+                state: Mapping[str, torch.Tensor] | None = None) -> BlockModel:
+    """The model with a head for ``num_classes``, its weights loaded, as blocks read from the model itself.
+    ``state``: the weights file's tensors, already read."""
+    library, name = _library(model)
+    try:
+        module = _create(library, name, num_classes, weights == "pretrained", image_size)
+    except Exception as err:  # a model that cannot be built this way (e.g. no classifier): one line
+        raise ConfigError("task.options.model", model, _MODEL_ALLOWED, problem=one_line(err)) from None
+    size = _data_config(module, library, image_size)["input_size"]
+    example = torch.zeros(1, *size)
+    blocks = (timm_blocks if library == "timm" else torchvision_blocks)(module, example)
+    if weights not in (None, "pretrained"):
+        head = {n for n, index in blocks.param_blocks.items() if index == blocks.n_blocks - 1}
+        load_fitting(module, dict(state or read_state_dict(weights, trust_weights)), weights, head.__contains__,
+                     keep_fitting=not new_head)
+    return blocks
+
+
+def _folder(data: Any, split: str, transform: Any, classes: list[str] | None = None) -> Any:
+    from torchvision.datasets import ImageFolder
+
+    allowed = "a folder with train/<class>/<images> and val/<class>/<images> (the same class folders in both)"
+    if not isinstance(data, str):
+        raise ConfigError("task.options.data", data, allowed, problem="not set")
+    root = Path(data).expanduser() / split
+    if not root.is_dir():
+        raise ConfigError("task.options.data", data, allowed, problem=f"no folder {split}/ in it")
+    try:
+        folder = ImageFolder(str(root), transform=transform)
+    except (FileNotFoundError, OSError) as err:  # an empty class folder, no class folders
+        raise ConfigError("task.options.data", data, allowed, problem=f"{split}: {one_line(err)}") from None
+    if classes is not None and folder.classes != classes:
+        raise ConfigError("task.options.data", data, allowed,
+                          problem=f"val has classes {folder.classes}, train {classes}")
+    if len(folder.classes) < 2:
+        raise ConfigError("task.options.data", data, allowed, problem=f"{split} has {len(folder.classes)} class")
+    return folder
+
+
+def _check(key: str, value: Any, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"task.options.{key}", value, allowed)
+
+
+def make_task(model: str = "resnet18", data: str | None = None, weights: str | None = None,
+              trust_weights: bool = False, new_head: bool = True, image_size: int | None = None,
+              augment: bool = True, workers: int = 2) -> Task:
+    for key, value in (("trust_weights", trust_weights), ("new_head", new_head), ("augment", augment)):
+        _check(key, value, isinstance(value, bool), "true or false")
+    _check("image_size", image_size, image_size is None or (type(image_size) is int and image_size >= 16),
+           "an integer >= 16, or null for the model's own input size")
+    _check("workers", workers, type(workers) is int and workers >= 0, "an integer >= 0")
+    _check("weights", weights, weights is None or isinstance(weights, str),
+           "a weights file, pretrained (downloads: needs the model hub), or null")
+    library, _ = _library(model)
+    from timm.data import create_transform
+
+    train_probe = _folder(data, "train", None)
+    classes = train_probe.classes
+    state = read_state_dict(weights, trust_weights) if weights not in (None, "pretrained") else None
+    probe = block_model(model, len(classes), weights, trust_weights, new_head, image_size, state)  # fails here
+    config = _data_config(probe.module, library, image_size)
+    train_set = _folder(data, "train", create_transform(**config, is_training=augment))
+    val_set = _folder(data, "val", create_transform(**config, is_training=False), classes)
+
+    def build() -> BlockModel:  # a fresh model each time; its new head seeded by the trial (tune.train.Trial)
+        return block_model(model, len(classes), weights, trust_weights, new_head, image_size, state)
+
+    return Task(name="image", build_model=build, metric="val_accuracy", train_data=train_set, val_data=val_set,
+                loss=F.cross_entropy, evaluate=classification_metrics, augments=augment, num_workers=workers)
+
+
+def layers_model(options: Mapping[str, Any]) -> BlockModel:
+    """The block model for ``run_search.py layers``: no data needed (1,000 classes, ImageNet's, unless the image
+    folder is there: only the head's size depends on it)."""
+    data = options.get("data")
+    train = Path(str(data)).expanduser() / "train"
+    classes = sum(1 for p in train.iterdir() if p.is_dir()) if isinstance(data, str) and train.is_dir() else 1000
+    return block_model(options.get("model", "resnet18"), classes, options.get("weights"),
+                       options.get("trust_weights") is True, image_size=options.get("image_size"))
+
+
+def write_example(out: Path, per_class: int = 30, val_per_class: int = 30, size: int = 32, seed: int = 0) -> Path:
+    """An image folder (``train/<digit>/*.png``, ``val/<digit>/*.png``) from scikit-learn's 1,797 UCI digits,
+    upsampled to ``size`` pixels: a real, small data set to try the image task on, with no download."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    taken: dict[tuple[str, int], int] = {}
+    for index in order.tolist():
+        label = int(digits.target[index])
+        for split, wanted in (("train", per_class), ("val", val_per_class)):
+            if taken.get((split, label), 0) < wanted:
+                taken[(split, label)] = taken.get((split, label), 0) + 1
+                folder = out / split / str(label)
+                folder.mkdir(parents=True, exist_ok=True)
+                pixels = (images[index, 0] * 255).clamp(0, 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels, mode="L").save(folder / f"{index:04d}.png")
+                break
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tune.tasks.image",
+                                     description="Write an image folder of UCI digits to try the image task on.")
+    parser.add_argument("command", choices=["example"])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--per-class", type=int, default=30, help="training images per digit (default 30)")
+    parser.add_argument("--val-per-class", type=int, default=30, help="validation images per digit (default 30)")
+    parser.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
+    args = parser.parse_args()
+    write_example(args.out, args.per_class, args.val_per_class, args.size)
+    print(f"wrote {args.out}/train and {args.out}/val: 10 classes, {args.per_class} and {args.val_per_class} "
+          f"images each, {args.size} px")
+
+
+if __name__ == "__main__":
+    main()
