@@ -1,0 +1,250 @@
+"""The image task: blocks read from timm and torchvision models, weights as libraries save them, training on an
+image folder the tests write (UCI digits as PNGs), a search through its space file."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+import run_search
+from tune.blocks import timm_blocks, torchvision_blocks
+from tune.config import TrainConfig
+from tune.errors import ConfigError
+from tune.tasks.image import make_task, write_example
+from tune.train import Trial
+
+timm = pytest.importorskip("timm", reason="the image task needs timm (pip install -e '.[image]')")
+torchvision = pytest.importorskip("torchvision", reason="the image task needs torchvision")
+
+ROOT = Path(run_search.__file__).resolve().parent
+SPACE = ROOT / "search_spaces" / "image_freeze.yaml"
+EXAMPLE = torch.zeros(1, 3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return write_example(tmp_path_factory.mktemp("images") / "digits", per_class=4, val_per_class=3, size=32)
+
+
+def blocks_of(block_model) -> list[set[str]]:
+    found: list[set[str]] = [set() for _ in range(block_model.n_blocks)]
+    for name, index in block_model.param_blocks.items():
+        found[index].add(name)
+    return found
+
+
+def names(module: torch.nn.Module, *prefixes: str) -> set[str]:
+    return {n for n, _ in module.named_parameters() if n.split(".")[0] in prefixes or n.startswith(prefixes)}
+
+
+def test_a_timm_vit_puts_its_root_parameters_in_the_stem_and_its_final_norm_with_the_last_block():
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=3, num_heads=2, num_classes=3)
+    block_model = timm_blocks(model, EXAMPLE)
+    assert block_model.block_names == ["stem", "blocks.0", "blocks.1", "blocks.2+norm", "head"]
+    stem, b0, b1, b2, head = blocks_of(block_model)
+    assert stem == {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"}
+    assert b0 == names(model, "blocks.0.") and b1 == names(model, "blocks.1.")
+    assert b2 == names(model, "blocks.2.") | {"norm.weight", "norm.bias"}
+    assert head == {"head.weight", "head.bias"}
+    assert block_model.named_cut_points() == {"none": 0, "stem": 1, "blocks.2": 4, "backbone": 4, "all_but_head": 4}
+
+
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_a_resnet_is_stem_four_layers_and_head_in_both_libraries(library):
+    if library == "timm":
+        model = timm.create_model("resnet18", num_classes=3)
+        block_model = timm_blocks(model, EXAMPLE)
+        stage_ends = {"layer1": 2, "layer2": 3, "layer3": 4, "layer4": 5}
+    else:
+        model = torchvision.models.resnet18(num_classes=3)
+        block_model = torchvision_blocks(model, EXAMPLE)
+        stage_ends = {}
+    stem, *layers, head = blocks_of(block_model)
+    assert stem == {"conv1.weight", "bn1.weight", "bn1.bias"}
+    assert layers == [names(model, f"layer{i}") for i in range(1, 5)]
+    assert head == {"fc.weight", "fc.bias"}
+    assert block_model.named_cut_points() == {"none": 0, "stem": 1, **stage_ends, "backbone": 5, "all_but_head": 5}
+
+
+def test_torchvision_features_are_one_block_each_and_a_vit_keeps_its_class_token_in_the_stem():
+    model = torchvision.models.mobilenet_v3_small(num_classes=3)
+    block_model = torchvision_blocks(model, EXAMPLE)
+    features = [f"features.{i}" for i in range(len(model.features))]
+    assert block_model.block_names == [*features, "classifier"]
+    assert blocks_of(block_model)[3] == names(model, "features.3.")
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
+                                               mlp_dim=32, num_classes=3)
+    block_model = torchvision_blocks(vit, EXAMPLE)
+    assert block_model.block_names == ["stem", "encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1",
+                                       "encoder.ln", "heads"]
+    assert blocks_of(block_model)[0] == {"class_token", "encoder.pos_embedding", "conv_proj.weight", "conv_proj.bias"}
+
+
+def test_convnext_stages_and_its_norm_head():
+    model = timm.create_model("convnext_atto", num_classes=3)
+    block_model = timm_blocks(model, EXAMPLE)
+    assert block_model.block_names == ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "head"]
+    assert blocks_of(block_model)[-1] == names(model, "head.")  # its norm and fc: the head as timm groups it
+    assert blocks_of(block_model)[2] == names(model, "stages.1.")
+
+
+def test_frozen_weights_and_batchnorm_statistics_do_not_move_and_the_optimizer_holds_the_rest(folder):
+    task = make_task(model="resnet18", data=str(folder), image_size=32, workers=0)
+    trial = Trial(task, TrainConfig(epochs=1, batch_size=8, lr=1e-2, freeze_stop=3, seed=0))
+    assert trial.prefix_cache == "off: the model is not a plain sequence of blocks"
+    frozen_names = {n for n, i in trial.frozen.block_model.param_blocks.items() if i < 3}
+    before = {k: v.clone() for k, v in trial.model.state_dict().items()}
+    in_optimizer = {id(p) for group in trial.optimizer.param_groups for p in group["params"]}
+    assert in_optimizer == {id(p) for n, p in trial.model.named_parameters() if n not in frozen_names}
+    metrics = list(trial.epochs())
+    after = trial.model.state_dict()
+    frozen_state = [k for k in before if k.startswith(("conv1.", "bn1.", "layer1.", "layer2."))]
+    assert len(frozen_state) > 30 and all(torch.equal(before[k], after[k]) for k in frozen_state)
+    assert not torch.equal(before["layer3.0.conv1.weight"], after["layer3.0.conv1.weight"])
+    assert not torch.equal(before["layer3.0.bn1.running_mean"], after["layer3.0.bn1.running_mean"])
+    assert metrics[0]["frozen_params"] == sum(p.numel() for n, p in trial.model.named_parameters()
+                                              if n in frozen_names)
+    assert 0 <= metrics[0]["val_accuracy"] <= 1 and metrics[0]["samples_per_s"] > 0
+
+
+def test_an_augmenting_image_trial_resumes_exactly(folder, tmp_path):
+    task = make_task(model="resnet18", data=str(folder), image_size=32, workers=0, augment=True)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, freeze_stop=2, seed=3)
+    straight = list(Trial(task, cfg).epochs())
+    first = Trial(task, cfg)
+    head = [next(first.epochs())]
+    torch.save(first.state_dict(), tmp_path / "trial.pt")
+    resumed = Trial(task, cfg)
+    resumed.load_state_dict(torch.load(tmp_path / "trial.pt", weights_only=True))
+    got = head + list(resumed.epochs())
+    for want, have in zip(straight, got, strict=True):
+        assert have["train_loss"] == pytest.approx(want["train_loss"], rel=1e-6)
+        assert have["val_loss"] == pytest.approx(want["val_loss"], rel=1e-6)
+
+
+def _saved(model: torch.nn.Module, path: Path, form: str) -> str:
+    state = model.state_dict()
+    if form == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, path.with_suffix(".safetensors"))
+        return str(path.with_suffix(".safetensors"))
+    content = {"state_dict": state, "epoch": 3} if form == "timm checkpoint" else state
+    if form == "pickled checkpoint":
+        content = {"state_dict": state, "args": argparse.Namespace(lr=0.1)}
+    torch.save(content, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("form", ["state dict", "safetensors", "timm checkpoint", "pickled checkpoint"])
+def test_weights_load_in_the_form_the_library_saved_them_with_a_new_head(folder, tmp_path, form):
+    source = timm.create_model("resnet18", num_classes=1000)  # an ImageNet-shaped head: not the data's 10
+    path = _saved(source, tmp_path / "w.pt", form)
+    options = {"model": "resnet18", "data": str(folder), "weights": path, "image_size": 32, "workers": 0}
+    if form == "pickled checkpoint":
+        with pytest.raises(ConfigError, match=r"UnpicklingError.*only with task.options.trust_weights: true"):
+            make_task(**options)
+        options["trust_weights"] = True
+    loaded = make_task(**options).build_model().module.state_dict()
+    expected = source.state_dict()
+    assert all(torch.equal(loaded[k], expected[k]) for k in loaded if not k.startswith("fc."))
+    assert loaded["fc.weight"].shape == (10, 512)
+
+
+@pytest.mark.parametrize(("change", "options", "expected"), [
+    ("none", {"data": "nowhere"}, "task.options.data: got 'nowhere' (no folder train/ in it)"),
+    ("empty class", {}, "task.options.data: got '{d}' (train: Found no valid file for the classes 3"),
+    ("val classes", {}, "task.options.data: got '{d}' (val has classes"),
+    ("none", {"model": "resnet_nope"}, "task.options.model: got 'resnet_nope' (unknown model)"),
+    ("none", {"model": "tf:resnet18"}, "task.options.model: got 'tf:resnet18' (unknown library tf)"),
+    ("none", {"augment": "yes"}, "task.options.augment: got 'yes'; allowed: true or false"),
+    ("other weights", {}, "task.options.weights: got '{w}' (does not fit the model ("),
+])
+def test_bad_image_options_are_one_line(folder, tmp_path, change, options, expected):
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    if change == "empty class":
+        shutil.rmtree(data / "train" / "3")
+        (data / "train" / "3").mkdir()
+    if change == "val classes":
+        shutil.rmtree(data / "val" / "5")
+    weights = tmp_path / "other.pt"
+    if change == "other weights":
+        torch.save(timm.create_model("resnet10t", num_classes=10).state_dict(), weights)
+        options = {"weights": str(weights)}
+    with pytest.raises(ConfigError) as caught:
+        make_task(**{"data": str(data), "image_size": 32, "workers": 0, **options})
+    message = str(caught.value)
+    assert message.startswith(expected.format(d=data, w=weights)), message
+    assert "\n" not in message and "allowed:" in message
+
+
+@pytest.mark.slow
+def test_bad_image_input_exits_2_before_ray_starts(tmp_path, monkeypatch, capsys):
+    from tune import search
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(search, "init_ray", lambda *a, **k: pytest.fail("Ray was started for bad input"))
+    assert run_search.main(["--space", str(SPACE)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: task.options.data: got None (not set); allowed: a folder with train/<class>/<images> and "
+        "val/<class>/<images> (the same class folders in both)")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_the_image_space_smoke_runs_with_nested_mlflow_runs(ray_runtime, folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(folder, tmp_path / "digits_png")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = run_search.main(["--space", str(SPACE), "--smoke-test", "--tracking-uri", uri,
+                            "--set", "task.options.data=digits_png", "--set", "task.options.image_size=32",
+                            "--set", "task.options.workers=1", "--set", "train.batch_size=16"])
+    assert code == 0
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("image_freeze").experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and len(children) == 4
+    assert all(c.info.status == "FINISHED" for c in children)
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "val_accuracy")
+        assert [m.step for m in history] == list(range(1, len(history) + 1)) and history
+        assert child.data.tags["prefix_cache"].startswith("off: ")
+        assert {"peak_mem_mb", "epoch_time_s", "frozen_params"} <= set(child.data.metrics)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "expected"), [
+    ("resnet50", ["stem", "layer1", "layer2", "layer3", "layer4", "head"]),
+    ("vit_small_patch16_224", ["stem", *(f"blocks.{i}" for i in range(11)), "blocks.11+norm", "head"]),
+    ("convnext_tiny", ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "head"]),
+    ("torchvision:resnet18", ["stem", "layer1", "layer2", "layer3", "layer4", "fc"]),
+])
+def test_layers_lists_a_models_blocks_without_data(model, expected, capsys):
+    assert run_search.main(["layers", "--space", str(SPACE), "--set", f"task.options.model={model}"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit() and "%" in line]
+    assert [row[1] for row in rows] == expected
+    assert "(backbone, all_but_head)" in out or "backbone, all_but_head)" in out
+    assert sum(float(row[-2].rstrip("%")) for row in rows) == pytest.approx(100, abs=0.5)
+
+
+def test_the_image_task_is_built_in_and_its_data_option_may_be_a_bare_folder_name(folder, tmp_path):
+    from tune.config import TaskConfig
+    from tune.tasks import BUILTIN_TASKS, absolute_paths, load_task
+
+    assert "image" in BUILTIN_TASKS
+    shutil.copytree(folder, tmp_path / "flowers")
+    config = absolute_paths(TaskConfig("image", {"data": "flowers", "image_size": 32, "workers": 0}), tmp_path)
+    task = load_task(config)
+    assert config.options["data"] == str(tmp_path / "flowers")
+    assert dataclasses.replace(task).name == "image" and len(task.train_data) == 40 and len(task.val_data) == 30
