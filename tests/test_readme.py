@@ -17,13 +17,16 @@ pytestmark = pytest.mark.slow
 
 # What a bash block holds that a test here does not run, and where it is run instead.
 ELSEWHERE = {
-    "python3 -m venv": "a set-up step: .ci/run makes both venvs from a clean clone",
-    ". .venv": "a set-up step: .ci/run makes both venvs from a clean clone",
-    "pip install": "a set-up step: .ci/run makes both venvs from a clean clone",
+    "python3 -m venv": "a set-up step: .ci/run makes the venv from a clean clone",
+    ". .venv": "a set-up step: .ci/run makes the venv from a clean clone",
+    "pip install": "a set-up step: .ci/run makes the venv from a clean clone",
     "python -m pytest": "the tests themselves: .ci/run runs them",
     "mlflow ui": "a server: test_search.py::test_mlflow_ui_command_serves_the_runs_of_a_smoke_search runs it",
     "python run_search.py submit": "needs a cluster: test_cluster.py submits to a real two-node one",
 }
+# Data a README command uses that the command before it in the README writes.
+MADE_BEFORE = {"shapes/shapes.yaml": ["tune.tasks.shapes", "shapes"],
+               "data=digits_png": ["tune.tasks.image", "example", "digits_png"]}
 # Placeholders for what only the user has: the command must refuse them at once (exit 2, one line).
 NOT_HERE = ("/data/", "/models/")
 
@@ -66,9 +69,9 @@ def test_each_readme_command_runs_here_as_written(command, tmp_path):
         if len(argv) == 2 or argv[2].startswith("-"):  # a search, not layers / report
             argv.insert(2, "--smoke-test")
     (tmp_path / "search_spaces").symlink_to(ROOT / "search_spaces")  # the README's relative paths
-    if "shapes/shapes.yaml" in command:  # the README makes it with the command before (python -m tune.tasks.shapes)
-        subprocess.run([sys.executable, "-m", "tune.tasks.shapes", "shapes"], cwd=tmp_path, check=True,
-                       capture_output=True, timeout=120)
+    for needed, made_by in MADE_BEFORE.items():  # data the README makes with the command before
+        if needed in command:
+            subprocess.run([sys.executable, "-m", *made_by], cwd=tmp_path, check=True, capture_output=True, timeout=120)
     result = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     if any(placeholder in command for placeholder in NOT_HERE):
         assert result.returncode == 2, result.stderr[-2000:]

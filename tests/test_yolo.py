@@ -1,7 +1,7 @@
 """The yolo task (Ultralytics): YOLOv5's freeze rule, frozen weights, resume, a smoke search of the guide's space.
 
-Needs the yolo extra, in its own venv (Ultralytics needs torchvision: torch==2.14.1 torchvision==0.29.1); .ci/run
-makes that venv and runs ``python -m pytest -m yolo`` there. Data: a synthetic detection set made by the tests.
+Needs the yolo extra (in the README's environment: torch==2.14.1 torchvision==0.29.1 -e ".[all,test]"); .ci/run
+runs ``-m yolo`` with the slow tests. Data: a synthetic detection set made by the tests.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 pytest.importorskip("ultralytics", reason="needs the yolo extra: pip install torch==2.14.1 torchvision==0.29.1 "
-                                          "-e '.[yolo]' (its own venv; .ci/run makes it)")
+                                          "-e '.[all,test]' (the README's environment)")
 
 from conftest import first_epoch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
