@@ -106,7 +106,43 @@ CASES = {
     "confirm one seed": (lambda d: ["--confirm", "1"], "error: --confirm: got 1; allowed: 0 (no confirmation)"),
     "set syntax": (lambda d: ["--set", "epochs"], "error: --set: got 'epochs'; allowed: section.key=value"),
     "missing space file": (lambda d: ["--space", "nope.yaml"], "error: --space: got 'nope.yaml' (no such file)"),
+    "image: data not set": (lambda d: ["--space", IMAGE_SPACE],
+                            "error: task.options.data: got None (not set); allowed: a folder with train/<class>/"),
+    "image: no data folder": (lambda d: _image(d, "--set", "task.options.data=inputs/nowhere"),
+                              "error: task.options.data: got 'inputs/nowhere' (no folder train/ in it)"),
+    "image: empty class folder": (lambda d: _image(d, "--set", f"task.options.data={_images(d, empty='3')}"),
+                                  "error: task.options.data: got '{d}/inputs/images' (train: Found no valid file "
+                                  "for the classes 3"),
+    "image: unknown model": (lambda d: _image(d, "--set", f"task.options.data={_images(d)}",
+                                              "--set", "task.options.model=resnet_nope"),
+                             "error: task.options.model: got 'resnet_nope' (unknown model)"),
+    "image: another model's weights": (lambda d: _image(d, "--set", f"task.options.data={_images(d)}",
+                                                        "--set", f"task.options.weights={_timm_weights(d)}"),
+                                       "error: task.options.weights: got '{d}/inputs/resnet10t.pt' (does not fit"),
 }
+
+IMAGE_SPACE = str(ROOT / "search_spaces" / "image_freeze.yaml")
+
+
+def _image(d, *args):
+    return ["--space", IMAGE_SPACE, "--set", "task.options.image_size=32", "--set", "task.options.workers=0", *args]
+
+
+def _images(d, empty=None):
+    from tune.tasks.image import write_example
+
+    folder = write_example(d / "inputs" / "images", per_class=1, val_per_class=1, size=16)
+    if empty is not None:
+        for image in (folder / "train" / empty).iterdir():
+            image.unlink()
+    return str(folder)
+
+
+def _timm_weights(d):
+    import timm
+
+    torch.save(timm.create_model("resnet10t", num_classes=10).state_dict(), d / "inputs" / "resnet10t.pt")
+    return str(d / "inputs" / "resnet10t.pt")
 
 
 def _pickle(path):

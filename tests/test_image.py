@@ -167,7 +167,7 @@ def test_weights_load_in_the_form_the_library_saved_them_with_a_new_head(folder,
     ("none", {"model": "tf:resnet18"}, "task.options.model: got 'tf:resnet18' (unknown library tf)"),
     ("none", {"augment": "yes"}, "task.options.augment: got 'yes'; allowed: true or false"),
     ("other weights", {}, "task.options.weights: got '{w}' (does not fit the model ("),
-])
+])  # through the CLI (exit 2, before Ray starts): tests/test_bad_input.py
 def test_bad_image_options_are_one_line(folder, tmp_path, change, options, expected):
     data = tmp_path / "data"
     shutil.copytree(folder, data)
@@ -185,19 +185,6 @@ def test_bad_image_options_are_one_line(folder, tmp_path, change, options, expec
     message = str(caught.value)
     assert message.startswith(expected.format(d=data, w=weights)), message
     assert "\n" not in message and "allowed:" in message
-
-
-@pytest.mark.slow
-def test_bad_image_input_exits_2_before_ray_starts(tmp_path, monkeypatch, capsys):
-    from tune import search
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(search, "init_ray", lambda *a, **k: pytest.fail("Ray was started for bad input"))
-    assert run_search.main(["--space", str(SPACE)]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "error: task.options.data: got None (not set); allowed: a folder with train/<class>/<images> and "
-        "val/<class>/<images> (the same class folders in both)")
-    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
