@@ -51,16 +51,16 @@ def _library(model: Any) -> tuple[str, str]:
     library, sep, name = model.partition(":")
     if not sep:
         library, name = "timm", model
-    if library == "timm":
-        import timm
-
-        known = timm.is_model(name)
-    elif library == "torchvision":
-        import torchvision
-
-        known = name in torchvision.models.list_models(module=torchvision.models)
-    else:
+    if library not in ("timm", "torchvision"):
         raise ConfigError("task.options.model", model, _MODEL_ALLOWED, problem=f"unknown library {library}")
+    try:
+        import timm  # the transforms are timm's for torchvision models too
+        import torchvision
+    except ImportError as err:
+        raise ConfigError("task.name", "image", "the image task with its extra installed (pip install -e "
+                          "'.[image]', beside torch==2.14.1 torchvision==0.29.1)", problem=one_line(err)) from None
+    known = timm.is_model(name) if library == "timm" else name in torchvision.models.list_models(
+        module=torchvision.models)
     if not known:
         raise ConfigError("task.options.model", model, _MODEL_ALLOWED, problem="unknown model")
     return library, name
