@@ -48,12 +48,12 @@ def bench(model: str, folder: Path, size: int, epochs: int, repeats: int) -> Non
     t0, m0 = min(r[0] for r in rows[0]), rows[0][0][1]
     names = task.build_model().block_names
     print(f"{model} at {size} px, {len(task.train_data)} training images, batch 32, {epochs} epochs, 1 thread")
-    print(f"{'k':>2} {'frozen':<16} {'phi':>6} {'speed-up':>8} {'1/R':>6} {'of 1/R':>7} {'memory':>7}")
+    print(f"{'k':>2} {'frozen':<24} {'phi':>6} {'speed-up':>8} {'1/R':>6} {'of 1/R':>7} {'memory':>7}")
     for k in range(depth):
         t, memory, phi = min(r[0] for r in rows[k]), rows[k][0][1], rows[k][0][2]
         bound = 1 / (1 - 2 * phi / 3)
         frozen = f"[0, {k})" + (f" {names[k - 1]}" if k else "")
-        print(f"{k:>2} {frozen:<16.16} {phi:6.3f} {t0 / t:8.2f} {bound:6.2f} {t0 / t / bound:7.2f} {memory / m0:7.2f}")
+        print(f"{k:>2} {frozen:<24} {phi:6.3f} {t0 / t:8.2f} {bound:6.2f} {t0 / t / bound:7.2f} {memory / m0:7.2f}")
 
 
 def main() -> None:

@@ -160,3 +160,80 @@ def test_classification_metrics_score_tensors_and_batches_alike(tiny_task):
     batched = classification_metrics(model, [(x[:10], y[:10]), (x[10:], y[10:])])
     assert batched["val_accuracy"] == whole["val_accuracy"]
     assert batched["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-6)
+
+
+class Awkward(nn.Module):
+    """A tied weight, a BatchNorm without affine parameters and a dropout beside the conv they follow, blocks in a
+    ModuleList (whose own forward never runs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4, affine=False)
+        self.drop = nn.Dropout(0.5)
+        self.layers = nn.ModuleList([nn.Linear(4, 4) for _ in range(2)])
+        self.head = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 4)
+        self.out.weight = self.head.weight  # tied
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.bn(self.conv(x))).mean((2, 3))
+        for layer in self.layers:
+            x = layer(x)
+        return self.out(self.head(x))
+
+
+def awkward_model() -> BlockModel:
+    module = Awkward()
+    mapping = {name: 0 if name.startswith("conv") else 1 if name.startswith("layers") else 2
+               for name, _ in module.named_parameters()}
+    return BlockModel(module=module, param_blocks=mapping, block_names=["conv", "layers", "head"], cut_points={},
+                      example_input=torch.zeros(2, 1, 8, 8))
+
+
+def test_tied_weights_buffers_only_batchnorm_and_module_lists_find_their_blocks():
+    from tune.freeze import block_flops
+    from tune.prefix_cache import blocker
+
+    block_model = awkward_model()
+    assert "out.weight" not in block_model.param_blocks  # a tied weight is listed once, under its first name
+    frozen = freeze_model(block_model, TrainConfig(freeze_stop=1))
+    frozen.train_mode()
+    assert not block_model.module.bn.training  # no parameters of its own: frozen with the conv before it
+    before = block_model.module.bn.running_mean.clone()
+    block_model.module(torch.randn(2, 1, 8, 8))
+    assert torch.equal(before, block_model.module.bn.running_mean)
+    assert any(isinstance(m, nn.Dropout) for m in block_model.modules_of([0]))
+    assert blocker(frozen, augments=False) == "the model is not a plain sequence of blocks"
+    conv, layers, head = block_flops(block_model)
+    assert conv == 2 * 2 * 4 * 9 * 64 and layers == 2 * (2 * 2 * 16) and head == 2 * (2 * 2 * 16)
+
+
+def test_a_module_called_inside_another_blocks_module_counts_for_its_own_block():
+    from tune.freeze import block_flops
+
+    class Body(nn.Module):
+        def __init__(self, shared: nn.Module) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+            self.calls = [shared]  # not a submodule: another block's, called from here (as CoaT shares one)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x) + self.calls[0](x)
+
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pos = nn.Linear(4, 4)
+            self.body = Body(self.pos)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.body(x))
+
+    module = Outer()
+    mapping = {"pos.weight": 0, "pos.bias": 0, "body.lin.weight": 1, "body.lin.bias": 1, "head.weight": 2,
+               "head.bias": 2}
+    block_model = BlockModel(module=module, param_blocks=mapping, block_names=["pos", "body", "head"],
+                             cut_points={}, example_input=torch.zeros(3, 4))
+    assert block_flops(block_model) == [2 * 3 * 16, 2 * 3 * 16, 2 * 3 * 8]

@@ -140,11 +140,17 @@ def _saved(model: torch.nn.Module, path: Path, form: str) -> str:
     content = {"state_dict": state, "epoch": 3} if form == "timm checkpoint" else state
     if form == "pickled checkpoint":
         content = {"state_dict": state, "args": argparse.Namespace(lr=0.1)}
+    if form == "torchvision EMA checkpoint":  # references/classification: an AveragedModel's state dict
+        content = {"model": {}, "model_ema": {"n_averaged": torch.tensor(5), **{f"module.{k}": v
+                                                                                 for k, v in state.items()}}}
+    if form == "without num_batches_tracked":  # saved before torch 0.4.1
+        content = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     torch.save(content, path)
     return str(path)
 
 
-@pytest.mark.parametrize("form", ["state dict", "safetensors", "timm checkpoint", "pickled checkpoint"])
+@pytest.mark.parametrize("form", ["state dict", "safetensors", "timm checkpoint", "pickled checkpoint",
+                                  "torchvision EMA checkpoint", "without num_batches_tracked"])
 def test_weights_load_in_the_form_the_library_saved_them_with_a_new_head(folder, tmp_path, form):
     source = timm.create_model("resnet18", num_classes=1000)  # an ImageNet-shaped head: not the data's 10
     path = _saved(source, tmp_path / "w.pt", form)
@@ -159,6 +165,46 @@ def test_weights_load_in_the_form_the_library_saved_them_with_a_new_head(folder,
     assert loaded["fc.weight"].shape == (10, 512)
 
 
+@pytest.mark.parametrize(("model", "classifier", "kept"), [
+    ("convnext_atto", "head.fc.", "head.norm.weight"),
+    ("mobilenetv3_small_050", "classifier.", "conv_head.weight"),
+    ("torchvision:mobilenet_v3_small", "classifier.3.", "classifier.0.weight"),
+])
+def test_a_new_head_replaces_the_classifier_only(folder, tmp_path, model, classifier, kept):
+    from tune.tasks.image import block_model
+
+    source = block_model(model, 1000).module
+    torch.save(source.state_dict(), tmp_path / "w.pt")
+    loaded = make_task(model=model, data=str(folder), weights=str(tmp_path / "w.pt"), image_size=32,
+                       workers=0).build_model().module.state_dict()
+    assert torch.equal(loaded[kept], source.state_dict()[kept])  # the rest of the head block: pretrained
+    assert {k for k in loaded if k not in source.state_dict() or loaded[k].shape != source.state_dict()[k].shape} \
+        == {f"{classifier}weight", f"{classifier}bias"}
+
+
+def test_models_with_auxiliary_heads_or_a_callable_group_matcher_still_give_blocks():
+    from tune.blocks import timm_blocks
+    from tune.tasks.image import block_model
+
+    googlenet = block_model("torchvision:googlenet", 3, image_size=64).module.train()
+    assert isinstance(googlenet(torch.zeros(2, 3, 64, 64)), torch.Tensor)  # no auxiliary outputs in training
+
+    class Matched(torch.nn.Module):  # timm's inception_v3 gives its group matcher as a function
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = torch.nn.Linear(4, 4)
+            self.mid = torch.nn.Linear(4, 4)
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.mid(self.stem(x)))
+
+        def group_matcher(self, coarse=False):
+            return lambda name: {"stem": 0, "mid": 1}.get(name.split(".")[0], 2)
+
+    assert timm_blocks(Matched(), torch.zeros(1, 4)).block_names == ["stem", "mid", "head"]
+
+
 @pytest.mark.parametrize(("change", "options", "expected"), [
     ("none", {"data": "nowhere"}, "task.options.data: got 'nowhere' (no folder train/ in it)"),
     ("empty class", {}, "task.options.data: got '{d}' (train: Found no valid file for the classes 3"),
@@ -167,6 +213,9 @@ def test_weights_load_in_the_form_the_library_saved_them_with_a_new_head(folder,
     ("none", {"model": "tf:resnet18"}, "task.options.model: got 'tf:resnet18' (unknown library tf)"),
     ("none", {"augment": "yes"}, "task.options.augment: got 'yes'; allowed: true or false"),
     ("other weights", {}, "task.options.weights: got '{w}' (does not fit the model ("),
+    ("none", {"model": "torchvision:squeezenet1_0", "image_size": 16},
+     "task.options.image_size: got 16 (Given input size: (512x1x1)"),
+    ("none", {"data": ["a"]}, "task.options.data: got ['a'] (not a path)"),
 ])  # through the CLI (exit 2, before Ray starts): tests/test_bad_input.py
 def test_bad_image_options_are_one_line(folder, tmp_path, change, options, expected):
     data = tmp_path / "data"

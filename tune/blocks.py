@@ -44,8 +44,11 @@ def _group_name(names: Sequence[str]) -> str:
     return "+".join(dict.fromkeys(name.split(".")[0] for name in names))
 
 
-def _matched(names: Sequence[str], matcher: Mapping[str, Any]) -> str:
-    """What timm's matcher regexes matched of each name (``layer1``, ``blocks.11``, ``norm``), joined."""
+def _matched(names: Sequence[str], matcher: Any) -> str:
+    """What timm's matcher regexes matched of each name (``layer1``, ``blocks.11``, ``norm``), joined; a matcher
+    that is a function (timm's inception_v3) names nothing: the names' shared prefix then."""
+    if not isinstance(matcher, Mapping):
+        return _group_name(names)
     specs = [spec for value in matcher.values() if value is not None
              for spec in (value if isinstance(value, (list, tuple)) else [(value, None)])]
     found = [next((m.group(0) for pattern, _ in specs if (m := re.match(pattern, name))), "") for name in names]
@@ -70,7 +73,7 @@ def timm_blocks(model: nn.Module, example_input: Any) -> BlockModel:
     return from_param_groups(model, groups, example_input, dict(stage_ends.values()))
 
 
-_EXPANDED = ("features", "trunk_output", "layers")  # containers whose entries are one block each
+_EXPANDED = ("features", "trunk_output", "layers", "blocks")  # containers whose entries are one block each
 
 
 def torchvision_blocks(model: nn.Module, example_input: Any) -> BlockModel:
@@ -93,6 +96,8 @@ def torchvision_blocks(model: nn.Module, example_input: Any) -> BlockModel:
                 walk(child, f"{path}.", top=False)
             elif top and not groups and not list(child.children()):
                 stem.extend(params(child, path))  # leading single layers of the root (conv1, bn1): the stem
+            elif isinstance(child, nn.modules.batchnorm._BatchNorm) and (groups or stem):
+                (groups[-1][1] if groups else stem).extend(params(child, path))  # a BatchNorm goes with its conv
             else:
                 groups.append((path, params(child, path)))
 

@@ -30,9 +30,14 @@ def is_tensor_pair(data: Any) -> bool:
             and all(isinstance(t, torch.Tensor) for t in data))
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of epoch ``epoch`` (0-based) of a trial seeded ``seed``."""
-    return seed * 100_003 + epoch
+# Offsets that give the epoch's streams distinct seeds: its sample order (offset 0), the process's own random
+# state (augmentation and dropout in the trial's process) and the loader's workers (their augmentation).
+PROCESS, WORKERS = 2**32, 2**33
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """The seed of one stream of epoch ``epoch`` (0-based) of a trial seeded ``seed``."""
+    return seed * 100_003 + epoch + stream
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -42,7 +47,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 def seed_epoch(seed: int, epoch: int) -> None:
     """Seed torch, Python and NumPy for one epoch: augmentation and dropout in it depend on (seed, epoch) only."""
-    value = epoch_seed(seed, epoch)
+    value = epoch_seed(seed, epoch, PROCESS)
     torch.manual_seed(value)
     random.seed(value)
     try:

@@ -104,21 +104,36 @@ class BlockModel:
     @cached_property
     def roots(self) -> list[list[nn.Module]]:
         """Each block's top modules: its given module, or the largest submodules whose parameters all lie in it
-        (a block of root-level parameters alone has none)."""
+        (a container whose forward never runs, a ModuleList, gives its entries instead). A submodule without
+        parameters (an activation, a BatchNorm without affine weights, a dropout) inside a container split across
+        blocks joins the block of the sibling with parameters before it (after it, if none is before). A block of
+        root-level parameters alone has none."""
         if self.blocks:
             return [[block] for block in self.blocks]
         found: list[list[nn.Module]] = [[] for _ in range(self.n_blocks)]
+        owner = {id(p): self.param_blocks[name] for name, p in self.module.named_parameters()}
 
-        def visit(module: nn.Module, prefix: str) -> None:
-            for name, child in module.named_children():
-                path = f"{prefix}{name}"
-                owners = {self.param_blocks[f"{path}.{p}"] for p, _ in child.named_parameters()}
+        def add(index: int, module: nn.Module) -> None:
+            if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+                for child in module.children():
+                    add(index, child)
+            else:
+                found[index].append(module)
+
+        def visit(module: nn.Module) -> None:
+            children = [(child, {owner[id(p)] for p in child.parameters()}) for child in module.children()]
+            with_params = [next(iter(owners)) for _, owners in children if len(owners) == 1]
+            previous = with_params[0] if with_params else None
+            for child, owners in children:
                 if len(owners) == 1:
-                    found[owners.pop()].append(child)
+                    previous = next(iter(owners))
+                    add(previous, child)
                 elif owners:
-                    visit(child, f"{path}.")
+                    visit(child)
+                elif previous is not None:
+                    add(previous, child)
 
-        visit(self.module, "")
+        visit(self.module)
         return found
 
     def modules_of(self, blocks: Iterable[int]) -> list[nn.Module]:
@@ -229,31 +244,34 @@ def resolve(block_model: BlockModel, *, freeze: Any = None, freeze_start: Any = 
 
 
 def block_flops(block_model: BlockModel) -> list[int]:
-    """Forward FLOPs of each block on the model's example input, counted by torch's FlopCounterMode."""
+    """Forward FLOPs of each block on the model's example input, counted by torch's FlopCounterMode: what runs
+    inside a block's top modules is that block's (a top module called inside another's, e.g. a shared one, counts
+    for its own block only)."""
     counts = [0] * block_model.n_blocks
-    modes: dict[int, FlopCounterMode] = {}
+    counter = FlopCounterMode(display=False)
+    open_roots: list[list[int]] = []  # [block, total FLOPs when it started, FLOPs of roots run inside it]
     handles = []
 
     def enter(index: int):
         def hook(module: nn.Module, args: Any) -> None:
-            modes[index] = FlopCounterMode(display=False)
-            modes[index].__enter__()
+            open_roots.append([index, counter.get_total_flops(), 0])
         return hook
 
-    def leave(index: int):
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            modes[index].__exit__(None, None, None)
-            counts[index] += modes[index].get_total_flops()
-        return hook
+    def leave(module: nn.Module, args: Any, output: Any) -> None:
+        index, started, inner = open_roots.pop()
+        spent = counter.get_total_flops() - started
+        counts[index] += spent - inner
+        if open_roots:
+            open_roots[-1][2] += spent
 
     for index, roots in enumerate(block_model.roots):
         for root in roots:
             handles.append(root.register_forward_pre_hook(enter(index)))
-            handles.append(root.register_forward_hook(leave(index)))
+            handles.append(root.register_forward_hook(leave))
     was_training = block_model.module.training
     try:
         block_model.module.eval()
-        with torch.no_grad():
+        with torch.no_grad(), counter:
             block_model.forward_example()
     finally:
         for handle in handles:
@@ -292,7 +310,7 @@ def layer_table(block_model: BlockModel) -> str:
 
 def _kind(block_model: BlockModel, index: int) -> str:
     """A block's type: its module's class, or how many modules (and root-level parameters) it gathers."""
-    roots = block_model.roots[index]
+    roots = [root for root in block_model.roots[index] if any(True for _ in root.parameters())]
     own = sum(p.numel() for p in block_model.parameters_of([index])) - sum(_count(r.parameters()) for r in roots)
     kind = type(roots[0]).__name__ if len(roots) == 1 else f"{len(roots)} modules" if roots else ""
     return f"{kind} + params" if own and kind else kind or "params"

@@ -112,7 +112,7 @@ class Trial:
             return data.own_loader(self.task.train_loader, self.cfg.batch_size, epoch, seed, self.device)
         n = len(self.train_set[0]) if data.is_tensor_pair(self.train_set) else len(self.train_set)
         return data.batches(self.train_set, self.cfg.batch_size, self.device, order=data.epoch_order(n, seed, epoch),
-                            num_workers=self.task.num_workers, seed=data.epoch_seed(seed, epoch))
+                            num_workers=self.task.num_workers, seed=data.epoch_seed(seed, epoch, data.WORKERS))
 
     def _evaluate(self) -> dict[str, float]:
         if data.is_tensor_pair(self.val_set):

@@ -54,7 +54,8 @@ def read_state_dict(path: str, trust: bool = False, allowed: str = "a state dict
             state = next((state[key] for key in _CONTAINERS if _is_state(state.get(key))), state)
     if not _is_state(state):
         raise ConfigError(KEY, path, hint, problem="not a state dict of tensors")
-    if all(name.startswith("module.") for name in state):
+    state = {name: tensor for name, tensor in state.items() if name != "n_averaged"}  # torch's AveragedModel
+    if all(name.startswith("module.") for name in state):  # DataParallel, or an EMA's AveragedModel
         state = {name.removeprefix("module."): tensor for name, tensor in state.items()}
     return state
 
@@ -65,6 +66,8 @@ def load_fitting(module: nn.Module, state: dict[str, torch.Tensor], path: str,
     to be left as built (a new head) unless they fit and ``keep_fitting``. Anything else that does not fit is
     refused in one line (another model's weights)."""
     own = module.state_dict()
+    # BatchNorm's step counter is missing from files saved before torch 0.4.1; it stays as built
+    own = {name: t for name, t in own.items() if name in state or not name.endswith("num_batches_tracked")}
     unfit = sorted(name for name in own if name not in state or state[name].shape != own[name].shape)
     unexpected = sorted(name for name in state if name not in own)
     wrong = unexpected or [name for name in unfit if not may_differ(name)]

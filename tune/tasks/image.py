@@ -10,8 +10,9 @@ Options (``task.options`` in a search space file):
   checkpoint holding one: ``tune.weights``); ``pretrained``: the library's own pretrained download, only on a
   machine that reaches the model hub; null: random init. ``trust_weights: true`` lets a pickled checkpoint load
   (it runs code when loaded; only a file you trust).
-- ``new_head`` (true): the classifier is new, sized for the data's classes; false keeps the file's head where its
-  shape fits.
+- ``new_head`` (true): the classifier (timm's ``get_classifier()``, torchvision's last Linear) is new, sized for
+  the data's classes; the rest of the head block loads from the file. False keeps the file's classifier where
+  its shape fits.
 - ``image_size``: the side images are resized and cropped to (default: the model's own input size, 224 for most);
   the transforms come from the model's data config (timm's ``resolve_data_config`` / ``create_transform``;
   ImageNet's mean and std for torchvision models).
@@ -79,16 +80,25 @@ def _create(library: str, name: str, num_classes: int, pretrained: bool, image_s
     import torchvision
 
     if not pretrained:
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        try:  # GoogLeNet and Inception v3 train with auxiliary heads unless told not to: one output here
+            return torchvision.models.get_model(name, weights=None, num_classes=num_classes, aux_logits=False)
+        except TypeError:
+            return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     model = torchvision.models.get_model(name, weights="DEFAULT")  # needs the hub: never run here
-    parent, attribute, old = next((p, a, m) for p, a, m in reversed(_linear_layers(model)))
-    setattr(parent, attribute, nn.Linear(old.in_features, num_classes))
+    (path,) = _classifier(model, library)
+    parent, _, attribute = path.rpartition(".")
+    setattr(model.get_submodule(parent), attribute, nn.Linear(model.get_submodule(path).in_features, num_classes))
     return model
 
 
-def _linear_layers(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
-    return [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-            if isinstance(child, nn.Linear)]
+def _classifier(model: nn.Module, library: str) -> list[str]:
+    """The module names of the classifier a new head replaces: timm's ``get_classifier()``, torchvision's last
+    Linear layer. The rest of the head block (a ConvNeXt's head norm, a MobileNet's last conv) keeps its weights."""
+    if library == "timm":
+        heads = model.get_classifier()
+        wanted = {id(head) for head in (heads if isinstance(heads, tuple) else (heads,))}
+        return [name for name, module in model.named_modules() if id(module) in wanted]
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)][-1:]
 
 
 def _data_config(model: nn.Module, library: str, image_size: int | None) -> dict[str, Any]:
@@ -108,16 +118,33 @@ def block_model(model: str, num_classes: int, weights: str | None = None, trust_
     library, name = _library(model)
     try:
         module = _create(library, name, num_classes, weights == "pretrained", image_size)
-    except Exception as err:  # a model that cannot be built this way (e.g. no classifier): one line
+    except Exception as err:  # a model that cannot be built this way, or a download that failed: one line
+        if weights == "pretrained":
+            raise ConfigError("task.options.weights", weights, "pretrained where the model hub is reachable, else "
+                              "a local weights file", problem=one_line(err)) from None
         raise ConfigError("task.options.model", model, _MODEL_ALLOWED, problem=one_line(err)) from None
     size = _data_config(module, library, image_size)["input_size"]
     example = torch.zeros(1, *size)
-    blocks = (timm_blocks if library == "timm" else torchvision_blocks)(module, example)
+    try:
+        blocks = (timm_blocks if library == "timm" else torchvision_blocks)(module, example)
+    except ValueError as err:  # no blocks to read from this model's description
+        raise ConfigError("task.options.model", model, _MODEL_ALLOWED, problem=one_line(err)) from None
     if weights not in (None, "pretrained"):
-        head = {n for n, index in blocks.param_blocks.items() if index == blocks.n_blocks - 1}
-        load_fitting(module, dict(state or read_state_dict(weights, trust_weights)), weights, head.__contains__,
-                     keep_fitting=not new_head)
+        head = tuple(f"{name}." for name in _classifier(module, library))
+        load_fitting(module, dict(state or read_state_dict(weights, trust_weights)), weights,
+                     lambda name: name.startswith(head), keep_fitting=not new_head)
     return blocks
+
+
+def _check_forward(blocks: BlockModel, model: str, image_size: int | None) -> None:
+    """One forward pass on the example input, before any trial: a size the model cannot take fails here."""
+    try:
+        with torch.no_grad():
+            blocks.module.eval()
+            blocks.forward_example()
+    except Exception as err:  # whatever the model raises: bad input, one line
+        raise ConfigError("task.options.image_size", image_size, f"an input size {model} takes (null: its own)",
+                          problem=one_line(err)) from None
 
 
 def _folder(data: Any, split: str, transform: Any, classes: list[str] | None = None) -> Any:
@@ -125,7 +152,7 @@ def _folder(data: Any, split: str, transform: Any, classes: list[str] | None = N
 
     allowed = "a folder with train/<class>/<images> and val/<class>/<images> (the same class folders in both)"
     if not isinstance(data, str):
-        raise ConfigError("task.options.data", data, allowed, problem="not set")
+        raise ConfigError("task.options.data", data, allowed, problem="not set" if data is None else "not a path")
     root = Path(data).expanduser() / split
     if not root.is_dir():
         raise ConfigError("task.options.data", data, allowed, problem=f"no folder {split}/ in it")
@@ -163,6 +190,7 @@ def make_task(model: str = "resnet18", data: str | None = None, weights: str | N
     classes = train_probe.classes
     state = read_state_dict(weights, trust_weights) if weights not in (None, "pretrained") else None
     probe = block_model(model, len(classes), weights, trust_weights, new_head, image_size, state)  # fails here
+    _check_forward(probe, model, image_size)
     config = _data_config(probe.module, library, image_size)
     train_set = _folder(data, "train", create_transform(**config, is_training=augment))
     val_set = _folder(data, "val", create_transform(**config, is_training=False), classes)
