@@ -116,7 +116,7 @@ def test_frozen_weights_and_batchnorm_statistics_do_not_move_and_the_optimizer_h
 
 
 def test_an_augmenting_image_trial_resumes_exactly(folder, tmp_path):
-    task = make_task(model="resnet18", data=str(folder), image_size=32, workers=0, augment=True)
+    task = make_task(model="resnet10t", data=str(folder), image_size=32, workers=0, augment=True)
     cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, freeze_stop=2, seed=3)
     straight = list(Trial(task, cfg).epochs())
     first = Trial(task, cfg)
