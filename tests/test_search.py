@@ -116,6 +116,7 @@ def test_gpu_fractions_from_the_config_pack_trials_onto_logical_gpus(ray_runtime
     assert {c.data.tags["mem_source"] for c in children} == {"model"}  # a GPU share, but trained on the CPU
 
 
+@pytest.mark.slow  # 10-15 s each: the fast suite's own searches cover the default space
 @pytest.mark.parametrize("space", [p for p in SPACES if p.name != "digits_freeze.yaml"], ids=lambda p: p.name)
 def test_every_search_space_file_smoke_runs(ray_runtime, tmp_path, space):
     code, uri = _search(tmp_path, "--space", str(space))
@@ -272,6 +273,7 @@ def test_multi_objective_search_runs_every_trial_to_the_end_and_reports_that_fro
     assert "Frontier over score (max), peak_mem_mb (min)" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # 13 s; sharing prefixes between trials is tested without Ray in test_train.py
 def test_a_grid_search_runs_each_combination_once_per_sample_and_trials_share_prefixes(ray_runtime, tmp_path,
                                                                                           capsys):
     code, uri = _search(tmp_path, "--set", "search.algorithm=grid", "--set", "space.lr=0.001", "--num-samples", "2",
