@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -105,3 +106,36 @@ def torchvision_blocks(model: nn.Module, example_input: Any) -> BlockModel:
     if stem:
         groups.insert(0, ("stem", stem))
     return from_param_groups(model, groups, example_input)
+
+
+def encoder_blocks(model: nn.Module, example_input: Any) -> BlockModel:
+    """A Hugging Face encoder classifier's blocks from its own structure: its base model (``base_model``) holds a
+    list of layers (the largest ModuleList in it: ``bert.encoder.layer``, ``distilbert.transformer.layer``, ...);
+    what the base holds before or beside that list (word and position embeddings, their norm, DeBERTa's relative
+    position table) is the ``embeddings`` block, each layer a block, and what comes after the list or outside the
+    base (a pooler, ``pre_classifier``, the classifier) the head. Cut points ``embeddings`` and ``backbone``."""
+    base = getattr(model, "base_model", model)
+    prefix = next((f"{name}." for name, module in model.named_modules() if module is base and name), "")
+    lists = [(name, module) for name, module in base.named_modules() if isinstance(module, nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(model).__name__} has no list of layers to freeze")
+    list_name, layers = max(lists, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+    container = list_name.rpartition(".")[0]  # e.g. encoder: its other parameters go with the embeddings
+    children = [name for name, _ in base.named_children()]
+    holder = container.split(".")[0] if container else list_name.split(".")[0]
+    before = set(children[:children.index(holder)]) | {holder}
+    groups: list[tuple[str, list[str]]] = [("embeddings", [])]
+    groups += [(f"{prefix}{list_name}.{i}", []) for i in range(len(layers))]
+    groups.append(("head", []))
+    for name, _ in model.named_parameters():
+        local = name[len(prefix):] if name.startswith(prefix) else None
+        if local is not None and local.startswith(f"{list_name}."):
+            groups[1 + int(local[len(list_name) + 1:].split(".")[0])][1].append(name)
+        elif local is not None and local.split(".")[0] in before:
+            groups[0][1].append(name)
+        else:
+            groups[-1][1].append(name)
+    block_model = from_param_groups(model, groups, example_input, {"embeddings": 1})
+    cuts = dict(block_model.cut_points)
+    cuts.pop("stem", None)
+    return dataclasses.replace(block_model, cut_points=cuts)

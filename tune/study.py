@@ -17,7 +17,7 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -246,7 +246,9 @@ class Study:
             block_model.module.load_state_dict(load_checkpoint(directory)["model"])
         block_model.module.eval()
         parent_id = self.tracker.parent_run_id
-        uri = self.tracker.log_model(parent_id, block_model.module, block_model.example_input.numpy(),
+        example = block_model.example_input  # keyword tensors (a text model) give no input example
+        uri = self.tracker.log_model(parent_id, block_model.module,
+                                     None if isinstance(example, Mapping) else example.numpy(),
                                      Path(tune.__file__).parent)
         self.tracker.set_tags(parent_id, {"recommended_model_uri": uri})
         self.say(f"Recommended model (trial {chosen}, its best epoch): {uri}")

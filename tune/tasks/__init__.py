@@ -14,7 +14,7 @@ from tune.tasks.base import BlockModel, Task
 __all__ = ["BUILTIN_TASKS", "BlockModel", "Task", "absolute_paths", "load_block_model", "load_task"]
 
 BUILTIN_TASKS = {"digits": "tune.tasks.digits:make_task", "image": "tune.tasks.image:make_task",
-                 "yolo": "tune.tasks.yolo:make_task"}
+                 "text": "tune.tasks.text:make_task", "yolo": "tune.tasks.yolo:make_task"}
 
 _ALLOWED = f"a built-in task ({', '.join(BUILTIN_TASKS)}) or an import path package.module:function"
 

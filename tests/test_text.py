@@ -1,0 +1,213 @@
+"""The text task: blocks read from Hugging Face encoders, a tokenizer and a tiny model the tests train and save
+as a user's model folder would be, CSV / JSON Lines data the tests write."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from tune.config import TrainConfig
+from tune.errors import ConfigError
+from tune.train import Trial
+
+transformers = pytest.importorskip("transformers", reason="the text task needs transformers (pip install -e "
+                                                          "'.[text]')")
+pytest.importorskip("datasets", reason="the text task reads its files with datasets")
+
+GOOD = ["great", "lovely", "superb", "fine", "brilliant", "warm"]
+BAD = ["awful", "dull", "poor", "grim", "broken", "cold"]
+NOUNS = ["film", "meal", "book", "song", "trip", "room", "show"]
+
+
+def sentences(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` labelled sentences: the label says whether a good or a bad word is in it."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(["pos", "neg"])
+        word = rng.choice(GOOD if label == "pos" else BAD)
+        rows.append((f"the {rng.choice(NOUNS)} was {word} and the {rng.choice(NOUNS)} too", label))
+    return rows
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> str:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return str(path)
+
+
+CONFIGS = {
+    "bert": lambda vocab: transformers.BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=3,
+                                                  num_attention_heads=2, intermediate_size=64),
+    "roberta": lambda vocab: transformers.RobertaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2,
+                                                        num_attention_heads=2, intermediate_size=64,
+                                                        max_position_embeddings=80, pad_token_id=0),
+    "distilbert": lambda vocab: transformers.DistilBertConfig(vocab_size=vocab, dim=32, n_layers=4, n_heads=2,
+                                                              hidden_dim=64),
+}
+
+
+def model_folder(root: Path, family: str) -> str:
+    """A user's model folder: a WordPiece tokenizer trained on the tests' own sentences, a tiny encoder built from
+    its config, both saved with save_pretrained."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer.train_from_iterator([text for text, _ in sentences(300)], trainers.WordPieceTrainer(
+        vocab_size=200, special_tokens=specials))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
+                                                cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    folder = root / family
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = CONFIGS[family](fast.vocab_size)
+    transformers.AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("text")
+    rows = sentences(240, seed=1)
+    return {"model": model_folder(root, "bert"), "data": write_csv(root / "train.csv", rows[:160]),
+            "val_data": write_csv(root / "val.csv", rows[160:]), "root": str(root)}
+
+
+@pytest.mark.parametrize("family", list(CONFIGS))
+def test_encoder_blocks_are_embeddings_each_layer_and_the_head(tmp_path, family):
+    from tune.tasks.text import block_model
+
+    block_model_ = block_model(model_folder(tmp_path, family), 3, max_length=16)
+    module = block_model_.module
+    base = module.base_model_prefix
+    layers = {"bert": "encoder.layer", "roberta": "encoder.layer", "distilbert": "transformer.layer"}[family]
+    n_layers = len(module.get_submodule(f"{base}.{layers}"))
+    assert block_model_.block_names == ["embeddings", *(f"{base}.{layers}.{i}" for i in range(n_layers)), "head"]
+    groups: list[set[str]] = [set() for _ in range(block_model_.n_blocks)]
+    for name, index in block_model_.param_blocks.items():
+        groups[index].add(name)
+    names = [n for n, _ in module.named_parameters()]
+    assert groups[0] == {n for n in names if n.startswith(f"{base}.embeddings.")}
+    for i in range(n_layers):
+        assert groups[1 + i] == {n for n in names if n.startswith(f"{base}.{layers}.{i}.")}
+    outside = {n for n in names if not n.startswith(f"{base}.embeddings.") and not n.startswith(f"{base}.{layers}.")}
+    assert groups[-1] == outside and any("classifier" in n for n in outside)
+    assert block_model_.named_cut_points() == {"none": 0, "embeddings": 1, "backbone": n_layers + 1,
+                                               "all_but_head": n_layers + 1}
+
+
+def test_a_text_trial_freezes_exactly_its_layers_and_resumes_exactly(files, tmp_path):
+    from tune.tasks.text import make_task
+
+    task = make_task(model=files["model"], data=files["data"], val_data=files["val_data"], max_length=16)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=3e-3, freeze_stop=2, seed=1)
+    trial = Trial(task, cfg)
+    frozen = {n for n, i in trial.frozen.block_model.param_blocks.items() if i < 2}
+    before = {n: p.detach().clone() for n, p in trial.model.named_parameters()}
+    in_optimizer = {id(p) for group in trial.optimizer.param_groups for p in group["params"]}
+    assert in_optimizer == {id(p) for n, p in trial.model.named_parameters() if n not in frozen}
+    straight = list(trial.epochs())
+    after = dict(trial.model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in frozen)
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+    assert {"val_accuracy", "val_macro_f1", "val_loss"} <= set(straight[-1])
+    first = Trial(task, cfg)
+    head = [next(first.epochs())]
+    torch.save(first.state_dict(), tmp_path / "trial.pt")
+    resumed = Trial(task, cfg)
+    resumed.load_state_dict(torch.load(tmp_path / "trial.pt", weights_only=True))
+    for want, have in zip(straight, head + list(resumed.epochs()), strict=True):
+        assert have["train_loss"] == pytest.approx(want["train_loss"], rel=1e-6)
+        assert have["val_accuracy"] == want["val_accuracy"]
+
+
+def test_the_model_learns_the_sentences(files):
+    from tune.tasks.text import make_task
+
+    task = make_task(model=files["model"], data=files["data"], val_data=files["val_data"], max_length=16)
+    metrics = list(Trial(task, TrainConfig(epochs=6, batch_size=16, lr=3e-3, seed=0)).epochs())
+    assert metrics[-1]["val_accuracy"] > 0.8, [m["val_accuracy"] for m in metrics]
+
+
+def test_json_lines_and_a_split_of_one_file(files, tmp_path):
+    from tune.tasks.text import make_task
+
+    path = tmp_path / "all.jsonl"
+    path.write_text("".join(json.dumps({"review": t, "stars": 5 if label == "pos" else 1}) + "\n"
+                            for t, label in sentences(100, seed=3)))
+    task = make_task(model=files["model"], data=str(path), text_column="review", label_column="stars",
+                     val_fraction=0.25, max_length=16)
+    assert (len(task.train_data), len(task.val_data)) == (75, 25)
+    assert set(task.train_data.tensors["labels"].tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"data": "missing.csv"}, "task.options.data: got 'missing.csv' (no such file)"),
+    ({"text_column": "body"}, "task.options.text_column: got 'body' (no such column); allowed: a column of data"),
+    ({"label_column": "stars"}, "task.options.label_column: got 'stars' (no such column)"),
+    ({"one_class": True}, "task.options.label_column: got 'label' (one label in data: 'pos')"),
+    ({"no_tokenizer": True}, "task.options.model: got '{m}' (no tokenizer in it (tokenizer.json"),
+])
+def test_bad_text_options_are_one_line(files, tmp_path, change, expected):
+    from tune.tasks.text import make_task
+
+    options = {"model": files["model"], "data": files["data"], "val_data": files["val_data"], "max_length": 16}
+    if change.pop("one_class", False):
+        options["data"] = write_csv(tmp_path / "one.csv", [(t, "pos") for t, _ in sentences(20)])
+    if change.pop("no_tokenizer", False):
+        bare = tmp_path / "bare"
+        transformers.AutoModelForSequenceClassification.from_pretrained(files["model"]).save_pretrained(bare)
+        options["model"] = str(bare)
+    options.update(change)
+    with pytest.raises(ConfigError) as caught:
+        make_task(**options)
+    message = str(caught.value)
+    assert message.startswith(expected.format(m=options["model"])), message
+    assert "\n" not in message and "allowed:" in message
+
+
+@pytest.mark.slow
+def test_the_text_space_smoke_runs_with_nested_mlflow_runs(ray_runtime, files, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    import run_search
+
+    space = Path(run_search.__file__).resolve().parent / "search_spaces" / "text_freeze.yaml"
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [f"task.options.model={files['model']}", f"task.options.data={files['data']}",
+            f"task.options.val_data={files['val_data']}", "task.options.max_length=16",
+            "space.lr={type: float, low: 1.0e-3, high: 3.0e-3, log: true}"]
+    code = run_search.main(["--space", str(space), "--smoke-test", "--tracking-uri", uri,
+                            *(part for value in sets for part in ("--set", value))])
+    assert code == 0
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("text_freeze").experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and len(children) == 4
+    for child in children:
+        assert child.info.status == "FINISHED"
+        history = client.get_metric_history(child.info.run_id, "val_macro_f1")
+        assert history and [m.step for m in history] == list(range(1, len(history) + 1))
+    assert parent.data.tags.get("recommended_model_uri", "").startswith("models:/")
+
+
+def test_layers_lists_an_encoders_blocks_from_its_folder(files, capsys):
+    import run_search
+
+    space = Path(run_search.__file__).resolve().parent / "search_spaces" / "text_freeze.yaml"
+    assert run_search.main(["layers", "--space", str(space), "--set", f"task.options.model={files['model']}"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit() and "%" in line]
+    assert [row[1] for row in rows] == ["embeddings", *(f"bert.encoder.layer.{i}" for i in range(3)), "head"]
+    assert "freeze: 1 (embeddings)" in out
