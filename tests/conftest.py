@@ -92,6 +92,19 @@ def first_epoch(trial) -> dict:
     return seen[0]
 
 
+def parent_and_children(uri: str, experiment: str) -> tuple[object, list]:
+    """The one parent run of ``experiment`` in the MLflow store ``uri`` and its nested trial runs."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == len(runs) - 1
+    return parents[0], children
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as probe:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import parent_and_children
 from mlflow import MlflowClient
 
 import run_search
@@ -246,9 +247,7 @@ def test_the_image_space_smoke_runs_with_nested_mlflow_runs(ray_runtime, folder,
                             "--set", "task.options.workers=1", "--set", "train.batch_size=16"])
     assert code == 0
     client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name("image_freeze").experiment_id])
-    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    parent, children = parent_and_children(uri, "image_freeze")
     assert parent.info.status == "FINISHED" and len(children) == 4
     assert all(c.info.status == "FINISHED" for c in children)
     for child in children:

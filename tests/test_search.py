@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, parent_and_children
 from mlflow.tracking import MlflowClient
 
 import run_search
@@ -34,13 +34,7 @@ def _search(tmp_path: Path, *args: str) -> tuple[int, str]:
 
 
 def _runs(uri: str, experiment: str) -> tuple[object, list]:
-    client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(children) == len(runs) - 1
-    return parents[0], children
+    return parent_and_children(uri, experiment)
 
 
 def _overlap(children: list) -> int:

@@ -177,6 +177,7 @@ def test_bad_text_options_are_one_line(files, tmp_path, change, expected):
 
 @pytest.mark.slow
 def test_the_text_space_smoke_runs_with_nested_mlflow_runs(ray_runtime, files, tmp_path, monkeypatch):
+    from conftest import parent_and_children
     from mlflow import MlflowClient
 
     import run_search
@@ -191,9 +192,7 @@ def test_the_text_space_smoke_runs_with_nested_mlflow_runs(ray_runtime, files, t
                             *(part for value in sets for part in ("--set", value))])
     assert code == 0
     client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name("text_freeze").experiment_id])
-    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    parent, children = parent_and_children(uri, "text_freeze")
     assert parent.info.status == "FINISHED" and len(children) == 4
     for child in children:
         assert child.info.status == "FINISHED"
