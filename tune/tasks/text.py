@@ -95,6 +95,7 @@ def block_model(model: str, num_labels: int, max_length: int = 128) -> BlockMode
     from transformers.utils import logging
 
     logging.set_verbosity_error()  # "some weights were newly initialised": the new head, as intended
+    logging.disable_progress_bar()  # a bar per model built, in every trial's log
     try:
         module = AutoModelForSequenceClassification.from_pretrained(model, num_labels=num_labels,
                                                                     ignore_mismatched_sizes=True)
