@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -28,11 +27,12 @@ __all__ = ["from_param_groups", "timm_blocks", "torchvision_blocks"]
 
 
 def from_param_groups(module: nn.Module, groups: Sequence[tuple[str, Sequence[str]]], example_input: Any,
-                      cut_points: Mapping[str, int] | None = None) -> BlockModel:
-    """A BlockModel from ordered (block name, parameter names) groups; ``stem`` (1) and ``backbone`` (everything
-    before the last group, the head) are named cut points beside ``cut_points``."""
+                      cut_points: Mapping[str, int] | None = None, first: str = "stem") -> BlockModel:
+    """A BlockModel from ordered (block name, parameter names) groups; ``first`` (1: the first group, ``stem``
+    unless told) and ``backbone`` (everything before the last group, the head) are named cut points beside
+    ``cut_points``."""
     mapping = {name: index for index, (_, names) in enumerate(groups) for name in names}
-    cuts = {"stem": 1, **(cut_points or {}), "backbone": len(groups) - 1}
+    cuts = {first: 1, **(cut_points or {}), "backbone": len(groups) - 1}
     return BlockModel(module=module, param_blocks=mapping, block_names=[name for name, _ in groups],
                       cut_points=cuts, example_input=example_input)
 
@@ -135,7 +135,4 @@ def encoder_blocks(model: nn.Module, example_input: Any) -> BlockModel:
             groups[0][1].append(name)
         else:
             groups[-1][1].append(name)
-    block_model = from_param_groups(model, groups, example_input, {"embeddings": 1})
-    cuts = dict(block_model.cut_points)
-    cuts.pop("stem", None)
-    return dataclasses.replace(block_model, cut_points=cuts)
+    return from_param_groups(model, groups, example_input, first="embeddings")

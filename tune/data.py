@@ -13,7 +13,7 @@ instead (``Task.train_loader(batch_size, epoch, seed)``); it then owns that prom
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -104,10 +104,3 @@ def materialize(data: Dataset | Sequence, num_workers: int = 0) -> tuple[torch.T
         inputs.append(x)
         targets.append(torch.as_tensor(y))
     return torch.cat(inputs), torch.cat(targets)
-
-
-def own_loader(make: Callable[[int, int, int], Iterable[Batch]], batch_size: int, epoch: int, seed: int,
-               device: torch.device) -> Iterator[Batch]:
-    """Batches of a task's own training loader (``Task.train_loader``), on ``device``."""
-    for batch in make(batch_size, epoch, seed):
-        yield to_device(batch, device)

@@ -122,8 +122,7 @@ class BlockModel:
 
         def visit(module: nn.Module) -> None:
             children = [(child, {owner[id(p)] for p in child.parameters()}) for child in module.children()]
-            with_params = [next(iter(owners)) for _, owners in children if len(owners) == 1]
-            previous = with_params[0] if with_params else None
+            previous = next((next(iter(owners)) for _, owners in children if len(owners) == 1), None)
             for child, owners in children:
                 if len(owners) == 1:
                     previous = next(iter(owners))

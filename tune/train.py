@@ -108,8 +108,9 @@ class Trial:
         dropout) depend on (seed, epoch) only."""
         seed = self.cfg.seed
         data.seed_epoch(seed, epoch)
-        if self.task.train_loader is not None and not self.cached_features:
-            return data.own_loader(self.task.train_loader, self.cfg.batch_size, epoch, seed, self.device)
+        if self.task.train_loader is not None:  # the task's own batches (never with a cached prefix: blocker)
+            return (data.to_device(batch, self.device) for batch in self.task.train_loader(self.cfg.batch_size,
+                                                                                             epoch, seed))
         n = len(self.train_set[0]) if data.is_tensor_pair(self.train_set) else len(self.train_set)
         return data.batches(self.train_set, self.cfg.batch_size, self.device, order=data.epoch_order(n, seed, epoch),
                             num_workers=self.task.num_workers, seed=data.epoch_seed(seed, epoch, data.WORKERS))

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tune.errors import ConfigError
 from tune.freeze import BlockModel  # the block vocabulary is the freeze engine's; tasks build it
 
-__all__ = ["BlockModel", "Task", "classification_metrics"]
+__all__ = ["BlockModel", "Task", "check_option", "classification_metrics"]
 
 
 Metrics = dict[str, float]
@@ -74,6 +75,12 @@ class Task:
             return self.training_step(model, batch)
         inputs, targets = batch
         return self.loss(model(inputs), targets)
+
+
+def check_option(key: str, value: Any, ok: bool, allowed: str) -> None:
+    """A task option's check: unless ``ok``, the one-line ConfigError naming ``task.options.<key>``."""
+    if not ok:
+        raise ConfigError(f"task.options.{key}", value, allowed)
 
 
 @torch.no_grad()

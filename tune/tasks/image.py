@@ -37,7 +37,7 @@ from torch import nn
 
 from tune.blocks import timm_blocks, torchvision_blocks
 from tune.errors import ConfigError, one_line
-from tune.tasks.base import BlockModel, Task, classification_metrics
+from tune.tasks.base import BlockModel, Task, check_option, classification_metrics
 from tune.weights import load_fitting, read_state_dict
 
 __all__ = ["block_model", "layers_model", "make_task", "write_example"]
@@ -168,31 +168,26 @@ def _folder(data: Any, split: str, transform: Any, classes: list[str] | None = N
     return folder
 
 
-def _check(key: str, value: Any, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"task.options.{key}", value, allowed)
-
-
 def make_task(model: str = "resnet18", data: str | None = None, weights: str | None = None,
               trust_weights: bool = False, new_head: bool = True, image_size: int | None = None,
               augment: bool = True, workers: int = 2) -> Task:
     for key, value in (("trust_weights", trust_weights), ("new_head", new_head), ("augment", augment)):
-        _check(key, value, isinstance(value, bool), "true or false")
-    _check("image_size", image_size, image_size is None or (type(image_size) is int and image_size >= 16),
-           "an integer >= 16, or null for the model's own input size")
-    _check("workers", workers, type(workers) is int and workers >= 0, "an integer >= 0")
-    _check("weights", weights, weights is None or isinstance(weights, str),
-           "a weights file, pretrained (downloads: needs the model hub), or null")
+        check_option(key, value, isinstance(value, bool), "true or false")
+    check_option("image_size", image_size, image_size is None or (type(image_size) is int and image_size >= 16),
+                 "an integer >= 16, or null for the model's own input size")
+    check_option("workers", workers, type(workers) is int and workers >= 0, "an integer >= 0")
+    check_option("weights", weights, weights is None or isinstance(weights, str),
+                 "a weights file, pretrained (downloads: needs the model hub), or null")
     library, _ = _library(model)
     from timm.data import create_transform
 
-    train_probe = _folder(data, "train", None)
-    classes = train_probe.classes
+    train_set = _folder(data, "train", None)  # scanned once; its transform comes from the model below
+    classes = train_set.classes
     state = read_state_dict(weights, trust_weights) if weights not in (None, "pretrained") else None
     probe = block_model(model, len(classes), weights, trust_weights, new_head, image_size, state)  # fails here
     _check_forward(probe, model, image_size)
     config = _data_config(probe.module, library, image_size)
-    train_set = _folder(data, "train", create_transform(**config, is_training=augment))
+    train_set.transform = create_transform(**config, is_training=augment)
     val_set = _folder(data, "val", create_transform(**config, is_training=False), classes)
 
     def build() -> BlockModel:  # a fresh model each time; its new head seeded by the trial (tune.train.Trial)

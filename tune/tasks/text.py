@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from tune.blocks import encoder_blocks
 from tune.errors import ConfigError, one_line
-from tune.tasks.base import BlockModel, Task
+from tune.tasks.base import BlockModel, Task, check_option
 
 __all__ = ["TokenizedSet", "block_model", "layers_model", "make_task", "text_metrics"]
 
@@ -44,11 +44,6 @@ class TokenizedSet(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {key: value[index] for key, value in self.tensors.items()}
-
-
-def _option(key: str, value: Any, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"task.options.{key}", value, allowed)
 
 
 def _read(key: str, path: Any) -> Any:
@@ -131,15 +126,15 @@ def _tokenize(tokenizer: Any, table: Any, text_column: Sequence[str], labels: Se
 def make_task(model: str | None = None, data: str | None = None, val_data: str | None = None,
               text_column: str | list[str] = "text", label_column: str = "label", max_length: int = 128,
               val_fraction: float = 0.2, split_seed: int = 0, workers: int = 0) -> Task:
-    _option("model", model, isinstance(model, str) and bool(model), "a model folder or a hub name")
+    check_option("model", model, isinstance(model, str) and bool(model), "a model folder or a hub name")
     columns = [text_column] if isinstance(text_column, str) else text_column
-    _option("text_column", text_column, isinstance(columns, list) and 1 <= len(columns) <= 2
-            and all(isinstance(c, str) for c in columns), "a column name, or a list of two for sentence pairs")
-    _option("label_column", label_column, isinstance(label_column, str), "a column name")
-    _option("max_length", max_length, type(max_length) is int and max_length >= 8, "an integer >= 8")
-    _option("val_fraction", val_fraction, isinstance(val_fraction, float) and 0 < val_fraction < 1,
-            "a float in (0, 1)")
-    _option("workers", workers, type(workers) is int and workers >= 0, "an integer >= 0")
+    check_option("text_column", text_column, isinstance(columns, list) and 1 <= len(columns) <= 2
+                 and all(isinstance(c, str) for c in columns), "a column name, or a list of two for sentence pairs")
+    check_option("label_column", label_column, isinstance(label_column, str), "a column name")
+    check_option("max_length", max_length, type(max_length) is int and max_length >= 8, "an integer >= 8")
+    check_option("val_fraction", val_fraction, isinstance(val_fraction, float) and 0 < val_fraction < 1,
+                 "a float in (0, 1)")
+    check_option("workers", workers, type(workers) is int and workers >= 0, "an integer >= 0")
     train = _read("data", data)
     _columns(train, "data", columns, label_column)
     if val_data is None:
@@ -200,5 +195,5 @@ def layers_model(options: Mapping[str, Any]) -> BlockModel:
     """The block model for ``run_search.py layers``: the model folder alone (two labels: only the classifier's
     size depends on the data)."""
     model = options.get("model")
-    _option("model", model, isinstance(model, str) and bool(model), "a model folder or a hub name")
+    check_option("model", model, isinstance(model, str) and bool(model), "a model folder or a hub name")
     return block_model(model, 2, int(options.get("max_length", 128)))
