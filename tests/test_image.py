@@ -175,6 +175,9 @@ def test_a_new_head_replaces_the_classifier_only(folder, tmp_path, model, classi
     from tune.tasks.image import block_model
 
     source = block_model(model, 1000).module
+    with torch.no_grad():  # off their initial values (a norm starts at ones either way): a reload is seen
+        for param in source.parameters():
+            param.add_(torch.rand_like(param))
     torch.save(source.state_dict(), tmp_path / "w.pt")
     loaded = make_task(model=model, data=str(folder), weights=str(tmp_path / "w.pt"), image_size=32,
                        workers=0).build_model().module.state_dict()
