@@ -4,6 +4,7 @@ as a user's model folder would be, CSV / JSON Lines data the tests write."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -105,12 +106,14 @@ def test_encoder_blocks_are_embeddings_each_layer_and_the_head(tmp_path, family)
                                                "all_but_head": n_layers + 1}
 
 
-def test_a_text_trial_freezes_exactly_its_layers_and_resumes_exactly(files, tmp_path):
+@pytest.mark.parametrize("prefix_cache", ["auto", "off"])
+def test_a_text_trial_freezes_exactly_its_layers_and_resumes_exactly(files, tmp_path, prefix_cache):
     from tune.tasks.text import make_task
 
     task = make_task(model=files["model"], data=files["data"], val_data=files["val_data"], max_length=16)
-    cfg = TrainConfig(epochs=2, batch_size=16, lr=3e-3, freeze_stop=2, seed=1)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=3e-3, freeze_stop=2, seed=1, prefix_cache=prefix_cache)
     trial = Trial(task, cfg)
+    assert trial.prefix_cache == ("on" if prefix_cache == "auto" else "off: off in the config")
     frozen = {n for n, i in trial.frozen.block_model.param_blocks.items() if i < 2}
     before = {n: p.detach().clone() for n, p in trial.model.named_parameters()}
     in_optimizer = {id(p) for group in trial.optimizer.param_groups for p in group["params"]}
@@ -128,6 +131,46 @@ def test_a_text_trial_freezes_exactly_its_layers_and_resumes_exactly(files, tmp_
     for want, have in zip(straight, head + list(resumed.epochs()), strict=True):
         assert have["train_loss"] == pytest.approx(want["train_loss"], rel=1e-6)
         assert have["val_accuracy"] == want["val_accuracy"]
+
+
+DEBERTA = {"deberta": {}, "deberta_conv": {"conv_kernel_size": 3}}  # the conv reads the embeddings' output too
+
+
+def _deberta(vocab: int, **extra) -> transformers.PretrainedConfig:
+    return transformers.DebertaV2Config(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=64, relative_attention=True, position_buckets=8,
+                                        max_relative_positions=16, pos_att_type=["p2c", "c2p"],
+                                        norm_rel_ebd="layer_norm", **extra)
+
+
+@pytest.mark.parametrize("family", [*CONFIGS, *DEBERTA])
+def test_the_cache_trains_an_encoder_as_the_whole_model_does_or_says_why_not(files, tmp_path, monkeypatch, family):
+    from tune.tasks.text import make_task
+
+    if family in DEBERTA:
+        monkeypatch.setitem(CONFIGS, family, lambda vocab: _deberta(vocab, **DEBERTA[family]))
+    task = make_task(model=model_folder(tmp_path, family), data=files["data"], val_data=files["val_data"],
+                     max_length=16)
+    n_blocks = task.build_model().n_blocks
+    for stop in (1, 2, n_blocks - 1):  # the embeddings, one layer more, all but the head
+        cfg = TrainConfig(epochs=2, batch_size=16, lr=3e-3, freeze_stop=stop, seed=2, optimizer="adamw")
+        cached, whole = Trial(task, cfg), Trial(task, dataclasses.replace(cfg, prefix_cache="off"))
+        if family == "deberta_conv":  # the conv after the first layer reads the embeddings' output
+            assert cached.prefix_cache.startswith("off: ") and "embeddings" in cached.prefix_cache, stop
+            assert cached.net is cached.model
+            continue
+        assert cached.prefix_cache == "on", stop
+        assert cached.cached_features[0].shape[:2] == (160, 16)
+        for a, b in zip(cached.epochs(), whole.epochs(), strict=True):
+            for key in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1"):
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (stop, key)
+        frozen = {n for n, i in cached.frozen.block_model.param_blocks.items() if i < stop}
+        for (name, p), (_, q), (_, initial) in zip(cached.model.named_parameters(), whole.model.named_parameters(),
+                                                   task.build_model().module.named_parameters(), strict=True):
+            if name in frozen:
+                assert torch.equal(p, initial) and torch.equal(q, initial), name
+            else:
+                assert torch.allclose(p, q, atol=1e-6), name
 
 
 def test_the_model_learns_the_sentences(files):

@@ -117,10 +117,11 @@ def test_trials_with_the_same_prefix_share_its_outputs_and_train_exactly_as_alon
     block_model = tiny_task.build_model()
     prefix = torch.nn.Sequential(*block_model.blocks[:2])
     x = tiny_task.train_data[0]
-    keys = {shared.key(prefix, 2, x), shared.key(prefix, 1, x), shared.key(prefix, 2, x + 1)}
+    weights = prefix.state_dict().items()
+    keys = {shared.key(weights, 2, x), shared.key(weights, 1, x), shared.key(weights, 2, x + 1)}
     with torch.no_grad():
         block_model.blocks[0][0].weight.add_(1)
-    keys.add(shared.key(prefix, 2, x))
+    keys.add(shared.key(prefix.state_dict().items(), 2, x))
     assert len(keys) == 4
     assert len(list((tmp_path / "prefix_cache").glob("*.pt"))) == 2
     assert not list((tmp_path / "prefix_cache").glob(".*.tmp"))  # written whole, renamed into place
@@ -152,7 +153,9 @@ def _dropout_task() -> Task:
     ("tiny", {"freeze_stop": 2, "frozen_bn": "train"}, "frozen BatchNorm updates its statistics (frozen_bn: train)"),
     ("tiny", {"freeze_stop": 2, "prefix_cache": "off"}, "off in the config"),
     ("augmenting", {"freeze_stop": 2}, "the task augments its inputs"),
-    ("dropout", {"freeze_stop": 1}, "dropout in the frozen prefix"),
+    ("dropout", {"freeze_stop": 1, "frozen_dropout": "train"}, "dropout in the frozen prefix (frozen_dropout: train)"),
+    ("tiny", {"freeze_stop": 2, "prefix_cache_max_mb": 0.001}, "the cached training outputs would take 0 MB "
+                                                                "(train.prefix_cache_max_mb: 0.001)"),
     ("linear", {"freeze_stop": 1}, "the model is not a plain sequence of blocks"),
 ])
 def test_the_cache_turns_itself_off_where_it_would_not_be_exact(tiny_task, task_factory, changes, reason):
@@ -161,6 +164,20 @@ def test_the_cache_turns_itself_off_where_it_would_not_be_exact(tiny_task, task_
     trial = Trial(task, dataclasses.replace(TrainConfig(epochs=1), **changes))
     assert trial.prefix_cache == f"off: {reason}"
     assert next(trial.epochs())["prefix_cache"] == f"off: {reason}"
+
+
+def test_frozen_dropout_is_off_by_default_so_the_cache_trains_as_the_whole_model_does():
+    task = _dropout_task()
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, freeze_stop=1, seed=3)
+    cached, whole = Trial(task, cfg), Trial(task, dataclasses.replace(cfg, prefix_cache="off"))
+    assert cached.prefix_cache == "on"
+    whole.frozen.train_mode()
+    assert not whole.model.blocks[0][1].training and whole.model.blocks[1].training
+    for a, b in zip(cached.epochs(), whole.epochs(), strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+    dropping = Trial(task, dataclasses.replace(cfg, frozen_dropout="train", prefix_cache="off"))
+    dropping.frozen.train_mode()
+    assert dropping.model.blocks[0][1].training
 
 
 @pytest.mark.parametrize(("optimizer", "freeze_stop", "prefix_cache"),

@@ -51,7 +51,9 @@ class TrainConfig:
     freeze_start: int | str = 0  # with freeze_stop: blocks [freeze_start, freeze_stop)
     freeze_stop: int | str | None = None
     frozen_bn: str = "eval"  # eval: frozen BatchNorm keeps its statistics; train: they drift (YOLOv5's train.py)
+    frozen_dropout: str = "eval"  # eval: no dropout / stochastic depth in frozen blocks; train: as model.train()
     prefix_cache: str = "auto"  # auto: compute a frozen prefix's outputs once when that is exact; off: never
+    prefix_cache_max_mb: float = 4096.0  # no cache where the cached outputs would take more memory than this
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
@@ -156,7 +158,9 @@ _TRAIN_RULES: dict[str, _Rule] = {
     "freeze_stop": (lambda v: _freeze_value(v) and not isinstance(v, (list, tuple)),
                     "a block index, a cut-point name, or null"),
     "frozen_bn": _one_of("eval", "train"),
+    "frozen_dropout": _one_of("eval", "train"),
     "prefix_cache": _one_of("auto", "off"),
+    "prefix_cache_max_mb": _float_at_least(0.0),
     "seed": _int_at_least(0),
     "device": (lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
                "auto, cpu, cuda or cuda:N"),

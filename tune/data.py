@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 __all__ = ["batch_size_of", "batches", "epoch_order", "epoch_seed", "is_tensor_pair", "materialize", "seed_epoch",
-           "to_device"]
+           "stacked", "to_device"]
 
 Batch = Any
 
@@ -104,3 +104,12 @@ def materialize(data: Dataset | Sequence, num_workers: int = 0) -> tuple[torch.T
         inputs.append(x)
         targets.append(torch.as_tensor(y))
     return torch.cat(inputs), torch.cat(targets)
+
+
+def stacked(data: Dataset) -> dict[str, torch.Tensor]:
+    """A dataset of mapping samples as one tensor per key, in its own order (what a cache key hashes)."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    for batch in batches(data, 256, torch.device("cpu")):
+        for key, value in batch.items():
+            parts.setdefault(key, []).append(torch.as_tensor(value))
+    return {key: torch.cat(values) for key, values in parts.items()}

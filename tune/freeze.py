@@ -8,7 +8,9 @@ Semantics (the YOLOv5 / Ultralytics ones, kept exactly):
 
 Frozen parameters get ``requires_grad=False`` and are left out of the optimizer. Frozen BatchNorm layers stay
 in eval mode by default so their running statistics do not drift; ``frozen_bn="train"`` lets them update, as
-YOLOv5's train.py does.
+YOLOv5's train.py does. The rest of the frozen blocks runs in eval mode too by default (no dropout, no stochastic
+depth, no attention dropout: the frozen part is a fixed feature extractor); ``frozen_dropout="train"`` leaves it
+in training mode as ``model.train()`` would.
 """
 
 from __future__ import annotations
@@ -322,17 +324,23 @@ def _count(params: Iterable[nn.Parameter]) -> int:
 class FrozenModel:
     """A block model with a freeze applied. Call ``train_mode()`` instead of ``module.train()``."""
 
-    def __init__(self, block_model: BlockModel, spec: FreezeSpec, frozen_bn: str = "eval") -> None:
-        if frozen_bn not in ("eval", "train"):
-            raise ConfigError("frozen_bn", frozen_bn, "eval or train")
+    def __init__(self, block_model: BlockModel, spec: FreezeSpec, frozen_bn: str = "eval",
+                 frozen_dropout: str = "eval") -> None:
+        for key, value in (("frozen_bn", frozen_bn), ("frozen_dropout", frozen_dropout)):
+            if value not in ("eval", "train"):
+                raise ConfigError(key, value, "eval or train")
         self.block_model = block_model
         self.module = block_model.module
         self.spec = spec
         self.frozen_bn = frozen_bn
+        self.frozen_dropout = frozen_dropout
         for param in block_model.parameters_of(spec.blocks):
             param.requires_grad_(False)
-        self._frozen_bn = [m for m in block_model.modules_of(spec.blocks)
-                           if isinstance(m, nn.modules.batchnorm._BatchNorm)] if frozen_bn == "eval" else []
+        # The frozen modules train_mode() puts in eval mode: BatchNorm unless frozen_bn is train, every other
+        # module unless frozen_dropout is train.
+        self._frozen_eval = [m for m in block_model.modules_of(spec.blocks)
+                             if (frozen_bn if isinstance(m, nn.modules.batchnorm._BatchNorm) else frozen_dropout)
+                             == "eval"]
         flops = block_flops(block_model)
         total_flops = sum(flops)
         counts = block_model.param_counts()
@@ -348,10 +356,11 @@ class FrozenModel:
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.module.parameters() if p.requires_grad]
 
-    def train_mode(self) -> None:
-        self.module.train()
-        for bn in self._frozen_bn:
-            bn.eval()
+    def train_mode(self, module: nn.Module | None = None) -> None:
+        """Training mode for the model (or ``module``, a view sharing its modules), the frozen part as configured."""
+        (module or self.module).train()
+        for frozen in self._frozen_eval:
+            frozen.training = False  # this module alone: eval() would reach a frozen_bn "train" BatchNorm in it
 
 
 def check_space(space: Mapping[str, Any], train: Any, block_model: BlockModel) -> dict[str, Any]:
@@ -391,8 +400,8 @@ def freeze_keys(train: Any, params: Mapping[str, Any] | None = None) -> dict[str
 
 
 def freeze_model(block_model: BlockModel, cfg: Any) -> FrozenModel:
-    """Freeze ``block_model`` as the TrainConfig ``cfg`` says (its freeze keys and frozen_bn)."""
-    return FrozenModel(block_model, resolve(block_model, **freeze_keys(cfg)), cfg.frozen_bn)
+    """Freeze ``block_model`` as the TrainConfig ``cfg`` says (its freeze keys, frozen_bn and frozen_dropout)."""
+    return FrozenModel(block_model, resolve(block_model, **freeze_keys(cfg)), cfg.frozen_bn, cfg.frozen_dropout)
 
 
 def trial_freeze(params: Mapping[str, Any], train: Any, block_model: BlockModel) -> tuple[int, ...]:

@@ -10,7 +10,8 @@ computed once where that is exact (``tune.prefix_cache``). ``make_trial`` gives 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -42,7 +43,6 @@ class Trial:
         torch.manual_seed(cfg.seed)  # the task's model factory may initialise new layers (e.g. a head)
         block_model = task.build_model()
         self.frozen = freeze.freeze_model(block_model, cfg)
-        spec = self.frozen.spec
         self.model = self.frozen.module.to(self.device)
         self.optimizer = make_optimizer(cfg, self.frozen.trainable_parameters())
         self.train_set, self.val_set = (self._on_device(d) for d in (task.train_data, task.val_data))
@@ -51,24 +51,108 @@ class Trial:
         self.diverged = False
         # The network trained each step and its data: the whole model on the task's data, or, with a frozen
         # prefix cached, the blocks after it on the prefix's outputs (computed once where exact: tune.prefix_cache).
-        blocker = prefix_cache.blocker(self.frozen, task.augments, cfg.prefix_cache,
-                                       own_loader=task.train_loader is not None)
-        self.prefix_cache = "on" if blocker is None else f"off: {blocker}"
         self.net = self.model
+        self.replay: prefix_cache.Replay | None = None  # gives a batch's cached hidden states (a chain's cache)
         self.cached_features: list[torch.Tensor] = []  # training memory beside the model's
         self._cache_time_s = 0.0
-        if blocker is None:
-            blocks = self.frozen.block_model.blocks
-            prefix, self.net = nn.Sequential(*blocks[:spec.stop]), nn.Sequential(*blocks[spec.stop:])
-            (train_x, train_y), (val_x, val_y) = (self._tensors(d) for d in (self.train_set, self.val_set))
-            train_f, val_f, origin, self._cache_time_s = prefix_cache.prefix_outputs(
-                prefix, spec.stop, train_x, val_x, shared_cache, self.device)
-            self.train_set, self.val_set = (train_f, train_y), (val_f, val_y)
-            # Training's share, paid once: its time goes into the first epoch's training time and the cached
-            # features into training memory. The validation features are evaluation's, which neither counts;
-            # features loaded from the shared cache cost their loading, all of it counted.
-            self.cached_features = [train_f]
-            self.prefix_cache = "on" if origin == "computed" else f"on ({origin})"
+        named = not block_model.sequential and _named_samples(task.train_data)
+        reason = prefix_cache.blocker(self.frozen, task.augments, cfg.prefix_cache,
+                                      own_loader=task.train_loader is not None, named_inputs=named)
+        if reason is None:
+            reason = self._cache_sequence(shared_cache) if block_model.sequential else self._cache_chain(shared_cache)
+        if reason is not None:
+            self.prefix_cache = f"off: {reason}"
+
+    def _too_big(self, sample_bytes: int) -> str | None:
+        size_mb = sample_bytes * (len(self.task.train_data[0]) if data.is_tensor_pair(self.task.train_data)
+                                  else len(self.task.train_data)) / 2**20
+        if size_mb > self.cfg.prefix_cache_max_mb:
+            return (f"the cached training outputs would take {size_mb:,.0f} MB (train.prefix_cache_max_mb: "
+                    f"{self.cfg.prefix_cache_max_mb:g})")
+        return None
+
+    def _cached(self, train_f: torch.Tensor, origin: str, seconds: float) -> None:
+        # Training's share, paid once: its time goes into the first epoch's training time and the cached
+        # features into training memory. The validation features are evaluation's, which neither counts;
+        # features loaded from the shared cache cost their loading, all of it counted.
+        self._cache_time_s = seconds
+        self.cached_features = [train_f]
+        self.prefix_cache = "on" if origin == "computed" else f"on ({origin})"
+
+    def _cache_sequence(self, shared_cache: prefix_cache.SharedPrefixCache | None) -> str | None:
+        """Cache a plain sequence's frozen prefix: train and evaluate the blocks after it on its outputs."""
+        blocks, stop = self.frozen.block_model.blocks, self.frozen.spec.stop
+        prefix, net = nn.Sequential(*blocks[:stop]), nn.Sequential(*blocks[stop:])
+        (train_x, train_y), (val_x, val_y) = (self._tensors(d) for d in (self.train_set, self.val_set))
+        with torch.no_grad():
+            prefix.eval()
+            too_big = self._too_big(prefix(train_x[:1]).nbytes)
+        if too_big:
+            return too_big
+        train_f, val_f, origin, seconds = prefix_cache.sequence_outputs(prefix, stop, train_x, val_x, shared_cache,
+                                                                        self.device)
+        self.net, self.train_set, self.val_set = net, (train_f, train_y), (val_f, val_y)
+        self._cached(train_f, origin, seconds)
+        return None
+
+    def _cache_chain(self, shared_cache: prefix_cache.SharedPrefixCache | None) -> str | None:
+        """Cache the frozen chain of a model with named inputs (an encoder: embeddings and layers): train and
+        evaluate a view of the model that replays the chain's cached hidden states (``prefix_cache.Chain``),
+        after checking on a few samples that the view's loss and metrics are the model's."""
+        step, frozen, spec = self.task.step, self.frozen, self.frozen.spec
+        size = min(8, self.cfg.batch_size)
+        sample = next(data.batches(self.train_set, size, self.device))
+        chain = prefix_cache.Chain.find(frozen, lambda model: step(model, sample))
+        if isinstance(chain, str):
+            return chain
+        view, replay = chain.view(self.model)
+        batch_size = max(self.cfg.batch_size, 64)
+
+        def compute(which: str) -> torch.Tensor:
+            frozen.train_mode()
+            dataset = self.train_set if which == "train" else self.val_set
+            return chain.outputs(self.model, step, data.batches(dataset, batch_size, self.device))
+
+        def key() -> str:
+            weights = [(n, p) for n, p in self.model.named_parameters()
+                       if frozen.block_model.param_blocks[n] in spec.blocks]
+            weights += [(f"{p}.{n}", b) for p in chain.paths for n, b in self.model.get_submodule(p).named_buffers()]
+            inputs = [t for d in (self.train_set, self.val_set) for _, t in sorted(data.stacked(d).items())]
+            return prefix_cache.SharedPrefixCache.key(weights, spec.stop, *inputs)
+
+        probe = chain.outputs(self.model, step, [sample])
+        too_big = self._too_big(probe.nbytes // len(probe))
+        if too_big:
+            return too_big
+        train_h, val_h, origin, seconds = prefix_cache.prefix_outputs(compute, key, shared_cache, self.device)
+        train_set = prefix_cache.WithHidden(self.train_set, train_h.cpu())
+        val_set = prefix_cache.WithHidden(self.val_set, val_h.cpu())
+        differs = self._differs(view, replay, sample, next(data.batches(train_set, size, self.device)),
+                                next(data.batches(self.val_set, size, self.device)),
+                                next(data.batches(val_set, size, self.device)))
+        if differs:
+            return differs
+        self.net, self.replay, self.train_set, self.val_set = view, replay, train_set, val_set
+        self._cached(train_set.hidden, origin, seconds)
+        return None
+
+    def _differs(self, view: nn.Module, replay: prefix_cache.Replay, sample: Any, cached_sample: Any,
+                 val_sample: Any, cached_val: Any) -> str | None:
+        """Why the cached view is not the model (its training loss, or its metrics, on a few samples), or None."""
+        with torch.no_grad():
+            losses = []
+            for net, batch in ((self.model, sample), (view, replay.take(cached_sample))):
+                torch.manual_seed(self.cfg.seed)  # the same dropout in the trained part
+                self.frozen.train_mode(net)
+                losses.append(self.task.step(net, batch).item())
+        if not _close(losses[0], losses[1]):
+            return f"the cached view's training loss is not the model's ({losses[1]:.6g} against {losses[0]:.6g})"
+        want = self.task.evaluate(self.model, [val_sample])
+        have = self.task.evaluate(view, replay.feeding([cached_val]))
+        for name, value in want.items():
+            if not _close(value, have[name]):
+                return f"the cached view's {name} is not the model's ({have[name]:.6g} against {value:.6g})"
+        return None
 
     def _on_device(self, dataset: Any) -> Any:
         return tuple(t.to(self.device) for t in dataset) if data.is_tensor_pair(dataset) else dataset
@@ -112,19 +196,24 @@ class Trial:
             return (data.to_device(batch, self.device) for batch in self.task.train_loader(self.cfg.batch_size,
                                                                                              epoch, seed))
         n = len(self.train_set[0]) if data.is_tensor_pair(self.train_set) else len(self.train_set)
-        return data.batches(self.train_set, self.cfg.batch_size, self.device, order=data.epoch_order(n, seed, epoch),
-                            num_workers=self.task.num_workers, seed=data.epoch_seed(seed, epoch, data.WORKERS))
+        return self._fed(data.batches(self.train_set, self.cfg.batch_size, self.device,
+                                      order=data.epoch_order(n, seed, epoch), num_workers=self.task.num_workers,
+                                      seed=data.epoch_seed(seed, epoch, data.WORKERS)))
+
+    def _fed(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """Batches for ``self.net``: with a cached chain, each one's hidden states handed to its replay."""
+        return batches if self.replay is None else self.replay.feeding(batches)
 
     def _evaluate(self) -> dict[str, float]:
         if data.is_tensor_pair(self.val_set):
             return self.task.evaluate(self.net, *self.val_set)
-        return self.task.evaluate(self.net, data.batches(self.val_set, self.cfg.batch_size, self.device,
-                                                         num_workers=self.task.num_workers))
+        return self.task.evaluate(self.net, self._fed(data.batches(self.val_set, self.cfg.batch_size, self.device,
+                                                                   num_workers=self.task.num_workers)))
 
     def run_epoch(self) -> dict[str, Any]:
         meter = EpochMeter(self.device)
         loss_sum, seen = 0.0, 0
-        self.frozen.train_mode()
+        self.frozen.train_mode(self.net)
         meter.start(self._cache_time_s)  # the prefix cache's first computation is training's time
         self._cache_time_s = 0.0
         with meter.timing():
@@ -160,9 +249,18 @@ class Trial:
         optimizer's state exists after one step). Spends the trial: build another one to train."""
         meter = EpochMeter(self.device)
         meter.start()
-        self.frozen.train_mode()
+        self.frozen.train_mode(self.net)
         self._step(next(iter(self._train_batches(0))), meter)
         return meter.memory(self.model, self.optimizer, self.cached_features)["peak_mem_mb"]
+
+
+def _named_samples(dataset: Any) -> bool:
+    """Whether a dataset's samples are mappings of named inputs (a tokenized text's ``input_ids``, ...)."""
+    return not data.is_tensor_pair(dataset) and len(dataset) > 0 and isinstance(dataset[0], Mapping)
+
+
+def _close(want: float, have: float) -> bool:
+    return math.isclose(want, have, rel_tol=1e-5, abs_tol=1e-6)
 
 
 def make_trial(task: Task, cfg: TrainConfig, device: torch.device | None = None,
