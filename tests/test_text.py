@@ -218,6 +218,18 @@ def test_bad_text_options_are_one_line(files, tmp_path, change, expected):
     assert "\n" not in message and "allowed:" in message
 
 
+def test_more_tokens_than_the_model_has_positions_for_is_one_line(files, tmp_path):
+    from tune.tasks.text import make_task
+
+    folder = model_folder(tmp_path, "roberta")  # 80 positions, two of them before the first token's
+    assert make_task(model=folder, data=files["data"], val_data=files["val_data"], max_length=64)
+    with pytest.raises(ConfigError) as caught:
+        make_task(model=folder, data=files["data"], val_data=files["val_data"], max_length=128)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("task.options.max_length: got 128 (the model fails on 128 "
+                                                       "tokens: ") and "max_position_embeddings: 80" in message
+
+
 @pytest.mark.slow
 def test_the_text_space_smoke_runs_with_nested_mlflow_runs(ray_runtime, files, tmp_path, monkeypatch):
     from conftest import parent_and_children

@@ -100,6 +100,14 @@ def block_model(model: str, num_labels: int, max_length: int = 128) -> BlockMode
     example = {"input_ids": torch.ones(1, max_length, dtype=torch.long),
                "attention_mask": torch.ones(1, max_length, dtype=torch.long)}
     try:
+        with torch.no_grad():
+            module.eval()(**example)
+    except Exception as err:  # e.g. more tokens than the model has positions for
+        limit = getattr(module.config, "max_position_embeddings", None)
+        raise ConfigError("task.options.max_length", max_length, "as many tokens as the model takes"
+                          + (f" (its max_position_embeddings: {limit})" if limit else ""),
+                          problem=f"the model fails on {max_length} tokens: {one_line(err)}") from None
+    try:
         return encoder_blocks(module, example)
     except ValueError as err:
         raise ConfigError("task.options.model", model, "an encoder with a list of layers",
