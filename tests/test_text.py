@@ -173,6 +173,24 @@ def test_the_cache_trains_an_encoder_as_the_whole_model_does_or_says_why_not(fil
                 assert torch.allclose(p, q, atol=1e-6), name
 
 
+def test_text_trials_share_a_frozen_chains_hidden_states(files, tmp_path):
+    from tune.prefix_cache import SharedPrefixCache
+    from tune.tasks.text import make_task
+
+    task = make_task(model=files["model"], data=files["data"], val_data=files["val_data"], max_length=16)
+    shared = SharedPrefixCache(tmp_path / "prefix_cache")
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=3e-3, freeze_stop=3, seed=1)
+    assert Trial(task, cfg, shared_cache=shared).prefix_cache == "on (shared, computed)"
+    other = dataclasses.replace(cfg, lr=1e-3)
+    loaded = Trial(task, other, shared_cache=shared)
+    assert loaded.prefix_cache == "on (shared, loaded)"
+    assert next(loaded.epochs())["train_loss"] == pytest.approx(next(Trial(task, other).epochs())["train_loss"],
+                                                                 rel=1e-6)
+    assert Trial(task, dataclasses.replace(cfg, freeze_stop=2), shared_cache=shared).prefix_cache == \
+        "on (shared, computed)"  # another depth, another key
+    assert len(list((tmp_path / "prefix_cache").glob("*.pt"))) == 2
+
+
 def test_the_model_learns_the_sentences(files):
     from tune.tasks.text import make_task
 
