@@ -166,6 +166,30 @@ def test_the_cache_turns_itself_off_where_it_would_not_be_exact(tiny_task, task_
     assert next(trial.epochs())["prefix_cache"] == f"off: {reason}"
 
 
+def test_warmup_and_linear_decay_follow_the_fine_tuning_schedule_and_resume_exactly(tiny_task, tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-2, lr_schedule="linear", warmup=0.2, optimizer="adamw", seed=1,
+                      freeze_stop=1, prefix_cache="off")
+    trial = Trial(tiny_task, cfg)
+    used = []
+    trial.optimizer.register_step_pre_hook(lambda optimizer, *args: used.append(optimizer.param_groups[0]["lr"]))
+    straight = list(trial.epochs())
+    per_epoch = -(-len(tiny_task.train_data[0]) // 8)
+    total = 3 * per_epoch
+    warm = int(0.2 * total)
+    expected = [1e-2 * ((k + 1) / (warm + 1) if k < warm else (total - k) / (total - warm)) for k in range(total)]
+    assert len(used) == total and used == pytest.approx(expected)
+    assert max(used) == pytest.approx(1e-2) and used[0] < used[warm] and used[-1] < used[warm] / 2
+    first = Trial(tiny_task, cfg)
+    head = [next(first.epochs())]
+    torch.save(first.state_dict(), tmp_path / "trial.pt")
+    resumed = Trial(tiny_task, cfg)
+    resumed.load_state_dict(torch.load(tmp_path / "trial.pt", weights_only=True))
+    for want, have in zip(straight, head + list(resumed.epochs()), strict=True):
+        assert have["train_loss"] == want["train_loss"] and have["score"] == want["score"]
+    constant = Trial(tiny_task, dataclasses.replace(cfg, lr_schedule="constant", warmup=0.0))
+    assert constant.schedule is None and "schedule" not in constant.state_dict()
+
+
 def test_frozen_dropout_is_off_by_default_so_the_cache_trains_as_the_whole_model_does():
     task = _dropout_task()
     cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, freeze_stop=1, seed=3)

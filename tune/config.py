@@ -47,6 +47,8 @@ class TrainConfig:
     lr: float = 1e-3
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # constant | linear: to 0 at the last step (after any warmup)
+    warmup: float = 0.0  # the share of all steps over which the learning rate rises linearly from 0
     freeze: int | str | tuple[int, ...] | None = None  # N = blocks [0, N); a list of blocks; a cut-point name
     freeze_start: int | str = 0  # with freeze_stop: blocks [freeze_start, freeze_stop)
     freeze_stop: int | str | None = None
@@ -152,6 +154,9 @@ _TRAIN_RULES: dict[str, _Rule] = {
     "lr": _float_at_least(0.0, strict=True),
     "momentum": _float_at_least(0.0),
     "weight_decay": _float_at_least(0.0),
+    "lr_schedule": _one_of("constant", "linear"),
+    "warmup": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
+               "a share of the steps in [0, 1)"),
     "freeze": (_freeze_value, _FREEZE_ALLOWED),
     "freeze_start": (lambda v: _freeze_value(v) and v is not None and not isinstance(v, (list, tuple)),
                      "a block index or a cut-point name"),

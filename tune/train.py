@@ -32,6 +32,24 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.
     return optimizer_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def make_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: Callable[[], int]
+                  ) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """The learning-rate schedule, stepped after every optimizer step (None: constant, no warmup): a linear warmup
+    over ``cfg.warmup`` of all steps, then constant or (``lr_schedule: linear``) falling linearly to 0 at the last
+    step, the schedule of the Hugging Face fine-tuning recipes."""
+    if cfg.lr_schedule == "constant" and not cfg.warmup:
+        return None
+    total = max(1, cfg.epochs * steps_per_epoch())
+    warm = int(cfg.warmup * total)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        return 1.0 if cfg.lr_schedule == "constant" else max(0.0, (total - step) / max(1, total - warm))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 class Trial:
     """The built-in trial: the task's model, frozen as ``cfg`` says, trained on the task's data (``tune.data``)."""
 
@@ -45,6 +63,7 @@ class Trial:
         self.frozen = freeze.freeze_model(block_model, cfg)
         self.model = self.frozen.module.to(self.device)
         self.optimizer = make_optimizer(cfg, self.frozen.trainable_parameters())
+        self.schedule = make_schedule(cfg, self.optimizer, lambda: self._steps_per_epoch(task))
         self.train_set, self.val_set = (self._on_device(d) for d in (task.train_data, task.val_data))
         self.epoch = 0
         self.train_time_s = 0.0
@@ -166,13 +185,24 @@ class Trial:
     def summary(self) -> freeze.FreezeSummary:
         return self.frozen.summary
 
+    def _steps_per_epoch(self, task: Task) -> int:
+        if task.train_loader is not None:
+            return len(task.train_loader(self.cfg.batch_size, 0, self.cfg.seed))
+        n = len(task.train_data[0]) if data.is_tensor_pair(task.train_data) else len(task.train_data)
+        return math.ceil(n / self.cfg.batch_size)
+
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "epoch": self.epoch, "train_time_s": self.train_time_s}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "epoch": self.epoch, "train_time_s": self.train_time_s}
+        if self.schedule is not None:
+            state["schedule"] = self.schedule.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.schedule is not None:
+            self.schedule.load_state_dict(state["schedule"])
         self.epoch = int(state["epoch"])
         self.train_time_s = float(state["train_time_s"])
 
@@ -241,6 +271,8 @@ class Trial:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.schedule is not None:
+            self.schedule.step()
         return loss.detach()
 
     def probe_memory(self) -> float:
