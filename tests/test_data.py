@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import resumed_epochs
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -67,13 +68,7 @@ def test_an_augmenting_shuffling_loader_resumes_exactly(tiny_task, tmp_path, num
     straight = Trial(task, cfg)
     assert straight.prefix_cache == "off: the task augments its inputs"
     expected = list(straight.epochs())
-    first = Trial(task, cfg)
-    head = [next(first.epochs())]
-    torch.save(first.state_dict(), tmp_path / "trial.pt")
-    torch.manual_seed(1234)  # whatever ran in between does not matter
-    resumed = Trial(task, cfg)
-    resumed.load_state_dict(torch.load(tmp_path / "trial.pt", weights_only=True))
-    got = head + list(resumed.epochs())
+    got = resumed_epochs(task, cfg, tmp_path)
     assert [m["epoch"] for m in got] == [1, 2, 3]
     for want, have in zip(expected, got, strict=True):
         assert have["train_loss"] == pytest.approx(want["train_loss"], rel=1e-6, abs=1e-9)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import parent_and_children
+from conftest import parent_and_children, resumed_epochs
 from mlflow import MlflowClient
 
 import run_search
@@ -120,12 +120,7 @@ def test_an_augmenting_image_trial_resumes_exactly(folder, tmp_path):
     task = make_task(model="resnet10t", data=str(folder), image_size=32, workers=0, augment=True)
     cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, freeze_stop=2, seed=3)
     straight = list(Trial(task, cfg).epochs())
-    first = Trial(task, cfg)
-    head = [next(first.epochs())]
-    torch.save(first.state_dict(), tmp_path / "trial.pt")
-    resumed = Trial(task, cfg)
-    resumed.load_state_dict(torch.load(tmp_path / "trial.pt", weights_only=True))
-    got = head + list(resumed.epochs())
+    got = resumed_epochs(task, cfg, tmp_path)
     for want, have in zip(straight, got, strict=True):
         assert have["train_loss"] == pytest.approx(want["train_loss"], rel=1e-6)
         assert have["val_loss"] == pytest.approx(want["val_loss"], rel=1e-6)

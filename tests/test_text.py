@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import resumed_epochs
 
 from tune.config import TrainConfig
 from tune.errors import ConfigError
@@ -123,12 +124,7 @@ def test_a_text_trial_freezes_exactly_its_layers_and_resumes_exactly(files, tmp_
     assert all(torch.equal(before[n], after[n]) for n in frozen)
     assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
     assert {"val_accuracy", "val_macro_f1", "val_loss"} <= set(straight[-1])
-    first = Trial(task, cfg)
-    head = [next(first.epochs())]
-    torch.save(first.state_dict(), tmp_path / "trial.pt")
-    resumed = Trial(task, cfg)
-    resumed.load_state_dict(torch.load(tmp_path / "trial.pt", weights_only=True))
-    for want, have in zip(straight, head + list(resumed.epochs()), strict=True):
+    for want, have in zip(straight, resumed_epochs(task, cfg, tmp_path), strict=True):
         assert have["train_loss"] == pytest.approx(want["train_loss"], rel=1e-6)
         assert have["val_accuracy"] == want["val_accuracy"]
 

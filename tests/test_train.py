@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import resumed_epochs
 from torch import nn
 
 from tune import measure
@@ -179,12 +180,7 @@ def test_warmup_and_linear_decay_follow_the_fine_tuning_schedule_and_resume_exac
     expected = [1e-2 * ((k + 1) / (warm + 1) if k < warm else (total - k) / (total - warm)) for k in range(total)]
     assert len(used) == total and used == pytest.approx(expected)
     assert max(used) == pytest.approx(1e-2) and used[0] < used[warm] and used[-1] < used[warm] / 2
-    first = Trial(tiny_task, cfg)
-    head = [next(first.epochs())]
-    torch.save(first.state_dict(), tmp_path / "trial.pt")
-    resumed = Trial(tiny_task, cfg)
-    resumed.load_state_dict(torch.load(tmp_path / "trial.pt", weights_only=True))
-    for want, have in zip(straight, head + list(resumed.epochs()), strict=True):
+    for want, have in zip(straight, resumed_epochs(tiny_task, cfg, tmp_path), strict=True):
         assert have["train_loss"] == want["train_loss"] and have["score"] == want["score"]
     constant = Trial(tiny_task, dataclasses.replace(cfg, lr_schedule="constant", warmup=0.0))
     assert constant.schedule is None and "schedule" not in constant.state_dict()
