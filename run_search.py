@@ -49,6 +49,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "cluster) or a URI such as s3://bucket/path (default: ./ray_results)")
     parser.add_argument("--address", help="an existing Ray cluster to run on (default: start Ray here)")
     parser.add_argument("--smoke-test", action="store_true", help="4 trials of 2 epochs: the whole path quickly")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray Tune's and Optuna's own console output too (progress tables, hints)")
     parser.add_argument("--resume", action="store_true",
                         help="go on with the latest unfinished search of this space (killed or interrupted): same "
                              "parent run, finished trials kept; give the same arguments as the first time")
@@ -71,7 +73,7 @@ def study_options(args: argparse.Namespace) -> StudyOptions:
     return StudyOptions(space_file=args.space, overrides=overrides, tracking_uri=args.tracking_uri,
                         storage_path=args.storage_path, report_dir=args.report_dir, address=args.address,
                         confirm=args.confirm, confirm_top=args.confirm_top, resume=args.resume,
-                        smoke_test=args.smoke_test)
+                        smoke_test=args.smoke_test, verbose=args.verbose)
 
 
 def main(argv: list[str] | None = None) -> int:

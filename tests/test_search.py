@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -238,7 +239,10 @@ def test_the_recommended_model_loads_back_from_mlflow_and_scores_what_its_trial_
     parent, children = _runs(uri, "digits_freeze")
     mlflow.set_tracking_uri(uri)
     model = mlflow.pytorch.load_model(parent.data.tags["recommended_model_uri"])
-    trial = next(c for c in children if c.info.run_name == parent.data.tags["recommended_trial"])
+    trial = next(c for c in children if c.data.tags["ray.trial_id"] == parent.data.tags["recommended_trial"])
+    # each trial's run is named by what it froze and with what; the trial id is its tag
+    assert all(re.fullmatch(r"\[\d+, \d+\) lr=[\d.e-]+( seed=\d+)?", c.info.run_name) for c in children), \
+        [c.info.run_name for c in children]
     best = max(m.value for m in MlflowClient(tracking_uri=uri).get_metric_history(trial.info.run_id, "score"))
     task = make_task(labels_per_class=10, val_size=1000)
     with torch.no_grad():
@@ -317,7 +321,7 @@ def test_confirm_reruns_the_top_ranked_candidates_with_fresh_seeds_and_recommend
     confirm_runs = _phase(children, "confirm")
     assert len(confirm_runs) == 4  # 2 candidates x 2 seeds
     assert sorted(c.data.params["seed"] for c in confirm_runs) == ["1", "1", "2", "2"]
-    searched = {c.info.run_name: c for c in _phase(children, "search")}
+    searched = {c.data.tags["ray.trial_id"]: c for c in _phase(children, "search")}
     for run in confirm_runs:
         source = searched[run.data.tags["candidate"]]
         assert run.data.params["freeze_stop"] == source.data.params["freeze_stop"]
@@ -562,6 +566,27 @@ def test_a_trial_restarted_one_checkpoint_early_is_tagged_and_logs_no_epoch_twic
     assert run.info.status == "FINISHED" and run.data.tags["stopped_early"] == "False"
     assert run.data.tags["mem_source"] == "model" and "mem_source" not in run.data.metrics  # a tag, not a metric
     assert run.data.params["freeze_range"] == "[0, 1)" and run.data.params["lr"] == "0.001"
+
+
+def test_a_trial_run_is_named_by_its_freeze_and_values_and_the_console_line_says_how_far(tmp_path):
+    from tune.tracking import TrialRuns, fetch_trials
+
+    runs, client = _trial_runs(tmp_path)
+    runs = TrialRuns(runs.tracker, {"epochs": 4}, 4, searched=["freeze_stop", "lr"])
+    tags = {"phase": "search"}
+    for trial_id, score in (("t1", 0.5), ("t2", 0.75)):
+        runs.result(trial_id, {"freeze_stop": 1, "lr": 0.0012}, tags, _result(1, score), first_since_restore=False)
+    assert runs.progress() == "; best so far 0.7500 (trial t2)"
+    runs.result("t3", {"freeze_stop": 1, "lr": 0.0012, "seed": 2}, {"phase": "confirm", "candidate": "t1"},
+                _result(1, float("nan")), first_since_restore=False)  # a NaN score is never the best
+    assert runs.progress() == "; best so far 0.7500 (trial t2)"
+    run = client.get_run(runs.run_ids["t1"])
+    assert run.info.run_name == "[0, 1) lr=0.0012" and run.data.tags["ray.trial_id"] == "t1"
+    assert client.get_run(runs.run_ids["t3"]).info.run_name == "[0, 1) lr=0.0012 seed=2"
+    assert runs.complete("t1", {"freeze_stop": 1}, tags) == "score 0.5000 after 1 epoch (stopped early by ASHA)"
+    assert runs.ended == {"t1"}
+    records = fetch_trials(runs.tracker.tracking_uri, runs.tracker.parent_run_id)
+    assert {r.name for r in records} == {"t1", "t2", "t3"}  # the report names trials by their id
 
 
 def test_trial_runs_tag_divergence_early_stops_against_searched_epochs_and_failures(tmp_path):

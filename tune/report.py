@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tune.config import ReportConfig
-from tune.tracking import TrialRecord, typed
+from tune.tracking import TrialRecord, short, typed
 
 __all__ = ["Candidate", "Recommendation", "Report", "TrialResult", "build_report", "candidates", "dominates",
            "frontier", "recommend", "short", "summarise", "write_report"]
@@ -324,17 +324,6 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
                          f"errors of the best mean ({report.candidates[0].mean:.4f}).")
     report.text = "\n\n".join(parts)
     return report
-
-
-def short(value: Any) -> str:
-    """A param for a table or a console line: numbers (or numeric strings, as MLflow keeps params) to 3 digits."""
-    if isinstance(value, bool):
-        return str(value)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return f"{number:.3g}" if not number.is_integer() else str(int(number))
 
 
 # -- plots ------------------------------------------------------------------------------------------------------

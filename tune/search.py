@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 import ray
 import torch
 from ray import tune as ray_tune
@@ -33,10 +34,9 @@ from tune import prefix_cache
 from tune.config import Config, TaskConfig, TrainConfig
 from tune.errors import ConfigError, one_line
 from tune.freeze import grid_values, sampled_freezes, trial_freeze
-from tune.report import short
 from tune.space import OptunaSpace
 from tune.tasks import load_task
-from tune.tracking import TAG_KEYS, SearchTracker, TrialRuns
+from tune.tracking import TAG_KEYS, SearchTracker, TrialRuns, short
 from tune.train import make_trial
 from tune.trial import load_checkpoint, save_checkpoint
 
@@ -208,9 +208,10 @@ def _trial_params(trial: Any) -> tuple[dict[str, Any], dict[str, str]]:
 class _TrialEvents(ray_tune.Callback):
     """Runs in the driver: hands each Tune trial event to MLflow (``TrialRuns``) and prints a line as a trial ends."""
 
-    def __init__(self, runs: TrialRuns, searched: list[str]) -> None:
+    def __init__(self, runs: TrialRuns, searched: list[str], total: int) -> None:
         self.runs = runs
         self.searched = searched
+        self.total = total
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.runs.run_id(trial.trial_id, *_trial_params(trial))
@@ -234,7 +235,8 @@ class _TrialEvents(ray_tune.Callback):
         params, tags = _trial_params(trial)
         keys = [*self.searched, *(["seed"] if "candidate" in tags else [])]
         values = ", ".join(f"{k}={short(params.get(k))}" for k in keys)
-        print(f"  trial {trial.trial_id} ({values}): {outcome}", flush=True)
+        print(f"  [{len(self.runs.ended)}/{self.total}] trial {trial.trial_id} ({values}): {outcome}"
+              f"{self.runs.progress()}", flush=True)
 
 
 # -- the Tuner ------------------------------------------------------------------------------------------------
@@ -305,7 +307,7 @@ def storage_uri(storage_path: str) -> str:
 
 
 def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, storage_path: str,
-         tune_config: dict[str, Any], param_space: dict[str, Any] | None, verbose: int,
+         tune_config: dict[str, Any], param_space: dict[str, Any] | None, verbose: int, total: int,
          restore_from: str | None = None) -> SearchOutcome:
     per_trial = _FreezeAwareResources(cfg) if cfg.search.freeze_aware_gpus else None
     at_once = concurrency(cfg, min(per_trial.shares.values()) if per_trial else None)
@@ -318,8 +320,11 @@ def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, stor
     # Ctrl-C reaches the CLI as KeyboardInterrupt (open runs KILLED, parent KILLED, resumable with --resume)
     # instead of Tune's own handler, which would return as if the search had finished.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    # Tune's own console output (its experiment table, the TensorBoard hint, a progress table) says nothing the
+    # search's own lines do not; the old reporter at verbose 0 is silent, the new one is not. --verbose shows it.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
     wrapped = _wrap(cfg, trainable, prefix_cache.directory(storage_path), per_trial)
-    runs = TrialRuns(tracker, dataclasses.asdict(cfg.train), cfg.train.epochs)
+    runs = TrialRuns(tracker, dataclasses.asdict(cfg.train), cfg.train.epochs, searched=list(cfg.space))
     if restore_from is not None:
         tuner = ray_tune.Tuner.restore(restore_from, trainable=wrapped, resume_unfinished=True, resume_errored=False)
         return _outcome(tuner, tune_config.get("time_budget_s"))
@@ -329,7 +334,7 @@ def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, stor
         tune_config=ray_tune.TuneConfig(max_concurrent_trials=at_once, reuse_actors=True, **tune_config),
         run_config=ray_tune.RunConfig(
             name=name, storage_path=storage_uri(storage_path),
-            verbose=verbose, callbacks=[_TrialEvents(runs, list(cfg.space))],
+            verbose=verbose, callbacks=[_TrialEvents(runs, list(cfg.space), total)],
             # keep the best-score checkpoint (for the logged model) and the latest (to resume)
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="score",
                                                         checkpoint_score_order="max"),
@@ -410,11 +415,13 @@ def run(cfg: Config, tracker: SearchTracker, *, storage_path: str, address: str 
     if cfg.search.algorithm == "grid":  # every combination, once per num_samples (Tune's grid_search)
         param_space = {key: ray_tune.grid_search(grid_values(dim)) for key, dim in cfg.space.items()}
     else:
+        optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)  # "study created"
         # Several objectives go to Optuna as lists; Tune itself takes one metric or none (field-notes).
         tune_config["search_alg"] = OptunaSearch(space=OptunaSpace(cfg.space), metric=metrics[0] if single else metrics,
                                                  mode=modes[0] if single else modes, seed=cfg.search.seed)
+    total = grid_size(cfg.space) * cfg.search.num_samples if param_space else cfg.search.num_samples
     return _fit(cfg, tracker, _trainable, name=name, storage_path=storage_path, tune_config=tune_config,
-                param_space=param_space, verbose=verbose, restore_from=restore_from)
+                param_space=param_space, verbose=verbose, total=total, restore_from=restore_from)
 
 
 def confirm(cfg: Config, tracker: SearchTracker, candidates: Mapping[str, dict[str, Any]], seeds: list[int], *,
@@ -429,7 +436,7 @@ def confirm(cfg: Config, tracker: SearchTracker, candidates: Mapping[str, dict[s
     init_ray(address)
     return _fit(cfg, tracker, _variant_trainable, name=f"{_experiment_name(cfg)}-confirm", storage_path=storage_path,
                 tune_config={"scheduler": FIFOScheduler()}, param_space={"variant": ray_tune.grid_search(variants)},
-                verbose=verbose)
+                verbose=verbose, total=len(variants))
 
 
 def _best_checkpoints(results: Any) -> dict[str, Any]:

@@ -64,6 +64,7 @@ class StudyOptions:
     confirm_top: int = 3
     resume: bool = False
     smoke_test: bool = False
+    verbose: bool = False  # Tune's and Optuna's own console lines too
 
 
 def tracking_uri(given: str | None) -> str:
@@ -171,6 +172,7 @@ class Study:
         status, reason = "FAILED", "the search failed before this trial ended"
         try:
             outcome = search.run(cfg, tracker, storage_path=options.storage_path, address=self.address,
+                                 verbose=int(options.verbose),
                                  restore_from=self.resume.experiment_path if self.resume else None)
             tracker.kill_open_trials()
             header = (f"{outcome.trials} trials in {outcome.wall_time_s:.0f} s, {outcome.errored} failed"
@@ -227,7 +229,7 @@ class Study:
         self.say(f"confirming {len(candidates)} candidates with seeds {seeds}"
                  + (f" ({len(done)} of these runs finished before the resume)" if done else ""))
         search.confirm(cfg, self.tracker, candidates, seeds, storage_path=options.storage_path, address=self.address,
-                       done=done)
+                       verbose=int(options.verbose), done=done)
         self.tracker.kill_open_trials()
 
     def _log_recommended_model(self, built: report.Report, checkpoints: dict[str, Any]) -> None:

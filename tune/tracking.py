@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import re
 import subprocess
@@ -33,6 +34,7 @@ __all__ = ["TAG_KEYS", "SearchRecord", "SearchTracker", "TrialRecord", "TrialRun
            "git_commit", "redact", "search_tags", "typed", "ui_command"]
 
 PARENT_TAG = "mlflow.parentRunId"
+TRIAL_ID_TAG = "ray.trial_id"  # a trial run's Tune trial id (its name says what it froze, with what)
 # Per-epoch metrics the report reads back as histories (the rest stay in MLflow for the UI).
 HISTORY_KEYS = ("score", "train_time_s", "epoch_time_s", "peak_mem_mb", "samples_per_s")
 _BATCH = 900  # MLflow accepts up to 1,000 metrics and 100 params per log_batch call
@@ -122,6 +124,17 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def short(value: Any) -> str:
+    """A param for a table or a console line: numbers (or numeric strings, as MLflow keeps params) to 3 digits."""
+    if isinstance(value, bool):
+        return str(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{number:.3g}" if not number.is_integer() else str(int(number))
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -179,7 +192,7 @@ class SearchTracker:
     def find_trial(self, trial_id: str) -> tuple[str, int, bool] | None:
         """The child run of a Tune trial logged before (a restored search): its id, last logged epoch, and whether
         it had FINISHED. A run that was KILLED is reopened: its trial goes on."""
-        runs = self._children(f"tags.`ray.trial_id` = '{trial_id}'")
+        runs = self._children(f"tags.`{TRIAL_ID_TAG}` = '{trial_id}'")
         if not runs:
             return None
         run = runs[0]
@@ -224,11 +237,19 @@ class SearchTracker:
 
             with contextlib.suppress(metadata.PackageNotFoundError):
                 requirements.append(f"{top}=={metadata.version(top)}")
+        import logging
+
+        # Pickle is chosen, not defaulted to (a whole module for any batch size); MLflow's warning about it says
+        # nothing the README's Security section does not.
+        pytorch_logger = logging.getLogger("mlflow.pytorch")
+        level = pytorch_logger.level
+        pytorch_logger.setLevel(logging.ERROR)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(module, name="recommended_model", input_example=input_example,
                                             code_paths=[str(code_dir)], pip_requirements=requirements,
                                             # a whole nn.Module for any batch size (pt2 export fixes the shapes)
                                             serialization_format="pickle")
+        pytorch_logger.setLevel(level)
         return info.model_uri
 
     # -- trials -------------------------------------------------------------------------------------------
@@ -256,6 +277,9 @@ class SearchTracker:
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+    def rename(self, run_id: str, name: str) -> None:
+        self.client.update_run(run_id, name=name)
 
     def end_trial(self, run_id: str, status: str, tags: Mapping[str, Any] = ()) -> None:
         if tags:
@@ -363,7 +387,8 @@ def fetch_trials(tracking_uri: str, parent_run_id: str, extra_keys: Iterable[str
         for key in dict.fromkeys([*HISTORY_KEYS, *extra_keys]):
             points = client.get_metric_history(run.info.run_id, key)
             history[key] = sorted((m.step, m.value) for m in points)
-        records.append(TrialRecord(run_id=run.info.run_id, name=run.info.run_name or run.info.run_id,
+        name = run.data.tags.get(TRIAL_ID_TAG) or run.info.run_name or run.info.run_id  # the trial id
+        records.append(TrialRecord(run_id=run.info.run_id, name=name,
                                    status=run.info.status, params=dict(run.data.params), tags=dict(run.data.tags),
                                    history=history))
     return records
@@ -390,15 +415,32 @@ class TrialRuns:
     FINISHED (tagged ``epochs_run``, ``stopped_early`` or ``diverged``) or FAILED (with ``failure_reason``).
     Each event returns a line for the console, or None for a run that had already ended."""
 
-    def __init__(self, tracker: SearchTracker, base_params: Mapping[str, Any], epochs: int) -> None:
+    def __init__(self, tracker: SearchTracker, base_params: Mapping[str, Any], epochs: int,
+                 searched: Iterable[str] = ()) -> None:
         self.tracker = tracker
         self.base_params = dict(base_params)
         self.epochs = epochs
+        self.searched = [key for key in searched if key not in ("freeze", "freeze_start", "freeze_stop")]
         self.run_ids: dict[str, str] = {}
         self.last_epoch: dict[str, int] = {}
         self.last_score: dict[str, float] = {}
+        self.best_score: dict[str, float] = {}
+        self.ended: set[str] = set()  # trials that finished or failed
         self.diverged: set[str] = set()
         self.closed: set[str] = set()  # trials whose run had already ended when a search was restored
+
+    def run_name(self, freeze_range: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        """What a trial's run is called: what it froze and with what, e.g. ``[0, 4) lr=0.0012`` (and its seed, for
+        a confirmation run)."""
+        keys = [*self.searched, *(["seed"] if "candidate" in tags else [])]
+        return " ".join([freeze_range, *(f"{k}={short(params[k])}" for k in keys if k in params)])
+
+    def progress(self) -> str:
+        """How far the search is, for a finished trial's console line: the best score so far and its trial."""
+        if not self.best_score:
+            return ""
+        best = max(self.best_score, key=self.best_score.get)
+        return f"; best so far {self.best_score[best]:.4f} (trial {best})"
 
     def run_id(self, trial_id: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         """The trial's run: found again after a restore (a KILLED one reopens), else created."""
@@ -413,7 +455,7 @@ class TrialRuns:
                     self.closed.add(trial_id)
                 return run_id
             self.run_ids[trial_id] = self.tracker.start_trial(
-                trial_id, {**self.base_params, **params}, tags={"ray.trial_id": trial_id, **tags})
+                trial_id, {**self.base_params, **params}, tags={TRIAL_ID_TAG: trial_id, **tags})
         return self.run_ids[trial_id]
 
     def result(self, trial_id: str, params: Mapping[str, Any], tags: Mapping[str, str], result: Mapping[str, Any],
@@ -429,8 +471,10 @@ class TrialRuns:
         if epoch <= self.last_epoch.get(trial_id, 0):
             return  # a retried trial replays no epoch it already logged
         if trial_id not in self.last_epoch:  # the first result carries the FreezeSummary
+            freeze_range = result.get("freeze_label", f"[{result['freeze_start']}, {result['freeze_stop']})")
+            self.tracker.rename(run_id, self.run_name(freeze_range, params, tags))
             self.tracker.log_params(run_id, {
-                "freeze_range": result.get("freeze_label", f"[{result['freeze_start']}, {result['freeze_stop']})"),
+                "freeze_range": freeze_range,
                 "trainable_params": result["trainable_params"], "frozen_params": result["frozen_params"],
                 "frozen_flops_share": f"{result['frozen_flops_share']:.4f}"})
             self.tracker.set_tags(run_id, {k: result[k] for k in TAG_KEYS if k in result})
@@ -439,11 +483,14 @@ class TrialRuns:
             self.tracker.set_tags(run_id, {"diverged": "true", "diverged_at_epoch": epoch})
         self.last_epoch[trial_id] = epoch
         self.last_score[trial_id] = result["score"]
+        if math.isfinite(result["score"]) and result["score"] > self.best_score.get(trial_id, -math.inf):
+            self.best_score[trial_id] = result["score"]
         metrics = {k: v for k, v in result.items() if k not in TAG_KEYS and isinstance(v, (int, float))
                    and not isinstance(v, bool)}
         self.tracker.log_metrics(run_id, metrics, step=epoch)
 
     def complete(self, trial_id: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str | None:
+        self.ended.add(trial_id)
         if trial_id in self.closed:
             return None
         run_id, epochs_run = self.run_id(trial_id, params, tags), self.last_epoch.get(trial_id, 0)
@@ -452,11 +499,13 @@ class TrialRuns:
             return f"diverged (loss not finite) at epoch {epochs_run}"
         stopped_early = epochs_run < params.get("epochs", self.epochs)  # epochs may be searched
         self.tracker.end_trial(run_id, "FINISHED", tags={"epochs_run": epochs_run, "stopped_early": stopped_early})
-        return (f"score {self.last_score.get(trial_id, float('nan')):.4f} after {epochs_run} epochs"
+        return (f"score {self.last_score.get(trial_id, float('nan')):.4f} after {epochs_run} "
+                f"epoch{'s' * (epochs_run != 1)}"
                 + (" (stopped early by ASHA)" if stopped_early else ""))
 
     def error(self, trial_id: str, params: Mapping[str, Any], tags: Mapping[str, str], error_file: str
               ) -> str | None:
+        self.ended.add(trial_id)
         if trial_id in self.closed:
             return None
         reason = failure_reason(error_file)
