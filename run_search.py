@@ -39,10 +39,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="seed of the sampler and of every trial (search.seed, train.seed)")
     parser.add_argument("--time-budget", type=float, metavar="SECONDS",
                         help="stop the search cleanly after this many seconds (search.time_budget_s)")
-    parser.add_argument("--confirm", type=int, default=0, metavar="K",
-                        help="after the search, re-run the top candidates with K fresh seeds each (K >= 2)")
-    parser.add_argument("--confirm-top", type=int, default=StudyOptions.confirm_top, metavar="N",
-                        help="how many candidate configurations --confirm re-runs (default: %(default)s)")
+    parser.add_argument("--confirm", type=int, metavar="K",
+                        help="after the search, re-run the candidates with K fresh seeds each (K >= 2; 0: no "
+                             "confirmation; default: the space's report.confirm_seeds, 3)")
+    parser.add_argument("--confirm-top", type=int, metavar="N",
+                        help="how many candidates the confirmation re-runs (default: the space's "
+                             "report.confirm_top, 4)")
     _add_store_args(parser)
     parser.add_argument("--storage-path", default=StudyOptions.storage_path,
                         help="where Ray Tune keeps trial checkpoints: a folder every node can write (shared on a "

@@ -98,7 +98,7 @@ def test_a_submitted_search_runs_on_both_nodes_and_logs_to_the_server(cluster, t
     # as a user would: a new process with the cluster's environment (RAY_AUTH_MODE=token), from another folder
     result = subprocess.run([sys.executable, str(run_search.ROOT / "run_search.py"), "submit", "--address",
                              cluster["jobs"], "--wait", "--python", sys.executable, "--tracking-uri", cluster["mlflow"],
-                             "--storage-path", str(tmp_path / "shared"), "--smoke-test",
+                             "--storage-path", str(tmp_path / "shared"), "--smoke-test", "--confirm", "0",
                              "--set", "search.num_samples=4", "--set", "search.scheduler=fifo",
                              "--set", "search.max_concurrent_trials=2"],
                             cwd=tmp_path, env=cluster["env"], capture_output=True, text=True, timeout=600)

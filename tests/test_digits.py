@@ -66,14 +66,27 @@ def test_user_task_loads_from_an_import_path():
 
 
 @pytest.mark.slow
-def test_pretraining_command_reproduces_the_shipped_weights(tmp_path):
-    out = tmp_path / "digits_cnn.pt"
-    accuracy = pretrain(out)
-    rebuilt = torch.load(out, weights_only=True)
+def test_pretraining_is_deterministic_and_rebuilds_weights_as_good_as_the_shipped_ones(tmp_path):
+    # Bit-identical on one machine (one thread, deterministic algorithms); across machines the CPU's kernels (AVX2,
+    # AVX-512, oneDNN) change float rounding, which training amplifies: on an AVX-512 Xeon the rebuilt weights
+    # differed from the shipped ones by up to 0.49, at the same held-out accuracy.
+    from tune.tasks.digits import _mnist, _uci_digits
+
+    first, second = tmp_path / "a.pt", tmp_path / "b.pt"
+    accuracy = pretrain(first)
+    assert pretrain(second) == accuracy
+    rebuilt, again = (torch.load(path, weights_only=True) for path in (first, second))
     shipped = torch.load(weights_path(), weights_only=True)
-    assert rebuilt.keys() == shipped.keys()
-    assert all(torch.equal(rebuilt[k], shipped[k]) for k in shipped)
-    assert accuracy > 0.9
+    assert rebuilt.keys() == again.keys() == shipped.keys()
+    assert all(torch.equal(rebuilt[k], again[k]) for k in rebuilt)
+    images, labels = _mnist()
+    held_out = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[4500:]
+    shipped_accuracy = classification_metrics(build_model().module, images[held_out], labels[held_out])
+    assert accuracy > 0.9 and abs(accuracy - shipped_accuracy["val_accuracy"]) < 0.03
+    target = _uci_digits()
+    zero_shot = [classification_metrics(build_model(w).module, *target)["val_accuracy"]
+                 for w in (str(first), "pretrained")]
+    assert abs(zero_shot[0] - zero_shot[1]) < 0.1, zero_shot
 
 
 def test_relative_path_options_become_absolute_and_words_stay_words(tmp_path):

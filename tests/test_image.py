@@ -240,7 +240,7 @@ def test_the_image_space_smoke_runs_with_nested_mlflow_runs(ray_runtime, folder,
     monkeypatch.chdir(tmp_path)
     shutil.copytree(folder, tmp_path / "digits_png")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = run_search.main(["--space", str(SPACE), "--smoke-test", "--tracking-uri", uri,
+    code = run_search.main(["--space", str(SPACE), "--smoke-test", "--confirm", "0", "--tracking-uri", uri,
                             "--set", "task.options.data=digits_png", "--set", "task.options.image_size=32",
                             "--set", "task.options.workers=1", "--set", "train.batch_size=16"])
     assert code == 0

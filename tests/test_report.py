@@ -11,6 +11,7 @@ from tune.report import (
     DEFAULT_FRONTIER,
     build_report,
     confirmed,
+    confirmed_text,
     dominates,
     frontier,
     recommend,
@@ -76,20 +77,58 @@ def test_recommendation_is_the_cheapest_trial_within_tolerance_of_the_best():
     assert recommend(results, tolerance=0.1, cost="peak_mem_mb").trial.name == "cheaper_but_worse"
 
 
-def test_confirmation_recommends_the_cheap_candidate_only_when_it_holds_up_across_seeds():
+def test_confirmation_recommends_the_cheapest_candidate_whose_mean_is_within_tolerance_and_says_how_sure():
     noisy_tie = summarise([record(f"x{i}", 0, [s], 2.0, 8.0, candidate="expensive", seed=i) for i, s in
                            enumerate([0.95, 0.93, 0.94])] +
                           [record(f"y{i}", 4, [s], 1.0, 3.0, candidate="cheap", seed=i) for i, s in
                            enumerate([0.94, 0.92, 0.95])])
-    candidates, chosen = confirmed(noisy_tie, tolerance=0.0, cost="epoch_time_s")
-    assert chosen.name == "cheap"  # the means differ by less than two standard errors
+    candidates, chosen = confirmed(noisy_tie, tolerance=0.01, cost="epoch_time_s")
+    assert chosen.name == "cheap"  # mean 0.9367 against 0.94: within 0.01
     assert {c.name: len(c.scores) for c in candidates} == {"expensive": 3, "cheap": 3}
+    assert confirmed(noisy_tie, tolerance=0.0, cost="epoch_time_s")[1].name == "expensive"  # the point means decide
+    low, high = chosen.interval  # mean ± t(2 df) * sd / sqrt(3)
+    assert (low, high) == pytest.approx((0.93667 - 4.303 * 0.015275 / 3 ** 0.5, 0.93667 + 4.303 * 0.015275 / 3 ** 0.5),
+                                        abs=1e-4)
+    text = confirmed_text(candidates, chosen, 0.01, "epoch_time_s")
+    assert "freeze [0, 4)" in text and f"95% interval {low:.4f}-{high:.4f}" in text
+    assert "cannot be told apart from freeze [0, 0) (0.9400)" in text
 
     clearly_worse = summarise([record(f"x{i}", 0, [s], 2.0, 8.0, candidate="expensive", seed=i) for i, s in
                                enumerate([0.950, 0.951, 0.949])] +
                               [record(f"y{i}", 4, [s], 1.0, 3.0, candidate="cheap", seed=i) for i, s in
                                enumerate([0.900, 0.901, 0.899])])
-    assert confirmed(clearly_worse, tolerance=0.01, cost="epoch_time_s")[1].name == "expensive"
+    candidates, chosen = confirmed(clearly_worse, tolerance=0.01, cost="epoch_time_s")
+    assert chosen.name == "expensive"
+    assert "differs from it by more than two standard errors" in confirmed_text(candidates, chosen, 0.01,
+                                                                               "epoch_time_s")
+
+
+def test_candidates_are_the_best_range_and_the_cheapest_ranges_near_it_each_at_its_best_trial():
+    from tune.config import ReportConfig
+    from tune.report import candidates
+
+    records = [record("best", 0, [0.95], 2.0, 8.0), record("best_other_lr", 0, [0.90], 2.0, 8.0),
+               record("one", 1, [0.93], 1.8, 7.0), record("one_better_lr", 1, [0.94], 1.8, 7.0),
+               record("three", 3, [0.925], 1.2, 5.0), record("four", 4, [0.921], 1.0, 4.0),
+               record("five", 5, [0.915], 0.8, 3.0), record("six", 6, [0.80], 0.5, 1.0)]
+    picked = candidates(records, ReportConfig(tolerance=0.01), ["freeze_stop", "lr"], top=3)
+    # the best; then of the ranges within 0.03 of it ([0, 1), [0, 3), [0, 4)), the cheapest two; [0, 5) and [0, 6)
+    # are too far below
+    assert list(picked) == ["best", "four", "three"]
+    assert picked["four"] == {"freeze_stop": 4, "lr": 0.001}
+    assert list(candidates(records, ReportConfig(tolerance=0.01), ["freeze_stop", "lr"], top=5)) == [
+        "best", "four", "three", "one_better_lr"]
+    flat = [record(name, stop, [0.5], 1.0, 1.0) for name, stop in (("a", 0), ("b", 2), ("c", 4))]
+    assert candidates(flat, ReportConfig(), ["freeze_stop"], top=3) == {}  # nothing to tell apart
+
+
+def test_no_recommendation_where_every_score_is_the_same():
+    records = [record(f"t{stop}", stop, [0.0, 0.0], 1.0 - 0.1 * stop, 8.0 - stop) for stop in range(3)]
+    report = build_report(records, searched=["freeze_stop"], objectives=[("score", "max")], tolerance=0.01,
+                          cost="epoch_time_s")
+    assert report.recommendation is None and report.chosen is None
+    assert "No recommendation: the scores cannot tell the trials apart (every trial scored 0.0000" in report.text
+    assert "Recommendation:" not in report.text
 
 
 def test_confirmation_counts_each_seed_once_and_only_runs_that_finished():

@@ -89,11 +89,15 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """The recommendation rule: among trials scoring within ``tolerance`` of the best (in score units),
-    the one with the lowest ``cost``."""
+    """The recommendation rule: among the candidates scoring within ``tolerance`` of the best (in score units),
+    the one with the lowest ``cost``. The candidates are re-run with ``confirm_seeds`` fresh seeds each, no early
+    stopping, and compared by their mean (0: no confirmation, the search's single trials decide);
+    ``confirm_top`` of them: the best score's freeze range and the cheapest ranges that came near it."""
 
     tolerance: float = 0.01
     cost: str = "epoch_time_s"  # epoch_time_s (mean per epoch) | train_time_s (to the best epoch) | peak_mem_mb
+    confirm_seeds: int = 3
+    confirm_top: int = 4
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,9 @@ COST_METRICS = ("epoch_time_s", "train_time_s", "peak_mem_mb")
 _REPORT_RULES: dict[str, _Rule] = {
     "tolerance": _float_at_least(0.0),
     "cost": _one_of(*COST_METRICS),
+    "confirm_seeds": (lambda v: type(v) is int and (v == 0 or v >= 2),
+                      "0 (no confirmation) or an integer >= 2 (seeds per candidate)"),
+    "confirm_top": _int_at_least(1),
 }
 
 

@@ -153,34 +153,51 @@ def recommend(results: Sequence[TrialResult], tolerance: float, cost: str, searc
     return Recommendation(trial=chosen, best=best, tolerance=tolerance, cost=cost, searched=tuple(searched))
 
 
+def indistinct(results: Sequence[TrialResult]) -> bool:
+    """Whether the scores cannot tell the trials apart at all: more than one trial, and every one of them scored
+    the same at its best epoch (a detector on random weights at mAP 0.0, a classifier at chance)."""
+    scores = [r.score for r in results]
+    return len(scores) > 1 and max(scores) - min(scores) <= 1e-12
+
+
 def candidates(records: Sequence[TrialRecord], rule: ReportConfig, searched: Sequence[str], top: int
                ) -> dict[str, dict[str, Any]]:
-    """The configurations ``--confirm`` re-runs: the recommendation, the best score, the frontier, then the rest by
-    score, up to ``top`` distinct ones, each as its searched params (typed). Only the search's own trials count:
-    after a resume, confirmation runs that finished before the stop are records too."""
+    """The configurations the confirmation re-runs, each as its searched params (typed), named by the search trial
+    it repeats: the best score's freeze range and, of the other ranges whose best trial came within three times the
+    tolerance of it (where a range within the tolerance may land by seed noise alone), the cheapest, up to ``top``
+    in all. Each range is represented by its best trial (its best learning rate, ...); where no freeze key is
+    searched, each distinct configuration counts as a range. Only the search's own trials count: after a resume,
+    confirmation runs that finished before the stop are records too. None when the scores cannot tell the
+    trials apart."""
     results = [r for r in summarise(records) if r.candidate is None]
-    chosen = recommend(results, rule.tolerance, rule.cost)
-    ordered = [chosen.trial, chosen.best, *frontier(results, DEFAULT_FRONTIER), *results] if chosen else []
-    picked: dict[str, dict[str, Any]] = {}
-    seen = set()
-    for result in ordered:
-        params = {k: typed(result.params[k]) for k in searched}
-        key = json.dumps(params, sort_keys=True)
-        if key not in seen and len(picked) < top:
-            seen.add(key)
-            picked[result.name] = params
-    return picked
+    if not results or indistinct(results):
+        return {}
+    by_freeze = any(key.startswith("freeze") for key in searched)
+    best_of: dict[str, TrialResult] = {}
+    for result in sorted(results, key=lambda r: (-r.score, r.values.get(rule.cost, math.inf))):
+        key = result.freeze_range if by_freeze else json.dumps({k: result.params.get(k) for k in searched})
+        best_of.setdefault(key, result)
+    best = next(iter(best_of.values()))
+    near = sorted((r for r in best_of.values() if r is not best and r.score >= best.score - 3 * rule.tolerance),
+                  key=lambda r: (r.values.get(rule.cost, math.inf), -r.score))
+    return {r.name: {k: typed(r.params[k]) for k in searched} for r in [best, *near][:top]}
+
+
+# Student's t at 0.975 by degrees of freedom (1-30), for a 95 % interval of a mean over a few seeds.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A configuration re-run with fresh seeds by ``--confirm``."""
+    """A configuration re-run with fresh seeds by the confirmation."""
 
     name: str  # the search trial it repeats
     freeze_range: str
     params_text: str
     scores: tuple[float, ...]
     cost: float  # mean over the seeds
+    runs: tuple[str, ...] = ()  # the confirmation runs' trial names, one per seed
 
     @property
     def mean(self) -> float:
@@ -190,10 +207,29 @@ class Candidate:
     def sd(self) -> float:
         return statistics.stdev(self.scores) if len(self.scores) > 1 else math.nan
 
+    @property
+    def se(self) -> float:
+        return self.sd / math.sqrt(len(self.scores)) if len(self.scores) > 1 else math.nan
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The 95 % interval of the mean (Student's t over the seeds; unbounded with one seed)."""
+        if len(self.scores) < 2:
+            return -math.inf, math.inf
+        half = _T975[min(len(self.scores) - 1, len(_T975)) - 1] * self.se
+        return self.mean - half, self.mean + half
+
+    def apart_from(self, other: Candidate) -> bool:
+        """Whether the two means differ by more than two standard errors of their difference."""
+        if len(self.scores) < 2 or len(other.scores) < 2:
+            return False
+        return abs(self.mean - other.mean) > 2 * math.sqrt(self.se ** 2 + other.se ** 2)
+
 
 def confirmed(results: Sequence[TrialResult], tolerance: float, cost: str, searched: Sequence[str] = ()
               ) -> tuple[list[Candidate], Candidate | None]:
-    """Group confirmation runs by candidate; the cheapest candidate within tolerance + 2 SE of the best mean.
+    """Group confirmation runs by candidate; the cheapest candidate whose mean is within ``tolerance`` of the best
+    mean (the search's own trial, chosen for its luck among others, does not count).
 
     Only finished runs count, one per (candidate, seed): a run killed or failed part way (a driver stopped during
     the confirmation, then resumed) scores at fewer epochs than the others and would pull its candidate down."""
@@ -204,25 +240,17 @@ def confirmed(results: Sequence[TrialResult], tolerance: float, cost: str, searc
         if r.candidate and r.status == "FINISHED" and key not in seen:
             seen.add(key)
             groups.setdefault(r.candidate, []).append(r)
-    candidates = [Candidate(name=name, freeze_range=runs[0].freeze_range, params_text=_params_text(runs[0], searched),
-                            scores=tuple(r.score for r in runs),
-                            cost=statistics.fmean(r.values.get(cost, math.nan) for r in runs))
-                  for name, runs in groups.items()]
-    if not candidates:
+    found = [Candidate(name=name, freeze_range=runs[0].freeze_range, params_text=_params_text(runs[0], searched),
+                       scores=tuple(r.score for r in runs),
+                       cost=statistics.fmean(r.values.get(cost, math.nan) for r in runs),
+                       runs=tuple(r.name for r in runs))
+             for name, runs in groups.items()]
+    if not found:
         return [], None
-    candidates.sort(key=lambda c: -c.mean)
-    best = candidates[0]
-
-    def holds_up(c: Candidate) -> bool:
-        spread = math.sqrt(_var(best) / len(best.scores) + _var(c) / len(c.scores))
-        return best.mean - c.mean <= tolerance + 2 * spread
-
-    chosen = min((c for c in candidates if holds_up(c)), key=lambda c: (c.cost, -c.mean))
-    return candidates, chosen
-
-
-def _var(candidate: Candidate) -> float:
-    return candidate.sd ** 2 if len(candidate.scores) > 1 else 0.0
+    found.sort(key=lambda c: -c.mean)
+    best = found[0]
+    chosen = min((c for c in found if c.mean >= best.mean - tolerance - 1e-12), key=lambda c: (c.cost, -c.mean))
+    return found, chosen
 
 
 def _params_text(result: TrialResult, searched: Sequence[str]) -> str:
@@ -267,8 +295,26 @@ def depth_table(results: Sequence[TrialResult]) -> str:
 
 def candidate_table(candidates: Sequence[Candidate], chosen: Candidate | None, cost: str) -> str:
     rows = [["*" if c is chosen else "", c.name, c.freeze_range, c.params_text, str(len(c.scores)), f"{c.mean:.4f}",
-             f"{c.sd:.4f}", f"{c.cost:.4g}"] for c in candidates]
-    return _table(["", "candidate", "freeze", "params", "seeds", "mean score", "sd", cost], rows)
+             f"{c.sd:.4f}", "{:.4f}-{:.4f}".format(*c.interval), f"{c.cost:.4g}"] for c in candidates]
+    return _table(["", "candidate", "freeze", "params", "seeds", "mean score", "sd", "95% interval", cost], rows)
+
+
+def confirmed_text(candidates: Sequence[Candidate], chosen: Candidate, tolerance: float, cost: str) -> str:
+    """The confirmed recommendation in words: its mean and interval, the rule, and which candidates the seeds
+    cannot tell apart from it."""
+    best = candidates[0]
+    low, high = chosen.interval
+    text = (f"Recommendation: freeze {chosen.freeze_range} ({chosen.params_text}), confirmed with fresh seeds: mean "
+            f"score {chosen.mean:.4f} (95% interval {low:.4f}-{high:.4f}) over {len(chosen.scores)} seeds, the lowest "
+            f"{cost} among the candidates whose mean is within the tolerance ({tolerance:g}) of the best mean")
+    text += "." if chosen is best else f" ({best.mean:.4f}, freeze {best.freeze_range})."
+    tied = [c for c in candidates if c is not chosen and not chosen.apart_from(c)]
+    if tied:
+        text += (" At this seed-to-seed noise it cannot be told apart from " + ", ".join(
+            f"freeze {c.freeze_range} ({c.mean:.4f})" for c in tied) + " (means within two standard errors).")
+    else:
+        text += " Every other candidate's mean differs from it by more than two standard errors."
+    return text
 
 
 @dataclass
@@ -299,7 +345,7 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
     confirmation = [r for r in results if r.candidate is not None]
     front_objectives = list(objectives) if len(objectives) > 1 else list(DEFAULT_FRONTIER)
     front = frontier(search, front_objectives)
-    recommendation = recommend(search, tolerance, cost, searched)
+    recommendation = None if indistinct(search) else recommend(search, tolerance, cost, searched)
     report = Report(search=search, confirmation=confirmation, front=front, objectives=front_objectives,
                     recommendation=recommendation)
     marks = {r.name: "F" for r in front}
@@ -311,17 +357,20 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
              "Frontier over " + ", ".join(f"{m} ({mode})" for m, mode in front_objectives) + ":\n"
              + trial_table(front, searched)]
     if recommendation is not None:
-        parts.append(recommendation.describe())
-    if confirmation:
+        described = recommendation.describe()
+        parts.append(described.replace("Recommendation:", "Single-trial pick (the confirmation decides):", 1)
+                     if confirmation else described)
+    elif search and indistinct(search):
+        parts.append(f"No recommendation: the scores cannot tell the trials apart (every trial scored "
+                     f"{search[0].score:.4f} at its best epoch). Train longer, from pretrained weights or on more "
+                     "data, then search again.")
+    if confirmation and recommendation is not None:
         report.candidates, report.confirmed_choice = confirmed(confirmation, tolerance, cost, searched)
         chosen = report.confirmed_choice
         parts.append("Confirmation (fresh seeds; the search's own run left out):\n"
                      + candidate_table(report.candidates, chosen, cost))
         if chosen is not None:
-            parts.append(f"Confirmed recommendation: freeze {chosen.freeze_range} ({chosen.params_text}): mean score "
-                         f"{chosen.mean:.4f} ± {chosen.sd:.4f} over {len(chosen.scores)} seeds, the lowest {cost} "
-                         f"among the candidates whose mean is within the tolerance ({tolerance:g}) plus two standard "
-                         f"errors of the best mean ({report.candidates[0].mean:.4f}).")
+            parts.append(confirmed_text(report.candidates, chosen, tolerance, cost))
     report.text = "\n\n".join(parts)
     return report
 

@@ -35,8 +35,10 @@ if TYPE_CHECKING:
 __all__ = ["SMOKE", "Checked", "Study", "StudyOptions", "check_config", "check_submission", "rebuild_report",
            "tracking_uri"]
 
-# --smoke-test: a few trials of two epochs (a grid runs once); the user's own overrides still win.
+# --smoke-test: a few trials of two epochs (a grid runs once), two candidates confirmed with two seeds; the user's
+# own overrides still win.
 SMOKE = (("search.num_samples", 4), ("train.epochs", 2), ("search.grace_period", 1))
+SMOKE_CONFIRM = {"confirm_seeds": 2, "confirm_top": 2}  # at most, where the config confirms at all
 
 Say = Callable[[str], None]
 
@@ -60,8 +62,8 @@ class StudyOptions:
     storage_path: str = "ray_results"
     report_dir: Path = Path("reports")
     address: str | None = None  # an existing Ray cluster; None: $RAY_ADDRESS, else a local Ray
-    confirm: int = 0  # seeds per candidate, 0 for no confirmation
-    confirm_top: int = 3
+    confirm: int | None = None  # seeds per candidate, 0 for no confirmation; None: the config's report.confirm_seeds
+    confirm_top: int | None = None  # None: the config's report.confirm_top
     resume: bool = False
     smoke_test: bool = False
     verbose: bool = False  # Tune's and Optuna's own console lines too
@@ -86,16 +88,23 @@ class Checked:
 def check_config(options: StudyOptions) -> Checked:
     """The search's config checked against its task (names resolved), and the task; the tracking store usable.
     Raises ConfigError naming the key, the value and what is allowed."""
-    if options.confirm and options.confirm < 2:
+    if options.confirm is not None and (options.confirm == 1 or options.confirm < 0):
         raise ConfigError("--confirm", options.confirm, "0 (no confirmation) or an integer >= 2 (seeds per candidate)")
-    if options.confirm_top < 1:
+    if options.confirm_top is not None and options.confirm_top < 1:
         raise ConfigError("--confirm-top", options.confirm_top, "an integer >= 1")
-    overrides = [*(SMOKE if options.smoke_test else ()), *options.overrides]
+    flags = [("report.confirm_seeds", options.confirm), ("report.confirm_top", options.confirm_top)]
+    overrides = [*(SMOKE if options.smoke_test else ()), *options.overrides,
+                 *((key, value) for key, value in flags if value is not None)]
     cfg = load_config(options.space_file, overrides)
     from tune import freeze, tracking
     from tune.tasks import absolute_paths, load_task
     from tune.trial import known_metrics
 
+    if options.smoke_test and cfg.report.confirm_seeds:
+        given = {key for key, _ in overrides}
+        smaller = {key: min(getattr(cfg.report, key), most) for key, most in SMOKE_CONFIRM.items()
+                   if f"report.{key}" not in given}
+        cfg = dataclasses.replace(cfg, report=dataclasses.replace(cfg.report, **smaller))
     if options.smoke_test and cfg.search.algorithm == "grid" and "search.num_samples" not in dict(options.overrides):
         cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, num_samples=1))  # the grid once
     written = cfg = dataclasses.replace(cfg, task=absolute_paths(cfg.task, Path.cwd()))  # trials run elsewhere
@@ -179,7 +188,7 @@ class Study:
                       + (f"; the time budget of {cfg.search.time_budget_s:g} s stopped the search: trials still "
                          "running then are marked KILLED, later ones never started" if outcome.budget_reached else "")
                       + ".\n\n")
-            if options.confirm and outcome.errored < outcome.trials:
+            if cfg.report.confirm_seeds and outcome.errored < outcome.trials:
                 self._confirm()
             built = _write_report(tracker, self.searched, cfg.search.objective_list, cfg.report, options.report_dir,
                                   header, self.say)
@@ -223,8 +232,10 @@ class Study:
 
         cfg, options, parent_id = self.cfg, self.options, self.tracker.parent_run_id
         records = tracking.fetch_trials(self.tracking_uri, parent_id)
-        candidates = report.candidates(records, cfg.report, self.searched, options.confirm_top)
-        seeds = [cfg.train.seed + i for i in range(1, options.confirm + 1)]
+        candidates = report.candidates(records, cfg.report, self.searched, cfg.report.confirm_top)
+        if not candidates:  # nothing to confirm: no trial finished, or the scores cannot tell the trials apart
+            return
+        seeds = [cfg.train.seed + i for i in range(1, cfg.report.confirm_seeds + 1)]
         done = tracking.finished_confirmations(self.tracking_uri, parent_id) if self.resume else set()
         self.say(f"confirming {len(candidates)} candidates with seeds {seeds}"
                  + (f" ({len(done)} of these runs finished before the resume)" if done else ""))
