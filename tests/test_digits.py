@@ -30,6 +30,12 @@ def test_few_label_split_is_balanced_and_disjoint():
     val_rows = [tuple(row.flatten().tolist()) for row in task.val_data[0]]
     # UCI digits has a few exact duplicate images; the split is by index, so only those may coincide
     assert sum(row in train_rows for row in val_rows) <= 3
+    test_rows = [tuple(row.flatten().tolist()) for row in task.test_data[0]]
+    assert len(test_rows) == 500 and sum(row in train_rows or row in set(val_rows) for row in test_rows) <= 6
+    # the test split comes from what validation leaves: the same validation split with or without it
+    assert torch.equal(make_task(labels_per_class=7, val_size=300, test_size=0).val_data[0], task.val_data[0])
+    assert make_task(labels_per_class=7, val_size=300, test_size=0).test_data is None
+    assert len(make_task(labels_per_class=10, val_size=1000, test_size=1000).test_data[0]) == 697  # what is left
 
 
 def test_pretrained_trunk_transfers_where_a_frozen_trunk_cannot_adapt():

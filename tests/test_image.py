@@ -239,6 +239,7 @@ def test_bad_image_options_are_one_line(folder, tmp_path, change, options, expec
 def test_the_image_space_smoke_runs_with_nested_mlflow_runs(ray_runtime, folder, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shutil.copytree(folder, tmp_path / "digits_png")
+    shutil.copytree(folder / "val", tmp_path / "digits_png" / "test")  # a test split (here: validation's images)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = run_search.main(["--space", str(SPACE), "--smoke-test", "--confirm", "0", "--tracking-uri", uri,
                             "--set", "task.options.data=digits_png", "--set", "task.options.image_size=32",
@@ -253,6 +254,11 @@ def test_the_image_space_smoke_runs_with_nested_mlflow_runs(ray_runtime, folder,
         assert [m.step for m in history] == list(range(1, len(history) + 1)) and history
         assert child.data.tags["prefix_cache"].startswith("off: ")
         assert {"peak_mem_mb", "epoch_time_s", "frozen_params"} <= set(child.data.metrics)
+    # no confirmation here: the recommended trial's best checkpoint alone is scored on the test split
+    [tested] = [c for c in children if "test_score" in c.data.metrics]
+    assert tested.data.tags["ray.trial_id"] == parent.data.tags["recommended_trial"]
+    assert parent.data.metrics["test_score"] == tested.data.metrics["test_score"]
+    assert {"test_loss"} <= set(tested.data.metrics)
 
 
 @pytest.mark.slow

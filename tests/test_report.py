@@ -122,6 +122,26 @@ def test_candidates_are_the_best_range_and_the_cheapest_ranges_near_it_each_at_i
     assert candidates(flat, ReportConfig(), ["freeze_stop"], top=3) == {}  # nothing to tell apart
 
 
+def test_the_test_split_is_reported_beside_validation_and_changes_no_choice():
+    def runs(test_cheap: float, test_expensive: float) -> list[TrialRecord]:
+        made = [record("cheap", 4, [0.945], 1.0, 3.0), record("expensive", 0, [0.950], 2.0, 8.0)]
+        for seed in (1, 2):
+            for name, stop, score, cost, test in (("cheap", 4, 0.94, 1.0, test_cheap),
+                                                  ("expensive", 0, 0.95, 2.0, test_expensive)):
+                run = record(f"{name}{seed}", stop, [score - 0.002 * seed], cost, cost, candidate=name, seed=seed)
+                run.history["test_score"] = [(1, test + 0.001 * seed)]
+                made.append(run)
+        return made
+
+    built = [build_report(runs(*tests), searched=["freeze_stop"], objectives=[("score", "max")], tolerance=0.01,
+                          cost="epoch_time_s") for tests in ((0.93, 0.96), (0.99, 0.50))]
+    # the test scores swing from one candidate to the other; the choice does not move
+    assert [b.chosen.name for b in built] == ["cheap", "cheap"]
+    assert [b.confirmed_choice.name for b in built] == ["cheap", "cheap"]
+    assert "Test split: 0.9315 ± 0.0007 (over its 2 confirmation runs; validation 0.9370)" in built[0].text
+    assert "the test split, scored once after the choice, chose nothing" in built[0].text
+
+
 def test_no_recommendation_where_every_score_is_the_same():
     records = [record(f"t{stop}", stop, [0.0, 0.0], 1.0 - 0.1 * stop, 8.0 - stop) for stop in range(3)]
     report = build_report(records, searched=["freeze_stop"], objectives=[("score", "max")], tolerance=0.01,

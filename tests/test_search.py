@@ -342,6 +342,17 @@ def test_confirm_reruns_the_top_ranked_candidates_with_fresh_seeds_and_recommend
     _, confirmed = report.confirmed([r for r in report.summarise(records) if r.candidate], 0.01, "epoch_time_s")
     assert parent.data.tags["recommended_trial"] == confirmed.name
     assert parent.data.tags["recommended_freeze_range"] == searched[confirmed.name].data.params["freeze_range"]
+    # scored once on the test split: the confirmed candidate's runs, and no other run
+    tested = {c.data.tags["ray.trial_id"] for c in children if "test_score" in c.data.metrics}
+    assert tested == set(confirmed.runs) and len(tested) == 2
+    test_scores = [c.data.metrics["test_score"] for c in children if "test_score" in c.data.metrics]
+    metrics = parent.data.metrics  # the search in a few numbers, for MLflow's runs table and charts
+    assert metrics["test_score"] == pytest.approx(sum(test_scores) / 2)
+    assert metrics["recommended_score"] == pytest.approx(confirmed.mean)
+    assert metrics["recommended_score_low"] < confirmed.mean < metrics["recommended_score_high"]
+    assert metrics["best_score"] == max(r.score for r in report.summarise(records) if r.candidate is None)
+    assert metrics["trials_finished"] == 4 and metrics["trials_failed"] == 0
+    assert {"recommended_epoch_time_s", "recommended_peak_mem_mb", "trials_stopped_early"} <= set(metrics)
 
 
 def test_the_recommendation_follows_the_confirmed_choice_not_the_search_trial(tmp_path):

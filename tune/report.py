@@ -22,12 +22,14 @@ from typing import Any
 from tune.config import ReportConfig
 from tune.tracking import TrialRecord, short, typed
 
-__all__ = ["Candidate", "Recommendation", "Report", "TrialResult", "build_report", "candidates", "dominates",
-           "frontier", "recommend", "short", "summarise", "write_report"]
+__all__ = ["Candidate", "Recommendation", "Report", "TrialResult", "build_report", "candidates", "confirmed",
+           "confirmed_text", "dominates", "frontier", "indistinct", "recommend", "short", "summarise", "test_scores",
+           "write_report"]
 
 DEFAULT_FRONTIER = (("score", "max"), ("epoch_time_s", "min"), ("peak_mem_mb", "min"))
 _MAX_OVER_EPOCHS = ("peak_mem_mb", "rss_mb")
 _MEAN_OVER_EPOCHS = ("epoch_time_s", "samples_per_s")
+_SCORED_ONCE = ("test_score",)  # logged once, after the search, for the best-epoch checkpoint
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ def value_at_best(history: list[tuple[int, float]], metric: str, best_epoch: int
         return max(values)
     if metric in _MEAN_OVER_EPOCHS:
         return statistics.fmean(values)
+    if metric in _SCORED_ONCE:
+        return values[-1]
     at = [v for step, v in history if step == best_epoch]
     return at[-1] if at else math.nan
 
@@ -309,7 +313,9 @@ def confirmed_text(candidates: Sequence[Candidate], chosen: Candidate, tolerance
             f"{cost} among the candidates whose mean is within the tolerance ({tolerance:g}) of the best mean")
     text += "." if chosen is best else f" ({best.mean:.4f}, freeze {best.freeze_range})."
     tied = [c for c in candidates if c is not chosen and not chosen.apart_from(c)]
-    if tied:
+    if len(candidates) == 1:
+        text += " It was the only candidate: no other freeze range came within three tolerances of its score."
+    elif tied:
         text += (" At this seed-to-seed noise it cannot be told apart from " + ", ".join(
             f"freeze {c.freeze_range} ({c.mean:.4f})" for c in tied) + " (means within two standard errors).")
     else:
@@ -371,8 +377,29 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
                      + candidate_table(report.candidates, chosen, cost))
         if chosen is not None:
             parts.append(confirmed_text(report.candidates, chosen, tolerance, cost))
+    tested = test_scores(report)
+    if tested:
+        validation = (report.confirmed_choice.mean if report.confirmed_choice else report.chosen.score)
+        spread = f" ± {statistics.stdev(tested):.4f}" if len(tested) > 1 else ""
+        runs = f"over its {len(tested)} confirmation runs" if report.confirmed_choice else "of its trial"
+        parts.append(f"Test split: {statistics.fmean(tested):.4f}{spread} ({runs}; validation {validation:.4f}). The "
+                     "validation split chose every epoch, trial and range; the test split, scored once after the "
+                     "choice, chose nothing.")
     report.text = "\n\n".join(parts)
     return report
+
+
+def test_scores(report: Report) -> list[float]:
+    """The recommended configuration's test-split scores: its confirmation runs' (after a confirmation) or its
+    trial's, where they were scored (a task with a test split)."""
+    if report.chosen is None:
+        return []
+    if report.confirmed_choice is not None:
+        runs = [r for r in report.confirmation if r.candidate == report.confirmed_choice.name
+                and r.name in report.confirmed_choice.runs]
+    else:
+        runs = [report.chosen]
+    return [r.values["test_score"] for r in runs if not math.isnan(r.values.get("test_score", math.nan))]
 
 
 # -- plots ------------------------------------------------------------------------------------------------------

@@ -188,10 +188,15 @@ class Study:
                       + (f"; the time budget of {cfg.search.time_budget_s:g} s stopped the search: trials still "
                          "running then are marked KILLED, later ones never started" if outcome.budget_reached else "")
                       + ".\n\n")
+            checkpoints = dict(outcome.best_checkpoints)
             if cfg.report.confirm_seeds and outcome.errored < outcome.trials:
-                self._confirm()
+                checkpoints.update(self._confirm())
+            if self.task.test_data is not None:  # chosen on validation first; then, once, measured on test
+                chosen, records = _build_report(tracker, self.searched, cfg.search.objective_list, cfg.report)
+                self._score_test(chosen, records, checkpoints)
             built = _write_report(tracker, self.searched, cfg.search.objective_list, cfg.report, options.report_dir,
                                   header, self.say)
+            self._log_summary(built, outcome)
             self._log_recommended_model(built, outcome.best_checkpoints)
             status = "FINISHED" if outcome.errored < outcome.trials else "FAILED"
         except KeyboardInterrupt:
@@ -225,23 +230,88 @@ class Study:
                   **({"mlflow.source.git.commit": commit} if commit else {})},
             artifacts=[space_file])
 
-    def _confirm(self) -> None:
-        """Re-run the top candidates with fresh seeds; after a resume, the (candidate, seed) runs that finished
-        before the stop are not run again."""
+    def _confirm(self) -> dict[str, Any]:
+        """Re-run the candidates with fresh seeds (after a resume, the (candidate, seed) runs that finished before
+        the stop are not run again); their best-epoch checkpoints by trial."""
         from tune import report, search, tracking
 
         cfg, options, parent_id = self.cfg, self.options, self.tracker.parent_run_id
         records = tracking.fetch_trials(self.tracking_uri, parent_id)
         candidates = report.candidates(records, cfg.report, self.searched, cfg.report.confirm_top)
         if not candidates:  # nothing to confirm: no trial finished, or the scores cannot tell the trials apart
-            return
+            return {}
         seeds = [cfg.train.seed + i for i in range(1, cfg.report.confirm_seeds + 1)]
         done = tracking.finished_confirmations(self.tracking_uri, parent_id) if self.resume else set()
         self.say(f"confirming {len(candidates)} candidates with seeds {seeds}"
                  + (f" ({len(done)} of these runs finished before the resume)" if done else ""))
-        search.confirm(cfg, self.tracker, candidates, seeds, storage_path=options.storage_path, address=self.address,
-                       verbose=int(options.verbose), done=done)
+        outcome = search.confirm(cfg, self.tracker, candidates, seeds, storage_path=options.storage_path,
+                                 address=self.address, verbose=int(options.verbose), done=done)
         self.tracker.kill_open_trials()
+        return outcome.best_checkpoints if outcome is not None else {}
+
+    def _score_test(self, built: report.Report, records: list, checkpoints: Mapping[str, Any]) -> None:
+        """Score the recommended configuration on the task's test split, once: its confirmation runs' best-epoch
+        checkpoints (after a confirmation) or its trial's. ``test_score`` (the primary metric) and the task's other
+        metrics as ``test_*`` go to each scored run, at its checkpoint's epoch. Nothing is chosen on them."""
+        from tune import data
+        from tune.trial import load_checkpoint, pick_device
+
+        if built.chosen is None:
+            return
+        names = list(built.confirmed_choice.runs) if built.confirmed_choice else [built.chosen.name]
+        run_ids = {r.name: r.run_id for r in records}
+        device = pick_device(self.cfg.train.device)
+        task, test = self.task, self.task.test_data
+        scored = 0
+        for name in names:
+            if name not in checkpoints or name not in run_ids:
+                warn(f"no checkpoint of trial {name}: not scored on the test split")
+                continue
+            with checkpoints[name].as_directory() as directory:
+                state = load_checkpoint(directory)
+            block_model = task.build_model()
+            block_model.module.load_state_dict(state["model"])
+            module = block_model.module.to(device).eval()
+            if data.is_tensor_pair(test):
+                metrics = task.evaluate(module, *(t.to(device) for t in test))
+            else:
+                metrics = task.evaluate(module, data.batches(test, self.cfg.train.batch_size, device,
+                                                             num_workers=task.num_workers))
+            renamed = {"test_score": metrics[task.metric],
+                       **{f"test_{k.removeprefix('val_')}": v for k, v in metrics.items() if k != task.metric}}
+            self.tracker.log_metrics(run_ids[name], renamed, step=int(state.get("epoch", 0)))
+            scored += 1
+        if scored:
+            self.say(f"scored the recommendation on the test split ({scored} checkpoint{'s' * (scored > 1)})")
+
+    def _log_summary(self, built: report.Report, outcome: Any) -> None:
+        """The search in a few numbers on its parent run, so that searches compare in MLflow's runs table and
+        charts: the best and the recommended score (with its interval after a confirmation), the test score, the
+        recommendation's epoch time and memory, and how the trials ended."""
+        import math
+        import statistics
+
+        from tune import report
+
+        search = built.search
+        summary: dict[str, float] = {"trials_finished": sum(r.status == "FINISHED" for r in search),
+                                     "trials_stopped_early": sum(r.stopped_early for r in search),
+                                     "trials_failed": outcome.errored}
+        if search:
+            summary["best_score"] = max(r.score for r in search)
+        chosen = built.chosen
+        if chosen is not None:
+            summary.update(recommended_epoch_time_s=chosen.epoch_time_s, recommended_peak_mem_mb=chosen.peak_mem_mb,
+                           recommended_freeze_stop=chosen.freeze_key[1], recommended_score=chosen.score)
+            if built.confirmed_choice is not None:
+                low, high = built.confirmed_choice.interval
+                summary.update(recommended_score=built.confirmed_choice.mean, recommended_score_low=low,
+                               recommended_score_high=high)
+            tested = report.test_scores(built)
+            if tested:
+                summary["test_score"] = statistics.fmean(tested)
+        self.tracker.log_metrics(self.tracker.parent_run_id,
+                                 {k: v for k, v in summary.items() if not math.isnan(v)}, step=0)
 
     def _log_recommended_model(self, built: report.Report, checkpoints: dict[str, Any]) -> None:
         """The recommended trial's best-epoch weights as an MLflow model of the parent run."""
@@ -284,16 +354,25 @@ def _resume_point(uri: str, experiment: str) -> tracking.SearchRecord:
     return record
 
 
+def _build_report(tracker: tracking.SearchTracker, searched: list[str], objectives: list[tuple[str, str]],
+                  rule: ReportConfig, header: str = "") -> tuple[report.Report, list[tracking.TrialRecord]]:
+    """The report of the search as MLflow holds it, and the trial records it was built from."""
+    from tune import report, tracking
+
+    records = tracking.fetch_trials(tracker.tracking_uri, tracker.parent_run_id,
+                                    extra_keys=[m for m, _ in objectives])
+    return report.build_report(records, searched=searched, objectives=objectives, tolerance=rule.tolerance,
+                               cost=rule.cost, header=header), records
+
+
 def _write_report(tracker: tracking.SearchTracker, searched: list[str], objectives: list[tuple[str, str]],
                   rule: ReportConfig, report_dir: Path, header: str, say: Say) -> report.Report:
     """Build the report from MLflow, write it (text, plots, summary) under ``report_dir`` and into the parent run,
     tag the parent with the recommendation, and print it."""
-    from tune import report, tracking
+    from tune import report
 
     parent_id = tracker.parent_run_id
-    records = tracking.fetch_trials(tracker.tracking_uri, parent_id, extra_keys=[m for m, _ in objectives])
-    built = report.build_report(records, searched=searched, objectives=objectives, tolerance=rule.tolerance,
-                                cost=rule.cost, header=header)
+    built, records = _build_report(tracker, searched, objectives, rule, header)
     name = tracker.experiment_name
     out_dir = report_dir / f"{name}-{parent_id[:8]}"
     files = report.write_report(built, [r for r in records if "candidate" not in r.tags], out_dir, name)

@@ -36,7 +36,7 @@ __all__ = ["TAG_KEYS", "SearchRecord", "SearchTracker", "TrialRecord", "TrialRun
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_ID_TAG = "ray.trial_id"  # a trial run's Tune trial id (its name says what it froze, with what)
 # Per-epoch metrics the report reads back as histories (the rest stay in MLflow for the UI).
-HISTORY_KEYS = ("score", "train_time_s", "epoch_time_s", "peak_mem_mb", "samples_per_s")
+HISTORY_KEYS = ("score", "train_time_s", "epoch_time_s", "peak_mem_mb", "samples_per_s", "test_score")
 _BATCH = 900  # MLflow accepts up to 1,000 metrics and 100 params per log_batch call
 
 

@@ -38,6 +38,10 @@ class Task:
     least ``metric`` (the primary metric, higher is better, also reported as ``score``) and ``val_loss``.
     ``classification_metrics`` takes either form.
 
+    ``test_data`` (optional, the form of ``val_data``) is a split that takes no part in choosing: after the search,
+    the recommended configuration's best-epoch checkpoints are scored on it once (``evaluate``), and nothing is
+    selected on it.
+
     ``augments`` says that training inputs change from epoch to epoch (augmentation), which rules out caching a
     frozen prefix. ``train_loader(batch_size, epoch, seed)`` lets a task build its own training batches (then
     it owns exact resume: epoch e's batches must depend on (seed, e) only; the prefix cache is off).
@@ -61,6 +65,7 @@ class Task:
     training_step: Callable[[nn.Module, Any], torch.Tensor] | None = None
     train_loader: Callable[[int, int, int], Iterable[Any]] | None = None
     num_workers: int = 0
+    test_data: Any = None
 
     def __post_init__(self) -> None:
         missing = [name for name in ("train_data", "val_data", "evaluate") if getattr(self, name) is None]

@@ -102,9 +102,10 @@ def _mnist() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.tensor(labels, dtype=torch.long)
 
 
-def few_label_split(targets: torch.Tensor, labels_per_class: int, val_size: int, seed: int
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices: ``labels_per_class`` per class for training, then ``val_size`` others for validation."""
+def few_label_split(targets: torch.Tensor, labels_per_class: int, val_size: int, seed: int, test_size: int = 0
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Indices: ``labels_per_class`` per class for training, then ``val_size`` others for validation, then up to
+    ``test_size`` of the rest for the test split (neither trained nor validated on)."""
     generator = torch.Generator().manual_seed(seed)
     classes = torch.unique(targets)
     train_index = torch.cat([
@@ -113,12 +114,12 @@ def few_label_split(targets: torch.Tensor, labels_per_class: int, val_size: int,
     rest = torch.ones(len(targets), dtype=torch.bool)
     rest[train_index] = False
     rest_index = torch.nonzero(rest).flatten()
-    val_index = rest_index[torch.randperm(len(rest_index), generator=generator)[:val_size]]
-    return train_index, val_index
+    shuffled = rest_index[torch.randperm(len(rest_index), generator=generator)]
+    return train_index, shuffled[:val_size], shuffled[val_size:val_size + test_size]
 
 
 def make_task(labels_per_class: int = 20, val_size: int = 500, split_seed: int = 0,
-              weights: str | None = "pretrained", new_head: bool = False) -> Task:
+              weights: str | None = "pretrained", new_head: bool = False, test_size: int = 500) -> Task:
     """The UCI-digits target task. Options are the keys of ``task.options`` in a search space file."""
     if not isinstance(labels_per_class, int) or isinstance(labels_per_class, bool) or not 1 <= labels_per_class <= 150:
         raise ConfigError("task.options.labels_per_class", labels_per_class, "an integer in [1, 150]")
@@ -126,13 +127,16 @@ def make_task(labels_per_class: int = 20, val_size: int = 500, split_seed: int =
         raise ConfigError("task.options.val_size", val_size, "an integer in [10, 1500]")
     if weights not in ("pretrained", None) and not (isinstance(weights, str) and Path(weights).is_file()):
         raise ConfigError("task.options.weights", weights, "pretrained, null (random init) or a path to a .pt file")
+    if not isinstance(test_size, int) or isinstance(test_size, bool) or test_size < 0:
+        raise ConfigError("task.options.test_size", test_size, "an integer >= 0 (0: no test split)")
     images, targets = _uci_digits()
-    train_index, val_index = few_label_split(targets, labels_per_class, val_size, split_seed)
+    train_index, val_index, test_index = few_label_split(targets, labels_per_class, val_size, split_seed, test_size)
     return Task(
         name="digits",
         build_model=lambda: build_model(weights, new_head),
         train_data=(images[train_index], targets[train_index]),
         val_data=(images[val_index], targets[val_index]),
+        test_data=(images[test_index], targets[test_index]) if len(test_index) else None,
         metric="val_accuracy",
         loss=F.cross_entropy,
         evaluate=classification_metrics,

@@ -5,7 +5,8 @@ Options (``task.options`` in a search space file):
   ``timm.list_models()``) or a torchvision one as ``torchvision:resnet18``. Its blocks come from the model's own
   description (``tune.blocks``); ``python run_search.py layers`` lists them.
 - ``data``: a folder holding ``train/<class>/<images>`` and ``val/<class>/<images>`` (the layout of
-  ``torchvision.datasets.ImageFolder``; both splits with the same class folders).
+  ``torchvision.datasets.ImageFolder``; both splits with the same class folders), and optionally
+  ``test/<class>/<images>``: a test split, scored once for the recommendation after the search, never to choose.
 - ``weights``: a local file in the form the library saved it (a state dict, a ``.safetensors`` file, a training
   checkpoint holding one: ``tune.weights``); ``pretrained``: the library's own pretrained download, only on a
   machine that reaches the model hub; null: random init. ``trust_weights: true`` lets a pickled checkpoint load
@@ -162,7 +163,7 @@ def _folder(data: Any, split: str, transform: Any, classes: list[str] | None = N
         raise ConfigError("task.options.data", data, allowed, problem=f"{split}: {one_line(err)}") from None
     if classes is not None and folder.classes != classes:
         raise ConfigError("task.options.data", data, allowed,
-                          problem=f"val has classes {folder.classes}, train {classes}")
+                          problem=f"{split} has classes {folder.classes}, train {classes}")
     if len(folder.classes) < 2:
         raise ConfigError("task.options.data", data, allowed, problem=f"{split} has {len(folder.classes)} class")
     return folder
@@ -189,12 +190,15 @@ def make_task(model: str = "resnet18", data: str | None = None, weights: str | N
     config = _data_config(probe.module, library, image_size)
     train_set.transform = create_transform(**config, is_training=augment)
     val_set = _folder(data, "val", create_transform(**config, is_training=False), classes)
+    has_test = (Path(data).expanduser() / "test").is_dir()
+    test_set = _folder(data, "test", create_transform(**config, is_training=False), classes) if has_test else None
 
     def build() -> BlockModel:  # a fresh model each time; its new head seeded by the trial (tune.train.Trial)
         return block_model(model, len(classes), weights, trust_weights, new_head, image_size, state)
 
     return Task(name="image", build_model=build, metric="val_accuracy", train_data=train_set, val_data=val_set,
-                loss=F.cross_entropy, evaluate=classification_metrics, augments=augment, num_workers=workers)
+                test_data=test_set, loss=F.cross_entropy, evaluate=classification_metrics, augments=augment,
+                num_workers=workers)
 
 
 def layers_model(options: Mapping[str, Any]) -> BlockModel:

@@ -6,7 +6,8 @@ Options (``task.options`` in a search space file):
   machine that reaches the hub. Its blocks come from its own structure (``tune.blocks.encoder_blocks``):
   the embeddings, each encoder layer, the head; ``python run_search.py layers`` lists them.
 - ``data``: the training file (``.csv``, ``.json`` / ``.jsonl``: JSON Lines), read with ``datasets``;
-  ``val_data``: the validation file, or null to hold out ``val_fraction`` of ``data`` (split by ``split_seed``).
+  ``val_data``: the validation file, or null to hold out ``val_fraction`` of ``data`` (split by ``split_seed``);
+  ``test_data`` (optional): a test file, scored once for the recommendation after the search, never to choose.
 - ``text_column`` (``text``): the text column, or a list of two for sentence pairs; ``label_column``
   (``label``): the labels, any values (strings or integers), numbered in sorted order.
 - ``max_length`` (128): tokens per example; padding and truncation to it, tokenized once with the model's own
@@ -133,7 +134,7 @@ def _tokenize(tokenizer: Any, table: Any, text_column: Sequence[str], labels: Se
 
 def make_task(model: str | None = None, data: str | None = None, val_data: str | None = None,
               text_column: str | list[str] = "text", label_column: str = "label", max_length: int = 128,
-              val_fraction: float = 0.2, split_seed: int = 0, workers: int = 0) -> Task:
+              val_fraction: float = 0.2, split_seed: int = 0, workers: int = 0, test_data: str | None = None) -> Task:
     check_option("model", model, isinstance(model, str) and bool(model), "a model folder or a hub name")
     columns = [text_column] if isinstance(text_column, str) else text_column
     check_option("text_column", text_column, isinstance(columns, list) and 1 <= len(columns) <= 2
@@ -156,20 +157,26 @@ def make_task(model: str | None = None, data: str | None = None, val_data: str |
         raise ConfigError("task.options.label_column", label_column, "a column with at least two labels",
                           problem=f"one label in data: {values[0]!r}" if values else "no rows")
     number = {value: index for index, value in enumerate(values)}
-    unseen = sorted({str(v) for v in val[label_column] if v not in number})
-    if unseen:
-        raise ConfigError("task.options.val_data", val_data, "labels that data has too",
-                          problem=f"labels not in data: {', '.join(unseen[:3])}")
+    test = None
+    if test_data is not None:
+        test = _read("test_data", test_data)
+        _columns(test, "test_data", columns, label_column)
+    for key, path, table in (("val_data", val_data, val), ("test_data", test_data, test)):
+        unseen = sorted({str(v) for v in table[label_column] if v not in number}) if table is not None else []
+        if unseen:
+            raise ConfigError(f"task.options.{key}", path, "labels that data has too",
+                              problem=f"labels not in data: {', '.join(unseen[:3])}")
     tokenizer = _tokenizer(model)
-    train_set = _tokenize(tokenizer, train, columns, [number[v] for v in train[label_column]], max_length)
-    val_set = _tokenize(tokenizer, val, columns, [number[v] for v in val[label_column]], max_length)
+    train_set, val_set, test_set = (
+        _tokenize(tokenizer, table, columns, [number[v] for v in table[label_column]], max_length)
+        if table is not None else None for table in (train, val, test))
     block_model(model, len(values), max_length)  # a model that cannot be built fails here, before any trial
 
     def build() -> BlockModel:  # a fresh model each time; its new head seeded by the trial (tune.train.Trial)
         return block_model(model, len(values), max_length)
 
     return Task(name="text", build_model=build, metric="val_accuracy", train_data=train_set, val_data=val_set,
-                training_step=_training_step, evaluate=text_metrics, num_workers=workers,
+                test_data=test_set, training_step=_training_step, evaluate=text_metrics, num_workers=workers,
                 extra_metrics=("val_macro_f1",))
 
 
