@@ -3,7 +3,7 @@
 
     python run_search.py                         # the embedded default: digits CNN, MNIST → UCI digits
     python run_search.py --smoke-test            # the whole path in seconds
-    python run_search.py --confirm 3             # then re-run the top candidates with 3 fresh seeds each
+    python run_search.py --confirm 0             # no confirmation with fresh seeds (the default confirms)
     python run_search.py --space search_spaces/digits_freeze_range.yaml --set train.epochs=5
     python run_search.py report [--experiment NAME | --run-id ID]   # the report again, from MLflow alone
     python run_search.py layers [--space FILE | --task yolo --model yolov5mu.yaml]  # which N is my backbone?

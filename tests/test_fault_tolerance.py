@@ -22,6 +22,7 @@ task: {{name: "conftest:make_slow_task", options: {{seconds_per_epoch: {seconds}
 train: {{epochs: {epochs}, batch_size: 8, lr: 0.01}}
 space: {{freeze_stop: {{type: int, low: 0, high: 3}}}}
 search: {{num_samples: {samples}, scheduler: fifo, max_concurrent_trials: 2}}
+report: {{confirm_seeds: 0, tolerance: 1.0}}
 """
 
 
@@ -180,7 +181,8 @@ def test_a_driver_stopped_during_confirm_resumes_it_without_repeating_or_countin
     from tune import report, tracking
 
     _space(tmp_path, seconds=0.3, epochs=3, samples=1, free=4)  # the 3 search trials and 1 confirmation run
-    space = tmp_path / "space.yaml"  # a grid: 3 distinct configurations, so that there are 2 candidates
+    # a grid: 3 distinct ranges; the tolerance of 1.0 puts all of them near the best, so that there are 2 candidates
+    space = tmp_path / "space.yaml"
     space.write_text(space.read_text().replace("{type: int, low: 0, high: 3}", "{type: choice, values: [1, 2, 3]}")
                      .replace("scheduler: fifo", "algorithm: grid, scheduler: fifo"))
     confirm = ("--confirm", "2", "--confirm-top", "2")  # 2 candidates x seeds 1, 2

@@ -181,7 +181,7 @@ search: {{num_samples: 1, scheduler: fifo}}
 """)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = run_search.main(["--space", str(space), "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"),
-                            "--report-dir", str(tmp_path / "reports")])
+                            "--report-dir", str(tmp_path / "reports"), "--confirm", "0"])
     assert code == 0
     assert marker.exists()  # the crash happened
     _, children = _runs(uri, "flaky")

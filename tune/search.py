@@ -281,8 +281,15 @@ def submit_job(address: str, project_dir: Path, arguments: list[str], python: st
 
     client = JobSubmissionClient(address)
     entrypoint = " ".join(shlex.quote(part) for part in [python, "run_search.py", *arguments])
-    return client.submit_job(entrypoint=entrypoint,
-                             runtime_env={"working_dir": str(project_dir), "excludes": JOB_EXCLUDES})
+    deadline = time.monotonic() + 60
+    while True:  # a cluster just started has no job agent for a few seconds: Ray asks to try again later
+        try:
+            return client.submit_job(entrypoint=entrypoint,
+                                     runtime_env={"working_dir": str(project_dir), "excludes": JOB_EXCLUDES})
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def follow_job(address: str, job_id: str) -> str:
