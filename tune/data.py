@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["batch_size_of", "batches", "epoch_order", "epoch_seed", "is_tensor_pair", "materialize", "seed_epoch",
-           "stacked", "to_device"]
+__all__ = ["batch_size_of", "batches", "epoch_order", "epoch_seed", "is_tensor_pair", "materialize", "sample_count",
+           "seed_epoch", "stacked", "to_device"]
 
 Batch = Any
 
@@ -95,6 +95,11 @@ def batches(data: Any, batch_size: int, device: torch.device, *, order: torch.Te
                         generator=torch.Generator().manual_seed(seed))
     for batch in loader:
         yield to_device(batch, device, non_blocking=pin)
+
+
+def sample_count(data: Any) -> int:
+    """How many samples a tensor pair or a dataset holds."""
+    return len(data[0]) if is_tensor_pair(data) else len(data)
 
 
 def materialize(data: Dataset | Sequence, num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -159,6 +159,11 @@ def describe(storage_path: str) -> str | None:
 HIDDEN = "prefix_hidden"  # the key of a sample's cached hidden states, beside its own inputs
 
 
+def _first_tensor(args: tuple, kwargs: Mapping[str, Any]) -> torch.Tensor | None:
+    """What a module was given as its hidden states: its first tensor argument, positional or keyword."""
+    return next((v for v in (*args, *kwargs.values()) if torch.is_tensor(v)), None)
+
+
 def _hidden(output: Any) -> torch.Tensor | None:
     """The hidden states in a module's output: the tensor, or the first element of a tuple."""
     if isinstance(output, tuple) and output:
@@ -209,7 +214,7 @@ class PassThrough(_Returns):
     """Stands for a frozen module of the chain after the first: returns the hidden states it is given."""
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.give(next(v for v in (*args, *kwargs.values()) if torch.is_tensor(v)))
+        return self.give(_first_tensor(args, kwargs))
 
 
 class WithHidden(torch.utils.data.Dataset):
@@ -284,10 +289,12 @@ class _Stop(Exception):
 
 @dataclass
 class Chain:
-    """The chain of a frozen prefix: its modules' paths, in order, and how each returns its hidden states."""
+    """The chain of a frozen prefix: its modules' paths, in order, how each returns its hidden states, and the
+    bytes of one sample's cached hidden states (what the cache holds per sample)."""
 
     paths: list[str]
     forms: list[int]
+    sample_bytes: int
 
     @staticmethod
     def find(frozen: FrozenModel, run: Callable[[nn.Module], Any]) -> Chain | str:
@@ -297,8 +304,8 @@ class Chain:
         trainable parameters, or a module that returns more than its hidden states."""
         block_model = frozen.block_model
         names = {id(m): name for name, m in block_model.module.named_modules()}
-        owner = {id(root): index for index in frozen.spec.blocks for root in block_model.roots[index]}
-        roots = [root for index in frozen.spec.blocks for root in block_model.roots[index]]
+        roots = [(index, root) for index in frozen.spec.blocks for root in block_model.roots[index]]
+        owner = {id(root): index for index, root in roots}
         calls: list[tuple[nn.Module, torch.Tensor | None, Any]] = []
         uses = _Uses()
 
@@ -307,14 +314,13 @@ class Chain:
 
         def record(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             uses.running.pop()
-            given = next((v for v in (*args, *kwargs.values()) if torch.is_tensor(v)), None)
-            calls.append((module, given, output))
+            calls.append((module, _first_tensor(args, kwargs), output))
             hidden = _hidden(output)
             if hidden is not None:
                 uses.outputs[id(hidden)] = module
 
-        handles = [h for root in roots for h in (root.register_forward_pre_hook(enter, with_kwargs=True),
-                                                 root.register_forward_hook(record, with_kwargs=True))]
+        handles = [h for _, root in roots for h in (root.register_forward_pre_hook(enter, with_kwargs=True),
+                                                    root.register_forward_hook(record, with_kwargs=True))]
         try:
             frozen.train_mode()
             with uses:
@@ -331,7 +337,8 @@ class Chain:
                 hidden = _hidden(call[2])
         on_chain = [module for module, _, _ in chain]
         for producer, user in uses.seen:
-            if producer in on_chain[:-1] and (user is None or on_chain.index(producer) + 1 != _index(on_chain, user)):
+            place = _index(on_chain, producer)
+            if 0 <= place < len(on_chain) - 1 and (user is None or place + 1 != _index(on_chain, user)):
                 where = names[id(user)] if user is not None else "the model's own forward"
                 return f"{where} uses the hidden states of frozen {names[id(producer)]}, which the cache does not keep"
         off = [names[id(m)] for m, _, _ in calls if m not in on_chain and owner[id(m)] != frozen.spec.blocks[0]]
@@ -344,7 +351,7 @@ class Chain:
         forms = [_form(output) for _, _, output in chain]
         if None in forms:
             return f"{names[id(chain[forms.index(None)][0])]} returns more than its hidden states"
-        return Chain([names[id(m)] for m, _, _ in chain], forms)
+        return Chain([names[id(m)] for m, _, _ in chain], forms, hidden.nbytes // len(hidden))
 
     def view(self, model: nn.Module) -> tuple[nn.Module, Replay]:
         """``model`` with the chain replaced: a Replay for its first module, pass-throughs for the rest."""

@@ -351,7 +351,8 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
     confirmation = [r for r in results if r.candidate is not None]
     front_objectives = list(objectives) if len(objectives) > 1 else list(DEFAULT_FRONTIER)
     front = frontier(search, front_objectives)
-    recommendation = None if indistinct(search) else recommend(search, tolerance, cost, searched)
+    flat = indistinct(search)
+    recommendation = None if flat else recommend(search, tolerance, cost, searched)
     report = Report(search=search, confirmation=confirmation, front=front, objectives=front_objectives,
                     recommendation=recommendation)
     marks = {r.name: "F" for r in front}
@@ -366,7 +367,7 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
         described = recommendation.describe()
         parts.append(described.replace("Recommendation:", "Single-trial pick (the confirmation decides):", 1)
                      if confirmation else described)
-    elif search and indistinct(search):
+    elif flat:
         parts.append(f"No recommendation: the scores cannot tell the trials apart (every trial scored "
                      f"{search[0].score:.4f} at its best epoch). Train longer, from pretrained weights or on more "
                      "data, then search again.")

@@ -14,7 +14,9 @@ recommended model, the parent's end. ``rebuild_report`` writes a finished search
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -253,30 +255,23 @@ class Study:
         """Score the recommended configuration on the task's test split, once: its confirmation runs' best-epoch
         checkpoints (after a confirmation) or its trial's. ``test_score`` (the primary metric) and the task's other
         metrics as ``test_*`` go to each scored run, at its checkpoint's epoch. Nothing is chosen on them."""
-        from tune import data
-        from tune.trial import load_checkpoint, pick_device
+        from tune.train import evaluate_split
+        from tune.trial import pick_device
 
         if built.chosen is None:
             return
         names = list(built.confirmed_choice.runs) if built.confirmed_choice else [built.chosen.name]
         run_ids = {r.name: r.run_id for r in records}
         device = pick_device(self.cfg.train.device)
-        task, test = self.task, self.task.test_data
+        task = self.task
         scored = 0
         for name in names:
             if name not in checkpoints or name not in run_ids:
                 warn(f"no checkpoint of trial {name}: not scored on the test split")
                 continue
-            with checkpoints[name].as_directory() as directory:
-                state = load_checkpoint(directory)
-            block_model = task.build_model()
-            block_model.module.load_state_dict(state["model"])
-            module = block_model.module.to(device).eval()
-            if data.is_tensor_pair(test):
-                metrics = task.evaluate(module, *(t.to(device) for t in test))
-            else:
-                metrics = task.evaluate(module, data.batches(test, self.cfg.train.batch_size, device,
-                                                             num_workers=task.num_workers))
+            block_model, state = self._trial_model(checkpoints[name])
+            metrics = evaluate_split(task, block_model.module.to(device), task.test_data,
+                                     self.cfg.train.batch_size, device)
             renamed = {"test_score": metrics[task.metric],
                        **{f"test_{k.removeprefix('val_')}": v for k, v in metrics.items() if k != task.metric}}
             self.tracker.log_metrics(run_ids[name], renamed, step=int(state.get("epoch", 0)))
@@ -288,9 +283,6 @@ class Study:
         """The search in a few numbers on its parent run, so that searches compare in MLflow's runs table and
         charts: the best and the recommended score (with its interval after a confirmation), the test score, the
         recommendation's epoch time and memory, and how the trials ended."""
-        import math
-        import statistics
-
         from tune import report
 
         search = built.search
@@ -313,21 +305,27 @@ class Study:
         self.tracker.log_metrics(self.tracker.parent_run_id,
                                  {k: v for k, v in summary.items() if not math.isnan(v)}, step=0)
 
+    def _trial_model(self, checkpoint: Any) -> tuple[Any, dict[str, Any]]:
+        """The task's model with a trial checkpoint's weights, in eval mode, and the checkpoint's state."""
+        from tune.trial import load_checkpoint
+
+        with checkpoint.as_directory() as directory:  # a local folder, or one downloaded from the storage URI
+            state = load_checkpoint(directory)
+        block_model = self.task.build_model()
+        block_model.module.load_state_dict(state["model"])
+        block_model.module.eval()
+        return block_model, state
+
     def _log_recommended_model(self, built: report.Report, checkpoints: dict[str, Any]) -> None:
         """The recommended trial's best-epoch weights as an MLflow model of the parent run."""
         if built.chosen is None:
             return
-        from tune.trial import load_checkpoint
-
         chosen = built.chosen.name
         checkpoint = checkpoints.get(chosen)
         if checkpoint is None:
             warn(f"no checkpoint of trial {chosen}: no model logged")
             return
-        block_model = self.task.build_model()
-        with checkpoint.as_directory() as directory:  # a local folder, or one downloaded from the storage URI
-            block_model.module.load_state_dict(load_checkpoint(directory)["model"])
-        block_model.module.eval()
+        block_model, _ = self._trial_model(checkpoint)
         parent_id = self.tracker.parent_run_id
         example = block_model.example_input  # keyword tensors (a text model) give no input example
         uri = self.tracker.log_model(parent_id, block_model.module,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -22,7 +22,7 @@ from tune.config import TrainConfig
 from tune.tasks.base import Task
 from tune.trial import EpochMeter, TrialProtocol, epoch_metrics, pick_device
 
-__all__ = ["Trial", "make_optimizer", "make_trial"]
+__all__ = ["Trial", "evaluate_split", "make_optimizer", "make_schedule", "make_trial"]
 
 
 def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -83,8 +83,7 @@ class Trial:
             self.prefix_cache = f"off: {reason}"
 
     def _too_big(self, sample_bytes: int) -> str | None:
-        size_mb = sample_bytes * (len(self.task.train_data[0]) if data.is_tensor_pair(self.task.train_data)
-                                  else len(self.task.train_data)) / 2**20
+        size_mb = sample_bytes * data.sample_count(self.task.train_data) / 2**20
         if size_mb > self.cfg.prefix_cache_max_mb:
             return (f"the cached training outputs would take {size_mb:,.0f} MB (train.prefix_cache_max_mb: "
                     f"{self.cfg.prefix_cache_max_mb:g})")
@@ -139,8 +138,7 @@ class Trial:
             inputs = [t for d in (self.train_set, self.val_set) for _, t in sorted(data.stacked(d).items())]
             return prefix_cache.SharedPrefixCache.key(weights, spec.stop, *inputs)
 
-        probe = chain.outputs(self.model, step, [sample])
-        too_big = self._too_big(probe.nbytes // len(probe))
+        too_big = self._too_big(chain.sample_bytes)
         if too_big:
             return too_big
         train_h, val_h, origin, seconds = prefix_cache.prefix_outputs(compute, key, shared_cache, self.device)
@@ -188,8 +186,7 @@ class Trial:
     def _steps_per_epoch(self, task: Task) -> int:
         if task.train_loader is not None:
             return len(task.train_loader(self.cfg.batch_size, 0, self.cfg.seed))
-        n = len(task.train_data[0]) if data.is_tensor_pair(task.train_data) else len(task.train_data)
-        return math.ceil(n / self.cfg.batch_size)
+        return math.ceil(data.sample_count(task.train_data) / self.cfg.batch_size)
 
     def state_dict(self) -> dict[str, Any]:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -225,9 +222,9 @@ class Trial:
         if self.task.train_loader is not None:  # the task's own batches (never with a cached prefix: blocker)
             return (data.to_device(batch, self.device) for batch in self.task.train_loader(self.cfg.batch_size,
                                                                                              epoch, seed))
-        n = len(self.train_set[0]) if data.is_tensor_pair(self.train_set) else len(self.train_set)
+        order = data.epoch_order(data.sample_count(self.train_set), seed, epoch)
         return self._fed(data.batches(self.train_set, self.cfg.batch_size, self.device,
-                                      order=data.epoch_order(n, seed, epoch), num_workers=self.task.num_workers,
+                                      order=order, num_workers=self.task.num_workers,
                                       seed=data.epoch_seed(seed, epoch, data.WORKERS)))
 
     def _fed(self, batches: Iterator[Any]) -> Iterator[Any]:
@@ -235,10 +232,7 @@ class Trial:
         return batches if self.replay is None else self.replay.feeding(batches)
 
     def _evaluate(self) -> dict[str, float]:
-        if data.is_tensor_pair(self.val_set):
-            return self.task.evaluate(self.net, *self.val_set)
-        return self.task.evaluate(self.net, self._fed(data.batches(self.val_set, self.cfg.batch_size, self.device,
-                                                                   num_workers=self.task.num_workers)))
+        return evaluate_split(self.task, self.net, self.val_set, self.cfg.batch_size, self.device, self._fed)
 
     def run_epoch(self) -> dict[str, Any]:
         meter = EpochMeter(self.device)
@@ -284,6 +278,15 @@ class Trial:
         self.frozen.train_mode(self.net)
         self._step(next(iter(self._train_batches(0))), meter)
         return meter.memory(self.model, self.optimizer, self.cached_features)["peak_mem_mb"]
+
+
+def evaluate_split(task: Task, model: nn.Module, split: Any, batch_size: int, device: torch.device,
+                   fed: Callable[[Iterator[Any]], Iterable[Any]] = iter) -> dict[str, float]:
+    """``task.evaluate`` on a split in either form: tensors on ``device`` as they are, a dataset as batches (passed
+    through ``fed`` first)."""
+    if data.is_tensor_pair(split):
+        return task.evaluate(model, *(t.to(device) for t in split))
+    return task.evaluate(model, fed(data.batches(split, batch_size, device, num_workers=task.num_workers)))
 
 
 def _named_samples(dataset: Any) -> bool:
