@@ -241,12 +241,19 @@ def test_the_recommended_model_loads_back_from_mlflow_and_scores_what_its_trial_
     _, uri, _ = default_smoke
     parent, children = _runs(uri, "digits_freeze")
     mlflow.set_tracking_uri(uri)
-    model = mlflow.pytorch.load_model(parent.data.tags["recommended_model_uri"])
+    client = MlflowClient(tracking_uri=uri)
+    # registered: one model per experiment, its alias `recommended` on this search's version
+    assert parent.data.tags["registered_model_uri"] == "models:/digits_freeze@recommended"
+    version = client.get_model_version_by_alias("digits_freeze", "recommended")
+    assert version.run_id == parent.info.run_id
+    model = mlflow.pytorch.load_model(parent.data.tags["registered_model_uri"])
+    logged = mlflow.pytorch.load_model(parent.data.tags["recommended_model_uri"])
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), logged.state_dict().values()))
     trial = next(c for c in children if c.data.tags["ray.trial_id"] == parent.data.tags["recommended_trial"])
     # each trial's run is named by what it froze and with what; the trial id is its tag
     assert all(re.fullmatch(r"\[\d+, \d+\) lr=[\d.e-]+( seed=\d+)?", c.info.run_name) for c in children), \
         [c.info.run_name for c in children]
-    best = max(m.value for m in MlflowClient(tracking_uri=uri).get_metric_history(trial.info.run_id, "score"))
+    best = max(m.value for m in client.get_metric_history(trial.info.run_id, "score"))
     task = make_task(labels_per_class=10, val_size=1000)
     with torch.no_grad():
         assert classification_metrics(model, *task.val_data)["val_accuracy"] == pytest.approx(best, abs=1e-9)
@@ -638,3 +645,26 @@ def test_a_trial_needs_its_cpus_and_gpus_on_one_node(monkeypatch):
         search.check_resources(cfg, on_cluster=False)
     assert search.check_resources(_resources_cfg("search.cpus_per_trial=2", "search.gpus_per_trial=1"),
                                   on_cluster=False) == []
+
+
+def test_each_search_registers_a_version_and_the_alias_moves_to_the_latest(tmp_path):
+    import mlflow.pytorch
+    import torch
+
+    from tune.tracking import SearchTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    parents = []
+    for value in (1.0, 2.0):  # two searches of one experiment, each with its own recommended model
+        tracker = SearchTracker(uri, "by-hand")
+        parents.append(tracker.start_search("search", {}, {}))
+        module = torch.nn.Linear(2, 1)
+        torch.nn.init.constant_(module.weight, value)
+        _, registered = tracker.log_model(parents[-1], module, None, tmp_path)
+        assert registered == "models:/by-hand@recommended"
+    versions = client.search_model_versions("name = 'by-hand'")
+    assert sorted((int(v.version), v.run_id) for v in versions) == [(1, parents[0]), (2, parents[1])]
+    assert client.get_model_version_by_alias("by-hand", "recommended").version == 2
+    mlflow.set_tracking_uri(uri)
+    assert mlflow.pytorch.load_model(registered).weight.eq(2.0).all()

@@ -328,11 +328,11 @@ class Study:
         block_model, _ = self._trial_model(checkpoint)
         parent_id = self.tracker.parent_run_id
         example = block_model.example_input  # keyword tensors (a text model) give no input example
-        uri = self.tracker.log_model(parent_id, block_model.module,
-                                     None if isinstance(example, Mapping) else example.numpy(),
-                                     Path(tune.__file__).parent)
-        self.tracker.set_tags(parent_id, {"recommended_model_uri": uri})
-        self.say(f"Recommended model (trial {chosen}, its best epoch): {uri}")
+        uri, registered = self.tracker.log_model(parent_id, block_model.module,
+                                                 None if isinstance(example, Mapping) else example.numpy(),
+                                                 Path(tune.__file__).parent)
+        self.tracker.set_tags(parent_id, {"recommended_model_uri": uri, "registered_model_uri": registered})
+        self.say(f"Recommended model (trial {chosen}, its best epoch): {registered}  (this search's version: {uri})")
 
 
 def _resume_point(uri: str, experiment: str) -> tracking.SearchRecord:

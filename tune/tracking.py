@@ -10,20 +10,23 @@ Every run ends FINISHED, FAILED or KILLED.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 import math
 import os
 import re
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tune.config import ReportConfig, SearchConfig
@@ -37,6 +40,7 @@ PARENT_TAG = "mlflow.parentRunId"
 TRIAL_ID_TAG = "ray.trial_id"  # a trial run's Tune trial id (its name says what it froze, with what)
 # Per-epoch metrics the report reads back as histories (the rest stay in MLflow for the UI).
 HISTORY_KEYS = ("score", "train_time_s", "epoch_time_s", "peak_mem_mb", "samples_per_s", "test_score")
+RECOMMENDED_ALIAS = "recommended"  # the registered model's alias for the latest search's recommendation
 _BATCH = 900  # MLflow accepts up to 1,000 metrics and 100 params per log_batch call
 
 
@@ -135,6 +139,19 @@ def short(value: Any) -> str:
     return f"{number:.3g}" if not number.is_integer() else str(int(number))
 
 
+@contextlib.contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """MLflow's info and warning lines off for a moment (they say what the search's own lines say)."""
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -220,9 +237,11 @@ class SearchTracker:
         for path in files:
             self.client.log_artifact(run_id, str(path), artifact_path)
 
-    def log_model(self, run_id: str, module: Any, input_example: Any, code_dir: Path) -> str:
+    def log_model(self, run_id: str, module: Any, input_example: Any, code_dir: Path) -> tuple[str, str]:
         """Log a torch module as an MLflow model of ``run_id`` (with ``code_dir``, the package that defines
-        its classes, so it loads without this project installed); returns its model URI."""
+        its classes, so it loads without this project installed) and register it as a new version of the
+        experiment's registered model (``registered_model_name``), aliased ``recommended``; returns the logged
+        model's URI and the alias's (``models:/<name>@recommended``)."""
         import mlflow
         import mlflow.pytorch
         import torch
@@ -232,25 +251,34 @@ class SearchTracker:
         requirements = [f"torch=={torch.__version__.split('+')[0]}"]
         top = type(module).__module__.split(".")[0]
         if top not in ("torch", "tune", "tests", "conftest", "__main__"):  # e.g. ultralytics for the yolo task
-            import contextlib
             from importlib import metadata
 
             with contextlib.suppress(metadata.PackageNotFoundError):
                 requirements.append(f"{top}=={metadata.version(top)}")
-        import logging
-
         # Pickle is chosen, not defaulted to (a whole module for any batch size); MLflow's warning about it says
         # nothing the README's Security section does not.
-        pytorch_logger = logging.getLogger("mlflow.pytorch")
-        level = pytorch_logger.level
-        pytorch_logger.setLevel(logging.ERROR)
-        with mlflow.start_run(run_id=run_id):
+        with _quiet("mlflow.pytorch"), mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(module, name="recommended_model", input_example=input_example,
                                             code_paths=[str(code_dir)], pip_requirements=requirements,
                                             # a whole nn.Module for any batch size (pt2 export fixes the shapes)
                                             serialization_format="pickle")
-        pytorch_logger.setLevel(level)
-        return info.model_uri
+        name = self.registered_model_name
+        try:
+            self.client.create_registered_model(
+                name, description=f"The recommended model of each search of experiment '{self.experiment_name}'"
+                                  " (freeze-depth search); the alias 'recommended' is the latest search's.")
+        except MlflowException as err:  # it exists: this search adds a version
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        version = self.client.create_model_version(name, info.model_uri, run_id=run_id, model_id=info.model_id,
+                                                   tags={"freeze_search.parent_run": run_id})
+        self.client.set_registered_model_alias(name, RECOMMENDED_ALIAS, version.version)
+        return info.model_uri, f"models:/{name}@{RECOMMENDED_ALIAS}"
+
+    @property
+    def registered_model_name(self) -> str:
+        """One registered model per experiment, named after it."""
+        return self.experiment_name
 
     # -- trials -------------------------------------------------------------------------------------------
     def start_trial(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
