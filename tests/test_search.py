@@ -79,6 +79,8 @@ def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(def
     report_files = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {f"report/{n}" for n in ("report.txt", "summary.md", "frontier.png", "score_by_epoch.png",
                                     "resources_by_range.png")} <= report_files
+    # the parent holds MLflow's own system metrics of the driver's machine, sampled while the search ran
+    assert client.get_metric_history(parent.info.run_id, "system/cpu_utilization_percentage")
     confirm_runs = _phase(children, "confirm")  # by default: each candidate with 2 fresh seeds (smoke)
     assert len(_phase(children, "search")) == 4 and confirm_runs and len(confirm_runs) % 2 == 0
     for child in children:
@@ -92,6 +94,11 @@ def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(def
         for key in METRIC_KEYS:
             steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
             assert steps == list(range(1, epochs_run + 1)), key
+        # system metrics, sampled in the trial's Ray worker by MLflow's monitors, logged per epoch to its run
+        for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
+            assert steps == list(range(1, epochs_run + 1)), key
+        assert child.data.metrics["system/system_memory_usage_megabytes"] > 0
         assert child.data.tags["mem_source"] == "model"
         where = {"pid", "hostname", "node_ip", "node_id", "trial_cpus", "trial_gpus", "prefix_cache"}
         assert where <= set(child.data.tags)  # where and how it ran: tags, not metrics
@@ -248,7 +255,8 @@ def test_the_recommended_model_loads_back_from_mlflow_and_scores_what_its_trial_
     assert version.run_id == parent.info.run_id
     model = mlflow.pytorch.load_model(parent.data.tags["registered_model_uri"])
     logged = mlflow.pytorch.load_model(parent.data.tags["recommended_model_uri"])
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), logged.state_dict().values()))
+    pairs = zip(model.state_dict().values(), logged.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
     trial = next(c for c in children if c.data.tags["ray.trial_id"] == parent.data.tags["recommended_trial"])
     # each trial's run is named by what it froze and with what; the trial id is its tag
     assert all(re.fullmatch(r"\[\d+, \d+\) lr=[\d.e-]+( seed=\d+)?", c.info.run_name) for c in children), \

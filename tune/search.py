@@ -36,7 +36,7 @@ from tune.errors import ConfigError, one_line
 from tune.freeze import grid_values, sampled_freezes, trial_freeze
 from tune.space import OptunaSpace
 from tune.tasks import load_task
-from tune.tracking import TAG_KEYS, SearchTracker, TrialRuns, short
+from tune.tracking import TAG_KEYS, SearchTracker, SystemSampler, TrialRuns, short
 from tune.train import make_trial
 from tune.trial import load_checkpoint, save_checkpoint
 
@@ -179,16 +179,21 @@ def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfi
         with checkpoint.as_directory() as directory:
             trial.load_state_dict(load_checkpoint(directory, trial.device))
 
+    system = SystemSampler(gpu=trial.device.type == "cuda").start()
+
     def report(metrics: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(trial, directory)
-            ray_tune.report({**metrics, **placement}, checkpoint=ray_tune.Checkpoint.from_directory(directory))
+            ray_tune.report({**metrics, **system.epoch(), **placement},
+                            checkpoint=ray_tune.Checkpoint.from_directory(directory))
 
     try:
         trial.run(report)
     except (torch.cuda.OutOfMemoryError, MemoryError) as err:
         # the trial fails with its reason; the search goes on with the others
         raise RuntimeError(f"out of memory at epoch {trial.epoch + 1}: {type(err).__name__}: {err}") from None
+    finally:
+        system.stop()
 
 
 def _variant_trainable(config: dict[str, Any], base: TrainConfig, task_config: TaskConfig,

@@ -17,6 +17,7 @@ import math
 import os
 import re
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
@@ -32,7 +33,7 @@ from mlflow.tracking import MlflowClient
 from tune.config import ReportConfig, SearchConfig
 from tune.errors import ConfigError
 
-__all__ = ["TAG_KEYS", "SearchRecord", "SearchTracker", "TrialRecord", "TrialRuns", "check_store",
+__all__ = ["TAG_KEYS", "SearchRecord", "SearchTracker", "SystemSampler", "TrialRecord", "TrialRuns", "check_store",
            "default_tracking_uri", "failure_reason", "fetch_trials", "find_search", "finished_confirmations", "flatten",
            "git_commit", "redact", "search_tags", "typed", "ui_command"]
 
@@ -152,6 +153,17 @@ def _quiet(*loggers: str) -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
+class _Quietly:
+    """A system-metrics monitor whose ``finish()`` prints nothing."""
+
+    def __init__(self, monitor: Any) -> None:
+        self.monitor = monitor
+
+    def finish(self) -> None:
+        with _quiet("mlflow.system_metrics"):
+            self.monitor.finish()
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -232,6 +244,17 @@ class SearchTracker:
         self.kill_open_trials(reason)
         if self.parent_run_id is not None:
             self.client.set_terminated(self.parent_run_id, status=status, end_time=_now_ms())
+
+    def monitor_system(self, interval_s: float = 5.0) -> Any:
+        """MLflow's own system-metrics logging on the parent run (the driver's machine), started; ``finish()`` it
+        before the run ends. ``$MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` overrides ``interval_s``."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        with _quiet("mlflow.system_metrics"):  # "Started monitoring system metrics." and the like
+            monitor = SystemMetricsMonitor(self.parent_run_id, sampling_interval=interval_s, resume_logging=True,
+                                           tracking_uri=self.tracking_uri)
+            monitor.start()
+        return _Quietly(monitor)
 
     def log_files(self, run_id: str, files: Iterable[Path], artifact_path: str) -> None:
         for path in files:
@@ -428,6 +451,66 @@ def finished_confirmations(tracking_uri: str, parent_run_id: str) -> set[tuple[s
     (runs a stopped driver left unfinished are KILLED, run again, and left out of the report)."""
     return {(r.tags["candidate"], int(r.params["seed"])) for r in fetch_trials(tracking_uri, parent_run_id, ())
             if r.tags.get("candidate") and r.status == "FINISHED" and "seed" in r.params}
+
+
+# -- system metrics -----------------------------------------------------------------------------------------
+SYSTEM_PREFIX = "system/"  # MLflow's: the UI's "System metrics" section shows these keys
+
+
+class SystemSampler:
+    """A trial's system metrics, sampled by MLflow's own monitors in the trial's process (the Ray worker): CPU
+    utilisation and the node's memory, and each GPU where the trial has one and NVML answers. A thread samples
+    every ``interval_s`` (``$MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` if set); ``epoch()`` takes one more sample and
+    returns the epoch's means as ``system/<name>``, which the trial reports with its epoch's metrics and the
+    driver logs to its run (step = epoch). MLflow's SystemMetricsMonitor would log from the worker itself, which
+    needs the store within the worker's reach (on a cluster it may not be) and the run's id before training."""
+
+    def __init__(self, gpu: bool = False, interval_s: float = 1.0) -> None:
+        from mlflow.environment_variables import MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
+        from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+
+        self.monitors = [CPUMonitor()]
+        if gpu:
+            from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+
+            with contextlib.suppress(Exception):  # no pynvml or no driver: no GPU metrics, the rest as usual
+                self.monitors.append(GPUMonitor())
+        self.interval_s = MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.get() or interval_s
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        with self._lock:
+            for monitor in self.monitors:
+                monitor.collect_metrics()
+
+    def start(self) -> SystemSampler:
+        import psutil
+
+        psutil.cpu_percent()  # CPU utilisation is measured from one call to the next: the first sets the start
+        self._thread = threading.Thread(target=self._loop, name="system-metrics", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def epoch(self) -> dict[str, float]:
+        """The means since the last call, as ``system/<name>``; the samples start again."""
+        self._sample()
+        with self._lock:
+            metrics = {}
+            for monitor in self.monitors:
+                metrics.update(monitor.aggregate_metrics())
+                monitor.clear_metrics()
+        return {SYSTEM_PREFIX + key: value for key, value in metrics.items()}
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 # -- the trials' runs -----------------------------------------------------------------------------------------
