@@ -232,3 +232,42 @@ def test_a_module_called_inside_another_blocks_module_counts_for_its_own_block()
     block_model = BlockModel(module=module, param_blocks=mapping, block_names=["pos", "body", "head"],
                              cut_points={}, example_input=torch.zeros(3, 4))
     assert block_flops(block_model) == [2 * 3 * 16, 2 * 3 * 16, 2 * 3 * 8]
+
+
+def test_a_tasks_splits_are_described_by_a_digest_that_follows_the_data(tmp_path):
+    from types import SimpleNamespace
+
+    from torchvision.datasets import ImageFolder
+
+    from tune.data import describe
+    from tune.tasks.digits import make_task
+    from tune.tasks.image import write_example
+
+    # tensors: the digest is the tensors'; another split seed, other training data, another digest
+    first, again, other = (describe(make_task(split_seed=seed)) for seed in (0, 0, 1))
+    assert [(d.split, d.name, d.rows) for d in first] == [("train", "digits-train", 200), ("val", "digits-val", 500),
+                                                           ("test", "digits-test", 500)]
+    assert first == again and first[0].digest != other[0].digest
+    assert "load_digits" in first[0].source and "split_seed=0" in first[0].source
+    assert [d.split for d in describe(make_task(test_size=0))] == ["train", "val"]  # no test split: none described
+
+    # an image folder: its files' names and sizes; a file more or a file changed, another digest
+    folder = write_example(tmp_path / "images", per_class=2, val_per_class=1, size=8)
+
+    def image_task() -> SimpleNamespace:
+        return SimpleNamespace(name="image", train_data=ImageFolder(folder / "train"),
+                               val_data=ImageFolder(folder / "val"), test_data=None,
+                               sources={s: str(folder / s) for s in ("train", "val", "test")})
+
+    before = describe(image_task())
+    assert [(d.split, d.rows) for d in before] == [("train", 20), ("val", 10)]
+    extra = next((folder / "train" / "3").iterdir())
+    extra.with_name("copy.png").write_bytes(extra.read_bytes())
+    after = describe(image_task())
+    assert after[0].digest != before[0].digest and after[0].rows == 21 and after[1] == before[1]
+    # no data in memory (a task with its own trial): the split's folder, by file names and sizes
+    folders = SimpleNamespace(name="yolo", sources={"train": str(folder / "train"), "val": str(folder / "val")})
+    described = describe(folders)
+    assert [(d.split, d.rows) for d in described] == [("train", 21), ("val", 10)]
+    extra.write_bytes(extra.read_bytes() + b"\0")
+    assert describe(folders)[0].digest != described[0].digest

@@ -79,6 +79,16 @@ def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(def
     report_files = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {f"report/{n}" for n in ("report.txt", "summary.md", "frontier.png", "score_by_epoch.png",
                                     "resources_by_range.png")} <= report_files
+    # the task's data as MLflow datasets: the parent every split, each trial what it trained and validated on
+    def datasets(run) -> dict[str, tuple[str, str]]:
+        return {next(t.value for t in d.tags if t.key == "mlflow.data.context"): (d.dataset.name, d.dataset.digest)
+                for d in run.inputs.dataset_inputs}
+
+    logged = datasets(parent)
+    assert {k: v[0] for k, v in logged.items()} == {"training": "digits-train", "validation": "digits-val",
+                                                    "test": "digits-test"}
+    search_runs = _phase(children, "search")
+    assert all(datasets(c) == {k: logged[k] for k in ("training", "validation")} for c in search_runs)
     # the parent holds MLflow's own system metrics of the driver's machine, sampled while the search ran
     assert client.get_metric_history(parent.info.run_id, "system/cpu_utilization_percentage")
     confirm_runs = _phase(children, "confirm")  # by default: each candidate with 2 fresh seeds (smoke)
@@ -360,6 +370,10 @@ def test_confirm_reruns_the_top_ranked_candidates_with_fresh_seeds_and_recommend
     # scored once on the test split: the confirmed candidate's runs, and no other run
     tested = {c.data.tags["ray.trial_id"] for c in children if "test_score" in c.data.metrics}
     assert tested == set(confirmed.runs) and len(tested) == 2
+    # and the runs scored on it have the test split among their MLflow datasets, the others not
+    with_test = {c.data.tags["ray.trial_id"] for c in children
+                 if any(d.dataset.name == "digits-test" for d in c.inputs.dataset_inputs)}
+    assert with_test == tested
     test_scores = [c.data.metrics["test_score"] for c in children if "test_score" in c.data.metrics]
     metrics = parent.data.metrics  # the search in a few numbers, for MLflow's runs table and charts
     assert metrics["test_score"] == pytest.approx(sum(test_scores) / 2)

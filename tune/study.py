@@ -174,7 +174,10 @@ class Study:
         from tune import prefix_cache, search, tracking
 
         cfg, options = self.cfg, self.options
+        from tune.data import describe
+
         self.tracker = tracker = tracking.SearchTracker(self.tracking_uri, cfg.name)
+        tracker.datasets = describe(self.task)
         parent_id = self._open_parent()
         planned = (f"a grid of {search.grid_size(cfg.space)} x {cfg.search.num_samples}"
                    if cfg.search.algorithm == "grid" else str(cfg.search.num_samples))
@@ -277,6 +280,7 @@ class Study:
             renamed = {"test_score": metrics[task.metric],
                        **{f"test_{k.removeprefix('val_')}": v for k, v in metrics.items() if k != task.metric}}
             self.tracker.log_metrics(run_ids[name], renamed, step=int(state.get("epoch", 0)))
+            self.tracker.log_datasets(run_ids[name], ("test",))
             scored += 1
         if scored:
             self.say(f"scored the recommendation on the test split ({scored} checkpoint{'s' * (scored > 1)})")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -41,6 +41,8 @@ PARENT_TAG = "mlflow.parentRunId"
 TRIAL_ID_TAG = "ray.trial_id"  # a trial run's Tune trial id (its name says what it froze, with what)
 # Per-epoch metrics the report reads back as histories (the rest stay in MLflow for the UI).
 HISTORY_KEYS = ("score", "train_time_s", "epoch_time_s", "peak_mem_mb", "samples_per_s", "test_score")
+DATASET_CONTEXT = "mlflow.data.context"  # the input tag MLflow's UI shows beside a dataset
+CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 RECOMMENDED_ALIAS = "recommended"  # the registered model's alias for the latest search's recommendation
 _BATCH = 900  # MLflow accepts up to 1,000 metrics and 100 params per log_batch call
 
@@ -182,6 +184,7 @@ class SearchTracker:
                                                                  _artifact_location(tracking_uri, experiment_name)))
         self.parent_run_id: str | None = None
         self._logged_params: dict[str, set[str]] = {}
+        self.datasets: list[Any] = []  # the task's data splits (tune.data.DataSplit): every run's MLflow datasets
 
     # Tune pickles its callbacks (and so this tracker) into the experiment state for Tuner.restore: keep the
     # URI and ids, not the client.
@@ -202,6 +205,7 @@ class SearchTracker:
         self.parent_run_id = run.info.run_id
         try:
             self.log_params(self.parent_run_id, params)
+            self.log_datasets(self.parent_run_id)
             for path in artifacts:
                 self.client.log_artifact(self.parent_run_id, str(path))
         except BaseException:  # never leave the new parent RUNNING
@@ -255,6 +259,18 @@ class SearchTracker:
                                            tracking_uri=self.tracking_uri)
             monitor.start()
         return _Quietly(monitor)
+
+    def log_datasets(self, run_id: str, splits: Iterable[str] = ("train", "val", "test")) -> None:
+        """The task's data splits (``self.datasets``) as the run's MLflow datasets: name, digest, source, sample
+        count, and the split as its context (training, validation, test), what the runs table's Dataset column
+        shows."""
+        inputs = [DatasetInput(Dataset(name=d.name, digest=d.digest, source_type="local" if Path(d.source).exists()
+                                       else "code", source=json.dumps({"uri": d.source}),
+                                       profile=json.dumps({"num_rows": d.rows}) if d.rows is not None else None),
+                               tags=[InputTag(DATASET_CONTEXT, CONTEXTS[d.split])])
+                  for d in self.datasets if d.split in splits]
+        if inputs:
+            self.client.log_inputs(run_id, datasets=inputs)
 
     def log_files(self, run_id: str, files: Iterable[Path], artifact_path: str) -> None:
         for path in files:
@@ -310,6 +326,7 @@ class SearchTracker:
                                      tags={PARENT_TAG: self.parent_run_id, "freeze_search.role": "trial", **tags})
         run_id = run.info.run_id
         self.log_params(run_id, params)
+        self.log_datasets(run_id, ("train", "val"))  # the test split: only where a run is scored on it
         return run_id
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:

@@ -6,7 +6,7 @@ Importing it runs its code: name only modules you trust.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,10 @@ class Task:
     the recommended configuration's best-epoch checkpoints are scored on it once (``evaluate``), and nothing is
     selected on it.
 
+    ``sources`` says where each split (``train``, ``val``, ``test``) came from: a path or a description, which
+    the runs' MLflow datasets show (``tune.data.describe``; a split missing here is "in memory"). A task with its
+    own trial and no data in memory names its splits' folders here.
+
     ``augments`` says that training inputs change from epoch to epoch (augmentation), which rules out caching a
     frozen prefix. ``train_loader(batch_size, epoch, seed)`` lets a task build its own training batches (then
     it owns exact resume: epoch e's batches must depend on (seed, e) only; the prefix cache is off).
@@ -66,6 +70,7 @@ class Task:
     train_loader: Callable[[int, int, int], Iterable[Any]] | None = None
     num_workers: int = 0
     test_data: Any = None
+    sources: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         missing = [name for name in ("train_data", "val_data", "evaluate") if getattr(self, name) is None]

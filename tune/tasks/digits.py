@@ -140,6 +140,9 @@ def make_task(labels_per_class: int = 20, val_size: int = 500, split_seed: int =
         metric="val_accuracy",
         loss=F.cross_entropy,
         evaluate=classification_metrics,
+        sources={split: f"sklearn.datasets.load_digits (UCI digits), split_seed={split_seed}: {what}" for split, what in
+                 (("train", f"{labels_per_class} per class"), ("val", f"{val_size} others"),
+                  ("test", f"{test_size} others"))},
     )
 
 

@@ -198,7 +198,8 @@ def make_task(model: str = "resnet18", data: str | None = None, weights: str | N
 
     return Task(name="image", build_model=build, metric="val_accuracy", train_data=train_set, val_data=val_set,
                 test_data=test_set, loss=F.cross_entropy, evaluate=classification_metrics, augments=augment,
-                num_workers=workers)
+                num_workers=workers, sources={split: str(Path(data).expanduser().resolve() / split)
+                                              for split in ("train", "val", "test")})
 
 
 def layers_model(options: Mapping[str, Any]) -> BlockModel:

@@ -177,7 +177,12 @@ def make_task(model: str | None = None, data: str | None = None, val_data: str |
 
     return Task(name="text", build_model=build, metric="val_accuracy", train_data=train_set, val_data=val_set,
                 test_data=test_set, training_step=_training_step, evaluate=text_metrics, num_workers=workers,
-                extra_metrics=("val_macro_f1",))
+                extra_metrics=("val_macro_f1",),
+                sources={"train": str(data) + (f", all but val_fraction={val_fraction} (split_seed={split_seed})"
+                                               if val_data is None else ""),
+                         "val": str(val_data) if val_data is not None
+                         else f"{data}, val_fraction={val_fraction} (split_seed={split_seed})",
+                         "test": str(test_data)})
 
 
 def _training_step(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -249,9 +249,12 @@ def make_task(data: str | None = None, model: str = "yolov5nu.yaml", weights: st
     def build() -> BlockModel:  # a fresh model each time, its new layers seeded by the trial (YoloTrial)
         return block_model(model, nc, imgsz, weights, trust_weights)
 
+    root = _dataset_root(data_path, raw)
+    sources = {split: str(root / str(raw[key] if not isinstance(raw[key], list) else raw[key][0]))
+               for split, key in (("train", "train"), ("val", "val"), ("test", "test")) if raw.get(key)}
     return Task(name="yolo", build_model=build, metric="mAP50-95", augments=True,
                 make_trial=lambda task, cfg, device=None: YoloTrial(task, cfg, options, device),
-                extra_metrics=METRICS)
+                extra_metrics=METRICS, sources=sources)
 
 
 def _device_arg(device: torch.device) -> str:
