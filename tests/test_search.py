@@ -109,6 +109,10 @@ def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(def
             steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
             assert steps == list(range(1, epochs_run + 1)), key
         assert child.data.metrics["system/system_memory_usage_megabytes"] > 0
+        # its best epoch's score, as the run's value for the UI's tables and charts
+        best = max(m.value for m in client.get_metric_history(child.info.run_id, "score"))
+        assert child.data.metrics["best_score"] == best
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "best_score")] == [epochs_run]
         assert child.data.tags["mem_source"] == "model"
         where = {"pid", "hostname", "node_ip", "node_id", "trial_cpus", "trial_gpus", "prefix_cache"}
         assert where <= set(child.data.tags)  # where and how it ran: tags, not metrics
@@ -243,6 +247,20 @@ def test_mlflow_ui_command_serves_the_runs_of_a_smoke_search(default_smoke):
         assert {r["info"]["run_id"] for r in found["runs"]} == {parent.info.run_id} | {c.info.run_id for c in children}
         listed = _get(f"{base}/api/2.0/mlflow/artifacts/list?run_id={parent.info.run_id}")
         assert "report" in {f["path"] for f in listed["files"]}
+        # what the documented view (docs/mlflow.md) reads: the search's trials by filter, each with its freeze range,
+        # the metrics its charts plot, its datasets; the parent's summary; the registered model by its alias
+        trials = _get(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [parent.info.experiment_id],
+                                                              "filter": "tags.phase = 'search'"})["runs"]
+        assert len(trials) == 4
+        for run in trials:
+            assert "freeze_range" in {p["key"] for p in run["data"]["params"]}
+            assert {"best_score", "epoch_time_s", "peak_mem_mb", "score"} <= {m["key"] for m in run["data"]["metrics"]}
+            assert {d["dataset"]["name"] for d in run["inputs"]["dataset_inputs"]} == {"digits-train", "digits-val"}
+        parent_run = _get(f"{base}/api/2.0/mlflow/runs/get?run_id={parent.info.run_id}")["run"]
+        assert {"best_score", "recommended_score", "test_score", "recommended_epoch_time_s"} <= {
+            m["key"] for m in parent_run["data"]["metrics"]}
+        alias = _get(f"{base}/api/2.0/mlflow/registered-models/alias?name=digits_freeze&alias=recommended")
+        assert alias["model_version"]["run_id"] == parent.info.run_id
     finally:
         server.terminate()
         server.wait(timeout=30)
