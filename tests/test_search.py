@@ -111,8 +111,8 @@ def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(def
         assert child.data.metrics["system/system_memory_usage_megabytes"] > 0
         # its best epoch's score, as the run's value for the UI's tables and charts
         best = max(m.value for m in client.get_metric_history(child.info.run_id, "score"))
-        assert child.data.metrics["best_score"] == best
-        assert [m.step for m in client.get_metric_history(child.info.run_id, "best_score")] == [epochs_run]
+        assert child.data.metrics["best_epoch_score"] == best
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "best_epoch_score")] == [epochs_run]
         assert child.data.tags["mem_source"] == "model"
         where = {"pid", "hostname", "node_ip", "node_id", "trial_cpus", "trial_gpus", "prefix_cache"}
         assert where <= set(child.data.tags)  # where and how it ran: tags, not metrics
@@ -254,7 +254,8 @@ def test_mlflow_ui_command_serves_the_runs_of_a_smoke_search(default_smoke):
         assert len(trials) == 4
         for run in trials:
             assert "freeze_range" in {p["key"] for p in run["data"]["params"]}
-            assert {"best_score", "epoch_time_s", "peak_mem_mb", "score"} <= {m["key"] for m in run["data"]["metrics"]}
+            charted = {"best_epoch_score", "epoch_time_s", "peak_mem_mb", "score"}
+            assert charted <= {m["key"] for m in run["data"]["metrics"]}
             assert {d["dataset"]["name"] for d in run["inputs"]["dataset_inputs"]} == {"digits-train", "digits-val"}
         parent_run = _get(f"{base}/api/2.0/mlflow/runs/get?run_id={parent.info.run_id}")["run"]
         assert {"best_score", "recommended_score", "test_score", "recommended_epoch_time_s"} <= {

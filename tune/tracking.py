@@ -541,7 +541,7 @@ class TrialRuns:
     (with its FreezeSummary, from its first result), where and how it ran as tags (``TAG_KEYS``), every numeric
     result as a metric (step = epoch); a restored trial goes on in its run and logs no epoch twice; a trial ends
     FINISHED (tagged ``epochs_run``, ``stopped_early`` or ``diverged``; its best epoch's score logged as
-    ``best_score``) or FAILED (with ``failure_reason``). Each event returns a line for the console, or None for a
+    ``best_epoch_score``) or FAILED (with ``failure_reason``). Each event returns a line for the console, or None for a
     run that had already ended."""
 
     def __init__(self, tracker: SearchTracker, base_params: Mapping[str, Any], epochs: int,
@@ -625,7 +625,7 @@ class TrialRuns:
         run_id, epochs_run = self.run_id(trial_id, params, tags), self.last_epoch.get(trial_id, 0)
         scores = [m.value for m in self.tracker.client.get_metric_history(run_id, "score") if math.isfinite(m.value)]
         if scores:  # logged at the last step: the run's value in the UI's tables and charts (a restore included)
-            self.tracker.log_metrics(run_id, {"best_score": max(scores)}, step=epochs_run)
+            self.tracker.log_metrics(run_id, {"best_epoch_score": max(scores)}, step=epochs_run)
         if trial_id in self.diverged:
             self.tracker.end_trial(run_id, "FINISHED", tags={"epochs_run": epochs_run})
             return f"diverged (loss not finite) at epoch {epochs_run}"
