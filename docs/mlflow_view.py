@@ -62,7 +62,7 @@ def _chart(uuid: str, kind: str, **config: object) -> dict:
 
 def view_state(state: dict) -> dict:
     """The UI's experiment-page state with the documented view: the search's trials, grouped by freeze range
-    (averaged), and the trade-off charts."""
+    (each group's mean over its trials), and the trade-off charts."""
     metric = {"type": "METRIC"}
     charts = [
         _chart("score-vs-time", "SCATTER", xaxis={"key": "epoch_time_s", **metric},
