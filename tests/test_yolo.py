@@ -280,14 +280,27 @@ def test_smoke_search_of_the_guides_space_logs_nested_runs_with_map_time_and_mem
 
 
 @pytest.mark.slow
-def test_the_model_learns_the_synthetic_shapes(tmp_path):
-    data = make_detection_data(tmp_path / "shapes", n_train=64, n_val=16, seed=1)
+def test_the_model_learns_the_synthetic_shapes_and_its_test_split_is_scored_as_its_epochs_were(tmp_path):
+    from tune.tasks.yolo import score_split
+
+    data = make_detection_data(tmp_path / "shapes", n_train=64, n_val=16, seed=1, n_test=16)
     task = make_task(data=str(data), model="yolov5nu.yaml", imgsz=64, workers=0, hyp={"mosaic": 0.0,
                                                                                       "warmup_epochs": 1.0})
-    metrics = _run(make_trial(task, TrainConfig(epochs=25, batch_size=8, optimizer="sgd", lr=0.02, device="cpu")))
+    trial = make_trial(task, TrainConfig(epochs=25, batch_size=8, optimizer="sgd", lr=0.02, device="cpu"))
+    metrics = _run(trial)
     first, last = metrics[0], metrics[-1]
     assert last["mAP50"] > first["mAP50"] + 0.05, [round(m["mAP50"], 3) for m in metrics]
     assert last["box_loss"] < first["box_loss"]
+    # the checkpoint's weights (the EMA the last epoch validated), scored after the search as the test split is:
+    # on the validation split, the scorer gives what the trial's own validation reported
+    model = task.build_model().module
+    model.load_state_dict(trial.state_dict()["model"])
+    options = {"data": data, "data_raw": __import__("yaml").safe_load(data.read_text()), "imgsz": 64, "workers": 0}
+    again = score_split(model, options, "val", torch.device("cpu"))
+    for key in ("mAP50-95", "mAP50", "precision", "recall"):
+        assert again[key] == pytest.approx(last[key], abs=1e-3), (key, again[key], last[key])
+    tested = task.score_test(model, torch.device("cpu"))  # the yaml's test: split, which no epoch saw
+    assert set(tested) == {"mAP50-95", "mAP50", "precision", "recall"} and 0 < tested["mAP50"] <= 1
 
 
 def test_layers_lists_yolov5nu_with_its_backbone(tmp_path):
@@ -372,3 +385,17 @@ def test_a_batch_ultralytics_halved_after_an_oom_fails_the_trial_at_the_restart(
     with pytest.raises(RuntimeError, match=r"^out of memory at epoch 1: Ultralytics retried with batch 4 instead of 8"):
         reporter.on_train_epoch_start(SimpleNamespace(batch_size=4, epoch=0))  # the restart after halving
     assert reporter._timing is None  # the interrupted epoch's stopwatch was closed
+
+
+def test_a_test_split_the_yaml_names_must_be_on_disk_and_an_empty_one_is_none(tmp_path, data):
+    from tune.errors import ConfigError
+
+    text = data.read_text()
+    missing = tmp_path / "missing_test.yaml"
+    missing.write_text(text.replace("val: images/val\n", "val: images/val\ntest: images/nowhere\n"))
+    with pytest.raises(ConfigError, match=r"^task.options.data.test: got '.*images/nowhere' \(not on disk"):
+        make_task(data=str(missing), imgsz=64, workers=0)
+    empty = tmp_path / "empty_test.yaml"  # as many published yamls have it: `test:` with no value
+    empty.write_text(text.replace("val: images/val\n", "val: images/val\ntest:\n"))
+    assert make_task(data=str(empty), imgsz=64, workers=0).has_test is False
+    assert make_task(data=str(data), imgsz=64, workers=0).has_test is False

@@ -197,7 +197,7 @@ class Study:
             checkpoints = dict(outcome.best_checkpoints)
             if cfg.report.confirm_seeds and outcome.errored < outcome.trials:
                 checkpoints.update(self._confirm())
-            if self.task.test_data is not None:  # chosen on validation first; then, once, measured on test
+            if self.task.has_test:  # chosen on validation first; then, once, measured on test
                 chosen, records = _build_report(tracker, self.searched, cfg.search.objective_list, cfg.report)
                 self._score_test(chosen, records, checkpoints)
             built = _write_report(tracker, self.searched, cfg.search.objective_list, cfg.report, options.report_dir,
@@ -275,8 +275,9 @@ class Study:
                 warn(f"no checkpoint of trial {name}: not scored on the test split")
                 continue
             block_model, state = self._trial_model(checkpoints[name])
-            metrics = evaluate_split(task, block_model.module.to(device), task.test_data,
-                                     self.cfg.train.batch_size, device)
+            module = block_model.module.to(device)
+            metrics = (task.score_test(module, device) if task.score_test is not None
+                       else evaluate_split(task, module, task.test_data, self.cfg.train.batch_size, device))
             renamed = {"test_score": metrics[task.metric],
                        **{f"test_{k.removeprefix('val_')}": v for k, v in metrics.items() if k != task.metric}}
             self.tracker.log_metrics(run_ids[name], renamed, step=int(state.get("epoch", 0)))

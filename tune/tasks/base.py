@@ -40,7 +40,11 @@ class Task:
 
     ``test_data`` (optional, the form of ``val_data``) is a split that takes no part in choosing: after the search,
     the recommended configuration's best-epoch checkpoints are scored on it once (``evaluate``), and nothing is
-    selected on it.
+    selected on it. A task with its own trial scores a model on its test split itself: ``score_test(model,
+    device)`` returns the metrics its trials report (``metric`` among them; the yolo task: Ultralytics' validator
+    on the dataset yaml's ``test:`` split).
+
+    ``has_test``: either form of a test split is there.
 
     ``sources`` says where each split (``train``, ``val``, ``test``) came from: a path or a description, which
     the runs' MLflow datasets show (``tune.data.describe``; a split missing here is "in memory"). A task with its
@@ -71,6 +75,7 @@ class Task:
     num_workers: int = 0
     test_data: Any = None
     sources: Mapping[str, str] | None = None
+    score_test: Callable[[nn.Module, torch.device], Metrics] | None = None
 
     def __post_init__(self) -> None:
         missing = [name for name in ("train_data", "val_data", "evaluate") if getattr(self, name) is None]
@@ -78,6 +83,10 @@ class Task:
             missing.append("loss")
         if self.make_trial is None and missing:
             raise ValueError(f"task {self.name!r} has no make_trial and no {', '.join(missing)}")
+
+    @property
+    def has_test(self) -> bool:
+        return self.test_data is not None or self.score_test is not None
 
     def step(self, model: nn.Module, batch: Any) -> torch.Tensor:
         """One batch's training loss: ``training_step``, or ``loss(model(inputs), targets)``."""

@@ -39,10 +39,14 @@ def _image(rng: random.Random, size: int) -> tuple[Image.Image, list[str]]:
     return image, labels
 
 
-def make_detection_data(root: Path, n_train: int = 32, n_val: int = 16, size: int = 64, seed: int = 0) -> Path:
-    """Write images/{train,val} and labels/{train,val} under ``root`` and a dataset yaml; returns the yaml."""
+def make_detection_data(root: Path, n_train: int = 32, n_val: int = 16, size: int = 64, seed: int = 0,
+                        n_test: int = 0) -> Path:
+    """Write images/{train,val} and labels/{train,val} under ``root`` (and a test split of ``n_test`` images) and a
+    dataset yaml; returns the yaml."""
     rng = random.Random(seed)
-    for split, count in (("train", n_train), ("val", n_val)):
+    for split, count in (("train", n_train), ("val", n_val), ("test", n_test)):
+        if not count:
+            continue
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         for index in range(count):
@@ -51,7 +55,8 @@ def make_detection_data(root: Path, n_train: int = 32, n_val: int = 16, size: in
             (root / "labels" / split / f"{index:04d}.txt").write_text("\n".join(labels) + "\n")
     data = root / "shapes.yaml"
     names = "\n".join(f"  {k}: {v}" for k, v in NAMES.items())
-    data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
+    test = "test: images/test\n" if n_test else ""
+    data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\n{test}names:\n{names}\n")
     return data
 
 

@@ -42,7 +42,7 @@ from tune.tasks.base import BlockModel, Task
 from tune.trial import EpochMeter, epoch_metrics, pick_device
 from tune.weights import load_fitting, read_state_dict
 
-__all__ = ["METRICS", "YoloTrial", "block_model", "layers_model", "make_task"]
+__all__ = ["METRICS", "YoloTrial", "block_model", "layers_model", "make_task", "score_split"]
 
 # Reported each epoch beside tune.trial.METRIC_KEYS: score is mAP50-95.
 METRICS = ("mAP50", "mAP50-95", "precision", "recall", "box_loss", "cls_loss", "dfl_loss", "val_box_loss",
@@ -150,7 +150,7 @@ def _check_data(data: Any) -> tuple[Path, dict[str, Any]]:
     if not isinstance(raw, dict) or not {"train", "val", "names"} <= raw.keys():
         raise ConfigError("task.options.data", str(data), allowed, problem="no train, val or names")
     root = _dataset_root(path, raw)
-    for split in ("train", "val"):
+    for split in ("train", "val", *(("test",) if raw.get("test") else ())):  # test: optional, often left empty
         entries = raw[split] if isinstance(raw[split], list) else [raw[split]]
         for entry in entries:
             if not (root / str(entry)).exists():  # Ultralytics would try the yaml's download: key
@@ -250,11 +250,31 @@ def make_task(data: str | None = None, model: str = "yolov5nu.yaml", weights: st
         return block_model(model, nc, imgsz, weights, trust_weights)
 
     root = _dataset_root(data_path, raw)
-    sources = {split: str(root / str(raw[key] if not isinstance(raw[key], list) else raw[key][0]))
-               for split, key in (("train", "train"), ("val", "val"), ("test", "test")) if raw.get(key)}
+    sources = {split: str(root / str(raw[split] if not isinstance(raw[split], list) else raw[split][0]))
+               for split in ("train", "val", "test") if raw.get(split)}
+
+    def score_test(module: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        return score_split(module, options, "test", device)
+
     return Task(name="yolo", build_model=build, metric="mAP50-95", augments=True,
                 make_trial=lambda task, cfg, device=None: YoloTrial(task, cfg, options, device),
-                extra_metrics=METRICS, sources=sources)
+                extra_metrics=METRICS, sources=sources, score_test=score_test if raw.get("test") else None)
+
+
+def score_split(module: torch.nn.Module, options: Mapping[str, Any], split: str, device: torch.device
+                ) -> dict[str, float]:
+    """A model's mAP50-95, mAP50, precision and recall on one split of the dataset yaml, by Ultralytics' own
+    validator (as a trial validates each epoch; the test split scored after the search: Task.score_test)."""
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    with tempfile.TemporaryDirectory(prefix="freeze-yolo-test-") as workdir, _offline_hooks():
+        # rect: letterboxed as a trial's own validation and Ultralytics' model.val() do (the same mAP to 1e-6)
+        args = {"data": _offline_copy(options["data"], options["data_raw"], Path(workdir)), "split": split,
+                "imgsz": options["imgsz"], "batch": 16, "device": _device_arg(device), "workers": options["workers"],
+                "rect": True, "plots": False, "save_json": False, "verbose": False, "project": workdir, "name": split}
+        found = DetectionValidator(args=args)(model=module)
+    return {"mAP50-95": float(found["metrics/mAP50-95(B)"]), "mAP50": float(found["metrics/mAP50(B)"]),
+            "precision": float(found["metrics/precision(B)"]), "recall": float(found["metrics/recall(B)"])}
 
 
 def _device_arg(device: torch.device) -> str:
