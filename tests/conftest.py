@@ -106,6 +106,17 @@ def resumed_epochs(task: Task, cfg, folder: Path) -> list[dict]:
     return head + list(resumed.epochs())
 
 
+def most_open_at_once(children: list) -> int:
+    """The largest number of trial runs open at one moment."""
+    events = sorted([(r.info.start_time, 1) for r in children] + [(r.info.end_time, -1) for r in children],
+                    key=lambda e: (e[0], e[1]))
+    most = current = 0
+    for _, change in events:
+        current += change
+        most = max(most, current)
+    return most
+
+
 def parent_and_children(uri: str, experiment: str) -> tuple[object, list]:
     """The one parent run of ``experiment`` in the MLflow store ``uri`` and its nested trial runs."""
     from mlflow import MlflowClient

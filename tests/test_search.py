@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port, parent_and_children
+from conftest import free_port, most_open_at_once, parent_and_children
 from mlflow.tracking import MlflowClient
 
 import run_search
@@ -38,17 +38,6 @@ def _search(tmp_path: Path, *args: str) -> tuple[int, str]:
 
 def _runs(uri: str, experiment: str) -> tuple[object, list]:
     return parent_and_children(uri, experiment)
-
-
-def _overlap(children: list) -> int:
-    """The largest number of trial runs open at one moment."""
-    events = sorted([(r.info.start_time, 1) for r in children] + [(r.info.end_time, -1) for r in children],
-                    key=lambda e: (e[0], e[1]))
-    most = current = 0
-    for _, change in events:
-        current += change
-        most = max(most, current)
-    return most
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +110,7 @@ def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(def
 def test_trials_run_in_parallel(default_smoke):
     _, uri, _ = default_smoke
     _, children = _runs(uri, "digits_freeze")
-    assert _overlap(children) >= 2
+    assert most_open_at_once(children) >= 2
 
 
 def test_gpu_fractions_from_the_config_pack_trials_onto_logical_gpus(ray_runtime, tmp_path):
@@ -132,7 +121,7 @@ def test_gpu_fractions_from_the_config_pack_trials_onto_logical_gpus(ray_runtime
     _, children = _runs(uri, "digits_freeze")
     assert [c.data.tags["trial_gpus"] for c in children] == ["0.5"] * 4
     assert [c.data.tags["trial_cpus"] for c in children] == ["0.5"] * 4
-    assert _overlap(children) >= 3
+    assert most_open_at_once(children) >= 3
     assert {c.data.tags["mem_source"] for c in children} == {"model"}  # a GPU share, but trained on the CPU
 
 
