@@ -80,5 +80,6 @@ def test_each_readme_command_runs_here_as_written(command, tmp_path):
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-2000:])
     if "--smoke-test" in argv:  # a search's console: its own lines, without Tune's and Optuna's (--verbose)
         assert "[1/" in result.stdout and "best so far" in result.stdout
-        for noise in ("TensorBoard", "A new study created", "Configuration for experiment", "Saving pytorch model"):
+        for noise in ("TensorBoard", "A new study created", "Configuration for experiment", "Saving pytorch model",
+                      "Token authentication is enabled", "Started monitoring system metrics"):
             assert noise not in result.stdout + result.stderr, noise

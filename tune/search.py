@@ -9,6 +9,7 @@ Before Ray starts: the cluster's address, its resources against what a trial ask
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -149,11 +150,15 @@ def check_storage(storage_path: str) -> None:
                           "on a cluster)", problem=err.strerror or type(err).__name__) from None
 
 
-def init_ray(address: str | None = None) -> None:
+def init_ray(address: str | None = None, verbose: int = 0) -> None:
     """Connect to ``address`` or $RAY_ADDRESS (an existing cluster; a Ray Job sets it) or start a local Ray
     without its dashboard (about 1 GB less), unless Ray is already up."""
     if ray.is_initialized():
         return
+    # "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out": Ray's safe
+    # default for a local Ray, nothing for a user to act on (--verbose shows it)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.WARNING if verbose else logging.ERROR)
     options: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": "WARNING"}
     if address is None and not os.environ.get("RAY_ADDRESS"):
         options["include_dashboard"] = False
@@ -413,7 +418,7 @@ def run(cfg: Config, tracker: SearchTracker, *, storage_path: str, address: str 
         restore_from: str | None = None) -> SearchOutcome:
     """Run the search of ``cfg`` (checked against its task, names resolved: tune.study), or go on with the
     interrupted one saved at ``restore_from`` (its trials keep their MLflow runs)."""
-    init_ray(address)
+    init_ray(address, verbose)
     name = _experiment_name(cfg)
     if restore_from is None:
         tracker.set_tags(tracker.parent_run_id, {"ray.experiment_path": f"{storage_uri(storage_path)}/{name}"})
@@ -445,7 +450,7 @@ def confirm(cfg: Config, tracker: SearchTracker, candidates: Mapping[str, dict[s
                 for name, params in candidates.items() for seed in seeds if (name, seed) not in done]
     if not variants:
         return None
-    init_ray(address)
+    init_ray(address, verbose)
     return _fit(cfg, tracker, _variant_trainable, name=f"{_experiment_name(cfg)}-confirm", storage_path=storage_path,
                 tune_config={"scheduler": FIFOScheduler()}, param_space={"variant": ray_tune.grid_search(variants)},
                 verbose=verbose, total=len(variants))
