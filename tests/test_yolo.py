@@ -298,7 +298,7 @@ def test_the_model_learns_the_synthetic_shapes_and_its_test_split_is_scored_as_i
     options = {"data": data, "data_raw": __import__("yaml").safe_load(data.read_text()), "imgsz": 64, "workers": 0}
     again = score_split(model, options, "val", torch.device("cpu"))
     for key in ("mAP50-95", "mAP50", "precision", "recall"):
-        assert again[key] == pytest.approx(last[key], abs=1e-3), (key, again[key], last[key])
+        assert again[key] == pytest.approx(last[key], abs=1e-5), (key, again[key], last[key])  # trainer: 5 decimals
     tested = task.score_test(model, torch.device("cpu"))  # the yaml's test: split, which no epoch saw
     assert set(tested) == {"mAP50-95", "mAP50", "precision", "recall"} and 0 < tested["mAP50"] <= 1
 

@@ -184,8 +184,9 @@ class Study:
         self.say(f"search {cfg.name}: {planned} trials of up to {cfg.train.epochs} epochs over "
                  f"{', '.join(self.searched)}; MLflow parent run {parent_id}")
         status, reason = "FAILED", "the search failed before this trial ended"
-        system = tracker.monitor_system()  # the driver's machine, on the parent run
+        system = None
         try:
+            system = tracker.monitor_system()  # the driver's machine, on the parent run
             outcome = search.run(cfg, tracker, storage_path=options.storage_path, address=self.address,
                                  verbose=int(options.verbose),
                                  restore_from=self.resume.experiment_path if self.resume else None)
@@ -208,8 +209,11 @@ class Study:
         except KeyboardInterrupt:
             status, reason = "KILLED", "interrupted (Ctrl-C)"
         finally:
-            system.finish()
-            tracker.finish_search(status, reason=reason)
+            try:
+                if system is not None:
+                    system.finish()
+            finally:
+                tracker.finish_search(status, reason=reason)
         if status != "KILLED":
             self.say(f"\nCompare the runs: {tracking.ui_command(self.tracking_uri)}  (experiment '{cfg.name}')")
             cache = prefix_cache.describe(options.storage_path)

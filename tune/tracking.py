@@ -195,6 +195,7 @@ class SearchTracker:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("datasets", [])  # a tracker pickled before datasets were logged
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
 
     # -- the search ---------------------------------------------------------------------------------------
@@ -500,7 +501,8 @@ class SystemSampler:
     def _sample(self) -> None:
         with self._lock:
             for monitor in self.monitors:
-                monitor.collect_metrics()
+                with contextlib.suppress(Exception):  # a monitor's failure never fails the trial
+                    monitor.collect_metrics()
 
     def start(self) -> SystemSampler:
         import psutil

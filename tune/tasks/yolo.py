@@ -268,7 +268,8 @@ def score_split(module: torch.nn.Module, options: Mapping[str, Any], split: str,
     from ultralytics.models.yolo.detect import DetectionValidator
 
     with tempfile.TemporaryDirectory(prefix="freeze-yolo-test-") as workdir, _offline_hooks():
-        # rect: letterboxed as a trial's own validation and Ultralytics' model.val() do (the same mAP to 1e-6)
+        # rect: letterboxed as a trial's own validation and Ultralytics' model.val() do (the same mAP, to the 5 decimals
+        # the trainer rounds its figures to)
         args = {"data": _offline_copy(options["data"], options["data_raw"], Path(workdir)), "split": split,
                 "imgsz": options["imgsz"], "batch": 16, "device": _device_arg(device), "workers": options["workers"],
                 "rect": True, "plots": False, "save_json": False, "verbose": False, "project": workdir, "name": split}
