@@ -172,10 +172,9 @@ class Study:
         """The whole search; returns how the parent run ended: FINISHED (a trial finished), FAILED (none did, or an
         error, re-raised), KILLED (Ctrl-C: open runs KILLED too; ``--resume`` goes on)."""
         from tune import prefix_cache, search, tracking
-
-        cfg, options = self.cfg, self.options
         from tune.data import describe
 
+        cfg, options = self.cfg, self.options
         self.tracker = tracker = tracking.SearchTracker(self.tracking_uri, cfg.name)
         tracker.datasets = describe(self.task)
         parent_id = self._open_parent()

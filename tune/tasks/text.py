@@ -182,7 +182,7 @@ def make_task(model: str | None = None, data: str | None = None, val_data: str |
                                                if val_data is None else ""),
                          "val": str(val_data) if val_data is not None
                          else f"{data}, val_fraction={val_fraction} (split_seed={split_seed})",
-                         "test": str(test_data)})
+                         **({"test": str(test_data)} if test_data is not None else {})})
 
 
 def _training_step(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -273,9 +273,13 @@ def score_split(module: torch.nn.Module, options: Mapping[str, Any], split: str,
         args = {"data": _offline_copy(options["data"], options["data_raw"], Path(workdir)), "split": split,
                 "imgsz": options["imgsz"], "batch": 16, "device": _device_arg(device), "workers": options["workers"],
                 "rect": True, "plots": False, "save_json": False, "verbose": False, "project": workdir, "name": split}
-        found = DetectionValidator(args=args)(model=module)
-    return {"mAP50-95": float(found["metrics/mAP50-95(B)"]), "mAP50": float(found["metrics/mAP50(B)"]),
-            "precision": float(found["metrics/precision(B)"]), "recall": float(found["metrics/recall(B)"])}
+        return _box_metrics(DetectionValidator(args=args)(model=module))
+
+
+def _box_metrics(found: Mapping[str, Any]) -> dict[str, float]:
+    """Ultralytics' box metrics (``metrics/mAP50-95(B)``, ...) under this task's names; NaN for one it lacks."""
+    return {name: float(found.get(f"metrics/{name}(B)", float("nan")))
+            for name in ("mAP50-95", "mAP50", "precision", "recall")}
 
 
 def _device_arg(device: torch.device) -> str:
@@ -496,8 +500,7 @@ class _EpochReporter:
 
         train_losses = {name: float(value) for name, value in (trainer.tloss or {}).items()}
         val_losses = {f"val_{name}": metric(f"val/{name}") for name in ("box_loss", "cls_loss", "dfl_loss")}
-        own = {"mAP50-95": metric("metrics/mAP50-95(B)"), "mAP50": metric("metrics/mAP50(B)"),
-               "precision": metric("metrics/precision(B)"), "recall": metric("metrics/recall(B)"),
+        own = {**_box_metrics(found),
                **{f"{name}_loss" if not name.endswith("_loss") else name: v for name, v in train_losses.items()},
                **val_losses}
         return epoch_metrics(epoch=trial.epoch, score=own["mAP50-95"], val_loss=sum(val_losses.values()),
