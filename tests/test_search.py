@@ -249,7 +249,7 @@ def test_mlflow_ui_command_serves_the_runs_of_a_smoke_search(default_smoke):
         parent_run = _get(f"{base}/api/2.0/mlflow/runs/get?run_id={parent.info.run_id}")["run"]
         assert {"best_score", "recommended_score", "test_score", "recommended_epoch_time_s"} <= {
             m["key"] for m in parent_run["data"]["metrics"]}
-        alias = _get(f"{base}/api/2.0/mlflow/registered-models/alias?name=digits_freeze&alias=recommended")
+        alias = _get(f"{base}/api/2.0/mlflow/registered-models/alias?name=digits_freeze&alias=smoke")
         assert alias["model_version"]["run_id"] == parent.info.run_id
     finally:
         server.terminate()
@@ -267,10 +267,12 @@ def test_the_recommended_model_loads_back_from_mlflow_and_scores_what_its_trial_
     parent, children = _runs(uri, "digits_freeze")
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(tracking_uri=uri)
-    # registered: one model per experiment, its alias `recommended` on this search's version
-    assert parent.data.tags["registered_model_uri"] == "models:/digits_freeze@recommended"
-    version = client.get_model_version_by_alias("digits_freeze", "recommended")
+    # registered: one model per experiment; a smoke test's version has the alias `smoke` and leaves
+    # `recommended` (a real search's) alone
+    assert parent.data.tags["registered_model_uri"] == "models:/digits_freeze@smoke"
+    version = client.get_model_version_by_alias("digits_freeze", "smoke")
     assert version.run_id == parent.info.run_id
+    assert "recommended" not in client.get_registered_model("digits_freeze").aliases
     model = mlflow.pytorch.load_model(parent.data.tags["registered_model_uri"])
     logged = mlflow.pytorch.load_model(parent.data.tags["recommended_model_uri"])
     pairs = zip(model.state_dict().values(), logged.state_dict().values(), strict=True)
@@ -691,10 +693,32 @@ def test_each_search_registers_a_version_and_the_alias_moves_to_the_latest(tmp_p
         parents.append(tracker.start_search("search", {}, {}))
         module = torch.nn.Linear(2, 1)
         torch.nn.init.constant_(module.weight, value)
-        _, registered = tracker.log_model(parents[-1], module, None, tmp_path)
+        registered = tracker.register_model(parents[-1], *tracker.log_model(parents[-1], module, None, tmp_path))
         assert registered == "models:/by-hand@recommended"
     versions = client.search_model_versions("name = 'by-hand'")
     assert sorted((int(v.version), v.run_id) for v in versions) == [(1, parents[0]), (2, parents[1])]
     assert client.get_model_version_by_alias("by-hand", "recommended").version == 2
     mlflow.set_tracking_uri(uri)
     assert mlflow.pytorch.load_model(registered).weight.eq(2.0).all()
+
+
+@pytest.mark.slow
+def test_a_registry_that_refuses_the_model_fails_no_search(ray_runtime, tmp_path, monkeypatch, capsys):
+    """The search and its logged model stand; the refusal is one warning line, and no alias tag is written."""
+    from mlflow.exceptions import MlflowException
+
+    from tune.tracking import SearchTracker
+
+    def refuse(self, *args, **kwargs):
+        raise MlflowException("registered models are read-only here")
+
+    monkeypatch.setattr(SearchTracker, "register_model", refuse)
+    code, uri = _search(tmp_path, "--num-samples", "2")
+    assert code == 0
+    parent, _ = _runs(uri, "digits_freeze")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["recommended_model_uri"].startswith("models:/m-")
+    assert "registered_model_uri" not in parent.data.tags
+    err = capsys.readouterr().err
+    assert "warning: the model registry did not take the recommended model (registered models are read-only here)" \
+        in err

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import tune
 from tune.config import COST_METRICS, Config, ReportConfig, load_config
-from tune.errors import ConfigError
+from tune.errors import ConfigError, one_line
 
 # torch, Ray and MLflow take seconds to import: they come in once the config file has loaded, so that a mistake in
 # it is reported at once. Annotations name their types as strings.
@@ -338,10 +338,21 @@ class Study:
         block_model, _ = self._trial_model(checkpoint)
         parent_id = self.tracker.parent_run_id
         example = block_model.example_input  # keyword tensors (a text model) give no input example
-        uri, registered = self.tracker.log_model(parent_id, block_model.module,
-                                                 None if isinstance(example, Mapping) else example.numpy(),
-                                                 Path(tune.__file__).parent)
-        self.tracker.set_tags(parent_id, {"recommended_model_uri": uri, "registered_model_uri": registered})
+        uri, model_id = self.tracker.log_model(parent_id, block_model.module,
+                                               None if isinstance(example, Mapping) else example.numpy(),
+                                               Path(tune.__file__).parent)
+        self.tracker.set_tags(parent_id, {"recommended_model_uri": uri})
+        from tune import tracking
+
+        alias = tracking.SMOKE_ALIAS if self.options.smoke_test else tracking.RECOMMENDED_ALIAS
+        try:
+            registered = self.tracker.register_model(parent_id, uri, model_id, alias)
+        except Exception as err:  # a registry that refuses (permissions, a store without one) fails no search
+            warn(f"warning: the model registry did not take the recommended model ({one_line(err)}); "
+                 f"it is logged all the same: {uri}")
+            self.say(f"Recommended model (trial {chosen}, its best epoch): {uri}")
+            return
+        self.tracker.set_tags(parent_id, {"registered_model_uri": registered})
         self.say(f"Recommended model (trial {chosen}, its best epoch): {registered}  (this search's version: {uri})")
 
 

@@ -44,6 +44,7 @@ HISTORY_KEYS = ("score", "train_time_s", "epoch_time_s", "peak_mem_mb", "samples
 DATASET_CONTEXT = "mlflow.data.context"  # the input tag MLflow's UI shows beside a dataset
 CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 RECOMMENDED_ALIAS = "recommended"  # the registered model's alias for the latest search's recommendation
+SMOKE_ALIAS = "smoke"  # a --smoke-test search's version: it exercises the registry, and leaves `recommended` alone
 _BATCH = 900  # MLflow accepts up to 1,000 metrics and 100 params per log_batch call
 
 
@@ -279,9 +280,7 @@ class SearchTracker:
 
     def log_model(self, run_id: str, module: Any, input_example: Any, code_dir: Path) -> tuple[str, str]:
         """Log a torch module as an MLflow model of ``run_id`` (with ``code_dir``, the package that defines
-        its classes, so it loads without this project installed) and register it as a new version of the
-        experiment's registered model (``registered_model_name``), aliased ``recommended``; returns the logged
-        model's URI and the alias's (``models:/<name>@recommended``)."""
+        its classes, so it loads without this project installed); returns the logged model's URI and id."""
         import mlflow
         import mlflow.pytorch
         import torch
@@ -302,6 +301,12 @@ class SearchTracker:
                                             code_paths=[str(code_dir)], pip_requirements=requirements,
                                             # a whole nn.Module for any batch size (pt2 export fixes the shapes)
                                             serialization_format="pickle")
+        return info.model_uri, info.model_id
+
+    def register_model(self, run_id: str, model_uri: str, model_id: str, alias: str = RECOMMENDED_ALIAS) -> str:
+        """Register a model logged by ``log_model`` as a new version of the experiment's registered model
+        (``registered_model_name``) and move ``alias`` to it; returns the alias's URI
+        (``models:/<name>@<alias>``)."""
         name = self.registered_model_name
         try:
             self.client.create_registered_model(
@@ -310,10 +315,11 @@ class SearchTracker:
         except MlflowException as err:  # it exists: this search adds a version
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        version = self.client.create_model_version(name, info.model_uri, run_id=run_id, model_id=info.model_id,
-                                                   tags={"freeze_search.parent_run": run_id})
-        self.client.set_registered_model_alias(name, RECOMMENDED_ALIAS, version.version)
-        return info.model_uri, f"models:/{name}@{RECOMMENDED_ALIAS}"
+        version = self.client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id,
+                                                   tags={"freeze_search.parent_run": run_id,
+                                                         "freeze_search.alias": alias})
+        self.client.set_registered_model_alias(name, alias, version.version)
+        return f"models:/{name}@{alias}"
 
     @property
     def registered_model_name(self) -> str:
