@@ -722,3 +722,28 @@ def test_a_registry_that_refuses_the_model_fails_no_search(ray_runtime, tmp_path
     err = capsys.readouterr().err
     assert "warning: the model registry did not take the recommended model (registered models are read-only here)" \
         in err
+
+
+@pytest.mark.slow
+def test_one_trial_at_a_time_a_seed_repeats_the_whole_search(ray_runtime, tmp_path):
+    """With search.max_concurrent_trials 1, the sampler and ASHA see the results in one order, so a second search
+    with the same seed proposes the same trials, stops them at the same epochs with the same scores, and (with a
+    cost that is counted, not timed) confirms and recommends the same; parallel trials finish in a timing-
+    dependent order, and there the README says a seed does not repeat the search."""
+    def trials(folder: Path) -> tuple[list, str]:
+        folder.mkdir()
+        code, uri = _search(folder, "--num-samples", "6", "--confirm", "2", "--confirm-top", "2",
+                            "--set", "search.max_concurrent_trials=1", "--set", "report.cost=peak_mem_mb")
+        assert code == 0
+        parent, children = _runs(uri, "digits_freeze")
+        client = MlflowClient(tracking_uri=uri)
+        found = sorted((c.data.tags.get("phase"), c.data.params["freeze_stop"], c.data.params["lr"],
+                        c.data.params.get("seed", ""),
+                        tuple(m.value for m in sorted(client.get_metric_history(c.info.run_id, "score"),
+                                                      key=lambda m: m.step)))
+                       for c in children)
+        return found, parent.data.tags["recommended_freeze_range"]
+
+    first, second = trials(tmp_path / "a"), trials(tmp_path / "b")
+    assert first == second
+    assert len({t[4] for t in first[0]}) > 1  # the trials differ from each other: the comparison means something

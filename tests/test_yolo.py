@@ -331,13 +331,23 @@ def test_layers_of_the_guides_space_need_no_data(tmp_path):
     ({"model": "nope.yaml"}, "error: task.options.model: got 'nope.yaml'"),
     ({"hyp": {"mosaic": "abc"}}, "error: task.options.hyp.mosaic: got 'abc' ("),
     ({"hyp": {"single_cls": True}}, "error: task.options.hyp.single_cls: got True (it would change the model"),
+    # train keys Ultralytics' trainer does not read, set or searched: refused with what to use instead
+    ({"train": {"warmup": 0.1}}, "error: train.warmup: got 0.1; allowed: 0.0 with the yolo task (its trainer does "
+                                 "not read it; instead: task.options.hyp.warmup_epochs"),
+    ({"train": {"lr_schedule": "linear"}}, "error: train.lr_schedule: got 'linear'; allowed: 'constant' with the "
+                                           "yolo task (its trainer does not read it; instead: task.options.hyp.lrf"),
+    ({"space": {"warmup": {"type": "float", "low": 0.0, "high": 0.2}}},
+     "error: space.warmup: got FloatRange(low=0.0, high=0.2"),
 ])
 def test_bad_yolo_options_exit_2_with_one_line(tmp_path, data, options, expected):
     import yaml
 
     space = tmp_path / "space.yaml"
+    options = dict(options)
+    sections = {key: options.pop(key) for key in ("train", "space") if key in options}
     space.write_text(yaml.safe_dump({"name": "bad", "task": {"name": "yolo", "options": {
-        "data": str(data), "imgsz": 64, **options}}, "space": {"freeze": {"type": "choice", "values": [0, 10]}}}))
+        "data": str(data), "imgsz": 64, **options}}, **({"train": sections["train"]} if "train" in sections else {}),
+        "space": {"freeze": {"type": "choice", "values": [0, 10]}, **sections.get("space", {})}}))
     result = subprocess.run([sys.executable, str(ROOT / "run_search.py"), "--space", str(space)], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

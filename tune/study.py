@@ -111,6 +111,7 @@ def check_config(options: StudyOptions) -> Checked:
         cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, num_samples=1))  # the grid once
     written = cfg = dataclasses.replace(cfg, task=absolute_paths(cfg.task, Path.cwd()))  # trials run elsewhere
     task = load_task(cfg.task)
+    _check_ignored(cfg, task)
     cfg = dataclasses.replace(cfg, space=freeze.check_space(cfg.space, cfg.train, task.build_model()))
     known = known_metrics(task.metric, task.extra_metrics)
     for metric, _ in cfg.search.objective_list:
@@ -118,6 +119,20 @@ def check_config(options: StudyOptions) -> Checked:
             raise ConfigError(f"search.objectives.{metric}", metric, "one of " + ", ".join(known))
     tracking.check_store(tracking_uri(options.tracking_uri))
     return Checked(cfg, task, written)
+
+
+def _check_ignored(cfg: Config, task: Any) -> None:
+    """A train key the task's own trial does not read, set or searched away from its default: refused."""
+    from tune.config import TrainConfig
+
+    for key, instead in (task.ignores or {}).items():
+        if key in cfg.space:
+            raise ConfigError(f"space.{key}", cfg.space[key], f"no space for it with the {task.name} task "
+                              f"(its trainer does not read train.{key}; instead: {instead})")
+        value, default = getattr(cfg.train, key), getattr(TrainConfig, key)
+        if value != default:
+            raise ConfigError(f"train.{key}", value, f"{default!r} with the {task.name} task (its trainer does not "
+                              f"read it; instead: {instead})")
 
 
 def check_submission(options: StudyOptions, project_dir: Path) -> str:

@@ -57,7 +57,9 @@ class Task:
     A task that trains with its own loop (the ``yolo`` task trains with Ultralytics' trainer) gives
     ``make_trial(task, train_config, device)`` instead of data, a loss and ``evaluate``: it returns a
     ``tune.trial.TrialProtocol`` whose epochs report ``tune.trial.epoch_metrics``. ``extra_metrics`` names the
-    metrics its trials report beyond tune.trial.METRIC_KEYS.
+    metrics its trials report beyond tune.trial.METRIC_KEYS. ``ignores`` maps the ``train`` keys its trial does
+    not read to what does their work there: a search that sets one away from its default is refused before any
+    trial runs (a warmup the trainer never applies would silently change nothing).
     """
 
     name: str
@@ -76,6 +78,7 @@ class Task:
     test_data: Any = None
     sources: Mapping[str, str] | None = None
     score_test: Callable[[nn.Module, torch.device], Metrics] | None = None
+    ignores: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         missing = [name for name in ("train_data", "val_data", "evaluate") if getattr(self, name) is None]

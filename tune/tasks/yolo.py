@@ -56,6 +56,13 @@ _FIXED_KEYS = {"model", "data", "imgsz", "workers", "project", "name", "exist_ok
                "pretrained", "verbose", "mode", "task", "time", "save_period", "cache"}
 # Ones that would change the model the task built and froze (its classes, its modules, its parameter names).
 _REFUSED_KEYS = {"single_cls", "classes", "compile", "distill_model", "quantize"}
+# train keys Ultralytics' trainer has its own form of: the search's form would be ignored (Task.ignores).
+_IGNORED_TRAIN = {"lr_schedule": "task.options.hyp.lrf (Ultralytics decays lr0 linearly to lr0 * lrf; "
+                                 "cos_lr: true for a cosine)",
+                  "warmup": "task.options.hyp.warmup_epochs (Ultralytics' warmup, in epochs)",
+                  "frozen_dropout": "nothing (the YOLO models have no dropout)",
+                  "prefix_cache": "nothing (the frozen prefix is never cached: the inputs are augmented)",
+                  "prefix_cache_max_mb": "nothing (the frozen prefix is never cached: the inputs are augmented)"}
 _OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 
 
@@ -258,7 +265,8 @@ def make_task(data: str | None = None, model: str = "yolov5nu.yaml", weights: st
 
     return Task(name="yolo", build_model=build, metric="mAP50-95", augments=True,
                 make_trial=lambda task, cfg, device=None: YoloTrial(task, cfg, options, device),
-                extra_metrics=METRICS, sources=sources, score_test=score_test if raw.get("test") else None)
+                extra_metrics=METRICS, sources=sources, score_test=score_test if raw.get("test") else None,
+                ignores=_IGNORED_TRAIN)
 
 
 def score_split(module: torch.nn.Module, options: Mapping[str, Any], split: str, device: torch.device
