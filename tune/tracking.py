@@ -481,9 +481,41 @@ def finished_confirmations(tracking_uri: str, parent_run_id: str) -> set[tuple[s
 SYSTEM_PREFIX = "system/"  # MLflow's: the UI's "System metrics" section shows these keys
 
 
+def visible_gpus(value: str | None) -> list[int | str] | None:
+    """The GPUs ``CUDA_VISIBLE_DEVICES`` (``value``) shows a process, in its order: NVML indices, or UUIDs
+    (``GPU-...``, ``MIG-...``); None when it is unset (every GPU). As CUDA reads it: up to the first entry that
+    is neither (or a negative index)."""
+    if value is None:
+        return None
+    found: list[int | str] = []
+    for entry in (part.strip() for part in value.split(",")):
+        if entry.startswith(("GPU-", "MIG-")):
+            found.append(entry)
+            continue
+        try:
+            index = int(entry)
+        except ValueError:
+            break
+        if index < 0:
+            break
+        found.append(index)
+    return found
+
+
+def _nvml_handles(visible: list[int | str] | None) -> list[Any]:
+    """NVML's handles of ``visible`` (``visible_gpus``); every GPU's for None. CUDA machines only."""
+    import pynvml
+
+    if visible is None:
+        return [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    return [pynvml.nvmlDeviceGetHandleByUUID(v) if isinstance(v, str) else pynvml.nvmlDeviceGetHandleByIndex(v)
+            for v in visible]
+
+
 class SystemSampler:
     """A trial's system metrics, sampled by MLflow's own monitors in the trial's process (the Ray worker): CPU
-    utilisation and the node's memory, and each GPU where the trial has one and NVML answers. A thread samples
+    utilisation and the node's memory, and each of the trial's GPUs (``gpu_0`` its first) where NVML answers. A
+    thread samples
     every ``interval_s`` (``$MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` if set); ``epoch()`` takes one more sample and
     returns the epoch's means as ``system/<name>``, which the trial reports with its epoch's metrics and the
     driver logs to its run (step = epoch). MLflow's SystemMetricsMonitor would log from the worker itself, which
@@ -498,7 +530,11 @@ class SystemSampler:
             from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
 
             with contextlib.suppress(Exception):  # no pynvml or no driver: no GPU metrics, the rest as usual
-                self.monitors.append(GPUMonitor())
+                monitor = GPUMonitor()
+                # NVML sees every GPU of the node, whatever CUDA_VISIBLE_DEVICES says: keep the trial's own, in
+                # its order, so gpu_0 is the trial's cuda:0 (as torch numbers it), not the node's first GPU
+                monitor.gpu_handles = _nvml_handles(visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES")))
+                self.monitors.append(monitor)
         self.interval_s = MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.get() or interval_s
         self._lock = threading.Lock()
         self._stop = threading.Event()
