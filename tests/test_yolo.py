@@ -409,3 +409,17 @@ def test_a_test_split_the_yaml_names_must_be_on_disk_and_an_empty_one_is_none(tm
     empty.write_text(text.replace("val: images/val\n", "val: images/val\ntest:\n"))
     assert make_task(data=str(empty), imgsz=64, workers=0).has_test is False
     assert make_task(data=str(data), imgsz=64, workers=0).has_test is False
+
+
+def test_a_splits_digest_follows_its_labels_too(tmp_path):
+    """Ultralytics reads the labels from the folder beside the images: a label edited (or a box added) is other
+    data, and the train split's digest says so; the val split's stays."""
+    from tune.data import describe
+
+    data = make_detection_data(tmp_path / "shapes", n_train=4, n_val=2)
+    before = {d.split: d for d in describe(make_task(data=str(data), imgsz=64, workers=0))}
+    label = sorted((data.parent / "labels" / "train").iterdir())[0]
+    label.write_text(label.read_text() + "0 0.5 0.5 0.1 0.1\n")
+    after = {d.split: d for d in describe(make_task(data=str(data), imgsz=64, workers=0))}
+    assert after["train"].digest != before["train"].digest and after["train"].rows == before["train"].rows
+    assert after["val"] == before["val"]

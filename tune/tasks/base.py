@@ -6,7 +6,7 @@ Importing it runs its code: name only modules you trust.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,8 @@ class Task:
 
     ``sources`` says where each split (``train``, ``val``, ``test``) came from: a path or a description, which
     the runs' MLflow datasets show (``tune.data.describe``; a split missing here is "in memory"). A task with its
-    own trial and no data in memory names its splits' folders here.
+    own trial and no data in memory names its splits' folders here; ``also_digested`` names more folders or files
+    per split whose names and sizes belong in its digest (the yolo task: the labels folder beside the images).
 
     ``augments`` says that training inputs change from epoch to epoch (augmentation), which rules out caching a
     frozen prefix. ``train_loader(batch_size, epoch, seed)`` lets a task build its own training batches (then
@@ -79,6 +80,7 @@ class Task:
     sources: Mapping[str, str] | None = None
     score_test: Callable[[nn.Module, torch.device], Metrics] | None = None
     ignores: Mapping[str, str] | None = None
+    also_digested: Mapping[str, Sequence[str]] | None = None
 
     def __post_init__(self) -> None:
         missing = [name for name in ("train_data", "val_data", "evaluate") if getattr(self, name) is None]

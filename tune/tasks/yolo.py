@@ -259,6 +259,7 @@ def make_task(data: str | None = None, model: str = "yolov5nu.yaml", weights: st
     root = _dataset_root(data_path, raw)
     sources = {split: str(root / str(raw[split] if not isinstance(raw[split], list) else raw[split][0]))
                for split in ("train", "val", "test") if raw.get(split)}
+    labels = {split: [path] for split, source in sources.items() if (path := _labels_of(source))}
 
     def score_test(module: torch.nn.Module, device: torch.device) -> dict[str, float]:
         return score_split(module, options, "test", device)
@@ -266,7 +267,18 @@ def make_task(data: str | None = None, model: str = "yolov5nu.yaml", weights: st
     return Task(name="yolo", build_model=build, metric="mAP50-95", augments=True,
                 make_trial=lambda task, cfg, device=None: YoloTrial(task, cfg, options, device),
                 extra_metrics=METRICS, sources=sources, score_test=score_test if raw.get("test") else None,
-                ignores=_IGNORED_TRAIN)
+                ignores=_IGNORED_TRAIN, also_digested=labels)
+
+
+def _labels_of(images: str) -> str | None:
+    """The labels folder of an images folder, by Ultralytics' rule (the last ``images`` in the path becomes
+    ``labels``), where it is on disk."""
+    parts = Path(images).parts
+    if "images" not in parts:
+        return None
+    at = len(parts) - 1 - parts[::-1].index("images")
+    labels = Path(*parts[:at], "labels", *parts[at + 1:])
+    return str(labels) if labels.exists() else None
 
 
 def score_split(module: torch.nn.Module, options: Mapping[str, Any], split: str, device: torch.device
