@@ -687,14 +687,17 @@ def test_each_search_registers_a_version_and_the_alias_moves_to_the_latest(tmp_p
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
+    code = tmp_path / "code"  # the package a logged model carries: here an empty one (torch.nn.Linear needs none)
+    code.mkdir()
     parents = []
     for value in (1.0, 2.0):  # two searches of one experiment, each with its own recommended model
         tracker = SearchTracker(uri, "by-hand")
         parents.append(tracker.start_search("search", {}, {}))
         module = torch.nn.Linear(2, 1)
         torch.nn.init.constant_(module.weight, value)
-        registered = tracker.register_model(parents[-1], *tracker.log_model(parents[-1], module, None, tmp_path))
+        registered = tracker.register_model(parents[-1], *tracker.log_model(parents[-1], module, None, code))
         assert registered == "models:/by-hand@recommended"
+        tracker.finish_search("FINISHED")
     versions = client.search_model_versions("name = 'by-hand'")
     assert sorted((int(v.version), v.run_id) for v in versions) == [(1, parents[0]), (2, parents[1])]
     assert client.get_model_version_by_alias("by-hand", "recommended").version == 2
