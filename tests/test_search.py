@@ -380,6 +380,10 @@ def test_confirm_reruns_the_top_ranked_candidates_with_fresh_seeds_and_recommend
     # scored once on the test split: the confirmed candidate's runs, and no other run
     tested = {c.data.tags["ray.trial_id"] for c in children if "test_score" in c.data.metrics}
     assert tested == set(confirmed.runs) and len(tested) == 2
+    # in a Ray worker with a trial's resources (on a cluster: where the trials run), not in the driver's process
+    where = {(c.data.tags["test_hostname"], c.data.tags["test_pid"]) for c in children
+             if "test_score" in c.data.metrics}
+    assert len(where) == 1 and all(pid != str(os.getpid()) for _, pid in where)
     # and the runs scored on it have the test split among their MLflow datasets, the others not
     with_test = {c.data.tags["ray.trial_id"] for c in children
                  if any(d.dataset.name == "digits-test" for d in c.inputs.dataset_inputs)}

@@ -38,8 +38,8 @@ from tune.freeze import grid_values, sampled_freezes, trial_freeze
 from tune.space import OptunaSpace
 from tune.tasks import load_task
 from tune.tracking import TAG_KEYS, SearchTracker, SystemSampler, TrialRuns, short
-from tune.train import make_trial
-from tune.trial import load_checkpoint, save_checkpoint
+from tune.train import evaluate_split, make_trial
+from tune.trial import load_checkpoint, model_from_checkpoint, pick_device, save_checkpoint
 
 __all__ = ["SearchOutcome", "can_restore", "check_resources", "check_storage", "concurrency", "confirm", "connect",
            "follow_job", "gpu_shares", "grid_size", "init_ray", "run", "storage_uri", "submit_job"]
@@ -166,18 +166,24 @@ def init_ray(address: str | None = None, verbose: int = 0) -> None:
 
 
 # -- one trial in a Ray worker ----------------------------------------------------------------------------------
-def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfig,
-               cache_dir: str | None = None) -> None:
-    """One trial inside a Ray worker: build it, resume from the last checkpoint if any, report each epoch."""
+def _in_worker(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
+    """A Ray worker's train config and placement: torch's threads = the CPUs Ray gave it; device auto without a
+    GPU from Ray is the CPU (Ray does not hide GPUs from a worker that asked for none: keep it off the GPUs
+    others were given)."""
     assigned = ray.get_runtime_context().get_assigned_resources()
     torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
     placement = {"trial_cpus": assigned.get("CPU", 0.0), "trial_gpus": assigned.get("GPU", 0.0),
                  "node_id": ray.get_runtime_context().get_node_id()}
-    task = load_task(task_config)
-    cfg = dataclasses.replace(base, **params)
     if cfg.device == "auto" and not assigned.get("GPU"):
-        # Ray does not hide GPUs from a trial that asked for none: keep it off the GPUs others were given
         cfg = dataclasses.replace(cfg, device="cpu")
+    return cfg, placement
+
+
+def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfig,
+               cache_dir: str | None = None) -> None:
+    """One trial inside a Ray worker: build it, resume from the last checkpoint if any, report each epoch."""
+    cfg, placement = _in_worker(dataclasses.replace(base, **params))
+    task = load_task(task_config)
     trial = make_trial(task, cfg, shared_cache=prefix_cache.SharedPrefixCache(cache_dir) if cache_dir else None)
     checkpoint = ray_tune.get_checkpoint()
     if checkpoint is not None:
@@ -454,6 +460,36 @@ def confirm(cfg: Config, tracker: SearchTracker, candidates: Mapping[str, dict[s
     return _fit(cfg, tracker, _variant_trainable, name=f"{_experiment_name(cfg)}-confirm", storage_path=storage_path,
                 tune_config={"scheduler": FIFOScheduler()}, param_space={"variant": ray_tune.grid_search(variants)},
                 verbose=verbose, total=len(variants))
+
+
+def _score_in_worker(base: TrainConfig, task_config: TaskConfig, checkpoints: Mapping[str, Any]
+                     ) -> dict[str, tuple[dict[str, float], int, dict[str, Any]]]:
+    """The test split's metrics of each checkpoint, in a Ray worker: (metrics, the checkpoint's epoch, where)."""
+    cfg, placement = _in_worker(base)
+    where = {"hostname": socket.gethostname(), "pid": os.getpid(), "node_id": placement["node_id"]}
+    task = load_task(task_config)
+    device = pick_device(cfg.device)
+    scored = {}
+    for name, checkpoint in checkpoints.items():
+        block_model, state = model_from_checkpoint(task, checkpoint)
+        module = block_model.module.to(device)
+        metrics = (task.score_test(module, device) if task.score_test is not None
+                   else evaluate_split(task, module, task.test_data, cfg.batch_size, device))
+        scored[name] = ({k: float(v) for k, v in metrics.items()}, int(state.get("epoch", 0)), where)
+    return scored
+
+
+def score_test(cfg: Config, checkpoints: Mapping[str, Any], *, address: str | None = None, verbose: int = 0
+               ) -> dict[str, tuple[dict[str, float], int, dict[str, Any]]]:
+    """Score trial checkpoints on the task's test split in one Ray task with a trial's resources
+    (``search.cpus_per_trial``, ``gpus_per_trial``): on a cluster it runs where trials run (a GPU node), not on
+    the driver's machine. By trial name: (the task's metrics, the checkpoint's epoch, hostname / pid / node_id)."""
+    if not checkpoints:
+        return {}
+    init_ray(address, verbose)
+    remote = ray.remote(_score_in_worker).options(num_cpus=cfg.search.cpus_per_trial,
+                                                   num_gpus=cfg.search.gpus_per_trial, max_retries=0)
+    return ray.get(remote.remote(cfg.train, cfg.task, dict(checkpoints)))
 
 
 def _best_checkpoints(results: Any) -> dict[str, Any]:

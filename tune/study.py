@@ -276,33 +276,30 @@ class Study:
 
     def _score_test(self, built: report.Report, records: list, checkpoints: Mapping[str, Any]) -> None:
         """Score the recommended configuration on the task's test split, once: its confirmation runs' best-epoch
-        checkpoints (after a confirmation) or its trial's. ``test_score`` (the primary metric) and the task's other
-        metrics as ``test_*`` go to each scored run, at its checkpoint's epoch. Nothing is chosen on them."""
-        from tune.train import evaluate_split
-        from tune.trial import pick_device
+        checkpoints (after a confirmation) or its trial's, in a Ray task with a trial's resources (search.score_test).
+        ``test_score`` (the primary metric) and the task's other metrics as ``test_*`` go to each scored run, at its
+        checkpoint's epoch, with where it was scored (tags ``test_hostname``, ``test_pid``). Nothing is chosen on
+        them."""
+        from tune import search
 
         if built.chosen is None:
             return
         names = list(built.confirmed_choice.runs) if built.confirmed_choice else [built.chosen.name]
         run_ids = {r.name: r.run_id for r in records}
-        device = pick_device(self.cfg.train.device)
-        task = self.task
-        scored = 0
         for name in names:
             if name not in checkpoints or name not in run_ids:
                 warn(f"no checkpoint of trial {name}: not scored on the test split")
-                continue
-            block_model, state = self._trial_model(checkpoints[name])
-            module = block_model.module.to(device)
-            metrics = (task.score_test(module, device) if task.score_test is not None
-                       else evaluate_split(task, module, task.test_data, self.cfg.train.batch_size, device))
-            renamed = {"test_score": metrics[task.metric],
-                       **{f"test_{k.removeprefix('val_')}": v for k, v in metrics.items() if k != task.metric}}
-            self.tracker.log_metrics(run_ids[name], renamed, step=int(state.get("epoch", 0)))
+        wanted = {name: checkpoints[name] for name in names if name in checkpoints and name in run_ids}
+        metric = self.task.metric
+        scored = search.score_test(self.cfg, wanted, address=self.address, verbose=int(self.options.verbose))
+        for name, (metrics, epoch, where) in scored.items():
+            renamed = {"test_score": metrics[metric],
+                       **{f"test_{k.removeprefix('val_')}": v for k, v in metrics.items() if k != metric}}
+            self.tracker.log_metrics(run_ids[name], renamed, step=epoch)
+            self.tracker.set_tags(run_ids[name], {"test_hostname": where["hostname"], "test_pid": where["pid"]})
             self.tracker.log_datasets(run_ids[name], ("test",))
-            scored += 1
         if scored:
-            self.say(f"scored the recommendation on the test split ({scored} checkpoint{'s' * (scored > 1)})")
+            self.say(f"scored the recommendation on the test split ({len(scored)} checkpoint{'s' * (len(scored) > 1)})")
 
     def _log_summary(self, built: report.Report, outcome: Any) -> None:
         """The search in a few numbers on its parent run, so that searches compare in MLflow's runs table and
@@ -330,17 +327,6 @@ class Study:
         self.tracker.log_metrics(self.tracker.parent_run_id,
                                  {k: v for k, v in summary.items() if not math.isnan(v)}, step=0)
 
-    def _trial_model(self, checkpoint: Any) -> tuple[Any, dict[str, Any]]:
-        """The task's model with a trial checkpoint's weights, in eval mode, and the checkpoint's state."""
-        from tune.trial import load_checkpoint
-
-        with checkpoint.as_directory() as directory:  # a local folder, or one downloaded from the storage URI
-            state = load_checkpoint(directory)
-        block_model = self.task.build_model()
-        block_model.module.load_state_dict(state["model"])
-        block_model.module.eval()
-        return block_model, state
-
     def _log_recommended_model(self, built: report.Report, checkpoints: dict[str, Any]) -> None:
         """The recommended trial's best-epoch weights as an MLflow model of the parent run."""
         if built.chosen is None:
@@ -350,7 +336,9 @@ class Study:
         if checkpoint is None:
             warn(f"no checkpoint of trial {chosen}: no model logged")
             return
-        block_model, _ = self._trial_model(checkpoint)
+        from tune.trial import model_from_checkpoint
+
+        block_model, _ = model_from_checkpoint(self.task, checkpoint)
         parent_id = self.tracker.parent_run_id
         example = block_model.example_input  # keyword tensors (a text model) give no input example
         uri, model_id = self.tracker.log_model(parent_id, block_model.module,

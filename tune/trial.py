@@ -126,3 +126,14 @@ def save_checkpoint(trial: TrialProtocol, directory: str | Path) -> None:
 def load_checkpoint(directory: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     """A trial's checkpoint (model and optimizer state, epoch, time), loaded with weights_only=True."""
     return torch.load(Path(directory) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+
+
+def model_from_checkpoint(task: Any, checkpoint: Any) -> tuple[Any, dict[str, Any]]:
+    """The task's model (a BlockModel) with a trial checkpoint's weights, in eval mode, and the checkpoint's state;
+    ``checkpoint`` is a Ray Tune Checkpoint (a local folder, or one fetched from the storage URI)."""
+    with checkpoint.as_directory() as directory:
+        state = load_checkpoint(directory)
+    block_model = task.build_model()
+    block_model.module.load_state_dict(state["model"])
+    block_model.module.eval()
+    return block_model, state
