@@ -264,19 +264,21 @@ def test_smoke_search_of_the_guides_space_logs_nested_runs_with_map_time_and_mem
     import mlflow.pytorch
     from ray.tune import Checkpoint
 
-    from tune.study import Study
+    from tune.study import Study, StudyOptions
     from tune.tracking import SearchTracker
     from tune.trial import CHECKPOINT_FILE
 
     folder = next((tmp_path / "ray").rglob(CHECKPOINT_FILE)).parent
     study = object.__new__(Study)  # the search's own model logging, without a search around it
     study.task, study.say = task, print
+    study.options = StudyOptions(space_file=ROOT / "search_spaces" / "yolov5_freeze.yaml", smoke_test=True)
     study.tracker = SearchTracker(uri, "yolov5_freeze")
     study.tracker.parent_run_id = parent.info.run_id
     study._log_recommended_model(SimpleNamespace(chosen=SimpleNamespace(name="t")),
                                  {"t": Checkpoint.from_directory(str(folder))})
     model = mlflow.pytorch.load_model(client.get_run(parent.info.run_id).data.tags["recommended_model_uri"])
     assert type(model).__name__ == "DetectionModel" and len(model.model) == 25  # the EMA weights it validated
+    assert client.get_run(parent.info.run_id).data.tags["registered_model_uri"] == "models:/yolov5_freeze@smoke"
 
 
 @pytest.mark.slow
