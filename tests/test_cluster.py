@@ -112,6 +112,10 @@ def test_a_submitted_search_runs_on_both_nodes_and_logs_to_the_server(cluster, t
     assert parent.info.status == "FINISHED"
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
     assert len({c.data.tags["node_id"] for c in children}) == 2  # trials ran on both nodes
+    # on a cluster the test split is scored in a Ray task with a trial's resources (the checkpoint read from the
+    # shared storage), and the recommendation's run holds its figures
+    [tested] = [c for c in children if "test_score" in c.data.metrics]
+    assert 0 < tested.data.metrics["test_score"] <= 1 and tested.data.tags["test_pid"].isdigit()
     assert "report" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 

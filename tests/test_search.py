@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -123,6 +124,9 @@ def test_gpu_fractions_from_the_config_pack_trials_onto_logical_gpus(ray_runtime
     assert [c.data.tags["trial_cpus"] for c in children] == ["0.5"] * 4
     assert most_open_at_once(children) >= 3
     assert {c.data.tags["mem_source"] for c in children} == {"model"}  # a GPU share, but trained on the CPU
+    # trials with GPUs: the test split is scored in a Ray task with a trial's share, not in the driver's process
+    [tested] = [c for c in children if "test_score" in c.data.metrics]
+    assert tested.data.tags["test_pid"] != str(os.getpid())
 
 
 @pytest.mark.slow  # 10-15 s each: the fast suite's own searches cover the default space
@@ -380,10 +384,11 @@ def test_confirm_reruns_the_top_ranked_candidates_with_fresh_seeds_and_recommend
     # scored once on the test split: the confirmed candidate's runs, and no other run
     tested = {c.data.tags["ray.trial_id"] for c in children if "test_score" in c.data.metrics}
     assert tested == set(confirmed.runs) and len(tested) == 2
-    # in a Ray worker with a trial's resources (on a cluster: where the trials run), not in the driver's process
+    # CPU trials on one machine: scored in the driver's process, with the task it has (a Ray task is for clusters
+    # and GPU trials: test_gpu_fractions_...)
     where = {(c.data.tags["test_hostname"], c.data.tags["test_pid"]) for c in children
              if "test_score" in c.data.metrics}
-    assert len(where) == 1 and all(pid != str(os.getpid()) for _, pid in where)
+    assert where == {(socket.gethostname(), str(os.getpid()))}
     # and the runs scored on it have the test split among their MLflow datasets, the others not
     with_test = {c.data.tags["ray.trial_id"] for c in children
                  if any(d.dataset.name == "digits-test" for d in c.inputs.dataset_inputs)}

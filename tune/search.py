@@ -462,12 +462,10 @@ def confirm(cfg: Config, tracker: SearchTracker, candidates: Mapping[str, dict[s
                 verbose=verbose, total=len(variants))
 
 
-def _score_in_worker(base: TrainConfig, task_config: TaskConfig, checkpoints: Mapping[str, Any]
-                     ) -> dict[str, tuple[dict[str, float], int, dict[str, Any]]]:
-    """The test split's metrics of each checkpoint, in a Ray worker: (metrics, the checkpoint's epoch, where)."""
-    cfg, placement = _in_worker(base)
-    where = {"hostname": socket.gethostname(), "pid": os.getpid(), "node_id": placement["node_id"]}
-    task = load_task(task_config)
+def _score(task: Any, cfg: TrainConfig, checkpoints: Mapping[str, Any]
+           ) -> dict[str, tuple[dict[str, float], int, dict[str, Any]]]:
+    """Each checkpoint's metrics on the task's test split: (metrics, the checkpoint's epoch, where it was scored)."""
+    where = {"hostname": socket.gethostname(), "pid": os.getpid()}
     device = pick_device(cfg.device)
     scored = {}
     for name, checkpoint in checkpoints.items():
@@ -479,13 +477,23 @@ def _score_in_worker(base: TrainConfig, task_config: TaskConfig, checkpoints: Ma
     return scored
 
 
-def score_test(cfg: Config, checkpoints: Mapping[str, Any], *, address: str | None = None, verbose: int = 0
-               ) -> dict[str, tuple[dict[str, float], int, dict[str, Any]]]:
-    """Score trial checkpoints on the task's test split in one Ray task with a trial's resources
-    (``search.cpus_per_trial``, ``gpus_per_trial``): on a cluster it runs where trials run (a GPU node), not on
-    the driver's machine. By trial name: (the task's metrics, the checkpoint's epoch, hostname / pid / node_id)."""
+def _score_in_worker(base: TrainConfig, task_config: TaskConfig, checkpoints: Mapping[str, Any]
+                     ) -> dict[str, tuple[dict[str, float], int, dict[str, Any]]]:
+    cfg, _ = _in_worker(base)
+    return _score(load_task(task_config), cfg, checkpoints)
+
+
+def score_test(cfg: Config, task: Any, checkpoints: Mapping[str, Any], *, address: str | None = None,
+               verbose: int = 0) -> dict[str, tuple[dict[str, float], int, dict[str, Any]]]:
+    """Score trial checkpoints on the task's test split. On a cluster (``address``) or where trials have GPUs, in
+    one Ray task with a trial's resources (``search.cpus_per_trial``, ``gpus_per_trial``): where the trials run
+    (a GPU node), not on the driver's machine; otherwise in this process, with ``task`` as it is (a Ray worker
+    would spend seconds importing and building it again). By trial name: (the task's metrics, the checkpoint's
+    epoch, hostname / pid)."""
     if not checkpoints:
         return {}
+    if address is None and not cfg.search.gpus_per_trial:
+        return _score(task, cfg.train, checkpoints)
     init_ray(address, verbose)
     remote = ray.remote(_score_in_worker).options(num_cpus=cfg.search.cpus_per_trial,
                                                    num_gpus=cfg.search.gpus_per_trial, max_retries=0)

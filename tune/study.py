@@ -276,7 +276,8 @@ class Study:
 
     def _score_test(self, built: report.Report, records: list, checkpoints: Mapping[str, Any]) -> None:
         """Score the recommended configuration on the task's test split, once: its confirmation runs' best-epoch
-        checkpoints (after a confirmation) or its trial's, in a Ray task with a trial's resources (search.score_test).
+        checkpoints (after a confirmation) or its trial's; on a cluster or with GPU trials in a Ray task with a
+        trial's resources (search.score_test).
         ``test_score`` (the primary metric) and the task's other metrics as ``test_*`` go to each scored run, at its
         checkpoint's epoch, with where it was scored (tags ``test_hostname``, ``test_pid``). Nothing is chosen on
         them."""
@@ -291,7 +292,8 @@ class Study:
                 warn(f"no checkpoint of trial {name}: not scored on the test split")
         wanted = {name: checkpoints[name] for name in names if name in checkpoints and name in run_ids}
         metric = self.task.metric
-        scored = search.score_test(self.cfg, wanted, address=self.address, verbose=int(self.options.verbose))
+        scored = search.score_test(self.cfg, self.task, wanted, address=self.address,
+                                   verbose=int(self.options.verbose))
         for name, (metrics, epoch, where) in scored.items():
             renamed = {"test_score": metrics[metric],
                        **{f"test_{k.removeprefix('val_')}": v for k, v in metrics.items() if k != metric}}
