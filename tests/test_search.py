@@ -117,16 +117,14 @@ def test_trials_run_in_parallel(default_smoke):
 def test_gpu_fractions_from_the_config_pack_trials_onto_logical_gpus(ray_runtime, tmp_path):
     # The session's Ray has 2 logical GPUs: 0.5 GPU and 0.5 CPU per trial lets 4 trials run at once.
     code, uri = _search(tmp_path, "--set", "search.gpus_per_trial=0.5", "--set", "search.cpus_per_trial=0.5",
-                        "--set", "search.num_samples=4", "--set", "search.scheduler=fifo", "--set", "train.epochs=1")
+                        "--set", "search.num_samples=4", "--set", "search.scheduler=fifo", "--set", "train.epochs=1",
+                        "--set", "task.options.test_size=0")  # the test split's Ray task: a slow test's
     assert code == 0
     _, children = _runs(uri, "digits_freeze")
     assert [c.data.tags["trial_gpus"] for c in children] == ["0.5"] * 4
     assert [c.data.tags["trial_cpus"] for c in children] == ["0.5"] * 4
     assert most_open_at_once(children) >= 3
     assert {c.data.tags["mem_source"] for c in children} == {"model"}  # a GPU share, but trained on the CPU
-    # trials with GPUs: the test split is scored in a Ray task with a trial's share, not in the driver's process
-    [tested] = [c for c in children if "test_score" in c.data.metrics]
-    assert tested.data.tags["test_pid"] != str(os.getpid())
 
 
 @pytest.mark.slow  # 10-15 s each: the fast suite's own searches cover the default space
@@ -512,6 +510,9 @@ def test_freeze_aware_gpus_give_deeper_freezes_a_smaller_share(ray_runtime, tmp_
     assert set(shares) == {"0", "7"}, "both depths must have been sampled for this test to mean anything"
     assert shares["0"] == 1.0  # nothing frozen: the whole GPU it asked for
     assert shares["7"] <= 0.25  # all but the head: a small share, so several such trials share a GPU
+    # trials with GPUs: the test split is scored in a Ray task with a trial's GPU, not in the driver's process
+    [tested] = [c for c in children if "test_score" in c.data.metrics]
+    assert 0 < tested.data.metrics["test_score"] <= 1 and tested.data.tags["test_pid"] != str(os.getpid())
 
 
 def test_concurrency_counts_freeze_aware_shares_at_the_smallest(ray_runtime):
