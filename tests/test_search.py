@@ -114,6 +114,7 @@ def test_trials_run_in_parallel(default_smoke):
     assert most_open_at_once(children) >= 2
 
 
+@pytest.mark.slow  # 19-30 s, for the fast suite's 2 minutes (resources and shares are checked fast without Ray)
 def test_gpu_fractions_from_the_config_pack_trials_onto_logical_gpus(ray_runtime, tmp_path):
     # The session's Ray has 2 logical GPUs: 0.5 GPU and 0.5 CPU per trial lets 4 trials run at once.
     code, uri = _search(tmp_path, "--set", "search.gpus_per_trial=0.5", "--set", "search.cpus_per_trial=0.5",
