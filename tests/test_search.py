@@ -119,7 +119,7 @@ def test_gpu_fractions_from_the_config_pack_trials_onto_logical_gpus(ray_runtime
     # The session's Ray has 2 logical GPUs: 0.5 GPU and 0.5 CPU per trial lets 4 trials run at once.
     code, uri = _search(tmp_path, "--set", "search.gpus_per_trial=0.5", "--set", "search.cpus_per_trial=0.5",
                         "--set", "search.num_samples=4", "--set", "search.scheduler=fifo", "--set", "train.epochs=1",
-                        "--set", "task.options.test_size=0")  # the test split's Ray task: a slow test's
+                        "--set", "task.options.test_size=0")  # the test split's Ray task: the freeze-aware test
     assert code == 0
     _, children = _runs(uri, "digits_freeze")
     assert [c.data.tags["trial_gpus"] for c in children] == ["0.5"] * 4
@@ -384,7 +384,7 @@ def test_confirm_reruns_the_top_ranked_candidates_with_fresh_seeds_and_recommend
     tested = {c.data.tags["ray.trial_id"] for c in children if "test_score" in c.data.metrics}
     assert tested == set(confirmed.runs) and len(tested) == 2
     # CPU trials on one machine: scored in the driver's process, with the task it has (a Ray task is for clusters
-    # and GPU trials: test_gpu_fractions_...)
+    # and GPU trials: test_freeze_aware_gpus_give_deeper_freezes_a_smaller_share, test_cluster)
     where = {(c.data.tags["test_hostname"], c.data.tags["test_pid"]) for c in children
              if "test_score" in c.data.metrics}
     assert where == {(socket.gethostname(), str(os.getpid()))}

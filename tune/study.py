@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tune
-from tune.config import COST_METRICS, Config, ReportConfig, load_config
+from tune.config import COST_METRICS, Config, ReportConfig, TrainConfig, load_config
 from tune.errors import ConfigError, one_line
 
 # torch, Ray and MLflow take seconds to import: they come in once the config file has loaded, so that a mistake in
@@ -123,8 +123,6 @@ def check_config(options: StudyOptions) -> Checked:
 
 def _check_ignored(cfg: Config, task: Any) -> None:
     """A train key the task's own trial does not read, set or searched away from its default: refused."""
-    from tune.config import TrainConfig
-
     for key, instead in (task.ignores or {}).items():
         if key in cfg.space:
             raise ConfigError(f"space.{key}", cfg.space[key], f"no space for it with the {task.name} task "
@@ -287,10 +285,12 @@ class Study:
             return
         names = list(built.confirmed_choice.runs) if built.confirmed_choice else [built.chosen.name]
         run_ids = {r.name: r.run_id for r in records}
+        wanted = {}
         for name in names:
-            if name not in checkpoints or name not in run_ids:
+            if name in checkpoints and name in run_ids:
+                wanted[name] = checkpoints[name]
+            else:
                 warn(f"no checkpoint of trial {name}: not scored on the test split")
-        wanted = {name: checkpoints[name] for name in names if name in checkpoints and name in run_ids}
         metric = self.task.metric
         scored = search.score_test(self.cfg, self.task, wanted, address=self.address,
                                    verbose=int(self.options.verbose))
@@ -338,6 +338,7 @@ class Study:
         if checkpoint is None:
             warn(f"no checkpoint of trial {chosen}: no model logged")
             return
+        from tune import tracking
         from tune.trial import model_from_checkpoint
 
         block_model, _ = model_from_checkpoint(self.task, checkpoint)
@@ -347,8 +348,6 @@ class Study:
                                                None if isinstance(example, Mapping) else example.numpy(),
                                                Path(tune.__file__).parent)
         self.tracker.set_tags(parent_id, {"recommended_model_uri": uri})
-        from tune import tracking
-
         alias = tracking.SMOKE_ALIAS if self.options.smoke_test else tracking.RECOMMENDED_ALIAS
         try:
             registered = self.tracker.register_model(parent_id, uri, model_id, alias)

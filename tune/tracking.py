@@ -515,11 +515,11 @@ def _nvml_handles(visible: list[int | str] | None) -> list[Any]:
 class SystemSampler:
     """A trial's system metrics, sampled by MLflow's own monitors in the trial's process (the Ray worker): CPU
     utilisation and the node's memory, and each of the trial's GPUs (``gpu_0`` its first) where NVML answers. A
-    thread samples
-    every ``interval_s`` (``$MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` if set); ``epoch()`` takes one more sample and
-    returns the epoch's means as ``system/<name>``, which the trial reports with its epoch's metrics and the
-    driver logs to its run (step = epoch). MLflow's SystemMetricsMonitor would log from the worker itself, which
-    needs the store within the worker's reach (on a cluster it may not be) and the run's id before training."""
+    thread samples every ``interval_s`` (``$MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` if set); ``epoch()`` takes
+    one more sample and returns the epoch's means as ``system/<name>``, which the trial reports with its epoch's
+    metrics and the driver logs to its run (step = epoch). MLflow's SystemMetricsMonitor would log from the worker
+    itself, which needs the store within the worker's reach (on a cluster it may not be) and the run's id before
+    training."""
 
     def __init__(self, gpu: bool = False, interval_s: float = 1.0) -> None:
         from mlflow.environment_variables import MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
