@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from tune.config import ConfigError, TaskConfig, load_config, parse_overrides
+from tune.errors import TrialConfigError
 from tune.study import Study, StudyOptions
 
 ROOT = Path(__file__).resolve().parent
@@ -93,6 +94,8 @@ def search_main(argv: list[str]) -> int:
     study = Study.prepare(study_options(parse_args(argv)))  # every check; the search starts below
     try:
         status = study.run()
+    except TrialConfigError:  # bad input the first trials met alike: the search stopped (FAILED in MLflow)
+        raise
     except ConfigError as err:  # raised once runs exist: a failed search (FAILED in MLflow), not bad input
         raise RuntimeError(str(err)) from err
     if status == "KILLED":

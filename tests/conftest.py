@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tune.tasks.base import BlockModel, Task, classification_metrics
+from tune.tasks.base import BlockModel, Task, classification_metrics, takes_paths
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 torch.set_num_threads(1)
@@ -188,6 +188,12 @@ def make_file_task(data: str) -> Task:
     base = make_tiny_task()
     return Task(name="file", build_model=base.build_model, train_data=(images, labels), val_data=(images, labels),
                 metric="val_accuracy", loss=F.cross_entropy, evaluate=classification_metrics)
+
+
+@takes_paths("data")
+def make_declared_file_task(data: str) -> Task:
+    """``make_file_task`` with its ``data`` option declared a path: a bare file name is found from any folder."""
+    return make_file_task(data)
 
 
 def make_big_batch_oom_task(limit: int = 16) -> Task:

@@ -86,6 +86,15 @@ CASES = {
     "credentials are not echoed": (lambda d: ["--tracking-uri", f"http://alice:s3cret@127.0.0.1:{free_port()}"],
                                    "error: --tracking-uri: got 'http://***@127.0.0.1:"),
     "unwritable storage": (lambda d: ["--storage-path", "/proc/forbidden"], "error: --storage-path: got '/proc/"),
+    "report dir is a file": (lambda d: ["--report-dir", _write(d / "inputs/a_file", "")],
+                             "error: --report-dir: got '{d}/inputs/a_file' ({d}/inputs/a_file is a file)"),
+    "report dir under a file": (lambda d: ["--report-dir", f"{_write(d / 'inputs/a_file', '')}/reports"],
+                                "error: --report-dir: got '{d}/inputs/a_file/reports' ({d}/inputs/a_file is a file)"),
+    "unwritable report dir": (lambda d: ["--report-dir", "/proc/forbidden"],
+                              "error: --report-dir: got '/proc/forbidden' (cannot write in /proc)"),
+    "mlflow artifacts folder is a file": (lambda d: ["--tracking-uri", f"sqlite:///{_artifacts_file(d)}/m.db"],
+                                          "error: --tracking-uri: got 'sqlite:///{d}/inputs/m.db' ({d}/inputs/"
+                                          "mlartifacts is a file)"),
     "zero samples": (lambda d: ["--num-samples", "0"], "error: search.num_samples: got 0 (int)"),
     "unknown objective": (lambda d: ["--set", "search.objectives={accuracy: max, peak_mem_mb: min}"],
                           "error: search.objectives.accuracy: got 'accuracy'; allowed: one of epoch, score"),
@@ -136,6 +145,11 @@ def _images(d, empty=None):
         for image in (folder / "train" / empty).iterdir():
             image.unlink()
     return str(folder)
+
+
+def _artifacts_file(d):
+    (d / "inputs" / "mlartifacts").write_text("")  # where the runs' files would go, beside the database
+    return str(d / "inputs")
 
 
 def _timm_weights(d):
@@ -211,3 +225,22 @@ def test_a_ray_address_that_answers_goes_on_to_ray_init(workdir, capsys, monkeyp
     err = capsys.readouterr().err
     assert code == 2 and seen == [address], err
     assert err.startswith(f"error: --address: got '{address}' (Could not connect") and len(err.splitlines()) == 1
+
+
+def test_the_report_command_checks_its_report_dir_before_reading_the_store(workdir, capsys):
+    code = run_search.main(["report", "--tracking-uri", f"sqlite:///{workdir / 'inputs' / 'm.db'}",
+                            "--report-dir", _write(workdir / "inputs" / "a_file", "")])
+    assert code == 2
+    assert capsys.readouterr().err.startswith(f"error: --report-dir: got '{workdir}/inputs/a_file' (")
+
+
+def test_under_a_ray_job_the_study_keeps_the_address_from_the_environment(workdir, monkeypatch):
+    # a Ray Job sets RAY_ADDRESS and no --address: the test split is then scored where the trials run
+    from tune.study import Study, StudyOptions
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    joined = []
+    monkeypatch.setattr(search, "connect", lambda address, key: joined.append((address, key)))
+    study = Study.prepare(StudyOptions(space_file=run_search.DEFAULT_SPACE, smoke_test=True,
+                                       storage_path=str(workdir / "ray")))
+    assert joined == [("127.0.0.1:6379", "RAY_ADDRESS")] and study.address == "127.0.0.1:6379"

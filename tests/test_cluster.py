@@ -116,6 +116,8 @@ def test_a_submitted_search_runs_on_both_nodes_and_logs_to_the_server(cluster, t
     # shared storage), and the recommendation's run holds its figures
     [tested] = [c for c in children if "test_score" in c.data.metrics]
     assert 0 < tested.data.metrics["test_score"] <= 1 and tested.data.tags["test_pid"].isdigit()
+    # the job's driver (RAY_ADDRESS set, no --address) is not where it was scored
+    assert tested.data.tags["test_pid"] != parent.data.tags["driver_pid"]
     assert "report" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 

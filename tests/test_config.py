@@ -219,3 +219,18 @@ def test_a_single_objective_other_than_score_is_refused_because_the_report_ranks
     assert str(err.value).startswith(f"{key}: got {value}; allowed: score with mode max")
     objectives = build_config(minimal(search={"objectives": {"score": "max", "val_loss": "min"}})).search
     assert objectives.objective_list == [("score", "max"), ("val_loss", "min")]
+
+
+@pytest.mark.parametrize("how", ["copy", "pickle"])
+def test_a_config_error_survives_rays_copy_and_pickle_with_its_message_key_and_value(how):
+    import copy
+    import pickle
+    import threading
+
+    error = ConfigError("task.options.model", "my_bert", "a model folder or a hub name", problem="not found")
+    again = copy.copy(error) if how == "copy" else pickle.loads(pickle.dumps(error))
+    assert type(again) is ConfigError and str(again) == str(error)
+    assert (again.key, again.value, again.allowed, again.problem) == ("task.options.model", "my_bert",
+                                                                      "a model folder or a hub name", "not found")
+    unpicklable = ConfigError("task.options.hook", threading.Lock(), "a plain value")  # travels as its repr
+    assert str(pickle.loads(pickle.dumps(unpicklable))) == str(unpicklable)

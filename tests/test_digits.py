@@ -93,24 +93,3 @@ def test_pretraining_is_deterministic_and_rebuilds_weights_as_good_as_the_shippe
     zero_shot = [classification_metrics(build_model(w).module, *target)["val_accuracy"]
                  for w in (str(first), "pretrained")]
     assert abs(zero_shot[0] - zero_shot[1]) < 0.1, zero_shot
-
-
-def test_relative_path_options_become_absolute_and_words_stay_words(tmp_path):
-    from tune.config import TaskConfig
-    from tune.tasks import absolute_paths
-
-    (tmp_path / "inputs").mkdir()
-    (tmp_path / "inputs" / "data.pt").write_bytes(b"")
-    (tmp_path / "w.pt").write_bytes(b"")
-    (tmp_path / "pretrained").mkdir()  # a folder that happens to share a keyword's name
-    (tmp_path / "flowers").mkdir()  # a data option is a path even as a bare word
-    options = {"data": "inputs/data.pt", "val_data": "flowers", "test_data": "absent", "weights": "pretrained",
-               "other": "w.pt", "missing": "nope/x.pt", "n": 3,
-               "model": "yolov5nu.yaml", "shards": ["w.pt", "nope/y.pt", "word"],
-               "hyp": {"cfg": "inputs/data.pt", "optimizer": "SGD", "lrf": 0.1, "nested": [{"file": "w.pt"}]}}
-    got = absolute_paths(TaskConfig("digits", options), tmp_path).options
-    assert got == {**options, "data": str(tmp_path / "inputs" / "data.pt"), "other": str(tmp_path / "w.pt"),
-                   "val_data": str(tmp_path / "flowers"),
-                   "shards": [str(tmp_path / "w.pt"), "nope/y.pt", "word"],
-                   "hyp": {"cfg": str(tmp_path / "inputs" / "data.pt"), "optimizer": "SGD", "lrf": 0.1,
-                           "nested": [{"file": str(tmp_path / "w.pt")}]}}

@@ -560,22 +560,6 @@ def test_on_a_cluster_a_shortfall_is_a_warning_an_autoscaler_may_answer(ray_runt
 
 
 @pytest.mark.slow
-def test_a_relative_data_path_reaches_trials_that_run_in_their_own_folders(ray_runtime, tmp_path, monkeypatch):
-    import torch
-    from conftest import make_tiny_task
-
-    (tmp_path / "inputs").mkdir()
-    torch.save(make_tiny_task().train_data, tmp_path / "inputs" / "data.pt")
-    monkeypatch.chdir(tmp_path)
-    code, uri = _search(tmp_path, "--set", "task.name=conftest:make_file_task",
-                        "--set", "task.options={data: inputs/data.pt}", "--set", "space.freeze_stop.high=3")
-    assert code == 0
-    parent, children = _runs(uri, "digits_freeze")
-    assert children and all(c.info.status == "FINISHED" for c in children)
-    assert parent.data.params["task.options.data"] == str(tmp_path / "inputs" / "data.pt")
-
-
-@pytest.mark.slow
 def test_a_storage_uri_keeps_checkpoints_behind_rays_filesystem_layer(ray_runtime, tmp_path):
     # file:// goes through the same pyarrow filesystem path as s3:// or gs://: the recommended model's checkpoint
     # is read with Checkpoint.as_directory(), and trials cache prefixes for themselves only
@@ -809,3 +793,69 @@ def test_a_trials_gpu_metrics_are_its_own_devices_not_the_nodes(monkeypatch):
                                  "system/gpu_1_memory_usage_megabytes": 100.0}
     assert gpu_memory("GPU-cc") == {"system/gpu_0_memory_usage_megabytes": 300.0}
     assert len(gpu_memory(None)) == 4  # no CUDA_VISIBLE_DEVICES: the process sees every GPU, and so does the trial
+
+
+def _bad(problem: str = "FileNotFoundError: mydata") -> ConfigError:
+    return ConfigError("task.options", {"data": "mydata"}, "options that point at readable data", problem=problem)
+
+
+@pytest.mark.parametrize(("outcomes", "total", "stops"), [
+    ([_bad(), _bad()], 4, True),  # the first two trials met the same bad input
+    ([_bad()], 1, True),  # a search of one trial
+    ([_bad()], 4, False),  # one trial alone may be its sampled params
+    ([None, _bad(), _bad()], 4, False),  # a trial reported an epoch first: the input is fine
+    ([_bad("a"), _bad("b")], 4, False),  # two different problems
+    ([RuntimeError("out of memory"), _bad()], 4, False),  # a crash is not bad input
+])
+def test_the_search_stops_when_its_first_trials_meet_the_same_config_error(outcomes, total, stops):
+    import copy
+    import pickle
+
+    verdict = search._BadInput(total)
+    # Tune copies the run config's stopper and callbacks: in this process every copy is the one object
+    assert copy.deepcopy(verdict) is verdict and pickle.loads(pickle.dumps(verdict)) is verdict
+    for index, outcome in enumerate(outcomes):
+        verdict.outcome(f"trial{index}", outcome)
+    assert verdict.stop_all() is stops
+    assert (str(verdict.error) == str(_bad())) if stops else verdict.error is None
+
+
+def test_a_bare_file_name_the_trials_cannot_see_stops_the_search_with_one_line_and_exit_2(ray_runtime, tmp_path,
+                                                                                          monkeypatch, capsys):
+    import torch
+    from conftest import make_tiny_task
+
+    torch.save(make_tiny_task().train_data, tmp_path / "mydata")
+    monkeypatch.chdir(tmp_path)
+    # make_file_task declares no path option: its bare 'mydata' stays a word, which the trials' own folders lack
+    code, uri = _search(tmp_path, "--set", "task.name=conftest:make_file_task", "--set", "task.options={data: mydata}",
+                        "--set", "space.freeze_stop.high=3", "--set", "search.num_samples=8")
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: task.options: got {'data': 'mydata'} (FileNotFoundError")
+    parent, children = _runs(uri, "digits_freeze")
+    assert parent.info.status == "FAILED" and parent.data.tags["failure_reason"] == lines[0].removeprefix("error: ")
+    failed = [c for c in children if c.info.status == "FAILED"]
+    assert len(failed) == 2 and all(c.data.tags["failure_reason"].startswith("ConfigError: task.options: got {")
+                                    for c in failed)
+    assert len(children) < 8 and {c.info.status for c in children} <= {"FAILED", "KILLED"}  # not all 8 ran into it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("task", "data"), [("conftest:make_file_task", "inputs/data.pt"),
+                                            ("conftest:make_declared_file_task", "mydata")])
+def test_a_relative_or_declared_bare_data_path_reaches_trials_in_their_own_folders(ray_runtime, tmp_path,
+                                                                                  monkeypatch, task, data):
+    import torch
+    from conftest import make_tiny_task
+
+    (tmp_path / "inputs").mkdir()
+    torch.save(make_tiny_task().train_data, tmp_path / data)
+    monkeypatch.chdir(tmp_path)
+    code, uri = _search(tmp_path, "--set", f"task.name={task}", "--set", f"task.options={{data: {data}}}",
+                        "--set", "space.freeze_stop.high=3")
+    assert code == 0
+    parent, children = _runs(uri, "digits_freeze")
+    assert children and all(c.info.status == "FINISHED" for c in children)
+    assert parent.data.params["task.options.data"] == str(tmp_path / data)

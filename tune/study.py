@@ -16,8 +16,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import socket
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import tune
 from tune.config import COST_METRICS, Config, ReportConfig, TrainConfig, load_config
-from tune.errors import ConfigError, one_line
+from tune.errors import ConfigError, TrialConfigError, one_line
 
 # torch, Ray and MLflow take seconds to import: they come in once the config file has loaded, so that a mistake in
 # it is reported at once. Annotations name their types as strings.
@@ -34,8 +36,8 @@ if TYPE_CHECKING:
     from tune import report, tracking
     from tune.tasks import Task
 
-__all__ = ["SMOKE", "Checked", "Study", "StudyOptions", "check_config", "check_submission", "rebuild_report",
-           "tracking_uri"]
+__all__ = ["SMOKE", "Checked", "Study", "StudyOptions", "check_config", "check_report_dir", "check_submission",
+           "rebuild_report", "tracking_uri"]
 
 # --smoke-test: a few trials of two epochs (a grid runs once), two candidates confirmed with two seeds; the user's
 # own overrides still win.
@@ -133,6 +135,21 @@ def _check_ignored(cfg: Config, task: Any) -> None:
                               f"read it; instead: {instead})")
 
 
+def check_report_dir(report_dir: Path, key: str = "--report-dir") -> None:
+    """The report's folder: a folder this process can write, or one it can make (the nearest existing folder above
+    it writable); checked before a search starts, made once the report is written."""
+    path = Path(report_dir).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(key, str(report_dir), "a folder this process can write, or a new folder's path",
+                          problem=f"{existing} is a file")
+    try:  # a file made and gone at once: os.access says yes to root even where the kernel says no (/proc)
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError:
+        raise ConfigError(key, str(report_dir), "a folder this process can write, or a new folder's path",
+                          problem=f"cannot write in {existing}") from None
+
+
 def check_submission(options: StudyOptions, project_dir: Path) -> str:
     """A search to submit as a Ray Job, checked here (``check_config``) rather than on the cluster; returns the space
     file's path inside ``project_dir``, which the job gets as its working directory."""
@@ -174,8 +191,9 @@ class Study:
             search.connect(address, "--address" if options.address else "RAY_ADDRESS")
         for warning in search.check_resources(cfg, on_cluster=bool(address)):
             warn(f"warning: {warning}")
+        check_report_dir(options.report_dir)
         search.check_storage(options.storage_path)  # last: it makes the folder
-        return cls(options, checked, resume=resume, address=options.address, say=say)
+        return cls(options, checked, resume=resume, address=address, say=say)
 
     @property
     def searched(self) -> list[str]:
@@ -220,6 +238,10 @@ class Study:
             status = "FINISHED" if outcome.errored < outcome.trials else "FAILED"
         except KeyboardInterrupt:
             status, reason = "KILLED", "interrupted (Ctrl-C)"
+        except TrialConfigError as err:  # the first trials' bad input: the search stopped there
+            reason = f"the search stopped for bad input: {err}"
+            tracker.set_tags(tracker.parent_run_id, {"failure_reason": str(err)})
+            raise
         finally:
             try:
                 if system is not None:
@@ -249,6 +271,7 @@ class Study:
             run_name=f"search-{time.strftime('%Y%m%d-%H%M%S')}",
             params=tracking.flatten(self.checked.written.as_dict()),  # the config as written: names unresolved
             tags={"space_file": str(space_file), "smoke_test": str(self.options.smoke_test),
+                  "driver_hostname": socket.gethostname(), "driver_pid": str(os.getpid()),
                   **tracking.search_tags(self.searched, self.cfg.search.objective_list),
                   **({"mlflow.source.git.commit": commit} if commit else {})},
             artifacts=[space_file])
@@ -421,6 +444,7 @@ def rebuild_report(uri: str | None, *, experiment: str, run_id: str | None = Non
     if tolerance is not None and not tolerance >= 0:
         raise ConfigError("--tolerance", tolerance, "a number >= 0")
     tracking.check_store(uri)
+    check_report_dir(report_dir)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise ConfigError("--tracking-uri", uri, "an existing MLflow store", problem="no such file")
     try:

@@ -87,6 +87,10 @@ def check_store(tracking_uri: str, timeout_s: float = 10.0) -> None:
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise ConfigError("--tracking-uri", shown, "a sqlite file in a writable folder",
                               problem=f"cannot write in {folder}")
+        artifacts = folder / "mlartifacts"  # _artifact_location: the runs' files go beside the database
+        if artifacts.exists() and not (artifacts.is_dir() and os.access(artifacts, os.W_OK)):
+            raise ConfigError("--tracking-uri", shown, "a sqlite file in a folder whose mlartifacts/ this process "
+                              "can write", problem=f"{artifacts} is {'a file' if artifacts.is_file() else 'read-only'}")
     elif scheme in ("http", "https"):
         parts = urlsplit(tracking_uri)
         host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
@@ -688,6 +692,12 @@ class TrialRuns:
         self.tracker.end_trial(self.run_id(trial_id, params, tags), "FAILED",
                                tags={"error_file": error_file, "failure_reason": reason})
         return f"FAILED: {reason}"
+
+    def fail_open(self, trial_id: str, reason: str) -> None:
+        """End a trial's run FAILED with ``reason`` if it is still open (a trial Tune stopped after it failed)."""
+        if trial_id in self.run_ids and trial_id not in self.ended:
+            self.ended.add(trial_id)
+            self.tracker.end_trial(self.run_ids[trial_id], "FAILED", tags={"failure_reason": reason})
 
 
 def failure_reason(error_file: str) -> str:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 from tune.config import TaskConfig
 from tune.errors import ConfigError
-from tune.tasks.base import BlockModel, Task
+from tune.tasks.base import BlockModel, Task, takes_paths
 
-__all__ = ["BUILTIN_TASKS", "BlockModel", "Task", "absolute_paths", "load_block_model", "load_task"]
+__all__ = ["BUILTIN_TASKS", "BlockModel", "Task", "absolute_paths", "load_block_model", "load_task",
+           "takes_paths"]
 
 BUILTIN_TASKS = {"digits": "tune.tasks.digits:make_task", "image": "tune.tasks.image:make_task",
                  "text": "tune.tasks.text:make_task", "yolo": "tune.tasks.yolo:make_task"}
@@ -63,31 +64,29 @@ def load_block_model(task_config: TaskConfig) -> BlockModel:
 
 def absolute_paths(task_config: TaskConfig, base: Path) -> TaskConfig:
     """The task's options with every relative path under ``base`` (the driver's working directory) made
-    absolute: Ray Tune runs each trial in its own folder, where a relative path would point nowhere. A path is a
-    string option, at the top level or inside a list or mapping, that has a folder part or a file suffix
-    (``data.pt``, ``shapes/shapes.yaml``) and names something that exists; a bare word such as ``pretrained``
-    stays a word, but for a data option (``data``, ``val_data``: always a path) it is a path when it exists
-    (an image folder ``flowers``)."""
+    absolute: Ray Tune runs each trial in its own folder, where a relative path would point nowhere. The options a
+    task declares as paths (``takes_paths``) are paths whenever they exist, bare words too; in any other option a
+    string is a path when it has a folder part or a file suffix (``data.pt``, ``shapes/shapes.yaml``) and exists,
+    at the top level or inside a list or mapping."""
+    factory = _import_factory(task_config.name)
+    declared = set(getattr(factory, "path_options", ()))
+    words = getattr(factory, "path_words", frozenset())
     return TaskConfig(task_config.name, {
-        key: str((base / value).resolve()) if _is_data_folder(key, value, base) else _absolute(value, base)
-        for key, value in task_config.options.items()})
+        key: _absolute(value, base, bare=key in declared, words=words) for key, value in task_config.options.items()})
 
 
-def _is_data_folder(key: str, value: Any, base: Path) -> bool:
-    return ((key == "data" or key.endswith("_data")) and isinstance(value, str) and bool(value)
-            and not Path(value).expanduser().is_absolute() and (base / value).exists())
-
-
-def _absolute(value: Any, base: Path) -> Any:
+def _absolute(value: Any, base: Path, *, bare: bool, words: Collection[str]) -> Any:
     if isinstance(value, str):
-        return str((base / value).resolve()) if _is_relative_path(value) and (base / value).exists() else value
+        if not value or value in words or Path(value).expanduser().is_absolute() or not (base / value).exists():
+            return value
+        return str((base / value).resolve()) if bare or _has_path_shape(value) else value
     if isinstance(value, Mapping):
-        return {key: _absolute(item, base) for key, item in value.items()}
+        return {key: _absolute(item, base, bare=bare, words=words) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_absolute(item, base) for item in value)
+        return type(value)(_absolute(item, base, bare=bare, words=words) for item in value)
     return value
 
 
-def _is_relative_path(value: str) -> bool:
+def _has_path_shape(value: str) -> bool:
     path = Path(value)
-    return bool(value) and not path.expanduser().is_absolute() and (len(path.parts) > 1 or path.suffix != "")
+    return len(path.parts) > 1 or path.suffix != ""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +17,11 @@ from torch import nn
 from tune.errors import ConfigError
 from tune.freeze import BlockModel  # the block vocabulary is the freeze engine's; tasks build it
 
-__all__ = ["BlockModel", "Task", "check_option", "classification_metrics"]
+__all__ = ["BlockModel", "Task", "check_option", "classification_metrics", "takes_paths"]
 
 
 Metrics = dict[str, float]
+_Factory = TypeVar("_Factory", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,23 @@ class Task:
             return self.training_step(model, batch)
         inputs, targets = batch
         return self.loss(model(inputs), targets)
+
+
+def takes_paths(*options: str, words: Iterable[str] = ()) -> Callable[[_Factory], _Factory]:
+    """Declare which options of a task factory name local files or folders: in the driver, each of them that names
+    something existing (relative to the working directory, a bare word such as ``my_bert`` included: Hugging Face's
+    rule, an existing local path IS that path) becomes an absolute path before the trials, which run in folders of
+    their own. ``words`` are values that are never paths (``pretrained``). A list or mapping value is looked into.
+
+        @takes_paths("data", "weights", words=("pretrained",))
+        def make_task(data: str, weights: str | None = None) -> Task: ...
+    """
+    def declare(factory: _Factory) -> _Factory:
+        factory.path_options = tuple(options)  # type: ignore[attr-defined]
+        factory.path_words = frozenset(words)  # type: ignore[attr-defined]
+        return factory
+
+    return declare
 
 
 def check_option(key: str, value: Any, ok: bool, allowed: str) -> None:

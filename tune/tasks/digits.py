@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tune.errors import ConfigError, one_line
-from tune.tasks.base import BlockModel, Task, classification_metrics
+from tune.tasks.base import BlockModel, Task, classification_metrics, takes_paths
 
 __all__ = ["DigitsCNN", "build_model", "make_task", "pretrain"]
 
@@ -118,6 +118,7 @@ def few_label_split(targets: torch.Tensor, labels_per_class: int, val_size: int,
     return train_index, shuffled[:val_size], shuffled[val_size:val_size + test_size]
 
 
+@takes_paths("weights", words=("pretrained",))
 def make_task(labels_per_class: int = 20, val_size: int = 500, split_seed: int = 0,
               weights: str | None = "pretrained", new_head: bool = False, test_size: int = 500) -> Task:
     """The UCI-digits target task. Options are the keys of ``task.options`` in a search space file."""

@@ -38,7 +38,7 @@ from torch import nn
 
 from tune.blocks import timm_blocks, torchvision_blocks
 from tune.errors import ConfigError, one_line
-from tune.tasks.base import BlockModel, Task, check_option, classification_metrics
+from tune.tasks.base import BlockModel, Task, check_option, classification_metrics, takes_paths
 from tune.weights import load_fitting, read_state_dict
 
 __all__ = ["block_model", "layers_model", "make_task", "write_example"]
@@ -169,6 +169,7 @@ def _folder(data: Any, split: str, transform: Any, classes: list[str] | None = N
     return folder
 
 
+@takes_paths("data", "weights", words=("pretrained",))
 def make_task(model: str = "resnet18", data: str | None = None, weights: str | None = None,
               trust_weights: bool = False, new_head: bool = True, image_size: int | None = None,
               augment: bool = True, workers: int = 2) -> Task:

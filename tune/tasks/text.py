@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from tune.blocks import encoder_blocks
 from tune.errors import ConfigError, one_line
-from tune.tasks.base import BlockModel, Task, check_option
+from tune.tasks.base import BlockModel, Task, check_option, takes_paths
 
 __all__ = ["TokenizedSet", "block_model", "layers_model", "make_task", "text_metrics"]
 
@@ -132,6 +132,7 @@ def _tokenize(tokenizer: Any, table: Any, text_column: Sequence[str], labels: Se
     return TokenizedSet({**tensors, "labels": torch.tensor(labels, dtype=torch.long)})
 
 
+@takes_paths("model", "data", "val_data", "test_data")
 def make_task(model: str | None = None, data: str | None = None, val_data: str | None = None,
               text_column: str | list[str] = "text", label_column: str = "label", max_length: int = 128,
               val_fraction: float = 0.2, split_seed: int = 0, workers: int = 0, test_data: str | None = None) -> Task:

@@ -38,7 +38,7 @@ import yaml
 from tune import freeze, prefix_cache
 from tune.config import TrainConfig
 from tune.errors import ConfigError, one_line
-from tune.tasks.base import BlockModel, Task
+from tune.tasks.base import BlockModel, Task, takes_paths
 from tune.trial import EpochMeter, epoch_metrics, pick_device
 from tune.weights import load_fitting, read_state_dict
 
@@ -237,6 +237,7 @@ def layers_model(options: Mapping[str, Any]) -> BlockModel:
                        options.get("weights"), options.get("trust_weights") is True)
 
 
+@takes_paths("data", "model", "weights")
 def make_task(data: str | None = None, model: str = "yolov5nu.yaml", weights: str | None = None, imgsz: int = 640,
               workers: int = 2, hyp: Mapping[str, Any] | None = None, trust_weights: bool = False) -> Task:
     _ultralytics()
