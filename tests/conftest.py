@@ -190,10 +190,11 @@ def make_file_task(data: str) -> Task:
                 metric="val_accuracy", loss=F.cross_entropy, evaluate=classification_metrics)
 
 
-@takes_paths("data")
-def make_declared_file_task(data: str) -> Task:
-    """``make_file_task`` with its ``data`` option declared a path: a bare file name is found from any folder."""
-    return make_file_task(data)
+@takes_paths("source")
+def make_declared_file_task(source: str) -> Task:
+    """``make_file_task`` with its data file in an option declared a path: a bare file name is found from any
+    folder."""
+    return make_file_task(source)
 
 
 def make_big_batch_oom_task(limit: int = 16) -> Task:

@@ -235,18 +235,38 @@ def test_bad_image_options_are_one_line(folder, tmp_path, change, options, expec
     assert "\n" not in message and "allowed:" in message
 
 
+def _weights_trained_on(train: Path, path: Path, steps: int = 30) -> None:
+    """A resnet18 state dict trained for a few full-batch steps on ``train``'s images (32 px)."""
+    images = torchvision.datasets.ImageFolder(str(train), torchvision.transforms.ToTensor())
+    inputs = torch.stack([image for image, _ in images])
+    targets = torch.tensor([label for _, label in images])
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=len(images.classes))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(inputs), targets).backward()
+        optimizer.step()
+    torch.save(model.state_dict(), path)
+
+
 @pytest.mark.slow
 def test_the_image_space_smoke_runs_with_nested_mlflow_runs(ray_runtime, folder, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shutil.copytree(folder, tmp_path / "digits_png")
     shutil.copytree(folder / "val", tmp_path / "digits_png" / "test")  # a test split (here: validation's images)
+    # the data folder and the weights file named by bare words, as a user in their folder would; weights whose
+    # features tell the digits apart, so that trials' scores differ (random weights leave every trial at chance)
+    _weights_trained_on(folder / "train", tmp_path / "my_weights")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = run_search.main(["--space", str(SPACE), "--smoke-test", "--confirm", "0", "--tracking-uri", uri,
-                            "--set", "task.options.data=digits_png", "--set", "task.options.image_size=32",
+                            "--set", "task.options.data=digits_png", "--set", "task.options.weights=my_weights",
+                            "--set", "task.options.image_size=32",
                             "--set", "task.options.workers=1", "--set", "train.batch_size=16"])
     assert code == 0
     client = MlflowClient(tracking_uri=uri)
     parent, children = parent_and_children(uri, "image_freeze")
+    assert parent.data.params["task.options.weights"] == str(tmp_path / "my_weights")
     assert parent.info.status == "FINISHED" and len(children) == 4
     assert all(c.info.status == "FINISHED" for c in children)
     for child in children:

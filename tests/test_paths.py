@@ -34,7 +34,7 @@ def _resolved(task: str, options: dict, base: Path) -> dict:
     ("yolo", {"data": "coco8", "model": "my_yolo.yaml", "weights": "weights", "hyp": {"optimizer": "SGD"}},
      {"data", "model", "weights"}),
     ("digits", {"weights": "weights"}, {"weights"}),
-    ("conftest:make_declared_file_task", {"data": "weights"}, {"data"}),
+    ("conftest:make_declared_file_task", {"source": "weights"}, {"source"}),
 ])
 def test_a_declared_path_option_that_exists_is_that_path_even_as_a_bare_name(here, task, options, paths):
     got = _resolved(task, options, here)

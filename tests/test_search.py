@@ -843,19 +843,19 @@ def test_a_bare_file_name_the_trials_cannot_see_stops_the_search_with_one_line_a
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("task", "data"), [("conftest:make_file_task", "inputs/data.pt"),
-                                            ("conftest:make_declared_file_task", "mydata")])
+@pytest.mark.parametrize(("task", "key", "data"), [("conftest:make_file_task", "data", "inputs/data.pt"),
+                                                   ("conftest:make_declared_file_task", "source", "mydata")])
 def test_a_relative_or_declared_bare_data_path_reaches_trials_in_their_own_folders(ray_runtime, tmp_path,
-                                                                                  monkeypatch, task, data):
+                                                                                  monkeypatch, task, key, data):
     import torch
     from conftest import make_tiny_task
 
     (tmp_path / "inputs").mkdir()
     torch.save(make_tiny_task().train_data, tmp_path / data)
     monkeypatch.chdir(tmp_path)
-    code, uri = _search(tmp_path, "--set", f"task.name={task}", "--set", f"task.options={{data: {data}}}",
+    code, uri = _search(tmp_path, "--set", f"task.name={task}", "--set", f"task.options={{{key}: {data}}}",
                         "--set", "space.freeze_stop.high=3")
     assert code == 0
     parent, children = _runs(uri, "digits_freeze")
     assert children and all(c.info.status == "FINISHED" for c in children)
-    assert parent.data.params["task.options.data"] == str(tmp_path / data)
+    assert parent.data.params[f"task.options.{key}"] == str(tmp_path / data)

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -254,8 +255,9 @@ def test_the_text_space_smoke_runs_with_nested_mlflow_runs(ray_runtime, files, t
 
     space = Path(run_search.__file__).resolve().parent / "search_spaces" / "text_freeze.yaml"
     monkeypatch.chdir(tmp_path)
+    shutil.copytree(files["model"], tmp_path / "my_bert")  # a model folder named by a bare word, as most users do
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sets = [f"task.options.model={files['model']}", f"task.options.data={files['data']}",
+    sets = ["task.options.model=my_bert", f"task.options.data={files['data']}",
             f"task.options.val_data={files['val_data']}", f"task.options.test_data={files['val_data']}",
             "task.options.max_length=16", "train.batch_size=8", "train.lr_schedule=constant", "space.lr=0.005",
             # the tiny random-init encoder learns the sentences in two epochs only with its embeddings trainable
@@ -268,6 +270,7 @@ def test_the_text_space_smoke_runs_with_nested_mlflow_runs(ray_runtime, files, t
     parent, children = parent_and_children(uri, "text_freeze")
     search = [c for c in children if c.data.tags.get("phase") == "search"]
     assert parent.info.status == "FINISHED" and len(search) == 2  # and the confirmation's runs, 2 seeds each
+    assert parent.data.params["task.options.model"] == str(tmp_path / "my_bert")
     assert all(c.data.params["seed"] in ("1", "2") for c in children if c.data.tags.get("phase") == "confirm")
     for child in children:
         assert child.info.status == "FINISHED"
