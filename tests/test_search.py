@@ -108,6 +108,19 @@ def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(def
         assert where <= set(child.data.tags)  # where and how it ran: tags, not metrics
 
 
+def test_every_trials_head_starts_from_the_one_probe_the_driver_fitted_and_the_report_names_it(default_smoke):
+    code, uri, tmp_path = default_smoke
+    parent, children = _runs(uri, "digits_freeze")
+    probe_score = parent.data.metrics["probe_score"]
+    assert 0.5 < probe_score <= 1 and parent.data.metrics["probe_l2"] > 0
+    # fitted once, in the driver: every trial and confirmation run was handed it (none fitted its own)
+    assert {c.data.tags["head_start"] for c in children} == {"probe (the search's)"}
+    assert {c.data.params["head_init"] for c in children} == {"probe"}
+    [report] = (tmp_path / "reports").glob("digits_freeze-*/report.txt")
+    text = report.read_text()
+    assert f"A linear probe fitted to convergence on the frozen features scores {probe_score:.4f}" in text
+
+
 def test_trials_run_in_parallel(default_smoke):
     _, uri, _ = default_smoke
     _, children = _runs(uri, "digits_freeze")

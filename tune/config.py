@@ -54,6 +54,9 @@ class TrainConfig:
     freeze_stop: int | str | None = None
     frozen_bn: str = "eval"  # eval: frozen BatchNorm keeps its statistics; train: they drift (YOLOv5's train.py)
     frozen_dropout: str = "eval"  # eval: no dropout / stochastic depth in frozen blocks; train: as model.train()
+    head_init: str = "probe"  # the classifier's start: probe (a linear probe fitted on the frozen features) | zero
+    # | library (as the model builds it: a from-scratch init)
+    head_lr_mult: float = 1.0  # the head block's learning rate is lr times this (discriminative learning rates)
     prefix_cache: str = "auto"  # auto: compute a frozen prefix's outputs once when that is exact; off: never
     prefix_cache_max_mb: float = 4096.0  # no cache where the cached outputs would take more memory than this
     seed: int = 0
@@ -168,6 +171,8 @@ _TRAIN_RULES: dict[str, _Rule] = {
                     "a block index, a cut-point name, or null"),
     "frozen_bn": _one_of("eval", "train"),
     "frozen_dropout": _one_of("eval", "train"),
+    "head_init": _one_of("probe", "zero", "library"),
+    "head_lr_mult": _float_at_least(0.0, strict=True),
     "prefix_cache": _one_of("auto", "off"),
     "prefix_cache_max_mb": _float_at_least(0.0),
     "seed": _int_at_least(0),

@@ -333,6 +333,7 @@ class Report:
     candidates: list[Candidate] = field(default_factory=list)
     confirmed_choice: Candidate | None = None
     text: str = ""
+    reference: float | None = None  # the linear probe's score (probe_score), where the heads started from it
 
     @property
     def chosen(self) -> TrialResult | None:
@@ -345,7 +346,10 @@ class Report:
 
 
 def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], objectives: Sequence[tuple[str, str]],
-                 tolerance: float, cost: str, header: str = "") -> Report:
+                 tolerance: float, cost: str, header: str = "", reference: float | None = None) -> Report:
+    """The report's tables and text. ``reference``: the score of the linear probe every trial's head started from
+    (``probe_score``): said first, and a trial or a recommendation that ends below it by more than ``tolerance`` is
+    marked."""
     results = summarise(records)
     search = [r for r in results if r.candidate is None]
     confirmation = [r for r in results if r.candidate is not None]
@@ -354,11 +358,18 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
     flat = indistinct(search)
     recommendation = None if flat else recommend(search, tolerance, cost, searched)
     report = Report(search=search, confirmation=confirmation, front=front, objectives=front_objectives,
-                    recommendation=recommendation)
-    marks = {r.name: "F" for r in front}
+                    recommendation=recommendation, reference=reference)
+    below = set() if reference is None else {r.name for r in search if r.score < reference - tolerance}
+    marks = {r.name: "F" for r in front} | {name: "<" for name in below}
     if recommendation is not None:
-        marks[recommendation.trial.name] = "R"
-    parts = [header + f"Trials at their best epoch ({len(search)}; F = on the frontier, R = recommended):\n"
+        marks[recommendation.trial.name] = "R" + ("<" if recommendation.trial.name in below else "")
+    if reference is not None:
+        header += (f"A linear probe fitted to convergence on the frozen features scores {reference:.4f}: every "
+                   "trial's head started there (train.head_init: probe)"
+                   + (f"; {len(below)} trial{'s' * (len(below) != 1)} ended below it by more than the tolerance "
+                      "(<)" if below else "") + ".\n\n")
+    parts = [header + f"Trials at their best epoch ({len(search)}; F = on the frontier, R = recommended"
+             + (", < = below the probe" if reference is not None else "") + "):\n"
              + trial_table(search, searched, marks),
              "By freeze range:\n" + depth_table(search),
              "Frontier over " + ", ".join(f"{m} ({mode})" for m, mode in front_objectives) + ":\n"
@@ -386,6 +397,12 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
         parts.append(f"Test split: {statistics.fmean(tested):.4f}{spread} ({runs}; validation {validation:.4f}). The "
                      "validation split chose every epoch, trial and range; the test split, scored once after the "
                      "choice, chose nothing.")
+    chosen_score = report.confirmed_choice.mean if report.confirmed_choice else (
+        report.chosen.score if report.chosen else None)
+    if reference is not None and chosen_score is not None and chosen_score < reference - tolerance:
+        parts.append(f"The recommendation scores {chosen_score:.4f}, below the linear probe's {reference:.4f} by more "
+                     "than the tolerance: freezing all but the head (the probe, then fine-tuning the head) was not "
+                     "searched or was stopped early; search it (space.freeze_stop up to all_but_head).")
     report.text = "\n\n".join(parts)
     return report
 

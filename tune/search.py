@@ -38,6 +38,7 @@ from tune import prefix_cache
 from tune.config import Config, TaskConfig, TrainConfig
 from tune.errors import ConfigError, TrialConfigError, one_line
 from tune.freeze import grid_values, sampled_freezes, trial_freeze
+from tune.probe import Probe
 from tune.space import OptunaSpace
 from tune.tasks import load_task
 from tune.tracking import TAG_KEYS, SearchTracker, SystemSampler, TrialRuns, short
@@ -183,11 +184,12 @@ def _in_worker(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
 
 
 def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfig,
-               cache_dir: str | None = None) -> None:
+               cache_dir: str | None = None, head_probe: dict[str, Any] | None = None) -> None:
     """One trial inside a Ray worker: build it, resume from the last checkpoint if any, report each epoch."""
     cfg, placement = _in_worker(dataclasses.replace(base, **params))
     task = load_task(task_config)
-    trial = make_trial(task, cfg, shared_cache=prefix_cache.SharedPrefixCache(cache_dir) if cache_dir else None)
+    trial = make_trial(task, cfg, shared_cache=prefix_cache.SharedPrefixCache(cache_dir) if cache_dir else None,
+                       head_probe=Probe.from_state(head_probe) if head_probe else None)
     checkpoint = ray_tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -211,9 +213,9 @@ def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfi
 
 
 def _variant_trainable(config: dict[str, Any], base: TrainConfig, task_config: TaskConfig,
-                       cache_dir: str | None = None) -> None:
+                       cache_dir: str | None = None, head_probe: dict[str, Any] | None = None) -> None:
     """A confirmation run: ``config["variant"]`` holds the candidate's name and its exact params."""
-    _trainable(config["variant"]["params"], base, task_config, cache_dir)
+    _trainable(config["variant"]["params"], base, task_config, cache_dir, head_probe)
 
 
 def _trial_params(trial: Any) -> tuple[dict[str, Any], dict[str, str]]:
@@ -406,7 +408,7 @@ def storage_uri(storage_path: str) -> str:
 
 def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, storage_path: str,
          tune_config: dict[str, Any], param_space: dict[str, Any] | None, verbose: int, total: int,
-         restore_from: str | None = None) -> SearchOutcome:
+         restore_from: str | None = None, head_probe: dict[str, Any] | None = None) -> SearchOutcome:
     per_trial = _FreezeAwareResources(cfg) if cfg.search.freeze_aware_gpus else None
     at_once = concurrency(cfg, min(per_trial.shares.values()) if per_trial else None)
     # With a searcher, Tune places one trial at a time unless more placement groups may be pending
@@ -421,7 +423,7 @@ def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, stor
     # Tune's own console output (its experiment table, the TensorBoard hint, a progress table) says nothing the
     # search's own lines do not; the old reporter at verbose 0 is silent, the new one is not. --verbose shows it.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
-    wrapped = _wrap(cfg, trainable, prefix_cache.directory(storage_path), per_trial)
+    wrapped = _wrap(cfg, trainable, prefix_cache.directory(storage_path), per_trial, head_probe)
     runs = TrialRuns(tracker, dataclasses.asdict(cfg.train), cfg.train.epochs, searched=list(cfg.space))
     if restore_from is not None:  # Tune restores its callbacks and stopper with the experiment
         tuner = ray_tune.Tuner.restore(restore_from, trainable=wrapped, resume_unfinished=True, resume_errored=False)
@@ -450,8 +452,11 @@ def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, stor
     return outcome
 
 
-def _wrap(cfg: Config, trainable: Any, cache_dir: str | None, per_trial: _FreezeAwareResources | None) -> Any:
-    wrapped = ray_tune.with_parameters(trainable, base=cfg.train, task_config=cfg.task, cache_dir=cache_dir)
+def _wrap(cfg: Config, trainable: Any, cache_dir: str | None, per_trial: _FreezeAwareResources | None,
+          head_probe: dict[str, Any] | None) -> Any:
+    # the fitted probe goes through Ray's object store: every node's trials start their heads from the same one
+    wrapped = ray_tune.with_parameters(trainable, base=cfg.train, task_config=cfg.task, cache_dir=cache_dir,
+                                       head_probe=head_probe)
     if per_trial is None:
         return ray_tune.with_resources(wrapped, {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial})
     return ray_tune.with_resources(wrapped, per_trial)
@@ -462,7 +467,8 @@ def gpu_shares(task: Any, cfg: TrainConfig, freezes: Mapping[tuple[int, ...], di
     """Freeze-aware resources: the GPU share of each set of frozen blocks (``freeze.sampled_freezes``),
     ``full_share`` scaled by its training memory against freezing nothing, rounded up to 0.05. Each freeze's memory
     is its trial's ``probe_memory()`` (one optimizer step, epoch 1's peak), measured on the CPU in the driver."""
-    def memory(keys: dict) -> float:
+    def memory(keys: dict) -> float:  # the head's start changes no memory: no probe fitted for it
+        keys = {**keys, "head_init": "library"}
         return float(make_trial(task, dataclasses.replace(cfg, **keys), torch.device("cpu")).probe_memory())
 
     reference = memory({"freeze": None, "freeze_start": 0, "freeze_stop": 0})
@@ -505,7 +511,7 @@ def can_restore(experiment_path: str) -> bool:
 
 
 def run(cfg: Config, tracker: SearchTracker, *, storage_path: str, address: str | None = None, verbose: int = 0,
-        restore_from: str | None = None) -> SearchOutcome:
+        restore_from: str | None = None, head_probe: dict[str, Any] | None = None) -> SearchOutcome:
     """Run the search of ``cfg`` (checked against its task, names resolved: tune.study), or go on with the
     interrupted one saved at ``restore_from`` (its trials keep their MLflow runs)."""
     init_ray(address, verbose)
@@ -528,12 +534,13 @@ def run(cfg: Config, tracker: SearchTracker, *, storage_path: str, address: str 
                                                  mode=modes[0] if single else modes, seed=cfg.search.seed)
     total = grid_size(cfg.space) * cfg.search.num_samples if param_space else cfg.search.num_samples
     return _fit(cfg, tracker, _trainable, name=name, storage_path=storage_path, tune_config=tune_config,
-                param_space=param_space, verbose=verbose, total=total, restore_from=restore_from)
+                param_space=param_space, verbose=verbose, total=total, restore_from=restore_from,
+                head_probe=head_probe)
 
 
 def confirm(cfg: Config, tracker: SearchTracker, candidates: Mapping[str, dict[str, Any]], seeds: list[int], *,
             storage_path: str, address: str | None = None, verbose: int = 0,
-            done: Collection[tuple[str, int]] = ()) -> SearchOutcome | None:
+            done: Collection[tuple[str, int]] = (), head_probe: dict[str, Any] | None = None) -> SearchOutcome | None:
     """Re-run each candidate's exact params with each of ``seeds``, every epoch, no early stopping; the
     (candidate, seed) pairs in ``done`` (finished before a resume) are not run again. None when nothing is left."""
     variants = [{"candidate": name, "params": {**params, "seed": seed}}
@@ -543,7 +550,7 @@ def confirm(cfg: Config, tracker: SearchTracker, candidates: Mapping[str, dict[s
     init_ray(address, verbose)
     return _fit(cfg, tracker, _variant_trainable, name=f"{_experiment_name(cfg)}-confirm", storage_path=storage_path,
                 tune_config={"scheduler": FIFOScheduler()}, param_space={"variant": ray_tune.grid_search(variants)},
-                verbose=verbose, total=len(variants))
+                verbose=verbose, total=len(variants), head_probe=head_probe)
 
 
 def _score(task: Any, cfg: TrainConfig, checkpoints: Mapping[str, Any]

@@ -176,6 +176,7 @@ class Study:
         self.cfg, self.task = checked.cfg, checked.task
         self.tracking_uri = tracking_uri(options.tracking_uri)
         self.tracker: tracking.SearchTracker | None = None
+        self.head_probe: dict[str, Any] | None = None  # the fitted probe's state (tune.probe.Probe.state)
 
     @classmethod
     def prepare(cls, options: StudyOptions, say: Say = say) -> Study:
@@ -217,8 +218,9 @@ class Study:
         system = None
         try:
             system = tracker.monitor_system()  # the driver's machine, on the parent run
+            self.head_probe = self._fit_probe()
             outcome = search.run(cfg, tracker, storage_path=options.storage_path, address=self.address,
-                                 verbose=int(options.verbose),
+                                 verbose=int(options.verbose), head_probe=self.head_probe,
                                  restore_from=self.resume.experiment_path if self.resume else None)
             tracker.kill_open_trials()
             header = (f"{outcome.trials} trials in {outcome.wall_time_s:.0f} s, {outcome.errored} failed"
@@ -276,6 +278,25 @@ class Study:
                   **({"mlflow.source.git.commit": commit} if commit else {})},
             artifacts=[space_file])
 
+    def _fit_probe(self) -> dict[str, Any] | None:
+        """The linear probe every trial's head starts from (``train.head_init: probe``, set or searched), fitted
+        once here, in the driver, for every trial and node (its state travels with the trials); its validation score
+        is the reference of the report (``probe_score`` on the parent run). None where no trial starts from it."""
+        from tune.train import fit_head_probe
+
+        if self.cfg.train.head_init != "probe" and "head_init" not in self.cfg.space:
+            return None
+        started = time.perf_counter()
+        fitted = fit_head_probe(self.task, self.cfg.train)
+        if fitted is None:  # a task with its own trial, or no classifier: the head starts as the model builds it
+            return None
+        parent_id = self.tracker.parent_run_id
+        self.tracker.log_metrics(parent_id, {"probe_score": fitted.score, "probe_l2": fitted.l2,
+                                             "probe_fit_s": time.perf_counter() - started}, step=0)
+        self.say(f"linear probe on the frozen features ({fitted.classifier}, L2 {fitted.l2:g} chosen on validation): "
+                 f"{self.task.metric} {fitted.score:.4f}; every trial's head starts there")
+        return fitted.state()
+
     def _confirm(self) -> dict[str, Any]:
         """Re-run the candidates with fresh seeds (after a resume, the (candidate, seed) runs that finished before
         the stop are not run again); their best-epoch checkpoints by trial."""
@@ -291,7 +312,8 @@ class Study:
         self.say(f"confirming {len(candidates)} candidates with seeds {seeds}"
                  + (f" ({len(done)} of these runs finished before the resume)" if done else ""))
         outcome = search.confirm(cfg, self.tracker, candidates, seeds, storage_path=options.storage_path,
-                                 address=self.address, verbose=int(options.verbose), done=done)
+                                 address=self.address, verbose=int(options.verbose), done=done,
+                                 head_probe=self.head_probe)
         self.tracker.kill_open_trials()
         return outcome.best_checkpoints if outcome is not None else {}
 
@@ -407,8 +429,9 @@ def _build_report(tracker: tracking.SearchTracker, searched: list[str], objectiv
 
     records = tracking.fetch_trials(tracker.tracking_uri, tracker.parent_run_id,
                                     extra_keys=[m for m, _ in objectives])
+    reference = tracker.client.get_run(tracker.parent_run_id).data.metrics.get("probe_score")
     return report.build_report(records, searched=searched, objectives=objectives, tolerance=rule.tolerance,
-                               cost=rule.cost, header=header), records
+                               cost=rule.cost, header=header, reference=reference), records
 
 
 def _write_report(tracker: tracking.SearchTracker, searched: list[str], objectives: list[tuple[str, str]],

@@ -580,8 +580,8 @@ class SystemSampler:
 
 # -- the trials' runs -----------------------------------------------------------------------------------------
 # Result keys that describe where and how a trial ran: tags of its MLflow run, not metrics.
-TAG_KEYS = ("mem_source", "prefix_cache", "node_ip", "node_id", "hostname", "pid", "trial_cpus", "trial_gpus",
-            "diverged")
+TAG_KEYS = ("mem_source", "prefix_cache", "head_start", "node_ip", "node_id", "hostname", "pid", "trial_cpus",
+            "trial_gpus", "diverged")
 
 
 class TrialRuns:

@@ -10,6 +10,7 @@ computed once where that is exact (``tune.prefix_cache``). ``make_trial`` gives 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -17,19 +18,65 @@ from typing import Any
 import torch
 from torch import nn
 
-from tune import data, freeze, prefix_cache
+from tune import data, freeze, prefix_cache, probe
 from tune.config import TrainConfig
 from tune.tasks.base import Task
 from tune.trial import EpochMeter, TrialProtocol, epoch_metrics, pick_device
 
-__all__ = ["Trial", "evaluate_split", "make_optimizer", "make_schedule", "make_trial"]
+__all__ = ["Trial", "evaluate_split", "fit_head_probe", "make_optimizer", "make_schedule", "make_trial",
+           "parameter_groups"]
 
 
-def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter] | list[dict[str, Any]]
+                   ) -> torch.optim.Optimizer:
+    """The optimizer over ``params``: parameters, or parameter groups (each may set its own ``lr``)."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return optimizer_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def parameter_groups(frozen: freeze.FrozenModel, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The trainable parameters as optimizer groups: the body at ``lr``, the head block at ``lr * head_lr_mult``
+    (one group when the multiplier is 1)."""
+    trainable = frozen.trainable_parameters()
+    if cfg.head_lr_mult == 1.0:
+        return [{"params": trainable}]
+    block_model = frozen.block_model
+    head = {id(p) for p in block_model.parameters_of([block_model.n_blocks - 1])}
+    groups = [{"params": [p for p in trainable if id(p) not in head]},
+              {"params": [p for p in trainable if id(p) in head], "lr": cfg.lr * cfg.head_lr_mult}]
+    return [group for group in groups if group["params"]]
+
+
+@torch.no_grad()
+def fit_head_probe(task: Task, cfg: TrainConfig, device: torch.device | None = None) -> probe.Probe | None:
+    """The linear probe the trials' heads start from (``train.head_init: probe``): the task's pretrained model run
+    once, in eval mode, over its training split without augmentation (``Task.probe_train_data``) and its validation
+    split; a logistic regression fitted on its classifier's inputs (``tune.probe``). Its ``score`` is the task's
+    primary metric on the validation split with that head. None for a task with its own trial or no classifier."""
+    if task.make_trial is not None:
+        return None
+    device = device or pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    block_model = task.build_model()
+    found = probe.classifier_of(block_model)
+    if found is None:
+        return None
+    name, classifier = found
+    model = block_model.module.to(device)
+    batch_size = max(cfg.batch_size, 64)
+    train_split = task.probe_train_data if task.probe_train_data is not None else task.train_data
+
+    def features(split: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        batches = data.batches(split, batch_size, device, num_workers=task.num_workers)
+        return probe.probe_features(model, classifier, batches, task.step, probe.batch_targets)
+
+    fitted = probe.fit_probe(features(train_split), features(task.val_data), classifier.out_features, name)
+    probe.apply_head_init(block_model, "probe", fitted)
+    model.eval()
+    score = evaluate_split(task, model, task.val_data, batch_size, device)[task.metric]
+    return dataclasses.replace(fitted, score=float(score))
 
 
 def make_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: Callable[[], int]
@@ -54,15 +101,24 @@ class Trial:
     """The built-in trial: the task's model, frozen as ``cfg`` says, trained on the task's data (``tune.data``)."""
 
     def __init__(self, task: Task, cfg: TrainConfig, device: torch.device | None = None,
-                 shared_cache: prefix_cache.SharedPrefixCache | None = None) -> None:
+                 shared_cache: prefix_cache.SharedPrefixCache | None = None,
+                 head_probe: probe.Probe | None = None) -> None:
         self.task = task
         self.cfg = cfg
         self.device = device or pick_device(cfg.device)
+        given = head_probe is not None
+        if cfg.head_init == "probe" and not given:  # a trial on its own; a search fits it once for all its trials
+            head_probe = fit_head_probe(task, cfg, self.device)
         torch.manual_seed(cfg.seed)  # the task's model factory may initialise new layers (e.g. a head)
         block_model = task.build_model()
+        # the classifier's start (a probe fitted on the frozen features, zero, or the library's init); where it came
+        # from is the trial's tag head_start
+        self.head_init = probe.apply_head_init(block_model, cfg.head_init, head_probe)
+        self.head_start = self.head_init + ((" (the search's)" if given else " (fitted by this trial)")
+                                            if self.head_init == "probe" else "")
         self.frozen = freeze.freeze_model(block_model, cfg)
         self.model = self.frozen.module.to(self.device)
-        self.optimizer = make_optimizer(cfg, self.frozen.trainable_parameters())
+        self.optimizer = make_optimizer(cfg, parameter_groups(self.frozen, cfg))
         self.schedule = make_schedule(cfg, self.optimizer, lambda: self._steps_per_epoch(task))
         self.train_set, self.val_set = (self._on_device(d) for d in (task.train_data, task.val_data))
         self.epoch = 0
@@ -254,6 +310,7 @@ class Trial:
                                 train_loss=float(loss_sum) / seen, epoch_time_s=meter.seconds,
                                 train_time_s=self.train_time_s, samples=seen, prefix_cache=self.prefix_cache,
                                 summary=self.summary, memory=memory, task_metrics=evaluation)
+        metrics["head_start"] = self.head_start
         self.diverged = "diverged" in metrics
         return metrics
 
@@ -299,11 +356,12 @@ def _close(want: float, have: float) -> bool:
 
 
 def make_trial(task: Task, cfg: TrainConfig, device: torch.device | None = None,
-               shared_cache: prefix_cache.SharedPrefixCache | None = None) -> TrialProtocol:
+               shared_cache: prefix_cache.SharedPrefixCache | None = None,
+               head_probe: probe.Probe | None = None) -> TrialProtocol:
     """The task's own trial (``Task.make_trial``) or the built-in tensor Trial (with the search's shared prefix
-    cache, if any)."""
+    cache and its fitted probe, if any)."""
     if task.make_trial is None:
-        return Trial(task, cfg, device, shared_cache)
+        return Trial(task, cfg, device, shared_cache, head_probe)
     trial = task.make_trial(task, cfg, device)
     if not isinstance(trial, TrialProtocol):  # the attributes and methods a search calls, present
         missing = [name for name in ("epoch", "device", "run", "state_dict", "load_state_dict", "probe_memory")

@@ -53,7 +53,9 @@ class Task:
     per split whose names and sizes belong in its digest (the yolo task: the labels folder beside the images).
 
     ``augments`` says that training inputs change from epoch to epoch (augmentation), which rules out caching a
-    frozen prefix. ``train_loader(batch_size, epoch, seed)`` lets a task build its own training batches (then
+    frozen prefix. ``probe_train_data`` is the training split as evaluation sees it (no augmentation), which the
+    linear probe the heads start from is fitted on (``tune.train.fit_head_probe``); None: ``train_data``.
+    ``train_loader(batch_size, epoch, seed)`` lets a task build its own training batches (then
     it owns exact resume: epoch e's batches must depend on (seed, e) only; the prefix cache is off).
 
     A task that trains with its own loop (the ``yolo`` task trains with Ultralytics' trainer) gives
@@ -82,6 +84,7 @@ class Task:
     score_test: Callable[[nn.Module, torch.device], Metrics] | None = None
     ignores: Mapping[str, str] | None = None
     also_digested: Mapping[str, Sequence[str]] | None = None
+    probe_train_data: Any = None
 
     def __post_init__(self) -> None:
         missing = [name for name in ("train_data", "val_data", "evaluate") if getattr(self, name) is None]

@@ -197,8 +197,10 @@ def make_task(model: str = "resnet18", data: str | None = None, weights: str | N
     def build() -> BlockModel:  # a fresh model each time; its new head seeded by the trial (tune.train.Trial)
         return block_model(model, len(classes), weights, trust_weights, new_head, image_size, state)
 
+    plain_train = _folder(data, "train", create_transform(**config, is_training=False), classes) if augment else None
     return Task(name="image", build_model=build, metric="val_accuracy", train_data=train_set, val_data=val_set,
-                test_data=test_set, loss=F.cross_entropy, evaluate=classification_metrics, augments=augment,
+                test_data=test_set, probe_train_data=plain_train, loss=F.cross_entropy,
+                evaluate=classification_metrics, augments=augment,
                 num_workers=workers, sources={split: str(Path(data).expanduser().resolve() / split)
                                               for split in ("train", "val", "test")})
 

@@ -62,7 +62,10 @@ _IGNORED_TRAIN = {"lr_schedule": "task.options.hyp.lrf (Ultralytics decays lr0 l
                   "warmup": "task.options.hyp.warmup_epochs (Ultralytics' warmup, in epochs)",
                   "frozen_dropout": "nothing (the YOLO models have no dropout)",
                   "prefix_cache": "nothing (the frozen prefix is never cached: the inputs are augmented)",
-                  "prefix_cache_max_mb": "nothing (the frozen prefix is never cached: the inputs are augmented)"}
+                  "prefix_cache_max_mb": "nothing (the frozen prefix is never cached: the inputs are augmented)",
+                  "head_init": "nothing (the Detect head is no classifier: no linear probe fits it; Ultralytics "
+                               "initialises its biases from priors)",
+                  "head_lr_mult": "nothing (Ultralytics' trainer gives every layer lr0)"}
 _OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 
 

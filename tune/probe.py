@@ -1,0 +1,163 @@
+"""The new head's start: a linear probe fitted to convergence on the frozen network's features (LP-FT).
+
+A classifier head initialised for training from scratch makes every frozen configuration of a pretrained network
+look worse than it is: with little of the network trainable, little can correct a bad head (Kumar et al., "Fine-
+Tuning can Distort Pretrained Features and Underperform Out-of-Distribution", ICLR 2022, fit the head first and
+fine-tune after). Here the whole pretrained network runs once over the training and validation splits in eval mode
+(no augmentation), the inputs of its final ``nn.Linear`` (the classifier the task's new head is) are collected, and
+a multinomial logistic regression is fitted on them with full-batch L-BFGS, its L2 strength chosen on the
+validation split. Every trial's head then starts from those weights (``train.head_init: probe``), so every freeze
+depth starts from the same, fair point: the probe's validation score is the reference each depth should reach.
+
+Pure torch: no Ray, no MLflow. Deterministic for the same weights and data on the same device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tune.freeze import BlockModel
+
+__all__ = ["L2_GRID", "Probe", "apply_head_init", "batch_targets", "classifier_of", "fit_probe", "probe_features"]
+
+# L2 strengths tried (on the mean loss of standardised features); the validation split picks one.
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A fitted head: ``weight`` (classes x features) and ``bias`` for the classifier named ``classifier``, the L2
+    strength the validation split chose, and the validation accuracy of the features alone (``val_accuracy``);
+    ``score`` is the task's primary metric of the whole model with this head (``tune.train.fit_head_probe``)."""
+
+    classifier: str
+    weight: torch.Tensor
+    bias: torch.Tensor
+    l2: float
+    val_accuracy: float
+    score: float = float("nan")
+
+    def state(self) -> dict[str, Any]:
+        """Tensors and plain values only: what travels to trials and loads with ``weights_only=True``."""
+        return {"classifier": self.classifier, "weight": self.weight, "bias": self.bias, "l2": self.l2,
+                "val_accuracy": self.val_accuracy, "score": self.score}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Probe:
+        return cls(**state)
+
+
+def classifier_of(block_model: BlockModel) -> tuple[str, nn.Linear] | None:
+    """The final ``nn.Linear`` of the model, whose parameters all lie in the last block (the head): the classifier a
+    new head replaces. None when the head has no Linear layer (a detector's head)."""
+    head = block_model.n_blocks - 1
+    found = None
+    for name, module in block_model.module.named_modules():
+        if isinstance(module, nn.Linear) and all(
+                block_model.param_blocks.get(f"{name}.{p}" if name else p) == head
+                for p, _ in module.named_parameters()):
+            found = (name, module)
+    return found
+
+
+def batch_targets(batch: Any) -> torch.Tensor:
+    """A batch's class labels: ``labels`` of a mapping (a tokenized text), else the second of ``(inputs,
+    targets)``."""
+    if isinstance(batch, Mapping):
+        return batch["labels"]
+    return batch[1]
+
+
+@torch.no_grad()
+def probe_features(model: nn.Module, classifier: nn.Linear, batches: Iterable[Any],
+                   step: Callable[[nn.Module, Any], Any], targets_of: Callable[[Any], torch.Tensor] = batch_targets
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier's inputs and the targets over ``batches``, the model in eval mode; ``step(model, batch)``
+    runs the model on a batch as training does (the task's step: its loss is thrown away)."""
+    captured: list[torch.Tensor] = []
+    hook = classifier.register_forward_pre_hook(lambda _, args: captured.append(args[0].detach().float().cpu()))
+    targets = []
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            step(model, batch)
+            targets.append(targets_of(batch).detach().cpu())
+    finally:
+        hook.remove()
+        model.train(was_training)
+    features = torch.cat(captured)
+    return features.reshape(len(features), -1), torch.cat(targets)
+
+
+def _fit(features: torch.Tensor, targets: torch.Tensor, classes: int, l2: float, max_iter: int
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    weight = torch.zeros(classes, features.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, tolerance_grad=1e-9,
+                                  tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(features @ weight.T + bias, targets) + 0.5 * l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def fit_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], classes: int,
+              classifier: str, grid: Iterable[float] = L2_GRID, max_iter: int = 500) -> Probe:
+    """Multinomial logistic regression on standardised features, one fit per L2 strength in ``grid``; the best
+    validation accuracy wins (the lower validation loss breaks a tie). The standardisation is folded into the
+    returned weights, so they apply to the raw features as the classifier sees them."""
+    train_x, train_y = train[0].double(), train[1].long()
+    val_x, val_y = val[0].double(), val[1].long()
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    train_z, val_z = (train_x - mean) / std, (val_x - mean) / std
+    best: tuple[float, float, float, torch.Tensor, torch.Tensor] | None = None
+    for l2 in grid:
+        weight, bias = _fit(train_z, train_y, classes, l2, max_iter)
+        logits = val_z @ weight.T + bias
+        accuracy = (logits.argmax(1) == val_y).double().mean().item()
+        loss = F.cross_entropy(logits, val_y).item()
+        if best is None or (accuracy, -loss) > (best[0], -best[1]):
+            best = (accuracy, loss, l2, weight, bias)
+    accuracy, _, l2, weight, bias = best
+    raw_weight = weight / std  # w·(x - m)/s + b = (w/s)·x + (b - (w/s)·m)
+    raw_bias = bias - raw_weight @ mean
+    return Probe(classifier, raw_weight.float(), raw_bias.float(), l2, accuracy)
+
+
+def apply_head_init(block_model: BlockModel, how: str, probe: Probe | None = None) -> str:
+    """Start the classifier as ``how`` says: ``probe`` (``probe``'s weights, bit for bit), ``zero`` (zero weight
+    and bias: every class equally likely, a first loss of ln(classes)), ``library`` (as the model was built).
+    Returns what was done, for the trial's params: the ``how``, or ``library`` where the model has no classifier."""
+    if how == "library":
+        return how
+    found = classifier_of(block_model)
+    if found is None:
+        return "library"
+    name, linear = found
+    with torch.no_grad():
+        if how == "zero":
+            linear.weight.zero_()
+            if linear.bias is not None:
+                linear.bias.zero_()
+            return how
+        if probe is None:
+            raise ValueError("head_init probe needs a fitted probe")
+        if probe.classifier != name or tuple(probe.weight.shape) != tuple(linear.weight.shape):
+            raise ValueError(f"the probe was fitted for {probe.classifier} {tuple(probe.weight.shape)}, not "
+                             f"{name} {tuple(linear.weight.shape)}")
+        linear.weight.copy_(probe.weight.to(linear.weight))
+        if linear.bias is not None:
+            linear.bias.copy_(probe.bias.to(linear.bias))
+    return how
