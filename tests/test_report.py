@@ -122,6 +122,21 @@ def test_candidates_are_the_best_range_and_the_cheapest_ranges_near_it_each_at_i
     assert candidates(flat, ReportConfig(), ["freeze_stop"], top=3) == {}  # nothing to tell apart
 
 
+def test_the_deepest_freeze_searched_is_always_a_candidate():
+    from tune.config import ReportConfig
+    from tune.report import candidates
+
+    records = [record("best", 0, [0.95], 2.0, 8.0), record("three", 3, [0.945], 1.2, 5.0),
+               record("four", 4, [0.942], 1.0, 4.0), record("probe", 7, [0.89], 0.2, 1.0)]
+    for trial, trainable in zip(records, (900, 500, 300, 10), strict=True):
+        trial.params["trainable_params"] = str(trainable)
+    rule = ReportConfig(tolerance=0.01)
+    # all but the head scored far below the best here, yet it is confirmed: its one seed may be its worst
+    assert list(candidates(records, rule, ["freeze_stop", "lr"], top=3)) == ["best", "four", "probe"]
+    assert list(candidates(records, rule, ["freeze_stop", "lr"], top=4)) == ["best", "four", "three", "probe"]
+    assert list(candidates(records, rule, ["freeze_stop", "lr"], top=1)) == ["best"]
+
+
 def test_the_test_split_is_reported_beside_validation_and_changes_no_choice():
     def runs(test_cheap: float, test_expensive: float) -> list[TrialRecord]:
         made = [record("cheap", 4, [0.945], 1.0, 3.0), record("expensive", 0, [0.950], 2.0, 8.0)]
@@ -194,3 +209,19 @@ def test_params_read_back_from_mlflow_keep_their_types():
     from tune.tracking import typed
 
     assert typed("5e-05") == 5e-05 and typed("3") == 3 and typed("adam") == "adam"
+
+
+def test_the_probe_is_the_reference_and_trials_below_it_are_marked():
+    records = [record("deep", 0, [0.60, 0.85], 2.0, 8.0), record("probe", 7, [0.80, 0.81], 0.2, 1.0)]
+    built = build_report(records, searched=["freeze_stop"], objectives=[("score", "max")], tolerance=0.01,
+                         cost="epoch_time_s", reference=0.80)
+    assert built.text.startswith("A linear probe fitted to convergence on the frozen features scores 0.8000")
+    assert "below the probe" in built.text and "below the linear probe" not in built.text  # the pick is above it
+    lowered = build_report(records, searched=["freeze_stop"], objectives=[("score", "max")], tolerance=0.01,
+                           cost="epoch_time_s", reference=0.90)
+    rows = {line.split()[1]: line.split()[0] for line in lowered.text.splitlines() if " [0, " in line}
+    assert rows["deep"] == "R<" and rows["probe"] == "<"
+    assert "scores 0.8500, below the linear probe's 0.9000" in lowered.text
+    plain = build_report(records, searched=["freeze_stop"], objectives=[("score", "max")], tolerance=0.01,
+                         cost="epoch_time_s")
+    assert "linear probe" not in plain.text

@@ -872,3 +872,24 @@ def test_a_relative_or_declared_bare_data_path_reaches_trials_in_their_own_folde
     parent, children = _runs(uri, "digits_freeze")
     assert children and all(c.info.status == "FINISHED" for c in children)
     assert parent.data.params[f"task.options.{key}"] == str(tmp_path / data)
+
+
+@pytest.mark.parametrize("rungs", ["per_freeze_range", "shared"])
+def test_asha_compares_a_trial_with_its_own_freeze_range_unless_rungs_are_shared(rungs):
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    cfg = load_config(ROOT / "search_spaces" / "digits_freeze.yaml", parse_overrides([
+        "train.epochs=4", "search.grace_period=1", "search.reduction_factor=2", f"search.asha_rungs={rungs}"]))
+    scheduler = search._scheduler(cfg)
+    scheduler.set_search_properties("score", "max")
+    decisions = {}
+    # a deep fine-tune in its dip (range [0, 1)) against two all-but-head trials that sit at the probe ([0, 7))
+    for name, stop, score in [("frozen1", 7, 0.9), ("frozen2", 7, 0.8), ("deep1", 1, 0.5), ("deep2", 1, 0.3)]:
+        trial = SimpleNamespace(trial_id=name, config={"freeze_stop": stop, "lr": 1e-3})
+        scheduler.on_trial_add(None, trial)
+        decisions[name] = scheduler.on_trial_result(None, trial, {"training_iteration": 1, "score": score})
+    stopped = {name for name, action in decisions.items() if action == TrialScheduler.STOP}
+    # per range: the weaker of each range's two stops, and the better deep one goes on; shared: both deep ones stop
+    assert stopped == ({"frozen2", "deep2"} if rungs == "per_freeze_range" else {"frozen2", "deep1", "deep2"})

@@ -70,6 +70,10 @@ class SearchConfig:
     scheduler: str = "auto"  # auto (asha for one objective, fifo for several) | asha | fifo
     grace_period: int = 2  # ASHA: epochs every trial gets before it can be stopped
     reduction_factor: int = 2  # ASHA: keep the top 1/reduction_factor at each rung
+    # ASHA: whom a trial is compared with at a rung: per_freeze_range (trials of its own freeze range: ASHA tunes the
+    # nuisance parameters within each depth, and no depth is stopped for a learning curve that dips before it climbs)
+    # | shared (every trial: Ray Tune's own ASHA)
+    asha_rungs: str = "per_freeze_range"
     max_concurrent_trials: int = 0  # 0: as many as the CPUs / GPUs allow
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -186,6 +190,7 @@ _SEARCH_RULES: dict[str, _Rule] = {
     "scheduler": _one_of("auto", "asha", "fifo"),
     "grace_period": _int_at_least(1),
     "reduction_factor": _int_at_least(2),
+    "asha_rungs": _one_of("per_freeze_range", "shared"),
     "max_concurrent_trials": _int_at_least(0),
     "cpus_per_trial": _float_at_least(0.0, strict=True),
     "gpus_per_trial": _float_at_least(0.0),

@@ -169,7 +169,8 @@ def candidates(records: Sequence[TrialRecord], rule: ReportConfig, searched: Seq
     """The configurations the confirmation re-runs, each as its searched params (typed), named by the search trial
     it repeats: the best score's freeze range and, of the other ranges whose best trial came within three times the
     tolerance of it (where a range within the tolerance may land by seed noise alone), the cheapest, up to ``top``
-    in all. Each range is represented by its best trial (its best learning rate, ...); where no freeze key is
+    in all, the last place kept for the deepest freeze searched (the fewest trainable parameters). Each range is
+    represented by its best trial (its best learning rate, ...); where no freeze key is
     searched, each distinct configuration counts as a range. Only the search's own trials count: after a resume,
     confirmation runs that finished before the stop are records too. None when the scores cannot tell the
     trials apart."""
@@ -184,7 +185,20 @@ def candidates(records: Sequence[TrialRecord], rule: ReportConfig, searched: Seq
     best = next(iter(best_of.values()))
     near = sorted((r for r in best_of.values() if r is not best and r.score >= best.score - 3 * rule.tolerance),
                   key=lambda r: (r.values.get(rule.cost, math.inf), -r.score))
-    return {r.name: {k: typed(r.params[k]) for k in searched} for r in [best, *near][:top]}
+    chosen = [best, *near][:top]
+    # the deepest freeze searched (all but the head, where the space reaches it: the probe fine-tuned) is always a
+    # candidate: the cheapest configuration is not lost to one seed's score or to early stopping
+    deepest = min(best_of.values(), key=lambda r: _trainable_params(r))
+    if by_freeze and top > 1 and deepest not in chosen:
+        chosen = [*chosen[:top - 1], deepest]
+    return {r.name: {k: typed(r.params[k]) for k in searched} for r in chosen}
+
+
+def _trainable_params(result: TrialResult) -> float:
+    try:
+        return float(result.params["trainable_params"])
+    except (KeyError, ValueError):
+        return math.inf
 
 
 # Student's t at 0.975 by degrees of freedom (1-30), for a 95 % interval of a mean over a few seeds.

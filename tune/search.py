@@ -32,6 +32,7 @@ from ray import tune as ray_tune
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers.async_hyperband import _Bracket  # ASHA's rung bookkeeping: one per freeze range
 from ray.tune.search.optuna import OptunaSearch
 
 from tune import prefix_cache
@@ -336,8 +337,34 @@ class _TrialEvents(ray_tune.Callback):
 def _scheduler(cfg: Config) -> Any:
     if cfg.search.scheduler_name == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
-                         grace_period=cfg.search.grace_period, reduction_factor=cfg.search.reduction_factor)
+    scheduler = _RangeASHA if cfg.search.asha_rungs == "per_freeze_range" else ASHAScheduler
+    return scheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
+                     grace_period=cfg.search.grace_period, reduction_factor=cfg.search.reduction_factor)
+
+
+FREEZE_KEYS = ("freeze", "freeze_start", "freeze_stop")
+
+
+class _RangeASHA(ASHAScheduler):
+    """ASHA whose rungs are kept per freeze range: a trial is stopped only for scoring below the trials of its own
+    freeze range at the same epoch. Learning curves of different depths cross (from a probe-initialised head, a
+    deeper fine-tune dips in its first epochs, then climbs past the frozen one), so one shared rung would stop
+    whole depths in their dip; per range, ASHA does what it is for here, dropping the weak nuisance values (lr)
+    within each depth. A range with a single trial is never stopped."""
+
+    def __init__(self, *, grace_period: int, **options: Any) -> None:
+        super().__init__(grace_period=grace_period, **options)
+        self._grace = grace_period
+        self._by_range: dict[tuple[str, ...], Any] = {}
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        super().on_trial_add(tune_controller, trial)  # checks the metric and mode
+        params = trial.config.get("variant", {}).get("params", trial.config)
+        key = tuple(repr(params.get(name)) for name in FREEZE_KEYS)
+        if key not in self._by_range:  # one bracket per range, as ASHA's own single bracket (s = 0)
+            self._by_range[key] = _Bracket(self._grace, self._max_t, self._reduction_factor, 0,
+                                           stop_last_trials=self._stop_last_trials)
+        self._trial_info[trial.trial_id] = self._by_range[key]
 
 
 def concurrency(cfg: Config, smallest_gpu_share: float | None = None) -> int:
