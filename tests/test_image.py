@@ -210,7 +210,10 @@ def test_models_with_auxiliary_heads_or_a_callable_group_matcher_still_give_bloc
     ("val classes", {}, "task.options.data: got '{d}' (val has classes"),
     ("none", {"model": "resnet_nope"}, "task.options.model: got 'resnet_nope' (unknown model)"),
     ("none", {"model": "tf:resnet18"}, "task.options.model: got 'tf:resnet18' (unknown library tf)"),
-    ("none", {"augment": "yes"}, "task.options.augment: got 'yes'; allowed: true or false"),
+    ("none", {"augment": "yes"}, "task.options.augment: got 'yes'; allowed: true (timm's training transform), false"),
+    ("none", {"augment": {"hflp": 0.0}}, "task.options.augment: got {{'hflp': 0.0}}; allowed: true (timm's"),
+    ("none", {"augment": {"auto_augment": "nope"}},
+     "task.options.augment: got {{'auto_augment': 'nope'}} (Unknown AA policy nope); allowed: true"),
     ("other weights", {}, "task.options.weights: got '{w}' (does not fit the model ("),
     ("none", {"model": "torchvision:squeezenet1_0", "image_size": 16},
      "task.options.image_size: got 16 (Given input size: (512x1x1)"),
@@ -307,3 +310,14 @@ def test_the_image_task_is_built_in_and_its_data_option_may_be_a_bare_folder_nam
     task = load_task(config)
     assert config.options["data"] == str(tmp_path / "flowers")
     assert dataclasses.replace(task).name == "image" and len(task.train_data) == 40 and len(task.val_data) == 30
+
+
+def test_augment_takes_timms_training_arguments_and_the_probe_sees_the_plain_images(folder):
+    task = make_task(data=str(folder), image_size=32, workers=0, augment={"hflip": 0.0, "scale": [0.5, 1.0]})
+    steps = {type(step).__name__: step for step in task.train_data.transform.transforms}
+    assert "RandomHorizontalFlip" not in steps and steps["RandomResizedCropAndInterpolation"].scale == (0.5, 1.0)
+    assert task.augments
+    # the linear probe is fitted on the training images as evaluation sees them
+    plain = [type(step).__name__ for step in task.probe_train_data.transform.transforms]
+    assert plain == [type(step).__name__ for step in task.val_data.transform.transforms]
+    assert make_task(data=str(folder), image_size=32, workers=0, augment=False).probe_train_data is None

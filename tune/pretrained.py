@@ -123,13 +123,14 @@ def write_efficientnet_lite0(path: str | Path) -> Path:
     state = efficientnet_lite0_state_dict()
     if path.name.endswith(".safetensors"):
         try:
-            from safetensors.torch import save_file
+            from safetensors.torch import save
         except ImportError as err:
             raise ConfigError("pretrained", str(path), "a .pt file, or .safetensors with safetensors installed "
                               "(pip install -e '.[image]')", problem=one_line(err)) from None
         metadata = {"format": "pt", "source": f"{EFFICIENTNET_MODULE} {EFFICIENTNET_FILE}",
                     "model": "timm efficientnet_lite0"}
-        _atomic_write(path, lambda target: save_file(state, str(target), metadata=metadata))
+        # bytes written here, not save_file: safetensors creates its files readable by their owner alone
+        _atomic_write(path, lambda target: target.write_bytes(save(state, metadata=metadata)))
     else:
         _atomic_write(path, lambda target: torch.save(state, target))
     return path

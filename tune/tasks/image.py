@@ -18,7 +18,8 @@ Options (``task.options`` in a search space file):
   the transforms come from the model's data config (timm's ``resolve_data_config`` / ``create_transform``;
   ImageNet's mean and std for torchvision models).
 - ``augment`` (true): timm's training transform (random resized crop, flip, colour jitter), new every epoch;
-  false: the evaluation transform for training too.
+  false: the evaluation transform for training too; a mapping: timm's ``create_transform`` training arguments
+  over its defaults (``{hflip: 0.0, scale: [0.5, 1.0]}``: no flip for digits, crops of at least half the image).
 - ``workers`` (2): DataLoader processes per trial.
 
 ``python -m tune.tasks.image example DIR`` writes an image folder from the UCI digits that ship with
@@ -172,9 +173,11 @@ def _folder(data: Any, split: str, transform: Any, classes: list[str] | None = N
 @takes_paths("data", "weights", words=("pretrained",))
 def make_task(model: str = "resnet18", data: str | None = None, weights: str | None = None,
               trust_weights: bool = False, new_head: bool = True, image_size: int | None = None,
-              augment: bool = True, workers: int = 2) -> Task:
-    for key, value in (("trust_weights", trust_weights), ("new_head", new_head), ("augment", augment)):
+              augment: bool | Mapping[str, Any] = True, workers: int = 2) -> Task:
+    for key, value in (("trust_weights", trust_weights), ("new_head", new_head)):
         check_option(key, value, isinstance(value, bool), "true or false")
+    check_option("augment", augment, isinstance(augment, bool) or (
+        isinstance(augment, Mapping) and set(augment) <= set(AUGMENT_KEYS)), _AUGMENT_ALLOWED)
     check_option("image_size", image_size, image_size is None or (type(image_size) is int and image_size >= 16),
                  "an integer >= 16, or null for the model's own input size")
     check_option("workers", workers, type(workers) is int and workers >= 0, "an integer >= 0")
@@ -189,7 +192,7 @@ def make_task(model: str = "resnet18", data: str | None = None, weights: str | N
     probe = block_model(model, len(classes), weights, trust_weights, new_head, image_size, state)  # fails here
     _check_forward(probe, model, image_size)
     config = _data_config(probe.module, library, image_size)
-    train_set.transform = create_transform(**config, is_training=augment)
+    train_set.transform = _training_transform(config, augment)
     val_set = _folder(data, "val", create_transform(**config, is_training=False), classes)
     has_test = (Path(data).expanduser() / "test").is_dir()
     test_set = _folder(data, "test", create_transform(**config, is_training=False), classes) if has_test else None
@@ -200,9 +203,27 @@ def make_task(model: str = "resnet18", data: str | None = None, weights: str | N
     plain_train = _folder(data, "train", create_transform(**config, is_training=False), classes) if augment else None
     return Task(name="image", build_model=build, metric="val_accuracy", train_data=train_set, val_data=val_set,
                 test_data=test_set, probe_train_data=plain_train, loss=F.cross_entropy,
-                evaluate=classification_metrics, augments=augment,
+                evaluate=classification_metrics, augments=bool(augment),
                 num_workers=workers, sources={split: str(Path(data).expanduser().resolve() / split)
                                               for split in ("train", "val", "test")})
+
+
+# timm's create_transform training arguments a search space may set (augment: {hflip: 0.0, scale: [0.5, 1.0]})
+AUGMENT_KEYS = ("scale", "ratio", "hflip", "vflip", "color_jitter", "auto_augment", "re_prob", "interpolation")
+_AUGMENT_ALLOWED = ("true (timm's training transform), false (none), or a mapping of its arguments: "
+                    + ", ".join(AUGMENT_KEYS))
+
+
+def _training_transform(config: Mapping[str, Any], augment: bool | Mapping[str, Any]) -> Any:
+    """timm's transform for training images: with ``augment`` a mapping, its arguments over timm's defaults."""
+    from timm.data import create_transform
+
+    given = {key: tuple(value) if isinstance(value, list) else value
+             for key, value in (augment.items() if isinstance(augment, Mapping) else ())}
+    try:
+        return create_transform(**config, is_training=bool(augment), **given)
+    except (TypeError, ValueError, KeyError, AssertionError) as err:  # a value timm cannot use
+        raise ConfigError("task.options.augment", dict(given), _AUGMENT_ALLOWED, problem=one_line(err)) from None
 
 
 def layers_model(options: Mapping[str, Any]) -> BlockModel:
