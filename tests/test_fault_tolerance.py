@@ -16,10 +16,12 @@ from mlflow.tracking import MlflowClient
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 
+# head_init library: no linear probe fitted in the driver, whose forward passes would spend the slow task's gate
+# tokens and time; these tests are about stopping and resuming, on a random-init toy
 SLOW_SPACE = """
 name: slow
 task: {{name: "conftest:make_slow_task", options: {{seconds_per_epoch: {seconds}{gate}}}}}
-train: {{epochs: {epochs}, batch_size: 8, lr: 0.01}}
+train: {{epochs: {epochs}, batch_size: 8, lr: 0.01, head_init: library}}
 space: {{freeze_stop: {{type: int, low: 0, high: 3}}}}
 search: {{num_samples: {samples}, scheduler: fifo, max_concurrent_trials: 2}}
 report: {{confirm_seeds: 0, tolerance: 1.0}}

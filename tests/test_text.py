@@ -261,8 +261,10 @@ def test_the_text_space_smoke_runs_with_nested_mlflow_runs(ray_runtime, files, t
             f"task.options.val_data={files['val_data']}", f"task.options.test_data={files['val_data']}",
             "task.options.max_length=16", "train.batch_size=8", "train.lr_schedule=constant", "space.lr=0.005",
             # the tiny random-init encoder learns the sentences in two epochs only with its embeddings trainable
-            # ([0, 0)); with them frozen it stays at chance: a grid of both, so the scores can tell them apart
-            "search.algorithm=grid", "space.freeze_stop={type: choice, values: [none, embeddings]}"]
+            # ([0, 0)); with them frozen it stays at chance: a grid of both, so the scores can tell them apart.
+            # Random-init features: no probe to start from (the real encoder's probe: tests/test_pretrained_answer.py)
+            "search.algorithm=grid", "space.freeze_stop={type: choice, values: [none, embeddings]}",
+            "train.head_init=library"]
     code = run_search.main(["--space", str(space), "--smoke-test", "--tracking-uri", uri,
                             *(part for value in sets for part in ("--set", value))])
     assert code == 0

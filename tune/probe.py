@@ -14,6 +14,7 @@ Pure torch: no Ray, no MLflow. Deterministic for the same weights and data on th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,10 +25,11 @@ from torch import nn
 
 from tune.freeze import BlockModel
 
-__all__ = ["L2_GRID", "Probe", "apply_head_init", "batch_targets", "classifier_of", "fit_probe", "probe_features"]
+__all__ = ["L2_GRID", "Probe", "apply_head_init", "batch_targets", "classifier_of", "fit_probe",
+           "forward_only", "probe_features"]
 
 # L2 strengths tried (on the mean loss of standardised features); the validation split picks one.
-L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,20 @@ def batch_targets(batch: Any) -> torch.Tensor:
     return batch[1]
 
 
+def forward_only(model: nn.Module, batch: Any) -> Any:
+    """The model on a batch's inputs, no loss: ``model(**inputs)`` for a mapping (its ``labels`` left out, as a
+    Hugging Face model's evaluation does), else ``model(inputs)`` of ``(inputs, targets)``."""
+    if isinstance(batch, Mapping):
+        return model(**{key: value for key, value in batch.items() if key != "labels"})
+    return model(batch[0])
+
+
 @torch.no_grad()
 def probe_features(model: nn.Module, classifier: nn.Linear, batches: Iterable[Any],
-                   step: Callable[[nn.Module, Any], Any], targets_of: Callable[[Any], torch.Tensor] = batch_targets
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   step: Callable[[nn.Module, Any], Any] = forward_only,
+                   targets_of: Callable[[Any], torch.Tensor] = batch_targets) -> tuple[torch.Tensor, torch.Tensor]:
     """The classifier's inputs and the targets over ``batches``, the model in eval mode; ``step(model, batch)``
-    runs the model on a batch as training does (the task's step: its loss is thrown away)."""
+    runs the model on a batch (its result is thrown away)."""
     captured: list[torch.Tensor] = []
     hook = classifier.register_forward_pre_hook(lambda _, args: captured.append(args[0].detach().float().cpu()))
     targets = []
@@ -115,22 +125,28 @@ def _fit(features: torch.Tensor, targets: torch.Tensor, classes: int, l2: float,
 
 def fit_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], classes: int,
               classifier: str, grid: Iterable[float] = L2_GRID, max_iter: int = 500) -> Probe:
-    """Multinomial logistic regression on standardised features, one fit per L2 strength in ``grid``; the best
-    validation accuracy wins (the lower validation loss breaks a tie). The standardisation is folded into the
-    returned weights, so they apply to the raw features as the classifier sees them."""
+    """Multinomial logistic regression on centred features scaled by one number, one fit per L2 strength in ``grid``;
+    the strongest L2 within one standard error of the best validation accuracy wins. The centring and scaling are folded
+    into the returned weights, so they apply to the raw features as the classifier sees them."""
     train_x, train_y = train[0].double(), train[1].long()
     val_x, val_y = val[0].double(), val[1].long()
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    # one scale for every feature (their mean standard deviation), not one per feature: a feature that barely varies
+    # on these data would get a weight of 1/its tiny spread, and the fine-tune's first change to it would explode
+    # the logits (seen on EfficientNet-Lite0's pre-logits: folded weight norms near 1,000)
+    mean, std = train_x.mean(0), train_x.std(0).mean().clamp_min(1e-12)
     train_z, val_z = (train_x - mean) / std, (val_x - mean) / std
-    best: tuple[float, float, float, torch.Tensor, torch.Tensor] | None = None
-    for l2 in grid:
+    fits = []
+    for l2 in sorted(grid):
         weight, bias = _fit(train_z, train_y, classes, l2, max_iter)
-        logits = val_z @ weight.T + bias
-        accuracy = (logits.argmax(1) == val_y).double().mean().item()
-        loss = F.cross_entropy(logits, val_y).item()
-        if best is None or (accuracy, -loss) > (best[0], -best[1]):
-            best = (accuracy, loss, l2, weight, bias)
-    accuracy, _, l2, weight, bias = best
+        accuracy = ((val_z @ weight.T + bias).argmax(1) == val_y).double().mean().item()
+        fits.append((accuracy, l2, weight, bias))
+    # the strongest L2 whose accuracy is within one standard error of the best (the one-standard-error rule): the
+    # smallest head that classifies as well as any, so that the fine-tune starts from calibrated, modest logits (on
+    # a separable training set a weak L2 grows the weights without bound, and the first change of the features
+    # then makes huge losses)
+    top = max(fit[0] for fit in fits)
+    error = math.sqrt(top * (1 - top) / len(val_y))
+    accuracy, l2, weight, bias = max((fit for fit in fits if fit[0] >= top - error - 1e-12), key=lambda f: f[1])
     raw_weight = weight / std  # w·(x - m)/s + b = (w/s)·x + (b - (w/s)·m)
     raw_bias = bias - raw_weight @ mean
     return Probe(classifier, raw_weight.float(), raw_bias.float(), l2, accuracy)

@@ -65,12 +65,12 @@ def fit_head_probe(task: Task, cfg: TrainConfig, device: torch.device | None = N
         return None
     name, classifier = found
     model = block_model.module.to(device)
-    batch_size = max(cfg.batch_size, 64)
+    batch_size = cfg.batch_size  # a forward pass without gradients: a training batch fits
     train_split = task.probe_train_data if task.probe_train_data is not None else task.train_data
 
     def features(split: Any) -> tuple[torch.Tensor, torch.Tensor]:
         batches = data.batches(split, batch_size, device, num_workers=task.num_workers)
-        return probe.probe_features(model, classifier, batches, task.step, probe.batch_targets)
+        return probe.probe_features(model, classifier, batches)
 
     fitted = probe.fit_probe(features(train_split), features(task.val_data), classifier.out_features, name)
     probe.apply_head_init(block_model, "probe", fitted)
