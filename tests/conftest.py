@@ -190,6 +190,11 @@ def make_file_task(data: str) -> Task:
                 metric="val_accuracy", loss=F.cross_entropy, evaluate=classification_metrics)
 
 
+def make_undeclared_file_task(source: str) -> Task:
+    """``make_file_task`` with its data file in an option it does not declare a path: a bare name stays a word."""
+    return make_file_task(source)
+
+
 @takes_paths("source")
 def make_declared_file_task(source: str) -> Task:
     """``make_file_task`` with its data file in an option declared a path: a bare file name is found from any

@@ -321,3 +321,9 @@ def test_augment_takes_timms_training_arguments_and_the_probe_sees_the_plain_ima
     plain = [type(step).__name__ for step in task.probe_train_data.transform.transforms]
     assert plain == [type(step).__name__ for step in task.val_data.transform.transforms]
     assert make_task(data=str(folder), image_size=32, workers=0, augment=False).probe_train_data is None
+    # {} is timm's training transform as it stands; a key the data config also sets overrides it
+    defaults = make_task(data=str(folder), image_size=32, workers=0, augment={})
+    steps = {type(t).__name__ for t in defaults.train_data.transform.transforms}
+    assert defaults.augments and "RandomHorizontalFlip" in steps
+    bilinear = make_task(data=str(folder), image_size=32, workers=0, augment={"interpolation": "bilinear"})
+    assert "BILINEAR" in repr(bilinear.train_data.transform.transforms[0]).upper()

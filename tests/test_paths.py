@@ -48,11 +48,13 @@ def test_a_tasks_keyword_stays_a_word_where_a_folder_has_its_name(here, task):
     assert _resolved(task, {"weights": "pretrained"}, here) == {"weights": "pretrained"}
 
 
-def test_a_task_that_declares_nothing_keeps_the_path_shape_rule(here):
+def test_a_task_that_declares_nothing_keeps_the_path_shape_rule_and_its_data_options_are_paths(here):
     options = {"data": "inputs/data.pt", "other": "w.pt", "word": "weights", "missing": "nope/x.pt", "n": 3,
                "shards": ["w.pt", "nope/y.pt", "word"],
                "hyp": {"cfg": "inputs/data.pt", "optimizer": "SGD", "nested": [{"file": "w.pt"}]}}
     got = _resolved("conftest:make_file_task", options, here)
+    assert _resolved("conftest:make_file_task", {"data": "flowers", "val_data": "coco8", "word": "flowers"},
+                     here) == {"data": str(here / "flowers"), "val_data": str(here / "coco8"), "word": "flowers"}
     assert got == {**options, "data": str(here / "inputs" / "data.pt"), "other": str(here / "w.pt"),
                    "shards": [str(here / "w.pt"), "nope/y.pt", "word"],
                    "hyp": {"cfg": str(here / "inputs" / "data.pt"), "optimizer": "SGD",

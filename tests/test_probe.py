@@ -101,3 +101,26 @@ def test_a_task_with_its_own_trial_or_no_classifier_gets_no_probe():
     task = make_tiny_task()
     own = dataclasses.replace(task, make_trial=lambda *args: None)
     assert fit_head_probe(own, TrainConfig()) is None
+
+
+def test_a_new_layer_before_the_classifier_starts_as_the_probe_saw_it_whatever_the_trials_seed():
+    from torch import nn
+
+    from tune.freeze import BlockModel
+
+    base = make_tiny_task()
+
+    def build() -> BlockModel:  # RoBERTa's classifier.dense in small: a new layer the trial's seed initialises
+        new_head = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+        model = base.build_model()
+        model.module.blocks[3] = new_head
+        return BlockModel(module=model.module, blocks=list(model.module.blocks), block_names=model.block_names,
+                          cut_points=model.cut_points, example_input=model.example_input, sequential=True)
+
+    task = dataclasses.replace(base, build_model=build)
+    fitted = fit_head_probe(task, TrainConfig(seed=0))
+    assert set(fitted.head) == {"blocks.3.0.weight", "blocks.3.0.bias"}
+    for seed in (0, 3):
+        head = Trial(task, TrainConfig(seed=seed, freeze_stop=3), head_probe=fitted).model.blocks[3]
+        assert torch.equal(head[0].weight, fitted.head["blocks.3.0.weight"]) and torch.equal(head[2].weight,
+                                                                                              fitted.weight)

@@ -220,7 +220,7 @@ def test_the_probe_is_the_reference_and_trials_below_it_are_marked():
     lowered = build_report(records, searched=["freeze_stop"], objectives=[("score", "max")], tolerance=0.01,
                            cost="epoch_time_s", reference=0.90)
     rows = {line.split()[1]: line.split()[0] for line in lowered.text.splitlines() if " [0, " in line}
-    assert rows["deep"] == "R<" and rows["probe"] == "<"
+    assert rows["deep"] == "R<" and rows["probe"] == "F<"  # on the frontier (cheapest) and below the probe
     assert "scores 0.8500, below the linear probe's 0.9000" in lowered.text
     plain = build_report(records, searched=["freeze_stop"], objectives=[("score", "max")], tolerance=0.01,
                          cost="epoch_time_s")

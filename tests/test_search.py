@@ -118,7 +118,7 @@ def test_every_trials_head_starts_from_the_one_probe_the_driver_fitted_and_the_r
     assert {c.data.params["head_init"] for c in children} == {"probe"}
     [report] = (tmp_path / "reports").glob("digits_freeze-*/report.txt")
     text = report.read_text()
-    assert f"A linear probe fitted to convergence on the frozen features scores {probe_score:.4f}" in text
+    assert f"A linear probe fitted to convergence on the frozen features scores {probe_score:.4f}: the heads" in text
 
 
 def test_trials_run_in_parallel(default_smoke):
@@ -840,13 +840,14 @@ def test_a_bare_file_name_the_trials_cannot_see_stops_the_search_with_one_line_a
 
     torch.save(make_tiny_task().train_data, tmp_path / "mydata")
     monkeypatch.chdir(tmp_path)
-    # make_file_task declares no path option: its bare 'mydata' stays a word, which the trials' own folders lack
-    code, uri = _search(tmp_path, "--set", "task.name=conftest:make_file_task", "--set", "task.options={data: mydata}",
-                        "--set", "space.freeze_stop.high=3", "--set", "search.num_samples=8")
+    # the task does not declare its option a path: a bare 'mydata' stays a word, which the trials' own folders lack
+    code, uri = _search(tmp_path, "--set", "task.name=conftest:make_undeclared_file_task",
+                        "--set", "task.options={source: mydata}", "--set", "space.freeze_stop.high=3",
+                        "--set", "search.num_samples=8")
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: task.options: got {'data': 'mydata'} (FileNotFoundError")
+    assert len(lines) == 1 and lines[0].startswith("error: task.options: got {'source': 'mydata'} (FileNotFoundError")
     parent, children = _runs(uri, "digits_freeze")
     assert parent.info.status == "FAILED" and parent.data.tags["failure_reason"] == lines[0].removeprefix("error: ")
     failed = [c for c in children if c.info.status == "FAILED"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,7 +26,8 @@ from torch import nn
 from tune.freeze import BlockModel
 
 __all__ = ["L2_GRID", "Probe", "apply_head_init", "batch_targets", "classifier_of", "fit_probe",
-           "forward_only", "probe_features"]
+           "forward_only", "head_state",
+           "probe_features"]
 
 # L2 strengths tried (on the mean loss of standardised features); the validation split picks one.
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -44,11 +45,15 @@ class Probe:
     l2: float
     val_accuracy: float
     score: float = float("nan")
+    # the rest of the head block as the probe saw it (a layer the model built new before the classifier, e.g.
+    # RoBERTa's classifier.dense, DistilBERT's pre_classifier): every trial's head block starts as this one,
+    # whatever its seed, so that the probe's features are the trial's
+    head: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def state(self) -> dict[str, Any]:
         """Tensors and plain values only: what travels to trials and loads with ``weights_only=True``."""
         return {"classifier": self.classifier, "weight": self.weight, "bias": self.bias, "l2": self.l2,
-                "val_accuracy": self.val_accuracy, "score": self.score}
+                "val_accuracy": self.val_accuracy, "score": self.score, "head": dict(self.head)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Probe:
@@ -141,7 +146,7 @@ def fit_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor,
         accuracy = ((val_z @ weight.T + bias).argmax(1) == val_y).double().mean().item()
         fits.append((accuracy, l2, weight, bias))
     # the strongest L2 whose accuracy is within one standard error of the best (the one-standard-error rule): the
-    # smallest head that classifies as well as any, so that the fine-tune starts from calibrated, modest logits (on
+    # smallest head that classifies as well as any, so that the fine-tune starts from modest logits (on
     # a separable training set a weak L2 grows the weights without bound, and the first change of the features
     # then makes huge losses)
     top = max(fit[0] for fit in fits)
@@ -173,7 +178,17 @@ def apply_head_init(block_model: BlockModel, how: str, probe: Probe | None = Non
         if probe.classifier != name or tuple(probe.weight.shape) != tuple(linear.weight.shape):
             raise ValueError(f"the probe was fitted for {probe.classifier} {tuple(probe.weight.shape)}, not "
                              f"{name} {tuple(linear.weight.shape)}")
+        parameters = dict(block_model.module.named_parameters())
+        for key, value in probe.head.items():
+            parameters[key].copy_(value.to(parameters[key]))
         linear.weight.copy_(probe.weight.to(linear.weight))
         if linear.bias is not None:
             linear.bias.copy_(probe.bias.to(linear.bias))
     return how
+
+
+def head_state(block_model: BlockModel, classifier: str) -> dict[str, torch.Tensor]:
+    """The head block's parameters but the classifier's own, copied: what ``Probe.head`` carries to trials."""
+    head = block_model.n_blocks - 1
+    return {name: p.detach().cpu().clone() for name, p in block_model.module.named_parameters()
+            if block_model.param_blocks[name] == head and not name.startswith(f"{classifier}.")}

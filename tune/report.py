@@ -374,12 +374,13 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
     report = Report(search=search, confirmation=confirmation, front=front, objectives=front_objectives,
                     recommendation=recommendation, reference=reference)
     below = set() if reference is None else {r.name for r in search if r.score < reference - tolerance}
-    marks = {r.name: "F" for r in front} | {name: "<" for name in below}
+    marks = {r.name: "F" for r in front}
     if recommendation is not None:
-        marks[recommendation.trial.name] = "R" + ("<" if recommendation.trial.name in below else "")
+        marks[recommendation.trial.name] = "R"
+    marks = {name: marks.get(name, "") + ("<" if name in below else "") for name in {*marks, *below}}
     if reference is not None:
-        header += (f"A linear probe fitted to convergence on the frozen features scores {reference:.4f}: every "
-                   "trial's head started there (train.head_init: probe)"
+        header += (f"A linear probe fitted to convergence on the frozen features scores {reference:.4f}: the heads "
+                   "started there (train.head_init: probe)"
                    + (f"; {len(below)} trial{'s' * (len(below) != 1)} ended below it by more than the tolerance "
                       "(<)" if below else "") + ".\n\n")
     parts = [header + f"Trials at their best epoch ({len(search)}; F = on the frontier, R = recommended"

@@ -240,10 +240,12 @@ class _BadInput(ray_tune.Stopper):
         self.needed = min(2, total)  # two trials agreeing: not one trial's sampled params
         self.first: dict[str, ConfigError | None] = {}  # trial id → its first outcome: a ConfigError or None (fine)
         self.error: ConfigError | None = None
+        self.runs: TrialRuns | None = None  # the MLflow side of the search it watches (its callback's)
         _BadInput._live[self.key] = self
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Tune copies the run config's callbacks and stopper: every copy in this process is this one object
+        # The stopper and the callback hold it; Tune pickles both into its experiment state (tuner.pkl): unpickled
+        # in one process, they are one object again, which Tuner.restore's caller finds in _live
         return _bad_input, (self.key, self.needed)
 
     def outcome(self, trial_id: str, error: BaseException | None) -> None:
@@ -299,6 +301,7 @@ class _TrialEvents(ray_tune.Callback):
         self.searched = searched
         self.total = total
         self.bad_input = bad_input
+        bad_input.runs = runs
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.runs.run_id(trial.trial_id, *_trial_params(trial))
@@ -359,8 +362,7 @@ class _RangeASHA(ASHAScheduler):
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(tune_controller, trial)  # checks the metric and mode
-        params = trial.config.get("variant", {}).get("params", trial.config)
-        key = tuple(repr(params.get(name)) for name in FREEZE_KEYS)
+        key = tuple(repr(trial.config.get(name)) for name in FREEZE_KEYS)  # the search's trials (confirm: FIFO)
         if key not in self._by_range:  # one bracket per range, as ASHA's own single bracket (s = 0)
             self._by_range[key] = _Bracket(self._grace, self._max_t, self._reduction_factor, 0,
                                            stop_last_trials=self._stop_last_trials)
@@ -452,11 +454,14 @@ def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, stor
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
     wrapped = _wrap(cfg, trainable, prefix_cache.directory(storage_path), per_trial, head_probe)
     runs = TrialRuns(tracker, dataclasses.asdict(cfg.train), cfg.train.epochs, searched=list(cfg.space))
-    if restore_from is not None:  # Tune restores its callbacks and stopper with the experiment
-        tuner = ray_tune.Tuner.restore(restore_from, trainable=wrapped, resume_unfinished=True, resume_errored=False)
-        return _outcome(tuner, tune_config.get("time_budget_s"))
-    bad_input = _BadInput(total)
     _quiet_config_errors()
+    if restore_from is not None:  # Tune restores its callbacks and stopper (a _BadInput) with the experiment
+        tuner = ray_tune.Tuner.restore(restore_from, trainable=wrapped, resume_unfinished=True, resume_errored=False)
+        outcome = _outcome(tuner, tune_config.get("time_budget_s"))
+        for restored in list(_BadInput._live.values()):
+            _stop_for_bad_input(restored, restored.runs or runs)
+        return outcome
+    bad_input = _BadInput(total)
     tuner = ray_tune.Tuner(
         wrapped,
         param_space=param_space,
@@ -470,13 +475,20 @@ def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, stor
             failure_config=ray_tune.FailureConfig(max_failures=1)),
     )
     outcome = _outcome(tuner, tune_config.get("time_budget_s"))
-    if bad_input.error is not None:  # the trials that met it FAILED; the others end KILLED with the search
-        error = bad_input.error
-        for trial_id, met in bad_input.first.items():
-            if met is not None:
-                runs.fail_open(trial_id, f"ConfigError: {met}")
-        raise TrialConfigError(error.key, error.value, error.allowed, error.problem)
+    _stop_for_bad_input(bad_input, runs)
     return outcome
+
+
+def _stop_for_bad_input(bad_input: _BadInput, runs: TrialRuns) -> None:
+    """After a search the first trials' shared ConfigError stopped: the trials that met it end FAILED (the others
+    KILLED with the search), and the error is raised for the CLI's one line."""
+    error = bad_input.error
+    if error is None:
+        return
+    for trial_id, met in bad_input.first.items():
+        if met is not None:
+            runs.fail_open(trial_id, f"ConfigError: {met}")
+    raise TrialConfigError(error.key, error.value, error.allowed, error.problem)
 
 
 def _wrap(cfg: Config, trainable: Any, cache_dir: str | None, per_trial: _FreezeAwareResources | None,

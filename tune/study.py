@@ -139,7 +139,11 @@ def check_report_dir(report_dir: Path, key: str = "--report-dir") -> None:
     """The report's folder: a folder this process can write, or one it can make (the nearest existing folder above
     it writable); checked before a search starts, made once the report is written."""
     path = Path(report_dir).expanduser().absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+    except OSError as err:  # a folder on the way this process may not look into
+        raise ConfigError(key, str(report_dir), "a folder this process can write, or a new folder's path",
+                          problem=err.strerror or type(err).__name__) from None
     if not existing.is_dir():
         raise ConfigError(key, str(report_dir), "a folder this process can write, or a new folder's path",
                           problem=f"{existing} is a file")
@@ -282,12 +286,16 @@ class Study:
         """The linear probe every trial's head starts from (``train.head_init: probe``, set or searched), fitted
         once here, in the driver, for every trial and node (its state travels with the trials); its validation score
         is the reference of the report (``probe_score`` on the parent run). None where no trial starts from it."""
+        import torch
+
         from tune.train import fit_head_probe
 
         if self.cfg.train.head_init != "probe" and "head_init" not in self.cfg.space:
             return None
         started = time.perf_counter()
-        fitted = fit_head_probe(self.task, self.cfg.train)
+        # on the driver's CPU: a cluster's head node may have no GPU, and the driver holds no CUDA context for the
+        # whole search (a Ray task with a trial's GPU would be faster for a large model on much data)
+        fitted = fit_head_probe(self.task, self.cfg.train, torch.device("cpu"))
         if fitted is None:  # a task with its own trial, or no classifier: the head starts as the model builds it
             return None
         parent_id = self.tracker.parent_run_id

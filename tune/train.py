@@ -73,6 +73,7 @@ def fit_head_probe(task: Task, cfg: TrainConfig, device: torch.device | None = N
         return probe.probe_features(model, classifier, batches)
 
     fitted = probe.fit_probe(features(train_split), features(task.val_data), classifier.out_features, name)
+    fitted = dataclasses.replace(fitted, head=probe.head_state(block_model, name))
     probe.apply_head_init(block_model, "probe", fitted)
     model.eval()
     score = evaluate_split(task, model, task.val_data, batch_size, device)[task.metric]

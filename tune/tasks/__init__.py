@@ -65,11 +65,14 @@ def load_block_model(task_config: TaskConfig) -> BlockModel:
 def absolute_paths(task_config: TaskConfig, base: Path) -> TaskConfig:
     """The task's options with every relative path under ``base`` (the driver's working directory) made
     absolute: Ray Tune runs each trial in its own folder, where a relative path would point nowhere. The options a
-    task declares as paths (``takes_paths``) are paths whenever they exist, bare words too; in any other option a
-    string is a path when it has a folder part or a file suffix (``data.pt``, ``shapes/shapes.yaml``) and exists,
-    at the top level or inside a list or mapping."""
+    task declares as paths (``takes_paths``) are paths whenever they exist, bare words too (a task that declares
+    nothing: its ``data`` and ``*_data`` options); in any other option a string is a path when it has a folder part
+    or a file suffix (``data.pt``, ``shapes/shapes.yaml``) and exists, at the top level or inside a list or
+    mapping."""
     factory = _import_factory(task_config.name)
     declared = set(getattr(factory, "path_options", ()))
+    if not hasattr(factory, "path_options"):  # a task that declares nothing: a data option is a path, as it was
+        declared = {key for key in task_config.options if key == "data" or key.endswith("_data")}
     words = getattr(factory, "path_words", frozenset())
     return TaskConfig(task_config.name, {
         key: _absolute(value, base, bare=key in declared, words=words) for key, value in task_config.options.items()})

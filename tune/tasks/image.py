@@ -200,10 +200,11 @@ def make_task(model: str = "resnet18", data: str | None = None, weights: str | N
     def build() -> BlockModel:  # a fresh model each time; its new head seeded by the trial (tune.train.Trial)
         return block_model(model, len(classes), weights, trust_weights, new_head, image_size, state)
 
-    plain_train = _folder(data, "train", create_transform(**config, is_training=False), classes) if augment else None
+    plain_train = (_folder(data, "train", create_transform(**config, is_training=False), classes)
+                   if augment is not False else None)
     return Task(name="image", build_model=build, metric="val_accuracy", train_data=train_set, val_data=val_set,
                 test_data=test_set, probe_train_data=plain_train, loss=F.cross_entropy,
-                evaluate=classification_metrics, augments=bool(augment),
+                evaluate=classification_metrics, augments=augment is not False,
                 num_workers=workers, sources={split: str(Path(data).expanduser().resolve() / split)
                                               for split in ("train", "val", "test")})
 
@@ -220,8 +221,8 @@ def _training_transform(config: Mapping[str, Any], augment: bool | Mapping[str, 
 
     given = {key: tuple(value) if isinstance(value, list) else value
              for key, value in (augment.items() if isinstance(augment, Mapping) else ())}
-    try:
-        return create_transform(**config, is_training=bool(augment), **given)
+    try:  # a mapping, even {}, is timm's training transform with those arguments over the model's data config
+        return create_transform(**{**config, **given}, is_training=augment is not False)
     except (TypeError, ValueError, KeyError, AssertionError) as err:  # a value timm cannot use
         raise ConfigError("task.options.augment", dict(given), _AUGMENT_ALLOWED, problem=one_line(err)) from None
 
