@@ -45,10 +45,7 @@ def test_pretrained_trunk_transfers_where_a_frozen_trunk_cannot_adapt():
     head_only = max(m["score"] for m in Trial(task, TrainConfig(epochs=4, freeze_stop="all_but_head")).epochs())
     assert zero_shot < 0.5  # the domain shift is real: MNIST weights alone do not read UCI digits
     assert tuned > 0.85
-    # freezing all but the head costs accuracy here, even with the head started from the linear probe (measured
-    # 2026-12-05: 0.95 against 0.906; with the MNIST head the gap was larger, the frozen trunk's handicap and the
-    # head's added)
-    assert tuned > head_only + 0.02
+    assert tuned > head_only + 0.05  # freezing all but the head costs accuracy here
 
 
 def test_random_init_is_worse_than_pretrained_at_equal_budget():

@@ -108,9 +108,21 @@ def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(def
         assert where <= set(child.data.tags)  # where and how it ran: tags, not metrics
 
 
-def test_every_trials_head_starts_from_the_one_probe_the_driver_fitted_and_the_report_names_it(default_smoke):
-    code, uri, tmp_path = default_smoke
+def test_the_digits_default_keeps_its_pretrained_head(default_smoke):
+    code, uri, _ = default_smoke
     parent, children = _runs(uri, "digits_freeze")
+    # MNIST's own head, pretrained for the same ten digits, is no new head: no probe replaces it
+    assert "probe_score" not in parent.data.metrics
+    assert {c.data.tags["head_start"] for c in children} == {"kept (the task's pretrained head)"}
+
+
+def test_every_trials_head_starts_from_the_one_probe_the_driver_fitted_and_the_report_names_it(ray_runtime,
+                                                                                              tmp_path):
+    # the digits task with a new head: the probe is the default start of every search and confirmation trial
+    code, uri = _search(tmp_path, "--set", "task.options.new_head=true", "--confirm", "2", "--confirm-top", "2")
+    assert code == 0
+    parent, children = _runs(uri, "digits_freeze")
+    assert _phase(children, "confirm")
     probe_score = parent.data.metrics["probe_score"]
     assert 0.5 < probe_score <= 1 and parent.data.metrics["probe_l2"] > 0
     # fitted once, in the driver: every trial and confirmation run was handed it (none fitted its own)

@@ -55,7 +55,7 @@ def fit_head_probe(task: Task, cfg: TrainConfig, device: torch.device | None = N
     once, in eval mode, over its training split without augmentation (``Task.probe_train_data``) and its validation
     split; a logistic regression fitted on its classifier's inputs (``tune.probe``). Its ``score`` is the task's
     primary metric on the validation split with that head. None for a task with its own trial or no classifier."""
-    if task.make_trial is not None:
+    if task.make_trial is not None or task.keeps_head:
         return None
     device = device or pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -108,15 +108,16 @@ class Trial:
         self.cfg = cfg
         self.device = device or pick_device(cfg.device)
         given = head_probe is not None
-        if cfg.head_init == "probe" and not given:  # a trial on its own; a search fits it once for all its trials
+        kept = cfg.head_init == "probe" and task.keeps_head  # a pretrained head for these classes stays
+        if cfg.head_init == "probe" and not given and not kept:  # a trial on its own; a search fits it once
             head_probe = fit_head_probe(task, cfg, self.device)
         torch.manual_seed(cfg.seed)  # the task's model factory may initialise new layers (e.g. a head)
         block_model = task.build_model()
         # the classifier's start (a probe fitted on the frozen features, zero, or the library's init); where it came
         # from is the trial's tag head_start
-        self.head_init = probe.apply_head_init(block_model, cfg.head_init, head_probe)
-        self.head_start = self.head_init + ((" (the search's)" if given else " (fitted by this trial)")
-                                            if self.head_init == "probe" else "")
+        self.head_init = probe.apply_head_init(block_model, "library" if kept else cfg.head_init, head_probe)
+        self.head_start = ("kept (the task's pretrained head)" if kept else self.head_init + (
+            (" (the search's)" if given else " (fitted by this trial)") if self.head_init == "probe" else ""))
         self.frozen = freeze.freeze_model(block_model, cfg)
         self.model = self.frozen.module.to(self.device)
         self.optimizer = make_optimizer(cfg, parameter_groups(self.frozen, cfg))

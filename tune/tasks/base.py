@@ -55,6 +55,8 @@ class Task:
     ``augments`` says that training inputs change from epoch to epoch (augmentation), which rules out caching a
     frozen prefix. ``probe_train_data`` is the training split as evaluation sees it (no augmentation), which the
     linear probe the heads start from is fitted on (``tune.train.fit_head_probe``); None: ``train_data``.
+    ``keeps_head``: the model's classifier is pretrained for these very classes (the digits task's MNIST head), not
+    new: ``train.head_init: probe`` leaves it as it is (no probe is fitted).
     ``train_loader(batch_size, epoch, seed)`` lets a task build its own training batches (then
     it owns exact resume: epoch e's batches must depend on (seed, e) only; the prefix cache is off).
 
@@ -85,6 +87,7 @@ class Task:
     ignores: Mapping[str, str] | None = None
     also_digested: Mapping[str, Sequence[str]] | None = None
     probe_train_data: Any = None
+    keeps_head: bool = False
 
     def __post_init__(self) -> None:
         missing = [name for name in ("train_data", "val_data", "evaluate") if getattr(self, name) is None]

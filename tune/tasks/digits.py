@@ -135,6 +135,7 @@ def make_task(labels_per_class: int = 20, val_size: int = 500, split_seed: int =
     return Task(
         name="digits",
         build_model=lambda: build_model(weights, new_head),
+        keeps_head=not new_head and weights is not None,  # MNIST's own head, pretrained for the same ten digits
         train_data=(images[train_index], targets[train_index]),
         val_data=(images[val_index], targets[val_index]),
         test_data=(images[test_index], targets[test_index]) if len(test_index) else None,
