@@ -116,6 +116,7 @@ def test_the_digits_default_keeps_its_pretrained_head(default_smoke):
     assert {c.data.tags["head_start"] for c in children} == {"kept (the task's pretrained head)"}
 
 
+@pytest.mark.slow
 def test_every_trials_head_starts_from_the_one_probe_the_driver_fitted_and_the_report_names_it(ray_runtime,
                                                                                               tmp_path):
     # the digits task with a new head: the probe is the default start of every search and confirmation trial
