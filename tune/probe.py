@@ -15,7 +15,7 @@ Pure torch: no Ray, no MLflow. Deterministic for the same weights and data on th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,11 +90,9 @@ def forward_only(model: nn.Module, batch: Any) -> Any:
 
 
 @torch.no_grad()
-def probe_features(model: nn.Module, classifier: nn.Linear, batches: Iterable[Any],
-                   step: Callable[[nn.Module, Any], Any] = forward_only,
-                   targets_of: Callable[[Any], torch.Tensor] = batch_targets) -> tuple[torch.Tensor, torch.Tensor]:
-    """The classifier's inputs and the targets over ``batches``, the model in eval mode; ``step(model, batch)``
-    runs the model on a batch (its result is thrown away)."""
+def probe_features(model: nn.Module, classifier: nn.Linear, batches: Iterable[Any]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier's inputs and the targets over ``batches``, the model in eval mode (``forward_only``)."""
     captured: list[torch.Tensor] = []
     hook = classifier.register_forward_pre_hook(lambda _, args: captured.append(args[0].detach().float().cpu()))
     targets = []
@@ -102,8 +100,8 @@ def probe_features(model: nn.Module, classifier: nn.Linear, batches: Iterable[An
     model.eval()
     try:
         for batch in batches:
-            step(model, batch)
-            targets.append(targets_of(batch).detach().cpu())
+            forward_only(model, batch)
+            targets.append(batch_targets(batch).detach().cpu())
     finally:
         hook.remove()
         model.train(was_training)

@@ -188,7 +188,7 @@ def candidates(records: Sequence[TrialRecord], rule: ReportConfig, searched: Seq
     chosen = [best, *near][:top]
     # the deepest freeze searched (all but the head, where the space reaches it: the probe fine-tuned) is always a
     # candidate: the cheapest configuration is not lost to one seed's score or to early stopping
-    deepest = min(best_of.values(), key=lambda r: _trainable_params(r))
+    deepest = min(best_of.values(), key=_trainable_params)
     if by_freeze and top > 1 and deepest not in chosen:
         chosen = [*chosen[:top - 1], deepest]
     return {r.name: {k: typed(r.params[k]) for k in searched} for r in chosen}

@@ -38,7 +38,7 @@ from ray.tune.search.optuna import OptunaSearch
 from tune import prefix_cache
 from tune.config import Config, TaskConfig, TrainConfig
 from tune.errors import ConfigError, TrialConfigError, one_line
-from tune.freeze import grid_values, sampled_freezes, trial_freeze
+from tune.freeze import FREEZE_KEYS, grid_values, sampled_freezes, trial_freeze
 from tune.probe import Probe
 from tune.space import OptunaSpace
 from tune.tasks import load_task
@@ -343,9 +343,6 @@ def _scheduler(cfg: Config) -> Any:
     scheduler = _RangeASHA if cfg.search.asha_rungs == "per_freeze_range" else ASHAScheduler
     return scheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
                      grace_period=cfg.search.grace_period, reduction_factor=cfg.search.reduction_factor)
-
-
-FREEZE_KEYS = ("freeze", "freeze_start", "freeze_stop")
 
 
 class _RangeASHA(ASHAScheduler):

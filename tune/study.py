@@ -138,20 +138,21 @@ def _check_ignored(cfg: Config, task: Any) -> None:
 def check_report_dir(report_dir: Path, key: str = "--report-dir") -> None:
     """The report's folder: a folder this process can write, or one it can make (the nearest existing folder above
     it writable); checked before a search starts, made once the report is written."""
+    def refused(problem: str) -> ConfigError:
+        return ConfigError(key, str(report_dir), "a folder this process can write, or a new folder's path",
+                           problem=problem)
+
     path = Path(report_dir).expanduser().absolute()
     try:
         existing = next(p for p in (path, *path.parents) if p.exists())
     except OSError as err:  # a folder on the way this process may not look into
-        raise ConfigError(key, str(report_dir), "a folder this process can write, or a new folder's path",
-                          problem=err.strerror or type(err).__name__) from None
+        raise refused(err.strerror or type(err).__name__) from None
     if not existing.is_dir():
-        raise ConfigError(key, str(report_dir), "a folder this process can write, or a new folder's path",
-                          problem=f"{existing} is a file")
+        raise refused(f"{existing} is a file")
     try:  # a file made and gone at once: os.access says yes to root even where the kernel says no (/proc)
         tempfile.TemporaryFile(dir=existing).close()
     except OSError:
-        raise ConfigError(key, str(report_dir), "a folder this process can write, or a new folder's path",
-                          problem=f"cannot write in {existing}") from None
+        raise refused(f"cannot write in {existing}") from None
 
 
 def check_submission(options: StudyOptions, project_dir: Path) -> str:
