@@ -79,16 +79,16 @@ def write_topics(folder: Path, per_topic: int, val_per_topic: int = 40) -> tuple
     return paths[0], paths[1]
 
 
-def image_task(folder: Path, per_class: int, size: int):
+def image_task(folder: Path, per_class: int, size: int, val_per_class: int = 30):
     weights = pretrained.write_efficientnet_lite0(folder / "lite0.safetensors")
-    data = image.write_example(folder / "digits", per_class=per_class, val_per_class=30, size=size)
+    data = image.write_example(folder / "digits", per_class=per_class, val_per_class=val_per_class, size=size)
     return image.make_task(model="efficientnet_lite0", data=str(data), weights=str(weights), image_size=size,
                            augment=False, workers=0)
 
 
-def text_task(folder: Path, per_class: int):
+def text_task(folder: Path, per_class: int, val_per_class: int = 40):
     model = pretrained.extract_minilm(folder / "minilm")
-    train, val = write_topics(folder, per_class)
+    train, val = write_topics(folder, per_class, val_per_class)
     return text.make_task(model=str(model), data=train, val_data=val, max_length=32)
 
 

@@ -30,12 +30,15 @@ import head_init  # noqa: E402  (the benchmark's data and tasks: the same figure
 def real(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     torch.set_num_threads(2)
+    # validation sets large enough that 0.02 is about two standard errors of a score near 0.9
     if request.param == "image":  # EfficientNet-Lite0 (ImageNet) on UCI digits at 64 px, 20 per class
-        return head_init.image_task(folder, 20, 64), TrainConfig(epochs=4, batch_size=32, lr=1.5e-3,
-                                                                 optimizer="adamw", weight_decay=0.05)
-    # all-MiniLM-L6-v2 on four-label reviews, 20 per label, at the text space's learning rates
-    return head_init.text_task(folder, 20), TrainConfig(epochs=4, batch_size=16, lr=5e-5, optimizer="adamw",
-                                                        weight_decay=0.05)
+        return head_init.image_task(folder, 20, 64, val_per_class=30), TrainConfig(
+            epochs=4, batch_size=32, lr=1.5e-3, optimizer="adamw", weight_decay=0.05)
+    # all-MiniLM-L6-v2 on four-label reviews, 20 per label (150 per label to validate), with the text space's
+    # recipe at the low end of its searched learning rates: at 5e-5 the head block's pretrained pooler, trained
+    # with the classifier, drifts under the probe's weights (0.86 against the probe's 0.93, measured 2026-12-05)
+    return head_init.text_task(folder, 20, val_per_class=150), TrainConfig(
+        epochs=3, batch_size=32, lr=1e-5, optimizer="adamw", weight_decay=0.01, lr_schedule="linear", warmup=0.1)
 
 
 def test_the_all_but_head_trial_stays_near_the_probe_and_the_librarys_head_does_not(real):
@@ -48,9 +51,9 @@ def test_the_all_but_head_trial_stays_near_the_probe_and_the_librarys_head_does_
         cfg = TrainConfig(**{**base.__dict__, "freeze_stop": all_but_head, "head_init": how})
         trial = Trial(task, cfg, head_probe=fitted if how == "probe" else None)
         best[how] = max(m["score"] for m in trial.epochs())
-    # measured 2026-12-05: image probe 0.850, its trial 0.84-0.85; text probe 0.925, its trial 0.89 (the head alone,
-    # refitted without the probe's regularisation, overfits 80 reviews a little); the library's heads 0.30 and 0.46
-    assert best["probe"] >= fitted.score - 0.05, (best, fitted.score)
+    # measured 2026-12-05: image probe 0.850, its trial 0.84-0.85; text probe 0.927, its trial 0.922; the library's
+    # heads far below (0.30 on the image model)
+    assert best["probe"] >= fitted.score - 0.02, (best, fitted.score)
     assert best["library"] < fitted.score - 0.2, (best, fitted.score)
 
 
