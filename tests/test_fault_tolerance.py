@@ -188,7 +188,8 @@ def test_a_driver_stopped_during_confirm_resumes_it_without_repeating_or_countin
     # (with nothing frozen the tiny task learns, frozen it stays at chance: the scores tell the ranges apart)
     space.write_text(space.read_text().replace("{type: int, low: 0, high: 3}", "{type: choice, values: [0, 1, 2]}")
                      .replace("scheduler: fifo", "algorithm: grid, scheduler: fifo"))
-    confirm = ("--confirm", "2", "--confirm-top", "2")  # 2 candidates x seeds 1, 2
+    # 2 candidates x seeds 1, 2, no further rounds
+    confirm = ("--confirm", "2", "--confirm-top", "2", "--set", "report.confirm_max_seeds=2")
 
     def confirm_runs(status: str | None = None) -> list:
         return [r for r in _trials(tmp_path, status) if r.data.tags.get("phase") == "confirm"]
@@ -209,7 +210,7 @@ def test_a_driver_stopped_during_confirm_resumes_it_without_repeating_or_countin
     resumed = _start(tmp_path, "--resume", *confirm)
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
-    assert f"({len(before)} of these runs finished before the resume)" in output
+    assert f"({len(before)} runs finished before the resume)" in output
     finished = confirm_runs("FINISHED")
     pairs = sorted((r.data.tags["candidate"], r.data.params["seed"]) for r in finished)
     assert len(pairs) == 4 and len(set(pairs)) == 4  # every candidate and seed once: none repeated, none missing
@@ -221,5 +222,5 @@ def test_a_driver_stopped_during_confirm_resumes_it_without_repeating_or_countin
     [parent] = [r for r in _runs(tmp_path) if r.data.tags.get("freeze_search.role") == "search"]
     assert parent.info.status == "FINISHED"
     records = tracking.fetch_trials(f"sqlite:///{tmp_path / 'mlflow.db'}", parent.info.run_id)
-    candidates, _ = report.confirmed(report.summarise(records), tolerance=0.01, cost="epoch_time_s")
-    assert sorted(len(c.scores) for c in candidates) == [2, 2]  # the runs killed part way are not counted
+    decision = report.confirmed(report.summarise(records), tolerance=0.01, cost="epoch_time_s")
+    assert sorted(len(c.scores) for c in decision.candidates) == [2, 2]  # the runs killed part way are not counted

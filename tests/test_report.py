@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import matplotlib.image
 import pytest
@@ -77,30 +78,43 @@ def test_recommendation_is_the_cheapest_trial_within_tolerance_of_the_best():
     assert recommend(results, tolerance=0.1, cost="peak_mem_mb").trial.name == "cheaper_but_worse"
 
 
-def test_confirmation_recommends_the_cheapest_candidate_whose_mean_is_within_tolerance_and_says_how_sure():
-    noisy_tie = summarise([record(f"x{i}", 0, [s], 2.0, 8.0, candidate="expensive", seed=i) for i, s in
-                           enumerate([0.95, 0.93, 0.94])] +
-                          [record(f"y{i}", 4, [s], 1.0, 3.0, candidate="cheap", seed=i) for i, s in
-                           enumerate([0.94, 0.92, 0.95])])
-    candidates, chosen = confirmed(noisy_tie, tolerance=0.01, cost="epoch_time_s")
-    assert chosen.name == "cheap"  # mean 0.9367 against 0.94: within 0.01
-    assert {c.name: len(c.scores) for c in candidates} == {"expensive": 3, "cheap": 3}
-    assert confirmed(noisy_tie, tolerance=0.0, cost="epoch_time_s")[1].name == "expensive"  # the point means decide
-    low, high = chosen.interval  # mean ± t(2 df) * sd / sqrt(3)
-    assert (low, high) == pytest.approx((0.93667 - 4.303 * 0.015275 / 3 ** 0.5, 0.93667 + 4.303 * 0.015275 / 3 ** 0.5),
-                                        abs=1e-4)
-    text = confirmed_text(candidates, chosen, 0.01, "epoch_time_s")
-    assert "freeze [0, 4)" in text and f"95% interval {low:.4f}-{high:.4f}" in text
-    assert "cannot be told apart from freeze [0, 0) (0.9400)" in text
+def _paired(expensive: list[float], cheap: list[float]) -> list:
+    return summarise([record(f"x{i}", 0, [s], 2.0, 8.0, candidate="expensive", seed=i) for i, s in
+                      enumerate(expensive)] +
+                     [record(f"y{i}", 4, [s], 1.0, 3.0, candidate="cheap", seed=i) for i, s in enumerate(cheap)])
 
-    clearly_worse = summarise([record(f"x{i}", 0, [s], 2.0, 8.0, candidate="expensive", seed=i) for i, s in
-                               enumerate([0.950, 0.951, 0.949])] +
-                              [record(f"y{i}", 4, [s], 1.0, 3.0, candidate="cheap", seed=i) for i, s in
-                               enumerate([0.900, 0.901, 0.899])])
-    candidates, chosen = confirmed(clearly_worse, tolerance=0.01, cost="epoch_time_s")
-    assert chosen.name == "expensive"
-    assert "differs from it by more than two standard errors" in confirmed_text(candidates, chosen, 0.01,
-                                                                               "epoch_time_s")
+
+def test_a_cheaper_candidate_is_recommended_only_when_proven_within_the_tolerance_on_paired_seeds():
+    # the cheap candidate trails the expensive one by 0.004-0.006 on every seed: proven within 0.01
+    proven = confirmed(_paired([0.95, 0.93, 0.94], [0.945, 0.926, 0.934]), tolerance=0.01, cost="epoch_time_s")
+    assert proven.chosen.name == "cheap" and proven.best.name == "expensive" and proven.decided
+    compared = proven.comparisons["cheap"]
+    # gaps 0.005, 0.004, 0.006: mean 0.005, sd 0.001; upper bound mean + t(0.95, 2 df) * sd / sqrt(3)
+    assert compared.gap == pytest.approx(0.005) and compared.paired_se == pytest.approx(0.001 / 3 ** 0.5)
+    assert compared.upper == pytest.approx(0.005 + 2.919986 * 0.001 / 3 ** 0.5, abs=1e-6)
+    assert compared.verdict == "within" and compared.unpaired_se > 5 * compared.paired_se
+    low, high = proven.chosen.interval  # mean ± t(0.975, 2 df) * sd / sqrt(3)
+    half = 4.302653 * statistics.stdev([0.945, 0.926, 0.934]) / 3 ** 0.5
+    assert (low, high) == pytest.approx((0.935 - half, 0.935 + half), abs=1e-6)
+    text = confirmed_text(proven, "epoch_time_s")
+    assert "freeze [0, 4)" in text and f"95% interval {low:.4f}-{high:.4f}" in text
+    assert "proven within the tolerance (0.01) of the best, freeze [0, 0)" in text and "at most 0.0067 at 95%" in text
+    # the same scores with the cheap candidate's seeds shuffled: nothing cancels, nothing is proven
+    shuffled = confirmed(_paired([0.95, 0.93, 0.94], [0.926, 0.934, 0.945]), tolerance=0.01, cost="epoch_time_s")
+    assert shuffled.chosen.name == "expensive" and shuffled.comparisons["cheap"].verdict == "undecided"
+    assert not shuffled.decided and shuffled.racing == ("expensive", "cheap")
+    assert "Undecided after 3 seeds" in confirmed_text(shuffled, "epoch_time_s")
+    # a stricter confidence needs a smaller bound: at 0.999 the proven table is undecided
+    assert confirmed(_paired([0.95, 0.93, 0.94], [0.945, 0.926, 0.934]), tolerance=0.01, cost="epoch_time_s",
+                     confidence=0.999).chosen.name == "expensive"
+
+
+def test_a_candidate_proven_worse_by_more_than_the_tolerance_is_dropped_from_the_race():
+    worse = confirmed(_paired([0.950, 0.951, 0.949], [0.900, 0.902, 0.899]), tolerance=0.01, cost="epoch_time_s")
+    assert worse.chosen.name == "expensive" and worse.comparisons["cheap"].verdict == "worse"
+    assert worse.decided and worse.racing == ("expensive",)
+    assert "Proven worse than the best by more than the tolerance: freeze [0, 4)" in confirmed_text(worse,
+                                                                                                    "epoch_time_s")
 
 
 def test_candidates_are_the_best_range_and_the_cheapest_ranges_near_it_each_at_its_best_trial():
@@ -176,9 +190,10 @@ def test_confirmation_counts_each_seed_once_and_only_runs_that_finished():
             record("y1-failed", 4, [0.30], 1.0, 3.0, candidate="cheap", seed=1, status="FAILED"),
             record("y1", 4, [0.93, 0.955], 1.0, 3.0, candidate="cheap", seed=1),
             record("y2", 4, [0.93, 0.945], 1.0, 3.0, candidate="cheap", seed=2)]
-    candidates, chosen = confirmed(summarise(runs), tolerance=0.01, cost="epoch_time_s")
-    assert {c.name: sorted(c.scores) for c in candidates} == {"expensive": [0.95, 0.96], "cheap": [0.945, 0.955]}
-    assert chosen.name == "cheap"  # with the killed run counted its mean would be far below
+    decision = confirmed(summarise(runs), tolerance=0.01, cost="epoch_time_s")
+    assert {c.name: sorted(c.scores) for c in decision.candidates} == {"expensive": [0.95, 0.96],
+                                                                       "cheap": [0.945, 0.955]}
+    assert decision.chosen.name == "cheap"  # with the killed run counted its mean would be far below
 
 
 def test_report_text_and_plots_are_written(tmp_path):

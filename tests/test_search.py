@@ -403,7 +403,7 @@ def test_confirm_reruns_the_top_ranked_candidates_with_fresh_seeds_and_recommend
     best = max((r for r in report.summarise(records) if r.candidate is None), key=lambda r: r.score)
     assert best.name in by_candidate
     # the parent's recommendation is the confirmed choice, judged on the confirmation runs alone
-    _, confirmed = report.confirmed([r for r in report.summarise(records) if r.candidate], 0.01, "epoch_time_s")
+    confirmed = report.confirmed([r for r in report.summarise(records) if r.candidate], 0.01, "epoch_time_s").chosen
     assert parent.data.tags["recommended_trial"] == confirmed.name
     assert parent.data.tags["recommended_freeze_range"] == searched[confirmed.name].data.params["freeze_range"]
     # scored once on the test split: the confirmed candidate's runs, and no other run

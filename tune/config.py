@@ -97,14 +97,23 @@ class SearchConfig:
 @dataclass(frozen=True)
 class ReportConfig:
     """The recommendation rule: among the candidates scoring within ``tolerance`` of the best (in score units),
-    the one with the lowest ``cost``. The candidates are re-run with ``confirm_seeds`` fresh seeds each, no early
-    stopping, and compared by their mean (0: no confirmation, the search's single trials decide);
-    ``confirm_top`` of them: the best score's freeze range and the cheapest ranges that came near it."""
+    the one with the lowest ``cost``. ``confirm_top`` candidates (the best score's freeze range and the cheapest
+    ranges that came near it) are re-run on the same fresh seeds, no early stopping, in a race (``tune.race``):
+    ``confirm_seeds`` seeds each first (0: no confirmation, the search's single trials decide), then one more at a
+    time for the undecided ones, up to ``confirm_max_seeds`` (at least ``confirm_seeds``); a candidate is proven
+    within the tolerance at ``confidence`` (one-sided, on the per-seed differences to the best)."""
 
     tolerance: float = 0.01
     cost: str = "epoch_time_s"  # epoch_time_s (mean per epoch) | train_time_s (to the best epoch) | peak_mem_mb
     confirm_seeds: int = 3
     confirm_top: int = 4
+    confirm_max_seeds: int = 10
+    confidence: float = 0.95
+
+    @property
+    def seed_budget(self) -> int:
+        """Seeds per candidate at most: ``confirm_max_seeds``, or ``confirm_seeds`` where that is more."""
+        return max(self.confirm_seeds, self.confirm_max_seeds)
 
 
 @dataclass(frozen=True)
@@ -210,6 +219,8 @@ _REPORT_RULES: dict[str, _Rule] = {
     "confirm_seeds": (lambda v: type(v) is int and (v == 0 or v >= 2),
                       "0 (no confirmation) or an integer >= 2 (seeds per candidate)"),
     "confirm_top": _int_at_least(1),
+    "confirm_max_seeds": _int_at_least(2),
+    "confidence": (lambda v: type(v) in (int, float) and 0.5 <= v < 1, "a number in [0.5, 1), e.g. 0.95"),
 }
 
 

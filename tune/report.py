@@ -3,10 +3,9 @@ and, after ``--confirm``, whether it holds up across seeds. Tables as text, plot
 
 The recommendation rule (``report:`` in a space file): take the best score among the search's trials; among
 the trials scoring within ``tolerance`` of it, recommend the one with the lowest ``cost`` (mean epoch time by
-default; ties go to the higher score). With confirmation runs (K fresh seeds per candidate, the search's own
-run left out because it was picked for being lucky), a candidate holds up when its mean score is within
-``tolerance`` plus two standard errors of the difference from the best mean; the cheapest candidate that holds
-up is recommended.
+default; ties go to the higher score). With confirmation runs (the candidates re-run on the same fresh seeds,
+the search's own run left out because it was picked for being lucky), the cheapest candidate proven within
+``tolerance`` of the best on paired seeds is recommended (``tune.race``).
 """
 
 from __future__ import annotations
@@ -15,11 +14,12 @@ import json
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tune.config import ReportConfig
+from tune.race import Candidate, Decision, decide
 from tune.tracking import TrialRecord, short, typed
 
 __all__ = ["Candidate", "Recommendation", "Report", "TrialResult", "build_report", "candidates", "confirmed",
@@ -201,53 +201,11 @@ def _trainable_params(result: TrialResult) -> float:
         return math.inf
 
 
-# Student's t at 0.975 by degrees of freedom (1-30), for a 95 % interval of a mean over a few seeds.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A configuration re-run with fresh seeds by the confirmation."""
-
-    name: str  # the search trial it repeats
-    freeze_range: str
-    params_text: str
-    scores: tuple[float, ...]
-    cost: float  # mean over the seeds
-    runs: tuple[str, ...] = ()  # the confirmation runs' trial names, one per seed
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.scores)
-
-    @property
-    def sd(self) -> float:
-        return statistics.stdev(self.scores) if len(self.scores) > 1 else math.nan
-
-    @property
-    def se(self) -> float:
-        return self.sd / math.sqrt(len(self.scores)) if len(self.scores) > 1 else math.nan
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        """The 95 % interval of the mean (Student's t over the seeds; unbounded with one seed)."""
-        if len(self.scores) < 2:
-            return -math.inf, math.inf
-        half = _T975[min(len(self.scores) - 1, len(_T975)) - 1] * self.se
-        return self.mean - half, self.mean + half
-
-    def apart_from(self, other: Candidate) -> bool:
-        """Whether the two means differ by more than two standard errors of their difference."""
-        if len(self.scores) < 2 or len(other.scores) < 2:
-            return False
-        return abs(self.mean - other.mean) > 2 * math.sqrt(self.se ** 2 + other.se ** 2)
-
-
-def confirmed(results: Sequence[TrialResult], tolerance: float, cost: str, searched: Sequence[str] = ()
-              ) -> tuple[list[Candidate], Candidate | None]:
-    """Group confirmation runs by candidate; the cheapest candidate whose mean is within ``tolerance`` of the best
-    mean (the search's own trial, chosen for its luck among others, does not count).
+def confirmed(results: Sequence[TrialResult], tolerance: float, cost: str, searched: Sequence[str] = (),
+              confidence: float = 0.95) -> Decision | None:
+    """The confirmation runs grouped by candidate, and the race's decision on them (``tune.race``): the cheapest
+    candidate proven within ``tolerance`` of the best on paired seeds at ``confidence`` (the search's own trial,
+    chosen for its luck among others, does not count). None without finished confirmation runs.
 
     Only finished runs count, one per (candidate, seed): a run killed or failed part way (a driver stopped during
     the confirmation, then resumed) scores at fewer epochs than the others and would pull its candidate down."""
@@ -261,14 +219,16 @@ def confirmed(results: Sequence[TrialResult], tolerance: float, cost: str, searc
     found = [Candidate(name=name, freeze_range=runs[0].freeze_range, params_text=_params_text(runs[0], searched),
                        scores=tuple(r.score for r in runs),
                        cost=statistics.fmean(r.values.get(cost, math.nan) for r in runs),
-                       runs=tuple(r.name for r in runs))
+                       runs=tuple(r.name for r in runs), seeds=tuple(_seed(r) for r in runs))
              for name, runs in groups.items()]
-    if not found:
-        return [], None
-    found.sort(key=lambda c: -c.mean)
-    best = found[0]
-    chosen = min((c for c in found if c.mean >= best.mean - tolerance - 1e-12), key=lambda c: (c.cost, -c.mean))
-    return found, chosen
+    return decide(found, tolerance, confidence)
+
+
+def _seed(result: TrialResult) -> int:
+    try:
+        return int(result.params["seed"])
+    except (KeyError, ValueError):
+        return hash(result.name)  # no seed logged: a run of its own, paired with nothing
 
 
 def _params_text(result: TrialResult, searched: Sequence[str]) -> str:
@@ -311,29 +271,49 @@ def depth_table(results: Sequence[TrialResult]) -> str:
     return _table(["freeze", "trials", "best score", "median epoch_s", "mem_mb"], rows)
 
 
-def candidate_table(candidates: Sequence[Candidate], chosen: Candidate | None, cost: str) -> str:
-    rows = [["*" if c is chosen else "", c.name, c.freeze_range, c.params_text, str(len(c.scores)), f"{c.mean:.4f}",
-             f"{c.sd:.4f}", "{:.4f}-{:.4f}".format(*c.interval), f"{c.cost:.4g}"] for c in candidates]
-    return _table(["", "candidate", "freeze", "params", "seeds", "mean score", "sd", "95% interval", cost], rows)
+def candidate_table(decision: Decision, cost: str) -> str:
+    """The race's table: each candidate's seeds, mean, and its paired comparison with the best."""
+    confidence = f"{decision.confidence:.0%}"
+    rows = []
+    for c in decision.candidates:
+        compared = decision.comparisons[c.name]
+        rows.append(["*" if c is decision.chosen else "", c.name, c.freeze_range, c.params_text, str(len(c.scores)),
+                     f"{c.mean:.4f}", f"{c.sd:.4f}", f"{compared.gap:+.4f}", f"{compared.paired_se:.4f}",
+                     f"{compared.unpaired_se:.4f}", f"{compared.upper:.4f}", compared.verdict, f"{c.cost:.4g}"])
+    return _table(["", "candidate", "freeze", "params", "seeds", "mean score", "sd", "gap to best", "paired se",
+                   "unpaired se", f"gap bound ({confidence})", "verdict", cost], rows)
 
 
-def confirmed_text(candidates: Sequence[Candidate], chosen: Candidate, tolerance: float, cost: str) -> str:
-    """The confirmed recommendation in words: its mean and interval, the rule, and which candidates the seeds
-    cannot tell apart from it."""
-    best = candidates[0]
+def confirmed_text(decision: Decision, cost: str) -> str:
+    """The confirmed recommendation in words: the rule, the chosen candidate's mean, interval and bound, and
+    what the race left undecided."""
+    chosen, best, tolerance = decision.chosen, decision.best, decision.tolerance
+    confidence = f"{decision.confidence:.0%}"
     low, high = chosen.interval
     text = (f"Recommendation: freeze {chosen.freeze_range} ({chosen.params_text}), confirmed with fresh seeds: mean "
-            f"score {chosen.mean:.4f} (95% interval {low:.4f}-{high:.4f}) over {len(chosen.scores)} seeds, the lowest "
-            f"{cost} among the candidates whose mean is within the tolerance ({tolerance:g}) of the best mean")
-    text += "." if chosen is best else f" ({best.mean:.4f}, freeze {best.freeze_range})."
-    tied = [c for c in candidates if c is not chosen and not chosen.apart_from(c)]
-    if len(candidates) == 1:
-        text += " It was the only candidate: no other freeze range came within three tolerances of its score."
-    elif tied:
-        text += (" At this seed-to-seed noise it cannot be told apart from " + ", ".join(
-            f"freeze {c.freeze_range} ({c.mean:.4f})" for c in tied) + " (means within two standard errors).")
+            f"score {chosen.mean:.4f} (95% interval {low:.4f}-{high:.4f}) over {len(chosen.scores)} seeds")
+    if chosen is best:
+        text += ", the best mean of the candidates."
     else:
-        text += " Every other candidate's mean differs from it by more than two standard errors."
+        compared = decision.comparisons[chosen.name]
+        text += (f", proven within the tolerance ({tolerance:g}) of the best, freeze {best.freeze_range} (mean "
+                 f"{best.mean:.4f}): over {compared.seeds} paired seeds it is {compared.gap:.4f} below it, at most "
+                 f"{compared.upper:.4f} at {confidence} confidence, at {chosen.cost / best.cost:.0%} of its {cost}.")
+    text += (f" The rule: the cheapest candidate whose one-sided {confidence} upper bound on (best mean - its mean), "
+             f"from the per-seed differences (every candidate runs the same seeds), is at most the tolerance.")
+    worse = [c for c in decision.candidates if decision.comparisons[c.name].verdict == "worse"]
+    if worse:
+        text += " Proven worse than the best by more than the tolerance: " + ", ".join(
+            f"freeze {c.freeze_range} (gap at least {decision.comparisons[c.name].lower:.4f})" for c in worse) + "."
+    open_cheaper = [c for c in decision.undecided if c.cost < chosen.cost]
+    if open_cheaper:
+        text += (f" Undecided after {len(best.scores)} seeds (the budget, report.confirm_max_seeds): "
+                 + ", ".join(f"freeze {c.freeze_range} (gap {decision.comparisons[c.name].gap:.4f}, at most "
+                             f"{decision.comparisons[c.name].upper:.4f})" for c in open_cheaper)
+                 + f" cannot be shown within the tolerance or beyond it at {confidence}; recommending freeze "
+                 f"{chosen.freeze_range}, the cheapest candidate proven within {tolerance:g}.")
+    elif len(decision.candidates) == 1:
+        text += " It was the only candidate: no other freeze range came within three tolerances of its score."
     return text
 
 
@@ -344,10 +324,17 @@ class Report:
     front: list[TrialResult]
     objectives: list[tuple[str, str]]
     recommendation: Recommendation | None
-    candidates: list[Candidate] = field(default_factory=list)
-    confirmed_choice: Candidate | None = None
+    decision: Decision | None = None  # the confirmation race's (tune.race)
     text: str = ""
     reference: float | None = None  # the linear probe's score (probe_score), where the heads started from it
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        return self.decision.candidates if self.decision is not None else []
+
+    @property
+    def confirmed_choice(self) -> Candidate | None:
+        return self.decision.chosen if self.decision is not None else None
 
     @property
     def chosen(self) -> TrialResult | None:
@@ -360,7 +347,8 @@ class Report:
 
 
 def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], objectives: Sequence[tuple[str, str]],
-                 tolerance: float, cost: str, header: str = "", reference: float | None = None) -> Report:
+                 tolerance: float, cost: str, header: str = "", reference: float | None = None,
+                 confidence: float = 0.95) -> Report:
     """The report's tables and text. ``reference``: the score of the linear probe every trial's head started from
     (``probe_score``): said first, and a trial or a recommendation that ends below it by more than ``tolerance`` is
     marked."""
@@ -398,12 +386,11 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
                      f"{search[0].score:.4f} at its best epoch). Train longer, from pretrained weights or on more "
                      "data, then search again.")
     if confirmation and recommendation is not None:
-        report.candidates, report.confirmed_choice = confirmed(confirmation, tolerance, cost, searched)
-        chosen = report.confirmed_choice
-        parts.append("Confirmation (fresh seeds; the search's own run left out):\n"
-                     + candidate_table(report.candidates, chosen, cost))
-        if chosen is not None:
-            parts.append(confirmed_text(report.candidates, chosen, tolerance, cost))
+        report.decision = confirmed(confirmation, tolerance, cost, searched, confidence)
+        if report.decision is not None:
+            parts.append("Confirmation (fresh seeds, the same for every candidate; the search's own run left out):\n"
+                         + candidate_table(report.decision, cost))
+            parts.append(confirmed_text(report.decision, cost))
     tested = test_scores(report)
     if tested:
         validation = (report.confirmed_choice.mean if report.confirmed_choice else report.chosen.score)

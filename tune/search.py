@@ -224,7 +224,8 @@ def _trial_params(trial: Any) -> tuple[dict[str, Any], dict[str, str]]:
     variant = trial.config.get("variant")
     if variant is None:
         return dict(trial.config), {"phase": "search"}
-    return dict(variant["params"]), {"phase": "confirm", "candidate": variant["candidate"]}
+    return dict(variant["params"]), {"phase": "confirm", "candidate": variant["candidate"],
+                                     "round": str(variant.get("round", 1))}
 
 
 class _BadInput(ray_tune.Stopper):
@@ -576,15 +577,18 @@ def run(cfg: Config, tracker: SearchTracker, *, storage_path: str, address: str 
 
 def confirm(cfg: Config, tracker: SearchTracker, candidates: Mapping[str, dict[str, Any]], seeds: list[int], *,
             storage_path: str, address: str | None = None, verbose: int = 0,
-            done: Collection[tuple[str, int]] = (), head_probe: dict[str, Any] | None = None) -> SearchOutcome | None:
-    """Re-run each candidate's exact params with each of ``seeds``, every epoch, no early stopping; the
-    (candidate, seed) pairs in ``done`` (finished before a resume) are not run again. None when nothing is left."""
-    variants = [{"candidate": name, "params": {**params, "seed": seed}}
+            done: Collection[tuple[str, int]] = (), head_probe: dict[str, Any] | None = None,
+            round_number: int = 1) -> SearchOutcome | None:
+    """Re-run each candidate's exact params with each of ``seeds``, every epoch, no early stopping, as round
+    ``round_number`` of the confirmation (the runs' tag ``round``); the (candidate, seed) pairs in ``done``
+    (finished before a resume) are not run again. None when nothing is left."""
+    variants = [{"candidate": name, "round": round_number, "params": {**params, "seed": seed}}
                 for name, params in candidates.items() for seed in seeds if (name, seed) not in done]
     if not variants:
         return None
     init_ray(address, verbose)
-    return _fit(cfg, tracker, _variant_trainable, name=f"{_experiment_name(cfg)}-confirm", storage_path=storage_path,
+    return _fit(cfg, tracker, _variant_trainable, name=f"{_experiment_name(cfg)}-confirm-{round_number}",
+                storage_path=storage_path,
                 tune_config={"scheduler": FIFOScheduler()}, param_space={"variant": ray_tune.grid_search(variants)},
                 verbose=verbose, total=len(variants), head_probe=head_probe)
 

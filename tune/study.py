@@ -42,7 +42,7 @@ __all__ = ["SMOKE", "Checked", "Study", "StudyOptions", "check_config", "check_r
 # --smoke-test: a few trials of two epochs (a grid runs once), two candidates confirmed with two seeds; the user's
 # own overrides still win.
 SMOKE = (("search.num_samples", 4), ("train.epochs", 2), ("search.grace_period", 1))
-SMOKE_CONFIRM = {"confirm_seeds": 2, "confirm_top": 2}  # at most, where the config confirms at all
+SMOKE_CONFIRM = {"confirm_seeds": 2, "confirm_top": 2, "confirm_max_seeds": 2}  # at most, where it confirms at all
 
 Say = Callable[[str], None]
 
@@ -307,24 +307,46 @@ class Study:
         return fitted.state()
 
     def _confirm(self) -> dict[str, Any]:
-        """Re-run the candidates with fresh seeds (after a resume, the (candidate, seed) runs that finished before
-        the stop are not run again); their best-epoch checkpoints by trial."""
-        from tune import report, search, tracking
+        """Race the candidates on the same fresh seeds (``tune.race``): ``report.confirm_seeds`` each, then one more
+        at a time for the undecided ones, up to ``report.confirm_max_seeds``. After a resume the (candidate, seed)
+        runs that finished before the stop are not run again, and the rounds replay the same decisions. Their
+        best-epoch checkpoints by trial."""
+        from tune import race, report, search, tracking
 
-        cfg, options, parent_id = self.cfg, self.options, self.tracker.parent_run_id
+        cfg, options, parent_id, rule = self.cfg, self.options, self.tracker.parent_run_id, self.cfg.report
         records = tracking.fetch_trials(self.tracking_uri, parent_id)
-        candidates = report.candidates(records, cfg.report, self.searched, cfg.report.confirm_top)
+        candidates = report.candidates(records, rule, self.searched, rule.confirm_top)
         if not candidates:  # nothing to confirm: no trial finished, or the scores cannot tell the trials apart
             return {}
-        seeds = [cfg.train.seed + i for i in range(1, cfg.report.confirm_seeds + 1)]
+        seeds = [cfg.train.seed + i for i in range(1, rule.seed_budget + 1)]
         done = tracking.finished_confirmations(self.tracking_uri, parent_id) if self.resume else set()
-        self.say(f"confirming {len(candidates)} candidates with seeds {seeds}"
-                 + (f" ({len(done)} of these runs finished before the resume)" if done else ""))
-        outcome = search.confirm(cfg, self.tracker, candidates, seeds, storage_path=options.storage_path,
-                                 address=self.address, verbose=int(options.verbose), done=done,
-                                 head_probe=self.head_probe)
-        self.tracker.kill_open_trials()
-        return outcome.best_checkpoints if outcome is not None else {}
+        checkpoints: dict[str, Any] = {}
+        ranges = {r.name: r.freeze_range for r in report.summarise(records)}
+        self.say(f"confirming {len(candidates)} candidates in a race on paired seeds: seeds "
+                 f"{seeds[:rule.confirm_seeds]} first, then one at a time for the undecided, up to {len(seeds)}"
+                 + (f" ({len(done)} runs finished before the resume)" if done else ""))
+
+        def run_round(plan: Mapping[str, Sequence[int]], number: int) -> list[race.Candidate]:
+            if number > 1:
+                self.say(f"round {number}: seed {', '.join(map(str, sorted({s for v in plan.values() for s in v})))} "
+                         f"for freeze {', '.join(ranges.get(name, name) for name in plan)}")
+            outcome = search.confirm(cfg, self.tracker, {name: candidates[name] for name in plan},
+                                     next(iter(plan.values())), storage_path=options.storage_path,
+                                     address=self.address, verbose=int(options.verbose), done=done,
+                                     head_probe=self.head_probe, round_number=number)
+            self.tracker.kill_open_trials()
+            if outcome is not None:
+                checkpoints.update(outcome.best_checkpoints)
+            finished = report.summarise(tracking.fetch_trials(self.tracking_uri, parent_id))
+            decision = report.confirmed([r for r in finished if r.candidate], rule.tolerance, rule.cost,
+                                        self.searched, rule.confidence)
+            return decision.candidates if decision is not None else []
+
+        decision = race.race(list(candidates), seeds, rule.confirm_seeds, run_round, rule.tolerance, rule.confidence)
+        if decision is not None:
+            state = "decided" if decision.decided else f"undecided after {len(decision.best.scores)} seeds"
+            self.say(f"confirmation {state}: freeze {decision.chosen.freeze_range}")
+        return checkpoints
 
     def _score_test(self, built: report.Report, records: list, checkpoints: Mapping[str, Any]) -> None:
         """Score the recommended configuration on the task's test split, once: its confirmation runs' best-epoch
@@ -440,7 +462,8 @@ def _build_report(tracker: tracking.SearchTracker, searched: list[str], objectiv
                                     extra_keys=[m for m, _ in objectives])
     reference = tracker.client.get_run(tracker.parent_run_id).data.metrics.get("probe_score")
     return report.build_report(records, searched=searched, objectives=objectives, tolerance=rule.tolerance,
-                               cost=rule.cost, header=header, reference=reference), records
+                               cost=rule.cost, header=header, reference=reference,
+                               confidence=rule.confidence), records
 
 
 def _write_report(tracker: tracking.SearchTracker, searched: list[str], objectives: list[tuple[str, str]],
@@ -487,5 +510,6 @@ def rebuild_report(uri: str | None, *, experiment: str, run_id: str | None = Non
     tracker = tracking.SearchTracker(uri, record.name or experiment)
     tracker.parent_run_id = record.run_id
     logged = record.report
-    rule = ReportConfig(tolerance=logged.tolerance if tolerance is None else tolerance, cost=cost or logged.cost)
+    rule = dataclasses.replace(logged, tolerance=logged.tolerance if tolerance is None else tolerance,
+                               cost=cost or logged.cost)
     return _write_report(tracker, record.searched, record.objectives, rule, report_dir, "", say)
