@@ -50,7 +50,9 @@ def test_the_all_but_head_trial_stays_near_the_probe_and_the_librarys_head_does_
     for how in ("probe", "library"):
         cfg = TrainConfig(**{**base.__dict__, "freeze_stop": all_but_head, "head_init": how})
         trial = Trial(task, cfg, head_probe=fitted if how == "probe" else None)
-        best[how] = max(m["score"] for m in trial.epochs())
+        if how == "probe":  # epoch 0, before any step, is the probe on the trial's network
+            assert trial.start_metrics()["score"] == pytest.approx(fitted.score, abs=0.005)
+        best[how] = max(m["score"] for m in trial.epochs())  # the trained epochs
     # measured 2026-12-05: image probe 0.850, its trial 0.84-0.85; text probe 0.927, its trial 0.922; the library's
     # heads far below (0.30 on the image model)
     assert best["probe"] >= fitted.score - 0.02, (best, fitted.score)

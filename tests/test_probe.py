@@ -62,6 +62,37 @@ def test_the_all_but_head_trial_starts_at_the_probes_score():
     assert next(trial.epochs())["score"] == pytest.approx(fitted.score)  # a step of 1e-12 changes no prediction
 
 
+def test_a_probe_started_trial_reports_its_start_as_epoch_0_once_even_across_a_resume():
+    task = make_tiny_task()
+    fitted = fit_head_probe(task, TrainConfig())
+    cfg = TrainConfig(freeze_stop=1, epochs=2)
+    trial, reported = Trial(task, cfg, head_probe=fitted), []
+    trial.run(reported.append)
+    assert [m["epoch"] for m in reported] == [0, 1, 2]
+    start = reported[0]
+    assert start["score"] == pytest.approx(fitted.score) and start["train_time_s"] == 0.0  # the probe, untrained
+    assert all(start[k] != start[k] for k in ("epoch_time_s", "peak_mem_mb", "train_loss"))  # NaN: not measured
+    assert start["trainable_params"] == reported[1]["trainable_params"]  # the freeze summary, as every epoch's
+    # a trial checkpointed at epoch 0 (as the search does after each report), stopped, restored: on at epoch 1
+    checkpointed, states = Trial(task, cfg, head_probe=fitted), []
+
+    def stop_after_checkpoint(metrics: dict) -> None:
+        states.append(checkpointed.state_dict())
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        checkpointed.run(stop_after_checkpoint)
+    resumed, after = Trial(task, cfg, head_probe=fitted), []
+    resumed.load_state_dict(states[0])
+    resumed.run(after.append)
+    assert [m["epoch"] for m in after] == [1, 2]
+    # heads not started from the probe have no epoch 0
+    for how in ("zero", "library"):
+        plain, got = Trial(task, dataclasses.replace(cfg, head_init=how)), []
+        plain.run(got.append)
+        assert [m["epoch"] for m in got] == [1, 2]
+
+
 def test_a_trial_on_its_own_fits_the_probe_and_the_same_probe_each_time():
     task = make_tiny_task()
     first, second = (Trial(task, TrainConfig(freeze_stop=2)) for _ in range(2))

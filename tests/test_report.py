@@ -240,3 +240,30 @@ def test_the_probe_is_the_reference_and_trials_below_it_are_marked():
     plain = build_report(records, searched=["freeze_stop"], objectives=[("score", "max")], tolerance=0.01,
                          cost="epoch_time_s")
     assert "linear probe" not in plain.text
+
+
+def test_a_recommendation_best_at_epoch_0_is_named_the_probe_and_costs_no_training_time():
+    # epochs 0..2; the all-but-head trial never beat its start (the probe), the full fine-tune did at epoch 2
+    deep, full = record("deep", 7, [0.85, 0.84, 0.83], 0.2, 1.0), record("full", 0, [0.85, 0.60, 0.855], 2.0, 9.0)
+    for r in (deep, full):
+        r.history["score"] = [(step - 1, value) for step, value in r.history["score"]]
+        r.history["train_time_s"] = [(0, 0.0)] + r.history["train_time_s"][:-1]
+    built = build_report([deep, full], searched=["freeze_stop"], objectives=[("score", "max")], tolerance=0.01,
+                         cost="epoch_time_s", reference=0.85)
+    chosen = built.chosen
+    assert (chosen.name, chosen.best_epoch, chosen.time_to_best_s) == ("deep", 0, 0.0)
+    assert "The recommendation is best at epoch 0, before any training step" in built.text
+    assert "each trial's epoch 0 is that start" in built.text
+    full_only = build_report([full], searched=["freeze_stop"], objectives=[("score", "max")], tolerance=0.01,
+                             cost="epoch_time_s", reference=0.85)
+    assert "best at epoch 0" not in full_only.text
+
+
+def test_trials_that_all_tie_at_their_start_recommend_the_probe_not_nothing():
+    tied = [record(f"t{stop}", stop, [0.896, 0.4, 0.47], 1.0 - 0.1 * stop, 8.0 - stop) for stop in range(3)]
+    for r in tied:
+        r.history["score"] = [(step - 1, value) for step, value in r.history["score"]]
+    built = build_report(tied, searched=["freeze_stop"], objectives=[("score", "max")], tolerance=0.01,
+                         cost="epoch_time_s", reference=0.896)
+    assert built.chosen.name == "t2" and built.chosen.best_epoch == 0  # the cheapest, at its start
+    assert "No recommendation" not in built.text and "best at epoch 0" in built.text

@@ -129,6 +129,14 @@ def test_every_trials_head_starts_from_the_one_probe_the_driver_fitted_and_the_r
     # fitted once, in the driver: every trial and confirmation run was handed it (none fitted its own)
     assert {c.data.tags["head_start"] for c in children} == {"probe (the search's)"}
     assert {c.data.params["head_init"] for c in children} == {"probe"}
+    # each run's epoch 0 is the probe on its network, before training: a score, no training time or memory
+    client = MlflowClient(tracking_uri=uri)
+    for child in children:
+        history = {key: {m.step: m.value for m in client.get_metric_history(child.info.run_id, key)}
+                   for key in ("score", "epoch_time_s", "peak_mem_mb", "train_time_s")}
+        assert history["score"][0] == pytest.approx(probe_score, abs=0.01), child.info.run_name
+        assert 0 not in history["epoch_time_s"] and 0 not in history["peak_mem_mb"]
+        assert history["train_time_s"][0] == 0.0 and min(history["epoch_time_s"]) == 1
     [report] = (tmp_path / "reports").glob("digits_freeze-*/report.txt")
     text = report.read_text()
     assert f"A linear probe fitted to convergence on the frozen features scores {probe_score:.4f}: the heads" in text
@@ -228,7 +236,8 @@ search: {{num_samples: 1, scheduler: fifo}}
     assert child.info.status == "FINISHED"
     assert child.data.tags["resumed_at_epoch"] == "2"  # it went on from the epoch-1 checkpoint, not from zero
     history = MlflowClient(tracking_uri=uri).get_metric_history(child.info.run_id, "score")
-    assert sorted(m.step for m in history) == [1, 2, 3, 4]  # one MLflow run, no epoch logged twice
+    # one MLflow run, no epoch logged twice (epoch 0: the head's start, the probe, before training)
+    assert sorted(m.step for m in history) == [0, 1, 2, 3, 4]
 
 
 def _get(url: str, payload: dict | None = None) -> dict:
@@ -903,7 +912,9 @@ def test_asha_compares_a_trial_with_its_own_freeze_range_unless_rungs_are_shared
     for name, stop, score in [("frozen1", 7, 0.9), ("frozen2", 7, 0.8), ("deep1", 1, 0.5), ("deep2", 1, 0.3)]:
         trial = SimpleNamespace(trial_id=name, config={"freeze_stop": stop, "lr": 1e-3})
         scheduler.on_trial_add(None, trial)
-        decisions[name] = scheduler.on_trial_result(None, trial, {"training_iteration": 1, "score": score})
+        # the start (epoch 0, a probe-started head before training) is never a rung
+        assert scheduler.on_trial_result(None, trial, {"epoch": 0, "score": 0.0}) == TrialScheduler.CONTINUE
+        decisions[name] = scheduler.on_trial_result(None, trial, {"epoch": 1, "score": score})
     stopped = {name for name, action in decisions.items() if action == TrialScheduler.STOP}
     # per range: the weaker of each range's two stops, and the better deep one goes on; shared: both deep ones stop
     assert stopped == ({"frozen2", "deep2"} if rungs == "per_freeze_range" else {"frozen2", "deep1", "deep2"})

@@ -159,9 +159,12 @@ def recommend(results: Sequence[TrialResult], tolerance: float, cost: str, searc
 
 def indistinct(results: Sequence[TrialResult]) -> bool:
     """Whether the scores cannot tell the trials apart at all: more than one trial, and every one of them scored
-    the same at its best epoch (a detector on random weights at mAP 0.0, a classifier at chance)."""
+    the same at its best epoch (a detector on random weights at mAP 0.0, a classifier at chance). Not when every
+    trial is best at epoch 0: they tie at their common start, the linear probe, which no fine-tune beat (the
+    answer is the probe)."""
     scores = [r.score for r in results]
-    return len(scores) > 1 and max(scores) - min(scores) <= 1e-12
+    return (len(scores) > 1 and max(scores) - min(scores) <= 1e-12
+            and not all(r.best_epoch == 0 for r in results))
 
 
 def candidates(records: Sequence[TrialRecord], rule: ReportConfig, searched: Sequence[str], top: int
@@ -368,7 +371,8 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
     marks = {name: marks.get(name, "") + ("<" if name in below else "") for name in {*marks, *below}}
     if reference is not None:
         header += (f"A linear probe fitted to convergence on the frozen features scores {reference:.4f}: the heads "
-                   "started there (train.head_init: probe)"
+                   "started there (train.head_init: probe), and each trial's epoch 0 is that start, scored before "
+                   "training (best@ 0: fine-tuning never beat it)"
                    + (f"; {len(below)} trial{'s' * (len(below) != 1)} ended below it by more than the tolerance "
                       "(<)" if below else "") + ".\n\n")
     parts = [header + f"Trials at their best epoch ({len(search)}; F = on the frontier, R = recommended"
@@ -399,6 +403,10 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
         parts.append(f"Test split: {statistics.fmean(tested):.4f}{spread} ({runs}; validation {validation:.4f}). The "
                      "validation split chose every epoch, trial and range; the test split, scored once after the "
                      "choice, chose nothing.")
+    if report.chosen is not None and _best_at_start(report):
+        parts.append(f"The recommendation is best at epoch 0, before any training step: on these data the linear "
+                     f"probe on freeze {report.chosen.freeze_range}'s network is the answer, and fine-tuning it did "
+                     "not help; the logged model is that start (the probe's head on the pretrained network).")
     chosen_score = report.confirmed_choice.mean if report.confirmed_choice else (
         report.chosen.score if report.chosen else None)
     if reference is not None and chosen_score is not None and chosen_score < reference - tolerance:
@@ -407,6 +415,15 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
                      "searched or was stopped early; search it (space.freeze_stop up to all_but_head).")
     report.text = "\n\n".join(parts)
     return report
+
+
+def _best_at_start(report: Report) -> bool:
+    """Whether the recommendation's best epoch is 0 (its start, the probe): in most of its confirmation runs after a
+    confirmation, else in its trial."""
+    if report.confirmed_choice is not None:
+        runs = [r for r in report.confirmation if r.name in report.confirmed_choice.runs]
+        return 2 * sum(r.best_epoch == 0 for r in runs) > len(runs)
+    return report.chosen is not None and report.chosen.best_epoch == 0
 
 
 def test_scores(report: Report) -> list[float]:

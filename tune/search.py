@@ -342,7 +342,8 @@ def _scheduler(cfg: Config) -> Any:
     if cfg.search.scheduler_name == "fifo":
         return FIFOScheduler()
     scheduler = _RangeASHA if cfg.search.asha_rungs == "per_freeze_range" else ASHAScheduler
-    return scheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
+    # rungs by epoch, not by report: a head started from the probe reports its start as epoch 0 first
+    return scheduler(time_attr="epoch", max_t=cfg.train.epochs,
                      grace_period=cfg.search.grace_period, reduction_factor=cfg.search.reduction_factor)
 
 

@@ -228,9 +228,9 @@ class SearchTracker:
         query = f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'" + (f" and {filter_string}" if filter_string else "")
         return self.client.search_runs([self.experiment_id], filter_string=query, max_results=10_000)
 
-    def find_trial(self, trial_id: str) -> tuple[str, int, bool] | None:
-        """The child run of a Tune trial logged before (a restored search): its id, last logged epoch, and whether
-        it had FINISHED. A run that was KILLED is reopened: its trial goes on."""
+    def find_trial(self, trial_id: str) -> tuple[str, int | None, bool] | None:
+        """The child run of a Tune trial logged before (a restored search): its id, last logged epoch (None: none
+        yet), and whether it had FINISHED. A run that was KILLED is reopened: its trial goes on."""
         runs = self._children(f"tags.`{TRIAL_ID_TAG}` = '{trial_id}'")
         if not runs:
             return None
@@ -240,7 +240,7 @@ class SearchTracker:
             self.client.update_run(run.info.run_id, status="RUNNING")
         steps = [m.step for m in self.client.get_metric_history(run.info.run_id, "score")]
         self._logged_params[run.info.run_id] = set(run.data.params)
-        return run.info.run_id, max(steps, default=0), finished
+        return run.info.run_id, max(steps, default=None), finished
 
     def kill_open_trials(self, reason: str = "the search stopped before this trial ended") -> None:
         """End every child run still open as KILLED (a time budget, an interrupt or a dead driver stopped it)."""
@@ -626,7 +626,7 @@ class TrialRuns:
             if found is not None:
                 run_id, last_epoch, finished = found
                 self.run_ids[trial_id] = run_id
-                if last_epoch:
+                if last_epoch is not None:
                     self.last_epoch[trial_id] = last_epoch
                 if finished:  # it ended before the driver died, after Tune's last snapshot: leave its run be
                     self.closed.add(trial_id)
@@ -645,7 +645,7 @@ class TrialRuns:
             # (a save call to the worker), so a worker killed in between restarts one checkpoint earlier and
             # replays an epoch MLflow already holds: the tag says where it went on either way.
             self.tracker.set_tags(run_id, {"resumed_at_epoch": epoch})
-        if epoch <= self.last_epoch.get(trial_id, 0):
+        if epoch <= self.last_epoch.get(trial_id, -1):
             return  # a retried trial replays no epoch it already logged
         if trial_id not in self.last_epoch:  # the first result carries the FreezeSummary
             freeze_range = result.get("freeze_label", f"[{result['freeze_start']}, {result['freeze_stop']})")
@@ -663,7 +663,7 @@ class TrialRuns:
         if math.isfinite(result["score"]) and result["score"] > self.best_score.get(trial_id, -math.inf):
             self.best_score[trial_id] = result["score"]
         metrics = {k: v for k, v in result.items() if k not in TAG_KEYS and isinstance(v, (int, float))
-                   and not isinstance(v, bool)}
+                   and not isinstance(v, bool) and (epoch > 0 or math.isfinite(v))}  # epoch 0: what was measured
         self.tracker.log_metrics(run_id, metrics, step=epoch)
 
     def complete(self, trial_id: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str | None:

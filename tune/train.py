@@ -126,6 +126,9 @@ class Trial:
         self.epoch = 0
         self.train_time_s = 0.0
         self.diverged = False
+        # a head started from the probe is scored once before training (epoch 0): the probe on this trial's network,
+        # a model the trial may end up recommending (fine-tuning that never beats it)
+        self.start_scored = self.head_init != "probe"
         # The network trained each step and its data: the whole model on the task's data, or, with a frozen
         # prefix cached, the blocks after it on the prefix's outputs (computed once where exact: tune.prefix_cache).
         self.net = self.model
@@ -248,7 +251,7 @@ class Trial:
 
     def state_dict(self) -> dict[str, Any]:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "epoch": self.epoch, "train_time_s": self.train_time_s}
+                 "epoch": self.epoch, "train_time_s": self.train_time_s, "start_scored": self.start_scored}
         if self.schedule is not None:
             state["schedule"] = self.schedule.state_dict()
         return state
@@ -260,9 +263,14 @@ class Trial:
             self.schedule.load_state_dict(state["schedule"])
         self.epoch = int(state["epoch"])
         self.train_time_s = float(state["train_time_s"])
+        self.start_scored = bool(state.get("start_scored", True))
 
     def run(self, on_epoch: Callable[[dict[str, Any]], None]) -> None:
-        """Train to the end, calling ``on_epoch(metrics)`` after each epoch (the trial can be checkpointed then)."""
+        """Train to the end, calling ``on_epoch(metrics)`` after each epoch (the trial can be checkpointed then). A
+        head started from the probe is reported first as epoch 0, before any training step (``start_metrics``)."""
+        if not self.start_scored:
+            self.start_scored = True
+            on_epoch(self.start_metrics())
         for metrics in self.epochs():
             on_epoch(metrics)
 
@@ -314,6 +322,18 @@ class Trial:
                                 summary=self.summary, memory=memory, task_metrics=evaluation)
         metrics["head_start"] = self.head_start
         self.diverged = "diverged" in metrics
+        return metrics
+
+    def start_metrics(self) -> dict[str, Any]:
+        """Epoch 0: the validation metrics of the model as it starts (the probe's head on the pretrained network),
+        with the trial's freeze summary; no training time (0 s) and nothing a training epoch measures (NaN: not
+        logged)."""
+        evaluation = self._evaluate()
+        metrics = epoch_metrics(epoch=0, score=evaluation[self.task.metric], val_loss=evaluation["val_loss"],
+                                train_loss=0.0, epoch_time_s=math.nan, train_time_s=0.0, samples=0,
+                                prefix_cache=self.prefix_cache, summary=self.summary,
+                                memory={"peak_mem_mb": math.nan}, task_metrics=evaluation)
+        metrics.update(train_loss=math.nan, rss_mb=math.nan, head_start=self.head_start)
         return metrics
 
     def _step(self, batch: Any, meter: EpochMeter | None = None) -> torch.Tensor:
