@@ -267,3 +267,23 @@ def test_trials_that_all_tie_at_their_start_recommend_the_probe_not_nothing():
                          cost="epoch_time_s", reference=0.896)
     assert built.chosen.name == "t2" and built.chosen.best_epoch == 0  # the cheapest, at its start
     assert "No recommendation" not in built.text and "best at epoch 0" in built.text
+
+
+def test_the_probe_is_a_line_on_the_score_by_epoch_and_frontier_plots(tmp_path, monkeypatch):
+    from tune import report as report_module
+
+    records = [record(f"t{stop}", stop, [0.5 + 0.05 * stop, 0.6 + 0.04 * stop], 1.0 - 0.1 * stop, 8.0 - stop)
+               for stop in range(3)]
+    seen, save = {}, report_module._save
+
+    def keep_lines(fig, path):
+        seen[path.name] = [tuple(line.get_ydata()) for ax in fig.axes for line in ax.get_lines()]
+        return save(fig, path)
+
+    monkeypatch.setattr(report_module, "_save", keep_lines)
+    for reference in (0.7, None):
+        built = build_report(records, searched=["freeze_stop"], objectives=[("score", "max")], tolerance=0.01,
+                             cost="epoch_time_s", reference=reference)
+        write_report(built, records, tmp_path / str(reference), "demo")
+        for plot in ("score_by_epoch.png", "frontier.png"):
+            assert ((0.7, 0.7) in seen[plot]) == (reference is not None), plot

@@ -463,6 +463,7 @@ def write_report(report: Report, records: Sequence[TrialRecord], out_dir: Path, 
         label = None if result.freeze_range in labelled else f"freeze {result.freeze_range}"
         labelled.add(result.freeze_range)
         ax.plot(steps, scores, color=colours[result.freeze_range], alpha=0.8, marker=".", label=label)
+    _reference_line(ax, report.reference)
     ax.set(xlabel="epoch", ylabel="score", title=f"{title}: score per epoch by freeze range")
     ax.legend(fontsize=7, ncol=2)
     files.append(_save(fig, out_dir / "score_by_epoch.png"))
@@ -499,6 +500,7 @@ def write_report(report: Report, records: Sequence[TrialRecord], out_dir: Path, 
     if chosen is not None:
         ax.scatter([chosen.epoch_time_s], [chosen.score], marker="*", s=250, color="red", label="recommended",
                    zorder=3)
+    _reference_line(ax, report.reference)
     ax.set(xlabel="training time per epoch (s)", ylabel="score at the best epoch", title=f"{title}: frontier")
     ax.legend(fontsize=8)
     files.append(_save(fig, out_dir / "frontier.png"))
@@ -509,6 +511,13 @@ def write_report(report: Report, records: Sequence[TrialRecord], out_dir: Path, 
     images = "\n\n".join(f"![{path.stem}]({path.name})" for path in files)
     summary.write_text(f"# {title}\n\n{images}\n\n```\n{report.text}\n```\n")
     return [*files, text_file, summary]
+
+
+def _reference_line(ax: Any, reference: float | None) -> None:
+    """The linear probe's score, where the heads started from it: the line every depth should reach."""
+    if reference is not None:
+        ax.axhline(reference, color="grey", linestyle="--", linewidth=1,
+                   label=f"linear probe ({reference:.3f}): every head's start")
 
 
 def _save(fig: object, path: Path) -> Path:
