@@ -108,6 +108,19 @@ def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(def
         assert where <= set(child.data.tags)  # where and how it ran: tags, not metrics
 
 
+def test_the_parent_counts_the_trial_epochs_of_search_and_confirmation_and_runs_carry_their_round(default_smoke):
+    _, uri, _ = default_smoke
+    parent, children = _runs(uri, "digits_freeze")
+    client = MlflowClient(tracking_uri=uri)
+
+    def trained(runs: list) -> int:
+        return sum(sum(1 for m in client.get_metric_history(c.info.run_id, "score") if m.step > 0) for c in runs)
+
+    assert parent.data.metrics["trial_epochs_search"] == trained(_phase(children, "search")) > 0
+    assert parent.data.metrics["trial_epochs_confirm"] == trained(_phase(children, "confirm")) > 0
+    assert {c.data.tags["round"] for c in _phase(children, "confirm")} == {"1"}  # the smoke test's race: one round
+
+
 def test_the_digits_default_keeps_its_pretrained_head(default_smoke):
     code, uri, _ = default_smoke
     parent, children = _runs(uri, "digits_freeze")

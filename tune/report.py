@@ -395,6 +395,8 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
             parts.append("Confirmation (fresh seeds, the same for every candidate; the search's own run left out):\n"
                          + candidate_table(report.decision, cost))
             parts.append(confirmed_text(report.decision, cost))
+            parts.append(f"Compute: {sum(r.epochs_run for r in search)} trial-epochs in the search, "
+                         f"{sum(r.epochs_run for r in confirmation)} in the confirmation.")
     tested = test_scores(report)
     if tested:
         validation = (report.confirmed_choice.mean if report.confirmed_choice else report.chosen.score)

@@ -382,11 +382,14 @@ class Study:
     def _log_summary(self, built: report.Report, outcome: Any) -> None:
         """The search in a few numbers on its parent run, so that searches compare in MLflow's runs table and
         charts: the best and the recommended score (with its interval after a confirmation), the test score, the
-        recommendation's epoch time and memory, and how the trials ended."""
+        recommendation's epoch time and memory, how the trials ended, and the compute: trial-epochs trained in the
+        search and in the confirmation (epoch 0, a start scored before training, is none)."""
         from tune import report
 
         search = built.search
-        summary: dict[str, float] = {"trials_finished": sum(r.status == "FINISHED" for r in search),
+        summary: dict[str, float] = {"trial_epochs_search": sum(r.epochs_run for r in search),
+                                     "trial_epochs_confirm": sum(r.epochs_run for r in built.confirmation),
+                                     "trials_finished": sum(r.status == "FINISHED" for r in search),
                                      "trials_stopped_early": sum(r.stopped_early for r in search),
                                      "trials_failed": outcome.errored}
         if search:
