@@ -126,29 +126,40 @@ def test_candidates_are_the_best_range_and_the_cheapest_ranges_near_it_each_at_i
                record("three", 3, [0.925], 1.2, 5.0), record("four", 4, [0.921], 1.0, 4.0),
                record("five", 5, [0.915], 0.8, 3.0), record("six", 6, [0.80], 0.5, 1.0)]
     picked = candidates(records, ReportConfig(tolerance=0.01), ["freeze_stop", "lr"], top=3)
-    # the best; then of the ranges within 0.03 of it ([0, 1), [0, 3), [0, 4)), the cheapest two; [0, 5) and [0, 6)
-    # are too far below
-    assert list(picked) == ["best", "four", "three"]
+    # the two best ranges (the race's references, each at its best trial); then of the other ranges within 0.03 of
+    # the best ([0, 3), [0, 4)), the cheapest; [0, 5) and [0, 6) are too far below
+    assert list(picked) == ["best", "one_better_lr", "four"]
     assert picked["four"] == {"freeze_stop": 4, "lr": 0.001}
+    # with more places, up to three references and the cheapest near range
     assert list(candidates(records, ReportConfig(tolerance=0.01), ["freeze_stop", "lr"], top=5)) == [
-        "best", "four", "three", "one_better_lr"]
+        "best", "one_better_lr", "three", "four"]
+    # with two places, one reference and the cheapest near range
+    assert list(candidates(records, ReportConfig(tolerance=0.01), ["freeze_stop", "lr"], top=2)) == ["best", "four"]
     flat = [record(name, stop, [0.5], 1.0, 1.0) for name, stop in (("a", 0), ("b", 2), ("c", 4))]
     assert candidates(flat, ReportConfig(), ["freeze_stop"], top=3) == {}  # nothing to tell apart
 
 
-def test_the_deepest_freeze_searched_is_always_a_candidate():
+def test_the_deepest_freeze_is_a_candidate_where_early_stopping_may_have_hidden_it():
     from tune.config import ReportConfig
     from tune.report import candidates
 
-    records = [record("best", 0, [0.95], 2.0, 8.0), record("three", 3, [0.945], 1.2, 5.0),
-               record("four", 4, [0.942], 1.0, 4.0), record("probe", 7, [0.89], 0.2, 1.0)]
-    for trial, trainable in zip(records, (900, 500, 300, 10), strict=True):
-        trial.params["trainable_params"] = str(trainable)
+    def trials(deepest_stopped: bool) -> list[TrialRecord]:
+        records = [record("best", 0, [0.95], 2.0, 8.0), record("three", 3, [0.945], 1.2, 5.0),
+                   record("four", 4, [0.942], 1.0, 4.0), record("probe", 7, [0.89], 0.2, 1.0)]
+        for trial, trainable in zip(records, (900, 500, 300, 10), strict=True):
+            trial.params["trainable_params"] = str(trainable)
+        if deepest_stopped:
+            records[-1].tags["stopped_early"] = "True"
+        return records
+
     rule = ReportConfig(tolerance=0.01)
-    # all but the head scored far below the best here, yet it is confirmed: its one seed may be its worst
-    assert list(candidates(records, rule, ["freeze_stop", "lr"], top=3)) == ["best", "four", "probe"]
-    assert list(candidates(records, rule, ["freeze_stop", "lr"], top=4)) == ["best", "four", "three", "probe"]
-    assert list(candidates(records, rule, ["freeze_stop", "lr"], top=1)) == ["best"]
+    # all but the head, stopped early far below the best: confirmed all the same (a probe-started fine-tune dips in
+    # its first epochs, where ASHA may stop it)
+    assert list(candidates(trials(True), rule, ["freeze_stop", "lr"], top=3)) == ["best", "three", "probe"]
+    assert list(candidates(trials(True), rule, ["freeze_stop", "lr"], top=4)) == ["best", "three", "four", "probe"]
+    assert list(candidates(trials(True), rule, ["freeze_stop", "lr"], top=1)) == ["best"]
+    # trained to its last epoch and still far below: judged like any other range
+    assert list(candidates(trials(False), rule, ["freeze_stop", "lr"], top=3)) == ["best", "three", "four"]
 
 
 def test_the_test_split_is_reported_beside_validation_and_changes_no_choice():

@@ -107,7 +107,7 @@ class ReportConfig:
     cost: str = "epoch_time_s"  # epoch_time_s (mean per epoch) | train_time_s (to the best epoch) | peak_mem_mb
     confirm_seeds: int = 3
     confirm_top: int = 4
-    confirm_max_seeds: int = 10
+    confirm_max_seeds: int = 6
     confidence: float = 0.95
 
     @property

@@ -170,9 +170,11 @@ def indistinct(results: Sequence[TrialResult]) -> bool:
 def candidates(records: Sequence[TrialRecord], rule: ReportConfig, searched: Sequence[str], top: int
                ) -> dict[str, dict[str, Any]]:
     """The configurations the confirmation re-runs, each as its searched params (typed), named by the search trial
-    it repeats: the best score's freeze range and, of the other ranges whose best trial came within three times the
-    tolerance of it (where a range within the tolerance may land by seed noise alone), the cheapest, up to ``top``
-    in all, the last place kept for the deepest freeze searched (the fewest trainable parameters). Each range is
+    it repeats: the best scores' freeze ranges, up to three and one fewer than ``top`` (the race's references: one
+    lucky trial of a weaker range is not the only yardstick; each within three times the tolerance of the best)
+    and, of the other ranges whose best trial came that near (where a range within the tolerance may land by seed
+    noise alone), the cheapest, up to ``top`` in all, the last place kept for the deepest freeze searched (the
+    fewest trainable parameters) where early stopping may have hidden it. Each range is
     represented by its best trial (its best learning rate, ...); where no freeze key is
     searched, each distinct configuration counts as a range. Only the search's own trials count: after a resume,
     confirmation runs that finished before the stop are records too. None when the scores cannot tell the
@@ -185,14 +187,18 @@ def candidates(records: Sequence[TrialRecord], rule: ReportConfig, searched: Seq
     for result in sorted(results, key=lambda r: (-r.score, r.values.get(rule.cost, math.inf))):
         key = result.freeze_range if by_freeze else json.dumps({k: result.params.get(k) for k in searched})
         best_of.setdefault(key, result)
-    best = next(iter(best_of.values()))
-    near = sorted((r for r in best_of.values() if r is not best and r.score >= best.score - 3 * rule.tolerance),
-                  key=lambda r: (r.values.get(rule.cost, math.inf), -r.score))
-    chosen = [best, *near][:top]
-    # the deepest freeze searched (all but the head, where the space reaches it: the probe fine-tuned) is always a
-    # candidate: the cheapest configuration is not lost to one seed's score or to early stopping
+    ranked = [r for r in best_of.values() if r.score >= next(iter(best_of.values())).score - 3 * rule.tolerance]
+    references = ranked[:max(1, min(3, top - 1))]
+    near = sorted((r for r in ranked if r not in references), key=lambda r: (r.values.get(rule.cost, math.inf),
+                                                                            -r.score))
+    chosen = [*references, *near][:top]
+    # the deepest freeze searched (all but the head, where the space reaches it: the probe fine-tuned) is a
+    # candidate whenever early stopping may have hidden it (none of its trials ran every epoch): the cheapest
+    # configuration is not lost to a dip in its first epochs; a deepest range that trained to the end and still
+    # fell short is judged like any other
     deepest = min(best_of.values(), key=_trainable_params)
-    if by_freeze and top > 1 and deepest not in chosen:
+    stopped = all(r.stopped_early for r in results if r.freeze_range == deepest.freeze_range)
+    if by_freeze and top > 1 and deepest not in chosen and (stopped or deepest in ranked):
         chosen = [*chosen[:top - 1], deepest]
     return {r.name: {k: typed(r.params[k]) for k in searched} for r in chosen}
 
