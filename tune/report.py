@@ -302,7 +302,9 @@ def confirmed_text(decision: Decision, cost: str) -> str:
     text = (f"Recommendation: freeze {chosen.freeze_range} ({chosen.params_text}), confirmed with fresh seeds: mean "
             f"score {chosen.mean:.4f} (95% interval {low:.4f}-{high:.4f}) over {len(chosen.scores)} seeds")
     if chosen is best:
-        text += ", the best mean of the candidates."
+        text += (", the race's reference: the highest mean of the candidates that ran every round."
+                 if any(len(c.scores) < len(best.scores) for c in decision.candidates)
+                 else ", the best mean of the candidates.")
     else:
         compared = decision.comparisons[chosen.name]
         text += (f", proven within the tolerance ({tolerance:g}) of the best, freeze {best.freeze_range} (mean "
