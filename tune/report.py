@@ -22,7 +22,8 @@ from tune.config import ReportConfig
 from tune.race import Candidate, Decision, decide
 from tune.tracking import TrialRecord, short, typed
 
-__all__ = ["Candidate", "Recommendation", "Report", "TrialResult", "build_report", "candidates", "confirmed",
+__all__ = ["Candidate", "Recommendation", "Report", "TrialResult", "build_report", "candidates",
+           "confirmation_candidates", "confirmed",
            "confirmed_text", "dominates", "frontier", "indistinct", "recommend", "short", "summarise", "test_scores",
            "write_report"]
 
@@ -187,7 +188,8 @@ def candidates(records: Sequence[TrialRecord], rule: ReportConfig, searched: Seq
     for result in sorted(results, key=lambda r: (-r.score, r.values.get(rule.cost, math.inf))):
         key = result.freeze_range if by_freeze else json.dumps({k: result.params.get(k) for k in searched})
         best_of.setdefault(key, result)
-    ranked = [r for r in best_of.values() if r.score >= next(iter(best_of.values())).score - 3 * rule.tolerance]
+    top_score = next(iter(best_of.values())).score
+    ranked = [r for r in best_of.values() if r.score >= top_score - 3 * rule.tolerance]
     references = ranked[:max(1, min(3, top - 1))]
     near = sorted((r for r in ranked if r not in references), key=lambda r: (r.values.get(rule.cost, math.inf),
                                                                             -r.score))
@@ -212,9 +214,15 @@ def _trainable_params(result: TrialResult) -> float:
 
 def confirmed(results: Sequence[TrialResult], tolerance: float, cost: str, searched: Sequence[str] = (),
               confidence: float = 0.95) -> Decision | None:
-    """The confirmation runs grouped by candidate, and the race's decision on them (``tune.race``): the cheapest
-    candidate proven within ``tolerance`` of the best on paired seeds at ``confidence`` (the search's own trial,
-    chosen for its luck among others, does not count). None without finished confirmation runs.
+    """The race's decision on the confirmation runs (``tune.race``): the cheapest candidate proven within
+    ``tolerance`` of the best on paired seeds at ``confidence`` (the search's own trial, chosen for its luck among
+    others, does not count). None without finished confirmation runs."""
+    return decide(confirmation_candidates(results, cost, searched), tolerance, confidence)
+
+
+def confirmation_candidates(results: Sequence[TrialResult], cost: str, searched: Sequence[str] = ()
+                            ) -> list[Candidate]:
+    """The confirmation runs grouped by candidate, each with its scores and seeds.
 
     Only finished runs count, one per (candidate, seed): a run killed or failed part way (a driver stopped during
     the confirmation, then resumed) scores at fewer epochs than the others and would pull its candidate down."""
@@ -225,12 +233,11 @@ def confirmed(results: Sequence[TrialResult], tolerance: float, cost: str, searc
         if r.candidate and r.status == "FINISHED" and key not in seen:
             seen.add(key)
             groups.setdefault(r.candidate, []).append(r)
-    found = [Candidate(name=name, freeze_range=runs[0].freeze_range, params_text=_params_text(runs[0], searched),
-                       scores=tuple(r.score for r in runs),
-                       cost=statistics.fmean(r.values.get(cost, math.nan) for r in runs),
-                       runs=tuple(r.name for r in runs), seeds=tuple(_seed(r) for r in runs))
-             for name, runs in groups.items()]
-    return decide(found, tolerance, confidence)
+    return [Candidate(name=name, freeze_range=runs[0].freeze_range, params_text=_params_text(runs[0], searched),
+                      scores=tuple(r.score for r in runs),
+                      cost=statistics.fmean(r.values.get(cost, math.nan) for r in runs),
+                      runs=tuple(r.name for r in runs), seeds=tuple(_seed(r) for r in runs))
+            for name, runs in groups.items()]
 
 
 def _seed(result: TrialResult) -> int:

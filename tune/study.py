@@ -337,10 +337,8 @@ class Study:
             self.tracker.kill_open_trials()
             if outcome is not None:
                 checkpoints.update(outcome.best_checkpoints)
-            finished = report.summarise(tracking.fetch_trials(self.tracking_uri, parent_id))
-            decision = report.confirmed([r for r in finished if r.candidate], rule.tolerance, rule.cost,
-                                        self.searched, rule.confidence)
-            return decision.candidates if decision is not None else []
+            runs = report.summarise(tracking.fetch_trials(self.tracking_uri, parent_id, phase="confirm"))
+            return report.confirmation_candidates(runs, rule.cost, self.searched)
 
         decision = race.race(list(candidates), seeds, rule.confirm_seeds, run_round, rule.tolerance, rule.confidence)
         if decision is not None:

@@ -453,13 +453,14 @@ class TrialRecord:
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
 
-def fetch_trials(tracking_uri: str, parent_run_id: str, extra_keys: Iterable[str] = ()) -> list[TrialRecord]:
-    """The child runs of a search with their params, tags and per-epoch histories of HISTORY_KEYS and
-    ``extra_keys``."""
+def fetch_trials(tracking_uri: str, parent_run_id: str, extra_keys: Iterable[str] = (),
+                 phase: str | None = None) -> list[TrialRecord]:
+    """The child runs of a search (of one ``phase``, search or confirm, if given) with their params, tags and
+    per-epoch histories of HISTORY_KEYS and ``extra_keys``."""
     client = MlflowClient(tracking_uri=tracking_uri)
     parent = client.get_run(parent_run_id)
-    runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-                              max_results=10_000)
+    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}'" + (f" and tags.phase = '{phase}'" if phase else "")
+    runs = client.search_runs([parent.info.experiment_id], filter_string=query, max_results=10_000)
     records = []
     for run in runs:
         history = {}
@@ -477,7 +478,8 @@ def fetch_trials(tracking_uri: str, parent_run_id: str, extra_keys: Iterable[str
 def finished_confirmations(tracking_uri: str, parent_run_id: str) -> set[tuple[str, int]]:
     """The (candidate, seed) confirmation runs of a search that FINISHED: a resumed --confirm does not repeat them
     (runs a stopped driver left unfinished are KILLED, run again, and left out of the report)."""
-    return {(r.tags["candidate"], int(r.params["seed"])) for r in fetch_trials(tracking_uri, parent_run_id, ())
+    return {(r.tags["candidate"], int(r.params["seed"]))
+            for r in fetch_trials(tracking_uri, parent_run_id, (), phase="confirm")
             if r.tags.get("candidate") and r.status == "FINISHED" and "seed" in r.params}
 
 
