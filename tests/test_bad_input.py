@@ -245,6 +245,6 @@ def test_under_a_ray_job_the_study_keeps_the_address_from_the_environment(workdi
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     joined = []
     monkeypatch.setattr(search, "connect", lambda address, key: joined.append((address, key)))
-    study = Study.prepare(StudyOptions(space_file=run_search.DEFAULT_SPACE, smoke_test=True,
+    study = Study.prepare(StudyOptions(space_file="digits_freeze", smoke_test=True,
                                        storage_path=str(workdir / "ray")))
     assert joined == [("127.0.0.1:6379", "RAY_ADDRESS")] and study.address == "127.0.0.1:6379"

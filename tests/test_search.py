@@ -477,7 +477,7 @@ def test_the_recommendation_follows_the_confirmed_choice_not_the_search_trial(tm
     tracker.finish_search("FINISHED")
 
     lines: list[str] = []
-    built = rebuild_report(uri, experiment="confirmed", report_dir=tmp_path / "reports", say=lines.append)
+    built, _, _ = rebuild_report(uri, experiment="confirmed", report_dir=tmp_path / "reports", say=lines.append)
     assert built.recommendation.trial.name == "cheap" and built.confirmed_choice.name == "expensive"
     assert built.chosen.name == "expensive"  # the trial whose checkpoint is logged as the recommended model
     tags = MlflowClient(tracking_uri=uri).get_run(tracker.parent_run_id).data.tags

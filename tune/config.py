@@ -14,6 +14,7 @@ A plain value under ``space:`` fixes that training parameter (so ``--set space.l
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -28,13 +29,16 @@ from tune.errors import ConfigError, one_line
 from tune.space import FREEZE_KEYS, ORDERED, Choice, Dimension, FloatRange, is_int, parse_dimension
 
 __all__ = ["COST_METRICS", "FREEZE_KEYS", "Config", "ConfigError", "ReportConfig", "SearchConfig", "TaskConfig",
-           "TrainConfig", "load_config", "parse_overrides"]
+           "TrainConfig", "bundled_spaces", "load_config", "parse_overrides", "space_file"]
 
 
 @dataclass(frozen=True)
 class TaskConfig:
     name: str = "digits"  # a built-in task or an import path "package.module:function"
     options: Mapping[str, Any] = field(default_factory=dict)  # keyword arguments of the task's factory
+    # A task given as a Python object (tune.FreezeSearch(task=...)): a function returning a Task, called with the
+    # options, in the driver and in every trial (Ray pickles it); ``name`` then only names it in MLflow.
+    factory: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -381,13 +385,37 @@ def _apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path, overrides: Sequence[tuple[str, Any]] = ()) -> Config:
-    """Read a search-space YAML file (safely), apply ``--set`` overrides, check it all."""
-    path = Path(path)
+def bundled_spaces() -> dict[str, Path]:
+    """The search spaces that come with the project, by name (``digits_freeze``: search_spaces/digits_freeze.yaml):
+    the checkout's search_spaces/ folder, or the installed package's copy of it (tune/search_spaces in the wheel)."""
+    here = Path(__file__).resolve().parent
+    folder = next((f for f in (here.parent / "search_spaces", here / "search_spaces") if f.is_dir()), None)
+    return {} if folder is None else {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def space_file(space: str | Path) -> Path:
+    """A space file's path: ``space`` itself where that is a file, else the bundled space of that name (with or
+    without ``.yaml``); unchanged where neither (load_config then says what is wrong)."""
+    path = Path(space)
+    if path.exists() or path.parent != Path("."):
+        return path
+    return bundled_spaces().get(path.name.removesuffix(".yaml"), path)
+
+
+def load_config(path: str | Path | Mapping[str, Any], overrides: Sequence[tuple[str, Any]] = ()) -> Config:
+    """Read a search-space YAML file (safely), apply ``--set`` overrides, check it all. ``path`` may also name a
+    bundled space (``digits_freeze``) or be the file's content as a mapping (a config built in Python)."""
+    if isinstance(path, Mapping):
+        raw = copy.deepcopy(dict(path))
+        for dotted, value in overrides:
+            _apply_override(raw, dotted, value)
+        return build_config(raw)
+    path = space_file(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError("--space", str(path), "an existing YAML file", problem="no such file") from None
+        raise ConfigError("--space", str(path), "an existing YAML file or a bundled space ("
+                          + ", ".join(bundled_spaces()) + ")", problem="no such file") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
         raise ConfigError("--space", str(path), "a readable UTF-8 YAML file", problem=type(err).__name__) from None
     try:

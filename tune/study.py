@@ -1,7 +1,9 @@
 """One search's lifecycle, from its first MLflow run to its last tag: the Study.
 
-    study = Study.prepare(StudyOptions(space_file=Path("search_spaces/digits_freeze.yaml")))  # or ConfigError
+    study = Study.prepare(StudyOptions(space_file="digits_freeze"))  # or ConfigError
     status = study.run()  # FINISHED, FAILED or KILLED: the parent run's status, never left RUNNING
+
+(The public face of it is tune.FreezeSearch, tune/api.py.)
 
 ``prepare`` checks everything before Ray starts a trial or MLflow holds a run: the config (loaded, checked against
 the task's model, cut-point names resolved once: the checked config carries the resolved space), the tracking
@@ -18,7 +20,6 @@ import math
 import os
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,9 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 import tune
-from tune.config import COST_METRICS, Config, ReportConfig, TrainConfig, load_config
+from tune.config import COST_METRICS, Config, TrainConfig, load_config, space_file
 from tune.errors import ConfigError, TrialConfigError, one_line
+from tune.log import say, warn
 
 # torch, Ray and MLflow take seconds to import: they come in once the config file has loaded, so that a mistake in
 # it is reported at once. Annotations name their types as strings.
@@ -47,20 +51,11 @@ SMOKE_CONFIRM = {"confirm_seeds": 2, "confirm_top": 2, "confirm_max_seeds": 2}  
 Say = Callable[[str], None]
 
 
-def say(line: str) -> None:
-    """The search's own lines, as they happen (a Ray Job's log or a pipe shows them at once)."""
-    print(line, flush=True)
-
-
-def warn(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 @dataclass(frozen=True)
 class StudyOptions:
     """What a search is asked to do: the space file with its overrides, where it logs and keeps its state."""
 
-    space_file: Path
+    space_file: Path | Mapping[str, Any]  # a YAML file, a bundled space's name, or the file's content as a mapping
     overrides: Sequence[tuple[str, Any]] = ()  # (dotted key, value), as from --set
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db here
     storage_path: str = "ray_results"
@@ -71,6 +66,7 @@ class StudyOptions:
     resume: bool = False
     smoke_test: bool = False
     verbose: bool = False  # Tune's and Optuna's own console lines too
+    task: Any = None  # a tune.Task or a function returning one, in place of the config's task (tune.FreezeSearch)
 
 
 def tracking_uri(given: str | None) -> str:
@@ -101,7 +97,7 @@ def check_config(options: StudyOptions) -> Checked:
                  *((key, value) for key, value in flags if value is not None)]
     cfg = load_config(options.space_file, overrides)
     from tune import freeze, tracking
-    from tune.tasks import absolute_paths, load_task
+    from tune.tasks import absolute_paths, load_task, task_config
     from tune.trial import known_metrics
 
     if options.smoke_test and cfg.report.confirm_seeds:
@@ -111,6 +107,8 @@ def check_config(options: StudyOptions) -> Checked:
         cfg = dataclasses.replace(cfg, report=dataclasses.replace(cfg.report, **smaller))
     if options.smoke_test and cfg.search.algorithm == "grid" and "search.num_samples" not in dict(options.overrides):
         cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, num_samples=1))  # the grid once
+    if options.task is not None:
+        cfg = dataclasses.replace(cfg, task=task_config(options.task))
     written = cfg = dataclasses.replace(cfg, task=absolute_paths(cfg.task, Path.cwd()))  # trials run elsewhere
     task = load_task(cfg.task)
     _check_ignored(cfg, task)
@@ -164,7 +162,9 @@ def check_submission(options: StudyOptions, project_dir: Path) -> str:
     storage = options.storage_path
     if "://" not in storage and not Path(storage).is_absolute():
         raise ConfigError("--storage-path", storage, "an absolute folder every node shares, or a URI (s3://...)")
-    space = options.space_file.resolve()
+    if isinstance(options.space_file, Mapping):
+        raise ConfigError("--space", "<mapping>", "a space file inside the project (a Ray Job reads it there)")
+    space = space_file(options.space_file).resolve()
     if not space.is_relative_to(project_dir):
         raise ConfigError("--space", str(options.space_file), f"a space file inside the project ({project_dir}), "
                                                               "which is uploaded as the job's working directory")
@@ -182,6 +182,19 @@ class Study:
         self.tracking_uri = tracking_uri(options.tracking_uri)
         self.tracker: tracking.SearchTracker | None = None
         self.head_probe: dict[str, Any] | None = None  # the fitted probe's state (tune.probe.Probe.state)
+        self.probe_score: float | None = None
+        # what ``run`` leaves for tune.FreezeSearch's result
+        self.report: report.Report | None = None
+        self.report_path: Path | None = None
+        self.model_uri: str | None = None
+
+    def _build_report(self, records: list, header: str) -> report.Report:
+        from tune import report
+
+        rule = self.cfg.report
+        return report.build_report(records, searched=self.searched, objectives=self.cfg.search.objective_list,
+                                   tolerance=rule.tolerance, cost=rule.cost, header=header,
+                                   reference=self.probe_score, confidence=rule.confidence)
 
     @classmethod
     def prepare(cls, options: StudyOptions, say: Say = say) -> Study:
@@ -233,13 +246,18 @@ class Study:
                          "running then are marked KILLED, later ones never started" if outcome.budget_reached else "")
                       + ".\n\n")
             checkpoints = dict(outcome.best_checkpoints)
+            objectives = [m for m, _ in cfg.search.objective_list]
+            records = tracking.fetch_trials(self.tracking_uri, parent_id, extra_keys=objectives)  # once: the search's
             if cfg.report.confirm_seeds and outcome.errored < outcome.trials:
-                checkpoints.update(self._confirm())
-            if self.task.has_test:  # chosen on validation first; then, once, measured on test
-                chosen, records = _build_report(tracker, self.searched, cfg.search.objective_list, cfg.report)
-                self._score_test(chosen, records, checkpoints)
-            built = _write_report(tracker, self.searched, cfg.search.objective_list, cfg.report, options.report_dir,
-                                  header, self.say)
+                confirmed, confirm_records = self._confirm(records)
+                checkpoints.update(confirmed)
+                records += confirm_records
+            built = self._build_report(records, header)
+            if self.task.has_test and built.chosen is not None:  # chosen on validation first; then, once, on test
+                self._score_test(built, records, checkpoints)
+                built = self._build_report(records, header)  # the same records, with the test scores
+            self.report = built
+            self.report_path = _write_report(self.tracker, built, records, options.report_dir, self.say)
             self._log_summary(built, outcome)
             self._log_recommended_model(built, outcome.best_checkpoints)
             status = "FINISHED" if outcome.errored < outcome.trials else "FAILED"
@@ -273,15 +291,30 @@ class Study:
             tracker.kill_open_trials("the driver stopped before this trial ended")
             return self.resume.run_id
         commit = tracking.git_commit(Path(tune.__file__).resolve().parents[1])
-        space_file = self.options.space_file
+        space_file, tag = self._space_artifact()
         return tracker.start_search(
             run_name=f"search-{time.strftime('%Y%m%d-%H%M%S')}",
             params=tracking.flatten(self.checked.written.as_dict()),  # the config as written: names unresolved
-            tags={"space_file": str(space_file), "smoke_test": str(self.options.smoke_test),
+            tags={"space_file": tag, "smoke_test": str(self.options.smoke_test),
                   "driver_hostname": socket.gethostname(), "driver_pid": str(os.getpid()),
                   **tracking.search_tags(self.searched, self.cfg.search.objective_list),
                   **({"mlflow.source.git.commit": commit} if commit else {})},
             artifacts=[space_file])
+
+    def _space_artifact(self) -> tuple[Path, str]:
+        """The space file the parent run keeps, and its tag: the file itself, or a config given as a mapping
+        written out as YAML (``<python>``)."""
+        space = self.options.space_file
+        if not isinstance(space, Mapping):
+            path = space_file(space).resolve()
+            return path, str(path)
+        path = Path(tempfile.mkdtemp(prefix="freeze-search-")) / "space.yaml"
+        try:
+            text = yaml.safe_dump(dict(space), sort_keys=False)
+        except yaml.YAMLError:  # values YAML cannot write (tuples, objects): the checked config instead
+            text = yaml.safe_dump(self.checked.written.as_dict(), sort_keys=False)
+        path.write_text(text, encoding="utf-8")
+        return path, "<python>"
 
     def _fit_probe(self) -> dict[str, Any] | None:
         """The linear probe every trial's head starts from (``train.head_init: probe``, set or searched), fitted
@@ -300,24 +333,26 @@ class Study:
         if fitted is None:  # a task with its own trial, or no classifier: the head starts as the model builds it
             return None
         parent_id = self.tracker.parent_run_id
+        self.probe_score = fitted.score
         self.tracker.log_metrics(parent_id, {"probe_score": fitted.score, "probe_l2": fitted.l2,
                                              "probe_fit_s": time.perf_counter() - started}, step=0)
         self.say(f"linear probe on the frozen features ({fitted.classifier}, L2 {fitted.l2:g} chosen on validation): "
                  f"{self.task.metric} {fitted.score:.4f}; every trial's head starts there")
         return fitted.state()
 
-    def _confirm(self) -> dict[str, Any]:
+    def _confirm(self, records: list[tracking.TrialRecord]) -> tuple[dict[str, Any], list[tracking.TrialRecord]]:
         """Race the candidates on the same fresh seeds (``tune.race``): ``report.confirm_seeds`` each, then one more
         at a time for the undecided ones, up to ``report.confirm_max_seeds``. After a resume the (candidate, seed)
-        runs that finished before the stop are not run again, and the rounds replay the same decisions. Their
-        best-epoch checkpoints by trial."""
+        runs that finished before the stop are not run again, and the rounds replay the same decisions. Returns their
+        best-epoch checkpoints by trial, and the confirmation runs' records (fetched once a round, confirmation
+        runs only) for the report; ``records`` are the search's."""
         from tune import race, report, search, tracking
 
         cfg, options, parent_id, rule = self.cfg, self.options, self.tracker.parent_run_id, self.cfg.report
-        records = tracking.fetch_trials(self.tracking_uri, parent_id)
         candidates = report.candidates(records, rule, self.searched, rule.confirm_top)
+        fetched: list[tracking.TrialRecord] = []
         if not candidates:  # nothing to confirm: no trial finished, or the scores cannot tell the trials apart
-            return {}
+            return {}, fetched
         seeds = [cfg.train.seed + i for i in range(1, rule.seed_budget + 1)]
         done = tracking.finished_confirmations(self.tracking_uri, parent_id) if self.resume else set()
         checkpoints: dict[str, Any] = {}
@@ -337,27 +372,27 @@ class Study:
             self.tracker.kill_open_trials()
             if outcome is not None:
                 checkpoints.update(outcome.best_checkpoints)
-            runs = report.summarise(tracking.fetch_trials(self.tracking_uri, parent_id, phase="confirm"))
-            return report.confirmation_candidates(runs, rule.cost, self.searched)
+            fetched[:] = tracking.fetch_trials(self.tracking_uri, parent_id, phase="confirm",
+                                               extra_keys=[m for m, _ in cfg.search.objective_list])
+            return report.confirmation_candidates(report.summarise(fetched), rule.cost, self.searched)
 
         decision = race.race(list(candidates), seeds, rule.confirm_seeds, run_round, rule.tolerance, rule.confidence)
         if decision is not None:
             state = "decided" if decision.decided else f"undecided after {len(decision.best.scores)} seeds"
             self.say(f"confirmation {state}: freeze {decision.chosen.freeze_range}")
-        return checkpoints
+        return checkpoints, fetched
 
     def _score_test(self, built: report.Report, records: list, checkpoints: Mapping[str, Any]) -> None:
         """Score the recommended configuration on the task's test split, once: its confirmation runs' best-epoch
         checkpoints (after a confirmation) or its trial's; on a cluster or with GPU trials in a Ray task with a
         trial's resources (search.score_test).
         ``test_score`` (the primary metric) and the task's other metrics as ``test_*`` go to each scored run, at its
-        checkpoint's epoch, with where it was scored (tags ``test_hostname``, ``test_pid``). Nothing is chosen on
-        them."""
+        checkpoint's epoch, with where it was scored (tags ``test_hostname``, ``test_pid``), and into ``records``.
+        Nothing is chosen on them."""
         from tune import search
 
-        if built.chosen is None:
-            return
         names = list(built.confirmed_choice.runs) if built.confirmed_choice else [built.chosen.name]
+        by_name = {r.name: r for r in records}
         run_ids = {r.name: r.run_id for r in records}
         wanted = {}
         for name in names:
@@ -372,6 +407,7 @@ class Study:
             renamed = {"test_score": metrics[metric],
                        **{f"test_{k.removeprefix('val_')}": v for k, v in metrics.items() if k != metric}}
             self.tracker.log_metrics(run_ids[name], renamed, step=epoch)
+            by_name[name].history["test_score"] = [(epoch, renamed["test_score"])]  # the report's, without a fetch
             self.tracker.set_tags(run_ids[name], {"test_hostname": where["hostname"], "test_pid": where["pid"]})
             self.tracker.log_datasets(run_ids[name], ("test",))
         if scored:
@@ -425,6 +461,7 @@ class Study:
                                                None if isinstance(example, Mapping) else example.numpy(),
                                                Path(tune.__file__).parent)
         self.tracker.set_tags(parent_id, {"recommended_model_uri": uri})
+        self.model_uri = uri
         alias = tracking.SMOKE_ALIAS if self.options.smoke_test else tracking.RECOMMENDED_ALIAS
         try:
             registered = self.tracker.register_model(parent_id, uri, model_id, alias)
@@ -434,6 +471,7 @@ class Study:
             self.say(f"Recommended model (trial {chosen}, its best epoch): {uri}")
             return
         self.tracker.set_tags(parent_id, {"registered_model_uri": registered})
+        self.model_uri = registered
         self.say(f"Recommended model (trial {chosen}, its best epoch): {registered}  (this search's version: {uri})")
 
 
@@ -454,27 +492,13 @@ def _resume_point(uri: str, experiment: str) -> tracking.SearchRecord:
     return record
 
 
-def _build_report(tracker: tracking.SearchTracker, searched: list[str], objectives: list[tuple[str, str]],
-                  rule: ReportConfig, header: str = "") -> tuple[report.Report, list[tracking.TrialRecord]]:
-    """The report of the search as MLflow holds it, and the trial records it was built from."""
-    from tune import report, tracking
-
-    records = tracking.fetch_trials(tracker.tracking_uri, tracker.parent_run_id,
-                                    extra_keys=[m for m, _ in objectives])
-    reference = tracker.client.get_run(tracker.parent_run_id).data.metrics.get("probe_score")
-    return report.build_report(records, searched=searched, objectives=objectives, tolerance=rule.tolerance,
-                               cost=rule.cost, header=header, reference=reference,
-                               confidence=rule.confidence), records
-
-
-def _write_report(tracker: tracking.SearchTracker, searched: list[str], objectives: list[tuple[str, str]],
-                  rule: ReportConfig, report_dir: Path, header: str, say: Say) -> report.Report:
-    """Build the report from MLflow, write it (text, plots, summary) under ``report_dir`` and into the parent run,
-    tag the parent with the recommendation, and print it."""
+def _write_report(tracker: tracking.SearchTracker, built: report.Report, records: list[tracking.TrialRecord],
+                  report_dir: Path, say: Say) -> Path:
+    """Write the report (text, plots, summary) under ``report_dir`` and into the parent run, tag the parent with the
+    recommendation, print it; returns the report's folder."""
     from tune import report
 
     parent_id = tracker.parent_run_id
-    built, records = _build_report(tracker, searched, objectives, rule, header)
     name = tracker.experiment_name
     out_dir = report_dir / f"{name}-{parent_id[:8]}"
     files = report.write_report(built, [r for r in records if "candidate" not in r.tags], out_dir, name)
@@ -485,14 +509,15 @@ def _write_report(tracker: tracking.SearchTracker, searched: list[str], objectiv
                                      "best_score": f"{built.recommendation.best.score:.4f}"})
     say("\n" + built.text)
     say(f"\nReport, plots and summary: {out_dir}/ (also artifacts of the parent run, under report/)")
-    return built
+    return out_dir
 
 
 def rebuild_report(uri: str | None, *, experiment: str, run_id: str | None = None, tolerance: float | None = None,
-                   cost: str | None = None, report_dir: Path = Path("reports"), say: Say = say) -> report.Report:
-    """A logged search's report again, from MLflow alone (``run_search.py report``); ``tolerance`` and ``cost``
-    override the rule the search was run with."""
-    from tune import tracking
+                   cost: str | None = None, report_dir: Path = Path("reports"), say: Say = say
+                   ) -> tuple[report.Report, Path, tracking.SearchRecord]:
+    """A logged search's report again, from MLflow alone (``freeze-search report``); ``tolerance`` and ``cost``
+    override the rule the search was run with. The report, the folder it was written to, the search's record."""
+    from tune import report, tracking
 
     uri = tracking_uri(uri)
     if cost is not None and cost not in COST_METRICS:
@@ -511,6 +536,10 @@ def rebuild_report(uri: str | None, *, experiment: str, run_id: str | None = Non
     tracker = tracking.SearchTracker(uri, record.name or experiment)
     tracker.parent_run_id = record.run_id
     logged = record.report
-    rule = dataclasses.replace(logged, tolerance=logged.tolerance if tolerance is None else tolerance,
-                               cost=cost or logged.cost)
-    return _write_report(tracker, record.searched, record.objectives, rule, report_dir, "", say)
+    records = tracking.fetch_trials(uri, record.run_id, extra_keys=[m for m, _ in record.objectives])
+    built = report.build_report(records, searched=record.searched, objectives=record.objectives,
+                                tolerance=logged.tolerance if tolerance is None else tolerance,
+                                cost=cost or logged.cost,
+                                confidence=float(record.params.get("report.confidence", 0.95)),
+                                reference=tracker.client.get_run(record.run_id).data.metrics.get("probe_score"))
+    return built, _write_report(tracker, built, records, report_dir, say), record

@@ -12,7 +12,7 @@ from tune.errors import ConfigError
 from tune.tasks.base import BlockModel, Task, takes_paths
 
 __all__ = ["BUILTIN_TASKS", "BlockModel", "Task", "absolute_paths", "load_block_model", "load_task",
-           "takes_paths"]
+           "takes_paths", "task_config"]
 
 BUILTIN_TASKS = {"digits": "tune.tasks.digits:make_task", "image": "tune.tasks.image:make_task",
                  "text": "tune.tasks.text:make_task", "yolo": "tune.tasks.yolo:make_task"}
@@ -36,8 +36,9 @@ def _import_factory(name: str) -> Any:
 
 
 def load_task(task_config: TaskConfig) -> Task:
-    """Import the task's factory (this runs the module's code) and call it with the task's options."""
-    factory = _import_factory(task_config.name)
+    """Import the task's factory (this runs the module's code) and call it with the task's options; a task given as
+    a Python object (``task_config.factory``) is called as it is."""
+    factory = task_config.factory or _import_factory(task_config.name)
     try:
         task = factory(**task_config.options)
     except TypeError as err:
@@ -52,10 +53,31 @@ def load_task(task_config: TaskConfig) -> Task:
     return task
 
 
+def task_config(task: Any) -> TaskConfig:
+    """A task given as a Python object: a ``Task``, or a function returning one (called with no arguments in the
+    driver and in each trial). Its name in MLflow is the function's import path or the Task's class."""
+    if isinstance(task, Task):
+        return TaskConfig(f"{type(task).__module__}:{type(task).__qualname__}", {}, factory=_Given(task))
+    if not callable(task):
+        raise ConfigError("task", repr(task), "a tune.Task, or a function returning one")
+    return TaskConfig(f"{task.__module__}:{getattr(task, '__qualname__', type(task).__name__)}", {}, factory=task)
+
+
+class _Given:
+    """A Task object as a factory (picklable, unlike a lambda in some pickle modes): returns the task itself."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+
+    def __call__(self) -> Task:
+        return self.task
+
+
 def load_block_model(task_config: TaskConfig) -> BlockModel:
     """The task's model alone (``run_search.py layers``): the task module's ``layers_model(options)`` if it has
     one (the yolo task's needs no data set), else the model of the whole task."""
-    module = importlib.import_module(_import_factory(task_config.name).__module__)
+    factory = task_config.factory or _import_factory(task_config.name)
+    module = importlib.import_module(factory.__module__) if task_config.factory is None else None
     layers_model = getattr(module, "layers_model", None)
     if callable(layers_model):
         return layers_model(dict(task_config.options))
@@ -69,6 +91,8 @@ def absolute_paths(task_config: TaskConfig, base: Path) -> TaskConfig:
     nothing: its ``data`` and ``*_data`` options); in any other option a string is a path when it has a folder part
     or a file suffix (``data.pt``, ``shapes/shapes.yaml``) and exists, at the top level or inside a list or
     mapping."""
+    if task_config.factory is not None:  # a Python object: its options are the caller's own
+        return task_config
     factory = _import_factory(task_config.name)
     declared = set(getattr(factory, "path_options", ()))
     if not hasattr(factory, "path_options"):  # a task that declares nothing: a data option is a path, as it was

@@ -1,0 +1,238 @@
+"""The Python API: one search of how much of a pretrained network to freeze, from Python.
+
+    import tune
+
+    search = tune.FreezeSearch("digits_freeze", overrides={"train.epochs": 5})  # every check: ConfigError
+    result = search.run()                          # the search, the race, the report; MLflow holds it all
+    print(result.recommendation.freeze_range, result.recommendation.score)
+
+``FreezeSearch`` checks everything when it is built (the config against the task's model, the tracking store, the
+Ray cluster, the folders) and starts nothing; ``run`` runs it once and returns a ``SearchResult``. ``load_search``
+reads a finished search back from MLflow (its report again). The console command (``freeze-search``, tune/cli.py)
+is a thin client of these functions. Output lines go through the ``tune`` logger (tune/log.py).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tune.config import bundled_spaces, load_config, parse_overrides, space_file
+from tune.errors import ConfigError
+from tune.study import Study, StudyOptions, check_submission, rebuild_report
+
+if TYPE_CHECKING:
+    from tune.report import Report, TrialResult
+
+__all__ = ["FreezeSearch", "Recommended", "SearchResult", "follow", "layers", "load_search", "spaces", "submit"]
+
+Overrides = Mapping[str, Any] | Sequence[str] | Sequence[tuple[str, Any]]
+
+
+def _overrides(given: Overrides | None) -> list[tuple[str, Any]]:
+    """``{"train.epochs": 5}``, ``["train.epochs=5"]`` (as --set) or ``[("train.epochs", 5)]``."""
+    if not given:
+        return []
+    if isinstance(given, Mapping):
+        return [(str(key), value) for key, value in given.items()]
+    if isinstance(given, str):
+        raise ConfigError("overrides", given, "a mapping {key: value}, or a list of 'key=value' strings")
+    return [(item[0], item[1]) if isinstance(item, tuple) else parse_overrides([item])[0] for item in given]
+
+
+@dataclass(frozen=True)
+class Recommended:
+    """The recommended freeze range: the cheapest configuration proven within the tolerance of the best (after the
+    confirmation race; the search's single trial where there was none)."""
+
+    freeze_range: str  # "[0, 3)": blocks 0, 1, 2 frozen
+    freeze: tuple[int, int]  # (start, stop)
+    params: dict[str, str]  # the searched values of its search trial
+    score: float  # the validation score: the mean over the confirmation's seeds, else the trial's
+    interval: tuple[float, float] | None  # the mean's confidence interval after a confirmation
+    seeds: int  # confirmation seeds it ran (0: none)
+    decided: bool | None  # whether the race proved it within the tolerance (None: no confirmation)
+    test_score: float | None  # on the task's test split, scored once after the choice (None: no test split)
+    epoch_time_s: float
+    peak_mem_mb: float
+    trial: TrialResult = field(repr=False)  # its search trial at its best epoch
+
+
+@dataclass
+class SearchResult:
+    """What a search left: its report (trials at their best epoch, the frontier, the race, the recommendation),
+    where MLflow keeps it, the recommended model."""
+
+    status: str  # the parent run's: FINISHED, FAILED or KILLED
+    parent_run_id: str | None
+    experiment: str
+    tracking_uri: str
+    report: Report | None = field(default=None, repr=False)
+    report_dir: Path | None = None  # the folder the report, plots and summary were written to
+    model_uri: str | None = None  # the registered recommended model (or its logged URI where the registry refused)
+    probe_score: float | None = None  # the linear probe on the frozen features: the reference
+
+    @property
+    def text(self) -> str:
+        """The report as the console prints it."""
+        return self.report.text if self.report is not None else ""
+
+    @property
+    def trials(self) -> list[TrialResult]:
+        """The search's trials, each at its best epoch."""
+        return list(self.report.search) if self.report is not None else []
+
+    @property
+    def frontier(self) -> list[TrialResult]:
+        """The trials no other trial beats on every objective (score, epoch time, memory by default)."""
+        return list(self.report.front) if self.report is not None else []
+
+    @property
+    def recommendation(self) -> Recommended | None:
+        """None when there is none: no trial finished, or the scores cannot tell the trials apart."""
+        built = self.report
+        if built is None or built.chosen is None:
+            return None
+        from tune.report import test_scores
+
+        chosen, confirmed = built.chosen, built.confirmed_choice
+        tested = test_scores(built)
+        return Recommended(
+            freeze_range=chosen.freeze_range, freeze=chosen.freeze_key, params=dict(chosen.params),
+            score=confirmed.mean if confirmed else chosen.score,
+            interval=confirmed.interval if confirmed else None, seeds=len(confirmed.scores) if confirmed else 0,
+            decided=built.decision.decided if built.decision is not None else None,
+            test_score=statistics.fmean(tested) if tested else None,
+            epoch_time_s=_mean_or(confirmed, built, "epoch_time_s", chosen.epoch_time_s),
+            peak_mem_mb=_mean_or(confirmed, built, "peak_mem_mb", chosen.peak_mem_mb), trial=chosen)
+
+    def __str__(self) -> str:
+        return self.text or f"search {self.experiment}: {self.status}"
+
+
+def _mean_or(confirmed: Any, built: Report, metric: str, default: float) -> float:
+    """A metric's mean over the recommended candidate's confirmation runs, else the trial's own."""
+    if confirmed is None:
+        return default
+    values = [r.values.get(metric, math.nan) for r in built.confirmation if r.name in confirmed.runs]
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.fmean(values) if values else default
+
+
+def _options(space: str | Path | Mapping[str, Any], *, overrides: Overrides | None = None,
+             storage_path: str | Path = StudyOptions.storage_path, report_dir: str | Path = StudyOptions.report_dir,
+             **flags: Any) -> StudyOptions:
+    return StudyOptions(space_file=space if isinstance(space, Mapping) else space_file(space),
+                        overrides=_overrides(overrides), storage_path=str(storage_path), report_dir=Path(report_dir),
+                        **flags)
+
+
+class FreezeSearch:
+    """One search, checked when built. ``space``: a bundled space's name (``digits_freeze``, ``image_freeze``,
+    ...: ``tune.bundled_spaces()``), a space file's path, or the file's content as a mapping (a config built in
+    Python). ``overrides`` change its values as ``--set`` does: ``{"train.epochs": 5, "space.lr": 0.001}``.
+    ``task``: your own task as a Python object (a ``tune.Task``, or a function returning one), in place of the
+    space's; Ray pickles it into every trial. The rest are the command's flags: ``tracking_uri`` (default
+    $MLFLOW_TRACKING_URI or sqlite:///mlflow.db here), ``storage_path`` (Ray Tune's trial checkpoints),
+    ``report_dir``, ``address`` (a Ray cluster), ``confirm`` / ``confirm_top`` (the race's seeds and candidates),
+    ``resume`` (go on with this space's latest unfinished search), ``smoke_test`` (4 trials of 2 epochs),
+    ``verbose`` (Ray Tune's and Optuna's own lines too). Raises ``tune.ConfigError`` (key, value, what is allowed)
+    before anything starts."""
+
+    def __init__(self, space: str | Path | Mapping[str, Any] = "digits_freeze", *, overrides: Overrides | None = None,
+                 task: Any = None, tracking_uri: str | None = None, storage_path: str = StudyOptions.storage_path,
+                 report_dir: str | Path = StudyOptions.report_dir, address: str | None = None,
+                 confirm: int | None = None, confirm_top: int | None = None, resume: bool = False,
+                 smoke_test: bool = False, verbose: bool = False) -> None:
+        self.options = _options(space, overrides=overrides, task=task, tracking_uri=tracking_uri,
+                                storage_path=storage_path, report_dir=report_dir, address=address, confirm=confirm,
+                                confirm_top=confirm_top, resume=resume, smoke_test=smoke_test, verbose=verbose)
+        self._study = Study.prepare(self.options)
+        self._ran = False
+
+    @property
+    def config(self) -> Any:
+        """The checked config (tune.Config), cut-point names resolved."""
+        return self._study.cfg
+
+    def run(self) -> SearchResult:
+        """Run the search once: the trials, the confirmation race, the test split, the report, the recommended
+        model. A search that failed returns status FAILED; bad input the first trials met raises ConfigError; Ctrl-C
+        returns KILLED (``resume=True`` goes on)."""
+        if self._ran:
+            raise RuntimeError("a FreezeSearch runs once; build another (resume=True goes on with an unfinished one)")
+        self._ran = True
+        study = self._study
+        status = study.run()
+        return SearchResult(status=status, parent_run_id=study.tracker.parent_run_id if study.tracker else None,
+                            experiment=study.cfg.name, tracking_uri=study.tracking_uri, report=study.report,
+                            report_dir=study.report_path, model_uri=study.model_uri, probe_score=study.probe_score)
+
+
+def load_search(experiment: str | None = None, *, run_id: str | None = None, tracking_uri: str | None = None,
+                tolerance: float | None = None, cost: str | None = None,
+                report_dir: str | Path = StudyOptions.report_dir) -> SearchResult:
+    """A finished search read back from MLflow alone (the latest of ``experiment``, or the parent run ``run_id``),
+    its report written again under ``report_dir``; ``tolerance`` and ``cost`` change the recommendation rule."""
+    from tune.study import tracking_uri as resolve_uri
+
+    if experiment is None and run_id is None:
+        raise ConfigError("experiment", None, "an experiment name or a parent run id (run_id)")
+    uri = resolve_uri(tracking_uri)
+    built, out_dir, record = rebuild_report(uri, experiment=experiment, run_id=run_id, tolerance=tolerance,
+                                            cost=cost, report_dir=Path(report_dir))
+    return SearchResult(status=record.status, parent_run_id=record.run_id, experiment=record.name or experiment,
+                        tracking_uri=uri, report=built, report_dir=out_dir,
+                        model_uri=record.tags.get("registered_model_uri") or record.tags.get("recommended_model_uri"),
+                        probe_score=built.reference)
+
+
+def layers(space: str | Path | Mapping[str, Any] = "digits_freeze", *, overrides: Overrides | None = None,
+           task: str | None = None, model: str | None = None) -> str:
+    """The blocks of a space's task model as a table (index, name, type, parameters, share of forward FLOPs, the
+    named cut points): which N is my backbone? ``task`` / ``model`` replace the space's task name / model option."""
+    from tune.config import TaskConfig
+    from tune.freeze import layer_table
+    from tune.tasks import load_block_model
+
+    cfg_task = load_config(space if isinstance(space, Mapping) else space_file(space), _overrides(overrides)).task
+    if task is not None:
+        cfg_task = TaskConfig(task, {} if task != cfg_task.name else dict(cfg_task.options))
+    if model is not None:
+        cfg_task = TaskConfig(cfg_task.name, {**cfg_task.options, "model": model})
+    header = f"task {cfg_task.name} {dict(cfg_task.options) or ''}".rstrip()
+    return header + "\n" + layer_table(load_block_model(cfg_task))
+
+
+def submit(address: str, search_args: Sequence[str], *, project_dir: Path, python: str = "python",
+           **search: Any) -> str:
+    """Submit ``freeze-search <search_args>`` as a Ray Job to the cluster whose dashboard is ``address``, with
+    ``project_dir`` (a checkout of this project) uploaded as its working directory. ``search``: the same search as
+    FreezeSearch's keyword arguments (``space``, ``overrides``, ``tracking_uri``, ``storage_path``, ...), checked
+    here first (ConfigError) rather than on the cluster. Returns the job id; ``follow`` waits for it."""
+    from tune import search as ray_search
+
+    inside = check_submission(_options(**search), project_dir)  # bad input fails here
+    args = list(search_args)
+    for i, arg in enumerate(args):  # the job runs in an uploaded copy of the project: the space file's place there
+        if arg.startswith("--space="):
+            args[i] = f"--space={inside}"
+        elif i and args[i - 1] == "--space":
+            args[i] = inside
+    return ray_search.submit_job(address, project_dir, args, python=python)
+
+
+def follow(address: str, job_id: str) -> str:
+    """Print a submitted job's logs as they come; its final status (``...SUCCEEDED``, ``...FAILED``)."""
+    from tune import search
+
+    return search.follow_job(address, job_id)
+
+
+def spaces() -> dict[str, Path]:
+    """The bundled search spaces by name."""
+    return bundled_spaces()
