@@ -12,7 +12,7 @@ import torch
 from conftest import free_port
 
 import run_search
-from tune import search
+from tune import cluster
 
 ROOT = run_search.ROOT
 
@@ -30,7 +30,7 @@ def workdir(tmp_path, monkeypatch):
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was started for bad input")
 
-    monkeypatch.setattr(search, "init_ray", no_ray)
+    monkeypatch.setattr(cluster, "init_ray", no_ray)
     (tmp_path / "inputs").mkdir()
     return tmp_path
 
@@ -194,7 +194,7 @@ def test_at_least_twenty_distinct_cases():
 
 
 def test_an_unreachable_ray_address_from_the_environment_is_bad_input(workdir, capsys, monkeypatch):
-    from tune import search
+    from tune import cluster
 
     address = f"127.0.0.1:{free_port()}"
     monkeypatch.setenv("RAY_ADDRESS", address)  # what a Ray Job or KubeRay sets, with no --address
@@ -202,7 +202,7 @@ def test_an_unreachable_ray_address_from_the_environment_is_bad_input(workdir, c
     def never(given):  # ray.init would retry the dead address for about a minute
         raise AssertionError("ray.init was reached")
 
-    monkeypatch.setattr(search, "init_ray", never)
+    monkeypatch.setattr(cluster, "init_ray", never)
     started = time.monotonic()
     code = run_search.main([])
     err = capsys.readouterr().err
@@ -213,7 +213,7 @@ def test_an_unreachable_ray_address_from_the_environment_is_bad_input(workdir, c
 
 
 def test_a_ray_address_that_answers_goes_on_to_ray_init(workdir, capsys, monkeypatch):
-    from tune import search
+    from tune import cluster
 
     listener = socket.create_server(("127.0.0.1", 0))
     address = f"ray://127.0.0.1:{listener.getsockname()[1]}"
@@ -223,7 +223,7 @@ def test_a_ray_address_that_answers_goes_on_to_ray_init(workdir, capsys, monkeyp
         seen.append(given)
         raise ConnectionError(f"Could not connect to the GCS at {given}")
 
-    monkeypatch.setattr(search, "init_ray", init_ray)
+    monkeypatch.setattr(cluster, "init_ray", init_ray)
     with listener:
         code = run_search.main(["--address", address])
     err = capsys.readouterr().err
@@ -240,11 +240,12 @@ def test_the_report_command_checks_its_report_dir_before_reading_the_store(workd
 
 def test_under_a_ray_job_the_study_keeps_the_address_from_the_environment(workdir, monkeypatch):
     # a Ray Job sets RAY_ADDRESS and no --address: the test split is then scored where the trials run
-    from tune.study import Study, StudyOptions
+    from tune.checks import StudyOptions
+    from tune.study import Study
 
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     joined = []
-    monkeypatch.setattr(search, "connect", lambda address, key: joined.append((address, key)))
+    monkeypatch.setattr(cluster, "connect", lambda address, key: joined.append((address, key)))
     study = Study.prepare(StudyOptions(space_file="digits_freeze", smoke_test=True,
                                        storage_path=str(workdir / "ray")))
     assert joined == [("127.0.0.1:6379", "RAY_ADDRESS")] and study.address == "127.0.0.1:6379"

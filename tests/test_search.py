@@ -17,7 +17,7 @@ from conftest import free_port, most_open_at_once, parent_and_children
 from mlflow.tracking import MlflowClient
 
 import run_search
-from tune import search
+from tune import cluster, search
 from tune.config import ConfigError, ReportConfig, load_config, parse_overrides
 from tune.trial import METRIC_KEYS
 
@@ -589,18 +589,18 @@ def test_requests_no_node_can_meet_are_refused_here_before_any_trial(ray_runtime
     # the session's Ray: one node of 2 CPUs and 2 logical GPUs, and torch without CUDA
     cfg = _resources_cfg(*overrides)
     if message is None:
-        assert search.check_resources(cfg, on_cluster=False) == []
+        assert cluster.check_resources(cfg, on_cluster=False) == []
         return
     with pytest.raises(ConfigError, match=message):
-        search.check_resources(cfg, on_cluster=False)
+        cluster.check_resources(cfg, on_cluster=False)
 
 
 def test_on_a_cluster_a_shortfall_is_a_warning_an_autoscaler_may_answer(ray_runtime):
-    warnings = search.check_resources(_resources_cfg("search.gpus_per_trial=3", "search.cpus_per_trial=1"),
+    warnings = cluster.check_resources(_resources_cfg("search.gpus_per_trial=3", "search.cpus_per_trial=1"),
                                       on_cluster=True)
     assert len(warnings) == 1 and warnings[0].startswith("search.gpus_per_trial is 3 but no node of the cluster")
     assert warnings[0].endswith("trials wait until such a node joins (an autoscaler)")
-    both = search.check_resources(_resources_cfg("search.cpus_per_trial=16", "search.gpus_per_trial=4"),
+    both = cluster.check_resources(_resources_cfg("search.cpus_per_trial=16", "search.gpus_per_trial=4"),
                                   on_cluster=True)
     assert [w.split(" is ")[0] for w in both] == ["search.cpus_per_trial", "search.gpus_per_trial"]
     assert both[0].startswith("search.cpus_per_trial is 16 but no node of the cluster can give that now (the largest "
@@ -713,12 +713,12 @@ def test_trial_runs_tag_divergence_early_stops_against_searched_epochs_and_failu
 
 def test_a_trial_needs_its_cpus_and_gpus_on_one_node(monkeypatch):
     # a CPU node and a small GPU node: 4 CPUs and 1 GPU exist, but on no one node
-    monkeypatch.setattr(search, "_nodes", lambda: [{"CPU": 8.0, "GPU": 0.0}, {"CPU": 2.0, "GPU": 1.0}])
+    monkeypatch.setattr(cluster, "_nodes", lambda: [{"CPU": 8.0, "GPU": 0.0}, {"CPU": 2.0, "GPU": 1.0}])
     cfg = _resources_cfg("search.cpus_per_trial=4", "search.gpus_per_trial=1")
     with pytest.raises(ConfigError, match=r"^search.cpus_per_trial: got 4 \(no node has 4 CPUs and 1 GPUs\); "
                                           r"allowed: at most 2, the CPUs of the largest node with 1 GPUs"):
-        search.check_resources(cfg, on_cluster=False)
-    assert search.check_resources(_resources_cfg("search.cpus_per_trial=2", "search.gpus_per_trial=1"),
+        cluster.check_resources(cfg, on_cluster=False)
+    assert cluster.check_resources(_resources_cfg("search.cpus_per_trial=2", "search.gpus_per_trial=1"),
                                   on_cluster=False) == []
 
 

@@ -264,7 +264,8 @@ def test_smoke_search_of_the_guides_space_logs_nested_runs_with_map_time_and_mem
     import mlflow.pytorch
     from ray.tune import Checkpoint
 
-    from tune.study import Study, StudyOptions
+    from tune.checks import StudyOptions
+    from tune.study import Study
     from tune.tracking import SearchTracker
     from tune.trial import CHECKPOINT_FILE
 

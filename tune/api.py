@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tune.checks import StudyOptions, check_submission
 from tune.config import bundled_spaces, load_config, parse_overrides, space_file
 from tune.errors import ConfigError
-from tune.study import Study, StudyOptions, check_submission, rebuild_report
+from tune.study import Study, rebuild_report
 
 if TYPE_CHECKING:
     from tune.report import Report, TrialResult
@@ -178,7 +179,7 @@ def load_search(experiment: str | None = None, *, run_id: str | None = None, tra
                 report_dir: str | Path = StudyOptions.report_dir) -> SearchResult:
     """A finished search read back from MLflow alone (the latest of ``experiment``, or the parent run ``run_id``),
     its report written again under ``report_dir``; ``tolerance`` and ``cost`` change the recommendation rule."""
-    from tune.study import tracking_uri as resolve_uri
+    from tune.checks import tracking_uri as resolve_uri
 
     if experiment is None and run_id is None:
         raise ConfigError("experiment", None, "an experiment name or a parent run id (run_id)")
@@ -214,7 +215,7 @@ def submit(address: str, search_args: Sequence[str], *, project_dir: Path, pytho
     ``project_dir`` (a checkout of this project) uploaded as its working directory. ``search``: the same search as
     FreezeSearch's keyword arguments (``space``, ``overrides``, ``tracking_uri``, ``storage_path``, ...), checked
     here first (ConfigError) rather than on the cluster. Returns the job id; ``follow`` waits for it."""
-    from tune import search as ray_search
+    from tune import cluster
 
     inside = check_submission(_options(**search), project_dir)  # bad input fails here
     args = list(search_args)
@@ -223,14 +224,14 @@ def submit(address: str, search_args: Sequence[str], *, project_dir: Path, pytho
             args[i] = f"--space={inside}"
         elif i and args[i - 1] == "--space":
             args[i] = inside
-    return ray_search.submit_job(address, project_dir, args, python=python)
+    return cluster.submit_job(address, project_dir, args, python=python)
 
 
 def follow(address: str, job_id: str) -> str:
     """Print a submitted job's logs as they come; its final status (``...SUCCEEDED``, ``...FAILED``)."""
-    from tune import search
+    from tune import cluster
 
-    return search.follow_job(address, job_id)
+    return cluster.follow_job(address, job_id)
 
 
 def spaces() -> dict[str, Path]:

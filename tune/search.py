@@ -1,9 +1,8 @@
-"""Ray Tune: the search itself. The only module that imports Ray.
+"""Ray Tune: the search itself (the Ray runtime under it: tune.cluster).
 
 One Tuner per search: OptunaSearch (TPE) samples the space (define-by-run, see tune.space), ASHA stops
 weak trials early on ``score`` (or FIFO runs them all), each trial reports every epoch with a checkpoint
 and resumes from it, and a Tune callback in the driver hands every trial event to MLflow (tune.tracking.TrialRuns).
-Before Ray starts: the cluster's address, its resources against what a trial asks for, the storage path.
 """
 
 from __future__ import annotations
@@ -12,8 +11,6 @@ import dataclasses
 import logging
 import math
 import os
-import re
-import shlex
 import socket
 import tempfile
 import time
@@ -21,7 +18,6 @@ import uuid
 import weakref
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import optuna
@@ -35,10 +31,11 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.schedulers.async_hyperband import _Bracket  # ASHA's rung bookkeeping: one per freeze range
 from ray.tune.search.optuna import OptunaSearch
 
-from tune import prefix_cache
+from tune import cluster, prefix_cache
 from tune.config import Config, TaskConfig, TrainConfig
-from tune.errors import ConfigError, TrialConfigError, one_line
+from tune.errors import ConfigError, TrialConfigError
 from tune.freeze import FREEZE_KEYS, grid_values, sampled_freezes, trial_freeze
+from tune.log import say
 from tune.probe import Probe
 from tune.space import OptunaSpace
 from tune.tasks import load_task
@@ -46,8 +43,7 @@ from tune.tracking import TAG_KEYS, SearchTracker, SystemSampler, TrialRuns, sho
 from tune.train import evaluate_split, make_trial
 from tune.trial import load_checkpoint, model_from_checkpoint, pick_device, save_checkpoint
 
-__all__ = ["SearchOutcome", "can_restore", "check_resources", "check_storage", "concurrency", "confirm", "connect",
-           "follow_job", "gpu_shares", "grid_size", "init_ray", "run", "storage_uri", "submit_job"]
+__all__ = ["SearchOutcome", "can_restore", "concurrency", "confirm", "gpu_shares", "grid_size", "run"]
 
 
 @dataclass(frozen=True)
@@ -57,117 +53,6 @@ class SearchOutcome:
     wall_time_s: float
     budget_reached: bool  # the search stopped at search.time_budget_s
     best_checkpoints: dict[str, Any]  # trial id → its best-score ray.tune.Checkpoint (local or on s3://...)
-
-
-# -- before Ray starts ------------------------------------------------------------------------------------------
-_ADDRESS_ALLOWED = "a running Ray cluster this machine reaches (HOST:6379 or auto)"
-
-
-def connect(address: str, key: str = "--address") -> None:
-    """Join the cluster now, so that an unreachable one is bad input, not a failed search."""
-    endpoint = _host_port(address)
-    if endpoint is not None:  # ray.init would retry a dead address for about a minute before saying so
-        try:
-            socket.create_connection(endpoint, timeout=5).close()
-        except OSError as err:
-            raise ConfigError(key, address, _ADDRESS_ALLOWED,
-                              problem=f"nothing answers at {endpoint[0]}:{endpoint[1]}: {type(err).__name__}") from None
-    try:
-        init_ray(address)
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        raise ConfigError(key, address, _ADDRESS_ALLOWED, problem=one_line(err)) from None
-
-
-def _host_port(address: str) -> tuple[str, int] | None:
-    """HOST:PORT of a Ray address (GCS ``HOST:PORT`` or client ``ray://HOST:PORT``); None for ``auto``, ``local``
-    and anything else Ray resolves itself."""
-    match = re.fullmatch(r"(?:ray://)?\[?([\w.\-:]+?)\]?:(\d+)/?", address.strip())
-    return (match.group(1), int(match.group(2))) if match else None
-
-
-def _nodes() -> list[dict[str, float]]:
-    """CPUs and GPUs of each live node: of the Ray runtime this process is connected to, else of this machine (what
-    a local Ray would find)."""
-    if ray.is_initialized():
-        return [{"CPU": n["Resources"].get("CPU", 0.0), "GPU": n["Resources"].get("GPU", 0.0)}
-                for n in ray.nodes() if n["Alive"]]
-    try:
-        from ray._private.utils import get_num_cpus  # what ray.init() counts: the cgroup's CPUs in a container
-    except ImportError:  # a private helper: if a Ray release moves it, count as Python does
-        cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    else:
-        cpus = float(get_num_cpus())
-    return [{"CPU": cpus, "GPU": float(torch.cuda.device_count())}]
-
-
-def check_resources(cfg: Config, on_cluster: bool) -> list[str]:
-    """What a trial asks for against the nodes that could give it, before any trial waits for it.
-
-    A trial no node can hold waits forever (Ray only warns), and a trial on a CUDA device it was given no GPU for
-    fails: on this machine that is bad input (ConfigError, the first problem); on a cluster an autoscaler may add a
-    node that fits, so each shortfall is a warning (returned). A trial sees only the GPUs Ray gave it, numbered
-    from 0."""
-    cpus, gpus, device = cfg.search.cpus_per_trial, cfg.search.gpus_per_trial, cfg.train.device
-    nodes = _nodes()
-    most_cpus, most_gpus = max(n["CPU"] for n in nodes), max(n["GPU"] for n in nodes)
-    short: list[tuple[str, float, str, str]] = []  # (key, value, allowed, problem)
-    if cpus > most_cpus:
-        short.append(("search.cpus_per_trial", cpus, f"at most {most_cpus:g}, the CPUs of the largest node",
-                      f"the largest node has {most_cpus:g} CPUs"))
-    if gpus > most_gpus:
-        short.append(("search.gpus_per_trial", gpus, f"at most {most_gpus:g} (0 trains on the CPU: --set "
-                      "search.gpus_per_trial=0)", "no GPU here" if most_gpus == 0
-                      else f"the largest node has {most_gpus:g} GPUs"))
-    if not short and not any(n["CPU"] >= cpus and n["GPU"] >= gpus for n in nodes):
-        fitting = max(n["CPU"] for n in nodes if n["GPU"] >= gpus)
-        short.append(("search.cpus_per_trial", cpus, f"at most {fitting:g}, the CPUs of the largest node with "
-                      f"{gpus:g} GPUs", f"no node has {cpus:g} CPUs and {gpus:g} GPUs"))
-    if short and not on_cluster:
-        key, value, allowed, problem = short[0]
-        raise ConfigError(key, value, allowed, problem=problem)
-    if device.startswith("cuda"):
-        index = int(device.partition(":")[2] or 0)
-        seen = max(1, math.ceil(gpus))
-        if gpus <= 0:
-            raise ConfigError("train.device", device, "auto or cpu, or a CUDA device with search.gpus_per_trial > 0",
-                              problem="trials get no GPU: search.gpus_per_trial is 0")
-        if index >= seen:
-            raise ConfigError("train.device", device, f"cuda or cuda:N with N < {seen} (a trial sees only the GPUs "
-                              "Ray gives it, numbered from 0), or auto")
-        if not on_cluster and not torch.cuda.is_available():
-            raise ConfigError("train.device", device, "auto or cpu", problem="torch here has no CUDA device")
-    return [f"{key} is {value:g} but no node of the cluster can give that now ({problem}): trials wait until such "
-            "a node joins (an autoscaler)" for key, value, _, problem in short]
-
-
-def check_storage(storage_path: str) -> None:
-    """A local storage path must be a folder this process can write (it is made here); a URI is Ray's to check."""
-    if "://" in storage_path:
-        return  # a URI (s3://, gs://, ...): Ray checks it when the search starts
-    path = Path(storage_path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError("--storage-path", storage_path, "a folder this process can write (shared by every node "
-                          "on a cluster)", problem=err.strerror or type(err).__name__) from None
-
-
-def init_ray(address: str | None = None, verbose: int = 0) -> None:
-    """Connect to ``address`` or $RAY_ADDRESS (an existing cluster; a Ray Job sets it) or start a local Ray
-    without its dashboard (about 1 GB less), unless Ray is already up."""
-    if ray.is_initialized():
-        return
-    # "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out": Ray's safe
-    # default for a local Ray, nothing for a user to act on (--verbose shows it)
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
-        logging.WARNING if verbose else logging.ERROR)
-    options: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": "WARNING"}
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        options["include_dashboard"] = False
-    ray.init(address=address, **options)
 
 
 # -- one trial in a Ray worker ----------------------------------------------------------------------------------
@@ -333,8 +218,8 @@ class _TrialEvents(ray_tune.Callback):
         params, tags = _trial_params(trial)
         keys = [*self.searched, *(["seed"] if "candidate" in tags else [])]
         values = ", ".join(f"{k}={short(params.get(k))}" for k in keys)
-        print(f"  [{len(self.runs.ended)}/{self.total}] trial {trial.trial_id} ({values}): {outcome}"
-              f"{self.runs.progress()}", flush=True)
+        say(f"  [{len(self.runs.ended)}/{self.total}] trial {trial.trial_id} ({values}): {outcome}"
+            f"{self.runs.progress()}")
 
 
 # -- the Tuner ------------------------------------------------------------------------------------------------
@@ -390,50 +275,6 @@ def grid_size(space: Mapping[str, Any]) -> int:
     return size
 
 
-# What a Ray Job's working directory leaves out (gitignore patterns): environments, stores, results.
-JOB_EXCLUDES = [".venv/", ".venv-yolo/", "venv/", ".git/", "*.egg-info/", "mlflow.db", "mlartifacts/", "mlruns/",
-                "ray_results/", "reports/", "__pycache__/", ".pytest_cache/", ".ruff_cache/"]
-
-
-def submit_job(address: str, project_dir: Path, arguments: list[str], python: str = "python") -> str:
-    """Submit ``python run_search.py <arguments>`` as a Ray Job with the project as its working directory;
-    returns the job id."""
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(address)
-    entrypoint = " ".join(shlex.quote(part) for part in [python, "run_search.py", *arguments])
-    deadline = time.monotonic() + 60
-    while True:  # a cluster just started has no job agent for a few seconds: Ray asks to try again later
-        try:
-            return client.submit_job(entrypoint=entrypoint,
-                                     runtime_env={"working_dir": str(project_dir), "excludes": JOB_EXCLUDES})
-        except RuntimeError as err:
-            if "No available agent" not in str(err) or time.monotonic() > deadline:
-                raise
-            time.sleep(2)
-
-
-def follow_job(address: str, job_id: str) -> str:
-    """Print the job's logs as they come; returns its final status (SUCCEEDED, FAILED, STOPPED)."""
-    import asyncio
-
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(address)
-
-    async def tail() -> None:
-        async for lines in client.tail_job_logs(job_id):
-            print(lines, end="", flush=True)
-
-    asyncio.run(tail())
-    return str(client.get_job_status(job_id))
-
-
-def storage_uri(storage_path: str) -> str:
-    """An absolute local path (Ray needs one), or a URI such as s3://bucket/path as given."""
-    return storage_path if "://" in storage_path else str(Path(storage_path).resolve())
-
-
 def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, storage_path: str,
          tune_config: dict[str, Any], param_space: dict[str, Any] | None, verbose: int, total: int,
          restore_from: str | None = None, head_probe: dict[str, Any] | None = None) -> SearchOutcome:
@@ -466,7 +307,7 @@ def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, stor
         param_space=param_space,
         tune_config=ray_tune.TuneConfig(max_concurrent_trials=at_once, reuse_actors=True, **tune_config),
         run_config=ray_tune.RunConfig(
-            name=name, storage_path=storage_uri(storage_path),
+            name=name, storage_path=cluster.storage_uri(storage_path),
             verbose=verbose, callbacks=[_TrialEvents(runs, list(cfg.space), total, bad_input)], stop=bad_input,
             # keep the best-score checkpoint (for the logged model) and the latest (to resume)
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="score",
@@ -552,10 +393,10 @@ def run(cfg: Config, tracker: SearchTracker, *, storage_path: str, address: str 
         restore_from: str | None = None, head_probe: dict[str, Any] | None = None) -> SearchOutcome:
     """Run the search of ``cfg`` (checked against its task, names resolved: tune.study), or go on with the
     interrupted one saved at ``restore_from`` (its trials keep their MLflow runs)."""
-    init_ray(address, verbose)
+    cluster.init_ray(address, verbose)
     name = _experiment_name(cfg)
     if restore_from is None:
-        tracker.set_tags(tracker.parent_run_id, {"ray.experiment_path": f"{storage_uri(storage_path)}/{name}"})
+        tracker.set_tags(tracker.parent_run_id, {"ray.experiment_path": f"{cluster.storage_uri(storage_path)}/{name}"})
     objectives = cfg.search.objective_list
     metrics, modes = [m for m, _ in objectives], [m for _, m in objectives]
     single = len(objectives) == 1
@@ -587,7 +428,7 @@ def confirm(cfg: Config, tracker: SearchTracker, candidates: Mapping[str, dict[s
                 for name, params in candidates.items() for seed in seeds if (name, seed) not in done]
     if not variants:
         return None
-    init_ray(address, verbose)
+    cluster.init_ray(address, verbose)
     return _fit(cfg, tracker, _variant_trainable, name=f"{_experiment_name(cfg)}-confirm-{round_number}",
                 storage_path=storage_path,
                 tune_config={"scheduler": FIFOScheduler()}, param_space={"variant": ray_tune.grid_search(variants)},
@@ -626,7 +467,7 @@ def score_test(cfg: Config, task: Any, checkpoints: Mapping[str, Any], *, addres
         return {}
     if address is None and not cfg.search.gpus_per_trial:
         return _score(task, cfg.train, checkpoints)
-    init_ray(address, verbose)
+    cluster.init_ray(address, verbose)
     remote = ray.remote(_score_in_worker).options(num_cpus=cfg.search.cpus_per_trial,
                                                    num_gpus=cfg.search.gpus_per_trial, max_retries=0)
     return ray.get(remote.remote(cfg.train, cfg.task, dict(checkpoints)))

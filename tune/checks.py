@@ -1,0 +1,169 @@
+"""Everything a search is checked against before it starts, in the order a user would fix it: the options
+(StudyOptions), the config against its task's model, the tracking store, the search to resume, the report's
+folder, a submission. Each problem is a ConfigError naming the key, the value and what is allowed; nothing here
+starts a trial or writes a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tune.config import Config, TrainConfig, load_config, space_file
+from tune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tune import tracking
+    from tune.tasks import Task
+
+__all__ = ["SMOKE", "Checked", "StudyOptions", "check_config", "check_report_dir", "check_submission",
+           "resume_point", "tracking_uri"]
+
+# --smoke-test: a few trials of two epochs (a grid runs once), two candidates confirmed with two seeds; the user's
+# own overrides still win.
+SMOKE = (("search.num_samples", 4), ("train.epochs", 2), ("search.grace_period", 1))
+SMOKE_CONFIRM = {"confirm_seeds": 2, "confirm_top": 2, "confirm_max_seeds": 2}  # at most, where it confirms at all
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """What a search is asked to do: the space file with its overrides, where it logs and keeps its state."""
+
+    space_file: Path | Mapping[str, Any]  # a YAML file, a bundled space's name, or the file's content as a mapping
+    overrides: Sequence[tuple[str, Any]] = ()  # (dotted key, value), as from --set
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db here
+    storage_path: str = "ray_results"
+    report_dir: Path = Path("reports")
+    address: str | None = None  # an existing Ray cluster; None: $RAY_ADDRESS, else a local Ray
+    confirm: int | None = None  # seeds per candidate, 0 for no confirmation; None: the config's report.confirm_seeds
+    confirm_top: int | None = None  # None: the config's report.confirm_top
+    resume: bool = False
+    smoke_test: bool = False
+    verbose: bool = False  # Tune's and Optuna's own console lines too
+    task: Any = None  # a tune.Task or a function returning one, in place of the config's task (tune.FreezeSearch)
+
+
+def tracking_uri(given: str | None) -> str:
+    from tune import tracking
+
+    return given or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri()
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A search's config checked against its task: names resolved in ``cfg.space``; ``written`` is the config as the
+    space file and the overrides give it (cut-point names as written), what the parent run logs as its params."""
+
+    cfg: Config
+    task: Task
+    written: Config
+
+
+def check_config(options: StudyOptions) -> Checked:
+    """The search's config checked against its task (names resolved), and the task; the tracking store usable.
+    Raises ConfigError naming the key, the value and what is allowed."""
+    if options.confirm is not None and (options.confirm == 1 or options.confirm < 0):
+        raise ConfigError("--confirm", options.confirm, "0 (no confirmation) or an integer >= 2 (seeds per candidate)")
+    if options.confirm_top is not None and options.confirm_top < 1:
+        raise ConfigError("--confirm-top", options.confirm_top, "an integer >= 1")
+    flags = [("report.confirm_seeds", options.confirm), ("report.confirm_top", options.confirm_top)]
+    overrides = [*(SMOKE if options.smoke_test else ()), *options.overrides,
+                 *((key, value) for key, value in flags if value is not None)]
+    cfg = load_config(options.space_file, overrides)
+    from tune import freeze, tracking
+    from tune.tasks import absolute_paths, load_task, task_config
+    from tune.trial import known_metrics
+
+    if options.smoke_test and cfg.report.confirm_seeds:
+        given = {key for key, _ in overrides}
+        smaller = {key: min(getattr(cfg.report, key), most) for key, most in SMOKE_CONFIRM.items()
+                   if f"report.{key}" not in given}
+        cfg = dataclasses.replace(cfg, report=dataclasses.replace(cfg.report, **smaller))
+    if options.smoke_test and cfg.search.algorithm == "grid" and "search.num_samples" not in dict(options.overrides):
+        cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, num_samples=1))  # the grid once
+    if options.task is not None:
+        cfg = dataclasses.replace(cfg, task=task_config(options.task))
+    written = cfg = dataclasses.replace(cfg, task=absolute_paths(cfg.task, Path.cwd()))  # trials run elsewhere
+    task = load_task(cfg.task)
+    _check_ignored(cfg, task)
+    cfg = dataclasses.replace(cfg, space=freeze.check_space(cfg.space, cfg.train, task.build_model()))
+    known = known_metrics(task.metric, task.extra_metrics)
+    for metric, _ in cfg.search.objective_list:
+        if metric not in known:
+            raise ConfigError(f"search.objectives.{metric}", metric, "one of " + ", ".join(known))
+    tracking.check_store(tracking_uri(options.tracking_uri))
+    return Checked(cfg, task, written)
+
+
+def _check_ignored(cfg: Config, task: Any) -> None:
+    """A train key the task's own trial does not read, set or searched away from its default: refused."""
+    for key, instead in (task.ignores or {}).items():
+        if key in cfg.space:
+            raise ConfigError(f"space.{key}", cfg.space[key], f"no space for it with the {task.name} task "
+                              f"(its trainer does not read train.{key}; instead: {instead})")
+        value, default = getattr(cfg.train, key), getattr(TrainConfig, key)
+        if value != default:
+            raise ConfigError(f"train.{key}", value, f"{default!r} with the {task.name} task (its trainer does not "
+                              f"read it; instead: {instead})")
+
+
+def check_report_dir(report_dir: Path, key: str = "--report-dir") -> None:
+    """The report's folder: a folder this process can write, or one it can make (the nearest existing folder above
+    it writable); checked before a search starts, made once the report is written."""
+    def refused(problem: str) -> ConfigError:
+        return ConfigError(key, str(report_dir), "a folder this process can write, or a new folder's path",
+                           problem=problem)
+
+    path = Path(report_dir).expanduser().absolute()
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+    except OSError as err:  # a folder on the way this process may not look into
+        raise refused(err.strerror or type(err).__name__) from None
+    if not existing.is_dir():
+        raise refused(f"{existing} is a file")
+    try:  # a file made and gone at once: os.access says yes to root even where the kernel says no (/proc)
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError:
+        raise refused(f"cannot write in {existing}") from None
+
+
+def check_submission(options: StudyOptions, project_dir: Path) -> str:
+    """A search to submit as a Ray Job, checked here (``check_config``) rather than on the cluster; returns the space
+    file's path inside ``project_dir``, which the job gets as its working directory."""
+    if not (options.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        raise ConfigError("--tracking-uri", None, "an MLflow server the cluster reaches, e.g. http://HOST:5000 "
+                                                  "(a local sqlite file would stay inside the job's folder)")
+    storage = options.storage_path
+    if "://" not in storage and not Path(storage).is_absolute():
+        raise ConfigError("--storage-path", storage, "an absolute folder every node shares, or a URI (s3://...)")
+    if isinstance(options.space_file, Mapping):
+        raise ConfigError("--space", "<mapping>", "a space file inside the project (a Ray Job reads it there)")
+    space = space_file(options.space_file).resolve()
+    if not space.is_relative_to(project_dir):
+        raise ConfigError("--space", str(options.space_file), f"a space file inside the project ({project_dir}), "
+                                                              "which is uploaded as the job's working directory")
+    check_config(options)
+    return str(space.relative_to(project_dir))
+
+
+def resume_point(uri: str, experiment: str) -> tracking.SearchRecord:
+    """The latest search of ``experiment`` if it did not finish and its Ray experiment folder can be restored."""
+    from tune import search, tracking
+
+    try:
+        record = tracking.find_search(uri, experiment)
+    except LookupError as err:
+        raise ConfigError("--resume", experiment, "an experiment with an unfinished search", problem=str(err)) from None
+    if record.status == "FINISHED":
+        raise ConfigError("--resume", experiment, "an experiment whose latest search did not finish",
+                          problem=f"search {record.run_id} finished")
+    if not search.can_restore(record.experiment_path):
+        raise ConfigError("--resume", experiment, "a search whose Ray experiment folder is still there",
+                          problem=f"cannot restore {record.experiment_path or 'an unrecorded path'}")
+    return record
+
+
