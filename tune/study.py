@@ -34,6 +34,7 @@ from tune.errors import ConfigError, TrialConfigError, one_line
 # it is reported at once. Annotations name their types as strings.
 if TYPE_CHECKING:
     from tune import report, tracking
+    from tune.records import SearchRecord, TrialRecord
     from tune.tasks import Task
 
 __all__ = ["SMOKE", "Checked", "Study", "StudyOptions", "check_config", "check_report_dir", "check_submission",
@@ -74,9 +75,9 @@ class StudyOptions:
 
 
 def tracking_uri(given: str | None) -> str:
-    from tune import tracking
+    from tune import store
 
-    return given or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri()
+    return given or os.environ.get("MLFLOW_TRACKING_URI") or store.default_tracking_uri()
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def check_config(options: StudyOptions) -> Checked:
     overrides = [*(SMOKE if options.smoke_test else ()), *options.overrides,
                  *((key, value) for key, value in flags if value is not None)]
     cfg = load_config(options.space_file, overrides)
-    from tune import freeze, tracking
+    from tune import freeze, store
     from tune.tasks import absolute_paths, load_task
     from tune.trial import known_metrics
 
@@ -119,7 +120,7 @@ def check_config(options: StudyOptions) -> Checked:
     for metric, _ in cfg.search.objective_list:
         if metric not in known:
             raise ConfigError(f"search.objectives.{metric}", metric, "one of " + ", ".join(known))
-    tracking.check_store(tracking_uri(options.tracking_uri))
+    store.check_store(tracking_uri(options.tracking_uri))
     return Checked(cfg, task, written)
 
 
@@ -175,7 +176,7 @@ def check_submission(options: StudyOptions, project_dir: Path) -> str:
 class Study:
     """One search of one config. Build it with ``prepare`` (every check), then ``run`` it once."""
 
-    def __init__(self, options: StudyOptions, checked: Checked, *, resume: tracking.SearchRecord | None,
+    def __init__(self, options: StudyOptions, checked: Checked, *, resume: SearchRecord | None,
                  address: str | None, say: Say = say) -> None:
         self.options, self.checked, self.resume, self.address, self.say = options, checked, resume, address, say
         self.cfg, self.task = checked.cfg, checked.task
@@ -208,12 +209,11 @@ class Study:
     def run(self) -> str:
         """The whole search; returns how the parent run ended: FINISHED (a trial finished), FAILED (none did, or an
         error, re-raised), KILLED (Ctrl-C: open runs KILLED too; ``--resume`` goes on)."""
-        from tune import prefix_cache, search, tracking
+        from tune import prefix_cache, search, store, tracking
         from tune.data import describe
 
         cfg, options = self.cfg, self.options
-        self.tracker = tracker = tracking.SearchTracker(self.tracking_uri, cfg.name)
-        tracker.datasets = describe(self.task)
+        self.tracker = tracker = tracking.SearchTracker(self.tracking_uri, cfg.name, datasets=describe(self.task))
         parent_id = self._open_parent()
         planned = (f"a grid of {search.grid_size(cfg.space)} x {cfg.search.num_samples}"
                    if cfg.search.algorithm == "grid" else str(cfg.search.num_samples))
@@ -256,14 +256,15 @@ class Study:
             finally:
                 tracker.finish_search(status, reason=reason)
         if status != "KILLED":
-            self.say(f"\nCompare the runs: {tracking.ui_command(self.tracking_uri)}  (experiment '{cfg.name}')")
+            self.say(f"\nCompare the runs: {store.ui_command(self.tracking_uri)}  (experiment '{cfg.name}')")
             cache = prefix_cache.describe(options.storage_path)
             if cache:
                 self.say(cache)
         return status
 
     def _open_parent(self) -> str:
-        from tune import tracking
+        from tune.provenance import git_commit
+        from tune.records import flatten, search_tags
 
         tracker = self.tracker
         if self.resume is not None:
@@ -272,14 +273,14 @@ class Study:
             # after Tune's last snapshot is lost with the driver and stays KILLED (Tune samples a new one).
             tracker.kill_open_trials("the driver stopped before this trial ended")
             return self.resume.run_id
-        commit = tracking.git_commit(Path(tune.__file__).resolve().parents[1])
+        commit = git_commit(Path(tune.__file__).resolve().parents[1])
         space_file = self.options.space_file
         return tracker.start_search(
             run_name=f"search-{time.strftime('%Y%m%d-%H%M%S')}",
-            params=tracking.flatten(self.checked.written.as_dict()),  # the config as written: names unresolved
+            params=flatten(self.checked.written.as_dict()),  # the config as written: names unresolved
             tags={"space_file": str(space_file), "smoke_test": str(self.options.smoke_test),
                   "driver_hostname": socket.gethostname(), "driver_pid": str(os.getpid()),
-                  **tracking.search_tags(self.searched, self.cfg.search.objective_list),
+                  **search_tags(self.searched, self.cfg.search.objective_list),
                   **({"mlflow.source.git.commit": commit} if commit else {})},
             artifacts=[space_file])
 
@@ -437,7 +438,7 @@ class Study:
         self.say(f"Recommended model (trial {chosen}, its best epoch): {registered}  (this search's version: {uri})")
 
 
-def _resume_point(uri: str, experiment: str) -> tracking.SearchRecord:
+def _resume_point(uri: str, experiment: str) -> SearchRecord:
     """The latest search of ``experiment`` if it did not finish and its Ray experiment folder can be restored."""
     from tune import search, tracking
 
@@ -455,13 +456,13 @@ def _resume_point(uri: str, experiment: str) -> tracking.SearchRecord:
 
 
 def _build_report(tracker: tracking.SearchTracker, searched: list[str], objectives: list[tuple[str, str]],
-                  rule: ReportConfig, header: str = "") -> tuple[report.Report, list[tracking.TrialRecord]]:
+                  rule: ReportConfig, header: str = "") -> tuple[report.Report, list[TrialRecord]]:
     """The report of the search as MLflow holds it, and the trial records it was built from."""
     from tune import report, tracking
 
     records = tracking.fetch_trials(tracker.tracking_uri, tracker.parent_run_id,
                                     extra_keys=[m for m, _ in objectives])
-    reference = tracker.client.get_run(tracker.parent_run_id).data.metrics.get("probe_score")
+    reference = tracker.search_metrics().get("probe_score")
     return report.build_report(records, searched=searched, objectives=objectives, tolerance=rule.tolerance,
                                cost=rule.cost, header=header, reference=reference,
                                confidence=rule.confidence), records
@@ -492,14 +493,14 @@ def rebuild_report(uri: str | None, *, experiment: str, run_id: str | None = Non
                    cost: str | None = None, report_dir: Path = Path("reports"), say: Say = say) -> report.Report:
     """A logged search's report again, from MLflow alone (``run_search.py report``); ``tolerance`` and ``cost``
     override the rule the search was run with."""
-    from tune import tracking
+    from tune import store, tracking
 
     uri = tracking_uri(uri)
     if cost is not None and cost not in COST_METRICS:
         raise ConfigError("--cost", cost, "one of " + ", ".join(COST_METRICS))
     if tolerance is not None and not tolerance >= 0:
         raise ConfigError("--tolerance", tolerance, "a number >= 0")
-    tracking.check_store(uri)
+    store.check_store(uri)
     check_report_dir(report_dir)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise ConfigError("--tracking-uri", uri, "an existing MLflow store", problem="no such file")
@@ -508,8 +509,7 @@ def rebuild_report(uri: str | None, *, experiment: str, run_id: str | None = Non
     except LookupError as err:
         raise ConfigError("--run-id" if run_id else "--experiment", run_id or experiment,
                           "a search logged in this tracking store", problem=str(err)) from None
-    tracker = tracking.SearchTracker(uri, record.name or experiment)
-    tracker.parent_run_id = record.run_id
+    tracker = tracking.SearchTracker(uri, record.name or experiment, parent_run_id=record.run_id)
     logged = record.report
     rule = dataclasses.replace(logged, tolerance=logged.tolerance if tolerance is None else tolerance,
                                cost=cost or logged.cost)
