@@ -36,10 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tune import report, tracking  # noqa: E402
+from tune.records import SearchRecord, TrialRecord  # noqa: E402
 
 
 def search(folder: Path, experiment: str, *args: str
-           ) -> tuple[tracking.SearchRecord, list[tracking.TrialRecord], dict[str, float], float]:
+           ) -> tuple[SearchRecord, list[TrialRecord], dict[str, float], float]:
     """One `run_search.py` search in ``folder`` (its own MLflow store, Ray storage and reports); its parent, its
     trials, the parent's metrics and its wall time."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -66,7 +67,7 @@ def grid_space(folder: Path, lrs: list[float], seeds: list[int]) -> Path:
     return path
 
 
-def grid_means(trials: list[tracking.TrialRecord]) -> dict[str, tuple[float, float, str]]:
+def grid_means(trials: list[TrialRecord]) -> dict[str, tuple[float, float, str]]:
     """Each freeze range's (mean, standard error, learning rate) at its best learning rate."""
     by: dict[tuple[str, str], list[float]] = {}
     for result in report.summarise(trials):
@@ -80,13 +81,13 @@ def grid_means(trials: list[tracking.TrialRecord]) -> dict[str, tuple[float, flo
     return best
 
 
-def epochs_of(trials: list[tracking.TrialRecord], phase: str | None = None) -> int:
+def epochs_of(trials: list[TrialRecord], phase: str | None = None) -> int:
     """Trial-epochs trained (epoch 0, a probe-started head's start, is no training), of one phase if given."""
     return sum(sum(1 for step, _ in t.history.get("score", []) if step > 0) for t in trials
                if phase is None or t.tags.get("phase", "search") == phase)
 
 
-def race_figures(trials: list[tracking.TrialRecord], tolerance: float) -> tuple[int, bool, float, float]:
+def race_figures(trials: list[TrialRecord], tolerance: float) -> tuple[int, bool, float, float]:
     """The confirmation race of one search: rounds, decided, the median paired and unpaired standard error of the
     candidates' gaps to the best."""
     confirmation = [r for r in report.summarise(trials) if r.candidate]

@@ -8,6 +8,7 @@ import statistics
 import matplotlib.image
 import pytest
 
+from tune.records import TrialRecord
 from tune.report import (
     DEFAULT_FRONTIER,
     build_report,
@@ -20,7 +21,6 @@ from tune.report import (
     value_at_best,
     write_report,
 )
-from tune.tracking import TrialRecord
 
 
 def record(name: str, stop: int, scores: list[float], epoch_time: float, memory: float, *, lr: float = 1e-3,
@@ -232,7 +232,7 @@ def test_every_cost_name_is_a_compared_value(cost):
 
 
 def test_params_read_back_from_mlflow_keep_their_types():
-    from tune.tracking import typed
+    from tune.records import typed
 
     assert typed("5e-05") == 5e-05 and typed("3") == 3 and typed("adam") == "adam"
 

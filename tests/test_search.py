@@ -453,8 +453,10 @@ def test_confirm_reruns_the_top_ranked_candidates_with_fresh_seeds_and_recommend
 def test_the_recommendation_follows_the_confirmed_choice_not_the_search_trial(tmp_path):
     """Logged by hand (no Ray): the search recommends the cheap trial, its confirmation does not hold up, so the
     report, the parent's tags and the logged model's trial are the expensive one."""
+    from tune.records import search_tags
     from tune.study import rebuild_report
-    from tune.tracking import SearchTracker, TrialRuns, search_tags
+    from tune.tracking import SearchTracker
+    from tune.trial_runs import TrialRuns
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = SearchTracker(uri, "confirmed")
@@ -631,7 +633,8 @@ def test_a_trial_that_ran_its_own_searched_epochs_did_not_stop_early(ray_runtime
 
 
 def _trial_runs(tmp_path: Path, epochs: int = 4):
-    from tune.tracking import SearchTracker, TrialRuns
+    from tune.tracking import SearchTracker
+    from tune.trial_runs import TrialRuns
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = SearchTracker(uri, "by-hand")
@@ -666,7 +669,8 @@ def test_a_trial_restarted_one_checkpoint_early_is_tagged_and_logs_no_epoch_twic
 
 
 def test_a_trial_run_is_named_by_its_freeze_and_values_and_the_console_line_says_how_far(tmp_path):
-    from tune.tracking import TrialRuns, fetch_trials
+    from tune.tracking import fetch_trials
+    from tune.trial_runs import TrialRuns
 
     runs, client = _trial_runs(tmp_path)
     runs = TrialRuns(runs.tracker, {"epochs": 4}, 4, searched=["freeze_stop", "lr"])
@@ -800,7 +804,7 @@ def test_one_trial_at_a_time_a_seed_repeats_the_whole_search(ray_runtime, tmp_pa
     ("GPU-8f2e,1", ["GPU-8f2e", 1]), ("MIG-4a1b", ["MIG-4a1b"]),
 ])
 def test_cuda_visible_devices_are_read_as_cuda_reads_them(value, expected):
-    from tune.tracking import visible_gpus
+    from tune.system_metrics import visible_gpus
 
     assert visible_gpus(value) == expected
 
@@ -812,7 +816,7 @@ def test_a_trials_gpu_metrics_are_its_own_devices_not_the_nodes(monkeypatch):
 
     import mlflow.system_metrics.metrics.gpu_monitor as gpu_monitor
 
-    from tune.tracking import SystemSampler
+    from tune.system_metrics import SystemSampler
 
     used_mb = {0: 100.0, 1: 200.0, 2: 300.0, 3: 400.0}  # each physical GPU's memory in use tells them apart
 

@@ -273,8 +273,7 @@ def test_smoke_search_of_the_guides_space_logs_nested_runs_with_map_time_and_mem
     study = object.__new__(Study)  # the search's own model logging, without a search around it
     study.task, study.say = task, print
     study.options = StudyOptions(space_file=ROOT / "search_spaces" / "yolov5_freeze.yaml", smoke_test=True)
-    study.tracker = SearchTracker(uri, "yolov5_freeze")
-    study.tracker.parent_run_id = parent.info.run_id
+    study.tracker = SearchTracker(uri, "yolov5_freeze", parent_run_id=parent.info.run_id)
     study._log_recommended_model(SimpleNamespace(chosen=SimpleNamespace(name="t")),
                                  {"t": Checkpoint.from_directory(str(folder))})
     model = mlflow.pytorch.load_model(client.get_run(parent.info.run_id).data.tags["recommended_model_uri"])

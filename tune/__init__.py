@@ -6,9 +6,10 @@
     print(result.recommendation)
 
 The public API (tune/api.py) and the types a user's own task is made of (``Task``, ``BlockModel``) are exported
-here; ``freeze-search`` (tune/cli.py) is the console command. Ray is imported only by ``tune.search`` and MLflow only
-by the tracking modules; the rest is plain torch, imported on first use. (This package is ``tune``; Ray's is imported
-as ``from ray import tune as ray_tune``.)
+here; ``freeze-search`` (tune/cli.py) is the console command. Ray is imported only by ``tune.search`` and
+``tune.cluster``, MLflow only by ``tune.tracking`` (the runs) and ``tune.system_metrics`` (MLflow's CPU and GPU
+monitors, in a trial's process); the rest is plain torch, imported on first use. (This package is ``tune``; Ray's is
+imported as ``from ray import tune as ray_tune``.)
 """
 
 from typing import Any

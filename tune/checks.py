@@ -18,7 +18,7 @@ from tune.config import Config, TrainConfig, load_config, space_file
 from tune.errors import ConfigError
 
 if TYPE_CHECKING:
-    from tune import tracking
+    from tune.records import SearchRecord
     from tune.tasks import Task
 
 __all__ = ["SMOKE", "Checked", "StudyOptions", "check_config", "check_report_dir", "check_submission",
@@ -48,9 +48,9 @@ class StudyOptions:
 
 
 def tracking_uri(given: str | None) -> str:
-    from tune import tracking
+    from tune import store
 
-    return given or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri()
+    return given or os.environ.get("MLFLOW_TRACKING_URI") or store.default_tracking_uri()
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def check_config(options: StudyOptions) -> Checked:
     overrides = [*(SMOKE if options.smoke_test else ()), *options.overrides,
                  *((key, value) for key, value in flags if value is not None)]
     cfg = load_config(options.space_file, overrides)
-    from tune import freeze, tracking
+    from tune import freeze, store
     from tune.tasks import absolute_paths, load_task, task_config
     from tune.trial import known_metrics
 
@@ -95,7 +95,7 @@ def check_config(options: StudyOptions) -> Checked:
     for metric, _ in cfg.search.objective_list:
         if metric not in known:
             raise ConfigError(f"search.objectives.{metric}", metric, "one of " + ", ".join(known))
-    tracking.check_store(tracking_uri(options.tracking_uri))
+    store.check_store(tracking_uri(options.tracking_uri))
     return Checked(cfg, task, written)
 
 
@@ -150,7 +150,7 @@ def check_submission(options: StudyOptions, project_dir: Path) -> str:
     return str(space.relative_to(project_dir))
 
 
-def resume_point(uri: str, experiment: str) -> tracking.SearchRecord:
+def resume_point(uri: str, experiment: str) -> SearchRecord:
     """The latest search of ``experiment`` if it did not finish and its Ray experiment folder can be restored."""
     from tune import search, tracking
 

@@ -20,11 +20,11 @@ from typing import Any
 
 from tune.config import ReportConfig
 from tune.race import Candidate, Decision, decide
-from tune.tracking import TrialRecord, short, typed
+from tune.records import TrialRecord, short, typed
 
 __all__ = ["Candidate", "Recommendation", "Report", "TrialResult", "build_report", "candidates",
            "confirmation_candidates", "confirmed",
-           "confirmed_text", "dominates", "frontier", "indistinct", "recommend", "short", "summarise", "test_scores",
+           "confirmed_text", "dominates", "frontier", "indistinct", "recommend", "summarise", "test_scores",
            "write_report"]
 
 DEFAULT_FRONTIER = (("score", "max"), ("epoch_time_s", "min"), ("peak_mem_mb", "min"))

@@ -2,7 +2,7 @@
 
 One Tuner per search: OptunaSearch (TPE) samples the space (define-by-run, see tune.space), ASHA stops
 weak trials early on ``score`` (or FIFO runs them all), each trial reports every epoch with a checkpoint
-and resumes from it, and a Tune callback in the driver hands every trial event to MLflow (tune.tracking.TrialRuns).
+and resumes from it, and a Tune callback in the driver hands every trial event to MLflow (tune.trial_runs.TrialRuns).
 """
 
 from __future__ import annotations
@@ -37,11 +37,14 @@ from tune.errors import ConfigError, TrialConfigError
 from tune.freeze import FREEZE_KEYS, grid_values, sampled_freezes, trial_freeze
 from tune.log import say
 from tune.probe import Probe
+from tune.records import short
 from tune.space import OptunaSpace
+from tune.system_metrics import SystemSampler
 from tune.tasks import load_task
-from tune.tracking import TAG_KEYS, SearchTracker, SystemSampler, TrialRuns, short
+from tune.tracking import SearchTracker
 from tune.train import evaluate_split, make_trial
 from tune.trial import load_checkpoint, model_from_checkpoint, pick_device, save_checkpoint
+from tune.trial_runs import TAG_KEYS, TrialRuns
 
 __all__ = ["SearchOutcome", "can_restore", "concurrency", "confirm", "gpu_shares", "grid_size", "run"]
 

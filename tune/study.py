@@ -37,6 +37,7 @@ from tune.log import say, warn
 # it is reported at once. Annotations name their types as strings.
 if TYPE_CHECKING:
     from tune import report, tracking
+    from tune.records import SearchRecord, TrialRecord
 
 __all__ = ["Study", "rebuild_report"]
 
@@ -46,7 +47,7 @@ Say = Callable[[str], None]
 class Study:
     """One search of one config. Build it with ``prepare`` (every check), then ``run`` it once."""
 
-    def __init__(self, options: StudyOptions, checked: Checked, *, resume: tracking.SearchRecord | None,
+    def __init__(self, options: StudyOptions, checked: Checked, *, resume: SearchRecord | None,
                  address: str | None, say: Say = say) -> None:
         self.options, self.checked, self.resume, self.address, self.say = options, checked, resume, address, say
         self.cfg, self.task = checked.cfg, checked.task
@@ -92,12 +93,11 @@ class Study:
     def run(self) -> str:
         """The whole search; returns how the parent run ended: FINISHED (a trial finished), FAILED (none did, or an
         error, re-raised), KILLED (Ctrl-C: open runs KILLED too; ``--resume`` goes on)."""
-        from tune import prefix_cache, search, tracking
+        from tune import prefix_cache, search, store, tracking
         from tune.data import describe
 
         cfg, options = self.cfg, self.options
-        self.tracker = tracker = tracking.SearchTracker(self.tracking_uri, cfg.name)
-        tracker.datasets = describe(self.task)
+        self.tracker = tracker = tracking.SearchTracker(self.tracking_uri, cfg.name, datasets=describe(self.task))
         parent_id = self._open_parent()
         planned = (f"a grid of {search.grid_size(cfg.space)} x {cfg.search.num_samples}"
                    if cfg.search.algorithm == "grid" else str(cfg.search.num_samples))
@@ -145,14 +145,15 @@ class Study:
             finally:
                 tracker.finish_search(status, reason=reason)
         if status != "KILLED":
-            self.say(f"\nCompare the runs: {tracking.ui_command(self.tracking_uri)}  (experiment '{cfg.name}')")
+            self.say(f"\nCompare the runs: {store.ui_command(self.tracking_uri)}  (experiment '{cfg.name}')")
             cache = prefix_cache.describe(options.storage_path)
             if cache:
                 self.say(cache)
         return status
 
     def _open_parent(self) -> str:
-        from tune import tracking
+        from tune.provenance import git_commit
+        from tune.records import flatten, search_tags
 
         tracker = self.tracker
         if self.resume is not None:
@@ -161,14 +162,14 @@ class Study:
             # after Tune's last snapshot is lost with the driver and stays KILLED (Tune samples a new one).
             tracker.kill_open_trials("the driver stopped before this trial ended")
             return self.resume.run_id
-        commit = tracking.git_commit(Path(tune.__file__).resolve().parents[1])
+        commit = git_commit(Path(tune.__file__).resolve().parents[1])
         space_file, tag = self._space_artifact()
         return tracker.start_search(
             run_name=f"search-{time.strftime('%Y%m%d-%H%M%S')}",
-            params=tracking.flatten(self.checked.written.as_dict()),  # the config as written: names unresolved
+            params=flatten(self.checked.written.as_dict()),  # the config as written: names unresolved
             tags={"space_file": tag, "smoke_test": str(self.options.smoke_test),
                   "driver_hostname": socket.gethostname(), "driver_pid": str(os.getpid()),
-                  **tracking.search_tags(self.searched, self.cfg.search.objective_list),
+                  **search_tags(self.searched, self.cfg.search.objective_list),
                   **({"mlflow.source.git.commit": commit} if commit else {})},
             artifacts=[space_file])
 
@@ -211,7 +212,7 @@ class Study:
                  f"{self.task.metric} {fitted.score:.4f}; every trial's head starts there")
         return fitted.state()
 
-    def _confirm(self, records: list[tracking.TrialRecord]) -> tuple[dict[str, Any], list[tracking.TrialRecord]]:
+    def _confirm(self, records: list[TrialRecord]) -> tuple[dict[str, Any], list[TrialRecord]]:
         """Race the candidates on the same fresh seeds (``tune.race``): ``report.confirm_seeds`` each, then one more
         at a time for the undecided ones, up to ``report.confirm_max_seeds``. After a resume the (candidate, seed)
         runs that finished before the stop are not run again, and the rounds replay the same decisions. Returns their
@@ -221,7 +222,7 @@ class Study:
 
         cfg, options, parent_id, rule = self.cfg, self.options, self.tracker.parent_run_id, self.cfg.report
         candidates = report.candidates(records, rule, self.searched, rule.confirm_top)
-        fetched: list[tracking.TrialRecord] = []
+        fetched: list[TrialRecord] = []
         if not candidates:  # nothing to confirm: no trial finished, or the scores cannot tell the trials apart
             return {}, fetched
         seeds = [cfg.train.seed + i for i in range(1, rule.seed_budget + 1)]
@@ -346,7 +347,7 @@ class Study:
         self.say(f"Recommended model (trial {chosen}, its best epoch): {registered}  (this search's version: {uri})")
 
 
-def _write_report(tracker: tracking.SearchTracker, built: report.Report, records: list[tracking.TrialRecord],
+def _write_report(tracker: tracking.SearchTracker, built: report.Report, records: list[TrialRecord],
                   report_dir: Path, say: Say) -> Path:
     """Write the report (text, plots, summary) under ``report_dir`` and into the parent run, tag the parent with the
     recommendation, print it; returns the report's folder."""
@@ -368,17 +369,17 @@ def _write_report(tracker: tracking.SearchTracker, built: report.Report, records
 
 def rebuild_report(uri: str | None, *, experiment: str, run_id: str | None = None, tolerance: float | None = None,
                    cost: str | None = None, report_dir: Path = Path("reports"), say: Say = say
-                   ) -> tuple[report.Report, Path, tracking.SearchRecord]:
+                   ) -> tuple[report.Report, Path, SearchRecord]:
     """A logged search's report again, from MLflow alone (``freeze-search report``); ``tolerance`` and ``cost``
     override the rule the search was run with. The report, the folder it was written to, the search's record."""
-    from tune import report, tracking
+    from tune import report, store, tracking
 
     uri = tracking_uri(uri)
     if cost is not None and cost not in COST_METRICS:
         raise ConfigError("--cost", cost, "one of " + ", ".join(COST_METRICS))
     if tolerance is not None and not tolerance >= 0:
         raise ConfigError("--tolerance", tolerance, "a number >= 0")
-    tracking.check_store(uri)
+    store.check_store(uri)
     check_report_dir(report_dir)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise ConfigError("--tracking-uri", uri, "an existing MLflow store", problem="no such file")
@@ -387,13 +388,12 @@ def rebuild_report(uri: str | None, *, experiment: str, run_id: str | None = Non
     except LookupError as err:
         raise ConfigError("--run-id" if run_id else "--experiment", run_id or experiment,
                           "a search logged in this tracking store", problem=str(err)) from None
-    tracker = tracking.SearchTracker(uri, record.name or experiment)
-    tracker.parent_run_id = record.run_id
+    tracker = tracking.SearchTracker(uri, record.name or experiment, parent_run_id=record.run_id)
     logged = record.report
     records = tracking.fetch_trials(uri, record.run_id, extra_keys=[m for m, _ in record.objectives])
     built = report.build_report(records, searched=record.searched, objectives=record.objectives,
                                 tolerance=logged.tolerance if tolerance is None else tolerance,
                                 cost=cost or logged.cost,
                                 confidence=float(record.params.get("report.confidence", 0.95)),
-                                reference=tracker.client.get_run(record.run_id).data.metrics.get("probe_score"))
+                                reference=tracker.search_metrics().get("probe_score"))
     return built, _write_report(tracker, built, records, report_dir, say), record

@@ -1,0 +1,105 @@
+"""What a search's runs hold, as plain Python: the records the report reads (TrialRecord, SearchRecord), the
+encodings the runs are written with (``flatten`` for params, ``search_tags`` for what SearchRecord decodes), a
+param read back (``typed``) and shown (``short``). Imports neither MLflow nor Ray (tune.tracking fills the
+records from MLflow).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tune.config import ReportConfig, SearchConfig
+
+__all__ = ["SearchRecord", "TrialRecord", "flatten", "search_tags", "short", "typed"]
+
+
+@dataclass
+class TrialRecord:
+    """One child run as the report sees it."""
+
+    run_id: str
+    name: str
+    status: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    """A search's parent run as MLflow holds it, decoded: its config's report rule, what it searched."""
+
+    run_id: str
+    status: str
+    params: dict[str, str]
+    tags: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        return self.params.get("name", "")
+
+    @property
+    def searched(self) -> list[str]:
+        return json.loads(self.tags.get("freeze_search.searched", "[]"))
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        default = json.dumps(SearchConfig().objective_list)
+        return [tuple(pair) for pair in json.loads(self.tags.get("freeze_search.objectives", default))]
+
+    @property
+    def report(self) -> ReportConfig:
+        default = ReportConfig()
+        return ReportConfig(tolerance=float(self.params.get("report.tolerance", default.tolerance)),
+                            cost=self.params.get("report.cost", default.cost))
+
+    @property
+    def experiment_path(self) -> str:
+        """The Ray experiment folder (or URI) that ``--resume`` restores."""
+        return self.tags.get("ray.experiment_path", "")
+
+
+def search_tags(searched: Iterable[str], objectives: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The parent run's tags that ``SearchRecord`` reads back: what was searched and optimised."""
+    return {"freeze_search.searched": json.dumps(list(searched)),
+            "freeze_search.objectives": json.dumps([list(pair) for pair in objectives])}
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config → ``section.key`` strings, for MLflow params."""
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def typed(text: str) -> Any:
+    """A param as MLflow stored it (a string) → its value; YAML alone would keep '5e-05' a string."""
+    import yaml
+
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def short(value: Any) -> str:
+    """A param for a table or a console line: numbers (or numeric strings, as MLflow keeps params) to 3 digits."""
+    if isinstance(value, bool):
+        return str(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{number:.3g}" if not number.is_integer() else str(int(number))
+
