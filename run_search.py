@@ -144,7 +144,7 @@ def layers_main(argv: list[str]) -> int:
     parser.add_argument("--model", help="the task's model option (yolo: a model yaml such as yolov5nu.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for a search")
     args = parser.parse_args(argv)
-    from tune.freeze import layer_table
+    from tune.blocks import layer_table
     from tune.tasks import load_block_model
 
     task = load_config(args.space, parse_overrides(args.set)).task

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tune.tasks.base import BlockModel, Task, classification_metrics, takes_paths
+from tune.blocks import BlockModel
+from tune.tasks.base import Task, classification_metrics, takes_paths
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 torch.set_num_threads(1)

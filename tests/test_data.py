@@ -11,8 +11,9 @@ from conftest import resumed_epochs
 from torch import nn
 from torch.utils.data import Dataset
 
+from tune.blocks import BlockModel, layer_table
 from tune.config import TrainConfig
-from tune.freeze import BlockModel, freeze_model, layer_table
+from tune.freeze import freeze_model
 from tune.tasks.base import Task, classification_metrics
 from tune.train import Trial
 
@@ -188,7 +189,7 @@ def awkward_model() -> BlockModel:
 
 
 def test_tied_weights_buffers_only_batchnorm_and_module_lists_find_their_blocks():
-    from tune.freeze import block_flops
+    from tune.blocks import block_flops
     from tune.prefix_cache import blocker
 
     block_model = awkward_model()
@@ -206,7 +207,7 @@ def test_tied_weights_buffers_only_batchnorm_and_module_lists_find_their_blocks(
 
 
 def test_a_module_called_inside_another_blocks_module_counts_for_its_own_block():
-    from tune.freeze import block_flops
+    from tune.blocks import block_flops
 
     class Body(nn.Module):
         def __init__(self, shared: nn.Module) -> None:

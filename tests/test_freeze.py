@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from tune.blocks import BlockModel, block_flops
 from tune.config import TrainConfig
 from tune.errors import ConfigError
-from tune.freeze import FrozenModel, block_flops, resolve
-from tune.tasks.base import BlockModel
+from tune.freeze import FrozenModel, resolve
 from tune.train import Trial
 
 

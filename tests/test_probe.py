@@ -137,7 +137,7 @@ def test_a_task_with_its_own_trial_or_no_classifier_gets_no_probe():
 def test_a_new_layer_before_the_classifier_starts_as_the_probe_saw_it_whatever_the_trials_seed():
     from torch import nn
 
-    from tune.freeze import BlockModel
+    from tune.blocks import BlockModel
 
     base = make_tiny_task()
 

@@ -10,9 +10,10 @@ from conftest import resumed_epochs
 from torch import nn
 
 from tune import measure
+from tune.blocks import BlockModel
 from tune.config import TrainConfig
 from tune.prefix_cache import SharedPrefixCache
-from tune.tasks.base import BlockModel, Task, classification_metrics
+from tune.tasks.base import Task, classification_metrics
 from tune.train import Trial
 from tune.trial import METRIC_KEYS
 

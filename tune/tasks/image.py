@@ -37,9 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tune.blocks import timm_blocks, torchvision_blocks
+from tune.blocks import BlockModel, timm_blocks, torchvision_blocks
 from tune.errors import ConfigError, one_line
-from tune.tasks.base import BlockModel, Task, check_option, classification_metrics, takes_paths
+from tune.tasks.base import Task, check_option, classification_metrics, takes_paths
 from tune.weights import load_fitting, read_state_dict
 
 __all__ = ["block_model", "layers_model", "make_task", "write_example"]

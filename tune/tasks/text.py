@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from tune.blocks import encoder_blocks
+from tune.blocks import BlockModel, encoder_blocks
 from tune.errors import ConfigError, one_line
-from tune.tasks.base import BlockModel, Task, check_option, takes_paths
+from tune.tasks.base import Task, check_option, takes_paths
 
 __all__ = ["TokenizedSet", "block_model", "layers_model", "make_task", "text_metrics"]
 

@@ -36,9 +36,10 @@ import torch
 import yaml
 
 from tune import freeze, prefix_cache
+from tune.blocks import BlockModel
 from tune.config import TrainConfig
 from tune.errors import ConfigError, one_line
-from tune.tasks.base import BlockModel, Task, takes_paths
+from tune.tasks.base import Task, takes_paths
 from tune.trial import EpochMeter, epoch_metrics, pick_device
 from tune.weights import load_fitting, read_state_dict
 
