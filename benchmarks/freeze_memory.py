@@ -14,7 +14,7 @@ import torch
 
 from tune.config import TrainConfig
 from tune.tasks.digits import make_task
-from tune.train import Trial
+from tune.train import LoopTrial
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
         row = []
         for cache in ("off", "auto"):
             cfg = TrainConfig(epochs=1, batch_size=64, freeze_stop=k, prefix_cache=cache)
-            metrics = next(Trial(task, cfg).epochs())
+            metrics = next(LoopTrial(task, cfg).epochs())
             base.setdefault(cache, metrics["peak_mem_mb"])
             row += [metrics["peak_mem_mb"], metrics["peak_mem_mb"] / base[cache]]
         print(f"{k:>2} {row[0]:12.2f} {row[1]:6.2f} {row[2]:9.2f} {row[3]:6.2f}  {metrics['mem_source']}")

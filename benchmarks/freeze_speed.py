@@ -20,12 +20,12 @@ import torch
 
 from tune.config import TrainConfig
 from tune.tasks.digits import make_task
-from tune.train import Trial
+from tune.train import LoopTrial
 
 
 def epoch_time(task, cfg: TrainConfig, epochs: int) -> tuple[float, float]:
     """Mean training seconds per epoch over ``epochs`` (the cache's one-off pass included), and phi."""
-    trial = Trial(task, cfg)
+    trial = LoopTrial(task, cfg)
     seconds = [m["epoch_time_s"] for m in trial.epochs()][:epochs]
     return statistics.fmean(seconds), trial.summary.frozen_flops_share
 

@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from tune.config import TrainConfig  # noqa: E402
 from tune.tasks import image  # noqa: E402
 from tune.tasks.digits import make_task  # noqa: E402
-from tune.train import Trial  # noqa: E402
+from tune.train import LoopTrial  # noqa: E402
 
 NO_CUDA = "gpu_check: no CUDA device here (torch.cuda.is_available() is False): nothing to measure; exit 0"
 
@@ -65,8 +65,8 @@ class Sizes:
 QUICK = Sizes(labels_per_class=10, epochs=2, repeats=1, image_size=32, images_per_class=2, trials=4)
 
 
-def _trial(task, device: str, **keys) -> tuple[Trial, list[dict]]:
-    trial = Trial(task, TrainConfig(**{"batch_size": 64, "lr": 1e-3, "prefix_cache": "off", **keys,
+def _trial(task, device: str, **keys) -> tuple[LoopTrial, list[dict]]:
+    trial = LoopTrial(task, TrainConfig(**{"batch_size": 64, "lr": 1e-3, "prefix_cache": "off", **keys,
                                        "device": device}))
     return trial, list(trial.epochs())
 

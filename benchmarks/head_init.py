@@ -30,7 +30,7 @@ import torch
 from tune import pretrained
 from tune.config import TrainConfig
 from tune.tasks import image, text
-from tune.train import Trial, fit_head_probe
+from tune.train import LoopTrial, fit_head_probe
 
 HEAD_INITS = ("library", "zero", "probe")
 
@@ -103,7 +103,7 @@ def run(task, depths: list[int], epochs: int, lr: float, batch_size: int) -> lis
         row = {"freeze_stop": stop, "probe_score": fitted.score}
         for how in HEAD_INITS:
             cfg = TrainConfig(**{**base.__dict__, "freeze_stop": stop, "head_init": how})
-            trial = Trial(task, cfg, head_probe=fitted if how == "probe" else None)
+            trial = LoopTrial(task, cfg, head_probe=fitted if how == "probe" else None)
             scores = [m["score"] for m in trial.epochs()]
             row[how] = max(scores)
             row[f"{how}_curve"] = scores

@@ -32,12 +32,12 @@ import torch
 
 from tune.config import TrainConfig
 from tune.tasks import image, text
-from tune.train import Trial
+from tune.train import LoopTrial
 
 
 def measure(task, cfg: TrainConfig) -> tuple[float, float, float, str]:
     """Mean training seconds per epoch, epoch 1's peak training memory (MB), the frozen FLOP share, the cache."""
-    trial = Trial(task, cfg)
+    trial = LoopTrial(task, cfg)
     epochs = list(trial.epochs())
     return (statistics.fmean(m["epoch_time_s"] for m in epochs), epochs[0]["peak_mem_mb"],
             trial.summary.frozen_flops_share, trial.prefix_cache)

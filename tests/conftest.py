@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tune.tasks.base import BlockModel, Task, classification_metrics, takes_paths
+from tune.blocks import BlockModel
+from tune.tasks.base import Task, classification_metrics, takes_paths
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 torch.set_num_threads(1)
@@ -95,13 +96,13 @@ def first_epoch(trial) -> dict:
 def resumed_epochs(task: Task, cfg, folder: Path) -> list[dict]:
     """A built-in trial's epochs when it is checkpointed after its first epoch (to ``folder``, loaded with
     weights_only) and resumed in a new trial: what a killed and resumed trial reports."""
-    from tune.train import Trial
+    from tune.train import LoopTrial
 
-    first = Trial(task, cfg)
+    first = LoopTrial(task, cfg)
     head = [next(first.epochs())]
     torch.save(first.state_dict(), folder / "trial.pt")
     torch.manual_seed(1234)  # whatever ran in between does not matter
-    resumed = Trial(task, cfg)
+    resumed = LoopTrial(task, cfg)
     resumed.load_state_dict(torch.load(folder / "trial.pt", weights_only=True))
     return head + list(resumed.epochs())
 

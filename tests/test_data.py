@@ -11,10 +11,11 @@ from conftest import resumed_epochs
 from torch import nn
 from torch.utils.data import Dataset
 
+from tune.blocks import BlockModel, layer_table
 from tune.config import TrainConfig
-from tune.freeze import BlockModel, freeze_model, layer_table
+from tune.freeze import freeze_model
 from tune.tasks.base import Task, classification_metrics
-from tune.train import Trial
+from tune.train import LoopTrial
 
 
 class Shifted(Dataset):
@@ -42,8 +43,8 @@ def dataset_task(task: Task, augment: bool, num_workers: int = 0) -> Task:
 
 def test_a_dataset_task_trains_exactly_as_the_same_data_in_tensors(tiny_task):
     cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, freeze_stop=1, seed=2, prefix_cache="off")
-    as_tensors = list(Trial(tiny_task, cfg).epochs())
-    as_dataset = list(Trial(dataset_task(tiny_task, augment=False), cfg).epochs())
+    as_tensors = list(LoopTrial(tiny_task, cfg).epochs())
+    as_dataset = list(LoopTrial(dataset_task(tiny_task, augment=False), cfg).epochs())
     for expected, got in zip(as_tensors, as_dataset, strict=True):
         for key in ("score", "val_loss", "train_loss"):
             assert got[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), key
@@ -53,7 +54,7 @@ def test_a_cached_prefix_over_a_dataset_trains_like_the_full_model(tiny_task):
     # head_init zero: a trial on its own would read the data once more to fit its linear probe
     cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, freeze_stop=2, seed=1, head_init="zero")
     task = dataset_task(tiny_task, augment=False)
-    cached, full = Trial(task, cfg), Trial(task, dataclasses.replace(cfg, prefix_cache="off"))
+    cached, full = LoopTrial(task, cfg), LoopTrial(task, dataclasses.replace(cfg, prefix_cache="off"))
     assert cached.prefix_cache == "on"
     reads = task.train_data.reads
     for with_cache, without in zip(cached.epochs(), full.epochs(), strict=True):
@@ -66,7 +67,7 @@ def test_a_cached_prefix_over_a_dataset_trains_like_the_full_model(tiny_task):
 def test_an_augmenting_shuffling_loader_resumes_exactly(tiny_task, tmp_path, num_workers):
     task = dataset_task(tiny_task, augment=True, num_workers=num_workers)
     cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-2, freeze_stop=1, seed=5)
-    straight = Trial(task, cfg)
+    straight = LoopTrial(task, cfg)
     assert straight.prefix_cache == "off: the task augments its inputs"
     expected = list(straight.epochs())
     got = resumed_epochs(task, cfg, tmp_path)
@@ -75,7 +76,7 @@ def test_an_augmenting_shuffling_loader_resumes_exactly(tiny_task, tmp_path, num
         assert have["train_loss"] == pytest.approx(want["train_loss"], rel=1e-6, abs=1e-9)
         assert have["score"] == pytest.approx(want["score"])
     # the augmentation is real: another seed sees other images
-    other = list(Trial(task, dataclasses.replace(cfg, seed=6)).epochs())
+    other = list(LoopTrial(task, dataclasses.replace(cfg, seed=6)).epochs())
     assert [m["train_loss"] for m in other] != [m["train_loss"] for m in expected]
 
 
@@ -92,7 +93,7 @@ def test_a_task_may_build_its_own_training_loader_and_step(tiny_task):
         return F.cross_entropy(model(inputs), targets, label_smoothing=0.1)
 
     task = dataclasses.replace(tiny_task, train_loader=loader, training_step=step, loss=None)
-    trial = Trial(task, TrainConfig(epochs=2, batch_size=16, freeze_stop=2, seed=4))
+    trial = LoopTrial(task, TrainConfig(epochs=2, batch_size=16, freeze_stop=2, seed=4))
     assert trial.prefix_cache == "off: the task builds its own training loader"
     metrics = list(trial.epochs())
     assert seen == [(16, 0, 4), (16, 1, 4)]
@@ -188,7 +189,7 @@ def awkward_model() -> BlockModel:
 
 
 def test_tied_weights_buffers_only_batchnorm_and_module_lists_find_their_blocks():
-    from tune.freeze import block_flops
+    from tune.blocks import block_flops
     from tune.prefix_cache import blocker
 
     block_model = awkward_model()
@@ -206,7 +207,7 @@ def test_tied_weights_buffers_only_batchnorm_and_module_lists_find_their_blocks(
 
 
 def test_a_module_called_inside_another_blocks_module_counts_for_its_own_block():
-    from tune.freeze import block_flops
+    from tune.blocks import block_flops
 
     class Body(nn.Module):
         def __init__(self, shared: nn.Module) -> None:

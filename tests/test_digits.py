@@ -10,7 +10,7 @@ from tune.errors import ConfigError
 from tune.tasks import load_task
 from tune.tasks.base import classification_metrics
 from tune.tasks.digits import build_model, make_task, pretrain, weights_path
-from tune.train import Trial
+from tune.train import LoopTrial
 
 
 def test_model_lists_eight_blocks_with_named_cut_points():
@@ -41,8 +41,8 @@ def test_few_label_split_is_balanced_and_disjoint():
 def test_pretrained_trunk_transfers_where_a_frozen_trunk_cannot_adapt():
     task = make_task()
     zero_shot = classification_metrics(build_model().module, *task.val_data)["val_accuracy"]
-    tuned = max(m["score"] for m in Trial(task, TrainConfig(epochs=4, freeze_stop=3)).epochs())
-    head_only = max(m["score"] for m in Trial(task, TrainConfig(epochs=4, freeze_stop="all_but_head")).epochs())
+    tuned = max(m["score"] for m in LoopTrial(task, TrainConfig(epochs=4, freeze_stop=3)).epochs())
+    head_only = max(m["score"] for m in LoopTrial(task, TrainConfig(epochs=4, freeze_stop="all_but_head")).epochs())
     assert zero_shot < 0.5  # the domain shift is real: MNIST weights alone do not read UCI digits
     assert tuned > 0.85
     assert tuned > head_only + 0.05  # freezing all but the head costs accuracy here
@@ -50,8 +50,8 @@ def test_pretrained_trunk_transfers_where_a_frozen_trunk_cannot_adapt():
 
 def test_random_init_is_worse_than_pretrained_at_equal_budget():
     cfg = TrainConfig(epochs=4, freeze_stop=0)
-    pretrained = max(m["score"] for m in Trial(make_task(), cfg).epochs())
-    scratch = max(m["score"] for m in Trial(make_task(weights=None), cfg).epochs())
+    pretrained = max(m["score"] for m in LoopTrial(make_task(), cfg).epochs())
+    scratch = max(m["score"] for m in LoopTrial(make_task(weights=None), cfg).epochs())
     assert pretrained > scratch + 0.05
 
 

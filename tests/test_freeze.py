@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from tune.blocks import BlockModel, block_flops
 from tune.config import TrainConfig
 from tune.errors import ConfigError
-from tune.freeze import FrozenModel, block_flops, resolve
-from tune.tasks.base import BlockModel
-from tune.train import Trial
+from tune.freeze import FrozenModel, resolve
+from tune.train import LoopTrial
 
 
 def frozen_blocks_of(block_model: BlockModel) -> set[int]:
@@ -77,7 +77,7 @@ CACHE = pytest.mark.parametrize(("prefix_cache", "state"), [("auto", "on"), ("of
 
 @CACHE
 def test_training_changes_trainable_params_and_leaves_frozen_ones_bit_identical(tiny_task, prefix_cache, state):
-    trial = Trial(tiny_task, TrainConfig(epochs=2, batch_size=8, lr=1e-2, freeze_stop=2, prefix_cache=prefix_cache))
+    trial = LoopTrial(tiny_task, TrainConfig(epochs=2, batch_size=8, lr=1e-2, freeze_stop=2, prefix_cache=prefix_cache))
     assert trial.prefix_cache == state
     before = {name: p.detach().clone() for name, p in trial.model.named_parameters()}
     list(trial.epochs())
@@ -96,7 +96,7 @@ def _bn_stats(model: nn.Module, blocks: range) -> list[torch.Tensor]:
 
 @CACHE
 def test_frozen_batchnorm_keeps_its_statistics_by_default(tiny_task, prefix_cache, state):
-    trial = Trial(tiny_task, TrainConfig(epochs=1, batch_size=8, freeze_stop=1, prefix_cache=prefix_cache))
+    trial = LoopTrial(tiny_task, TrainConfig(epochs=1, batch_size=8, freeze_stop=1, prefix_cache=prefix_cache))
     assert trial.prefix_cache == state
     frozen_before, trainable_before = _bn_stats(trial.model, range(1)), _bn_stats(trial.model, range(1, 2))
     list(trial.epochs())
@@ -107,7 +107,7 @@ def test_frozen_batchnorm_keeps_its_statistics_by_default(tiny_task, prefix_cach
 
 
 def test_frozen_bn_train_lets_statistics_drift_as_yolov5_does(tiny_task):
-    trial = Trial(tiny_task, TrainConfig(epochs=1, batch_size=8, freeze_stop=1, frozen_bn="train"))
+    trial = LoopTrial(tiny_task, TrainConfig(epochs=1, batch_size=8, freeze_stop=1, frozen_bn="train"))
     before = _bn_stats(trial.model, range(1))
     weights = [p.detach().clone() for p in trial.model.blocks[0].parameters()]
     list(trial.epochs())
@@ -116,7 +116,7 @@ def test_frozen_bn_train_lets_statistics_drift_as_yolov5_does(tiny_task):
 
 
 def test_optimizer_holds_exactly_the_trainable_params(tiny_task):
-    trial = Trial(tiny_task, TrainConfig(epochs=1, freeze=[0, 2]))
+    trial = LoopTrial(tiny_task, TrainConfig(epochs=1, freeze=[0, 2]))
     in_optimizer = {id(p) for group in trial.optimizer.param_groups for p in group["params"]}
     frozen = {id(p) for i in (0, 2) for p in trial.model.blocks[i].parameters()}
     trainable = {id(p) for p in trial.model.parameters() if p.requires_grad}

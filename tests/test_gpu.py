@@ -16,7 +16,7 @@ from conftest import most_open_at_once, parent_and_children
 
 from tune.config import TrainConfig
 from tune.tasks.digits import make_task
-from tune.train import Trial
+from tune.train import LoopTrial
 
 NO_CUDA = "needs a CUDA device: torch.cuda.is_available() is False on this machine"
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)]
@@ -33,8 +33,8 @@ def deterministic_kernels():
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
 
 
-def _epochs(cfg: TrainConfig, device: str) -> tuple[Trial, list[dict]]:
-    trial = Trial(make_task(labels_per_class=10, val_size=200), TrainConfig(**{**cfg.__dict__, "device": device}))
+def _epochs(cfg: TrainConfig, device: str) -> tuple[LoopTrial, list[dict]]:
+    trial = LoopTrial(make_task(labels_per_class=10, val_size=200), TrainConfig(**{**cfg.__dict__, "device": device}))
     return trial, list(trial.epochs())
 
 
@@ -73,7 +73,7 @@ def test_the_allocators_peak_is_the_exact_count_of_what_training_holds(freeze_st
 
 def test_frozen_parameters_and_batchnorm_statistics_stay_bit_identical_on_the_gpu():
     cfg = TrainConfig(**{**CONFIG.__dict__, "freeze_stop": 3, "device": "cuda"})
-    trial = Trial(make_task(labels_per_class=10, val_size=200), cfg)
+    trial = LoopTrial(make_task(labels_per_class=10, val_size=200), cfg)
     frozen = list(trial.model.blocks[:3])
     before = [{k: v.detach().cpu().clone() for k, v in block.state_dict().items()} for block in frozen]
     trainable = {k: v.detach().cpu().clone() for k, v in trial.model.blocks[3].state_dict().items()}

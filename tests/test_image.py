@@ -18,7 +18,7 @@ from tune.blocks import timm_blocks, torchvision_blocks
 from tune.config import TrainConfig
 from tune.errors import ConfigError
 from tune.tasks.image import make_task, write_example
-from tune.train import Trial
+from tune.train import LoopTrial
 
 timm = pytest.importorskip("timm", reason="the image task needs timm (pip install -e '.[image]')")
 torchvision = pytest.importorskip("torchvision", reason="the image task needs torchvision")
@@ -99,7 +99,7 @@ def test_convnext_stages_and_its_norm_head():
 
 def test_frozen_weights_and_batchnorm_statistics_do_not_move_and_the_optimizer_holds_the_rest(folder):
     task = make_task(model="resnet18", data=str(folder), image_size=32, workers=0)
-    trial = Trial(task, TrainConfig(epochs=1, batch_size=8, lr=1e-2, freeze_stop=3, seed=0))
+    trial = LoopTrial(task, TrainConfig(epochs=1, batch_size=8, lr=1e-2, freeze_stop=3, seed=0))
     assert trial.prefix_cache == "off: the model is not a plain sequence of blocks"
     frozen_names = {n for n, i in trial.frozen.block_model.param_blocks.items() if i < 3}
     before = {k: v.clone() for k, v in trial.model.state_dict().items()}
@@ -119,7 +119,7 @@ def test_frozen_weights_and_batchnorm_statistics_do_not_move_and_the_optimizer_h
 def test_an_augmenting_image_trial_resumes_exactly(folder, tmp_path):
     task = make_task(model="resnet10t", data=str(folder), image_size=32, workers=0, augment=True)
     cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, freeze_stop=2, seed=3)
-    straight = list(Trial(task, cfg).epochs())
+    straight = list(LoopTrial(task, cfg).epochs())
     got = resumed_epochs(task, cfg, tmp_path)
     for want, have in zip(straight, got, strict=True):
         assert have["train_loss"] == pytest.approx(want["train_loss"], rel=1e-6)

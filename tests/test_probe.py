@@ -11,7 +11,7 @@ from conftest import make_tiny_task
 
 from tune import probe, train
 from tune.config import TrainConfig
-from tune.train import Trial, fit_head_probe
+from tune.train import LoopTrial, fit_head_probe
 
 
 def _blobs(n: int, classes: int = 3, dim: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +48,7 @@ def test_a_trial_starts_its_head_from_the_searchs_probe_bit_for_bit_and_fits_non
     calls = []
     monkeypatch.setattr(train, "fit_head_probe", lambda *args: calls.append(args))
     for stop in (0, 2, 3):
-        trial = Trial(task, TrainConfig(freeze_stop=stop, epochs=1), head_probe=fitted)
+        trial = LoopTrial(task, TrainConfig(freeze_stop=stop, epochs=1), head_probe=fitted)
         head = trial.model.blocks[3]
         assert torch.equal(head.weight, fitted.weight) and torch.equal(head.bias, fitted.bias)
         assert trial.head_start == "probe (the search's)"
@@ -58,7 +58,7 @@ def test_a_trial_starts_its_head_from_the_searchs_probe_bit_for_bit_and_fits_non
 def test_the_all_but_head_trial_starts_at_the_probes_score():
     task = make_tiny_task()
     fitted = fit_head_probe(task, TrainConfig())
-    trial = Trial(task, TrainConfig(freeze_stop=3, epochs=1, lr=1e-12), head_probe=fitted)
+    trial = LoopTrial(task, TrainConfig(freeze_stop=3, epochs=1, lr=1e-12), head_probe=fitted)
     assert next(trial.epochs())["score"] == pytest.approx(fitted.score)  # a step of 1e-12 changes no prediction
 
 
@@ -66,7 +66,7 @@ def test_a_probe_started_trial_reports_its_start_as_epoch_0_once_even_across_a_r
     task = make_tiny_task()
     fitted = fit_head_probe(task, TrainConfig())
     cfg = TrainConfig(freeze_stop=1, epochs=2)
-    trial, reported = Trial(task, cfg, head_probe=fitted), []
+    trial, reported = LoopTrial(task, cfg, head_probe=fitted), []
     trial.run(reported.append)
     assert [m["epoch"] for m in reported] == [0, 1, 2]
     start = reported[0]
@@ -74,7 +74,7 @@ def test_a_probe_started_trial_reports_its_start_as_epoch_0_once_even_across_a_r
     assert all(start[k] != start[k] for k in ("epoch_time_s", "peak_mem_mb", "train_loss"))  # NaN: not measured
     assert start["trainable_params"] == reported[1]["trainable_params"]  # the freeze summary, as every epoch's
     # a trial checkpointed at epoch 0 (as the search does after each report), stopped, restored: on at epoch 1
-    checkpointed, states = Trial(task, cfg, head_probe=fitted), []
+    checkpointed, states = LoopTrial(task, cfg, head_probe=fitted), []
 
     def stop_after_checkpoint(metrics: dict) -> None:
         states.append(checkpointed.state_dict())
@@ -82,20 +82,20 @@ def test_a_probe_started_trial_reports_its_start_as_epoch_0_once_even_across_a_r
 
     with pytest.raises(KeyboardInterrupt):
         checkpointed.run(stop_after_checkpoint)
-    resumed, after = Trial(task, cfg, head_probe=fitted), []
+    resumed, after = LoopTrial(task, cfg, head_probe=fitted), []
     resumed.load_state_dict(states[0])
     resumed.run(after.append)
     assert [m["epoch"] for m in after] == [1, 2]
     # heads not started from the probe have no epoch 0
     for how in ("zero", "library"):
-        plain, got = Trial(task, dataclasses.replace(cfg, head_init=how)), []
+        plain, got = LoopTrial(task, dataclasses.replace(cfg, head_init=how)), []
         plain.run(got.append)
         assert [m["epoch"] for m in got] == [1, 2]
 
 
 def test_a_trial_on_its_own_fits_the_probe_and_the_same_probe_each_time():
     task = make_tiny_task()
-    first, second = (Trial(task, TrainConfig(freeze_stop=2)) for _ in range(2))
+    first, second = (LoopTrial(task, TrainConfig(freeze_stop=2)) for _ in range(2))
     assert first.head_start == "probe (fitted by this trial)"
     assert torch.equal(first.model.blocks[3].weight, second.model.blocks[3].weight)
 
@@ -105,7 +105,7 @@ def test_zero_and_library_heads(how):
     task = make_tiny_task()
     torch.manual_seed(0)
     built = task.build_model().module.blocks[3]
-    trial = Trial(task, TrainConfig(head_init=how))
+    trial = LoopTrial(task, TrainConfig(head_init=how))
     head = trial.model.blocks[3]
     if how == "zero":
         assert not head.weight.any() and not head.bias.any()
@@ -116,7 +116,7 @@ def test_zero_and_library_heads(how):
 
 def test_the_head_block_gets_its_own_learning_rate():
     task = make_tiny_task()
-    trial = Trial(task, TrainConfig(head_init="zero", lr=1e-3, head_lr_mult=10.0, freeze_stop=1))
+    trial = LoopTrial(task, TrainConfig(head_init="zero", lr=1e-3, head_lr_mult=10.0, freeze_stop=1))
     groups = trial.optimizer.param_groups
     head = {id(p) for p in trial.model.blocks[3].parameters()}
     assert [g["lr"] for g in groups] == [1e-3, 1e-2]
@@ -124,7 +124,7 @@ def test_the_head_block_gets_its_own_learning_rate():
     assert not head & {id(p) for p in groups[0]["params"]}
     frozen = {id(p) for p in trial.model.blocks[0].parameters()}
     assert not frozen & {id(p) for g in groups for p in g["params"]}
-    one = Trial(task, TrainConfig(head_init="zero", freeze_stop=1)).optimizer.param_groups
+    one = LoopTrial(task, TrainConfig(head_init="zero", freeze_stop=1)).optimizer.param_groups
     assert len(one) == 1
 
 
@@ -137,7 +137,7 @@ def test_a_task_with_its_own_trial_or_no_classifier_gets_no_probe():
 def test_a_new_layer_before_the_classifier_starts_as_the_probe_saw_it_whatever_the_trials_seed():
     from torch import nn
 
-    from tune.freeze import BlockModel
+    from tune.blocks import BlockModel
 
     base = make_tiny_task()
 
@@ -152,6 +152,6 @@ def test_a_new_layer_before_the_classifier_starts_as_the_probe_saw_it_whatever_t
     fitted = fit_head_probe(task, TrainConfig(seed=0))
     assert set(fitted.head) == {"blocks.3.0.weight", "blocks.3.0.bias"}
     for seed in (0, 3):
-        head = Trial(task, TrainConfig(seed=seed, freeze_stop=3), head_probe=fitted).model.blocks[3]
+        head = LoopTrial(task, TrainConfig(seed=seed, freeze_stop=3), head_probe=fitted).model.blocks[3]
         assert torch.equal(head[0].weight, fitted.head["blocks.3.0.weight"]) and torch.equal(head[2].weight,
                                                                                               fitted.weight)

@@ -16,7 +16,7 @@ from conftest import resumed_epochs
 
 from tune.config import TrainConfig
 from tune.errors import ConfigError
-from tune.train import Trial
+from tune.train import LoopTrial
 
 transformers = pytest.importorskip("transformers", reason="the text task needs transformers (pip install -e "
                                                           "'.[text]')")
@@ -114,7 +114,7 @@ def test_a_text_trial_freezes_exactly_its_layers_and_resumes_exactly(files, tmp_
 
     task = make_task(model=files["model"], data=files["data"], val_data=files["val_data"], max_length=16)
     cfg = TrainConfig(epochs=2, batch_size=16, lr=3e-3, freeze_stop=2, seed=1, prefix_cache=prefix_cache)
-    trial = Trial(task, cfg)
+    trial = LoopTrial(task, cfg)
     assert trial.prefix_cache == ("on" if prefix_cache == "auto" else "off: off in the config")
     frozen = {n for n, i in trial.frozen.block_model.param_blocks.items() if i < 2}
     before = {n: p.detach().clone() for n, p in trial.model.named_parameters()}
@@ -151,7 +151,7 @@ def test_the_cache_trains_an_encoder_as_the_whole_model_does_or_says_why_not(fil
     n_blocks = task.build_model().n_blocks
     for stop in (1, 2, n_blocks - 1):  # the embeddings, one layer more, all but the head
         cfg = TrainConfig(epochs=2, batch_size=16, lr=3e-3, freeze_stop=stop, seed=2, optimizer="adamw")
-        cached, whole = Trial(task, cfg), Trial(task, dataclasses.replace(cfg, prefix_cache="off"))
+        cached, whole = LoopTrial(task, cfg), LoopTrial(task, dataclasses.replace(cfg, prefix_cache="off"))
         if family == "deberta_conv":  # the conv after the first layer reads the embeddings' output
             assert cached.prefix_cache.startswith("off: ") and "embeddings" in cached.prefix_cache, stop
             assert cached.net is cached.model
@@ -177,13 +177,13 @@ def test_text_trials_share_a_frozen_chains_hidden_states(files, tmp_path):
     task = make_task(model=files["model"], data=files["data"], val_data=files["val_data"], max_length=16)
     shared = SharedPrefixCache(tmp_path / "prefix_cache")
     cfg = TrainConfig(epochs=1, batch_size=16, lr=3e-3, freeze_stop=3, seed=1)
-    assert Trial(task, cfg, shared_cache=shared).prefix_cache == "on (shared, computed)"
+    assert LoopTrial(task, cfg, shared_cache=shared).prefix_cache == "on (shared, computed)"
     other = dataclasses.replace(cfg, lr=1e-3)
-    loaded = Trial(task, other, shared_cache=shared)
+    loaded = LoopTrial(task, other, shared_cache=shared)
     assert loaded.prefix_cache == "on (shared, loaded)"
-    assert next(loaded.epochs())["train_loss"] == pytest.approx(next(Trial(task, other).epochs())["train_loss"],
+    assert next(loaded.epochs())["train_loss"] == pytest.approx(next(LoopTrial(task, other).epochs())["train_loss"],
                                                                  rel=1e-6)
-    assert Trial(task, dataclasses.replace(cfg, freeze_stop=2), shared_cache=shared).prefix_cache == \
+    assert LoopTrial(task, dataclasses.replace(cfg, freeze_stop=2), shared_cache=shared).prefix_cache == \
         "on (shared, computed)"  # another depth, another key
     assert len(list((tmp_path / "prefix_cache").glob("*.pt"))) == 2
 
@@ -192,7 +192,7 @@ def test_the_model_learns_the_sentences(files):
     from tune.tasks.text import make_task
 
     task = make_task(model=files["model"], data=files["data"], val_data=files["val_data"], max_length=16)
-    metrics = list(Trial(task, TrainConfig(epochs=6, batch_size=16, lr=3e-3, seed=0)).epochs())
+    metrics = list(LoopTrial(task, TrainConfig(epochs=6, batch_size=16, lr=3e-3, seed=0)).epochs())
     assert metrics[-1]["val_accuracy"] > 0.8, [m["val_accuracy"] for m in metrics]
 
 

@@ -10,15 +10,16 @@ from conftest import resumed_epochs
 from torch import nn
 
 from tune import measure
+from tune.blocks import BlockModel
 from tune.config import TrainConfig
 from tune.prefix_cache import SharedPrefixCache
-from tune.tasks.base import BlockModel, Task, classification_metrics
-from tune.train import Trial
+from tune.tasks.base import Task, classification_metrics
+from tune.train import LoopTrial
 from tune.trial import METRIC_KEYS
 
 
 def test_every_epoch_yields_the_common_metric_names(tiny_task):
-    epochs = list(Trial(tiny_task, TrainConfig(epochs=3, batch_size=8, lr=1e-2, freeze_stop=1)).epochs())
+    epochs = list(LoopTrial(tiny_task, TrainConfig(epochs=3, batch_size=8, lr=1e-2, freeze_stop=1)).epochs())
     assert [m["epoch"] for m in epochs] == [1, 2, 3]
     for metrics in epochs:
         assert set(METRIC_KEYS) <= set(metrics)
@@ -47,7 +48,7 @@ def _linear_task(batch: int) -> Task:
     (1, 32 * 16 * 4),  # the frozen first layer records nothing: only the second saves its input
 ])
 def test_cpu_peak_memory_is_an_exact_count(freeze_stop, saved_activations):
-    trial = Trial(_linear_task(batch=32), TrainConfig(epochs=1, batch_size=32, optimizer="sgd", momentum=0.9,
+    trial = LoopTrial(_linear_task(batch=32), TrainConfig(epochs=1, batch_size=32, optimizer="sgd", momentum=0.9,
                                                       freeze_stop=freeze_stop))
     metrics = next(trial.epochs())
     params = (8 * 16 + 16 * 4) * 4
@@ -58,19 +59,19 @@ def test_cpu_peak_memory_is_an_exact_count(freeze_stop, saved_activations):
 
 
 def test_deeper_freeze_needs_less_training_memory(tiny_task):
-    memory = [next(Trial(tiny_task, TrainConfig(epochs=1, freeze_stop=k, prefix_cache="off")).epochs())["peak_mem_mb"]
-              for k in range(4)]
+    configs = [TrainConfig(epochs=1, freeze_stop=k, prefix_cache="off") for k in range(4)]
+    memory = [next(LoopTrial(tiny_task, cfg).epochs())["peak_mem_mb"] for cfg in configs]
     assert memory == sorted(memory, reverse=True) and memory[0] > memory[-1]
 
 
 def test_a_resumed_trial_continues_exactly_where_it_stopped(tiny_task, tmp_path):
     cfg = TrainConfig(epochs=4, batch_size=8, lr=1e-2, freeze_stop=1, seed=3)
-    straight = list(Trial(tiny_task, cfg).epochs())
+    straight = list(LoopTrial(tiny_task, cfg).epochs())
 
-    first = Trial(tiny_task, cfg)
+    first = LoopTrial(tiny_task, cfg)
     head = [next(first.epochs()) for _ in range(2)]
     torch.save(first.state_dict(), tmp_path / "trial.pt")
-    resumed = Trial(tiny_task, cfg)
+    resumed = LoopTrial(tiny_task, cfg)
     resumed.load_state_dict(torch.load(tmp_path / "trial.pt", weights_only=True))
     tail = list(resumed.epochs())
 
@@ -83,7 +84,7 @@ def test_a_resumed_trial_continues_exactly_where_it_stopped(tiny_task, tmp_path)
 
 def test_cached_prefix_trains_exactly_like_the_full_model(tiny_task):
     cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-2, freeze_stop=2, seed=1)
-    cached, full = Trial(tiny_task, cfg), Trial(tiny_task, dataclasses.replace(cfg, prefix_cache="off"))
+    cached, full = LoopTrial(tiny_task, cfg), LoopTrial(tiny_task, dataclasses.replace(cfg, prefix_cache="off"))
     assert (cached.prefix_cache, full.prefix_cache) == ("on", "off: off in the config")
     for with_cache, without in zip(cached.epochs(), full.epochs(), strict=True):
         assert with_cache["prefix_cache"] == "on"
@@ -96,7 +97,7 @@ def test_cached_prefix_trains_exactly_like_the_full_model(tiny_task):
 def test_trials_with_the_same_prefix_share_its_outputs_and_train_exactly_as_alone(tiny_task, tmp_path, monkeypatch):
     shared = SharedPrefixCache(tmp_path / "prefix_cache")
     cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, freeze_stop=2, seed=1)
-    first = Trial(tiny_task, cfg, shared_cache=shared)
+    first = LoopTrial(tiny_task, cfg, shared_cache=shared)
     assert first.prefix_cache == "on (shared, computed)"
     assert len(list((tmp_path / "prefix_cache").glob("*.pt"))) == 1
     import tune.prefix_cache
@@ -106,15 +107,15 @@ def test_trials_with_the_same_prefix_share_its_outputs_and_train_exactly_as_alon
 
     monkeypatch.setattr(tune.prefix_cache, "_outputs", no_compute)
     other_lr = dataclasses.replace(cfg, lr=3e-3)
-    second = Trial(tiny_task, other_lr, shared_cache=shared)  # another trial, same prefix: loaded, not computed
+    second = LoopTrial(tiny_task, other_lr, shared_cache=shared)  # another trial, same prefix: loaded, not computed
     assert second.prefix_cache == "on (shared, loaded)"
     monkeypatch.undo()
-    alone = Trial(tiny_task, other_lr)
+    alone = LoopTrial(tiny_task, other_lr)
     for shared_epoch, alone_epoch in zip(second.epochs(), alone.epochs(), strict=True):
         for key in ("train_loss", "val_loss", "score"):
             assert shared_epoch[key] == pytest.approx(alone_epoch[key], rel=1e-6, abs=1e-9), key
     # another depth, other weights or other data: another key, computed again
-    Trial(tiny_task, dataclasses.replace(cfg, freeze_stop=1), shared_cache=shared)
+    LoopTrial(tiny_task, dataclasses.replace(cfg, freeze_stop=1), shared_cache=shared)
     block_model = tiny_task.build_model()
     prefix = torch.nn.Sequential(*block_model.blocks[:2])
     x = tiny_task.train_data[0]
@@ -162,7 +163,7 @@ def _dropout_task() -> Task:
 def test_the_cache_turns_itself_off_where_it_would_not_be_exact(tiny_task, task_factory, changes, reason):
     task = {"tiny": tiny_task, "augmenting": dataclasses.replace(tiny_task, augments=True),
             "dropout": _dropout_task(), "linear": _linear_task(batch=8)}[task_factory]
-    trial = Trial(task, dataclasses.replace(TrainConfig(epochs=1), **changes))
+    trial = LoopTrial(task, dataclasses.replace(TrainConfig(epochs=1), **changes))
     assert trial.prefix_cache == f"off: {reason}"
     assert next(trial.epochs())["prefix_cache"] == f"off: {reason}"
 
@@ -170,7 +171,7 @@ def test_the_cache_turns_itself_off_where_it_would_not_be_exact(tiny_task, task_
 def test_warmup_and_linear_decay_follow_the_fine_tuning_schedule_and_resume_exactly(tiny_task, tmp_path):
     cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-2, lr_schedule="linear", warmup=0.2, optimizer="adamw", seed=1,
                       freeze_stop=1, prefix_cache="off")
-    trial = Trial(tiny_task, cfg)
+    trial = LoopTrial(tiny_task, cfg)
     used = []
     trial.optimizer.register_step_pre_hook(lambda optimizer, *args: used.append(optimizer.param_groups[0]["lr"]))
     straight = list(trial.epochs())
@@ -182,20 +183,20 @@ def test_warmup_and_linear_decay_follow_the_fine_tuning_schedule_and_resume_exac
     assert max(used) == pytest.approx(1e-2) and used[0] < used[warm] and used[-1] < used[warm] / 2
     for want, have in zip(straight, resumed_epochs(tiny_task, cfg, tmp_path), strict=True):
         assert have["train_loss"] == want["train_loss"] and have["score"] == want["score"]
-    constant = Trial(tiny_task, dataclasses.replace(cfg, lr_schedule="constant", warmup=0.0))
+    constant = LoopTrial(tiny_task, dataclasses.replace(cfg, lr_schedule="constant", warmup=0.0))
     assert constant.schedule is None and "schedule" not in constant.state_dict()
 
 
 def test_frozen_dropout_is_off_by_default_so_the_cache_trains_as_the_whole_model_does():
     task = _dropout_task()
     cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, freeze_stop=1, seed=3)
-    cached, whole = Trial(task, cfg), Trial(task, dataclasses.replace(cfg, prefix_cache="off"))
+    cached, whole = LoopTrial(task, cfg), LoopTrial(task, dataclasses.replace(cfg, prefix_cache="off"))
     assert cached.prefix_cache == "on"
     whole.frozen.train_mode()
     assert not whole.model.blocks[0][1].training and whole.model.blocks[1].training
     for a, b in zip(cached.epochs(), whole.epochs(), strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
-    dropping = Trial(task, dataclasses.replace(cfg, frozen_dropout="train", prefix_cache="off"))
+    dropping = LoopTrial(task, dataclasses.replace(cfg, frozen_dropout="train", prefix_cache="off"))
     dropping.frozen.train_mode()
     assert dropping.model.blocks[0][1].training
 
@@ -205,12 +206,12 @@ def test_frozen_dropout_is_off_by_default_so_the_cache_trains_as_the_whole_model
 def test_the_memory_probe_gives_epoch_1s_peak_after_one_optimizer_step(tiny_task, optimizer, freeze_stop,
                                                                          prefix_cache):
     cfg = TrainConfig(batch_size=8, epochs=1, optimizer=optimizer, freeze_stop=freeze_stop, prefix_cache=prefix_cache)
-    probe = Trial(tiny_task, cfg, torch.device("cpu"))
+    probe = LoopTrial(tiny_task, cfg, torch.device("cpu"))
     steps = []
     probe.optimizer.register_step_post_hook(lambda *args: steps.append(1))
     probed = probe.probe_memory()
     assert len(steps) == 1  # one batch of the epoch's 6
-    assert probed == next(Trial(tiny_task, cfg, torch.device("cpu")).epochs())["peak_mem_mb"]
+    assert probed == next(LoopTrial(tiny_task, cfg, torch.device("cpu")).epochs())["peak_mem_mb"]
 
 
 def test_gpu_shares_follow_the_measured_memory_by_depth(tiny_task, monkeypatch):
@@ -219,7 +220,7 @@ def test_gpu_shares_follow_the_measured_memory_by_depth(tiny_task, monkeypatch):
     def no_epoch(*args, **kwargs):
         raise AssertionError("a whole epoch was trained: shares come from the one-step probe")
 
-    monkeypatch.setattr(Trial, "run_epoch", no_epoch)
+    monkeypatch.setattr(LoopTrial, "run_epoch", no_epoch)
 
     freezes = {tuple(range(k)): {"freeze": None, "freeze_start": 0, "freeze_stop": k} for k in range(4)}
     freezes[(1,)] = {"freeze": [1], "freeze_start": 0, "freeze_stop": None}  # not a prefix: measured all the same
@@ -242,4 +243,4 @@ def test_a_tasks_own_trial_must_implement_the_trial_protocol(tiny_task):
     task = dataclasses.replace(tiny_task, make_trial=lambda task, cfg, device=None: incomplete)
     with pytest.raises(TypeError, match=r"^task 'tiny': make_trial gave a SimpleNamespace without probe_memory"):
         make_trial(task, TrainConfig())
-    assert isinstance(make_trial(tiny_task, TrainConfig(freeze_stop=1)), Trial)
+    assert isinstance(make_trial(tiny_task, TrainConfig(freeze_stop=1)), LoopTrial)

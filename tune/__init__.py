@@ -24,7 +24,7 @@ __all__ = ["BlockModel", "Config", "ConfigError", "FreezeSearch", "Recommended",
            "TrialConfigError", "TrialResult", "follow", "layers", "load_config", "load_search", "spaces", "submit"]
 
 # torch-heavy types come in on first use: `import tune` stays quick, so that a bad space file is reported at once
-_LAZY = {"Task": "tune.tasks.base", "BlockModel": "tune.freeze", "TrialResult": "tune.report"}
+_LAZY = {"Task": "tune.tasks.base", "BlockModel": "tune.blocks", "TrialResult": "tune.report"}
 
 
 def __getattr__(name: str) -> Any:

@@ -196,8 +196,8 @@ def layers(space: str | Path | Mapping[str, Any] = "digits_freeze", *, overrides
            task: str | None = None, model: str | None = None) -> str:
     """The blocks of a space's task model as a table (index, name, type, parameters, share of forward FLOPs, the
     named cut points): which N is my backbone? ``task`` / ``model`` replace the space's task name / model option."""
+    from tune.blocks import layer_table
     from tune.config import TaskConfig
-    from tune.freeze import layer_table
     from tune.tasks import load_block_model
 
     cfg_task = load_config(space if isinstance(space, Mapping) else space_file(space), _overrides(overrides)).task

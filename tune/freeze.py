@@ -1,4 +1,5 @@
-"""Blocks, which of them to freeze, freezing them, and what it froze. Knows no task: tasks build a BlockModel.
+"""Which blocks to freeze, freezing them, and what it froze. Knows no task, and no model but its blocks: the
+block vocabulary (``BlockModel``) and its FLOP counts are ``tune.blocks``'.
 
 Semantics (the YOLOv5 / Ultralytics ones, kept exactly):
 - ``freeze: N`` freezes blocks [0, N): YOLOv5's ``--freeze 10`` freezes its backbone, blocks 0-9.
@@ -10,140 +11,24 @@ Frozen parameters get ``requires_grad=False`` and are left out of the optimizer.
 in eval mode by default so their running statistics do not drift; ``frozen_bn="train"`` lets them update, as
 YOLOv5's train.py does. The rest of the frozen blocks runs in eval mode too by default (no dropout, no stochastic
 depth, no attention dropout: the frozen part is a fixed feature extractor); ``frozen_dropout="train"`` leaves it
-in training mode as ``model.train()`` would.
+in training mode as ``model.train()`` would. A space's freeze dimensions are checked against a model here too
+(``check_space``), before any trial starts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from tune.blocks import BlockModel, block_flops
 from tune.errors import ConfigError
 from tune.space import FREEZE_KEYS, IntRange, in_order, is_int, resolve_names
 
-__all__ = ["FREEZE_KEYS", "BlockModel", "FreezeSpec", "FreezeSummary", "FrozenModel", "block_flops", "check_space",
-           "freeze_keys", "freeze_model", "grid_values", "layer_table", "resolve", "resolve_index", "sampled_freezes",
-           "trial_freeze"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class BlockModel:
-    """A model and its ordered blocks: freezing works on block indices.
-
-    A block is a set of the model's parameters, given in one of two ways:
-    - ``blocks``: submodules of ``module`` in forward order, one per block (a block holds their parameters);
-    - ``param_blocks``: a map from every parameter name of ``module`` (``named_parameters()``) to its block index,
-      so that parameters that live on the root or a shared container (a ViT's ``cls_token`` and ``pos_embed``)
-      belong to the stem and freeze with it. ``tune.blocks`` derives it from a timm or torchvision model.
-    Every parameter belongs to exactly one block. ``cut_points`` names block counts that mean something for this
-    model, e.g. ``{"backbone": 6}``: freezing ``backbone`` freezes blocks [0, 6). ``none`` (0) and
-    ``all_but_head`` (n_blocks - 1) are always defined. ``example_input`` is one small batch (a tensor, or a
-    mapping of keyword tensors), used to measure each block's share of forward FLOPs. ``sequential`` (with
-    ``blocks`` only) says that the forward pass is exactly the blocks applied in order (each block's output is
-    the next one's input): only then can a frozen prefix's outputs be cached and the rest trained on them.
-    """
-
-    module: nn.Module
-    block_names: Sequence[str]
-    cut_points: Mapping[str, int]
-    example_input: Any
-    blocks: Sequence[nn.Module] = ()
-    param_blocks: Mapping[str, int] = field(default_factory=dict)
-    sequential: bool = False
-
-    def __post_init__(self) -> None:
-        if self.blocks and self.param_blocks:
-            raise ValueError("give blocks or param_blocks, not both")
-        if self.blocks and len(self.blocks) != len(self.block_names):
-            raise ValueError(f"{len(self.blocks)} blocks but {len(self.block_names)} block names")
-        if self.sequential and not self.blocks:
-            raise ValueError("a sequential model gives its blocks as modules")
-        if len(self.block_names) < 2:
-            raise ValueError("a model needs at least two blocks (one to freeze, one to train)")
-        names = [name for name, _ in self.module.named_parameters()]
-        mapping = self._from_modules() if self.blocks else dict(self.param_blocks)
-        unassigned = [name for name in names if name not in mapping]
-        if unassigned:
-            raise ValueError(f"{len(unassigned)} parameters belong to no block, e.g. {', '.join(unassigned[:3])}")
-        wrong = [name for name, index in mapping.items() if not 0 <= index < len(self.block_names)]
-        if wrong or set(mapping) - set(names):
-            raise ValueError(f"param_blocks names a block index out of range or an unknown parameter: "
-                             f"{', '.join((wrong or sorted(set(mapping) - set(names)))[:3])}")
-        object.__setattr__(self, "param_blocks", {name: mapping[name] for name in names})
-
-    def _from_modules(self) -> dict[str, int]:
-        owner: dict[int, int] = {}
-        for index, block in enumerate(self.blocks):
-            for param in block.parameters():
-                if owner.setdefault(id(param), index) != index:
-                    raise ValueError(f"a parameter is in two blocks ({owner[id(param)]} and {index})")
-        return {name: owner[id(p)] for name, p in self.module.named_parameters() if id(p) in owner}
-
-    @property
-    def n_blocks(self) -> int:
-        return len(self.block_names)
-
-    def named_cut_points(self) -> dict[str, int]:
-        return {"none": 0, **self.cut_points, "all_but_head": self.n_blocks - 1}
-
-    def parameters_of(self, blocks: Iterable[int]) -> list[nn.Parameter]:
-        """The parameters of ``blocks``, in the model's order."""
-        wanted = set(blocks)
-        return [p for name, p in self.module.named_parameters() if self.param_blocks[name] in wanted]
-
-    def param_counts(self) -> list[int]:
-        counts = [0] * self.n_blocks
-        for name, param in self.module.named_parameters():
-            counts[self.param_blocks[name]] += param.numel()
-        return counts
-
-    @cached_property
-    def roots(self) -> list[list[nn.Module]]:
-        """Each block's top modules: its given module, or the largest submodules whose parameters all lie in it
-        (a container whose forward never runs, a ModuleList, gives its entries instead). A submodule without
-        parameters (an activation, a BatchNorm without affine weights, a dropout) inside a container split across
-        blocks joins the block of the sibling with parameters before it (after it, if none is before). A block of
-        root-level parameters alone has none."""
-        if self.blocks:
-            return [[block] for block in self.blocks]
-        found: list[list[nn.Module]] = [[] for _ in range(self.n_blocks)]
-        owner = {id(p): self.param_blocks[name] for name, p in self.module.named_parameters()}
-
-        def add(index: int, module: nn.Module) -> None:
-            if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
-                for child in module.children():
-                    add(index, child)
-            else:
-                found[index].append(module)
-
-        def visit(module: nn.Module) -> None:
-            children = [(child, {owner[id(p)] for p in child.parameters()}) for child in module.children()]
-            previous = next((next(iter(owners)) for _, owners in children if len(owners) == 1), None)
-            for child, owners in children:
-                if len(owners) == 1:
-                    previous = next(iter(owners))
-                    add(previous, child)
-                elif owners:
-                    visit(child)
-                elif previous is not None:
-                    add(previous, child)
-
-        visit(self.module)
-        return found
-
-    def modules_of(self, blocks: Iterable[int]) -> list[nn.Module]:
-        """Every module inside the top modules of ``blocks`` (BatchNorm and dropout in a frozen part)."""
-        return [m for index in blocks for root in self.roots[index] for m in root.modules()]
-
-    def forward_example(self) -> Any:
-        example = self.example_input
-        return self.module(**example) if isinstance(example, Mapping) else self.module(example)
+__all__ = ["FREEZE_KEYS", "FreezeSpec", "FreezeSummary", "FrozenModel", "check_space", "freeze_keys", "freeze_model",
+           "grid_values", "resolve", "resolve_index", "sampled_freezes", "trial_freeze"]
 
 
 @dataclass(frozen=True)
@@ -244,83 +129,6 @@ def resolve(block_model: BlockModel, *, freeze: Any = None, freeze_start: Any = 
     return FreezeSpec(blocks)
 
 
-def block_flops(block_model: BlockModel) -> list[int]:
-    """Forward FLOPs of each block on the model's example input, counted by torch's FlopCounterMode: what runs
-    inside a block's top modules is that block's (a top module called inside another's, e.g. a shared one, counts
-    for its own block only)."""
-    counts = [0] * block_model.n_blocks
-    counter = FlopCounterMode(display=False)
-    open_roots: list[list[int]] = []  # [block, total FLOPs when it started, FLOPs of roots run inside it]
-    handles = []
-
-    def enter(index: int):
-        def hook(module: nn.Module, args: Any) -> None:
-            open_roots.append([index, counter.get_total_flops(), 0])
-        return hook
-
-    def leave(module: nn.Module, args: Any, output: Any) -> None:
-        index, started, inner = open_roots.pop()
-        spent = counter.get_total_flops() - started
-        counts[index] += spent - inner
-        if open_roots:
-            open_roots[-1][2] += spent
-
-    for index, roots in enumerate(block_model.roots):
-        for root in roots:
-            handles.append(root.register_forward_pre_hook(enter(index)))
-            handles.append(root.register_forward_hook(leave))
-    was_training = block_model.module.training
-    try:
-        block_model.module.eval()
-        with torch.no_grad(), counter:
-            block_model.forward_example()
-    finally:
-        for handle in handles:
-            handle.remove()
-        block_model.module.train(was_training)
-    return counts
-
-
-def layer_table(block_model: BlockModel) -> str:
-    """The ordered blocks (index, name, type, parameters, share of forward FLOPs, cumulative share) with a rule
-    under each named cut point: which ``freeze: N`` freezes what."""
-    flops = block_flops(block_model)
-    total = sum(flops) or 1
-    cuts: dict[int, list[str]] = {}
-    for name, index in block_model.named_cut_points().items():
-        cuts.setdefault(index, []).append(name)
-    width = max(len(str(name)) for name in block_model.block_names)
-    kinds = [_kind(block_model, index) for index in range(block_model.n_blocks)]
-    kind_width = max(16, *map(len, kinds))
-    lines = [f"{'block':>5}  {'name':<{width}}  {'type':<{kind_width}} {'params':>11}  {'flops':>6}  {'cum.':>6}"]
-    done = 0
-    params = block_model.param_counts()
-    for index, name in enumerate(block_model.block_names):
-        if index in cuts:
-            lines.append(f"{'':>5}  --- freeze: {index} ({', '.join(cuts[index])}) freezes the blocks above ---")
-        done += flops[index]
-        lines.append(f"{index:>5}  {name:<{width}}  {kinds[index]:<{kind_width}} {params[index]:>11,}  "
-                     f"{flops[index] / total:>6.1%}  {done / total:>6.1%}")
-    example = block_model.example_input
-    shape = ({key: tuple(value.shape) for key, value in example.items()} if isinstance(example, Mapping)
-             else tuple(example.shape))
-    lines.append(f"{block_model.n_blocks} blocks, {sum(params):,} parameters; FLOPs of one forward pass on an input "
-                 f"of shape {shape}.")
-    return "\n".join(lines)
-
-
-def _kind(block_model: BlockModel, index: int) -> str:
-    """A block's type: its module's class, or how many modules (and root-level parameters) it gathers."""
-    roots = [root for root in block_model.roots[index] if any(True for _ in root.parameters())]
-    own = sum(p.numel() for p in block_model.parameters_of([index])) - sum(_count(r.parameters()) for r in roots)
-    kind = type(roots[0]).__name__ if len(roots) == 1 else f"{len(roots)} modules" if roots else ""
-    return f"{kind} + params" if own and kind else kind or "params"
-
-
-def _count(params: Iterable[nn.Parameter]) -> int:
-    return sum(p.numel() for p in params)
-
-
 class FrozenModel:
     """A block model with a freeze applied. Call ``train_mode()`` instead of ``module.train()``."""
 
@@ -349,7 +157,7 @@ class FrozenModel:
             freeze_start=spec.start,
             freeze_stop=spec.stop,
             frozen_params=sum(counts[i] for i in spec.blocks),
-            trainable_params=_count(p for p in self.module.parameters() if p.requires_grad),
+            trainable_params=sum(p.numel() for p in self.trainable_parameters()),
             frozen_flops_share=sum(flops[i] for i in spec.blocks) / total_flops if total_flops else 0.0,
         )
 

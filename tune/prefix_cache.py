@@ -2,32 +2,72 @@
 
 A trial whose frozen blocks are a prefix of a sequential model, deterministic in training (no input augmentation,
 frozen BatchNorm in eval mode, no dropout in it), trains the blocks after the prefix on the prefix's outputs,
-computed once (``prefix_outputs``). ``blocker`` says why a trial cannot. The trials of a search share those outputs
-through files under the storage path (``SharedPrefixCache``, ``directory``), keyed by a hash of the prefix's
-weights, its depth and the data, so that a second trial freezing the same prefix loads what the first computed.
+computed once (``prefix_outputs``); a model with named inputs (an encoder) trains a view of itself that replays
+its frozen chain's cached hidden states (``tune.prefix_chain``). ``cached_prefix`` is the one call a trial makes:
+the prefix computed once, or why not (``blocker``, the size limit, the chain's checks). The trials of a search
+share those outputs through files under the storage path (``SharedPrefixCache``, ``directory``), keyed by a hash
+of the prefix's weights, its depth and the data, so that a second trial freezing the same prefix loads what the
+first computed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import hashlib
+import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
-from tune import measure
+from tune import data, measure
 from tune.freeze import FrozenModel
+from tune.prefix_chain import Chain, Replay, WithHidden
 
-__all__ = ["Chain", "Replay", "SharedPrefixCache", "blocker", "describe", "directory", "graft", "prefix_outputs",
-           "sequence_outputs"]
+__all__ = ["CachedPrefix", "SharedPrefixCache", "blocker", "cached_prefix", "describe", "directory",
+           "prefix_outputs", "sequence_outputs"]
+
+
+@dataclass(frozen=True)
+class CachedPrefix:
+    """A frozen prefix computed once, and what the trial trains each step instead of the whole model on the task's
+    data: ``net`` (the blocks after the prefix, or a view of the model that replays the chain's cached hidden
+    states, ``replay`` giving each batch's to it) on ``train_set`` / ``val_set`` (the prefix's outputs, or the data
+    with them). ``features`` are the cached training outputs (training memory beside the model's), ``seconds``
+    training's time for them, paid once, and ``origin`` where they came from (``prefix_outputs``)."""
+
+    net: nn.Module
+    train_set: Any
+    val_set: Any
+    features: torch.Tensor
+    seconds: float
+    origin: str
+    replay: Replay | None = None
+
+    @property
+    def tag(self) -> str:
+        """The trial's ``prefix_cache`` tag: ``on``, with where the outputs came from unless computed here."""
+        return "on" if self.origin == "computed" else f"on ({self.origin})"
+
+
+def cached_prefix(frozen: FrozenModel, task: Any, cfg: Any, train_set: Any, val_set: Any, device: torch.device,
+                  shared: SharedPrefixCache | None = None) -> CachedPrefix | str:
+    """The frozen prefix of a trial's model (``frozen``, its module on ``device``) computed once on its training and
+    validation data (``train_set`` / ``val_set``: tensor pairs already on ``device``, or datasets), or why it is
+    not: ``blocker``, the training outputs' size over ``cfg.prefix_cache_max_mb``, or a model with named inputs
+    whose chain ``Chain.find`` refuses or whose cached view does not score as the model does. ``task`` is the
+    trial's ``tune.tasks.Task``, ``cfg`` its TrainConfig; ``shared`` the search's shared cache, if any."""
+    named = not frozen.block_model.sequential and _named_samples(task.train_data)
+    reason = blocker(frozen, task.augments, cfg.prefix_cache, own_loader=task.train_loader is not None,
+                     named_inputs=named)
+    if reason is not None:
+        return reason
+    planner = _Planner(frozen, task, cfg, train_set, val_set, device)
+    return planner.sequence(shared) if frozen.block_model.sequential else planner.chain(shared)
 
 
 def blocker(frozen: FrozenModel, augments: bool, setting: str = "auto", own_loader: bool = False,
@@ -150,231 +190,101 @@ def describe(storage_path: str) -> str | None:
             "searches with the same storage path, weights and data reuse them; delete the folder any time)")
 
 
-# A frozen prefix of a model that is not a plain sequence (a Hugging Face encoder: embeddings, then layers that a
-# loop in the model's forward calls with the attention mask). Its frozen modules that form a chain (the first
-# takes the raw inputs, each next one the previous one's hidden states) are swapped, in a view of the model that
-# shares every parameter, for a Replay of the last one's cached outputs and pass-throughs; the rest of the forward
-# (the attention mask, the trainable layers, the head) runs as it always does, on the batch's own inputs.
+class _Planner:
+    """Caching one trial's frozen prefix (``cached_prefix``): a plain sequence's, or a chain's."""
 
-HIDDEN = "prefix_hidden"  # the key of a sample's cached hidden states, beside its own inputs
+    def __init__(self, frozen: FrozenModel, task: Any, cfg: Any, train_set: Any, val_set: Any,
+                 device: torch.device) -> None:
+        self.frozen, self.task, self.cfg, self.device = frozen, task, cfg, device
+        self.model = frozen.module
+        self.train_set, self.val_set = train_set, val_set
 
+    def _too_big(self, sample_bytes: int) -> str | None:
+        size_mb = sample_bytes * data.sample_count(self.task.train_data) / 2**20
+        if size_mb > self.cfg.prefix_cache_max_mb:
+            return (f"the cached training outputs would take {size_mb:,.0f} MB (train.prefix_cache_max_mb: "
+                    f"{self.cfg.prefix_cache_max_mb:g})")
+        return None
 
-def _first_tensor(args: tuple, kwargs: Mapping[str, Any]) -> torch.Tensor | None:
-    """What a module was given as its hidden states: its first tensor argument, positional or keyword."""
-    return next((v for v in (*args, *kwargs.values()) if torch.is_tensor(v)), None)
+    def sequence(self, shared_cache: SharedPrefixCache | None) -> CachedPrefix | str:
+        """Cache a plain sequence's frozen prefix: train and evaluate the blocks after it on its outputs."""
+        blocks, stop = self.frozen.block_model.blocks, self.frozen.spec.stop
+        prefix, net = nn.Sequential(*blocks[:stop]), nn.Sequential(*blocks[stop:])
+        (train_x, train_y), (val_x, val_y) = (self._tensors(d) for d in (self.train_set, self.val_set))
+        with torch.no_grad():
+            prefix.eval()
+            too_big = self._too_big(prefix(train_x[:1]).nbytes)
+        if too_big:
+            return too_big
+        train_f, val_f, origin, seconds = sequence_outputs(prefix, stop, train_x, val_x, shared_cache, self.device)
+        return CachedPrefix(net, (train_f, train_y), (val_f, val_y), train_f, seconds, origin)
 
+    def chain(self, shared_cache: SharedPrefixCache | None) -> CachedPrefix | str:
+        """Cache the frozen chain of a model with named inputs (an encoder: embeddings and layers): train and
+        evaluate a view of the model that replays the chain's cached hidden states (``tune.prefix_chain.Chain``),
+        after checking on a few samples that the view's loss and metrics are the model's."""
+        step, frozen, spec = self.task.step, self.frozen, self.frozen.spec
+        size = min(8, self.cfg.batch_size)
+        sample = next(data.batches(self.train_set, size, self.device))
+        chain = Chain.find(frozen, lambda model: step(model, sample))
+        if isinstance(chain, str):
+            return chain
+        view, replay = chain.view(self.model)
+        batch_size = max(self.cfg.batch_size, 64)
 
-def _hidden(output: Any) -> torch.Tensor | None:
-    """The hidden states in a module's output: the tensor, or the first element of a tuple."""
-    if isinstance(output, tuple) and output:
-        output = output[0]
-    return output if torch.is_tensor(output) else None
-
-
-def _form(output: Any) -> int | None:
-    """How a module returns its hidden states: -1 bare, k >= 0 as a tuple (hidden, None * k); None otherwise."""
-    if torch.is_tensor(output):
-        return -1
-    if isinstance(output, tuple) and output and torch.is_tensor(output[0]) and all(v is None for v in output[1:]):
-        return len(output) - 1
-    return None
-
-
-class _Returns(nn.Module):
-    def __init__(self, form: int) -> None:
-        super().__init__()
-        self.form = form
-
-    def give(self, hidden: torch.Tensor) -> Any:
-        return hidden if self.form < 0 else (hidden, *([None] * self.form))
-
-
-class Replay(_Returns):
-    """Stands for the chain's first module: gives the current batch's cached hidden states (set by ``take``)."""
-
-    def __init__(self, form: int) -> None:
-        super().__init__(form)
-        self.current: torch.Tensor | None = None
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.give(self.current)
-
-    def take(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """The batch without its cached hidden states, which the next forward gives."""
-        rest = dict(batch)
-        self.current = rest.pop(HIDDEN)
-        return rest
-
-    def feeding(self, batches: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
-        for batch in batches:
-            yield self.take(batch)
-
-
-class PassThrough(_Returns):
-    """Stands for a frozen module of the chain after the first: returns the hidden states it is given."""
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.give(_first_tensor(args, kwargs))
-
-
-class WithHidden(torch.utils.data.Dataset):
-    """A dataset of mapping samples, each with its cached hidden states under ``HIDDEN``."""
-
-    def __init__(self, dataset: Any, hidden: torch.Tensor) -> None:
-        self.dataset, self.hidden = dataset, hidden
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {**self.dataset[index], HIDDEN: self.hidden[index]}
-
-
-def graft(model: nn.Module, replacements: Mapping[str, nn.Module]) -> nn.Module:
-    """A view of ``model`` with the submodules at the dotted paths of ``replacements`` replaced: the modules on
-    the paths to them are shallow copies with their own tables of children; every parameter, buffer and other
-    module is the model's own (training the view trains the model)."""
-    copies: dict[str, nn.Module] = {}
-
-    def copy_of(path: str) -> nn.Module:
-        if path not in copies:
-            original = model.get_submodule(path) if path else model
-            clone = copy.copy(original)
-            clone._modules = dict(original._modules)
-            copies[path] = clone
-            if path:
-                parent, _, name = path.rpartition(".")
-                copy_of(parent)._modules[name] = clone
-        return copies[path]
-
-    for path, module in replacements.items():
-        parent, _, name = path.rpartition(".")
-        copy_of(parent)._modules[name] = module
-    return copy_of("")
-
-
-# Tensor methods that read what a tensor is, not what it holds: a cached tensor answers them the same.
-_METADATA = {"size", "dim", "ndimension", "numel", "__len__", "__get__", "is_floating_point", "is_complex",
-             "element_size", "is_contiguous", "get_device"}
-
-
-class _Uses(TorchFunctionMode):
-    """Records, during a forward pass, which frozen module's hidden states each torch operation reads and which
-    frozen module was running it (None: none of them), ``seen`` as (producer, user) pairs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.running: list[nn.Module] = []
-        self.outputs: dict[int, nn.Module] = {}  # id of a frozen module's hidden states (alive) -> the module
-        self.seen: set[tuple[nn.Module, nn.Module | None]] = set()
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        if self.outputs and getattr(func, "__name__", "") not in _METADATA:
-            user = self.running[-1] if self.running else None
-            for value in (*args, *kwargs.values()):
-                producer = self.outputs.get(id(value)) if torch.is_tensor(value) else None
-                if producer is not None and producer is not user:
-                    self.seen.add((producer, user))
-        return func(*args, **kwargs)
-
-
-def _index(modules: list[nn.Module], module: nn.Module) -> int:
-    return next((i for i, m in enumerate(modules) if m is module), -1)
-
-
-class _Stop(Exception):
-    """Ends a forward pass once the chain's last module has run (the rest is not needed)."""
-
-
-@dataclass
-class Chain:
-    """The chain of a frozen prefix: its modules' paths, in order, how each returns its hidden states, and the
-    bytes of one sample's cached hidden states (what the cache holds per sample)."""
-
-    paths: list[str]
-    forms: list[int]
-    sample_bytes: int
-
-    @staticmethod
-    def find(frozen: FrozenModel, run: Callable[[nn.Module], Any]) -> Chain | str:
-        """The chain of ``frozen``'s prefix, seen in one forward pass (``run(model)``), or why there is none: a
-        frozen module off the chain that is not the first block's, a chain that is not a chain (its hidden states
-        used anywhere but by the next module of the chain, beyond their last), an output that depends on
-        trainable parameters, or a module that returns more than its hidden states."""
-        block_model = frozen.block_model
-        names = {id(m): name for name, m in block_model.module.named_modules()}
-        roots = [(index, root) for index in frozen.spec.blocks for root in block_model.roots[index]]
-        owner = {id(root): index for index, root in roots}
-        calls: list[tuple[nn.Module, torch.Tensor | None, Any]] = []
-        uses = _Uses()
-
-        def enter(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            uses.running.append(module)
-
-        def record(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            uses.running.pop()
-            calls.append((module, _first_tensor(args, kwargs), output))
-            hidden = _hidden(output)
-            if hidden is not None:
-                uses.outputs[id(hidden)] = module
-
-        handles = [h for _, root in roots for h in (root.register_forward_pre_hook(enter, with_kwargs=True),
-                                                    root.register_forward_hook(record, with_kwargs=True))]
-        try:
+        def compute(which: str) -> torch.Tensor:
             frozen.train_mode()
-            with uses:
-                run(block_model.module)
-        finally:
-            for handle in handles:
-                handle.remove()
-        if not calls or owner[id(calls[0][0])] != frozen.spec.blocks[0]:
-            return "the frozen prefix's first module does not run first"
-        chain, hidden = [calls[0]], _hidden(calls[0][2])
-        for call in calls[1:]:
-            if hidden is not None and call[1] is hidden:
-                chain.append(call)
-                hidden = _hidden(call[2])
-        on_chain = [module for module, _, _ in chain]
-        for producer, user in uses.seen:
-            place = _index(on_chain, producer)
-            if 0 <= place < len(on_chain) - 1 and (user is None or place + 1 != _index(on_chain, user)):
-                where = names[id(user)] if user is not None else "the model's own forward"
-                return f"{where} uses the hidden states of frozen {names[id(producer)]}, which the cache does not keep"
-        off = [names[id(m)] for m, _, _ in calls if m not in on_chain and owner[id(m)] != frozen.spec.blocks[0]]
-        if off:
-            return f"frozen {off[0]} does not take the hidden states of the frozen modules before it"
-        if hidden is None:
-            return f"{names[id(chain[-1][0])]} returns no hidden-states tensor"
-        if hidden.requires_grad:
-            return "the frozen prefix's output depends on trainable parameters"
-        forms = [_form(output) for _, _, output in chain]
-        if None in forms:
-            return f"{names[id(chain[forms.index(None)][0])]} returns more than its hidden states"
-        return Chain([names[id(m)] for m, _, _ in chain], forms, hidden.nbytes // len(hidden))
+            dataset = self.train_set if which == "train" else self.val_set
+            return chain.outputs(self.model, step, data.batches(dataset, batch_size, self.device))
 
-    def view(self, model: nn.Module) -> tuple[nn.Module, Replay]:
-        """``model`` with the chain replaced: a Replay for its first module, pass-throughs for the rest."""
-        replay = Replay(self.forms[0])
-        swaps: dict[str, nn.Module] = {self.paths[0]: replay}
-        swaps.update({path: PassThrough(form) for path, form in zip(self.paths[1:], self.forms[1:], strict=True)})
-        return graft(model, swaps), replay
+        def key() -> str:
+            weights = [(n, p) for n, p in self.model.named_parameters()
+                       if frozen.block_model.param_blocks[n] in spec.blocks]
+            weights += [(f"{p}.{n}", b) for p in chain.paths for n, b in self.model.get_submodule(p).named_buffers()]
+            inputs = [t for d in (self.train_set, self.val_set) for _, t in sorted(data.stacked(d).items())]
+            return SharedPrefixCache.key(weights, spec.stop, *inputs)
 
-    @torch.no_grad()
-    def outputs(self, model: nn.Module, run: Callable[[nn.Module, Any], Any], batches: Iterable[Any]) -> torch.Tensor:
-        """The chain's last hidden states for each batch (``run(model, batch)`` runs a forward pass; it stops
-        there), concatenated on the CPU."""
-        found: list[torch.Tensor] = []
+        too_big = self._too_big(chain.sample_bytes)
+        if too_big:
+            return too_big
+        train_h, val_h, origin, seconds = prefix_outputs(compute, key, shared_cache, self.device)
+        train_set = WithHidden(self.train_set, train_h.cpu())
+        val_set = WithHidden(self.val_set, val_h.cpu())
+        differs = self._differs(view, replay, sample, next(data.batches(train_set, size, self.device)),
+                                next(data.batches(self.val_set, size, self.device)),
+                                next(data.batches(val_set, size, self.device)))
+        if differs:
+            return differs
+        return CachedPrefix(view, train_set, val_set, train_set.hidden, seconds, origin, replay)
 
-        def keep(module: nn.Module, args: tuple, output: Any) -> None:
-            found.append(_hidden(output).detach().cpu())
-            raise _Stop
+    def _differs(self, view: nn.Module, replay: Replay, sample: Any, cached_sample: Any,
+                 val_sample: Any, cached_val: Any) -> str | None:
+        """Why the cached view is not the model (its training loss, or its metrics, on a few samples), or None."""
+        with torch.no_grad():
+            losses = []
+            for net, batch in ((self.model, sample), (view, replay.take(cached_sample))):
+                torch.manual_seed(self.cfg.seed)  # the same dropout in the trained part
+                self.frozen.train_mode(net)
+                losses.append(self.task.step(net, batch).item())
+        if not _close(losses[0], losses[1]):
+            return f"the cached view's training loss is not the model's ({losses[1]:.6g} against {losses[0]:.6g})"
+        want = self.task.evaluate(self.model, [val_sample])
+        have = self.task.evaluate(view, replay.feeding([cached_val]))
+        for name, value in want.items():
+            if not _close(value, have[name]):
+                return f"the cached view's {name} is not the model's ({have[name]:.6g} against {value:.6g})"
+        return None
 
-        handle = model.get_submodule(self.paths[-1]).register_forward_hook(keep)
-        try:
-            for batch in batches:
-                with contextlib.suppress(_Stop):
-                    run(model, batch)
-        finally:
-            handle.remove()
-        return torch.cat(found)
+    def _tensors(self, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if data.is_tensor_pair(dataset):
+            return dataset
+        return tuple(t.to(self.device) for t in data.materialize(dataset, self.task.num_workers))
+
+
+def _named_samples(dataset: Any) -> bool:
+    """Whether a dataset's samples are mappings of named inputs (a tokenized text's ``input_ids``, ...)."""
+    return not data.is_tensor_pair(dataset) and len(dataset) > 0 and isinstance(dataset[0], Mapping)
+
+
+def _close(want: float, have: float) -> bool:
+    return math.isclose(want, have, rel_tol=1e-5, abs_tol=1e-6)

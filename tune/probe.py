@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tune.freeze import BlockModel
+from tune.blocks import BlockModel
 
 __all__ = ["L2_GRID", "Probe", "apply_head_init", "batch_targets", "classifier_of", "fit_probe",
            "forward_only", "head_state",

@@ -1,10 +1,14 @@
 """Fit one trial on a task's data (in-memory tensors or datasets, ``tune.data``): pure torch, no Ray, no MLflow.
 
-``Trial(task, train_config)`` is the built-in trial (``tune.trial.TrialProtocol``): ``epochs()`` yields one metrics
-dict per epoch (``tune.trial.epoch_metrics``), ``run(on_epoch)`` calls ``on_epoch(metrics)`` instead, the form every
-trial has. ``state_dict()`` / ``load_state_dict()`` checkpoint it between epochs; a resumed trial yields exactly what
-the uninterrupted one would have (epoch e's batches and randomness depend on (seed, e) only). A frozen prefix is
-computed once where that is exact (``tune.prefix_cache``). ``make_trial`` gives a task's own trial where it has one.
+``LoopTrial(task, train_config)`` is the built-in trial (a ``tune.trial.TrialProtocol``), this project's own training
+loop over the task's data, loss and ``evaluate``; a task with a loop of its own gives its own trial instead
+(``Task.make_trial``: the yolo task's ``YoloTrial`` runs Ultralytics' trainer). ``make_trial`` gives whichever the
+task has. A LoopTrial's ``epochs()`` yields one metrics dict per epoch (``tune.trial.epoch_metrics``),
+``run(on_epoch)`` calls ``on_epoch(metrics)`` instead, the form every trial has. ``state_dict()`` /
+``load_state_dict()`` checkpoint it between epochs; a resumed trial yields exactly what the uninterrupted one would
+have (epoch e's batches and randomness depend on (seed, e) only). Its set-up reads top-down: the frozen model
+(``tune.trial.frozen_model``), the frozen prefix computed once where that is exact or why not (one call:
+``tune.prefix_cache.cached_prefix``), the batches (``tune.data``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -21,9 +25,18 @@ from torch import nn
 from tune import data, freeze, prefix_cache, probe
 from tune.config import TrainConfig
 from tune.tasks.base import Task
-from tune.trial import EpochMeter, TrialProtocol, epoch_metrics, pick_device
+from tune.trial import (
+    EpochMeter,
+    TrialProtocol,
+    epoch_metrics,
+    frozen_model,
+    load_progress,
+    pick_device,
+    progress,
+    seeded_model,
+)
 
-__all__ = ["Trial", "evaluate_split", "fit_head_probe", "make_optimizer", "make_schedule", "make_trial",
+__all__ = ["LoopTrial", "evaluate_split", "fit_head_probe", "make_optimizer", "make_schedule", "make_trial",
            "parameter_groups"]
 
 
@@ -58,8 +71,7 @@ def fit_head_probe(task: Task, cfg: TrainConfig, device: torch.device | None = N
     if task.make_trial is not None or task.keeps_head:
         return None
     device = device or pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    block_model = task.build_model()
+    block_model = seeded_model(task, cfg)
     found = probe.classifier_of(block_model)
     if found is None:
         return None
@@ -98,8 +110,9 @@ def make_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class Trial:
-    """The built-in trial: the task's model, frozen as ``cfg`` says, trained on the task's data (``tune.data``)."""
+class LoopTrial:
+    """The built-in trial: the task's model, frozen as ``cfg`` says, trained by this project's own loop on the task's
+    data (``tune.data``), its loss and its ``evaluate``."""
 
     def __init__(self, task: Task, cfg: TrainConfig, device: torch.device | None = None,
                  shared_cache: prefix_cache.SharedPrefixCache | None = None,
@@ -111,14 +124,13 @@ class Trial:
         kept = cfg.head_init == "probe" and task.keeps_head  # a pretrained head for these classes stays
         if cfg.head_init == "probe" and not given and not kept:  # a trial on its own; a search fits it once
             head_probe = fit_head_probe(task, cfg, self.device)
-        torch.manual_seed(cfg.seed)  # the task's model factory may initialise new layers (e.g. a head)
-        block_model = task.build_model()
+        self.frozen = frozen_model(task, cfg)  # seeded: the task's model factory may initialise new layers (a head)
         # the classifier's start (a probe fitted on the frozen features, zero, or the library's init); where it came
         # from is the trial's tag head_start
-        self.head_init = probe.apply_head_init(block_model, "library" if kept else cfg.head_init, head_probe)
+        self.head_init = probe.apply_head_init(self.frozen.block_model, "library" if kept else cfg.head_init,
+                                               head_probe)
         self.head_start = ("kept (the task's pretrained head)" if kept else self.head_init + (
             (" (the search's)" if given else " (fitted by this trial)") if self.head_init == "probe" else ""))
-        self.frozen = freeze.freeze_model(block_model, cfg)
         self.model = self.frozen.module.to(self.device)
         self.optimizer = make_optimizer(cfg, parameter_groups(self.frozen, cfg))
         self.schedule = make_schedule(cfg, self.optimizer, lambda: self._steps_per_epoch(task))
@@ -131,114 +143,22 @@ class Trial:
         self.start_scored = self.head_init != "probe"
         # The network trained each step and its data: the whole model on the task's data, or, with a frozen
         # prefix cached, the blocks after it on the prefix's outputs (computed once where exact: tune.prefix_cache).
-        self.net = self.model
-        self.replay: prefix_cache.Replay | None = None  # gives a batch's cached hidden states (a chain's cache)
-        self.cached_features: list[torch.Tensor] = []  # training memory beside the model's
-        self._cache_time_s = 0.0
-        named = not block_model.sequential and _named_samples(task.train_data)
-        reason = prefix_cache.blocker(self.frozen, task.augments, cfg.prefix_cache,
-                                      own_loader=task.train_loader is not None, named_inputs=named)
-        if reason is None:
-            reason = self._cache_sequence(shared_cache) if block_model.sequential else self._cache_chain(shared_cache)
-        if reason is not None:
-            self.prefix_cache = f"off: {reason}"
-
-    def _too_big(self, sample_bytes: int) -> str | None:
-        size_mb = sample_bytes * data.sample_count(self.task.train_data) / 2**20
-        if size_mb > self.cfg.prefix_cache_max_mb:
-            return (f"the cached training outputs would take {size_mb:,.0f} MB (train.prefix_cache_max_mb: "
-                    f"{self.cfg.prefix_cache_max_mb:g})")
-        return None
-
-    def _cached(self, train_f: torch.Tensor, origin: str, seconds: float) -> None:
-        # Training's share, paid once: its time goes into the first epoch's training time and the cached
-        # features into training memory. The validation features are evaluation's, which neither counts;
-        # features loaded from the shared cache cost their loading, all of it counted.
-        self._cache_time_s = seconds
-        self.cached_features = [train_f]
-        self.prefix_cache = "on" if origin == "computed" else f"on ({origin})"
-
-    def _cache_sequence(self, shared_cache: prefix_cache.SharedPrefixCache | None) -> str | None:
-        """Cache a plain sequence's frozen prefix: train and evaluate the blocks after it on its outputs."""
-        blocks, stop = self.frozen.block_model.blocks, self.frozen.spec.stop
-        prefix, net = nn.Sequential(*blocks[:stop]), nn.Sequential(*blocks[stop:])
-        (train_x, train_y), (val_x, val_y) = (self._tensors(d) for d in (self.train_set, self.val_set))
-        with torch.no_grad():
-            prefix.eval()
-            too_big = self._too_big(prefix(train_x[:1]).nbytes)
-        if too_big:
-            return too_big
-        train_f, val_f, origin, seconds = prefix_cache.sequence_outputs(prefix, stop, train_x, val_x, shared_cache,
-                                                                        self.device)
-        self.net, self.train_set, self.val_set = net, (train_f, train_y), (val_f, val_y)
-        self._cached(train_f, origin, seconds)
-        return None
-
-    def _cache_chain(self, shared_cache: prefix_cache.SharedPrefixCache | None) -> str | None:
-        """Cache the frozen chain of a model with named inputs (an encoder: embeddings and layers): train and
-        evaluate a view of the model that replays the chain's cached hidden states (``prefix_cache.Chain``),
-        after checking on a few samples that the view's loss and metrics are the model's."""
-        step, frozen, spec = self.task.step, self.frozen, self.frozen.spec
-        size = min(8, self.cfg.batch_size)
-        sample = next(data.batches(self.train_set, size, self.device))
-        chain = prefix_cache.Chain.find(frozen, lambda model: step(model, sample))
-        if isinstance(chain, str):
-            return chain
-        view, replay = chain.view(self.model)
-        batch_size = max(self.cfg.batch_size, 64)
-
-        def compute(which: str) -> torch.Tensor:
-            frozen.train_mode()
-            dataset = self.train_set if which == "train" else self.val_set
-            return chain.outputs(self.model, step, data.batches(dataset, batch_size, self.device))
-
-        def key() -> str:
-            weights = [(n, p) for n, p in self.model.named_parameters()
-                       if frozen.block_model.param_blocks[n] in spec.blocks]
-            weights += [(f"{p}.{n}", b) for p in chain.paths for n, b in self.model.get_submodule(p).named_buffers()]
-            inputs = [t for d in (self.train_set, self.val_set) for _, t in sorted(data.stacked(d).items())]
-            return prefix_cache.SharedPrefixCache.key(weights, spec.stop, *inputs)
-
-        too_big = self._too_big(chain.sample_bytes)
-        if too_big:
-            return too_big
-        train_h, val_h, origin, seconds = prefix_cache.prefix_outputs(compute, key, shared_cache, self.device)
-        train_set = prefix_cache.WithHidden(self.train_set, train_h.cpu())
-        val_set = prefix_cache.WithHidden(self.val_set, val_h.cpu())
-        differs = self._differs(view, replay, sample, next(data.batches(train_set, size, self.device)),
-                                next(data.batches(self.val_set, size, self.device)),
-                                next(data.batches(val_set, size, self.device)))
-        if differs:
-            return differs
-        self.net, self.replay, self.train_set, self.val_set = view, replay, train_set, val_set
-        self._cached(train_set.hidden, origin, seconds)
-        return None
-
-    def _differs(self, view: nn.Module, replay: prefix_cache.Replay, sample: Any, cached_sample: Any,
-                 val_sample: Any, cached_val: Any) -> str | None:
-        """Why the cached view is not the model (its training loss, or its metrics, on a few samples), or None."""
-        with torch.no_grad():
-            losses = []
-            for net, batch in ((self.model, sample), (view, replay.take(cached_sample))):
-                torch.manual_seed(self.cfg.seed)  # the same dropout in the trained part
-                self.frozen.train_mode(net)
-                losses.append(self.task.step(net, batch).item())
-        if not _close(losses[0], losses[1]):
-            return f"the cached view's training loss is not the model's ({losses[1]:.6g} against {losses[0]:.6g})"
-        want = self.task.evaluate(self.model, [val_sample])
-        have = self.task.evaluate(view, replay.feeding([cached_val]))
-        for name, value in want.items():
-            if not _close(value, have[name]):
-                return f"the cached view's {name} is not the model's ({have[name]:.6g} against {value:.6g})"
-        return None
+        cached = prefix_cache.cached_prefix(self.frozen, task, cfg, self.train_set, self.val_set, self.device,
+                                            shared_cache)
+        if isinstance(cached, str):
+            self.prefix_cache = f"off: {cached}"
+            self.net, self.replay, self.cached_features, self._cache_time_s = self.model, None, [], 0.0
+        else:
+            self.prefix_cache = cached.tag
+            self.net, self.train_set, self.val_set = cached.net, cached.train_set, cached.val_set
+            self.replay = cached.replay  # gives a batch's cached hidden states (a chain's cache)
+            # Training's share, paid once: its time goes into the first epoch's training time and the cached
+            # features into training memory, beside the model's. The validation features are evaluation's, which
+            # neither counts; features loaded from the shared cache cost their loading, all of it counted.
+            self.cached_features, self._cache_time_s = [cached.features], cached.seconds
 
     def _on_device(self, dataset: Any) -> Any:
         return tuple(t.to(self.device) for t in dataset) if data.is_tensor_pair(dataset) else dataset
-
-    def _tensors(self, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if data.is_tensor_pair(dataset):
-            return dataset
-        return tuple(t.to(self.device) for t in data.materialize(dataset, self.task.num_workers))
 
     @property
     def summary(self) -> freeze.FreezeSummary:
@@ -250,8 +170,8 @@ class Trial:
         return math.ceil(data.sample_count(task.train_data) / self.cfg.batch_size)
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "epoch": self.epoch, "train_time_s": self.train_time_s, "start_scored": self.start_scored}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **progress(self),
+                 "start_scored": self.start_scored}
         if self.schedule is not None:
             state["schedule"] = self.schedule.state_dict()
         return state
@@ -261,8 +181,7 @@ class Trial:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.schedule is not None:
             self.schedule.load_state_dict(state["schedule"])
-        self.epoch = int(state["epoch"])
-        self.train_time_s = float(state["train_time_s"])
+        load_progress(self, state)
         self.start_scored = bool(state.get("start_scored", True))
 
     def run(self, on_epoch: Callable[[dict[str, Any]], None]) -> None:
@@ -368,22 +287,13 @@ def evaluate_split(task: Task, model: nn.Module, split: Any, batch_size: int, de
     return task.evaluate(model, fed(data.batches(split, batch_size, device, num_workers=task.num_workers)))
 
 
-def _named_samples(dataset: Any) -> bool:
-    """Whether a dataset's samples are mappings of named inputs (a tokenized text's ``input_ids``, ...)."""
-    return not data.is_tensor_pair(dataset) and len(dataset) > 0 and isinstance(dataset[0], Mapping)
-
-
-def _close(want: float, have: float) -> bool:
-    return math.isclose(want, have, rel_tol=1e-5, abs_tol=1e-6)
-
-
 def make_trial(task: Task, cfg: TrainConfig, device: torch.device | None = None,
                shared_cache: prefix_cache.SharedPrefixCache | None = None,
                head_probe: probe.Probe | None = None) -> TrialProtocol:
-    """The task's own trial (``Task.make_trial``) or the built-in tensor Trial (with the search's shared prefix
-    cache and its fitted probe, if any)."""
+    """The task's own trial (``Task.make_trial``) or the built-in LoopTrial (with the search's shared prefix cache and
+    its fitted probe, if any)."""
     if task.make_trial is None:
-        return Trial(task, cfg, device, shared_cache, head_probe)
+        return LoopTrial(task, cfg, device, shared_cache, head_probe)
     trial = task.make_trial(task, cfg, device)
     if not isinstance(trial, TrialProtocol):  # the attributes and methods a search calls, present
         missing = [name for name in ("epoch", "device", "run", "state_dict", "load_state_dict", "probe_memory")

@@ -1,9 +1,11 @@
-"""What every trial is, and what every trial may use: the trial protocol, its per-epoch metrics, its checkpoint.
+"""What every trial is, and what every trial may use: the trial protocol, its set-up, its per-epoch metrics, its
+checkpoint.
 
-A trial trains one configuration of a task: the built-in tensor trial (``tune.train.Trial``) and a task's own
-(``Task.make_trial``, e.g. the yolo task's Ultralytics trainer) both implement ``TrialProtocol`` and build each
-epoch's metrics with ``epoch_metrics``, so every task reports the same keys (``METRIC_KEYS``) and follows the same
-divergence rule. Pure torch: no Ray, no MLflow.
+A trial trains one configuration of a task: the built-in trial (``tune.train.LoopTrial``, this project's own loop)
+and a task's own (``Task.make_trial``, e.g. the yolo task's ``YoloTrial``, Ultralytics' trainer) both implement
+``TrialProtocol``, build their model with ``frozen_model`` (seeded, then frozen), checkpoint their ``progress`` under
+the same keys and build each epoch's metrics with ``epoch_metrics``, so every task reports the same keys
+(``METRIC_KEYS``) and follows the same divergence rule. Pure torch: no Ray, no MLflow.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from tune import measure
-from tune.freeze import FreezeSummary
+from tune import measure, prefix_cache
+from tune.blocks import BlockModel
+from tune.freeze import FreezeSummary, FrozenModel, freeze_model
 
-__all__ = ["CHECKPOINT_FILE", "METRIC_KEYS", "EpochMeter", "TrialProtocol", "epoch_metrics", "known_metrics",
-           "load_checkpoint", "pick_device", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FILE", "METRIC_KEYS", "EpochMeter", "TrialProtocol", "epoch_metrics", "frozen_model",
+           "known_metrics", "load_checkpoint", "load_progress", "pick_device", "progress", "save_checkpoint",
+           "seeded_model", "uncached"]
 
 CHECKPOINT_FILE = "trial.pt"
 
@@ -117,6 +121,36 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def seeded_model(task: Any, cfg: Any) -> BlockModel:
+    """The task's model (``task.build_model()``), built right after seeding torch with the trial's seed (``cfg``,
+    its TrainConfig): the new layers a model factory initialises (a head) are the seed's."""
+    torch.manual_seed(cfg.seed)
+    return task.build_model()
+
+
+def frozen_model(task: Any, cfg: Any) -> FrozenModel:
+    """A trial's model: the task's, seeded (``seeded_model``) and frozen as ``cfg`` says (``tune.freeze``)."""
+    return freeze_model(seeded_model(task, cfg), cfg)
+
+
+def uncached(frozen: FrozenModel, augments: bool) -> str:
+    """The ``prefix_cache`` tag of a trial that never caches its frozen prefix (a task's own training loop, which
+    ``tune.prefix_cache.cached_prefix`` does not reach): off, and the first reason ``tune.prefix_cache.blocker``
+    gives for its frozen model."""
+    return f"off: {prefix_cache.blocker(frozen, augments)}"
+
+
+def progress(trial: Any) -> dict[str, Any]:
+    """What every trial's checkpoint holds beside its own state: the epochs done and their training time."""
+    return {"epoch": trial.epoch, "train_time_s": trial.train_time_s}
+
+
+def load_progress(trial: Any, state: Mapping[str, Any]) -> None:
+    """Restore what ``progress`` saved."""
+    trial.epoch = int(state["epoch"])
+    trial.train_time_s = float(state["train_time_s"])
 
 
 def save_checkpoint(trial: TrialProtocol, directory: str | Path) -> None:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import importlib
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tune.config import TaskConfig
 from tune.errors import ConfigError
-from tune.tasks.base import BlockModel, Task, takes_paths
+from tune.tasks.base import Task, takes_paths
 
-__all__ = ["BUILTIN_TASKS", "BlockModel", "Task", "absolute_paths", "load_block_model", "load_task",
-           "takes_paths", "task_config"]
+if TYPE_CHECKING:
+    from tune.blocks import BlockModel
+
+__all__ = ["BUILTIN_TASKS", "Task", "absolute_paths", "load_block_model", "load_task", "takes_paths",
+           "task_config"]
 
 BUILTIN_TASKS = {"digits": "tune.tasks.digits:make_task", "image": "tune.tasks.image:make_task",
                  "text": "tune.tasks.text:make_task", "yolo": "tune.tasks.yolo:make_task"}

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tune.errors import ConfigError
-from tune.freeze import BlockModel  # the block vocabulary is the freeze engine's; tasks build it
 
-__all__ = ["BlockModel", "Task", "check_option", "classification_metrics", "takes_paths"]
+if TYPE_CHECKING:  # a task builds one: from tune.blocks import BlockModel
+    from tune.blocks import BlockModel
+
+__all__ = ["Task", "check_option", "classification_metrics", "takes_paths"]
 
 
 Metrics = dict[str, float]

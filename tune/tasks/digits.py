@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tune.blocks import BlockModel
 from tune.errors import ConfigError, one_line
-from tune.tasks.base import BlockModel, Task, classification_metrics, takes_paths
+from tune.tasks.base import Task, classification_metrics, takes_paths
 
 __all__ = ["DigitsCNN", "build_model", "make_task", "pretrain"]
 

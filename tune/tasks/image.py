@@ -37,9 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tune.blocks import timm_blocks, torchvision_blocks
+from tune.blocks import BlockModel, timm_blocks, torchvision_blocks
 from tune.errors import ConfigError, one_line
-from tune.tasks.base import BlockModel, Task, check_option, classification_metrics, takes_paths
+from tune.tasks.base import Task, check_option, classification_metrics, takes_paths
 from tune.weights import load_fitting, read_state_dict
 
 __all__ = ["block_model", "layers_model", "make_task", "write_example"]
@@ -197,7 +197,7 @@ def make_task(model: str = "resnet18", data: str | None = None, weights: str | N
     has_test = (Path(data).expanduser() / "test").is_dir()
     test_set = _folder(data, "test", create_transform(**config, is_training=False), classes) if has_test else None
 
-    def build() -> BlockModel:  # a fresh model each time; its new head seeded by the trial (tune.train.Trial)
+    def build() -> BlockModel:  # a fresh model each time; its new head seeded by the trial (tune.trial.frozen_model)
         return block_model(model, len(classes), weights, trust_weights, new_head, image_size, state)
 
     plain_train = (_folder(data, "train", create_transform(**config, is_training=False), classes)

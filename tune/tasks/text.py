@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from tune.blocks import encoder_blocks
+from tune.blocks import BlockModel, encoder_blocks
 from tune.errors import ConfigError, one_line
-from tune.tasks.base import BlockModel, Task, check_option, takes_paths
+from tune.tasks.base import Task, check_option, takes_paths
 
 __all__ = ["TokenizedSet", "block_model", "layers_model", "make_task", "text_metrics"]
 
@@ -173,7 +173,7 @@ def make_task(model: str | None = None, data: str | None = None, val_data: str |
         if table is not None else None for table in (train, val, test))
     block_model(model, len(values), max_length)  # a model that cannot be built fails here, before any trial
 
-    def build() -> BlockModel:  # a fresh model each time; its new head seeded by the trial (tune.train.Trial)
+    def build() -> BlockModel:  # a fresh model each time; its new head seeded by the trial (tune.trial.frozen_model)
         return block_model(model, len(values), max_length)
 
     return Task(name="text", build_model=build, metric="val_accuracy", train_data=train_set, val_data=val_set,

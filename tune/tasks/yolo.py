@@ -35,11 +35,11 @@ from typing import Any
 import torch
 import yaml
 
-from tune import freeze, prefix_cache
+from tune.blocks import BlockModel
 from tune.config import TrainConfig
 from tune.errors import ConfigError, one_line
-from tune.tasks.base import BlockModel, Task, takes_paths
-from tune.trial import EpochMeter, epoch_metrics, pick_device
+from tune.tasks.base import Task, takes_paths
+from tune.trial import EpochMeter, epoch_metrics, frozen_model, load_progress, pick_device, progress, uncached
 from tune.weights import load_fitting, read_state_dict
 
 __all__ = ["METRICS", "YoloTrial", "block_model", "layers_model", "make_task", "score_split"]
@@ -257,7 +257,7 @@ def make_task(data: str | None = None, model: str = "yolov5nu.yaml", weights: st
                "hyp": _check_hyp(hyp)}
     block_model(model, nc, imgsz, weights, trust_weights)  # bad model or weights: fail here, before any trial
 
-    def build() -> BlockModel:  # a fresh model each time, its new layers seeded by the trial (YoloTrial)
+    def build() -> BlockModel:  # a fresh model each time, its new layers seeded by the trial (tune.trial.frozen_model)
         return block_model(model, nc, imgsz, weights, trust_weights)
 
     root = _dataset_root(data_path, raw)
@@ -312,17 +312,17 @@ def _device_arg(device: torch.device) -> str:
 
 class YoloTrial:
     """One trial (``tune.trial.TrialProtocol``): Ultralytics' DetectionTrainer on a model built by the task, frozen
-    as ``cfg`` says, reporting each epoch through ``run(on_epoch)`` and checkpointable between epochs."""
+    as ``cfg`` says, reporting each epoch through ``run(on_epoch)`` and checkpointable between epochs. Its set-up is
+    the built-in ``tune.train.LoopTrial``'s: the model seeded and frozen by ``tune.trial.frozen_model``, the epochs
+    done and their time checkpointed by ``tune.trial.progress``."""
 
     def __init__(self, task: Task, cfg: TrainConfig, options: Mapping[str, Any],
                  device: torch.device | None = None) -> None:
         self.task, self.cfg, self.options = task, cfg, options
         self.device = device or pick_device(cfg.device)
-        torch.manual_seed(cfg.seed)
-        self.block_model = task.build_model()
-        self.frozen = freeze.freeze_model(self.block_model, cfg)
+        self.frozen = frozen_model(task, cfg)
         self.summary = self.frozen.summary
-        self.prefix_cache = f"off: {prefix_cache.blocker(self.frozen, task.augments)}"  # never exact here
+        self.prefix_cache = uncached(self.frozen, task.augments)  # never exact here
         self.epoch = 0
         self.train_time_s = 0.0
         self._restore: dict[str, Any] | None = None
@@ -333,8 +333,7 @@ class YoloTrial:
         model scores what its trial reported; ``train_model`` the weights being trained, to resume."""
         trainer = self.trainer
         return {"model": trainer.ema.ema.state_dict(), "train_model": trainer.model.state_dict(),
-                "ema_updates": int(trainer.ema.updates), "optimizer": trainer.optimizer.state_dict(),
-                "epoch": self.epoch, "train_time_s": self.train_time_s,
+                "ema_updates": int(trainer.ema.updates), "optimizer": trainer.optimizer.state_dict(), **progress(self),
                 "best_fitness": float(trainer.best_fitness or 0.0),
                 # AMP's loss scale (empty when AMP is off) and the early-stopping counter (patience), as
                 # Ultralytics' own last.pt keeps them; plain numbers, so weights_only loading takes them
@@ -345,8 +344,7 @@ class YoloTrial:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Applied when training starts (the trainer builds the optimizer and EMA then)."""
         self._restore = state
-        self.epoch = int(state["epoch"])
-        self.train_time_s = float(state["train_time_s"])
+        load_progress(self, state)
 
     def run(self, on_epoch: Callable[[dict[str, Any]], None]) -> None:
         if self.epoch >= self.cfg.epochs:
