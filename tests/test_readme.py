@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-import tune
-
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 pytestmark = pytest.mark.slow
@@ -28,7 +26,10 @@ ELSEWHERE = {
     "python -m pytest": "the tests themselves: .ci/run runs them",
     "mlflow ui": "a server: test_search.py::test_mlflow_ui_command_serves_the_runs_of_a_smoke_search runs it",
     "python run_search.py submit": "needs a cluster: test_cluster.py submits to a real two-node one",
+    "freeze-search submit": "needs a cluster: test_cluster.py submits to a real two-node one",
     "python run_search.py --address": "needs a cluster: test_cluster.py runs searches on a real two-node one",
+    "freeze-search --address": "needs a cluster: test_cluster.py runs searches on a real two-node one",
+    "freeze-search --resume": "needs a search that was stopped: test_fault_tolerance.py kills one and resumes",
     "ray start": "starts a cluster node: test_cluster.py starts a real two-node cluster",
     "srun": "needs SLURM, which is not here",
     "python run_search.py --resume": "needs a search that was stopped: test_fault_tolerance.py kills one and resumes",
@@ -77,16 +78,6 @@ def _cases() -> list:
     return cases
 
 
-def _as_script(argv: list[str]) -> list[str]:
-    """``freeze-search ...`` as ``python run_search.py ...``, a bundled space's bare name as its file.
-    TODO(tune.cli): run ``python -m tune.cli ...`` instead, and keep bare names, once the console command lands."""
-    argv = ["python", "run_search.py", *argv[1:]]
-    for i, arg in enumerate(argv[:-1]):
-        if arg == "--space" and "/" not in argv[i + 1] and not argv[i + 1].endswith((".yaml", ".yml")):
-            argv[i + 1] = f"search_spaces/{argv[i + 1]}.yaml"
-    return argv
-
-
 def test_the_readme_shows_the_two_set_up_commands_and_the_main_job():
     commands = readme_commands()
     assert "python run_search.py" in commands and "python -m pytest" in commands
@@ -111,13 +102,16 @@ def test_each_documented_command_runs_here_as_written(page, command, tmp_path):
         if command.startswith(prefix):
             pytest.skip(reason)
     argv = shlex.split(command)
-    if argv[0] == "freeze-search":
-        argv = _as_script(argv)
+    if argv[0] == "freeze-search":  # the console command is tune.cli's main: run it from this checkout
+        argv = ["python", "-m", "tune.cli", *argv[1:]]
     assert argv[0] == "python", (page, command)
     if argv[1:2] == ["run_search.py"]:
         argv[1] = str(ROOT / "run_search.py")
-        if len(argv) == 2 or argv[2].startswith("-"):  # a search, not layers / report
-            argv.insert(2, "--smoke-test")
+    command_args = argv[2:] if argv[1] != "-m" else argv[3:]
+    if argv[1:2] == ["-m"] and argv[2] != "tune.cli":
+        command_args = None  # a module's own command (tune.tasks.shapes, tune.pretrained, ...)
+    if command_args is not None and (not command_args or command_args[0].startswith("-")):  # a search
+        argv.insert(len(argv) - len(command_args), "--smoke-test")
     (tmp_path / "search_spaces").symlink_to(ROOT / "search_spaces")  # the pages' relative paths
     for needed, made_by in MADE_BEFORE.items():  # data the page makes with the command before
         if needed in command:
@@ -157,7 +151,6 @@ tune.FreezeSearch = _SmokeSearch
 '''
 
 
-@pytest.mark.xfail(not hasattr(tune, "FreezeSearch"), strict=False, reason="tune.FreezeSearch lands on main separately")
 @pytest.mark.parametrize("block", readme_python_blocks(), ids=lambda block: block.splitlines()[0][:60])
 def test_the_readme_python_example_runs_smoke_sized(block, tmp_path):
     assert "tune.FreezeSearch" in block

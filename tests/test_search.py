@@ -935,3 +935,25 @@ def test_asha_compares_a_trial_with_its_own_freeze_range_unless_rungs_are_shared
     stopped = {name for name, action in decisions.items() if action == TrialScheduler.STOP}
     # per range: the weaker of each range's two stops, and the better deep one goes on; shared: both deep ones stop
     assert stopped == ({"frozen2", "deep2"} if rungs == "per_freeze_range" else {"frozen2", "deep1", "deep2"})
+
+
+def test_load_search_reads_the_search_back_as_the_api_result(default_smoke, tmp_path):
+    """tune.load_search (freeze-search report's API): the search's trials, recommendation and model as MLflow holds
+    them, in a SearchResult."""
+    import tune
+    from tune import tracking
+
+    code, uri, _ = default_smoke
+    result = tune.load_search("digits_freeze", tracking_uri=uri, report_dir=tmp_path)
+    parent, children = _runs(uri, "digits_freeze")
+    assert result.status == "FINISHED" and result.parent_run_id == parent.info.run_id
+    assert sorted(t.name for t in result.trials) == sorted(c.data.tags[tracking.TRIAL_ID_TAG]
+                                                           for c in _phase(children, "search"))
+    rec = result.recommendation
+    assert rec.freeze_range == parent.data.tags["recommended_freeze_range"]
+    assert rec.trial.name == parent.data.tags["recommended_trial"]
+    assert rec.seeds == 2 and rec.interval[0] <= rec.score <= rec.interval[1]  # the race's 2 seeds
+    assert rec.test_score == pytest.approx(parent.data.metrics["test_score"])
+    assert result.model_uri == parent.data.tags["registered_model_uri"]
+    assert {t.name for t in result.frontier} <= {t.name for t in result.trials}
+    assert (result.report_dir / "report.txt").read_text().strip() == result.text.strip()

@@ -209,13 +209,20 @@ def layers(space: str | Path | Mapping[str, Any] = "digits_freeze", *, overrides
     return header + "\n" + layer_table(load_block_model(cfg_task))
 
 
-def submit(address: str, search_args: Sequence[str], *, project_dir: Path, python: str = "python",
+def submit(address: str, search_args: Sequence[str], *, project_dir: Path | None = None, python: str = "python",
            **search: Any) -> str:
     """Submit ``freeze-search <search_args>`` as a Ray Job to the cluster whose dashboard is ``address``, with
-    ``project_dir`` (a checkout of this project) uploaded as its working directory. ``search``: the same search as
-    FreezeSearch's keyword arguments (``space``, ``overrides``, ``tracking_uri``, ``storage_path``, ...), checked
-    here first (ConfigError) rather than on the cluster. Returns the job id; ``follow`` waits for it."""
+    ``project_dir`` (a checkout of this project; default: the one this package runs from) uploaded as its working
+    directory. ``search``: the same search as FreezeSearch's keyword arguments (``space``, ``overrides``,
+    ``tracking_uri``, ``storage_path``, ...), checked here first (ConfigError) rather than on the cluster. Returns
+    the job id; ``follow`` waits for it."""
     from tune import cluster
+
+    if project_dir is None:
+        project_dir = Path(__file__).resolve().parents[1]
+        if not (project_dir / "pyproject.toml").is_file() or not (project_dir / "search_spaces").is_dir():
+            raise ConfigError("submit", "an installed package", "a checkout of the project (a Ray Job uploads it as "
+                                                                "its working directory): run it from one")
 
     inside = check_submission(_options(**search), project_dir)  # bad input fails here
     args = list(search_args)

@@ -104,12 +104,6 @@ def search_main(argv: list[str]) -> int:
     return EXIT_CODES[result.status]
 
 
-def project_dir() -> Path | None:
-    """The checkout this package runs from (what a Ray Job uploads), or None for an installed package."""
-    root = Path(tune.__file__).resolve().parents[1]
-    return root if (root / "pyproject.toml").is_file() and (root / "search_spaces").is_dir() else None
-
-
 def submit_main(argv: list[str]) -> int:
     """``submit --address http://HEAD:8265 [--wait] [search args]``: the same search as a Ray Job."""
     parser = argparse.ArgumentParser(prog=f"{PROG} submit", add_help=False)
@@ -123,11 +117,7 @@ def submit_main(argv: list[str]) -> int:
         print(f"\nEvery other argument is a search argument ({PROG} --help); --tracking-uri must be a server the "
               "cluster reaches and --storage-path a folder (or URI) every node shares.")
         return 0
-    root = project_dir()
-    if root is None:
-        raise tune.ConfigError("submit", "an installed package", "a run from a checkout of the project (the job "
-                                                                "uploads it as its working directory)")
-    job_id = tune.submit(args.address, search_argv, project_dir=root, python=args.python,
+    job_id = tune.submit(args.address, search_argv, python=args.python,
                          **search_kwargs(parse_args(search_argv)))
     print(f"submitted Ray Job {job_id} to {args.address}")
     print(f"  follow: ray job logs --address {args.address} --follow {job_id}")

@@ -1,0 +1,222 @@
+"""The library as users call it: tune.FreezeSearch from Python (a space by name, a config as a mapping, a task as a
+Python object), the console command from a wheel installed in a fresh venv, and the CLI as a client of the API."""
+
+from __future__ import annotations
+
+import ast
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+import tune
+from tune import tracking
+from tune.api import _overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_cli_imports_only_the_public_api():
+    """tune/cli.py is a thin client: it imports ``tune`` (the exported API) and the standard library, nothing
+    deeper."""
+    tree = ast.parse((ROOT / "tune" / "cli.py").read_text())
+    deeper = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+              and node.module and node.module.startswith("tune")]
+    deeper += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+               if alias.name.startswith("tune.")]
+    assert deeper == []
+    used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name) and node.value.id == "tune"}
+    assert used <= set(tune.__all__), used - set(tune.__all__)
+
+
+def test_every_package_of_tune_is_in_the_wheel():
+    """pyproject lists the packages by hand (the spaces are mapped in from search_spaces/): a new subpackage left
+    off the list would be missing from the wheel."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "tune").rglob("__init__.py")}
+    assert set(setuptools["packages"]) == found | {"tune.search_spaces"}
+    assert setuptools["package-dir"]["tune.search_spaces"] == "search_spaces"
+    assert setuptools["package-data"]["tune.search_spaces"] == ["*.yaml"]
+
+
+def test_bundled_spaces_are_found_by_name_and_an_unknown_name_lists_them():
+    assert set(tune.spaces()) == {p.stem for p in (ROOT / "search_spaces").glob("*.yaml")}
+    assert tune.load_config("digits_freeze") == tune.load_config(ROOT / "search_spaces" / "digits_freeze.yaml")
+    assert tune.load_config("digits_freeze.yaml").name == "digits_freeze"
+    with pytest.raises(tune.ConfigError) as err:
+        tune.load_config("digits_freez")
+    assert str(err.value).startswith("--space: got 'digits_freez'") and "digits_freeze" in str(err.value)
+
+
+def test_overrides_as_a_mapping_as_strings_or_as_pairs_are_the_same():
+    pairs = [("train.epochs", 5), ("space.lr", 0.001)]
+    assert _overrides({"train.epochs": 5, "space.lr": 0.001}) == pairs
+    assert _overrides(["train.epochs=5", "space.lr=0.001"]) == pairs
+    assert _overrides(pairs) == pairs
+    with pytest.raises(tune.ConfigError, match="^overrides: got 'train.epochs=5'"):
+        _overrides("train.epochs=5")
+
+
+def test_bad_input_from_python_raises_before_any_run(tmp_path):
+    """A config built in Python gets the file's checks: one ConfigError naming the key, no MLflow run, no Ray."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    space = {"name": "from_python", "space": {"freeze_stop": {"type": "int", "low": 0, "high": "all_but_head"}},
+             "train": {"epochs": 0}}
+    with pytest.raises(tune.ConfigError) as err:
+        tune.FreezeSearch(space, tracking_uri=uri, storage_path=tmp_path / "ray", report_dir=tmp_path / "reports")
+    assert str(err.value).startswith("train.epochs: got 0")
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "ray").exists()
+    with pytest.raises(tune.ConfigError, match="^train.epochs: got 0"):
+        tune.FreezeSearch("digits_freeze", overrides={"train.epochs": 0}, tracking_uri=uri)
+
+
+@pytest.mark.slow
+def test_a_search_from_python_returns_its_result_and_its_lines_go_to_the_callers_handler(ray_runtime, tmp_path,
+                                                                                        capfd):
+    """The README's API on the default space, in this process: the result holds what MLflow holds; the console
+    lines go through the ``tune`` logger, so a caller's handler gets them and nothing is printed."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("tune")
+    saved = logger.handlers[:]
+    logger.handlers = [Collect()]
+    try:
+        search = tune.FreezeSearch("digits_freeze", overrides={"search.num_samples": 3}, smoke_test=True,
+                                   tracking_uri=uri, storage_path=tmp_path / "ray", report_dir=tmp_path / "reports")
+        assert search.config.search.num_samples == 3  # the caller's override wins over the smoke test's 4
+        result = search.run()
+    finally:
+        logger.handlers = saved
+    assert result.status == "FINISHED"
+    parent = MlflowClient(tracking_uri=uri).get_run(result.parent_run_id)
+    assert parent.data.tags["freeze_search.role"] == "search" and parent.info.status == "FINISHED"
+    assert len(result.trials) == 3
+    assert result.recommendation.freeze_range == parent.data.tags["recommended_freeze_range"]
+    assert result.model_uri == parent.data.tags["registered_model_uri"]
+    assert (result.report_dir / "report.txt").is_file() and result.report_dir.parent == tmp_path / "reports"
+    said = "\n".join(lines)
+    assert f"MLflow parent run {result.parent_run_id}" in said and result.text in said
+    printed = capfd.readouterr()
+    assert "MLflow parent run" not in printed.out + printed.err and "trial" not in printed.out
+
+
+USER_SCRIPT = '''
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tune
+from tune.blocks import BlockModel
+from tune.tasks.base import Task, classification_metrics
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Sequential(nn.ReLU(), nn.Flatten()),
+                                    nn.Linear(64, 16), nn.Linear(16, 3))
+
+    def forward(self, x):
+        return self.blocks(x)
+
+
+def build():
+    torch.manual_seed(0)
+    net = Net()
+    return BlockModel(module=net, blocks=list(net.blocks), block_names=["conv", "flat", "neck", "head"],
+                      cut_points={"backbone": 3}, example_input=torch.zeros(2, 1, 4, 4), sequential=True)
+
+
+def make_task():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 3
+    x = 0.1 * torch.randn(60, 1, 4, 4, generator=g)
+    x[torch.arange(60), 0, y, 0] += 1.0
+    return Task(name="mine", build_model=build, train_data=(x[:36], y[:36]), val_data=(x[36:], y[36:]),
+                metric="val_accuracy", loss=F.cross_entropy, evaluate=classification_metrics)
+
+
+space = {"name": "my_task", "train": {"epochs": 2, "device": "cpu"},
+         "space": {"freeze_stop": {"type": "choice", "values": [0, 1, "backbone"]}},
+         "search": {"algorithm": "grid"}, "report": {"confirm_seeds": 0}}
+result = tune.FreezeSearch(space, task=make_task, tracking_uri=sys.argv[1]).run()
+print("RESULT", result.status, len(result.trials), result.recommendation.freeze_range)
+'''
+
+
+@pytest.mark.slow
+def test_a_task_given_as_a_python_object_in_a_users_script_trains_in_every_trial(tmp_path):
+    """A user's own model and data, no import path: a function defined in the user's script (``__main__``) that
+    Ray pickles into each trial; the config a mapping built in Python."""
+    (tmp_path / "mine.py").write_text(USER_SCRIPT)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "mine.py", uri], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-2000:])
+    status, trials, freeze_range = result.stdout.split("RESULT ")[1].split(maxsplit=2)
+    assert (status, trials) == ("FINISHED", "3")
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("my_task")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("freeze_search.role") == "search")
+    assert parent.data.params["task.name"] == "__main__:make_task" and parent.data.tags["space_file"] == "<python>"
+    children = [r for r in runs if r.data.tags.get(tracking.PARENT_TAG) == parent.info.run_id]
+    assert sorted(r.data.params["freeze_stop"] for r in children) == ["0", "1", "3"]  # backbone: block 3
+    assert all(r.info.status == "FINISHED" and "score" in r.data.metrics for r in children)
+    assert freeze_range.strip() == parent.data.tags["recommended_freeze_range"]
+    artifacts = [f.path for f in client.list_artifacts(parent.info.run_id)]
+    assert "space.yaml" in artifacts  # the config as the search ran it, kept on the parent run
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_the_command_and_its_spaces_and_runs_the_default(tmp_path):
+    """``pip install`` of the built wheel (not editable) into a fresh venv gives ``freeze-search``, which runs the
+    default space with no checkout in sight. The dependencies come from this venv (a .pth line: the registries'
+    torch would take minutes and gigabytes here); the package itself only from the wheel."""
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(wheels), str(ROOT)], check=True, capture_output=True, timeout=300)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    ours = subprocess.run([sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    (Path(site) / "borrowed_dependencies.pth").write_text(ours + "\n")
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                    str(next(wheels.glob("*.whl")))], check=True, capture_output=True, timeout=300)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "RAY_ADDRESS")}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    where = subprocess.run([str(python), "-c", "import tune; print(tune.__file__)"], cwd=work, env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert where.startswith(site), where  # the wheel's copy, not the checkout
+    result = subprocess.run([str(venv / "bin" / "freeze-search"), "--smoke-test", "--tracking-uri",
+                             f"sqlite:///{work / 'm.db'}"], cwd=work, env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-2000:])
+    assert "search digits_freeze:" in result.stdout and "Recommendation" in result.stdout
+    parent = MlflowClient(tracking_uri=f"sqlite:///{work / 'm.db'}").search_runs(
+        [MlflowClient(tracking_uri=f"sqlite:///{work / 'm.db'}").get_experiment_by_name("digits_freeze")
+         .experiment_id], filter_string="tags.`freeze_search.role` = 'search'")[0]
+    assert parent.data.tags["space_file"] == str(Path(site) / "tune" / "search_spaces" / "digits_freeze.yaml")
+    layers = subprocess.run([str(venv / "bin" / "freeze-search"), "layers"], cwd=work, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert layers.returncode == 0 and "backbone" in layers.stdout, layers.stderr[-2000:]
