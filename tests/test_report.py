@@ -8,6 +8,7 @@ import statistics
 import matplotlib.image
 import pytest
 
+from tune.plots import write_report
 from tune.records import TrialRecord
 from tune.report import (
     DEFAULT_FRONTIER,
@@ -19,7 +20,6 @@ from tune.report import (
     recommend,
     summarise,
     value_at_best,
-    write_report,
 )
 
 
@@ -281,7 +281,7 @@ def test_trials_that_all_tie_at_their_start_recommend_the_probe_not_nothing():
 
 
 def test_the_probe_is_a_line_on_the_score_by_epoch_and_frontier_plots(tmp_path, monkeypatch):
-    from tune import report as report_module
+    from tune import plots as report_module
 
     records = [record(f"t{stop}", stop, [0.5 + 0.05 * stop, 0.6 + 0.04 * stop], 1.0 - 0.1 * stop, 8.0 - stop)
                for stop in range(3)]

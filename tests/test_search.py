@@ -863,7 +863,9 @@ def test_the_search_stops_when_its_first_trials_meet_the_same_config_error(outco
     import copy
     import pickle
 
-    verdict = search._BadInput(total)
+    from tune import events
+
+    verdict = events.BadInput(total)
     # Tune copies the run config's stopper and callbacks: in this process every copy is the one object
     assert copy.deepcopy(verdict) is verdict and pickle.loads(pickle.dumps(verdict)) is verdict
     for index, outcome in enumerate(outcomes):

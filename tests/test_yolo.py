@@ -376,16 +376,17 @@ def test_ultralytics_hooks_are_replaced_only_while_a_trial_runs(task):
     from ultralytics.engine import trainer as trainer_module
     from ultralytics.utils import callbacks
 
-    from tune.tasks import yolo
+    from tune.tasks import yolo_offline
+
 
     originals = (callbacks.add_integration_callbacks, ultralytics.data.utils.check_font, trainer_module.check_amp)
     seen = []
     trial = make_trial(task, TrainConfig(**{**TINY.__dict__, "freeze": 10}))
     trial.run(lambda m: seen.append((trainer_module.check_amp, trial.trainer.amp)))
-    assert seen == [(yolo._amp_allowed, False)]  # a CPU trial trains without AMP, as Ultralytics' check says
+    assert seen == [(yolo_offline.amp_allowed, False)]  # a CPU trial trains without AMP, as Ultralytics' check says
     assert (callbacks.add_integration_callbacks, ultralytics.data.utils.check_font,
             trainer_module.check_amp) == originals
-    assert not yolo._amp_allowed(torch.nn.Linear(2, 2))
+    assert not yolo_offline.amp_allowed(torch.nn.Linear(2, 2))
 
 
 def test_a_batch_ultralytics_halved_after_an_oom_fails_the_trial_at_the_restart(task):

@@ -8,43 +8,36 @@ and resumes from it, and a Tune callback in the driver hands every trial event t
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import os
 import socket
 import tempfile
 import time
-import uuid
-import weakref
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import optuna
 import ray
 import torch
-from ray import cloudpickle
 from ray import tune as ray_tune
 from ray.tune.execution.placement_groups import PlacementGroupFactory
-from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.schedulers.async_hyperband import _Bracket  # ASHA's rung bookkeeping: one per freeze range
 from ray.tune.search.optuna import OptunaSearch
 
 from tune import cluster, prefix_cache
 from tune.config import Config, TaskConfig, TrainConfig
-from tune.errors import ConfigError, TrialConfigError
+from tune.events import BadInput, TrialEvents, quiet_config_errors, stop_for_bad_input
 from tune.freeze import FREEZE_KEYS, grid_values, sampled_freezes, trial_freeze
-from tune.log import say
 from tune.probe import Probe
-from tune.records import short
 from tune.space import OptunaSpace
 from tune.system_metrics import SystemSampler
 from tune.tasks import load_task
 from tune.tracking import SearchTracker
 from tune.train import evaluate_split, make_trial
 from tune.trial import load_checkpoint, model_from_checkpoint, pick_device, save_checkpoint
-from tune.trial_runs import TAG_KEYS, TrialRuns
+from tune.trial_runs import TrialRuns
 
 __all__ = ["SearchOutcome", "can_restore", "concurrency", "confirm", "gpu_shares", "grid_size", "run"]
 
@@ -105,124 +98,6 @@ def _variant_trainable(config: dict[str, Any], base: TrainConfig, task_config: T
                        cache_dir: str | None = None, head_probe: dict[str, Any] | None = None) -> None:
     """A confirmation run: ``config["variant"]`` holds the candidate's name and its exact params."""
     _trainable(config["variant"]["params"], base, task_config, cache_dir, head_probe)
-
-
-def _trial_params(trial: Any) -> tuple[dict[str, Any], dict[str, str]]:
-    """A trial's training params and the tags that say which phase it belongs to."""
-    variant = trial.config.get("variant")
-    if variant is None:
-        return dict(trial.config), {"phase": "search"}
-    return dict(variant["params"]), {"phase": "confirm", "candidate": variant["candidate"],
-                                     "round": str(variant.get("round", 1))}
-
-
-class _BadInput(ray_tune.Stopper):
-    """Bad input only a trial could see (a ConfigError raised in a worker: a file the driver read that a trial's
-    folder does not have): when the first trials to fail or report all failed with the same ConfigError, the search
-    stops at once instead of running every trial into it. A trial that reported an epoch first, or a failure of
-    another kind (a crash, out of memory), lets the search go on."""
-
-    _live: ClassVar[weakref.WeakValueDictionary[str, _BadInput]] = weakref.WeakValueDictionary()
-
-    def __init__(self, total: int, key: str | None = None) -> None:
-        self.key = key or uuid.uuid4().hex
-        self.needed = min(2, total)  # two trials agreeing: not one trial's sampled params
-        self.first: dict[str, ConfigError | None] = {}  # trial id → its first outcome: a ConfigError or None (fine)
-        self.error: ConfigError | None = None
-        self.runs: TrialRuns | None = None  # the MLflow side of the search it watches (its callback's)
-        _BadInput._live[self.key] = self
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # The stopper and the callback hold it; Tune pickles both into its experiment state (tuner.pkl): unpickled
-        # in one process, they are one object again, which Tuner.restore's caller finds in _live
-        return _bad_input, (self.key, self.needed)
-
-    def outcome(self, trial_id: str, error: BaseException | None) -> None:
-        if trial_id in self.first or self.error is not None or len(self.first) >= self.needed:
-            return
-        self.first[trial_id] = error if isinstance(error, ConfigError) else None
-        errors = list(self.first.values())
-        if len(errors) == self.needed and all(errors) and len({str(e) for e in errors}) == 1:
-            self.error = errors[0]
-
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        return False
-
-    def stop_all(self) -> bool:
-        return self.error is not None
-
-
-class _NoConfigErrorTraceback(logging.Filter):
-    """Tune logs a failed trial's whole traceback; for a ConfigError the search's one line says it all."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], ConfigError))
-
-
-def _quiet_config_errors() -> None:
-    logger = logging.getLogger("ray.tune.execution.tune_controller")
-    if not any(isinstance(f, _NoConfigErrorTraceback) for f in logger.filters):
-        logger.addFilter(_NoConfigErrorTraceback())
-
-
-def _bad_input(key: str, needed: int) -> _BadInput:
-    return _BadInput._live.get(key) or _BadInput(needed, key)
-
-
-def _trial_error(trial: Any) -> BaseException | None:
-    """The exception a trial failed with, as the trial raised it (Ray's wrapper taken off), if Tune kept it."""
-    path = getattr(trial, "pickled_error_file", None)  # written in the driver before the callbacks hear of it
-    try:
-        with open(path, "rb") as handle:
-            error = cloudpickle.load(handle)
-    except Exception:  # none, or not loadable here: Tune keeps the text alone
-        return None
-    cause = getattr(error, "cause", None)
-    return cause if isinstance(cause, BaseException) else error
-
-
-class _TrialEvents(ray_tune.Callback):
-    """Runs in the driver: hands each Tune trial event to MLflow (``TrialRuns``) and prints a line as a trial ends;
-    tells ``bad_input`` how each of the first trials went."""
-
-    def __init__(self, runs: TrialRuns, searched: list[str], total: int, bad_input: _BadInput) -> None:
-        self.runs = runs
-        self.searched = searched
-        self.total = total
-        self.bad_input = bad_input
-        bad_input.runs = runs
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.runs.run_id(trial.trial_id, *_trial_params(trial))
-
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.bad_input.outcome(trial.trial_id, _trial_error(trial))  # failed; Tune retries it from its checkpoint
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        self.bad_input.outcome(trial.trial_id, None)
-        # Tune's own keys are left out but where the trial ran (pid, hostname, node_ip), which its run is tagged with
-        ours = {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS or k in TAG_KEYS}
-        self.runs.result(trial.trial_id, *_trial_params(trial), ours,
-                         first_since_restore=result.get("iterations_since_restore") == 1)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.bad_input.error is not None:
-            return  # stopped for bad input (_fit ends its run)
-        self._say(trial, self.runs.complete(trial.trial_id, *_trial_params(trial)))
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.bad_input.outcome(trial.trial_id, _trial_error(trial))
-        error_file = getattr(trial, "error_file", None) or ""
-        self._say(trial, self.runs.error(trial.trial_id, *_trial_params(trial), error_file))
-
-    def _say(self, trial: Any, outcome: str | None) -> None:
-        if outcome is None:
-            return
-        params, tags = _trial_params(trial)
-        keys = [*self.searched, *(["seed"] if "candidate" in tags else [])]
-        values = ", ".join(f"{k}={short(params.get(k))}" for k in keys)
-        say(f"  [{len(self.runs.ended)}/{self.total}] trial {trial.trial_id} ({values}): {outcome}"
-            f"{self.runs.progress()}")
 
 
 # -- the Tuner ------------------------------------------------------------------------------------------------
@@ -297,41 +172,29 @@ def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, stor
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
     wrapped = _wrap(cfg, trainable, prefix_cache.directory(storage_path), per_trial, head_probe)
     runs = TrialRuns(tracker, dataclasses.asdict(cfg.train), cfg.train.epochs, searched=list(cfg.space))
-    _quiet_config_errors()
-    if restore_from is not None:  # Tune restores its callbacks and stopper (a _BadInput) with the experiment
+    quiet_config_errors()
+    if restore_from is not None:  # Tune restores its callbacks and stopper (a BadInput) with the experiment
         tuner = ray_tune.Tuner.restore(restore_from, trainable=wrapped, resume_unfinished=True, resume_errored=False)
         outcome = _outcome(tuner, tune_config.get("time_budget_s"))
-        for restored in list(_BadInput._live.values()):
-            _stop_for_bad_input(restored, restored.runs or runs)
+        for restored in list(BadInput._live.values()):
+            stop_for_bad_input(restored, restored.runs or runs)
         return outcome
-    bad_input = _BadInput(total)
+    bad_input = BadInput(total)
     tuner = ray_tune.Tuner(
         wrapped,
         param_space=param_space,
         tune_config=ray_tune.TuneConfig(max_concurrent_trials=at_once, reuse_actors=True, **tune_config),
         run_config=ray_tune.RunConfig(
             name=name, storage_path=cluster.storage_uri(storage_path),
-            verbose=verbose, callbacks=[_TrialEvents(runs, list(cfg.space), total, bad_input)], stop=bad_input,
+            verbose=verbose, callbacks=[TrialEvents(runs, list(cfg.space), total, bad_input)], stop=bad_input,
             # keep the best-score checkpoint (for the logged model) and the latest (to resume)
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="score",
                                                         checkpoint_score_order="max"),
             failure_config=ray_tune.FailureConfig(max_failures=1)),
     )
     outcome = _outcome(tuner, tune_config.get("time_budget_s"))
-    _stop_for_bad_input(bad_input, runs)
+    stop_for_bad_input(bad_input, runs)
     return outcome
-
-
-def _stop_for_bad_input(bad_input: _BadInput, runs: TrialRuns) -> None:
-    """After a search the first trials' shared ConfigError stopped: the trials that met it end FAILED (the others
-    KILLED with the search), and the error is raised for the CLI's one line."""
-    error = bad_input.error
-    if error is None:
-        return
-    for trial_id, met in bad_input.first.items():
-        if met is not None:
-            runs.fail_open(trial_id, f"ConfigError: {met}")
-    raise TrialConfigError(error.key, error.value, error.allowed, error.problem)
 
 
 def _wrap(cfg: Config, trainable: Any, cache_dir: str | None, per_trial: _FreezeAwareResources | None,

@@ -351,12 +351,12 @@ def _write_report(tracker: tracking.SearchTracker, built: report.Report, records
                   report_dir: Path, say: Say) -> Path:
     """Write the report (text, plots, summary) under ``report_dir`` and into the parent run, tag the parent with the
     recommendation, print it; returns the report's folder."""
-    from tune import report
+    from tune import plots
 
     parent_id = tracker.parent_run_id
     name = tracker.experiment_name
     out_dir = report_dir / f"{name}-{parent_id[:8]}"
-    files = report.write_report(built, [r for r in records if "candidate" not in r.tags], out_dir, name)
+    files = plots.write_report(built, [r for r in records if "candidate" not in r.tags], out_dir, name)
     tracker.log_files(parent_id, files, "report")
     chosen = built.chosen  # after --confirm, the confirmed one
     if chosen is not None:

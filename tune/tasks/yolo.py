@@ -25,20 +25,18 @@ Ultralytics' pickled ``last.pt``; and the final re-validation of ``best.pt`` is 
 
 from __future__ import annotations
 
-import contextlib
-import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from tune.blocks import BlockModel
 from tune.config import TrainConfig
 from tune.errors import ConfigError, one_line
 from tune.tasks.base import Task, takes_paths
+from tune.tasks.yolo_offline import check_data, dataset_root, offline_copy, offline_hooks, ultralytics_offline
 from tune.trial import EpochMeter, epoch_metrics, frozen_model, load_progress, pick_device, progress, uncached
 from tune.weights import load_fitting, read_state_dict
 
@@ -67,106 +65,6 @@ _IGNORED_TRAIN = {"lr_schedule": "task.options.hyp.lrf (Ultralytics decays lr0 l
                                "initialises its biases from priors)",
                   "head_lr_mult": "nothing (Ultralytics' trainer gives every layer lr0)"}
 _OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
-
-
-def _config_dir() -> Path:
-    """Ultralytics' settings folder for this project: the user's own (mode 0700), not Ultralytics' default (its
-    settings turn on integrations) and not a shared /tmp path another user could prepare."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    folder = base / "freeze-depth-search" / "ultralytics"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return folder
-
-
-def _ultralytics() -> Any:
-    """Import Ultralytics offline, quiet, with this project's settings folder (its own downloads are kept out
-    while a trial trains: _offline_hooks)."""
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_VERBOSE", "False")  # trials report through this project; no progress bars
-    if "YOLO_CONFIG_DIR" not in os.environ:
-        os.environ["YOLO_CONFIG_DIR"] = str(_config_dir())
-    try:
-        import ultralytics
-        import ultralytics.data.utils
-    except ImportError as err:
-        raise ConfigError("task.name", "yolo", 'the yolo extra installed: pip install -e ".[yolo]"',
-                          problem=f"{type(err).__name__}: {err}") from None
-    return ultralytics
-
-
-# GPUs on which Ultralytics turns AMP off (NaN losses or zero mAP reported on them): its check_amp's list.
-_AMP_UNSAFE_GPUS = ("1660", "1650", "1630", "t400", "t550", "t600", "t1000", "t1200", "t2000", "k40m")
-
-
-def _amp_allowed(model: torch.nn.Module) -> bool:
-    """Ultralytics' check_amp without the model it downloads (and loads as a pickle) to compare fp32 and AMP
-    outputs: AMP only on CUDA, and not on the GPUs that check turns it off for."""
-    device = next(model.parameters()).device
-    if device.type != "cuda":
-        return False
-    name = torch.cuda.get_device_name(device).lower()
-    return not any(gpu in name for gpu in _AMP_UNSAFE_GPUS)
-
-
-@contextlib.contextmanager
-def _offline_hooks() -> Iterator[None]:
-    """While a trial builds and runs its trainer: no Ultralytics integrations (its own MLflow, Ray Tune, W&B,
-    Platform... loggers, some of which act as soon as they are added), no font download (check_font, for plots
-    this project does not make) and no AMP self-check download (_amp_allowed instead). Restored afterwards."""
-    import ultralytics.data.utils
-    from ultralytics.engine import trainer as trainer_module
-    from ultralytics.utils import callbacks
-
-    patches = [(callbacks, "add_integration_callbacks", lambda instance: None),
-               (ultralytics.data.utils, "check_font", lambda *args, **kwargs: None),
-               (trainer_module, "check_amp", _amp_allowed)]
-    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
-    for owner, name, replacement in patches:
-        setattr(owner, name, replacement)
-    try:
-        yield
-    finally:
-        for owner, name, original in saved:
-            setattr(owner, name, original)
-
-
-def _dataset_root(path: Path, raw: Mapping[str, Any]) -> Path:
-    """The dataset's root: its ``path:`` (relative to the yaml's folder), else the yaml's folder."""
-    root = Path(str(raw.get("path") or path.parent)).expanduser()
-    return root if root.is_absolute() else (path.parent / root).resolve()
-
-
-def _offline_copy(path: Path, raw: Mapping[str, Any], directory: Path) -> str:
-    """The dataset yaml as Ultralytics gets it: an absolute ``path:`` (Ultralytics would read a relative one
-    against the working directory, miss, and run the yaml's ``download:``) and no ``download:`` key."""
-    copy = {key: value for key, value in raw.items() if key != "download"}
-    copy["path"] = str(_dataset_root(path, raw))
-    target = directory / path.name
-    target.write_text(yaml.safe_dump(copy, sort_keys=False), encoding="utf-8")
-    return str(target)
-
-
-def _check_data(data: Any) -> tuple[Path, dict[str, Any]]:
-    allowed = "an Ultralytics dataset yaml (train, val, names) whose images are on disk"
-    if not isinstance(data, (str, Path)) or not str(data):
-        raise ConfigError("task.options.data", data, allowed, problem="missing")
-    path = Path(data).expanduser().resolve()
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError("task.options.data", str(data), allowed, problem=type(err).__name__) from None
-    except yaml.YAMLError as err:
-        raise ConfigError("task.options.data", str(data), allowed, problem=one_line(err, limit=None)) from None
-    if not isinstance(raw, dict) or not {"train", "val", "names"} <= raw.keys():
-        raise ConfigError("task.options.data", str(data), allowed, problem="no train, val or names")
-    root = _dataset_root(path, raw)
-    for split in ("train", "val", *(("test",) if raw.get("test") else ())):  # test: optional, often left empty
-        entries = raw[split] if isinstance(raw[split], list) else [raw[split]]
-        for entry in entries:
-            if not (root / str(entry)).exists():  # Ultralytics would try the yaml's download: key
-                raise ConfigError(f"task.options.data.{split}", str(root / str(entry)), allowed,
-                                  problem="not on disk; nothing is downloaded")
-    return path, raw
 
 
 def _check_hyp(hyp: Any) -> dict[str, Any]:
@@ -212,7 +110,7 @@ def block_model(model: str, nc: int, imgsz: int, weights: str | None = None, tru
     """A YOLO DetectionModel as blocks: ``model.model[i]`` (parameters ``model.{i}.*``), the backbone's end from
     the model yaml. FLOP shares are measured at ``min(imgsz, 256)``: every block is convolutional, so the shares
     barely depend on the size."""
-    _ultralytics()
+    ultralytics_offline()
     from ultralytics.nn.tasks import DetectionModel
 
     try:
@@ -233,9 +131,9 @@ def block_model(model: str, nc: int, imgsz: int, weights: str | None = None, tru
 def layers_model(options: Mapping[str, Any]) -> BlockModel:
     """The block model for ``run_search.py layers``: no data needed (80 classes, COCO's, unless the dataset yaml
     is on disk: only the Detect head's size depends on it)."""
-    _ultralytics()
+    ultralytics_offline()
     data = options.get("data")
-    nc = len(_check_data(data)[1]["names"]) if isinstance(data, str) and Path(data).expanduser().exists() else 80
+    nc = len(check_data(data)[1]["names"]) if isinstance(data, str) and Path(data).expanduser().exists() else 80
     return block_model(options.get("model", "yolov5nu.yaml"), nc, int(options.get("imgsz", 640)),
                        options.get("weights"), options.get("trust_weights") is True)
 
@@ -243,8 +141,8 @@ def layers_model(options: Mapping[str, Any]) -> BlockModel:
 @takes_paths("data", "model", "weights")
 def make_task(data: str | None = None, model: str = "yolov5nu.yaml", weights: str | None = None, imgsz: int = 640,
               workers: int = 2, hyp: Mapping[str, Any] | None = None, trust_weights: bool = False) -> Task:
-    _ultralytics()
-    data_path, raw = _check_data(data)
+    ultralytics_offline()
+    data_path, raw = check_data(data)
     names = raw["names"]
     nc = len(names)
     if not isinstance(imgsz, int) or isinstance(imgsz, bool) or imgsz < 32:
@@ -260,7 +158,7 @@ def make_task(data: str | None = None, model: str = "yolov5nu.yaml", weights: st
     def build() -> BlockModel:  # a fresh model each time, its new layers seeded by the trial (tune.trial.frozen_model)
         return block_model(model, nc, imgsz, weights, trust_weights)
 
-    root = _dataset_root(data_path, raw)
+    root = dataset_root(data_path, raw)
     sources = {split: str(root / str(raw[split] if not isinstance(raw[split], list) else raw[split][0]))
                for split in ("train", "val", "test") if raw.get(split)}
     labels = {split: [path] for split, source in sources.items() if (path := _labels_of(source))}
@@ -291,10 +189,10 @@ def score_split(module: torch.nn.Module, options: Mapping[str, Any], split: str,
     validator (as a trial validates each epoch; the test split scored after the search: Task.score_test)."""
     from ultralytics.models.yolo.detect import DetectionValidator
 
-    with tempfile.TemporaryDirectory(prefix="freeze-yolo-test-") as workdir, _offline_hooks():
+    with tempfile.TemporaryDirectory(prefix="freeze-yolo-test-") as workdir, offline_hooks():
         # rect: letterboxed as a trial's own validation and Ultralytics' model.val() do (the same mAP, to the 5 decimals
         # the trainer rounds its figures to)
-        args = {"data": _offline_copy(options["data"], options["data_raw"], Path(workdir)), "split": split,
+        args = {"data": offline_copy(options["data"], options["data_raw"], Path(workdir)), "split": split,
                 "imgsz": options["imgsz"], "batch": 16, "device": _device_arg(device), "workers": options["workers"],
                 "rect": True, "plots": False, "save_json": False, "verbose": False, "project": workdir, "name": split}
         return _box_metrics(DetectionValidator(args=args)(model=module))
@@ -349,7 +247,7 @@ class YoloTrial:
     def run(self, on_epoch: Callable[[dict[str, Any]], None]) -> None:
         if self.epoch >= self.cfg.epochs:
             return
-        with tempfile.TemporaryDirectory(prefix="yolo-trial-") as workdir, _offline_hooks():
+        with tempfile.TemporaryDirectory(prefix="yolo-trial-") as workdir, offline_hooks():
             self.trainer = _make_trainer(self, Path(workdir), on_epoch)
             self.trainer.train()
 
@@ -361,7 +259,7 @@ class YoloTrial:
         def no_epoch(metrics: dict[str, Any]) -> None:
             raise RuntimeError("the memory probe reached the end of an epoch")
 
-        with tempfile.TemporaryDirectory(prefix="yolo-probe-") as workdir, _offline_hooks():
+        with tempfile.TemporaryDirectory(prefix="yolo-probe-") as workdir, offline_hooks():
             self.trainer = _make_trainer(self, Path(workdir), no_epoch, probe=True)
             try:
                 self.trainer.train()
@@ -380,7 +278,7 @@ class _Probed(Exception):
 
 def _make_trainer(trial: YoloTrial, workdir: Path, on_epoch: Callable[[dict[str, Any]], None],
                   probe: bool = False) -> Any:
-    _ultralytics()
+    ultralytics_offline()
     from ultralytics.models.yolo.detect import DetectionTrainer
 
     cfg, options = trial.cfg, trial.options
@@ -428,7 +326,7 @@ def _make_trainer(trial: YoloTrial, workdir: Path, on_epoch: Callable[[dict[str,
 
     hyp = dict(options["hyp"])
     overrides = {
-        **hyp, "model": "unused.yaml", "data": _offline_copy(options["data"], options["data_raw"], workdir),
+        **hyp, "model": "unused.yaml", "data": offline_copy(options["data"], options["data_raw"], workdir),
         "imgsz": options["imgsz"],
         "workers": options["workers"], "epochs": cfg.epochs, "batch": cfg.batch_size, "lr0": cfg.lr,
         "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "optimizer": _OPTIMIZERS[cfg.optimizer],
@@ -436,7 +334,7 @@ def _make_trainer(trial: YoloTrial, workdir: Path, on_epoch: Callable[[dict[str,
         "project": str(workdir), "name": "train", "exist_ok": True, "save": False, "plots": False, "val": True,
         "verbose": False, "amp": hyp.get("amp", trial.device.type == "cuda"),
     }
-    trainer = Trainer(overrides=overrides)  # inside _offline_hooks: no integrations, no downloads
+    trainer = Trainer(overrides=overrides)  # inside offline_hooks: no integrations, no downloads
     trainer.model = trial.frozen.module  # built (and pretrained) by the task, as DetectionTrainer allows
     _EpochReporter(trial, trainer, on_epoch, probe).attach()
     return trainer
