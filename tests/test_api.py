@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,10 @@ def test_overrides_as_a_mapping_as_strings_or_as_pairs_are_the_same():
     assert _overrides(pairs) == pairs
     with pytest.raises(tune.ConfigError, match="^overrides: got 'train.epochs=5'"):
         _overrides("train.epochs=5")
+    with pytest.raises(tune.ConfigError, match=r"^overrides.train: got \{'epochs': 5\}"):
+        _overrides({"train": {"epochs": 5}})  # would replace the file's whole train section
+    with pytest.raises(tune.ConfigError, match=r"^overrides: got \['train.epochs', 5\]"):
+        _overrides([["train.epochs", 5]])
 
 
 def test_bad_input_from_python_raises_before_any_run(tmp_path):
@@ -74,6 +79,13 @@ def test_bad_input_from_python_raises_before_any_run(tmp_path):
     assert not (tmp_path / "m.db").exists() and not (tmp_path / "ray").exists()
     with pytest.raises(tune.ConfigError, match="^train.epochs: got 0"):
         tune.FreezeSearch("digits_freeze", overrides={"train.epochs": 0}, tracking_uri=uri)
+    with pytest.raises(tune.ConfigError, match="^confirm: got '3'"):
+        tune.FreezeSearch("digits_freeze", confirm="3", tracking_uri=uri)
+    with pytest.raises(tune.ConfigError, match="^space: got None"):
+        tune.FreezeSearch(None, tracking_uri=uri)
+    with pytest.raises(tune.ConfigError, match="^overrides: got 'task.options.labels_per_class'"):
+        tune.FreezeSearch("digits_freeze", task=lambda: None, overrides={"task.options.labels_per_class": 5})
+    assert not (tmp_path / "m.db").exists()
 
 
 @pytest.mark.slow
@@ -188,9 +200,13 @@ def test_the_wheel_installs_the_command_and_its_spaces_and_runs_the_default(tmp_
     """``pip install`` of the built wheel (not editable) into a fresh venv gives ``freeze-search``, which runs the
     default space with no checkout in sight. The dependencies come from this venv (a .pth line: the registries'
     torch would take minutes and gigabytes here); the package itself only from the wheel."""
-    wheels = tmp_path / "wheels"
+    wheels, source = tmp_path / "wheels", tmp_path / "source"
+    for part in ("pyproject.toml", "README.md", "tune", "search_spaces"):  # a copy: no build/ left in the checkout
+        copy = shutil.copytree if (ROOT / part).is_dir() else shutil.copy2
+        copy(ROOT / part, source / part, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                             if (ROOT / part).is_dir() else {}))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(wheels), str(ROOT)], check=True, capture_output=True, timeout=300)
+                    str(wheels), str(source)], check=True, capture_output=True, timeout=300)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
     python = venv / "bin" / "python"

@@ -946,8 +946,8 @@ def test_load_search_reads_the_search_back_as_the_api_result(default_smoke, tmp_
     from tune import tracking
 
     code, uri, _ = default_smoke
+    parent, children = _runs(uri, "digits_freeze")  # as the search left it, before load_search reads it
     result = tune.load_search("digits_freeze", tracking_uri=uri, report_dir=tmp_path)
-    parent, children = _runs(uri, "digits_freeze")
     assert result.status == "FINISHED" and result.parent_run_id == parent.info.run_id
     assert sorted(t.name for t in result.trials) == sorted(c.data.tags[tracking.TRIAL_ID_TAG]
                                                            for c in _phase(children, "search"))
@@ -957,5 +957,6 @@ def test_load_search_reads_the_search_back_as_the_api_result(default_smoke, tmp_
     assert rec.seeds == 2 and rec.interval[0] <= rec.score <= rec.interval[1]  # the race's 2 seeds
     assert rec.test_score == pytest.approx(parent.data.metrics["test_score"])
     assert result.model_uri == parent.data.tags["registered_model_uri"]
+    assert set(rec.params) == {"freeze_stop", "lr"} and isinstance(rec.params["lr"], float)
     assert {t.name for t in result.frontier} <= {t.name for t in result.trials}
     assert (result.report_dir / "report.txt").read_text().strip() == result.text.strip()

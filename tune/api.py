@@ -14,7 +14,6 @@ is a thin client of these functions. Output lines go through the ``tune`` logger
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,14 +34,26 @@ Overrides = Mapping[str, Any] | Sequence[str] | Sequence[tuple[str, Any]]
 
 
 def _overrides(given: Overrides | None) -> list[tuple[str, Any]]:
-    """``{"train.epochs": 5}``, ``["train.epochs=5"]`` (as --set) or ``[("train.epochs", 5)]``."""
+    """``{"train.epochs": 5}``, ``["train.epochs=5"]`` (as --set) or ``[("train.epochs", 5)]``; ConfigError on
+    anything else (a nested mapping would replace a whole section: dotted keys only)."""
+    allowed = "a mapping {'section.key': value}, or a list of 'section.key=value' strings or (key, value) pairs"
     if not given:
         return []
-    if isinstance(given, Mapping):
-        return [(str(key), value) for key, value in given.items()]
     if isinstance(given, str):
-        raise ConfigError("overrides", given, "a mapping {key: value}, or a list of 'key=value' strings")
-    return [(item[0], item[1]) if isinstance(item, tuple) else parse_overrides([item])[0] for item in given]
+        raise ConfigError("overrides", given, allowed)
+    items = list(given.items()) if isinstance(given, Mapping) else list(given)
+    pairs = []
+    for item in items:
+        if isinstance(item, str):
+            pairs += parse_overrides([item])
+            continue
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+            raise ConfigError("overrides", item, allowed)
+        if "." not in item[0]:
+            raise ConfigError(f"overrides.{item[0]}", item[1], "a dotted key such as train.epochs (a whole "
+                                                                     "section would replace the file's)")
+        pairs.append(item)
+    return pairs
 
 
 @dataclass(frozen=True)
@@ -51,14 +62,14 @@ class Recommended:
     confirmation race; the search's single trial where there was none)."""
 
     freeze_range: str  # "[0, 3)": blocks 0, 1, 2 frozen
-    freeze: tuple[int, int]  # (start, stop)
-    params: dict[str, str]  # the searched values of its search trial
+    freeze: tuple[int, int]  # (start, stop) of a range; a set of blocks {i, j}: (i, j + 1)
+    params: dict[str, Any]  # its search trial's searched values (lr, freeze_stop, ...)
     score: float  # the validation score: the mean over the confirmation's seeds, else the trial's
     interval: tuple[float, float] | None  # the mean's confidence interval after a confirmation
     seeds: int  # confirmation seeds it ran (0: none)
     decided: bool | None  # whether the race proved it within the tolerance (None: no confirmation)
     test_score: float | None  # on the task's test split, scored once after the choice (None: no test split)
-    epoch_time_s: float
+    epoch_time_s: float  # its search trial's (as the parent run's recommended_epoch_time_s)
     peak_mem_mb: float
     trial: TrialResult = field(repr=False)  # its search trial at its best epoch
 
@@ -98,43 +109,45 @@ class SearchResult:
         built = self.report
         if built is None or built.chosen is None:
             return None
+        from tune.records import typed
         from tune.report import test_scores
 
         chosen, confirmed = built.chosen, built.confirmed_choice
         tested = test_scores(built)
         return Recommended(
-            freeze_range=chosen.freeze_range, freeze=chosen.freeze_key, params=dict(chosen.params),
+            freeze_range=chosen.freeze_range, freeze=chosen.freeze_key,
+            params={key: typed(chosen.params[key]) for key in built.recommendation.searched if key in chosen.params},
             score=confirmed.mean if confirmed else chosen.score,
             interval=confirmed.interval if confirmed else None, seeds=len(confirmed.scores) if confirmed else 0,
             decided=built.decision.decided if built.decision is not None else None,
             test_score=statistics.fmean(tested) if tested else None,
-            epoch_time_s=_mean_or(confirmed, built, "epoch_time_s", chosen.epoch_time_s),
-            peak_mem_mb=_mean_or(confirmed, built, "peak_mem_mb", chosen.peak_mem_mb), trial=chosen)
+            epoch_time_s=chosen.epoch_time_s, peak_mem_mb=chosen.peak_mem_mb, trial=chosen)
 
     def __str__(self) -> str:
         return self.text or f"search {self.experiment}: {self.status}"
 
 
-def _mean_or(confirmed: Any, built: Report, metric: str, default: float) -> float:
-    """A metric's mean over the recommended candidate's confirmation runs, else the trial's own."""
-    if confirmed is None:
-        return default
-    values = [r.values.get(metric, math.nan) for r in built.confirmation if r.name in confirmed.runs]
-    values = [v for v in values if not math.isnan(v)]
-    return statistics.fmean(values) if values else default
-
-
 def _options(space: str | Path | Mapping[str, Any], *, overrides: Overrides | None = None,
-             storage_path: str | Path = StudyOptions.storage_path, report_dir: str | Path = StudyOptions.report_dir,
+             storage_path: str | Path | None = None, report_dir: str | Path | None = None, task: Any = None,
              **flags: Any) -> StudyOptions:
-    return StudyOptions(space_file=space if isinstance(space, Mapping) else space_file(space),
-                        overrides=_overrides(overrides), storage_path=str(storage_path), report_dir=Path(report_dir),
-                        **flags)
+    """The search's options; ConfigError for a value of the wrong kind (None: the default)."""
+    if not isinstance(space, (str, Path, Mapping)):
+        raise ConfigError("space", space, "a bundled space's name, a space file's path or a mapping")
+    for key in ("confirm", "confirm_top"):
+        if flags.get(key) is not None and (isinstance(flags[key], bool) or not isinstance(flags[key], int)):
+            raise ConfigError(key, flags[key], "an integer, or None for the space's own value")
+    pairs = _overrides(overrides)
+    if task is not None and any(key.startswith("task.") for key, _ in pairs):
+        raise ConfigError("overrides", next(key for key, _ in pairs if key.startswith("task.")),
+                          "no task.* key with task= (the task object replaces the space's task)")
+    return StudyOptions(space_file=space if isinstance(space, Mapping) else space_file(space), overrides=pairs,
+                        storage_path=str(storage_path or StudyOptions.storage_path),
+                        report_dir=Path(report_dir or StudyOptions.report_dir), task=task, **flags)
 
 
 class FreezeSearch:
     """One search, checked when built. ``space``: a bundled space's name (``digits_freeze``, ``image_freeze``,
-    ...: ``tune.bundled_spaces()``), a space file's path, or the file's content as a mapping (a config built in
+    ...: ``tune.spaces()``), a space file's path, or the file's content as a mapping (a config built in
     Python). ``overrides`` change its values as ``--set`` does: ``{"train.epochs": 5, "space.lr": 0.001}``.
     ``task``: your own task as a Python object (a ``tune.Task``, or a function returning one), in place of the
     space's; Ray pickles it into every trial. The rest are the command's flags: ``tracking_uri`` (default
@@ -145,8 +158,8 @@ class FreezeSearch:
     before anything starts."""
 
     def __init__(self, space: str | Path | Mapping[str, Any] = "digits_freeze", *, overrides: Overrides | None = None,
-                 task: Any = None, tracking_uri: str | None = None, storage_path: str = StudyOptions.storage_path,
-                 report_dir: str | Path = StudyOptions.report_dir, address: str | None = None,
+                 task: Any = None, tracking_uri: str | None = None, storage_path: str | Path | None = None,
+                 report_dir: str | Path | None = None, address: str | None = None,
                  confirm: int | None = None, confirm_top: int | None = None, resume: bool = False,
                  smoke_test: bool = False, verbose: bool = False) -> None:
         self.options = _options(space, overrides=overrides, task=task, tracking_uri=tracking_uri,
@@ -209,28 +222,40 @@ def layers(space: str | Path | Mapping[str, Any] = "digits_freeze", *, overrides
     return header + "\n" + layer_table(load_block_model(cfg_task))
 
 
-def submit(address: str, search_args: Sequence[str], *, project_dir: Path | None = None, python: str = "python",
-           **search: Any) -> str:
-    """Submit ``freeze-search <search_args>`` as a Ray Job to the cluster whose dashboard is ``address``, with
-    ``project_dir`` (a checkout of this project; default: the one this package runs from) uploaded as its working
-    directory. ``search``: the same search as FreezeSearch's keyword arguments (``space``, ``overrides``,
-    ``tracking_uri``, ``storage_path``, ...), checked here first (ConfigError) rather than on the cluster. Returns
-    the job id; ``follow`` waits for it."""
+def _checkout(folder: Path) -> bool:
+    return (folder / "pyproject.toml").is_file() and (folder / "search_spaces").is_dir()
+
+
+def submit(address: str, search_args: Sequence[str], *, project_dir: str | Path | None = None,
+           python: str = "python") -> str:
+    """Submit ``freeze-search <search_args>`` (the command line's search arguments) as a Ray Job to the cluster
+    whose dashboard is ``address``, with ``project_dir`` (a checkout of this project; default: the working
+    directory if it is one, else the checkout this package runs from) uploaded as its working directory. The search
+    is checked here first (ConfigError) rather than on the cluster. Returns the job id; ``follow`` waits for it."""
+    import os
+
     from tune import cluster
+    from tune.cli import parse_args, search_kwargs
 
     if project_dir is None:
-        project_dir = Path(__file__).resolve().parents[1]
-        if not (project_dir / "pyproject.toml").is_file() or not (project_dir / "search_spaces").is_dir():
-            raise ConfigError("submit", "an installed package", "a checkout of the project (a Ray Job uploads it as "
-                                                                "its working directory): run it from one")
-
-    inside = check_submission(_options(**search), project_dir)  # bad input fails here
+        project_dir = next((f for f in (Path.cwd(), Path(__file__).resolve().parents[1]) if _checkout(f)), None)
+        if project_dir is None:
+            raise ConfigError("--project-dir", None, "a checkout of the project (a Ray Job uploads it as its working "
+                                                     "directory)", problem="neither the working directory nor the "
+                                                                           "installed package is one")
+    project_dir = Path(project_dir).resolve()
+    if not _checkout(project_dir):
+        raise ConfigError("--project-dir", str(project_dir), "a checkout of the project (pyproject.toml and "
+                                                             "search_spaces/ in it)")
     args = list(search_args)
+    inside = check_submission(_options(**search_kwargs(parse_args(args))), project_dir)  # bad input fails here
     for i, arg in enumerate(args):  # the job runs in an uploaded copy of the project: the space file's place there
         if arg.startswith("--space="):
             args[i] = f"--space={inside}"
         elif i and args[i - 1] == "--space":
             args[i] = inside
+    if not any(arg == "--tracking-uri" or arg.startswith("--tracking-uri=") for arg in args):
+        args += ["--tracking-uri", os.environ["MLFLOW_TRACKING_URI"]]  # the check accepted it from here
     return cluster.submit_job(address, project_dir, args, python=python)
 
 

@@ -110,6 +110,8 @@ def submit_main(argv: list[str]) -> int:
     parser.add_argument("--address", required=True, help="the Ray dashboard / Jobs address, http://HEAD:8265")
     parser.add_argument("--wait", action="store_true", help="follow the job's logs and exit with its outcome")
     parser.add_argument("--python", default="python", help="the Python that runs the job on the cluster")
+    parser.add_argument("--project-dir", help="the checkout the job uploads as its working directory (default: the "
+                                              "working directory if it is one, else the package's own checkout)")
     parser.add_argument("-h", "--help", action="store_true")
     args, search_argv = parser.parse_known_args(argv)
     if args.help:
@@ -117,8 +119,7 @@ def submit_main(argv: list[str]) -> int:
         print(f"\nEvery other argument is a search argument ({PROG} --help); --tracking-uri must be a server the "
               "cluster reaches and --storage-path a folder (or URI) every node shares.")
         return 0
-    job_id = tune.submit(args.address, search_argv, python=args.python,
-                         **search_kwargs(parse_args(search_argv)))
+    job_id = tune.submit(args.address, search_argv, project_dir=args.project_dir, python=args.python)
     print(f"submitted Ray Job {job_id} to {args.address}")
     print(f"  follow: ray job logs --address {args.address} --follow {job_id}")
     print(f"  stop:   ray job stop --address {args.address} {job_id}")

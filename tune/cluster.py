@@ -140,7 +140,7 @@ def init_ray(address: str | None = None, verbose: int = 0) -> None:
 
 # What a Ray Job's working directory leaves out (gitignore patterns): environments, stores, results.
 JOB_EXCLUDES = [".venv/", ".venv-yolo/", "venv/", ".git/", "*.egg-info/", "mlflow.db", "mlartifacts/", "mlruns/",
-                "ray_results/", "reports/", "__pycache__/", ".pytest_cache/", ".ruff_cache/"]
+                "ray_results/", "reports/", "__pycache__/", ".pytest_cache/", ".ruff_cache/", "build/", "dist/"]
 
 
 def submit_job(address: str, project_dir: Path, arguments: list[str], python: str = "python") -> str:

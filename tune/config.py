@@ -397,7 +397,7 @@ def space_file(space: str | Path) -> Path:
     """A space file's path: ``space`` itself where that is a file, else the bundled space of that name (with or
     without ``.yaml``); unchanged where neither (load_config then says what is wrong)."""
     path = Path(space)
-    if path.exists() or path.parent != Path("."):
+    if path.is_file() or path.parent != Path("."):
         return path
     return bundled_spaces().get(path.name.removesuffix(".yaml"), path)
 

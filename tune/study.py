@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
 import statistics
 import tempfile
@@ -118,7 +119,8 @@ class Study:
                       + ".\n\n")
             checkpoints = dict(outcome.best_checkpoints)
             objectives = [m for m, _ in cfg.search.objective_list]
-            records = tracking.fetch_trials(self.tracking_uri, parent_id, extra_keys=objectives)  # once: the search's
+            # once: the search's trials (a resumed race's earlier rounds come with the race's own fetch)
+            records = tracking.fetch_trials(self.tracking_uri, parent_id, extra_keys=objectives, phase="search")
             if cfg.report.confirm_seeds and outcome.errored < outcome.trials:
                 confirmed, confirm_records = self._confirm(records)
                 checkpoints.update(confirmed)
@@ -164,14 +166,19 @@ class Study:
             return self.resume.run_id
         commit = git_commit(Path(tune.__file__).resolve().parents[1])
         space_file, tag = self._space_artifact()
-        return tracker.start_search(
-            run_name=f"search-{time.strftime('%Y%m%d-%H%M%S')}",
-            params=flatten(self.checked.written.as_dict()),  # the config as written: names unresolved
-            tags={"space_file": tag, "smoke_test": str(self.options.smoke_test),
-                  "driver_hostname": socket.gethostname(), "driver_pid": str(os.getpid()),
-                  **search_tags(self.searched, self.cfg.search.objective_list),
-                  **({"mlflow.source.git.commit": commit} if commit else {})},
-            artifacts=[space_file])
+        written = tag == "<python>"
+        try:
+            return tracker.start_search(
+                run_name=f"search-{time.strftime('%Y%m%d-%H%M%S')}",
+                params=flatten(self.checked.written.as_dict()),  # the config as written: names unresolved
+                tags={"space_file": tag, "smoke_test": str(self.options.smoke_test),
+                      "driver_hostname": socket.gethostname(), "driver_pid": str(os.getpid()),
+                      **search_tags(self.searched, self.cfg.search.objective_list),
+                      **({"mlflow.source.git.commit": commit} if commit else {})},
+                artifacts=[space_file])
+        finally:
+            if written:  # a config given as a mapping, written out for the parent run: logged, so no longer needed
+                shutil.rmtree(space_file.parent, ignore_errors=True)
 
     def _space_artifact(self) -> tuple[Path, str]:
         """The space file the parent run keeps, and its tag: the file itself, or a config given as a mapping
@@ -348,9 +355,10 @@ class Study:
 
 
 def _write_report(tracker: tracking.SearchTracker, built: report.Report, records: list[TrialRecord],
-                  report_dir: Path, say: Say) -> Path:
+                  report_dir: Path, say: Say, tag: bool = True) -> Path:
     """Write the report (text, plots, summary) under ``report_dir`` and into the parent run, tag the parent with the
-    recommendation, print it; returns the report's folder."""
+    recommendation (``tag``: the search's own rule, not a report's override of it), print it; returns the report's
+    folder."""
     from tune import plots
 
     parent_id = tracker.parent_run_id
@@ -359,7 +367,7 @@ def _write_report(tracker: tracking.SearchTracker, built: report.Report, records
     files = plots.write_report(built, [r for r in records if "candidate" not in r.tags], out_dir, name)
     tracker.log_files(parent_id, files, "report")
     chosen = built.chosen  # after --confirm, the confirmed one
-    if chosen is not None:
+    if chosen is not None and tag:
         tracker.set_tags(parent_id, {"recommended_trial": chosen.name, "recommended_freeze_range": chosen.freeze_range,
                                      "best_score": f"{built.recommendation.best.score:.4f}"})
     say("\n" + built.text)
@@ -396,4 +404,5 @@ def rebuild_report(uri: str | None, *, experiment: str, run_id: str | None = Non
                                 cost=cost or logged.cost,
                                 confidence=float(record.params.get("report.confidence", 0.95)),
                                 reference=tracker.search_metrics().get("probe_score"))
-    return built, _write_report(tracker, built, records, report_dir, say), record
+    overridden = tolerance is not None or cost is not None  # the parent's tags keep the search's own answer
+    return built, _write_report(tracker, built, records, report_dir, say, tag=not overridden), record

@@ -282,6 +282,9 @@ def find_search(tracking_uri: str, experiment_name: str | None, run_id: str | No
             run = client.get_run(run_id)
         except Exception as err:  # MlflowException: no such run in this store
             raise LookupError(f"no run {run_id} in {tracking_uri}") from err
+        if run.data.tags.get("freeze_search.role") != "search":
+            raise LookupError(f"run {run_id} is not a search's parent run (a trial's? its parent: "
+                              f"{run.data.tags.get(PARENT_TAG, 'none')})")
     else:
         experiment = client.get_experiment_by_name(experiment_name or "")
         if experiment is None:

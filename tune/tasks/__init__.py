@@ -58,9 +58,9 @@ def load_task(task_config: TaskConfig) -> Task:
 
 def task_config(task: Any) -> TaskConfig:
     """A task given as a Python object: a ``Task``, or a function returning one (called with no arguments in the
-    driver and in each trial). Its name in MLflow is the function's import path or the Task's class."""
+    driver and in each trial). Its name in MLflow is the function's import path or the Task's own name."""
     if isinstance(task, Task):
-        return TaskConfig(f"{type(task).__module__}:{type(task).__qualname__}", {}, factory=_Given(task))
+        return TaskConfig(task.name, {}, factory=_Given(task))
     if not callable(task):
         raise ConfigError("task", repr(task), "a tune.Task, or a function returning one")
     return TaskConfig(f"{task.__module__}:{getattr(task, '__qualname__', type(task).__name__)}", {}, factory=task)
