@@ -960,3 +960,16 @@ def test_load_search_reads_the_search_back_as_the_api_result(default_smoke, tmp_
     assert set(rec.params) == {"freeze_stop", "lr"} and isinstance(rec.params["lr"], float)
     assert {t.name for t in result.frontier} <= {t.name for t in result.trials}
     assert (result.report_dir / "report.txt").read_text().strip() == result.text.strip()
+
+
+@pytest.mark.slow
+def test_a_bf16_mixed_search_runs_on_the_cpu_and_logs_its_precision(ray_runtime, tmp_path):
+    """train.precision=bf16-mixed on the CPU (autocast in bfloat16): the parent run's param, each trial run's tag,
+    and a line of the report."""
+    code, uri = _search(tmp_path, "--set", "train.precision=bf16-mixed", "--confirm", "0")
+    assert code == 0
+    parent, children = _runs(uri, "digits_freeze")
+    assert parent.data.params["train.precision"] == "bf16-mixed"
+    assert children and {c.data.tags["precision"] for c in children} == {"bf16-mixed"}
+    report = next((tmp_path / "reports").glob("digits_freeze-*")) / "report.txt"
+    assert "Trained in bf16-mixed (train.precision)" in report.read_text()

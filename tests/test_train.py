@@ -244,3 +244,88 @@ def test_a_tasks_own_trial_must_implement_the_trial_protocol(tiny_task):
     with pytest.raises(TypeError, match=r"^task 'tiny': make_trial gave a SimpleNamespace without probe_memory"):
         make_trial(task, TrainConfig())
     assert isinstance(make_trial(tiny_task, TrainConfig(freeze_stop=1)), LoopTrial)
+
+
+# -- precision: as users train on a GPU; on the CPU autocast runs bfloat16 ------------------------------------------
+def _interrupted(task, cfg, folder, after: int = 1) -> list[dict]:
+    """A trial checkpointed after ``after`` epochs (loaded with weights_only) and resumed in a new trial."""
+    first = LoopTrial(task, cfg)
+    head = [next(first.epochs()) for _ in range(after)]
+    torch.save(first.state_dict(), folder / "trial.pt")
+    resumed = LoopTrial(task, cfg)
+    resumed.load_state_dict(torch.load(folder / "trial.pt", weights_only=True))
+    return head + list(resumed.epochs())
+
+
+def test_auto_precision_is_float32_on_the_cpu_so_cpu_figures_do_not_change(tiny_task):
+    trial = LoopTrial(tiny_task, TrainConfig(epochs=1))
+    assert (trial.precision, trial.scaler, trial.channels_last) == ("32", None, False)
+    metrics = next(trial.epochs())
+    assert (metrics["precision"], metrics["channels_last"]) == ("32", "off")
+
+
+def test_a_bf16_mixed_trial_trains_close_to_float32_and_leaves_frozen_weights_untouched(tiny_task):
+    """CPU autocast in bfloat16 (8 bits of mantissa): over two epochs from the same seed the training loss stays
+    within 5 % of float32's; the frozen block's parameters stay bit-identical; the activations saved for backward
+    are counted in bfloat16, so the exact memory count falls."""
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3, freeze_stop=1, seed=3, prefix_cache="off")
+    full = list(LoopTrial(tiny_task, cfg).epochs())
+    trial = LoopTrial(tiny_task, dataclasses.replace(cfg, precision="bf16-mixed"))
+    before = {n: p.detach().clone() for n, p in trial.model.named_parameters() if not p.requires_grad}
+    mixed = list(trial.epochs())
+    assert before and all(torch.equal(before[n], p) for n, p in trial.model.named_parameters() if n in before)
+    assert [m["precision"] for m in mixed] == ["bf16-mixed"] * 2
+    for a, b in zip(full, mixed, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.05)
+        assert b["peak_mem_mb"] < a["peak_mem_mb"]  # the same exact count (mem_source=model) in half the bytes
+
+
+def test_a_bf16_mixed_trial_caches_its_prefix_in_its_precision_and_resumes_exactly(tiny_task, tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-3, freeze_stop=2, seed=1, precision="bf16-mixed")
+    cached = LoopTrial(tiny_task, cfg)
+    uncached = LoopTrial(tiny_task, dataclasses.replace(cfg, prefix_cache="off"))
+    assert cached.prefix_cache == "on" and cached.cached_features[0].dtype == torch.bfloat16
+    straight = list(cached.epochs())
+    for with_cache, without in zip(straight, uncached.epochs(), strict=True):
+        assert with_cache["train_loss"] == pytest.approx(without["train_loss"], rel=1e-5)
+    for expected, got in zip(straight, _interrupted(tiny_task, cfg, tmp_path), strict=True):
+        assert (got["score"], got["train_loss"]) == (expected["score"], expected["train_loss"])
+    # a float32 trial of the same prefix does not load the bfloat16 outputs (nor they its)
+    weights, inputs = list(cached.frozen.module.state_dict().items()), tiny_task.train_data[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed_key = SharedPrefixCache.key(weights, 2, inputs)
+    assert mixed_key != SharedPrefixCache.key(weights, 2, inputs)
+
+
+def test_a_16_mixed_trial_resumes_with_its_grad_scalers_state(tiny_task, tmp_path, monkeypatch):
+    """16-mixed is CUDA's; its GradScaler runs on the CPU too when the refusal is lifted, which lets this test show
+    that the scaler's state (its scale, backed off after skipped steps) travels in the checkpoint."""
+    from tune import precision
+
+    monkeypatch.setattr(precision, "resolve", lambda setting, device: setting)
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-3, freeze_stop=1, seed=3, prefix_cache="off",
+                      precision="16-mixed")
+    trial = LoopTrial(tiny_task, cfg)
+    straight = list(trial.epochs())
+    assert trial.scaler.get_scale() < 2.0**16  # it backed off: the state matters after a resume
+    for expected, got in zip(straight, _interrupted(tiny_task, cfg, tmp_path), strict=True):
+        assert (got["score"], got["train_loss"]) == (expected["score"], expected["train_loss"])
+
+
+def test_16_mixed_is_refused_on_the_cpu_in_one_line(tiny_task):
+    from tune.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        LoopTrial(tiny_task, TrainConfig(epochs=1, precision="16-mixed"))
+    assert str(err.value).startswith("train.precision: got '16-mixed'") and "\n" not in str(err.value)
+
+
+def test_channels_last_changes_the_layout_not_the_numbers(tiny_task):
+    task = tiny_task  # its net has 2-d convolutions
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3, freeze_stop=1, seed=3, prefix_cache="off")
+    plain = list(LoopTrial(task, cfg).epochs())
+    trial = LoopTrial(task, dataclasses.replace(cfg, channels_last=True))
+    conv = next(m for m in trial.model.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(plain, trial.epochs(), strict=True):
+        assert b["channels_last"] == "on" and b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)

@@ -90,6 +90,7 @@ def check_config(options: StudyOptions) -> Checked:
     written = cfg = dataclasses.replace(cfg, task=absolute_paths(cfg.task, Path.cwd()))  # trials run elsewhere
     task = load_task(cfg.task)
     _check_ignored(cfg, task)
+    _check_precision(cfg)
     cfg = dataclasses.replace(cfg, space=freeze.check_space(cfg.space, cfg.train, task.build_model()))
     known = known_metrics(task.metric, task.extra_metrics)
     for metric, _ in cfg.search.objective_list:
@@ -109,6 +110,18 @@ def _check_ignored(cfg: Config, task: Any) -> None:
         if value != default:
             raise ConfigError(f"train.{key}", value, f"{default!r} with the {task.name} task (its trainer does not "
                               f"read it; instead: {instead})")
+
+
+def _check_precision(cfg: Config) -> None:
+    """16-mixed where every trial trains on the CPU (train.device cpu, or no GPU per trial): refused now, not in
+    each trial."""
+    searched = cfg.space.get("precision")
+    wanted = [cfg.train.precision, *getattr(searched, "values", ())]
+    on_cpu = cfg.train.device == "cpu" or cfg.search.gpus_per_trial <= 0
+    if "16-mixed" in wanted and on_cpu:
+        key = "space.precision" if "16-mixed" in getattr(searched, "values", ()) else "train.precision"
+        raise ConfigError(key, "16-mixed", "32, bf16-mixed or auto where trials train on the CPU (16-mixed is float16 "
+                          "with a GradScaler: CUDA only; give trials a GPU with search.gpus_per_trial)")
 
 
 def check_report_dir(report_dir: Path, key: str = "--report-dir") -> None:

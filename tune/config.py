@@ -65,6 +65,10 @@ class TrainConfig:
     prefix_cache_max_mb: float = 4096.0  # no cache where the cached outputs would take more memory than this
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Lightning's words: 32 | bf16-mixed | 16-mixed (autocast; 16-mixed with a GradScaler, CUDA only) | auto:
+    # bf16-mixed on a CUDA device that supports it, 16-mixed on one that does not, 32 on the CPU (tune.precision)
+    precision: str = "auto"
+    channels_last: bool | str = "auto"  # auto: on for a model with 2-d convolutions on CUDA; true | false
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,9 @@ _TRAIN_RULES: dict[str, _Rule] = {
     "seed": _int_at_least(0),
     "device": (lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
                "auto, cpu, cuda or cuda:N"),
+    "precision": (lambda v: (v in ("auto", "32", "bf16-mixed", "16-mixed") or v == 32) and not isinstance(v, bool),
+                  "one of auto, 32, bf16-mixed, 16-mixed"),
+    "channels_last": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
 }
 
 _SEARCH_RULES: dict[str, _Rule] = {
@@ -323,6 +330,8 @@ def build_config(raw: Any) -> Config:
         raise ConfigError("train", train_raw, "a mapping of " + ", ".join(_TRAIN_RULES))
     train_raw = {**train_raw, **fixed}
     train = _check_fields("train", train_raw, TrainConfig, _TRAIN_RULES)
+    if train.precision == 32:  # YAML reads `precision: 32` as a number
+        train = dataclasses.replace(train, precision="32")
     given = {k for k in FREEZE_KEYS if train_raw.get(k) is not None} | (dims.keys() & set(FREEZE_KEYS))
     if "freeze" in given and given & set(ORDERED):
         where = "space.freeze" if "freeze" in dims else "train.freeze"

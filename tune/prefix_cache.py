@@ -108,8 +108,11 @@ class SharedPrefixCache:
 
     @staticmethod
     def key(weights: Iterable[tuple[str, torch.Tensor]], depth: int, *inputs: torch.Tensor) -> str:
-        """The key of a prefix's named weights and buffers, its depth and its inputs."""
-        digest = hashlib.sha256(f"depth={depth}".encode())
+        """The key of a prefix's named weights and buffers, its depth and its inputs, and the autocast it runs under
+        (a bf16-mixed trial's outputs are not a float32 trial's)."""
+        mode = next((f";autocast={torch.get_autocast_dtype(kind)}" for kind in ("cuda", "cpu")
+                     if torch.is_autocast_enabled(kind)), "")
+        digest = hashlib.sha256(f"depth={depth}{mode}".encode())
         for name, tensor in [*weights, *((f"input{i}", t) for i, t in enumerate(inputs))]:
             digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
             flat = tensor.detach().cpu().contiguous().reshape(-1)

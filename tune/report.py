@@ -388,6 +388,9 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
                    "training (best@ 0: fine-tuning never beat it)"
                    + (f"; {len(below)} trial{'s' * (len(below) != 1)} ended below it by more than the tolerance "
                       "(<)" if below else "") + ".\n\n")
+    precisions = sorted({r.tags["precision"] for r in records if r.tags.get("precision")})
+    if precisions and precisions != ["32"]:  # times and memory are the precision's: say which
+        header += f"Trained in {' and '.join(precisions)} (train.precision): epoch times and memory are its.\n\n"
     parts = [header + f"Trials at their best epoch ({len(search)}; F = on the frontier, R = recommended"
              + (", < = below the probe" if reference is not None else "") + "):\n"
              + trial_table(search, searched, marks),

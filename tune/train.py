@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from tune import data, freeze, prefix_cache, probe
+from tune import precision as numerics
 from tune.config import TrainConfig
 from tune.tasks.base import Task
 from tune.trial import (
@@ -132,6 +133,12 @@ class LoopTrial:
         self.head_start = ("kept (the task's pretrained head)" if kept else self.head_init + (
             (" (the search's)" if given else " (fitted by this trial)") if self.head_init == "probe" else ""))
         self.model = self.frozen.module.to(self.device)
+        # as users train on a GPU: mixed precision (autocast, a GradScaler for 16-mixed) and channels-last convolutions
+        self.precision = numerics.resolve(cfg.precision, self.device)
+        self.scaler = numerics.grad_scaler(self.precision, self.device)
+        self.channels_last = numerics.use_channels_last(cfg.channels_last, self.model, self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(cfg, parameter_groups(self.frozen, cfg))
         self.schedule = make_schedule(cfg, self.optimizer, lambda: self._steps_per_epoch(task))
         self.train_set, self.val_set = (self._on_device(d) for d in (task.train_data, task.val_data))
@@ -143,8 +150,9 @@ class LoopTrial:
         self.start_scored = self.head_init != "probe"
         # The network trained each step and its data: the whole model on the task's data, or, with a frozen
         # prefix cached, the blocks after it on the prefix's outputs (computed once where exact: tune.prefix_cache).
-        cached = prefix_cache.cached_prefix(self.frozen, task, cfg, self.train_set, self.val_set, self.device,
-                                            shared_cache)
+        with self._autocast():  # the prefix's outputs as the uncached prefix gives them in this precision
+            cached = prefix_cache.cached_prefix(self.frozen, task, cfg, self.train_set, self.val_set, self.device,
+                                                shared_cache)
         if isinstance(cached, str):
             self.prefix_cache = f"off: {cached}"
             self.net, self.replay, self.cached_features, self._cache_time_s = self.model, None, [], 0.0
@@ -156,6 +164,9 @@ class LoopTrial:
             # features into training memory, beside the model's. The validation features are evaluation's, which
             # neither counts; features loaded from the shared cache cost their loading, all of it counted.
             self.cached_features, self._cache_time_s = [cached.features], cached.seconds
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return numerics.autocast(self.precision, self.device)
 
     def _on_device(self, dataset: Any) -> Any:
         return tuple(t.to(self.device) for t in dataset) if data.is_tensor_pair(dataset) else dataset
@@ -174,6 +185,8 @@ class LoopTrial:
                  "start_scored": self.start_scored}
         if self.schedule is not None:
             state["schedule"] = self.schedule.state_dict()
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -181,6 +194,8 @@ class LoopTrial:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.schedule is not None:
             self.schedule.load_state_dict(state["schedule"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         load_progress(self, state)
         self.start_scored = bool(state.get("start_scored", True))
 
@@ -217,7 +232,8 @@ class LoopTrial:
         return batches if self.replay is None else self.replay.feeding(batches)
 
     def _evaluate(self) -> dict[str, float]:
-        return evaluate_split(self.task, self.net, self.val_set, self.cfg.batch_size, self.device, self._fed)
+        with self._autocast():
+            return evaluate_split(self.task, self.net, self.val_set, self.cfg.batch_size, self.device, self._fed)
 
     def run_epoch(self) -> dict[str, Any]:
         meter = EpochMeter(self.device)
@@ -239,7 +255,7 @@ class LoopTrial:
                                 train_loss=float(loss_sum) / seen, epoch_time_s=meter.seconds,
                                 train_time_s=self.train_time_s, samples=seen, prefix_cache=self.prefix_cache,
                                 summary=self.summary, memory=memory, task_metrics=evaluation)
-        metrics["head_start"] = self.head_start
+        metrics.update(self._how())
         self.diverged = "diverged" in metrics
         return metrics
 
@@ -252,17 +268,29 @@ class LoopTrial:
                                 train_loss=0.0, epoch_time_s=math.nan, train_time_s=0.0, samples=0,
                                 prefix_cache=self.prefix_cache, summary=self.summary,
                                 memory={"peak_mem_mb": math.nan}, task_metrics=evaluation)
-        metrics.update(train_loss=math.nan, rss_mb=math.nan, head_start=self.head_start)
+        metrics.update(train_loss=math.nan, rss_mb=math.nan, **self._how())
         return metrics
+
+    def _how(self) -> dict[str, str]:
+        """How the trial trains (its run's tags): the head's start, the precision, the memory layout."""
+        return {"head_start": self.head_start, "precision": self.precision,
+                "channels_last": "on" if self.channels_last else "off"}
 
     def _step(self, batch: Any, meter: EpochMeter | None = None) -> torch.Tensor:
         """One optimizer step on ``batch`` (recording the activations saved for backward into ``meter`` if
         given); the batch's loss."""
-        with meter.recording(self.model) if meter is not None else contextlib.nullcontext():
+        if self.channels_last:
+            batch = numerics.to_channels_last(batch)
+        with meter.recording(self.model) if meter is not None else contextlib.nullcontext(), self._autocast():
             loss = self.task.step(self.net, batch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:  # 16-mixed: the loss scaled so that float16 gradients do not underflow; steps with inf/NaN skipped
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         if self.schedule is not None:
             self.schedule.step()
         return loss.detach()

@@ -17,8 +17,8 @@ from tune.tracking import TRIAL_ID_TAG, SearchTracker
 __all__ = ["TAG_KEYS", "TrialRuns", "failure_reason"]
 
 # Result keys that describe where and how a trial ran: tags of its MLflow run, not metrics.
-TAG_KEYS = ("mem_source", "prefix_cache", "head_start", "node_ip", "node_id", "hostname", "pid", "trial_cpus",
-            "trial_gpus", "diverged")
+TAG_KEYS = ("mem_source", "prefix_cache", "head_start", "precision", "channels_last", "node_ip", "node_id",
+            "hostname", "pid", "trial_cpus", "trial_gpus", "diverged")
 
 
 class TrialRuns:

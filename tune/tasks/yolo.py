@@ -63,7 +63,9 @@ _IGNORED_TRAIN = {"lr_schedule": "task.options.hyp.lrf (Ultralytics decays lr0 l
                   "prefix_cache_max_mb": "nothing (the frozen prefix is never cached: the inputs are augmented)",
                   "head_init": "nothing (the Detect head is no classifier: no linear probe fits it; Ultralytics "
                                "initialises its biases from priors)",
-                  "head_lr_mult": "nothing (Ultralytics' trainer gives every layer lr0)"}
+                  "head_lr_mult": "nothing (Ultralytics' trainer gives every layer lr0)",
+                  "precision": "task.options.hyp.amp (Ultralytics' own mixed precision, on CUDA)",
+                  "channels_last": "nothing (Ultralytics' trainer keeps the default memory layout)"}
 _OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 
 
