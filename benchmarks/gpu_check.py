@@ -14,8 +14,12 @@ side; absolute seconds on a shared machine mean little):
 - the allocator's peak against the exact count of what training holds (+ the data the trial keeps on the
   device), at freeze_stop 0, 3 and 6;
 - a small timm model (resnet18, 224 px) with all but its head frozen: speed-up against 1/R, memory ratio;
+- per freeze depth (none, half, all but the head) on timm resnet18 and vit_tiny at 224 px: epoch time and the
+  allocator's peak in bf16-mixed against 32 (train.precision), and resnet18's with channels_last on against off;
 - a small search of the default task with freeze-aware GPU shares against one GPU per trial: trials per GPU-hour.
-Every figure is unmeasured on a GPU until this has run on one (docs/benchmarks.md, "GPU check").
+The figures other than the precision rows are float32 in the default layout (train.precision 32, channels_last
+off), as the earlier rows were designed. Every figure is unmeasured on a GPU until this has run on one
+(docs/benchmarks.md, "GPU check").
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from tune.tasks import image  # noqa: E402
 from tune.tasks.digits import make_task  # noqa: E402
 from tune.train import LoopTrial  # noqa: E402
 
-NO_CUDA = "gpu_check: no CUDA device here (torch.cuda.is_available() is False): nothing to measure; exit 0"
+NO_CUDA = ("gpu_check: no CUDA device here (torch.cuda.is_available() is False): every row (the gpu tests, (a)-(c), "
+           "the allocator, resnet18, bf16-mixed against 32, channels_last, the search) unmeasured here; exit 0")
 
 
 @dataclass(frozen=True)
@@ -66,8 +71,8 @@ QUICK = Sizes(labels_per_class=10, epochs=2, repeats=1, image_size=32, images_pe
 
 
 def _trial(task, device: str, **keys) -> tuple[LoopTrial, list[dict]]:
-    trial = LoopTrial(task, TrainConfig(**{"batch_size": 64, "lr": 1e-3, "prefix_cache": "off", **keys,
-                                       "device": device}))
+    trial = LoopTrial(task, TrainConfig(**{"batch_size": 64, "lr": 1e-3, "prefix_cache": "off", "precision": "32",
+                                           "channels_last": False, **keys, "device": device}))
     return trial, list(trial.epochs())
 
 
@@ -130,6 +135,35 @@ def image_figures(device: str, sizes: Sizes, scratch: Path) -> list[Figure]:
     ]
 
 
+def precision_figures(device: str, sizes: Sizes, scratch: Path) -> list[Figure]:
+    """Per freeze depth on timm resnet18 and vit_tiny: bf16-mixed against 32 (epoch time, the allocator's peak; on
+    the CPU the exact count), and resnet18's channels_last on against off (in the precision auto picks)."""
+    folder = image.write_example(scratch / "precision", per_class=sizes.images_per_class, val_per_class=2,
+                                 size=sizes.image_size)
+    keys = {"epochs": 2, "batch_size": 32, "optimizer": "adamw"}
+    figures = []
+    for model in ("resnet18", "vit_tiny_patch16_224"):
+        task = image.make_task(model=model, data=str(folder), image_size=sizes.image_size, augment=False,
+                               workers=0)
+        head = task.build_model().n_blocks - 1
+        _trial(task, device, epochs=1, batch_size=32)  # warm-up
+        for depth in (0, head // 2, head):
+            t32, m32, _ = _epoch_time(task, device, sizes.repeats, freeze_stop=depth, **keys)
+            t16, m16, _ = _epoch_time(task, device, sizes.repeats, freeze_stop=depth, precision="bf16-mixed", **keys)
+            name = f"{model.split('_')[0]} {sizes.image_size} px freeze_stop {depth}: bf16-mixed / 32"
+            figures += [Figure(f"{name}, epoch time", f"{t16 / t32:.2f}", f"{t16:.3f} s against {t32:.3f} s"),
+                        Figure(f"{name}, memory", f"{m16 / m32:.2f}", f"{m16:.1f} MB against {m32:.1f} MB")]
+        if model == "resnet18":
+            precision = "bf16-mixed" if device == "cuda" else "32"
+            for depth in (0, head):
+                t_off, _, _ = _epoch_time(task, device, sizes.repeats, freeze_stop=depth, precision=precision, **keys)
+                t_on, _, _ = _epoch_time(task, device, sizes.repeats, freeze_stop=depth, precision=precision,
+                                         channels_last=True, **keys)
+                figures.append(Figure(f"resnet18 {sizes.image_size} px freeze_stop {depth}: channels_last on / off",
+                                      f"{t_on / t_off:.2f}", f"{t_on:.3f} s against {t_off:.3f} s ({precision})"))
+    return figures
+
+
 def search_figures(device: str, sizes: Sizes, scratch: Path) -> list[Figure]:
     """Trials per GPU-hour of the same small search, with freeze-aware shares and with one GPU per trial."""
     import ray
@@ -182,6 +216,7 @@ def run(device: str, sizes: Sizes = Sizes(), tests: bool = True) -> list[Figure]
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
         figures += digits_figures(device, sizes)
         figures += image_figures(device, sizes, Path(scratch))
+        figures += precision_figures(device, sizes, Path(scratch))
         figures += search_figures(device, sizes, Path(scratch))
     return figures
 
