@@ -273,3 +273,22 @@ def test_a_tasks_splits_are_described_by_a_digest_that_follows_the_data(tmp_path
     assert [(d.split, d.rows) for d in described] == [("train", 21), ("val", 10)]
     extra.write_bytes(extra.read_bytes() + b"\0")
     assert describe(folders)[0].digest != described[0].digest
+
+
+def test_the_training_loader_is_built_once_and_each_samples_augmentation_is_the_same_with_any_workers(tiny_task):
+    """One DataLoader per trial, its workers persisting from epoch to epoch (as users train), and each training
+    sample's augmentation seeded from (seed, epoch, index): 0 or 2 workers train exactly alike (head_init zero: a
+    trial on its own fits its probe on the task's training data, here augmented, through a loader of its own)."""
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-2, freeze_stop=1, seed=5, head_init="zero")
+    in_process = list(LoopTrial(dataset_task(tiny_task, augment=True, num_workers=0), cfg).epochs())
+    trial = LoopTrial(dataset_task(tiny_task, augment=True, num_workers=2), cfg)
+    epochs, loaders, iterators = trial.epochs(), [], []
+    with_workers = []
+    for metrics in epochs:
+        with_workers.append(metrics)
+        loaders.append(trial._loader.loader)
+        iterators.append(trial._loader.loader._iterator)
+    assert len(set(map(id, loaders))) == 1 and iterators[0] is not None
+    assert len(set(map(id, iterators))) == 1  # the same workers every epoch
+    for a, b in zip(in_process, with_workers, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-6, abs=1e-9)

@@ -3,10 +3,12 @@
 A task gives its training and validation data in one of two forms (``tune.tasks.Task``):
 - two in-memory tensors ``(inputs, targets)``: batches are slices of them, on the trial's device;
 - a map-style ``torch.utils.data.Dataset`` of samples: batches come from a DataLoader (``num_workers``,
-  ``pin_memory`` on CUDA).
-Epoch e visits the training samples in ``epoch_order(n, seed, e)``, and everything random in it (augmentation in
-the main process or in the loader's workers, dropout) is seeded from (seed, e) by ``seed_epoch``: a trial resumed
-at epoch e sees exactly the batches the uninterrupted one would have. A task may build its own training loader
+  ``pin_memory`` on CUDA); a trial's training batches from one it builds once (``TrainLoader``: persistent
+  workers, as users train).
+Epoch e visits the training samples in ``epoch_order(n, seed, e)``; each training sample's randomness (its
+augmentation, in the main process or in a worker) is seeded from (seed, e, its index), and the rest of the epoch's
+(dropout) from (seed, e) by ``seed_epoch``: a trial resumed at epoch e sees exactly the batches the uninterrupted
+one would have, with any number of workers. A task may build its own training loader
 instead (``Task.train_loader(batch_size, epoch, seed)``); it then owns that promise.
 """
 
@@ -22,8 +24,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["DataSplit", "batch_size_of", "batches", "describe", "epoch_order", "epoch_seed", "is_tensor_pair",
-           "materialize", "sample_count", "seed_epoch", "stacked", "to_device"]
+__all__ = ["DataSplit", "TrainLoader", "batch_size_of", "batches", "describe", "epoch_order", "epoch_seed",
+           "is_tensor_pair", "materialize", "sample_count", "seed_epoch", "stacked", "to_device"]
 
 Batch = Any
 
@@ -98,6 +100,85 @@ def batches(data: Any, batch_size: int, device: torch.device, *, order: torch.Te
                         generator=torch.Generator().manual_seed(seed))
     for batch in loader:
         yield to_device(batch, device, non_blocking=pin)
+
+
+class _SeededSamples(Dataset):
+    """A dataset read by (seed, index) keys: each read seeds torch, Python and NumPy from its key first, so that a
+    sample's augmentation depends on (trial seed, epoch, index) alone, whichever worker reads it. In the main process
+    (no workers) the random state is put back afterwards: the epoch's own stream (dropout) goes on undisturbed."""
+
+    def __init__(self, data: Dataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        seed, index = key
+        if torch.utils.data.get_worker_info() is not None:  # a worker: its random state is its samples' own
+            _seed_all(seed)
+            return self.data[index]
+        saved = torch.random.get_rng_state(), random.getstate(), _numpy_state()
+        try:
+            _seed_all(seed)
+            return self.data[index]
+        finally:
+            torch.random.set_rng_state(saved[0])
+            random.setstate(saved[1])
+            if saved[2] is not None:
+                import numpy
+
+                numpy.random.set_state(saved[2])
+
+
+def _seed_all(value: int) -> None:
+    torch.manual_seed(value)
+    random.seed(value)
+    try:
+        import numpy
+
+        numpy.random.seed(value % 2**32)
+    except ImportError:  # pragma: no cover - numpy comes with torch's usual installs
+        pass
+
+
+def _numpy_state() -> Any:
+    try:
+        import numpy
+    except ImportError:  # pragma: no cover
+        return None
+    return numpy.random.get_state()
+
+
+class _Keys(torch.utils.data.Sampler):
+    """The current epoch's (seed, index) keys; set before each pass (the sampler stays in the main process)."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, int]] = []
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class TrainLoader:
+    """A trial's training batches from one DataLoader built once (persistent workers, pinned memory on CUDA), as
+    users train: epoch e visits the samples in ``order`` and seeds each one's read from (seed, e, index)."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, num_workers: int = 0) -> None:
+        self.device, self.pin = device, device.type == "cuda"
+        self.sampler = _Keys()
+        self.loader = DataLoader(_SeededSamples(dataset), batch_size=batch_size, sampler=self.sampler,
+                                 num_workers=num_workers, pin_memory=self.pin, persistent_workers=num_workers > 0,
+                                 generator=torch.Generator().manual_seed(0))  # its own: the epoch's stream untouched
+
+    def epoch(self, order: torch.Tensor, seed: int, epoch: int) -> Iterator[Batch]:
+        base = epoch_seed(seed, epoch, WORKERS)
+        self.sampler.keys = [(hash((base, index)) & (2**63 - 1), index) for index in order.tolist()]
+        for batch in self.loader:
+            yield to_device(batch, self.device, non_blocking=self.pin)
 
 
 def sample_count(data: Any) -> int:

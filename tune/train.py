@@ -142,6 +142,7 @@ class LoopTrial:
         self.optimizer = make_optimizer(cfg, parameter_groups(self.frozen, cfg))
         self.schedule = make_schedule(cfg, self.optimizer, lambda: self._steps_per_epoch(task))
         self.train_set, self.val_set = (self._on_device(d) for d in (task.train_data, task.val_data))
+        self._loader: data.TrainLoader | None = None
         self.epoch = 0
         self.train_time_s = 0.0
         self.diverged = False
@@ -223,9 +224,11 @@ class LoopTrial:
             return (data.to_device(batch, self.device) for batch in self.task.train_loader(self.cfg.batch_size,
                                                                                              epoch, seed))
         order = data.epoch_order(data.sample_count(self.train_set), seed, epoch)
-        return self._fed(data.batches(self.train_set, self.cfg.batch_size, self.device,
-                                      order=order, num_workers=self.task.num_workers,
-                                      seed=data.epoch_seed(seed, epoch, data.WORKERS)))
+        if data.is_tensor_pair(self.train_set):
+            return self._fed(data.batches(self.train_set, self.cfg.batch_size, self.device, order=order))
+        if self._loader is None:  # built once: its workers persist from epoch to epoch
+            self._loader = data.TrainLoader(self.train_set, self.cfg.batch_size, self.device, self.task.num_workers)
+        return self._fed(self._loader.epoch(order, seed, epoch))
 
     def _fed(self, batches: Iterator[Any]) -> Iterator[Any]:
         """Batches for ``self.net``: with a cached chain, each one's hidden states handed to its replay."""
