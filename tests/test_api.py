@@ -101,7 +101,7 @@ def test_a_search_from_python_returns_its_result_and_its_lines_go_to_the_callers
             lines.append(record.getMessage())
 
     logger = logging.getLogger("tune")
-    saved = logger.handlers[:]
+    saved, environment = logger.handlers[:], dict(os.environ)
     logger.handlers = [Collect()]
     try:
         search = tune.FreezeSearch("digits_freeze", overrides={"search.num_samples": 3}, smoke_test=True,
@@ -111,6 +111,7 @@ def test_a_search_from_python_returns_its_result_and_its_lines_go_to_the_callers
     finally:
         logger.handlers = saved
     assert result.status == "FINISHED"
+    assert os.environ.get("MLFLOW_TRACKING_URI") == environment.get("MLFLOW_TRACKING_URI")  # the caller's, untouched
     parent = MlflowClient(tracking_uri=uri).get_run(result.parent_run_id)
     assert parent.data.tags["freeze_search.role"] == "search" and parent.info.status == "FINISHED"
     assert len(result.trials) == 3
@@ -201,6 +202,7 @@ def test_the_wheel_installs_the_command_and_its_spaces_and_runs_the_default(tmp_
     default space with no checkout in sight. The dependencies come from this venv (a .pth line: the registries'
     torch would take minutes and gigabytes here); the package itself only from the wheel."""
     wheels, source = tmp_path / "wheels", tmp_path / "source"
+    source.mkdir()
     for part in ("pyproject.toml", "README.md", "tune", "search_spaces"):  # a copy: no build/ left in the checkout
         copy = shutil.copytree if (ROOT / part).is_dir() else shutil.copy2
         copy(ROOT / part, source / part, **({"ignore": shutil.ignore_patterns("__pycache__")}

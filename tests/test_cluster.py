@@ -61,16 +61,21 @@ def cluster(tmp_path):
            "RAY_AUTH_MODE": "token", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("RAY_ADDRESS", None)
     gcs, dashboard, mlflow_port = free_port(), free_port(), free_port()
+    # each node's dashboard agent on a port of its own: both default to 52365, and on one machine the node that
+    # binds it second has no agent (the head's is the one that takes jobs)
+    head_agent, worker_agent = free_port(), free_port()
     processes = []
     try:
         processes.append(_spawn([str(BIN / "ray"), "start", "--head", "--block", "--port", str(gcs),
                                  "--node-ip-address", "127.0.0.1", "--temp-dir", head_dir, "--num-cpus", "1",
                                  "--num-gpus", "0", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-                                 "--dashboard-port", str(dashboard)], env, tmp_path / "head.log"))
+                                 "--dashboard-port", str(dashboard), "--dashboard-agent-listen-port",
+                                 str(head_agent)], env, tmp_path / "head.log"))
         _wait_http(f"http://127.0.0.1:{dashboard}/api/version", 90, processes[0])
         processes.append(_spawn([str(BIN / "ray"), "start", "--block", "--address", f"127.0.0.1:{gcs}",
                                  "--node-ip-address", "127.0.0.1", "--temp-dir", worker_dir, "--num-cpus", "1",
-                                 "--num-gpus", "0"], env, tmp_path / "worker.log"))
+                                 "--num-gpus", "0", "--dashboard-agent-listen-port", str(worker_agent)], env,
+                                tmp_path / "worker.log"))
         processes.append(_spawn([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
                                  str(mlflow_port), "--workers", "1", "--backend-store-uri",
                                  f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
@@ -121,7 +126,8 @@ def test_a_submitted_search_runs_on_both_nodes_and_logs_to_the_server(cluster, t
     assert "report" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
-def test_submit_refuses_a_local_store_before_submitting(tmp_path, capsys):
+def test_submit_refuses_a_local_store_before_submitting(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # a store from the environment would be accepted
     code = run_search.main(["submit", "--address", "http://127.0.0.1:1", "--smoke-test",
                             "--storage-path", str(tmp_path)])
     assert code == 2

@@ -150,8 +150,8 @@ def submit_job(address: str, project_dir: Path, arguments: list[str], python: st
 
     client = JobSubmissionClient(address)
     entrypoint = " ".join(shlex.quote(part) for part in [python, "run_search.py", *arguments])
-    deadline = time.monotonic() + 60
-    while True:  # a cluster just started has no job agent for a few seconds: Ray asks to try again later
+    deadline = time.monotonic() + 180
+    while True:  # a cluster just started has no job agent for a while (a minute on a busy machine): Ray asks to retry
         try:
             return client.submit_job(entrypoint=entrypoint,
                                      runtime_env={"working_dir": str(project_dir), "excludes": JOB_EXCLUDES})
