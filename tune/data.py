@@ -52,15 +52,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 def seed_epoch(seed: int, epoch: int) -> None:
     """Seed torch, Python and NumPy for one epoch: augmentation and dropout in it depend on (seed, epoch) only."""
-    value = epoch_seed(seed, epoch, PROCESS)
-    torch.manual_seed(value)
-    random.seed(value)
-    try:
-        import numpy
-
-        numpy.random.seed(value % 2**32)
-    except ImportError:  # pragma: no cover - numpy comes with torch's usual installs
-        pass
+    _seed_all(epoch_seed(seed, epoch, PROCESS))
 
 
 def to_device(batch: Batch, device: torch.device, non_blocking: bool = False) -> Batch:
