@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -197,6 +196,7 @@ class SearchTracker:
         import mlflow.pytorch
         import torch
 
+        mlflow.set_tracking_uri(self.tracking_uri)
         # Requirements given, not inferred: inference re-imports the model in a subprocess (about 10 s).
         requirements = [f"torch=={torch.__version__.split('+')[0]}"]
         top = type(module).__module__.split(".")[0]
@@ -207,7 +207,7 @@ class SearchTracker:
                 requirements.append(f"{top}=={metadata.version(top)}")
         # Pickle is chosen, not defaulted to (a whole module for any batch size); MLflow's warning about it says
         # nothing the README's Security section does not.
-        with _quiet("mlflow.pytorch"), _fluent_store(self.tracking_uri), mlflow.start_run(run_id=run_id):
+        with _quiet("mlflow.pytorch"), mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(module, name="recommended_model", input_example=input_example,
                                             code_paths=[str(code_dir)], pip_requirements=requirements,
                                             # a whole nn.Module for any batch size (pt2 export fixes the shapes)
@@ -218,10 +218,6 @@ class SearchTracker:
         """Register a model logged by ``log_model`` as a new version of the experiment's registered model
         (``registered_model_name``) and move ``alias`` to it; returns the alias's URI
         (``models:/<name>@<alias>``)."""
-        with _fluent_store(self.tracking_uri):  # MLflow looks the logged model up through its fluent store
-            return self._register(run_id, model_uri, model_id, alias)
-
-    def _register(self, run_id: str, model_uri: str, model_id: str, alias: str) -> str:
         name = self.registered_model_name
         try:
             self.client.create_registered_model(
@@ -275,25 +271,6 @@ class SearchTracker:
         if tags:
             self.set_tags(run_id, tags)
         self.client.set_terminated(run_id, status=status, end_time=_now_ms())
-
-
-@contextlib.contextmanager
-def _fluent_store(tracking_uri: str) -> Iterator[None]:
-    """MLflow's fluent API pointed at ``tracking_uri`` for a moment, then put back as the caller had it:
-    mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI, which a library must not leave changed in its caller's
-    process (a later search, or a submission's check, would read it)."""
-    import mlflow
-
-    before_env, before_uri = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before_uri)
-        if before_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = before_env
 
 
 def find_search(tracking_uri: str, experiment_name: str | None, run_id: str | None = None) -> SearchRecord:
