@@ -117,15 +117,15 @@ def test_zero_and_library_heads(how):
 def test_the_head_block_gets_its_own_learning_rate():
     task = make_tiny_task()
     trial = LoopTrial(task, TrainConfig(head_init="zero", lr=1e-3, head_lr_mult=10.0, freeze_stop=1))
-    groups = trial.optimizer.param_groups
+    groups = trial.optimizer.param_groups  # one per trained block (tune.policy)
     head = {id(p) for p in trial.model.blocks[3].parameters()}
-    assert [g["lr"] for g in groups] == [1e-3, 1e-2]
-    assert {id(p) for p in groups[1]["params"]} == head
-    assert not head & {id(p) for p in groups[0]["params"]}
+    assert [(g["block"], g["lr"]) for g in groups] == [(1, 1e-3), (2, 1e-3), (3, 1e-2)]
+    assert {id(p) for p in groups[-1]["params"]} == head
+    assert not head & {id(p) for g in groups[:-1] for p in g["params"]}
     frozen = {id(p) for p in trial.model.blocks[0].parameters()}
     assert not frozen & {id(p) for g in groups for p in g["params"]}
     one = LoopTrial(task, TrainConfig(head_init="zero", freeze_stop=1)).optimizer.param_groups
-    assert len(one) == 1
+    assert {g["lr"] for g in one} == {1e-3}
 
 
 def test_a_task_with_its_own_trial_or_no_classifier_gets_no_probe():

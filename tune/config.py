@@ -61,6 +61,12 @@ class TrainConfig:
     head_init: str = "probe"  # the classifier's start: probe (a linear probe fitted on the frozen features) | zero
     # | library (as the model builds it: a from-scratch init)
     head_lr_mult: float = 1.0  # the head block's learning rate is lr times this (discriminative learning rates)
+    # beyond hard freezing (tune.policy): each trained block at lr * layer_decay ** (trained blocks above it); the
+    # frozen range thaws after unfreeze_epoch epochs (0: never), a block at a time every unfreeze_every epochs (0: at
+    # once)
+    layer_decay: float = 1.0
+    unfreeze_epoch: int = 0
+    unfreeze_every: int = 0
     prefix_cache: str = "auto"  # auto: compute a frozen prefix's outputs once when that is exact; off: never
     prefix_cache_max_mb: float = 4096.0  # no cache where the cached outputs would take more memory than this
     seed: int = 0
@@ -194,6 +200,10 @@ _TRAIN_RULES: dict[str, _Rule] = {
     "frozen_dropout": _one_of("eval", "train"),
     "head_init": _one_of("probe", "zero", "library"),
     "head_lr_mult": _float_at_least(0.0, strict=True),
+    "layer_decay": (lambda v: type(v) in (int, float) and 0 < v <= 1, "a number in (0, 1] (1: no decay)"),
+    "unfreeze_epoch": (_int_at_least(0)[0], "an integer >= 0: the epochs the freeze lasts (0: it never thaws)"),
+    "unfreeze_every": (_int_at_least(0)[0], "an integer >= 0: epochs between one block's thaw and the next "
+                                            "(0: the range thaws at once)"),
     "prefix_cache": _one_of("auto", "off"),
     "prefix_cache_max_mb": _float_at_least(0.0),
     "seed": _int_at_least(0),
@@ -291,7 +301,8 @@ def _check_dimension_values(key: str, dim: Dimension) -> None:
         named = [(f"space.{key}.values[{i}]", v) for i, v in enumerate(dim.values)]
     else:
         named = [(f"space.{key}.low", dim.low), (f"space.{key}.high", dim.high)]
-        if isinstance(dim, FloatRange) and key in ("epochs", "batch_size", "seed"):
+        if isinstance(dim, FloatRange) and key in ("epochs", "batch_size", "seed", "unfreeze_epoch",
+                                                   "unfreeze_every"):
             raise ConfigError(f"space.{key}.type", "float", "int or choice (this parameter is an integer)")
     for where, value in named:
         if not check(value):
@@ -337,6 +348,7 @@ def build_config(raw: Any) -> Config:
         where = "space.freeze" if "freeze" in dims else "train.freeze"
         raise ConfigError(where, train_raw.get("freeze", "<searched>"),
                           "either freeze or freeze_start/freeze_stop, not both (in train: and space: together)")
+    _check_thaw(train, dims)
     search = _check_fields("search", raw.get("search"), SearchConfig, _SEARCH_RULES)
     if search.algorithm == "grid" and "num_samples" not in (raw.get("search") or {}):
         search = dataclasses.replace(search, num_samples=1)  # a grid runs each combination once unless told
@@ -363,6 +375,20 @@ def build_config(raw: Any) -> Config:
             raise ConfigError(f"space.{ORDERED[0]}", "<searched>", f"a fixed {ORDERED[0]} with search.algorithm: "
                               f"grid (the grid would pair a {ORDERED[0]} after a {ORDERED[1]})")
     return Config(name=name, task=task, train=train, space=dims, search=search, report=report)
+
+
+def _check_thaw(train: TrainConfig, dims: Mapping[str, Dimension]) -> None:
+    """A thaw must come before the last epoch, or it would never happen (epochs fixed; searched epochs are not
+    checked)."""
+    if "epochs" in dims:
+        return
+    dim = dims.get("unfreeze_epoch")
+    where, latest = (("train.unfreeze_epoch", train.unfreeze_epoch) if dim is None else
+                     (f"space.unfreeze_epoch.{'values' if isinstance(dim, Choice) else 'high'}",
+                      max(dim.values) if isinstance(dim, Choice) else dim.high))
+    if latest >= train.epochs:
+        raise ConfigError(where, latest, f"an integer in [0, {train.epochs - 1}] (0: never; a thaw after the last "
+                                         f"epoch, train.epochs={train.epochs}, would not happen)")
 
 
 def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:

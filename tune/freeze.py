@@ -142,15 +142,13 @@ class FrozenModel:
         self.spec = spec
         self.frozen_bn = frozen_bn
         self.frozen_dropout = frozen_dropout
+        # what the model trains without a freeze (a model may hold parameters it never trains): a thaw restores it
+        self._trainable = {id(p) for p in self.module.parameters() if p.requires_grad}
+        self.thawed: set[int] = set()  # blocks of the freeze that have thawed (tune.policy: gradual unfreezing)
         for param in block_model.parameters_of(spec.blocks):
             param.requires_grad_(False)
-        # The frozen modules train_mode() puts in eval mode: BatchNorm unless frozen_bn is train, every other
-        # module unless frozen_dropout is train.
-        self._frozen_eval = [m for m in block_model.modules_of(spec.blocks)
-                             if (frozen_bn if isinstance(m, nn.modules.batchnorm._BatchNorm) else frozen_dropout)
-                             == "eval"]
-        flops = block_flops(block_model)
-        total_flops = sum(flops)
+        self._frozen_eval = self._eval_modules()
+        self._flops = block_flops(block_model)
         counts = block_model.param_counts()
         self.summary = FreezeSummary(
             frozen_blocks=spec.blocks,
@@ -158,8 +156,35 @@ class FrozenModel:
             freeze_stop=spec.stop,
             frozen_params=sum(counts[i] for i in spec.blocks),
             trainable_params=sum(p.numel() for p in self.trainable_parameters()),
-            frozen_flops_share=sum(flops[i] for i in spec.blocks) / total_flops if total_flops else 0.0,
+            frozen_flops_share=self.frozen_flops_share(),
         )
+
+    def _eval_modules(self) -> list[nn.Module]:
+        """The frozen modules train_mode() puts in eval mode: BatchNorm unless frozen_bn is train, every other
+        module unless frozen_dropout is train."""
+        still = [block for block in self.spec.blocks if block not in self.thawed]
+        return [m for m in self.block_model.modules_of(still)
+                if (self.frozen_bn if isinstance(m, nn.modules.batchnorm._BatchNorm) else self.frozen_dropout)
+                == "eval"]
+
+    def frozen_flops_share(self) -> float:
+        """The share of one forward pass's FLOPs in blocks frozen now (thawed ones no longer count)."""
+        total = sum(self._flops)
+        return sum(self._flops[i] for i in self.spec.blocks if i not in self.thawed) / total if total else 0.0
+
+    def block_parameters(self, block: int) -> list[nn.Parameter]:
+        """The parameters of ``block`` that train when it is not frozen (what an optimizer group of it holds)."""
+        return [p for p in self.block_model.parameters_of([block]) if id(p) in self._trainable]
+
+    def thaw(self, blocks: Iterable[int]) -> None:
+        """Unfreeze ``blocks`` of the freeze: their parameters train again and their BatchNorm and dropout return to
+        training mode in ``train_mode()``."""
+        blocks = set(blocks) & set(self.spec.blocks)
+        for block in blocks:
+            for param in self.block_parameters(block):
+                param.requires_grad_(True)
+        self.thawed |= blocks
+        self._frozen_eval = self._eval_modules()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.module.parameters() if p.requires_grad]

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tune import data, freeze, prefix_cache, probe
+from tune import data, freeze, policy, prefix_cache, probe
 from tune import precision as numerics
 from tune.config import TrainConfig
 from tune.tasks.base import Task
@@ -38,7 +38,7 @@ from tune.trial import (
 )
 
 __all__ = ["LoopTrial", "evaluate_split", "fit_head_probe", "make_optimizer", "make_schedule", "make_trial",
-           "parameter_groups"]
+           "parameter_groups", "trial_plan"]
 
 
 def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter] | list[dict[str, Any]]
@@ -50,17 +50,28 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter] | list[dic
     return optimizer_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def parameter_groups(frozen: freeze.FrozenModel, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """The trainable parameters as optimizer groups: the body at ``lr``, the head block at ``lr * head_lr_mult``
-    (one group when the multiplier is 1)."""
-    trainable = frozen.trainable_parameters()
-    if cfg.head_lr_mult == 1.0:
-        return [{"params": trainable}]
-    block_model = frozen.block_model
-    head = {id(p) for p in block_model.parameters_of([block_model.n_blocks - 1])}
-    groups = [{"params": [p for p in trainable if id(p) not in head]},
-              {"params": [p for p in trainable if id(p) in head], "lr": cfg.lr * cfg.head_lr_mult}]
-    return [group for group in groups if group["params"]]
+def trial_plan(frozen: freeze.FrozenModel, cfg: TrainConfig) -> policy.Plan:
+    """The trial's policy over its frozen model (``tune.policy``): when each block trains, at what rate, its label."""
+    counts = [sum(p.numel() for p in frozen.block_parameters(i)) for i in range(frozen.block_model.n_blocks)]
+    return policy.plan(counts, frozen.spec.blocks, frozen.summary.label, cfg)
+
+
+def parameter_groups(frozen: freeze.FrozenModel, cfg: TrainConfig, plan: policy.Plan | None = None
+                     ) -> list[dict[str, Any]]:
+    """One optimizer group per block the trial trains (``plan``, by default the config's): the block's parameters
+    at ``lr`` times its scale (layer decay; the head block's ``head_lr_mult``), with the block's index (``block``)
+    and the epochs done when it starts training (``start``). A block that thaws later is in its group from the
+    start: until the thaw it has no gradient, so PyTorch's optimizers neither step it nor hold state for it, and it
+    joins at its group's rate. Every trainable parameter is in exactly one group; hard-frozen ones in none."""
+    plan = plan or trial_plan(frozen, cfg)
+    seen: set[int] = set()
+    groups = []
+    for block, scale in plan.scales.items():
+        params = [p for p in frozen.block_parameters(block) if id(p) not in seen]
+        seen.update(id(p) for p in params)
+        if params:
+            groups.append({"params": params, "lr": cfg.lr * scale, "block": block, "start": plan.starts[block]})
+    return groups
 
 
 @torch.no_grad()
@@ -97,10 +108,12 @@ def make_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_
                   ) -> torch.optim.lr_scheduler.LambdaLR | None:
     """The learning-rate schedule, stepped after every optimizer step (None: constant, no warmup): a linear warmup
     over ``cfg.warmup`` of all steps, then constant or (``lr_schedule: linear``) falling linearly to 0 at the last
-    step, the schedule of the Hugging Face fine-tuning recipes."""
+    step, the schedule of the Hugging Face fine-tuning recipes. A group that thaws during the run (its ``start``,
+    in epochs) warms up again from its thaw over as many steps, on top of the schedule, where a warmup is set."""
     if cfg.lr_schedule == "constant" and not cfg.warmup:
         return None
-    total = max(1, cfg.epochs * steps_per_epoch())
+    per_epoch = steps_per_epoch()
+    total = max(1, cfg.epochs * per_epoch)
     warm = int(cfg.warmup * total)
 
     def factor(step: int) -> float:
@@ -108,7 +121,13 @@ def make_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_
             return (step + 1) / (warm + 1)
         return 1.0 if cfg.lr_schedule == "constant" else max(0.0, (total - step) / max(1, total - warm))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def joined(start: int) -> Callable[[int], float]:
+        if not start or not warm:
+            return factor
+        return lambda step: factor(step) * (min(1.0, (step - start + 1) / (warm + 1)) if step >= start else 1.0)
+
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [joined(group.get("start", 0) * per_epoch) for group in optimizer.param_groups])
 
 
 class LoopTrial:
@@ -139,9 +158,12 @@ class LoopTrial:
         self.channels_last = numerics.use_channels_last(cfg.channels_last, self.model, self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(cfg, parameter_groups(self.frozen, cfg))
+        # the policy (tune.policy): which blocks train from when (a thaw), at what rate (layer decay)
+        self.plan = trial_plan(self.frozen, cfg)
+        self.optimizer = make_optimizer(cfg, parameter_groups(self.frozen, cfg, self.plan))
         self.schedule = make_schedule(cfg, self.optimizer, lambda: self._steps_per_epoch(task))
         self.train_set, self.val_set = (self._on_device(d) for d in (task.train_data, task.val_data))
+        self._sets = (self.train_set, self.val_set)  # the task's data, as the whole model reads it after a thaw
         self._loader: data.TrainLoader | None = None
         self.epoch = 0
         self.train_time_s = 0.0
@@ -158,7 +180,8 @@ class LoopTrial:
             self.prefix_cache = f"off: {cached}"
             self.net, self.replay, self.cached_features, self._cache_time_s = self.model, None, [], 0.0
         else:
-            self.prefix_cache = cached.tag
+            self.prefix_cache = cached.tag + (f" until the thaw after epoch {self.plan.first_thaw}"
+                                              if self.plan.first_thaw is not None else "")
             self.net, self.train_set, self.val_set = cached.net, cached.train_set, cached.val_set
             self.replay = cached.replay  # gives a batch's cached hidden states (a chain's cache)
             # Training's share, paid once: its time goes into the first epoch's training time and the cached
@@ -199,6 +222,20 @@ class LoopTrial:
             self.scaler.load_state_dict(state["scaler"])
         load_progress(self, state)
         self.start_scored = bool(state.get("start_scored", True))
+        self._thaw()  # resumed after a thaw: the blocks it unfroze train again (the optimizer's groups held them)
+
+    def _thaw(self) -> None:
+        """Unfreeze the blocks whose thaw is due after ``self.epoch`` epochs (``tune.policy``): they train from the
+        next step on at their group's rate, their BatchNorm in training mode; a cached frozen prefix is no longer
+        what the network computes, so training reads the task's data through the whole model from here."""
+        due = [block for block, start in self.plan.thaws.items()
+               if start <= self.epoch and block not in self.frozen.thawed]
+        if not due:
+            return
+        self.frozen.thaw(due)
+        if self.net is not self.model:
+            self.net, self.replay, self.cached_features = self.model, None, []
+            self.train_set, self.val_set = self._sets
 
     def run(self, on_epoch: Callable[[dict[str, Any]], None]) -> None:
         """Train to the end, calling ``on_epoch(metrics)`` after each epoch (the trial can be checkpointed then). A
@@ -239,6 +276,8 @@ class LoopTrial:
             return evaluate_split(self.task, self.net, self.val_set, self.cfg.batch_size, self.device, self._fed)
 
     def run_epoch(self) -> dict[str, Any]:
+        self._thaw()
+        frozen_share = self.frozen.frozen_flops_share()  # this epoch's (a thaw changes it)
         meter = EpochMeter(self.device)
         loss_sum, seen = 0.0, 0
         self.frozen.train_mode(self.net)
@@ -258,7 +297,7 @@ class LoopTrial:
                                 train_loss=float(loss_sum) / seen, epoch_time_s=meter.seconds,
                                 train_time_s=self.train_time_s, samples=seen, prefix_cache=self.prefix_cache,
                                 summary=self.summary, memory=memory, task_metrics=evaluation)
-        metrics.update(self._how())
+        metrics.update(self._how(), epoch_frozen_flops_share=frozen_share)
         self.diverged = "diverged" in metrics
         return metrics
 
@@ -275,8 +314,9 @@ class LoopTrial:
         return metrics
 
     def _how(self) -> dict[str, str]:
-        """How the trial trains (its run's tags): the head's start, the precision, the memory layout."""
-        return {"head_start": self.head_start, "precision": self.precision,
+        """How the trial trains: its policy's label (a param of its run), the head's start, the precision, the
+        memory layout (tags)."""
+        return {"policy": self.plan.label, "head_start": self.head_start, "precision": self.precision,
                 "channels_last": "on" if self.channels_last else "off"}
 
     def _step(self, batch: Any, meter: EpochMeter | None = None) -> torch.Tensor:

@@ -11,7 +11,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tune.policy import POLICY_KEYS
 from tune.records import short
+from tune.space import FREEZE_KEYS
 from tune.tracking import TRIAL_ID_TAG, SearchTracker
 
 __all__ = ["TAG_KEYS", "TrialRuns", "failure_reason"]
@@ -34,7 +36,7 @@ class TrialRuns:
         self.tracker = tracker
         self.base_params = dict(base_params)
         self.epochs = epochs
-        self.searched = [key for key in searched if key not in ("freeze", "freeze_start", "freeze_stop")]
+        self.searched = [key for key in searched if key not in (*FREEZE_KEYS, *POLICY_KEYS)]  # in the policy
         self.run_ids: dict[str, str] = {}
         self.last_epoch: dict[str, int] = {}
         self.last_score: dict[str, float] = {}
@@ -43,11 +45,11 @@ class TrialRuns:
         self.diverged: set[str] = set()
         self.closed: set[str] = set()  # trials whose run had already ended when a search was restored
 
-    def run_name(self, freeze_range: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-        """What a trial's run is called: what it froze and with what, e.g. ``[0, 4) lr=0.0012`` (and its seed, for
-        a confirmation run)."""
+    def run_name(self, policy: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        """What a trial's run is called: its policy and the other searched values, e.g. ``[0, 4) lr=0.0012`` or
+        ``[0, 7) thaw@2 lr=0.0012`` (and its seed, for a confirmation run)."""
         keys = [*self.searched, *(["seed"] if "candidate" in tags else [])]
-        return " ".join([freeze_range, *(f"{k}={short(params[k])}" for k in keys if k in params)])
+        return " ".join([policy, *(f"{k}={short(params[k])}" for k in keys if k in params)])
 
     def progress(self) -> str:
         """How far the search is, for a finished trial's console line: the best score so far and its trial."""
@@ -86,9 +88,10 @@ class TrialRuns:
             return  # a retried trial replays no epoch it already logged
         if trial_id not in self.last_epoch:  # the first result carries the FreezeSummary
             freeze_range = result.get("freeze_label", f"[{result['freeze_start']}, {result['freeze_stop']})")
-            self.tracker.rename(run_id, self.run_name(freeze_range, params, tags))
+            policy = result.get("policy", freeze_range)  # the range and what a policy adds (tune.policy)
+            self.tracker.rename(run_id, self.run_name(policy, params, tags))
             self.tracker.log_params(run_id, {
-                "freeze_range": freeze_range,
+                "freeze_range": freeze_range, "policy": policy,
                 "trainable_params": result["trainable_params"], "frozen_params": result["frozen_params"],
                 "frozen_flops_share": f"{result['frozen_flops_share']:.4f}"})
             self.tracker.set_tags(run_id, {k: result[k] for k in TAG_KEYS if k in result})

@@ -1,0 +1,79 @@
+"""Beyond hard freezing: how each block of a trial's network trains over the run, its policy. Pure torch.
+
+Hard freezing is one end of a family; a trial's policy is its frozen range (``tune.freeze``) and, on top of it:
+
+- ``train.layer_decay`` d in (0, 1] (1: off): layer-wise learning-rate decay. The block at the top of the blocks the
+  trial trains (the head) learns at ``lr``, each block below it at ``lr * d ** (the trained blocks above it)``
+  (timm's ``param_groups_layer_decay``, AutoGluon's ``lr_decay``). Counted over the blocks the trial trains, so a
+  frozen prefix does not shift the scales (timm issue #2691), one optimizer group per block with every parameter
+  in exactly one (root-level ones, a ViT's ``cls_token``, with their block: timm issue #2712).
+- ``train.unfreeze_epoch`` E (0: never): gradual unfreezing. The frozen range trains frozen for E epochs, then
+  thaws (fastai's ``fine_tune(freeze_epochs=E)``; LP-FT when the range is all but the head and the head starts from
+  the linear probe). With ``train.unfreeze_every`` k > 0 the range thaws a block at a time from the top, one more
+  every k epochs (ULMFiT); a block whose turn comes after the last epoch stays frozen.
+
+``plan`` turns a frozen model and a TrainConfig into a ``Plan``: when each block starts training, its learning-rate
+scale and the policy's label (``[0, 5) thaw@2 decay 0.7``), the name a trial goes by in the report and in MLflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["POLICY_KEYS", "Plan", "plan", "policy_label"]
+
+POLICY_KEYS = ("layer_decay", "unfreeze_epoch", "unfreeze_every")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A trial's policy over its blocks. ``starts[i]``: the epochs done when block i starts training (0: from the
+    first; blocks never trained are absent); ``scales[i]``: its learning rate over ``lr``."""
+
+    starts: dict[int, int]
+    scales: dict[int, float]
+    label: str
+
+    @property
+    def thaws(self) -> dict[int, int]:
+        """The blocks that start frozen and thaw during the run, with the epochs done at their thaw."""
+        return {block: start for block, start in self.starts.items() if start > 0}
+
+    @property
+    def first_thaw(self) -> int | None:
+        return min(self.thaws.values(), default=None)
+
+
+def policy_label(freeze_label: str, cfg: Any, thaws: bool) -> str:
+    """``[0, 5)``, ``[0, 5) thaw@2``, ``[0, 5) thaw@2 every 1``, ``[2, 6) decay 0.7``: the frozen range and what
+    the policy adds to hard freezing (a thaw only where a block thaws)."""
+    parts = [freeze_label]
+    if thaws:
+        parts.append(f"thaw@{cfg.unfreeze_epoch}" + (f" every {cfg.unfreeze_every}" if cfg.unfreeze_every else ""))
+    if cfg.layer_decay != 1:
+        parts.append(f"decay {cfg.layer_decay:g}")
+    return " ".join(parts)
+
+
+def plan(param_counts: list[int], frozen_blocks: tuple[int, ...], freeze_label: str, cfg: Any) -> Plan:
+    """The policy of a trial whose model has blocks with ``param_counts`` parameters and freezes ``frozen_blocks``
+    (labelled ``freeze_label``), as its TrainConfig ``cfg`` says (layer_decay, unfreeze_epoch, unfreeze_every,
+    head_lr_mult, epochs). Blocks without parameters are left out: nothing of theirs trains."""
+    frozen = set(frozen_blocks)
+    starts = {i: 0 for i, count in enumerate(param_counts) if count and i not in frozen}
+    if cfg.unfreeze_epoch:
+        thawing = sorted((i for i in frozen if param_counts[i]), reverse=True)  # from the top
+        for position, block in enumerate(thawing):
+            start = cfg.unfreeze_epoch + position * cfg.unfreeze_every
+            if start < cfg.epochs:
+                starts[block] = start
+    head = len(param_counts) - 1
+    trained = sorted(starts)
+    scales = {}
+    for rank, block in enumerate(trained):
+        above = len(trained) - 1 - rank  # the trained blocks above this one
+        scales[block] = cfg.layer_decay ** above * (cfg.head_lr_mult if block == head else 1.0)
+    starts = dict(sorted(starts.items()))
+    return Plan(starts=starts, scales=scales,
+                label=policy_label(freeze_label, cfg, any(start > 0 for start in starts.values())))
