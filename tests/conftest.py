@@ -93,13 +93,14 @@ def first_epoch(trial) -> dict:
     return seen[0]
 
 
-def resumed_epochs(task: Task, cfg, folder: Path) -> list[dict]:
-    """A built-in trial's epochs when it is checkpointed after its first epoch (to ``folder``, loaded with
+def resumed_epochs(task: Task, cfg, folder: Path, after: int = 1) -> list[dict]:
+    """A built-in trial's epochs when it is checkpointed after epoch ``after`` (to ``folder``, loaded with
     weights_only) and resumed in a new trial: what a killed and resumed trial reports."""
     from tune.train import LoopTrial
 
     first = LoopTrial(task, cfg)
-    head = [next(first.epochs())]
+    epochs = first.epochs()
+    head = [next(epochs) for _ in range(after)]
     torch.save(first.state_dict(), folder / "trial.pt")
     torch.manual_seed(1234)  # whatever ran in between does not matter
     resumed = LoopTrial(task, cfg)
