@@ -62,6 +62,7 @@ class Recommended:
     confirmation race; the search's single trial where there was none)."""
 
     freeze_range: str  # "[0, 3)": blocks 0, 1, 2 frozen
+    policy: str  # the range and what a policy adds (tune.policy): "[0, 3) thaw@2 decay 0.8"; a hard freeze: the range
     freeze: tuple[int, int]  # (start, stop) of a range; a set of blocks {i, j}: (i, j + 1)
     params: dict[str, Any]  # its search trial's searched values (lr, freeze_stop, ...)
     score: float  # the validation score: the mean over the confirmation's seeds, else the trial's
@@ -115,7 +116,7 @@ class SearchResult:
         chosen, confirmed = built.chosen, built.confirmed_choice
         tested = test_scores(built)
         return Recommended(
-            freeze_range=chosen.freeze_range, freeze=chosen.freeze_key,
+            freeze_range=chosen.freeze_range, policy=chosen.label, freeze=chosen.freeze_key,
             params={key: typed(chosen.params[key]) for key in built.recommendation.searched if key in chosen.params},
             score=confirmed.mean if confirmed else chosen.score,
             interval=confirmed.interval if confirmed else None, seeds=len(confirmed.scores) if confirmed else 0,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tune.config import Config, TrainConfig, load_config, space_file
+from tune.config import Config, TrainConfig, latest_thaw, load_config, space_file
 from tune.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 __all__ = ["SMOKE", "Checked", "StudyOptions", "check_config", "check_report_dir", "check_submission",
            "resume_point", "tracking_uri"]
 
-# --smoke-test: a few trials of two epochs (a grid runs once), two candidates confirmed with two seeds; the user's
-# own overrides still win.
+# --smoke-test: a few trials of two epochs (a grid runs once; more epochs where a thaw comes later: the thaw is what
+# such a space tests), two candidates confirmed with two seeds; the user's own overrides still win.
 SMOKE = (("search.num_samples", 4), ("train.epochs", 2), ("search.grace_period", 1))
 SMOKE_CONFIRM = {"confirm_seeds": 2, "confirm_top": 2, "confirm_max_seeds": 2}  # at most, where it confirms at all
 
@@ -71,17 +71,20 @@ def check_config(options: StudyOptions) -> Checked:
     if options.confirm_top is not None and options.confirm_top < 1:
         raise ConfigError("--confirm-top", options.confirm_top, "an integer >= 1")
     flags = [("report.confirm_seeds", options.confirm), ("report.confirm_top", options.confirm_top)]
-    overrides = [*(SMOKE if options.smoke_test else ()), *options.overrides,
-                 *((key, value) for key, value in flags if value is not None)]
-    cfg = load_config(options.space_file, overrides)
+    given = [*options.overrides, *((key, value) for key, value in flags if value is not None)]
+    smoke: tuple[tuple[str, Any], ...] = ()
+    if options.smoke_test:
+        epochs = max(2, latest_thaw(load_config(options.space_file, given)) + 1)  # the space's own values checked
+        smoke = tuple((key, epochs if key == "train.epochs" else value) for key, value in SMOKE)
+    cfg = load_config(options.space_file, [*smoke, *given])
     from tune import freeze, store
     from tune.tasks import absolute_paths, load_task, task_config
     from tune.trial import known_metrics
 
     if options.smoke_test and cfg.report.confirm_seeds:
-        given = {key for key, _ in overrides}
+        named = {key for key, _ in given}
         smaller = {key: min(getattr(cfg.report, key), most) for key, most in SMOKE_CONFIRM.items()
-                   if f"report.{key}" not in given}
+                   if f"report.{key}" not in named}
         cfg = dataclasses.replace(cfg, report=dataclasses.replace(cfg.report, **smaller))
     if options.smoke_test and cfg.search.algorithm == "grid" and "search.num_samples" not in dict(options.overrides):
         cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, num_samples=1))  # the grid once

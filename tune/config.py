@@ -29,7 +29,7 @@ from tune.errors import ConfigError, one_line
 from tune.space import FREEZE_KEYS, ORDERED, Choice, Dimension, FloatRange, is_int, parse_dimension
 
 __all__ = ["COST_METRICS", "FREEZE_KEYS", "Config", "ConfigError", "ReportConfig", "SearchConfig", "TaskConfig",
-           "TrainConfig", "bundled_spaces", "load_config", "parse_overrides", "space_file"]
+           "TrainConfig", "bundled_spaces", "latest_thaw", "load_config", "parse_overrides", "space_file"]
 
 
 @dataclass(frozen=True)
@@ -377,16 +377,25 @@ def build_config(raw: Any) -> Config:
     return Config(name=name, task=task, train=train, space=dims, search=search, report=report)
 
 
+def latest_thaw(cfg: Config) -> int:
+    """The latest ``unfreeze_epoch`` a trial of ``cfg`` can have (0: none thaws)."""
+    return _latest_thaw(cfg.train, cfg.space)[1]
+
+
+def _latest_thaw(train: TrainConfig, dims: Mapping[str, Dimension]) -> tuple[str, int]:
+    dim = dims.get("unfreeze_epoch")
+    if dim is None:
+        return "train.unfreeze_epoch", train.unfreeze_epoch
+    if isinstance(dim, Choice):
+        return "space.unfreeze_epoch.values", max(dim.values)
+    return "space.unfreeze_epoch.high", int(dim.high)
+
+
 def _check_thaw(train: TrainConfig, dims: Mapping[str, Dimension]) -> None:
     """A thaw must come before the last epoch, or it would never happen (epochs fixed; searched epochs are not
     checked)."""
-    if "epochs" in dims:
-        return
-    dim = dims.get("unfreeze_epoch")
-    where, latest = (("train.unfreeze_epoch", train.unfreeze_epoch) if dim is None else
-                     (f"space.unfreeze_epoch.{'values' if isinstance(dim, Choice) else 'high'}",
-                      max(dim.values) if isinstance(dim, Choice) else dim.high))
-    if latest >= train.epochs:
+    where, latest = _latest_thaw(train, dims)
+    if "epochs" not in dims and latest >= train.epochs:
         raise ConfigError(where, latest, f"an integer in [0, {train.epochs - 1}] (0: never; a thaw after the last "
                                          f"epoch, train.epochs={train.epochs}, would not happen)")
 

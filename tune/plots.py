@@ -24,7 +24,7 @@ def write_report(report: Report, records: Sequence[TrialRecord], out_dir: Path, 
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    ranges = sorted({r.freeze_range for r in report.search}, key=freeze_key)
+    ranges = sorted({r.label for r in report.search}, key=lambda label: (freeze_key(label), label))  # policies
     colours = {fr: plt.get_cmap("viridis")(i / max(1, len(ranges) - 1)) for i, fr in enumerate(ranges)}
     by_name = {r.name: r for r in report.search}
     files = []
@@ -36,9 +36,9 @@ def write_report(report: Report, records: Sequence[TrialRecord], out_dir: Path, 
         if result is None:
             continue
         steps, scores = zip(*record.history["score"], strict=True)
-        label = None if result.freeze_range in labelled else f"freeze {result.freeze_range}"
-        labelled.add(result.freeze_range)
-        ax.plot(steps, scores, color=colours[result.freeze_range], alpha=0.8, marker=".", label=label)
+        label = None if result.label in labelled else f"freeze {result.label}"
+        labelled.add(result.label)
+        ax.plot(steps, scores, color=colours[result.label], alpha=0.8, marker=".", label=label)
     _reference_line(ax, report.reference)
     ax.set(xlabel="epoch", ylabel="score", title=f"{title}: score per epoch by freeze range")
     ax.legend(fontsize=7, ncol=2)
@@ -48,7 +48,7 @@ def write_report(report: Report, records: Sequence[TrialRecord], out_dir: Path, 
     for axis, metric, label in ((left, "epoch_time_s", "training time per epoch (s)"),
                                 (right, "peak_mem_mb", "peak training memory (MB)")):
         for i, freeze_range in enumerate(ranges):
-            values = [r.values.get(metric, math.nan) for r in report.search if r.freeze_range == freeze_range]
+            values = [r.values.get(metric, math.nan) for r in report.search if r.label == freeze_range]
             axis.scatter([i] * len(values), values, color=colours[freeze_range], alpha=0.7)
             axis.plot([i - 0.3, i + 0.3], [statistics.median(values)] * 2, color="black")
         axis.set_xticks(range(len(ranges)), ranges, rotation=45, fontsize=8)
@@ -56,28 +56,35 @@ def write_report(report: Report, records: Sequence[TrialRecord], out_dir: Path, 
     fig.suptitle(f"{title}: time and memory by freeze range")
     files.append(_save(fig, out_dir / "resources_by_range.png"))
 
+    # time on the frontier's own axis: per epoch, or (policies whose epochs cost more after a thaw) to the best epoch
+    time_metric = next((m for m, _ in report.objectives if m in ("epoch_time_s", "train_time_s")), "epoch_time_s")
+
+    def cost(r: Any) -> float:
+        return r.values.get(time_metric, math.nan)
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    points = ax.scatter([r.epoch_time_s for r in report.search], [r.score for r in report.search],
+    points = ax.scatter([cost(r) for r in report.search], [r.score for r in report.search],
                         c=[r.peak_mem_mb for r in report.search], cmap="plasma", s=30, alpha=0.8)
     fig.colorbar(points, ax=ax, label="peak memory (MB)")
-    ax.scatter([r.epoch_time_s for r in report.front], [r.score for r in report.front], s=110, facecolors="none",
+    ax.scatter([cost(r) for r in report.front], [r.score for r in report.front], s=110, facecolors="none",
                edgecolors="black", label="frontier (" + ", ".join(m for m, _ in report.objectives) + ")")
     # the staircase of the two plotted objectives alone: each step is a trial no faster one outscores
     stairs, best_so_far = [], -math.inf
-    for r in sorted(report.search, key=lambda r: (r.epoch_time_s, -r.score)):
+    for r in sorted(report.search, key=lambda r: (cost(r), -r.score)):
         if r.score > best_so_far:
             stairs.append(r)
             best_so_far = r.score
-    ax.step([r.epoch_time_s for r in stairs], [r.score for r in stairs], where="post", color="black", linewidth=0.8,
-            alpha=0.6, label="best score at this epoch time or less")
+    ax.step([cost(r) for r in stairs], [r.score for r in stairs], where="post", color="black", linewidth=0.8,
+            alpha=0.6, label="best score at this time or less")
     for r in report.front:
-        ax.annotate(r.freeze_range, (r.epoch_time_s, r.score), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(r.label, (cost(r), r.score), fontsize=7, xytext=(4, 4), textcoords="offset points")
     chosen = report.chosen
     if chosen is not None:
-        ax.scatter([chosen.epoch_time_s], [chosen.score], marker="*", s=250, color="red", label="recommended",
+        ax.scatter([cost(chosen)], [chosen.score], marker="*", s=250, color="red", label="recommended",
                    zorder=3)
     _reference_line(ax, report.reference)
-    ax.set(xlabel="training time per epoch (s)", ylabel="score at the best epoch", title=f"{title}: frontier")
+    ax.set(xlabel="training time per epoch (s)" if time_metric == "epoch_time_s" else
+           "training time to the best epoch (s)", ylabel="score at the best epoch", title=f"{title}: frontier")
     ax.legend(fontsize=8)
     files.append(_save(fig, out_dir / "frontier.png"))
 

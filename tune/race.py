@@ -41,7 +41,7 @@ class Candidate:
     """A configuration re-run with fresh seeds by the confirmation: its score and run per seed."""
 
     name: str  # the search trial it repeats
-    freeze_range: str
+    freeze_range: str  # its freeze range, or its policy (tune.policy) where that adds a decay or a thaw
     params_text: str
     scores: tuple[float, ...]
     cost: float  # mean over the seeds

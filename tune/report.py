@@ -12,20 +12,25 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tune.config import ReportConfig
+from tune.policy import POLICY_KEYS
 from tune.race import Candidate, Decision, decide
 from tune.records import TrialRecord, short, typed
+from tune.space import FREEZE_KEYS
 
 __all__ = ["Candidate", "Recommendation", "Report", "TrialResult", "build_report", "candidates",
            "confirmation_candidates", "confirmed",
            "confirmed_text", "dominates", "frontier", "indistinct", "recommend", "summarise", "test_scores"]
 
 DEFAULT_FRONTIER = (("score", "max"), ("epoch_time_s", "min"), ("peak_mem_mb", "min"))
+# with policies that change an epoch's cost over the run (a thaw): the training time to the best epoch
+POLICY_FRONTIER = (("score", "max"), ("train_time_s", "min"), ("peak_mem_mb", "min"))
 _MAX_OVER_EPOCHS = ("peak_mem_mb", "rss_mb")
 _MEAN_OVER_EPOCHS = ("epoch_time_s", "samples_per_s")
 _SCORED_ONCE = ("test_score",)  # logged once, after the search, for the best-epoch checkpoint
@@ -44,6 +49,12 @@ class TrialResult:
     epochs_run: int
     stopped_early: bool
     candidate: str | None = None  # confirmation runs: the search trial they repeat
+    policy: str = ""  # the freeze range and what a policy adds to it (tune.policy), e.g. "[0, 5) thaw@2"
+
+    @property
+    def label(self) -> str:
+        """What the trial is called in the tables: its policy (its freeze range, for a hard freeze)."""
+        return self.policy or self.freeze_range
 
     @property
     def epoch_time_s(self) -> float:
@@ -75,14 +86,15 @@ def value_at_best(history: list[tuple[int, float]], metric: str, best_epoch: int
 
 
 def freeze_key(freeze_range: str) -> tuple[int, int]:
-    """Sort key of a freeze label: ``[start, stop)``, or ``{i, j}`` for blocks that are not a range."""
-    try:
-        blocks = [int(part) for part in freeze_range.strip("[){}").split(",")]
-    except ValueError:
+    """Sort key of a freeze label (or a policy's, which starts with one): ``[start, stop)``, or ``{i, j}`` for blocks
+    that are not a range."""
+    found = re.match(r"\[(\d+), (\d+)\)|\{([\d, ]+)\}", freeze_range)
+    if found is None:
         return (0, 0)
-    if freeze_range.startswith("{"):
+    if found.group(3) is not None:
+        blocks = [int(part) for part in found.group(3).split(",")]
         return (blocks[0], blocks[-1] + 1)
-    return (blocks[0], blocks[1])
+    return (int(found.group(1)), int(found.group(2)))
 
 
 def summarise(records: Sequence[TrialRecord]) -> list[TrialResult]:
@@ -99,7 +111,8 @@ def summarise(records: Sequence[TrialRecord]) -> list[TrialResult]:
         results.append(TrialResult(
             name=record.name, status=record.status, freeze_range=freeze_range, freeze_key=freeze_key(freeze_range),
             params=record.params, best_epoch=best_epoch, score=best, values=values, epochs_run=scores[-1][0],
-            stopped_early=record.tags.get("stopped_early") == "True", candidate=record.tags.get("candidate")))
+            stopped_early=record.tags.get("stopped_early") == "True", candidate=record.tags.get("candidate"),
+            policy=record.params.get("policy", freeze_range)))
     return sorted(results, key=lambda r: (-r.score, r.epoch_time_s))
 
 
@@ -135,13 +148,13 @@ class Recommendation:
 
     def describe(self) -> str:
         chosen, best, cost = self.trial, self.best, self.cost
-        text = (f"Recommendation: freeze {chosen.freeze_range} ({_params_text(chosen, self.searched)}): "
+        text = (f"Recommendation: freeze {chosen.label} ({_params_text(chosen, self.searched)}): "
                 f"score {chosen.score:.4f}, "
                 f"{cost} {chosen.values.get(cost, math.nan):.4g}, peak memory {chosen.peak_mem_mb:.2f} MB.")
         if chosen is best:
             return text + f" It is also the best score; no trial within {self.tolerance:g} of it costs less."
         ratio = chosen.values.get(cost, math.nan) / best.values.get(cost, math.nan)
-        return (text + f" The best score is {best.score:.4f} (freeze {best.freeze_range}); this one is within the "
+        return (text + f" The best score is {best.score:.4f} (freeze {best.label}); this one is within the "
                 f"tolerance of {self.tolerance:g} at {ratio:.0%} of its {cost} and "
                 f"{chosen.peak_mem_mb / best.peak_mem_mb:.0%} of its memory.")
 
@@ -181,10 +194,10 @@ def candidates(records: Sequence[TrialRecord], rule: ReportConfig, searched: Seq
     results = [r for r in summarise(records) if r.candidate is None]
     if not results or indistinct(results):
         return {}
-    by_freeze = any(key.startswith("freeze") for key in searched)
+    by_freeze = any(key in (*FREEZE_KEYS, *POLICY_KEYS) for key in searched)
     best_of: dict[str, TrialResult] = {}
     for result in sorted(results, key=lambda r: (-r.score, r.values.get(rule.cost, math.inf))):
-        key = result.freeze_range if by_freeze else json.dumps({k: result.params.get(k) for k in searched})
+        key = result.label if by_freeze else json.dumps({k: result.params.get(k) for k in searched})
         best_of.setdefault(key, result)
     top_score = next(iter(best_of.values())).score
     ranked = [r for r in best_of.values() if r.score >= top_score - 3 * rule.tolerance]
@@ -197,7 +210,7 @@ def candidates(records: Sequence[TrialRecord], rule: ReportConfig, searched: Seq
     # configuration is not lost to a dip in its first epochs; a deepest range that trained to the end and still
     # fell short is judged like any other
     deepest = min(best_of.values(), key=_trainable_params)
-    stopped = all(r.stopped_early for r in results if r.freeze_range == deepest.freeze_range)
+    stopped = all(r.stopped_early for r in results if r.label == deepest.label)
     if by_freeze and top > 1 and deepest not in chosen and (stopped or deepest in ranked):
         chosen = [*chosen[:top - 1], deepest]
     return {r.name: {k: typed(r.params[k]) for k in searched} for r in chosen}
@@ -231,7 +244,7 @@ def confirmation_candidates(results: Sequence[TrialResult], cost: str, searched:
         if r.candidate and r.status == "FINISHED" and key not in seen:
             seen.add(key)
             groups.setdefault(r.candidate, []).append(r)
-    return [Candidate(name=name, freeze_range=runs[0].freeze_range, params_text=_params_text(runs[0], searched),
+    return [Candidate(name=name, freeze_range=runs[0].label, params_text=_params_text(runs[0], searched),
                       scores=tuple(r.score for r in runs),
                       cost=statistics.fmean(r.values.get(cost, math.nan) for r in runs),
                       runs=tuple(r.name for r in runs), seeds=tuple(_seed(r) for r in runs))
@@ -245,8 +258,13 @@ def _seed(result: TrialResult) -> int:
         return hash(result.name)  # no seed logged: a run of its own, paired with nothing
 
 
+def _others(searched: Sequence[str]) -> list[str]:
+    """The searched keys beside the policy's (its label names those: the range, the decay, the thaw)."""
+    return [k for k in searched if k not in (*FREEZE_KEYS, *POLICY_KEYS)]
+
+
 def _params_text(result: TrialResult, searched: Sequence[str]) -> str:
-    others = [k for k in searched if not k.startswith("freeze")]
+    others = _others(searched)
     return ", ".join(f"{k}={short(result.params.get(k, '?'))}" for k in others) or "no other searched values"
 
 
@@ -260,29 +278,39 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def trial_table(results: Sequence[TrialResult], searched: Sequence[str], marks: dict[str, str] | None = None) -> str:
-    """One row per trial, best first: freeze range, the other searched values, score at the best epoch,
-    training time to it, mean epoch time, peak memory, epochs run."""
+    """One row per trial, best first: freeze range (its policy, where more than hard freezing was searched), the
+    other searched values, score at the best epoch, training time to it, mean epoch time, peak memory, epochs
+    run."""
     marks = marks or {}
-    others = [k for k in searched if not k.startswith("freeze")]
-    header = ["", "trial", "freeze", *others, "score", "best@", "time_s", "epoch_s", "mem_mb", "epochs", "status"]
+    others = _others(searched)
+    header = ["", "trial", "policy" if by_policy(results) else "freeze", *others, "score", "best@", "time_s",
+              "epoch_s", "mem_mb", "epochs", "status"]
     rows = []
     for r in results:
         status = r.status if not r.stopped_early else f"{r.status} (ASHA stop)"
-        rows.append([marks.get(r.name, ""), r.name, r.freeze_range, *(short(r.params.get(k, "")) for k in others),
+        rows.append([marks.get(r.name, ""), r.name, r.label, *(short(r.params.get(k, "")) for k in others),
                      f"{r.score:.4f}", str(r.best_epoch), f"{r.time_to_best_s:.2f}", f"{r.epoch_time_s:.3f}",
                      f"{r.peak_mem_mb:.2f}", str(r.epochs_run), status])
     return _table(header, rows)
 
 
+def by_policy(results: Sequence[TrialResult]) -> bool:
+    """Whether more than hard freezing was searched: some trial's policy adds a decay or a thaw to its range."""
+    return any(r.label != r.freeze_range for r in results)
+
+
 def depth_table(results: Sequence[TrialResult]) -> str:
-    """The trade-off by freeze range: trials, best score, median epoch time, peak memory."""
-    by_range: dict[str, list[TrialResult]] = {}
+    """The trade-off by freeze range (by policy, where more than hard freezing was searched): trials, best score,
+    median epoch time, the best trial's training time to its best epoch, peak memory."""
+    groups: dict[str, list[TrialResult]] = {}
     for r in results:
-        by_range.setdefault(r.freeze_range, []).append(r)
-    rows = [[freeze_range, str(len(group)), f"{max(r.score for r in group):.4f}",
-             f"{statistics.median(r.epoch_time_s for r in group):.3f}", f"{max(r.peak_mem_mb for r in group):.2f}"]
-            for freeze_range, group in sorted(by_range.items(), key=lambda kv: kv[1][0].freeze_key)]
-    return _table(["freeze", "trials", "best score", "median epoch_s", "mem_mb"], rows)
+        groups.setdefault(r.label, []).append(r)
+    rows = [[label, str(len(group)), f"{max(r.score for r in group):.4f}",
+             f"{statistics.median(r.epoch_time_s for r in group):.3f}",
+             f"{max(group, key=lambda r: r.score).time_to_best_s:.2f}", f"{max(r.peak_mem_mb for r in group):.2f}"]
+            for label, group in sorted(groups.items(), key=lambda kv: (kv[1][0].freeze_key, kv[0]))]
+    return _table(["policy" if by_policy(results) else "freeze", "trials", "best score", "median epoch_s",
+                   "best's time_s", "mem_mb"], rows)
 
 
 def candidate_table(decision: Decision, cost: str) -> str:
@@ -371,7 +399,8 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
     results = summarise(records)
     search = [r for r in results if r.candidate is None]
     confirmation = [r for r in results if r.candidate is not None]
-    front_objectives = list(objectives) if len(objectives) > 1 else list(DEFAULT_FRONTIER)
+    front_objectives = list(objectives) if len(objectives) > 1 else list(
+        POLICY_FRONTIER if by_policy(search) else DEFAULT_FRONTIER)
     front = frontier(search, front_objectives)
     flat = indistinct(search)
     recommendation = None if flat else recommend(search, tolerance, cost, searched)
@@ -394,7 +423,7 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
     parts = [header + f"Trials at their best epoch ({len(search)}; F = on the frontier, R = recommended"
              + (", < = below the probe" if reference is not None else "") + "):\n"
              + trial_table(search, searched, marks),
-             "By freeze range:\n" + depth_table(search),
+             ("By policy:\n" if by_policy(search) else "By freeze range:\n") + depth_table(search),
              "Frontier over " + ", ".join(f"{m} ({mode})" for m, mode in front_objectives) + ":\n"
              + trial_table(front, searched)]
     if recommendation is not None:
@@ -423,7 +452,7 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
                      "choice, chose nothing.")
     if report.chosen is not None and _best_at_start(report):
         parts.append(f"The recommendation is best at epoch 0, before any training step: on these data the linear "
-                     f"probe on freeze {report.chosen.freeze_range}'s network is the answer, and fine-tuning it did "
+                     f"probe on freeze {report.chosen.label}'s network is the answer, and fine-tuning it did "
                      "not help; the logged model is that start (the probe's head on the pretrained network).")
     chosen_score = report.confirmed_choice.mean if report.confirmed_choice else (
         report.chosen.score if report.chosen else None)

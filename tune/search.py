@@ -111,10 +111,10 @@ def _scheduler(cfg: Config) -> Any:
 
 
 class _RangeASHA(ASHAScheduler):
-    """ASHA whose rungs are kept per freeze range: a trial is stopped only for scoring below the trials of its own
-    freeze range at the same epoch. Learning curves of different depths cross (from a probe-initialised head, a
-    deeper fine-tune dips in its first epochs, then climbs past the frozen one), so one shared rung would stop
-    whole depths in their dip; per range, ASHA does what it is for here, dropping the weak nuisance values (lr)
+    """ASHA whose rungs are kept per freeze range (and thaw, tune.policy): a trial is stopped only for scoring
+    below the trials of its own freeze range at the same epoch. Learning curves of different depths cross (from a
+    probe-initialised head, a deeper fine-tune dips in its first epochs, then climbs past the frozen one; a thaw
+    dips too), so one shared rung would stop whole depths in their dip; per range, ASHA does what it is for here, dropping the weak nuisance values (lr)
     within each depth. A range with a single trial is never stopped."""
 
     def __init__(self, *, grace_period: int, **options: Any) -> None:
@@ -124,7 +124,8 @@ class _RangeASHA(ASHAScheduler):
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(tune_controller, trial)  # checks the metric and mode
-        key = tuple(repr(trial.config.get(name)) for name in FREEZE_KEYS)  # the search's trials (confirm: FIFO)
+        # the search's trials (confirm: FIFO) by freeze range and thaw: a thaw's learning curve dips at the thaw
+        key = tuple(repr(trial.config.get(name)) for name in (*FREEZE_KEYS, "unfreeze_epoch", "unfreeze_every"))
         if key not in self._by_range:  # one bracket per range, as ASHA's own single bracket (s = 0)
             self._by_range[key] = _Bracket(self._grace, self._max_t, self._reduction_factor, 0,
                                            stop_last_trials=self._stop_last_trials)

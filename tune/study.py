@@ -235,7 +235,7 @@ class Study:
         seeds = [cfg.train.seed + i for i in range(1, rule.seed_budget + 1)]
         done = tracking.finished_confirmations(self.tracking_uri, parent_id) if self.resume else set()
         checkpoints: dict[str, Any] = {}
-        ranges = {r.name: r.freeze_range for r in report.summarise(records)}
+        ranges = {r.name: r.label for r in report.summarise(records)}
         self.say(f"confirming {len(candidates)} candidates in a race on paired seeds: seeds "
                  f"{seeds[:rule.confirm_seeds]} first, then one at a time for the undecided, up to {len(seeds)}"
                  + (f" ({len(done)} runs finished before the resume)" if done else ""))
@@ -369,6 +369,7 @@ def _write_report(tracker: tracking.SearchTracker, built: report.Report, records
     chosen = built.chosen  # after --confirm, the confirmed one
     if chosen is not None and tag:
         tracker.set_tags(parent_id, {"recommended_trial": chosen.name, "recommended_freeze_range": chosen.freeze_range,
+                                     "recommended_policy": chosen.label,
                                      "best_score": f"{built.recommendation.best.score:.4f}"})
     say("\n" + built.text)
     say(f"\nReport, plots and summary: {out_dir}/ (also artifacts of the parent run, under report/)")

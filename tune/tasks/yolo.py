@@ -65,7 +65,10 @@ _IGNORED_TRAIN = {"lr_schedule": "task.options.hyp.lrf (Ultralytics decays lr0 l
                                "initialises its biases from priors)",
                   "head_lr_mult": "nothing (Ultralytics' trainer gives every layer lr0)",
                   "precision": "task.options.hyp.amp (Ultralytics' own mixed precision, on CUDA)",
-                  "channels_last": "nothing (Ultralytics' trainer keeps the default memory layout)"}
+                  "channels_last": "nothing (Ultralytics' trainer keeps the default memory layout)",
+                  "layer_decay": "nothing (Ultralytics' trainer gives every layer lr0)",
+                  "unfreeze_epoch": "nothing (Ultralytics' trainer freezes once, before the first epoch)",
+                  "unfreeze_every": "nothing (Ultralytics' trainer freezes once, before the first epoch)"}
 _OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 
 
