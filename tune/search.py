@@ -114,8 +114,8 @@ class _RangeASHA(ASHAScheduler):
     """ASHA whose rungs are kept per freeze range (and thaw, tune.policy): a trial is stopped only for scoring
     below the trials of its own freeze range at the same epoch. Learning curves of different depths cross (from a
     probe-initialised head, a deeper fine-tune dips in its first epochs, then climbs past the frozen one; a thaw
-    dips too), so one shared rung would stop whole depths in their dip; per range, ASHA does what it is for here, dropping the weak nuisance values (lr)
-    within each depth. A range with a single trial is never stopped."""
+    dips too), so one shared rung would stop whole depths in their dip; per range, ASHA does what it is for here,
+    dropping the weak nuisance values (lr) within each depth. A range with a single trial is never stopped."""
 
     def __init__(self, *, grace_period: int, **options: Any) -> None:
         super().__init__(grace_period=grace_period, **options)
