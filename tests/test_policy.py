@@ -199,3 +199,46 @@ def test_hard_freezing_alone_trains_every_trained_block_at_lr():
     trial = LoopTrial(task, _cfg(freeze_stop=1))
     assert {g["lr"] for g in trial.optimizer.param_groups} == {LR} and trial.plan.label == "[0, 1)"
     assert not trial.plan.thaws
+
+
+def _policy_record(name: str, stop: int, policy: str, scores: list[float], epoch_time: float, memory: float = 8.0,
+                   **params: str):
+    from test_report import record
+
+    made = record(name, stop, scores, epoch_time, memory)
+    made.params.update(policy=policy, **params)
+    return made
+
+
+def test_the_report_names_trials_by_policy_and_compares_time_to_the_best_epoch():
+    from tune.config import ReportConfig
+    from tune.report import POLICY_FRONTIER, build_report, candidates
+
+    records = [
+        # the same range, three policies: each its own row, and each may be a candidate
+        _policy_record("hard", 3, "[0, 3)", [0.90], 1.0, layer_decay="1.0", unfreeze_epoch="0"),
+        _policy_record("thaw", 3, "[0, 3) thaw@1", [0.80, 0.915], 1.5, layer_decay="1.0", unfreeze_epoch="1"),
+        _policy_record("decay", 3, "[0, 3) decay 0.7", [0.5, 0.6, 0.7, 0.915], 1.0, layer_decay="0.7",
+                       unfreeze_epoch="0"),
+        _policy_record("none", 0, "[0, 0)", [0.85], 2.0, layer_decay="1.0", unfreeze_epoch="0"),
+    ]
+    searched = ["freeze_stop", "layer_decay", "unfreeze_epoch", "lr"]
+    report = build_report(records, searched=searched, objectives=[("score", "max")], tolerance=0.01,
+                          cost="train_time_s")
+    assert report.objectives == list(POLICY_FRONTIER)
+    # the thaw reached 0.915 after 3.0 s, the decay after 4.0 s at a cheaper epoch: time to the best epoch decides
+    assert [r.name for r in report.front] == ["thaw", "hard"]
+    text = report.text
+    assert "By policy:" in text and "Recommendation: freeze [0, 3) thaw@1 (lr=0.001)" in text
+    table = text.split("By policy:\n", 1)[1].split("\n\n", 1)[0]
+    assert [line.split("  ")[0] for line in table.splitlines()[2:]] == ["[0, 0)", "[0, 3)", "[0, 3) decay 0.7",
+                                                                        "[0, 3) thaw@1"]
+    header = next(line for line in text.splitlines() if line.split()[:2] == ["trial", "policy"])
+    assert "lr" in header.split() and "layer_decay" not in header and "unfreeze_epoch" not in header  # in the label
+    picked = candidates(records, ReportConfig(tolerance=0.01), searched, top=3)
+    assert set(picked) == {"thaw", "decay", "hard"}  # one range, three policies: each its own candidate
+    assert picked["thaw"]["unfreeze_epoch"] == 1
+    hard_only = [r for r in records if r.name in ("hard", "none")]
+    plain = build_report(hard_only, searched=searched, objectives=[("score", "max")], tolerance=0.01,
+                         cost="train_time_s")
+    assert "By freeze range:" in plain.text and "By policy:" not in plain.text

@@ -973,3 +973,33 @@ def test_a_bf16_mixed_search_runs_on_the_cpu_and_logs_its_precision(ray_runtime,
     assert children and {c.data.tags["precision"] for c in children} == {"bf16-mixed"}
     report = next((tmp_path / "reports").glob("digits_freeze-*")) / "report.txt"
     assert "Trained in bf16-mixed (train.precision)" in report.read_text()
+
+
+@pytest.mark.slow
+def test_a_policy_search_names_each_trial_by_its_policy_in_mlflow_and_the_report(ray_runtime, tmp_path):
+    """The digits_policy space's smoke test (freeze range, layer decay and thaw epoch searched together, its thaws
+    kept: 4 epochs), confirmed: every trial run carries its policy (param, run name), the frozen share falls to 0 at
+    a thaw, the parent names the recommended policy, the report's table is by policy."""
+    code, uri = _search(tmp_path, "--space", "digits_policy", "--confirm", "2", "--confirm-top", "2")
+    assert code == 0
+    parent, children = _runs(uri, "digits_policy")
+    client = MlflowClient(tracking_uri=uri)
+    assert parent.data.params["train.epochs"] == "4"  # the smoke test's 2 epochs, raised to keep the thaw at 3
+    labels = set()
+    for child in _phase(children, "search"):
+        params = child.data.params
+        policy = params["policy"]
+        labels.add(policy)
+        assert child.info.run_name.startswith(policy + " lr=")
+        assert policy.startswith(params["freeze_range"])
+        assert ("decay" in policy) == (float(params["layer_decay"]) != 1.0)
+        thaws = int(params["unfreeze_epoch"]) > 0 and params["freeze_range"] != "[0, 0)"
+        assert (f"thaw@{params['unfreeze_epoch']}" in policy) == thaws
+        shares = [m.value for m in client.get_metric_history(child.info.run_id, "epoch_frozen_flops_share")]
+        if thaws and len(shares) == 4:
+            assert shares[0] > 0 and shares[-1] == 0.0
+    assert any(label != label.split(")")[0] + ")" for label in labels)  # more than hard freezing was sampled
+    assert parent.data.tags["recommended_policy"] in labels
+    report = (next((tmp_path / "reports").glob("digits_policy-*")) / "report.txt").read_text()
+    assert "By policy:" in report and "Frontier over score (max), train_time_s (min), peak_mem_mb (min)" in report
+    assert f"Recommendation: freeze {parent.data.tags['recommended_policy']} " in report
