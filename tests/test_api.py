@@ -115,6 +115,8 @@ def test_a_search_from_python_returns_its_result_and_its_lines_go_to_the_callers
     assert parent.data.tags["freeze_search.role"] == "search" and parent.info.status == "FINISHED"
     assert len(result.trials) == 3
     assert result.recommendation.freeze_range == parent.data.tags["recommended_freeze_range"]
+    # a hard freeze's policy is its range
+    assert result.recommendation.policy == parent.data.tags["recommended_policy"] == result.recommendation.freeze_range
     assert result.model_uri == parent.data.tags["registered_model_uri"]
     assert (result.report_dir / "report.txt").is_file() and result.report_dir.parent == tmp_path / "reports"
     said = "\n".join(lines)
