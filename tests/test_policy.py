@@ -206,7 +206,8 @@ def _policy_record(name: str, stop: int, policy: str, scores: list[float], epoch
     from test_report import record
 
     made = record(name, stop, scores, epoch_time, memory)
-    made.params.update(policy=policy, **params)
+    made.params.update({"layer_decay": "1.0", "unfreeze_epoch": "0", "trainable_params": str(100 - 10 * stop),
+                        **params, "policy": policy})
     return made
 
 
@@ -242,3 +243,24 @@ def test_the_report_names_trials_by_policy_and_compares_time_to_the_best_epoch()
     plain = build_report(hard_only, searched=searched, objectives=[("score", "max")], tolerance=0.01,
                          cost="train_time_s")
     assert "By freeze range:" in plain.text and "By policy:" not in plain.text
+
+
+def test_the_best_hard_freeze_is_a_candidate_where_policies_were_searched_however_far_below():
+    from tune.config import ReportConfig
+    from tune.report import candidates
+
+    searched = ["freeze_stop", "layer_decay", "unfreeze_epoch", "lr"]
+    records = [_policy_record("thaw", 5, "[0, 5) thaw@1", [0.95], 1.0), _policy_record("decay", 0, "[0, 0) decay 0.8",
+                                                                                       [0.948], 1.2),
+               _policy_record("decay2", 2, "[0, 2) decay 0.6", [0.947], 1.1),
+               _policy_record("hard", 2, "[0, 2)", [0.80], 0.5), _policy_record("hard2", 6, "[0, 6)", [0.70], 0.3)]
+    picked = candidates(records, ReportConfig(tolerance=0.01), searched, top=3)
+    assert "hard" in picked and len(picked) == 3  # the race will say by how much freezing alone is worse
+    assert list(candidates(records, ReportConfig(tolerance=0.01), searched, top=4)) == ["thaw", "decay", "decay2",
+                                                                                         "hard"]
+    alone = [r for r in records if r.name.startswith("hard")] + [record_hard("h3", 1, 0.9)]
+    assert "hard" not in candidates(alone, ReportConfig(tolerance=0.01), searched, top=3)  # hard freezes alone
+
+
+def record_hard(name: str, stop: int, score: float):
+    return _policy_record(name, stop, f"[0, {stop})", [score], 1.0)

@@ -186,7 +186,8 @@ def candidates(records: Sequence[TrialRecord], rule: ReportConfig, searched: Seq
     lucky trial of a weaker range is not the only yardstick; each within three times the tolerance of the best)
     and, of the other ranges whose best trial came that near (where a range within the tolerance may land by seed
     noise alone), the cheapest, up to ``top`` in all, the last place kept for the deepest freeze searched (the
-    fewest trainable parameters) where early stopping may have hidden it. Each range is
+    fewest trainable parameters) where early stopping may have hidden it, and where policies were searched
+    (``tune.policy``) a place for the best hard freeze. Each range (policy) is
     represented by its best trial (its best learning rate, ...); where no freeze key is
     searched, each distinct configuration counts as a range. Only the search's own trials count: after a resume,
     confirmation runs that finished before the stop are records too. None when the scores cannot tell the
@@ -211,8 +212,14 @@ def candidates(records: Sequence[TrialRecord], rule: ReportConfig, searched: Seq
     # fell short is judged like any other
     deepest = min(best_of.values(), key=_trainable_params)
     stopped = all(r.stopped_early for r in results if r.label == deepest.label)
-    if by_freeze and top > 1 and deepest not in chosen and (stopped or deepest in ranked):
-        chosen = [*chosen[:top - 1], deepest]
+    reserved = [deepest] if by_freeze and (stopped or deepest in ranked) else []
+    # where policies were searched (tune.policy), the best hard freeze is a candidate too: the race then says whether
+    # a decay or a thaw is proven better than freezing alone, and a hard freeze within the tolerance and cheaper wins
+    hard = next((r for r in best_of.values() if r.label == r.freeze_range), None)
+    if by_freeze and by_policy(results) and hard is not None and hard not in reserved:
+        reserved.append(hard)
+    extra = [r for r in reserved if r not in chosen][:max(0, top - 1)]
+    chosen = [*[r for r in chosen if r not in extra][:top - len(extra)], *extra]
     return {r.name: {k: typed(r.params[k]) for k in searched} for r in chosen}
 
 
