@@ -264,3 +264,27 @@ def test_the_best_hard_freeze_is_a_candidate_where_policies_were_searched_howeve
 
 def record_hard(name: str, stop: int, score: float):
     return _policy_record(name, stop, f"[0, {stop})", [score], 1.0)
+
+
+@pytest.mark.parametrize(("space", "points", "key"), [
+    ("digits_policy", [{"momentum": 0.5}], "search.points_to_evaluate[0].momentum"),  # not searched
+    ("digits_policy", [{"layer_decay": 1.0}, {"layer_decay": 0.7}], "search.points_to_evaluate[1].layer_decay"),
+    ("digits_freeze", [{"lr": 1.0}], "search.points_to_evaluate[0].lr"),  # outside the searched range
+    ("digits_freeze", {"lr": 1e-3}, "search.points_to_evaluate"),  # not a list
+])
+def test_points_to_evaluate_name_searched_keys_with_values_their_dimension_takes(space, points, key):
+    with pytest.raises(ConfigError) as caught:
+        load_config(space, [("search.points_to_evaluate", points)])
+    assert caught.value.key == key
+
+
+def test_points_to_evaluate_resolve_cut_point_names_against_the_model(tiny_task):
+    from tune.freeze import check_points, check_space
+
+    cfg = load_config("digits_freeze", [("search.points_to_evaluate", [{"freeze_stop": "backbone"}, {"lr": 1e-3}])])
+    block_model = tiny_task.build_model()
+    space = check_space(cfg.space, cfg.train, block_model)
+    assert check_points(cfg.search.points_to_evaluate, space, block_model) == ({"freeze_stop": 2}, {"lr": 1e-3})
+    with pytest.raises(ConfigError) as caught:
+        check_points([{"freeze_stop": "neck"}], space, block_model)
+    assert caught.value.key == "search.points_to_evaluate[0].freeze_stop"

@@ -94,7 +94,11 @@ def check_config(options: StudyOptions) -> Checked:
     task = load_task(cfg.task)
     _check_ignored(cfg, task)
     _check_precision(cfg)
-    cfg = dataclasses.replace(cfg, space=freeze.check_space(cfg.space, cfg.train, task.build_model()))
+    block_model = task.build_model()
+    cfg = dataclasses.replace(cfg, space=freeze.check_space(cfg.space, cfg.train, block_model))
+    if cfg.search.points_to_evaluate:
+        points = freeze.check_points(cfg.search.points_to_evaluate, cfg.space, block_model)
+        cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, points_to_evaluate=points))
     known = known_metrics(task.metric, task.extra_metrics)
     for metric, _ in cfg.search.objective_list:
         if metric not in known:

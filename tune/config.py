@@ -95,6 +95,9 @@ class SearchConfig:
     seed: int = 0  # the Optuna sampler's seed
     objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) pairs beside score: a multi-objective search
     time_budget_s: float | None = None  # stop the search cleanly after this many seconds
+    # configurations tried first, in order (Ray's OptunaSearch points_to_evaluate, Optuna's enqueue_trial); a point
+    # may fix only some searched keys, the sampler draws the rest (a hard freeze: {layer_decay: 1, unfreeze_epoch: 0})
+    points_to_evaluate: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def objective_list(self) -> list[tuple[str, str]]:
@@ -230,6 +233,8 @@ _SEARCH_RULES: dict[str, _Rule] = {
         isinstance(k, str) and m in ("max", "min") for k, m in v.items()),
         "a mapping of metric names to max or min, e.g. {score: max, epoch_time_s: min}"),
     "time_budget_s": (lambda v: v is None or (_float_at_least(0.0, strict=True)[0](v)), "a number of seconds > 0"),
+    "points_to_evaluate": (lambda v: isinstance(v, list) and all(isinstance(p, Mapping) and p for p in v),
+                           "a list of mappings of searched keys to values, e.g. [{layer_decay: 1, unfreeze_epoch: 0}]"),
 }
 
 COST_METRICS = ("epoch_time_s", "train_time_s", "peak_mem_mb")
@@ -366,6 +371,7 @@ def build_config(raw: Any) -> Config:
         raise ConfigError("search.grace_period", search.grace_period, f"an integer <= train.epochs ({train.epochs})")
     if not dims:
         raise ConfigError("space", raw.get("space"), "at least one searched parameter, e.g. freeze_stop")
+    _check_points(search, dims)
     if search.algorithm == "grid":
         for key, dim in dims.items():
             if isinstance(dim, FloatRange):
@@ -389,6 +395,31 @@ def _latest_thaw(train: TrainConfig, dims: Mapping[str, Dimension]) -> tuple[str
     if isinstance(dim, Choice):
         return "space.unfreeze_epoch.values", max(dim.values)
     return "space.unfreeze_epoch.high", int(dim.high)
+
+
+def _check_points(search: SearchConfig, dims: Mapping[str, Dimension]) -> None:
+    """Each point of ``search.points_to_evaluate`` names searched keys only, each with a value its dimension can take
+    (a freeze key's cut-point names are resolved and checked against the model before the search)."""
+    if search.points_to_evaluate and search.algorithm == "grid":
+        raise ConfigError("search.points_to_evaluate", list(search.points_to_evaluate),
+                          "no points with search.algorithm: grid (the grid runs every combination)")
+    for i, point in enumerate(search.points_to_evaluate):
+        for key, value in point.items():
+            where = f"search.points_to_evaluate[{i}].{key}"
+            if key not in dims:
+                raise ConfigError(where, value, "a searched key: " + ", ".join(dims), problem="not searched")
+            dim = dims[key]
+            if isinstance(dim, Choice):
+                if value not in dim.values or isinstance(value, bool) != any(isinstance(v, bool) for v in dim.values):
+                    raise ConfigError(where, value, "one of the dimension's values: " + ", ".join(map(str, dim.values)))
+                continue
+            check, allowed = _TRAIN_RULES[key]
+            if not check(value):
+                raise ConfigError(where, value, allowed, problem=_type_name(value))
+            named = any(isinstance(v, str) for v in (value, dim.low, dim.high))  # a freeze key's cut point
+            if not named and not dim.low <= value <= dim.high:
+                raise ConfigError(where, value, f"a value in [{dim.low}, {dim.high}] (space.{key})",
+                                  problem="out of range")
 
 
 def _check_thaw(train: TrainConfig, dims: Mapping[str, Dimension]) -> None:

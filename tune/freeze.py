@@ -27,8 +27,8 @@ from tune.blocks import BlockModel, block_flops
 from tune.errors import ConfigError
 from tune.space import FREEZE_KEYS, IntRange, in_order, is_int, resolve_names
 
-__all__ = ["FREEZE_KEYS", "FreezeSpec", "FreezeSummary", "FrozenModel", "check_space", "freeze_keys", "freeze_model",
-           "grid_values", "resolve", "resolve_index", "sampled_freezes", "trial_freeze"]
+__all__ = ["FREEZE_KEYS", "FreezeSpec", "FreezeSummary", "FrozenModel", "check_points", "check_space", "freeze_keys",
+           "freeze_model", "grid_values", "resolve", "resolve_index", "sampled_freezes", "trial_freeze"]
 
 
 @dataclass(frozen=True)
@@ -212,6 +212,23 @@ def check_space(space: Mapping[str, Any], train: Any, block_model: BlockModel) -
             where = f"space.{key}" if key in combo else f"train.{key}"
             raise ConfigError(where, values[key], err.allowed, problem=err.problem) from None
     return resolved
+
+
+def check_points(points: Iterable[Mapping[str, Any]], space: Mapping[str, Any], block_model: BlockModel
+                 ) -> tuple[dict[str, Any], ...]:
+    """``search.points_to_evaluate`` with the cut-point names of its freeze keys resolved against the model, each
+    within its dimension of the checked space (``check_space``'s result)."""
+    n_blocks, cuts = block_model.n_blocks, block_model.named_cut_points()
+    resolved = []
+    for i, point in enumerate(points):
+        point = dict(point)
+        for key in FREEZE_KEYS:
+            dim = space.get(key)
+            if key in point and isinstance(dim, IntRange):
+                point[key] = resolve_index(f"search.points_to_evaluate[{i}].{key}", point[key], n_blocks, cuts,
+                                           low=int(dim.low), high=int(dim.high))
+        resolved.append(point)
+    return tuple(resolved)
 
 
 def sampled_freezes(space: Mapping[str, Any], train: Any, block_model: BlockModel) -> dict[tuple[int, ...], dict]:

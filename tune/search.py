@@ -277,7 +277,9 @@ def run(cfg: Config, tracker: SearchTracker, *, storage_path: str, address: str 
         optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)  # "study created"
         # Several objectives go to Optuna as lists; Tune itself takes one metric or none (field-notes).
         tune_config["search_alg"] = OptunaSearch(space=OptunaSpace(cfg.space), metric=metrics[0] if single else metrics,
-                                                 mode=modes[0] if single else modes, seed=cfg.search.seed)
+                                                 mode=modes[0] if single else modes, seed=cfg.search.seed,
+                                                 points_to_evaluate=[dict(p) for p in cfg.search.points_to_evaluate]
+                                                 or None)
     total = grid_size(cfg.space) * cfg.search.num_samples if param_space else cfg.search.num_samples
     return _fit(cfg, tracker, _trainable, name=name, storage_path=storage_path, tune_config=tune_config,
                 param_space=param_space, verbose=verbose, total=total, restore_from=restore_from,
