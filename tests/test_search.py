@@ -978,8 +978,9 @@ def test_a_bf16_mixed_search_runs_on_the_cpu_and_logs_its_precision(ray_runtime,
 @pytest.mark.slow
 def test_a_policy_search_names_each_trial_by_its_policy_in_mlflow_and_the_report(ray_runtime, tmp_path):
     """The digits_policy space's smoke test with 6 trials (freeze range, layer decay and thaw epoch searched together,
-    its thaws kept: 4 epochs; its three hard-freeze points first), confirmed: every trial run carries its policy (param, run name), the frozen share falls to 0 at
-    a thaw, the parent names the recommended policy, the report's table is by policy."""
+    its thaws kept: 4 epochs; its three hard-freeze points first), confirmed: every trial run carries its policy
+    (param, run name), the frozen share falls to 0 at a thaw, the parent names the recommended policy, the report's
+    table is by policy."""
     code, uri = _search(tmp_path, "--space", "digits_policy", "--confirm", "2", "--confirm-top", "2", "--set",
                         "search.num_samples=6")
     assert code == 0
