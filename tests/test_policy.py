@@ -103,8 +103,17 @@ def test_the_thaw_epoch_unfreezes_the_range_into_its_groups_and_returns_its_batc
     assert second["epoch_frozen_flops_share"] == 0.0
     trial.frozen.train_mode(trial.net)
     assert bn.training
-    # the first step's Adam update of a thawed parameter is its group's rate (bias-corrected, |step| = lr)
-    assert trial.optimizer.state[next(blocks[0].parameters())]["step"] > 0
+
+
+def test_a_thawed_block_takes_its_first_step_at_its_groups_rate(tiny_task):
+    trial = LoopTrial(tiny_task, _cfg(freeze_stop=2, unfreeze_epoch=1, layer_decay=0.5))
+    next(trial.epochs())
+    trial._thaw()
+    weight = trial.model.blocks[0][0].weight
+    before = weight.detach().clone()
+    trial._step(next(iter(trial._train_batches(1))))
+    # Adam's first step moves each element by lr * g / (|g| + eps): the group's rate, lr * 0.5 ** 3
+    assert (weight.detach() - before).abs().max().item() == pytest.approx(LR * 0.125, rel=1e-3)
 
 
 def test_gradual_unfreezing_thaws_a_block_at_a_time_from_the_top(tiny_task):
@@ -288,3 +297,21 @@ def test_points_to_evaluate_resolve_cut_point_names_against_the_model(tiny_task)
     with pytest.raises(ConfigError) as caught:
         check_points([{"freeze_stop": "neck"}], space, block_model)
     assert caught.value.key == "search.points_to_evaluate[0].freeze_stop"
+
+
+def test_a_thawing_trial_measures_and_asks_for_the_memory_it_needs_after_its_thaw(tiny_task):
+    """Freeze-aware GPU shares (search.freeze_aware_gpus): a trial's one-step memory probe is taken after its last
+    thaw (a thaw of the whole range needs what no freeze needs), and a thawing trial asks for the full share."""
+    from types import SimpleNamespace
+
+    from tune.search import _FreezeAwareResources
+
+    cfg = _cfg(batch_size=8)
+    none, hard = (LoopTrial(tiny_task, _cfg(freeze_stop=k)).probe_memory() for k in (0, 3))
+    thawing = LoopTrial(tiny_task, _cfg(freeze_stop=3, unfreeze_epoch=1)).probe_memory()
+    assert hard < none and thawing == pytest.approx(none)
+    resources = SimpleNamespace(cpus=1, full=0.5, train=cfg, block_model=tiny_task.build_model(),
+                                shares={(0, 1, 2): 0.1})
+    share = _FreezeAwareResources.__call__
+    assert share(resources, {"freeze_stop": 3}).bundles == [{"CPU": 1, "GPU": 0.1}]
+    assert share(resources, {"freeze_stop": 3, "unfreeze_epoch": 1}).bundles == [{"CPU": 1, "GPU": 0.5}]

@@ -987,7 +987,7 @@ def test_a_policy_search_names_each_trial_by_its_policy_in_mlflow_and_the_report
     parent, children = _runs(uri, "digits_policy")
     client = MlflowClient(tracking_uri=uri)
     assert parent.data.params["train.epochs"] == "4"  # the smoke test's 2 epochs, raised to keep the thaw at 3
-    labels = set()
+    labels, thawed = set(), []
     for child in _phase(children, "search"):
         params = child.data.params
         policy = params["policy"]
@@ -1000,9 +1000,11 @@ def test_a_policy_search_names_each_trial_by_its_policy_in_mlflow_and_the_report
         shares = [m.value for m in client.get_metric_history(child.info.run_id, "epoch_frozen_flops_share")]
         if thaws and len(shares) == 4:
             assert shares[0] > 0 and shares[-1] == 0.0
+            thawed.append(policy)
     assert any(label != label.split(")")[0] + ")" for label in labels)  # more than hard freezing was sampled
     hard = [c for c in _phase(children, "search") if c.data.params["policy"] == c.data.params["freeze_range"]]
     assert len(hard) >= 3  # the space's three points_to_evaluate: hard freezes first
+    assert thawed  # a trial thawed and ran to its last epoch: its frozen share fell to 0
     assert parent.data.tags["recommended_policy"] in labels
     report = (next((tmp_path / "reports").glob("digits_policy-*")) / "report.txt").read_text()
     assert "By policy:" in report and "Frontier over score (max), train_time_s (min), peak_mem_mb (min)" in report

@@ -130,6 +130,27 @@ def test_a_text_trial_freezes_exactly_its_layers_and_resumes_exactly(files, tmp_
         assert have["val_accuracy"] == want["val_accuracy"]
 
 
+def test_a_text_trial_thawing_its_cached_layers_reads_the_task_data_after_the_thaw_and_resumes_exactly(files, tmp_path):
+    """tune.policy's thaw with a chain's cached hidden states (the text task's prefix cache): after the thaw the
+    training batches are the task's own, read through the whole model (no cached states carried along), as the
+    uncached trial trains; resumed after the thaw, the same epochs."""
+    from tune.tasks.text import make_task
+
+    task = make_task(model=files["model"], data=files["data"], val_data=files["val_data"], max_length=16)
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, freeze_stop=2, unfreeze_epoch=1, seed=1)
+    cached, whole = LoopTrial(task, cfg), LoopTrial(task, dataclasses.replace(cfg, prefix_cache="off"))
+    assert cached.prefix_cache == "on until the thaw after epoch 1"
+    seen = []
+    for a, b in zip(cached.epochs(), whole.epochs(), strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5) and a["val_accuracy"] == b["val_accuracy"]
+        if cached._loader is not None:
+            seen.append(type(cached._loader.loader.dataset.data).__name__)
+    assert seen[0] == "WithHidden" and "WithHidden" not in seen[1:]
+    for want, have in zip(list(LoopTrial(task, cfg).epochs()), resumed_epochs(task, cfg, tmp_path, after=2),
+                          strict=True):
+        assert have["train_loss"] == want["train_loss"] and have["val_accuracy"] == want["val_accuracy"]
+
+
 DEBERTA = {"deberta": {}, "deberta_conv": {"conv_kernel_size": 3}}  # the conv reads the embeddings' output too
 
 

@@ -210,7 +210,7 @@ def candidates(records: Sequence[TrialRecord], rule: ReportConfig, searched: Seq
     # candidate whenever early stopping may have hidden it (none of its trials ran every epoch): the cheapest
     # configuration is not lost to a dip in its first epochs; a deepest range that trained to the end and still
     # fell short is judged like any other
-    deepest = min(best_of.values(), key=_trainable_params)
+    deepest = min(best_of.values(), key=lambda r: (_trainable_params(r), r.label != r.freeze_range))  # hard first
     stopped = all(r.stopped_early for r in results if r.label == deepest.label)
     reserved = [deepest] if by_freeze and (stopped or deepest in ranked) else []
     # where policies were searched (tune.policy), the best hard freeze is a candidate too: the race then says whether

@@ -235,6 +235,8 @@ class _FreezeAwareResources:
 
     def __call__(self, config: dict[str, Any]) -> Any:
         params = config.get("variant", {}).get("params", config)
+        if params.get("unfreeze_epoch", self.train.unfreeze_epoch):  # a thaw (tune.policy) trains what it froze
+            return PlacementGroupFactory([{"CPU": self.cpus, "GPU": self.full}])
         share = self.shares.get(trial_freeze(params, self.train, self.block_model), self.full)
         return PlacementGroupFactory([{"CPU": self.cpus, "GPU": share}])
 

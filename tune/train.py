@@ -236,6 +236,7 @@ class LoopTrial:
         if self.net is not self.model:
             self.net, self.replay, self.cached_features = self.model, None, []
             self.train_set, self.val_set = self._sets
+            self._loader = None  # it read the cached hidden states (a chain's); its workers end with it
 
     def run(self, on_epoch: Callable[[dict[str, Any]], None]) -> None:
         """Train to the end, calling ``on_epoch(metrics)`` after each epoch (the trial can be checkpointed then). A
@@ -341,7 +342,10 @@ class LoopTrial:
     def probe_memory(self) -> float:
         """Peak training memory (MB) from one optimizer step on epoch 1's first batch, without the rest of the
         epoch: the same figure as epoch 1's ``peak_mem_mb`` (that batch holds the activation peak and the
-        optimizer's state exists after one step). Spends the trial: build another one to train."""
+        optimizer's state exists after one step); a trial that thaws is measured after its last thaw, its peak.
+        Spends the trial: build another one to train."""
+        self.epoch = max(self.plan.thaws.values(), default=0)
+        self._thaw()
         meter = EpochMeter(self.device)
         meter.start()
         self.frozen.train_mode(self.net)
