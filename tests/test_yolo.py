@@ -342,6 +342,8 @@ def test_layers_of_the_guides_space_need_no_data(tmp_path):
      "error: space.warmup: got FloatRange(low=0.0, high=0.2"),
     ({"train": {"head_init": "zero"}}, "error: train.head_init: got 'zero'; allowed: 'probe' with the yolo task (its "
                                        "trainer does not read it; instead: nothing (the Detect head is no classifier"),
+    ({"train": {"unfreeze_epoch": 1}}, "error: train.unfreeze_epoch: got 1; allowed: 0 with the yolo task (its "
+                                       "trainer does not read it; instead: nothing (Ultralytics' trainer freezes once"),
 ])
 def test_bad_yolo_options_exit_2_with_one_line(tmp_path, data, options, expected):
     import yaml
