@@ -180,6 +180,9 @@ def test_plan_labels_the_policy_and_leaves_out_what_it_does_not_use():
     decay = plan(counts, (0,), "[0, 1)", dataclasses.replace(cfg, layer_decay=0.8))
     assert decay.label == "[0, 1) decay 0.8"
     assert decay.scales == pytest.approx({1: 0.8 ** 2, 3: 0.8, 4: 1.0})
+    # a decay on the head alone changes nothing: the trial is the hard freeze, and is named so
+    head_only = plan(counts, (0, 1, 2, 3), "[0, 4)", dataclasses.replace(cfg, layer_decay=0.6))
+    assert head_only.label == "[0, 4)" and head_only.scales == {4: 1.0}
 
 
 @pytest.mark.parametrize(("override", "key"), [

@@ -45,13 +45,14 @@ class Plan:
         return min(self.thaws.values(), default=None)
 
 
-def policy_label(freeze_label: str, cfg: Any, thaws: bool) -> str:
+def policy_label(freeze_label: str, cfg: Any, thaws: bool, decays: bool = True) -> str:
     """``[0, 5)``, ``[0, 5) thaw@2``, ``[0, 5) thaw@2 every 1``, ``[2, 6) decay 0.7``: the frozen range and what
-    the policy adds to hard freezing (a thaw only where a block thaws)."""
+    the policy adds to hard freezing (a thaw only where a block thaws, a decay only where two blocks or more train:
+    on the head alone it changes nothing, and the trial is the hard freeze it labels)."""
     parts = [freeze_label]
     if thaws:
         parts.append(f"thaw@{cfg.unfreeze_epoch}" + (f" every {cfg.unfreeze_every}" if cfg.unfreeze_every else ""))
-    if cfg.layer_decay != 1:
+    if cfg.layer_decay != 1 and decays:
         parts.append(f"decay {cfg.layer_decay:g}")
     return " ".join(parts)
 
@@ -76,4 +77,4 @@ def plan(param_counts: list[int], frozen_blocks: tuple[int, ...], freeze_label: 
         scales[block] = cfg.layer_decay ** above * (cfg.head_lr_mult if block == head else 1.0)
     starts = dict(sorted(starts.items()))
     return Plan(starts=starts, scales=scales,
-                label=policy_label(freeze_label, cfg, any(start > 0 for start in starts.values())))
+                label=policy_label(freeze_label, cfg, any(start > 0 for start in starts.values()), len(trained) > 1))
