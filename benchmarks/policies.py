@@ -66,8 +66,9 @@ def within(runs: list[dict], budget: float) -> float:
 
 def bench(task, base: TrainConfig, lrs: list[float], seeds: list[int]) -> None:
     started = time.perf_counter()
-    fitted = fit_head_probe(task, base)
-    print(f"  linear probe {fitted.score:.3f} (fitted in {time.perf_counter() - started:.0f} s)", flush=True)
+    fitted = fit_head_probe(task, base)  # None where the task keeps its pretrained head (the digits default)
+    print(f"  linear probe {fitted.score:.3f} (fitted in {time.perf_counter() - started:.0f} s)" if fitted else
+          "  the task's pretrained head is kept (no probe)", flush=True)
     rows = []
     for kind, keys in policies(task.build_model().n_blocks):
         by_lr = {}
