@@ -116,6 +116,7 @@ def test_frozen_weights_and_batchnorm_statistics_do_not_move_and_the_optimizer_h
     assert 0 <= metrics[0]["val_accuracy"] <= 1 and metrics[0]["samples_per_s"] > 0
 
 
+@pytest.mark.slow  # 9 s: tests/test_data.py covers the seeded augmentation's resume in the fast suite
 def test_an_augmenting_image_trial_resumes_exactly(folder, tmp_path):
     task = make_task(model="resnet10t", data=str(folder), image_size=32, workers=0, augment=True)
     cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, freeze_stop=2, seed=3)

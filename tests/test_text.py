@@ -161,7 +161,9 @@ def _deberta(vocab: int, **extra) -> transformers.PretrainedConfig:
                                         norm_rel_ebd="layer_norm", **extra)
 
 
-@pytest.mark.parametrize("family", [*CONFIGS, *DEBERTA])
+# BERT in the fast suite; the other families (4 s each) with the slow tests
+@pytest.mark.parametrize("family", [family if family == "bert" else pytest.param(family, marks=pytest.mark.slow)
+                                    for family in [*CONFIGS, *DEBERTA]])
 def test_the_cache_trains_an_encoder_as_the_whole_model_does_or_says_why_not(files, tmp_path, monkeypatch, family):
     from tune.tasks.text import make_task
 
