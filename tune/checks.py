@@ -25,7 +25,8 @@ __all__ = ["SMOKE", "Checked", "StudyOptions", "check_config", "check_report_dir
            "resume_point", "tracking_uri"]
 
 # --smoke-test: a few trials of two epochs (a grid runs once; more epochs where a thaw comes later: the thaw is what
-# such a space tests), two candidates confirmed with two seeds; the user's own overrides still win.
+# such a space tests; no search.points_to_evaluate: they would fill the few trials), two candidates confirmed with
+# two seeds; the user's own overrides still win.
 SMOKE = (("search.num_samples", 4), ("train.epochs", 2), ("search.grace_period", 1))
 SMOKE_CONFIRM = {"confirm_seeds": 2, "confirm_top": 2, "confirm_max_seeds": 2}  # at most, where it confirms at all
 
@@ -88,6 +89,9 @@ def check_config(options: StudyOptions) -> Checked:
         cfg = dataclasses.replace(cfg, report=dataclasses.replace(cfg.report, **smaller))
     if options.smoke_test and cfg.search.algorithm == "grid" and "search.num_samples" not in dict(options.overrides):
         cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, num_samples=1))  # the grid once
+    if options.smoke_test and "search.points_to_evaluate" not in dict(options.overrides):
+        # the space's points are for the whole search: they would fill the smoke test's few trials
+        cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, points_to_evaluate=()))
     if options.task is not None:
         cfg = dataclasses.replace(cfg, task=task_config(options.task))
     written = cfg = dataclasses.replace(cfg, task=absolute_paths(cfg.task, Path.cwd()))  # trials run elsewhere
