@@ -21,9 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["POLICY_KEYS", "Plan", "plan", "policy_label"]
+from tune.space import FREEZE_KEYS
+
+__all__ = ["LABELLED_KEYS", "POLICY_KEYS", "Plan", "plan", "policy_label"]
 
 POLICY_KEYS = ("layer_decay", "unfreeze_epoch", "unfreeze_every")
+LABELLED_KEYS = (*FREEZE_KEYS, *POLICY_KEYS)  # the train keys a policy's label names (tables and run names leave them)
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tune.config import ReportConfig
-from tune.policy import POLICY_KEYS
+from tune.policy import LABELLED_KEYS
 from tune.race import Candidate, Decision, decide
 from tune.records import TrialRecord, short, typed
-from tune.space import FREEZE_KEYS
 
 __all__ = ["Candidate", "Recommendation", "Report", "TrialResult", "build_report", "candidates",
            "confirmation_candidates", "confirmed",
@@ -195,7 +194,7 @@ def candidates(records: Sequence[TrialRecord], rule: ReportConfig, searched: Seq
     results = [r for r in summarise(records) if r.candidate is None]
     if not results or indistinct(results):
         return {}
-    by_freeze = any(key in (*FREEZE_KEYS, *POLICY_KEYS) for key in searched)
+    by_freeze = any(key in LABELLED_KEYS for key in searched)
     best_of: dict[str, TrialResult] = {}
     for result in sorted(results, key=lambda r: (-r.score, r.values.get(rule.cost, math.inf))):
         key = result.label if by_freeze else json.dumps({k: result.params.get(k) for k in searched})
@@ -267,7 +266,7 @@ def _seed(result: TrialResult) -> int:
 
 def _others(searched: Sequence[str]) -> list[str]:
     """The searched keys beside the policy's (its label names those: the range, the decay, the thaw)."""
-    return [k for k in searched if k not in (*FREEZE_KEYS, *POLICY_KEYS)]
+    return [k for k in searched if k not in LABELLED_KEYS]
 
 
 def _params_text(result: TrialResult, searched: Sequence[str]) -> str:

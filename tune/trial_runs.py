@@ -11,9 +11,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tune.policy import POLICY_KEYS
+from tune.policy import LABELLED_KEYS
 from tune.records import short
-from tune.space import FREEZE_KEYS
 from tune.tracking import TRIAL_ID_TAG, SearchTracker
 
 __all__ = ["TAG_KEYS", "TrialRuns", "failure_reason"]
@@ -36,7 +35,7 @@ class TrialRuns:
         self.tracker = tracker
         self.base_params = dict(base_params)
         self.epochs = epochs
-        self.searched = [key for key in searched if key not in (*FREEZE_KEYS, *POLICY_KEYS)]  # in the policy
+        self.searched = [key for key in searched if key not in LABELLED_KEYS]  # the policy's label names those
         self.run_ids: dict[str, str] = {}
         self.last_epoch: dict[str, int] = {}
         self.last_score: dict[str, float] = {}
