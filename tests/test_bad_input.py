@@ -47,6 +47,11 @@ def _write(path, text):
 CASES = {
     "yaml syntax": (lambda d: ["--space", _write(d / "inputs/bad.yaml", "name: x\nspace: {freeze_stop: [\n")],
                     "error: {d}/inputs/bad.yaml: got '<file>' (while parsing"),
+    "repeated key": (lambda d: ["--space", _write(d / "inputs/twice.yaml", "name: x\ntask: {name: digits}\nspace:\n"
+                                                  "  freeze_stop: {type: int, low: 0, high: 3}\nspace:\n"
+                                                  "  lr: {type: float, low: 1.0e-4, high: 1.0e-3}\n")],
+                     "error: {d}/inputs/twice.yaml: got 'space' ('space' repeated on line 5; YAML would keep only the "
+                     "last); allowed: each key once in a mapping"),
     "unknown key": (lambda d: ["--set", "train.learning_rate=0.1"],
                     "error: train.learning_rate: got 0.1 (unknown key)"),
     "unknown section": (lambda d: ["--set", "trainer.epochs=3"], "error: trainer: got {'epochs': 3} (unknown key)"),

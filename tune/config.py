@@ -116,15 +116,17 @@ class ReportConfig:
     """The recommendation rule: among the candidates scoring within ``tolerance`` of the best (in score units),
     the one with the lowest ``cost``. ``confirm_top`` candidates (the best score's freeze range and the cheapest
     ranges that came near it) are re-run on the same fresh seeds, no early stopping, in a race (``tune.race``):
-    ``confirm_seeds`` seeds each first (0: no confirmation, the search's single trials decide), then one more at a
-    time for the undecided ones, up to ``confirm_max_seeds`` (at least ``confirm_seeds``); a candidate is proven
-    within the tolerance at ``confidence`` (one-sided, on the per-seed differences to the best)."""
+    ``confirm_seeds`` seeds each first (0: no confirmation, the search's single trials decide), then one more a
+    round, up to ``confirm_max_seeds`` (at least ``confirm_seeds``), where the race decides once: a candidate is
+    proven within the tolerance when its one-sided bounds against every other candidate, on the per-seed
+    differences at ``1 - (1 - confidence) / (confirm_top - 1)``, are within it. The race stops earlier where no
+    candidate can be proven by then."""
 
     tolerance: float = 0.01
     cost: str = "epoch_time_s"  # epoch_time_s (mean per epoch) | train_time_s (to the best epoch) | peak_mem_mb
     confirm_seeds: int = 3
-    confirm_top: int = 4
-    confirm_max_seeds: int = 6
+    confirm_top: int = 2
+    confirm_max_seeds: int = 5
     confidence: float = 0.95
 
     @property
@@ -477,6 +479,31 @@ def space_file(space: str | Path) -> Path:
     return bundled_spaces().get(path.name.removesuffix(".yaml"), path)
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, line: int) -> None:
+        super().__init__(f"{key!r} repeated on line {line}; YAML would keep only the last")
+        self.key, self.line = key, line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key repeated in one mapping (PyYAML keeps the last silently: a space file with
+    two ``space:`` sections would search only the second)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(str(key), key_node.start_mark.line + 1)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str) -> Any:
+    """A space file's YAML, loaded safely, with a repeated key refused (yaml.YAMLError)."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_config(path: str | Path | Mapping[str, Any], overrides: Sequence[tuple[str, Any]] = ()) -> Config:
     """Read a search-space YAML file (safely), apply ``--set`` overrides, check it all. ``path`` may also name a
     bundled space (``digits_freeze``) or be the file's content as a mapping (a config built in Python)."""
@@ -494,7 +521,9 @@ def load_config(path: str | Path | Mapping[str, Any], overrides: Sequence[tuple[
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
         raise ConfigError("--space", str(path), "a readable UTF-8 YAML file", problem=type(err).__name__) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = read_yaml(text)
+    except _DuplicateKey as err:
+        raise ConfigError(str(path), err.key, "each key once in a mapping", problem=str(err)) from None
     except yaml.YAMLError as err:
         raise ConfigError(str(path), "<file>", "valid YAML", problem=one_line(err, limit=None)) from None
     if raw is None:
