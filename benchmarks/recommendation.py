@@ -9,11 +9,12 @@ epoch, as the report takes it; a depth's grid mean is the mean over the seeds at
 standard error. Beside it, the default search (`python run_search.py` with its confirmation race; `--set` passes
 overrides to it) runs --runs times with search seeds 1..N, each in its own MLflow store. For each run: the
 recommended range, its grid mean, whether that is within the tolerance of the grid's best mean (the issue's
-criterion, by the grid's means), the race's rounds and whether it was decided, the paired and unpaired standard
-errors of the candidates' gaps to the best (their medians), its confirmed validation mean and test score, and the
-trial-epochs of the search and of the confirmation as a share of the grid's. Then the totals: how many runs
-landed within, the mean and max compute share, how many races ended undecided, the median paired / unpaired
-ratio. Everything through the CLI, as a user would run it; the ratios are measured in this one run.
+criterion, by the grid's means), the race's rounds and how it ended (proven, budget, futile), the paired and
+unpaired standard errors of the candidates' gaps to the highest mean (their medians), its confirmed validation mean
+and test score, and the trial-epochs of the search and of the confirmation as a share of the grid's. Then the
+totals: how many runs landed within, the mean and max compute share, how many races were proven (and how many of
+those landed outside the tolerance by the grid), the median paired / unpaired ratio. Everything through the CLI, as
+a user would run it; the ratios are measured in this one run.
 --grid-store DIR keeps the grid's MLflow store there and reuses it on the next call (the grid does not change with
 the default search's settings).
 """
@@ -87,18 +88,18 @@ def epochs_of(trials: list[TrialRecord], phase: str | None = None) -> int:
                if phase is None or t.tags.get("phase", "search") == phase)
 
 
-def race_figures(trials: list[TrialRecord], tolerance: float) -> tuple[int, bool, float, float]:
-    """The confirmation race of one search: rounds, decided, the median paired and unpaired standard error of the
-    candidates' gaps to the best."""
+def race_figures(parent: SearchRecord, trials: list[TrialRecord], tolerance: float) -> tuple[int, str, float, float]:
+    """The confirmation race of one search: rounds, how it ended (the parent's tag race_ended: proven, budget,
+    futile), the median paired and unpaired standard error of the candidates' gaps to the highest mean."""
     confirmation = [r for r in report.summarise(trials) if r.candidate]
-    decision = report.confirmed(confirmation, tolerance, "epoch_time_s")
+    decision = report.confirmed(confirmation, tolerance, "epoch_time_s", budget=parent.report.seed_budget)
     if decision is None:
-        return 0, True, math.nan, math.nan
+        return 0, "none", math.nan, math.nan
     rounds = max(int(t.tags.get("round", 1)) for t in trials if t.tags.get("phase") == "confirm")
-    compared = [c for c in decision.comparisons.values() if c.verdict != "best" and c.seeds > 1]
+    compared = [c for name, c in decision.comparisons.items() if name != decision.best.name and c.seeds > 1]
     paired = statistics.median(c.paired_se for c in compared) if compared else math.nan
     unpaired = statistics.median(c.unpaired_se for c in compared) if compared else math.nan
-    return rounds, decision.decided, paired, unpaired
+    return rounds, parent.tags.get("race_ended", decision.ended), paired, unpaired
 
 
 def main() -> None:
@@ -134,24 +135,26 @@ def main() -> None:
         overrides = [part for pair in args.set for part in ("--set", pair)]
         if overrides:
             print("default searches with " + " ".join(args.set))
-        header = ("run", "recommended", "grid mean", "within", "rounds", "decided", "paired se", "unpaired se",
+        header = ("run", "recommended", "grid mean", "within", "rounds", "race", "paired se", "unpaired se",
                   "val", "test", "wall s", "search ep", "confirm ep", "of grid")
-        rows, shares, landed, undecided, ratios = [], [], 0, 0, []
+        rows, shares, landed, proven, proven_wrong, ratios = [], [], 0, 0, 0, []
         for run in range(1, args.runs + 1):
             parent, trials, metrics, wall = search(root / f"default{run}", "digits_freeze", "--seed", str(run),
                                                    *overrides)
             chosen = parent.tags.get("recommended_freeze_range")
-            rounds, decided, paired, unpaired = race_figures(trials, args.tolerance)
+            rounds, ended, paired, unpaired = race_figures(parent, trials, args.tolerance)
+            decided = parent.tags.get("recommendation_proven") == "true"
             searched, confirmed_epochs = epochs_of(trials, "search"), epochs_of(trials, "confirm")
             share = (searched + confirmed_epochs) / grid_epochs
             shares.append(share)
             landed += chosen in within
-            undecided += not decided
+            proven += decided
+            proven_wrong += decided and chosen not in within
             if paired == paired and unpaired:
                 ratios.append(paired / unpaired)
             mean = means[chosen][0] if chosen in means else math.nan
             rows.append((str(run), str(chosen), f"{mean:.4f}", "yes" if chosen in within else "NO", str(rounds),
-                         "yes" if decided else "NO", f"{paired:.4f}", f"{unpaired:.4f}",
+                         ended, f"{paired:.4f}", f"{unpaired:.4f}",
                          f"{metrics.get('recommended_score', math.nan):.4f}",
                          f"{metrics.get('test_score', math.nan):.4f}", f"{wall:.0f}", str(searched),
                          str(confirmed_epochs), f"{share:.2f}"))
@@ -162,7 +165,8 @@ def main() -> None:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
         print(f"within the tolerance of the grid's best (by its means): {landed} of {args.runs}; compute "
               f"(trial-epochs) as a share of the grid's: mean {statistics.fmean(shares):.2f}, max {max(shares):.2f}; "
-              f"races undecided: {undecided}; paired / unpaired standard error: median "
+              f"races proven: {proven} (of them outside the tolerance by the grid: {proven_wrong}); paired / unpaired "
+              "standard error: median "
               f"{statistics.median(ratios) if ratios else math.nan:.2f}")
 
 

@@ -98,12 +98,21 @@ def test_a_cheaper_candidate_is_recommended_only_when_proven_within_the_toleranc
     assert (low, high) == pytest.approx((0.935 - half, 0.935 + half), abs=1e-6)
     text = confirmed_text(proven, "epoch_time_s")
     assert "freeze [0, 4)" in text and f"95% interval {low:.4f}-{high:.4f}" in text
-    assert "proven within the tolerance (0.01) of the best, freeze [0, 0)" in text and "at most 0.0067 at 95%" in text
+    assert "proven within the tolerance (0.01) of the best candidate" in text and "below the highest mean (freeze " \
+        "[0, 0), 0.9400)" in text and "at most 0.0067 below the best at 95% confidence" in text
+    assert "The promise: a recommendation called proven is more than the tolerance below the best candidate in at " \
+        "most 5% of races" in text
     # the same scores with the cheap candidate's seeds shuffled: nothing cancels, nothing is proven
     shuffled = confirmed(_paired([0.95, 0.93, 0.94], [0.926, 0.934, 0.945]), tolerance=0.01, cost="epoch_time_s")
     assert shuffled.chosen.name == "expensive" and shuffled.comparisons["cheap"].verdict == "undecided"
-    assert not shuffled.decided and shuffled.racing == ("expensive", "cheap")
-    assert "Undecided after 3 seeds" in confirmed_text(shuffled, "epoch_time_s")
+    assert not shuffled.decided and shuffled.ended == "budget"
+    text = confirmed_text(shuffled, "epoch_time_s")
+    assert "the highest mean of the race" in text and "Nothing is proven: after 3 seeds" in text
+    assert "proven within" not in text.split(" The rule:")[0]
+    # the proven table three seeds into a race of five: no claim before the budget
+    early = confirmed(_paired([0.95, 0.93, 0.94], [0.945, 0.926, 0.934]), tolerance=0.01, cost="epoch_time_s",
+                      budget=5)
+    assert not early.decided and early.chosen.name == "expensive"
     # a stricter confidence needs a smaller bound: at 0.999 the proven table is undecided
     assert confirmed(_paired([0.95, 0.93, 0.94], [0.945, 0.926, 0.934]), tolerance=0.01, cost="epoch_time_s",
                      confidence=0.999).chosen.name == "expensive"
@@ -112,9 +121,9 @@ def test_a_cheaper_candidate_is_recommended_only_when_proven_within_the_toleranc
 def test_a_candidate_proven_worse_by_more_than_the_tolerance_is_dropped_from_the_race():
     worse = confirmed(_paired([0.950, 0.951, 0.949], [0.900, 0.902, 0.899]), tolerance=0.01, cost="epoch_time_s")
     assert worse.chosen.name == "expensive" and worse.comparisons["cheap"].verdict == "worse"
-    assert worse.decided and worse.racing == ("expensive",)
-    assert "Proven worse than the best by more than the tolerance: freeze [0, 4)" in confirmed_text(worse,
-                                                                                                    "epoch_time_s")
+    assert worse.decided and worse.ended == "proven"  # the best is proven within: the other is far below it
+    assert "Proven more than the tolerance below another candidate: freeze [0, 4)" in confirmed_text(
+        worse, "epoch_time_s")
 
 
 def test_candidates_are_the_best_range_and_the_cheapest_ranges_near_it_each_at_its_best_trial():

@@ -47,7 +47,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "confirmation; default: the space's report.confirm_seeds, 3)")
     parser.add_argument("--confirm-top", type=int, metavar="N",
                         help="how many candidates the confirmation re-runs (default: the space's "
-                             "report.confirm_top, 4)")
+                             "report.confirm_top, 2)")
     _add_store_args(parser)
     parser.add_argument("--storage-path", default="ray_results",
                         help="where Ray Tune keeps trial checkpoints: a folder every node can write (shared on a "

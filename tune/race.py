@@ -1,24 +1,34 @@
-"""The confirmation as a race on paired seeds: which candidate is proven within the tolerance of the best, which
-is proven worse, and which needs more seeds.
+"""The confirmation as a race on paired seeds, with a promise that holds: when the race says its recommendation is
+proven, the probability that the recommendation's true mean is more than the tolerance below the best candidate's
+true mean is at most ``1 - confidence``, whatever the true means and the noise, counting every candidate and every
+round. Where it cannot prove anything, it says so and recommends the highest mean.
 
-Every candidate runs with the same seeds (the same data order, head and dropout noise), so the comparison with the
-best candidate uses the per-seed differences: the noise a seed shares across candidates cancels. A candidate is
-**proven within** the tolerance when the one-sided upper confidence bound on (best mean - its mean), Student's t
-over its paired differences at ``confidence``, is at most the tolerance (a non-inferiority test); **proven worse**
-when the lower bound is above the tolerance; **undecided** otherwise. The recommendation is the cheapest candidate
-proven within (the best is, trivially).
+**The test** (multiple comparisons with the best, Hsu 1981, with Bonferroni's bound). Every candidate runs the
+same seeds, so candidate ``j`` against candidate ``i`` is judged by their per-seed differences, where the noise a
+seed shares across candidates cancels. With ``K`` candidates, ``i`` is **proven within** the tolerance when, for
+every other candidate ``j``, the one-sided upper bound on ``mean_j - mean_i`` (Student's t over the paired
+differences at ``1 - alpha / (K - 1)``, alpha = 1 - confidence) is at most the tolerance: then ``i`` is within the
+tolerance of whichever candidate is truly best. A recommendation more than the tolerance below the truly best
+candidate ``b`` is called proven only if its test against ``b`` erred, which happens with probability at most
+``alpha / (K - 1)`` for each of the at most ``K - 1`` such candidates: at most ``alpha`` in all. Each pair's test
+uses its own paired differences only, so the bound holds whatever each candidate's spread and whatever the
+seeds share.
 
-Seeds run in rounds: the first round's seeds for every candidate, then one seed at a time for the best and the
-undecided candidates cheaper than the recommendation, until nothing cheaper is undecided (decided) or the seed
-budget is spent (undecided: the cheapest proven candidate stands). Each comparison is one test at ``confidence``;
-the tests over several candidates and rounds are not corrected for multiplicity (benchmarks/recommendation.py
-measures how often the answer lands within the tolerance of the exhaustive grid's best).
+**One look.** A candidate is called proven only once the race has its full budget of seeds, so the test is made
+once and rounds add no error. Earlier rounds may only end the race as hopeless (a futility stop, which never
+claims anything): when no candidate's predictive chance of being proven at the budget, at the means and spread
+seen so far, reaches ``futility``, more seeds would be spent on an answer that stays undecided.
 
-Pure Python: no Ray, no MLflow.
+**The answer.** Proven: the cheapest candidate proven within. Not proven (at the budget, or stopped as hopeless):
+the highest mean, with about how many more seeds a decision would take at the spread seen.
+
+``benchmarks/race_error.py`` runs this code on synthetic candidates whose true means are known and prints the rate
+of wrong-and-called-proven per setting. Pure Python: no Ray, no MLflow.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -26,14 +36,22 @@ from dataclasses import dataclass, field
 
 __all__ = ["Candidate", "Comparison", "Decision", "decide", "race", "t_quantile"]
 
-WITHIN, WORSE, UNDECIDED, BEST = "within", "worse", "undecided", "best"
+WITHIN, WORSE, UNDECIDED = "within", "worse", "undecided"
+PROVEN, BUDGET, FUTILE, SINGLE = "proven", "budget", "futile", "single"  # how a race ended
+FUTILITY = 0.1  # the predictive chance of a decision at the budget below which the race stops early
+MOST_SEEDS = 1000  # more_seeds looks no further
 
 
+@functools.lru_cache(maxsize=4096)
 def t_quantile(confidence: float, df: int) -> float:
     """Student's t quantile: P(T <= value) = ``confidence`` with ``df`` degrees of freedom."""
     from scipy.stats import t
 
     return float(t.ppf(confidence, df))
+
+
+def _normal_cdf(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2))
 
 
 @dataclass(frozen=True)
@@ -69,14 +87,46 @@ class Candidate:
         return self.mean - half, self.mean + half
 
     def by_seed(self) -> dict[int, float]:
-        return dict(zip(self.seeds, self.scores, strict=True))
+        return dict(zip(self.seeds or range(len(self.scores)), self.scores, strict=True))
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Candidate ``other`` against candidate ``mine`` over the seeds both ran: the differences other - mine."""
+
+    other: str
+    n: int
+    mean: float
+    sd: float  # of the per-seed differences (nan below 2 seeds)
+
+    @property
+    def se(self) -> float:
+        return self.sd / math.sqrt(self.n) if self.n > 1 else math.nan
+
+    def upper(self, level: float) -> float:
+        """One-sided upper bound on (other's mean - mine) at ``level``."""
+        return self.mean + t_quantile(level, self.n - 1) * self.se if self.n > 1 else math.inf
+
+    def lower(self, level: float) -> float:
+        return self.mean - t_quantile(level, self.n - 1) * self.se if self.n > 1 else -math.inf
+
+
+def _pair(mine: Candidate, other: Candidate) -> Pair:
+    a, b = mine.by_seed(), other.by_seed()
+    diffs = [b[s] - a[s] for s in sorted(set(a) & set(b))]
+    if not diffs:
+        return Pair(other.name, 0, math.nan, math.nan)
+    return Pair(other.name, len(diffs), statistics.fmean(diffs),
+                statistics.stdev(diffs) if len(diffs) > 1 else math.nan)
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """A candidate against the best, over the seeds both ran: the mean gap (best - candidate), its paired standard
-    error and the unpaired one (the two means' own errors, for comparison), the one-sided bounds at the
-    confidence, and the verdict."""
+    """A candidate against all the others over the seeds each pair ran. ``gap`` (highest mean - its mean),
+    ``paired_se`` and ``unpaired_se`` are against the highest mean; ``upper`` is the simultaneous bound on how far
+    below the best candidate it is (the largest of its one-sided bounds against each other candidate, at the
+    race's per-comparison level), ``lower`` the largest lower bound (above the tolerance: proven worse), ``against``
+    the candidate that gives ``upper``."""
 
     name: str
     seeds: int
@@ -85,81 +135,144 @@ class Comparison:
     unpaired_se: float
     upper: float
     lower: float
-    verdict: str  # best | within | worse | undecided
+    verdict: str  # within | worse | undecided (at the race's level; a claim only when the race is decided)
+    against: str = ""
 
 
 @dataclass(frozen=True)
 class Decision:
-    chosen: Candidate  # the cheapest candidate proven within the tolerance (the best, if no cheaper one is)
-    best: Candidate  # the highest mean among the candidates that ran the most seeds (the race's reference)
+    """The race's state: every candidate compared with the others, the recommendation, whether it is proven."""
+
+    chosen: Candidate  # proven: the cheapest candidate proven within; otherwise the highest mean
+    best: Candidate  # the highest mean
     comparisons: dict[str, Comparison]
-    racing: tuple[str, ...]  # who runs the next round: the best and the undecided candidates cheaper than chosen
+    racing: tuple[str, ...]  # who runs the next round (every candidate until the race ends)
     tolerance: float
     confidence: float
-    candidates: list[Candidate] = field(default_factory=list)  # best mean first
-
-    @property
-    def decided(self) -> bool:
-        return len(self.racing) <= 1
+    candidates: list[Candidate] = field(default_factory=list)  # highest mean first
+    decided: bool = False  # the recommendation is proven within the tolerance of the best candidate
+    ended: str = ""  # proven | budget | futile | single ("" while the race runs)
+    budget: int = 0  # seeds per candidate at the decision's look
+    level: float = 0.0  # each comparison's one-sided level: 1 - (1 - confidence) / (K - 1)
+    chance: float = math.nan  # the best candidate's predictive chance of being proven at the budget
+    more_seeds: int | None = None  # about how many more seeds a decision would take at the spread seen
+    prospect: str | None = None  # the candidate ``more_seeds`` is for
 
     @property
     def undecided(self) -> list[Candidate]:
         return [c for c in self.candidates if self.comparisons[c.name].verdict == UNDECIDED]
 
+    @property
+    def seeds(self) -> int:
+        """Seeds per candidate so far (the most any candidate ran)."""
+        return max(len(c.scores) for c in self.candidates)
 
-def compare(best: Candidate, other: Candidate, tolerance: float, confidence: float) -> Comparison:
-    """``other`` against ``best`` over the seeds both ran (see the module's docstring)."""
-    if other is best:
-        return Comparison(best.name, len(best.scores), 0.0, 0.0, 0.0, 0.0, 0.0, BEST)
-    mine, theirs = best.by_seed(), other.by_seed()
-    common = sorted(set(mine) & set(theirs))
-    gaps = [mine[s] - theirs[s] for s in common]
-    unpaired = (math.sqrt(statistics.variance([mine[s] for s in common]) / len(common)
-                          + statistics.variance([theirs[s] for s in common]) / len(common))
-                if len(common) > 1 else math.nan)
-    if len(gaps) < 2:
-        gap = statistics.fmean(gaps) if gaps else math.nan
-        return Comparison(other.name, len(gaps), gap, math.nan, unpaired, math.inf, -math.inf, UNDECIDED)
-    gap = statistics.fmean(gaps)
-    se = statistics.stdev(gaps) / math.sqrt(len(gaps))
-    half = t_quantile(confidence, len(gaps) - 1) * se
-    upper, lower = gap + half, gap - half
+
+def _comparison(me: Candidate, pairs: Sequence[Pair], best: Candidate, tolerance: float, level: float
+                ) -> Comparison:
+    if not pairs:  # the only candidate
+        return Comparison(me.name, len(me.scores), 0.0, 0.0, 0.0, -math.inf, -math.inf, WITHIN)
+    bound = max(pairs, key=lambda p: p.upper(level))
+    upper, lower = bound.upper(level), max(p.lower(level) for p in pairs)
     verdict = WITHIN if upper <= tolerance + 1e-12 else WORSE if lower > tolerance + 1e-12 else UNDECIDED
-    return Comparison(other.name, len(gaps), gap, se, unpaired, upper, lower, verdict)
+    if me is best:
+        gap, paired_se, unpaired_se = 0.0, 0.0, 0.0
+    else:
+        to_best = next(p for p in pairs if p.other == best.name)
+        gap, paired_se = to_best.mean, to_best.se
+        common = sorted(set(me.by_seed()) & set(best.by_seed()))
+        unpaired_se = (math.sqrt(statistics.variance([best.by_seed()[s] for s in common]) / len(common)
+                                 + statistics.variance([me.by_seed()[s] for s in common]) / len(common))
+                       if len(common) > 1 else math.nan)
+    return Comparison(me.name, min(p.n for p in pairs), gap, paired_se, unpaired_se, upper, lower, verdict,
+                      bound.other)
 
 
-def decide(found: Sequence[Candidate], tolerance: float, confidence: float) -> Decision | None:
-    """The race's state on the scores so far (None without candidates): every candidate compared with the best,
-    the recommendation, and who runs next."""
+def _chance(pairs: Sequence[Pair], budget: int, tolerance: float, level: float) -> float:
+    """The predictive chance that a candidate is proven at ``budget`` seeds, at its pairs' means and spreads so
+    far (each pair's, the smallest of them): the final mean difference of a pair is normal around today's with
+    the variance of the seeds still to come and of today's estimate."""
+    chance = 1.0
+    for p in pairs:
+        if p.n < 2 or budget < 2:
+            return 1.0 if p.n < 2 else 0.0  # nothing to judge by yet
+        if p.sd == 0:
+            final = p.mean <= tolerance - 1e-12
+            chance = min(chance, 1.0 if final else 0.0)
+            continue
+        need = tolerance - t_quantile(level, budget - 1) * p.sd / math.sqrt(budget)
+        rest = max(budget - p.n, 0)
+        spread = p.sd * math.sqrt(rest / budget ** 2 + (rest / budget) ** 2 / p.n)
+        if spread == 0:
+            chance = min(chance, 1.0 if p.mean <= need + 1e-12 else 0.0)
+        else:
+            chance = min(chance, _normal_cdf((need - p.mean) / spread))
+    return chance
+
+
+def _seeds_needed(pairs: Sequence[Pair], tolerance: float, level: float) -> int | None:
+    """The fewest seeds at which every pair's bound would be within the tolerance, were its mean difference and
+    spread to stay as seen (None where a mean difference already exceeds the tolerance)."""
+    if any(p.n < 2 or p.mean >= tolerance for p in pairs):
+        return None
+    for n in range(2, MOST_SEEDS + 1):
+        if all(p.mean + t_quantile(level, n - 1) * p.sd / math.sqrt(n) <= tolerance + 1e-12 for p in pairs):
+            return n
+    return None
+
+
+def decide(found: Sequence[Candidate], tolerance: float, confidence: float, budget: int | None = None,
+           futility: float = FUTILITY) -> Decision | None:
+    """The race's state on the scores so far (None without candidates). ``budget``: the seeds per candidate at
+    which the race decides (None: these scores are the last look). A recommendation is proven only at that look."""
     if not found:
         return None
-    most = max(len(c.scores) for c in found)
-    best = max((c for c in found if len(c.scores) == most), key=lambda c: (c.mean, -c.cost))
-    comparisons = {c.name: compare(best, c, tolerance, confidence) for c in found}
-    proven = [c for c in found if comparisons[c.name].verdict in (BEST, WITHIN)]
-    chosen = min(proven, key=lambda c: (c.cost, -c.mean))
-    racing = [best.name] + [c.name for c in sorted(found, key=lambda c: c.cost)
-                            if comparisons[c.name].verdict == UNDECIDED and c.cost < chosen.cost]
-    return Decision(chosen=chosen, best=best, comparisons=comparisons, racing=tuple(racing), tolerance=tolerance,
-                    confidence=confidence, candidates=sorted(found, key=lambda c: -c.mean))
+    level = 1 - (1 - confidence) / max(len(found) - 1, 1)
+    seeds = max(len(c.scores) for c in found)
+    budget = seeds if budget is None else budget
+    final = seeds >= budget
+    best = max(found, key=lambda c: (c.mean, -c.cost))
+    pairs = {c.name: [_pair(c, o) for o in found if o is not c] for c in found}
+    comparisons = {c.name: _comparison(c, pairs[c.name], best, tolerance, level) for c in found}
+    ordered = sorted(found, key=lambda c: -c.mean)
+    if len(found) == 1:
+        return Decision(best, best, comparisons, (), tolerance, confidence, ordered, decided=True, ended=SINGLE,
+                        budget=budget, level=level, chance=1.0)
+    proven = [c for c in found if comparisons[c.name].verdict == WITHIN]
+    chances = {c.name: _chance(pairs[c.name], budget, tolerance, level) for c in found}
+    needed = {c.name: _seeds_needed(pairs[c.name], tolerance, level) for c in found}
+    hopeful = [c for c in found if needed[c.name] is not None]
+    prospect = min(hopeful, key=lambda c: (needed[c.name], c.cost)) if hopeful else None
+    more = max(needed[prospect.name] - seeds, 1) if prospect is not None else None
+    chance = max(chances.values())
+    if final and proven:
+        chosen = min(proven, key=lambda c: (c.cost, -c.mean))
+        return Decision(chosen, best, comparisons, (), tolerance, confidence, ordered, decided=True, ended=PROVEN,
+                        budget=budget, level=level, chance=chance)
+    ended = BUDGET if final else FUTILE if chance < futility else ""
+    return Decision(best, best, comparisons, () if ended else tuple(c.name for c in found), tolerance, confidence,
+                    ordered, decided=False, ended=ended, budget=budget, level=level, chance=chance,
+                    more_seeds=more, prospect=prospect.name if prospect is not None else None)
 
 
 RunRound = Callable[[Mapping[str, Sequence[int]], int], Sequence[Candidate]]
 
 
 def race(names: Sequence[str], seeds: Sequence[int], first: int, run_round: RunRound, tolerance: float,
-         confidence: float) -> Decision | None:
+         confidence: float, futility: float = FUTILITY) -> Decision | None:
     """Run the race: round 1 gives every candidate in ``names`` the first ``first`` of ``seeds``, each later round
-    the next seed to the racing ones, until decided or ``seeds`` are spent. ``run_round(plan, number)`` runs the
-    (candidate, seed) pairs of ``plan`` not yet run (a resumed race: the finished ones are not repeated) and
-    returns every candidate with all its scores so far. The last round's decision, or None if nothing scored."""
+    the next seed to every candidate, until the budget (``len(seeds)`` seeds each, where the race decides) or a
+    futility stop. ``run_round(plan, number)`` runs the (candidate, seed) pairs of ``plan`` not yet run (a resumed
+    race: the finished ones are not repeated) and returns every candidate with all its scores so far. The last
+    round's decision, or None if nothing scored."""
     racing, used, number, decision = list(names), 0, 0, None
     while used < len(seeds) and racing:
         number += 1
-        new = list(seeds[used:used + (first if number == 1 else 1)])
+        new = list(seeds[used:used + (max(first, 1) if number == 1 else 1)])
         used += len(new)
-        decision = decide(run_round({name: new for name in racing}, number), tolerance, confidence)
-        if decision is None or decision.decided:
+        found = [c for c in run_round({name: new for name in racing}, number) if c.name in names]
+        decision = decide(found, tolerance, confidence, budget=len(seeds), futility=futility)
+        if decision is None or decision.ended:
             break
         racing = list(decision.racing)
     return decision

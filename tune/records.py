@@ -54,7 +54,11 @@ class SearchRecord:
     def report(self) -> ReportConfig:
         default = ReportConfig()
         return ReportConfig(tolerance=float(self.params.get("report.tolerance", default.tolerance)),
-                            cost=self.params.get("report.cost", default.cost))
+                            cost=self.params.get("report.cost", default.cost),
+                            confirm_seeds=int(self.params.get("report.confirm_seeds", default.confirm_seeds)),
+                            confirm_max_seeds=int(self.params.get("report.confirm_max_seeds",
+                                                                  default.confirm_max_seeds)),
+                            confidence=float(self.params.get("report.confidence", default.confidence)))
 
     @property
     def experiment_path(self) -> str:

@@ -4,8 +4,9 @@ and, after ``--confirm``, whether it holds up across seeds. Tables as text (the 
 The recommendation rule (``report:`` in a space file): take the best score among the search's trials; among
 the trials scoring within ``tolerance`` of it, recommend the one with the lowest ``cost`` (mean epoch time by
 default; ties go to the higher score). With confirmation runs (the candidates re-run on the same fresh seeds,
-the search's own run left out because it was picked for being lucky), the cheapest candidate proven within
-``tolerance`` of the best on paired seeds is recommended (``tune.race``).
+the search's own run left out because it was picked for being lucky), the race (``tune.race``) recommends the
+cheapest candidate proven within ``tolerance`` of the best on paired seeds, or says that nothing is proven and
+recommends the highest mean.
 """
 
 from __future__ import annotations
@@ -230,11 +231,12 @@ def _trainable_params(result: TrialResult) -> float:
 
 
 def confirmed(results: Sequence[TrialResult], tolerance: float, cost: str, searched: Sequence[str] = (),
-              confidence: float = 0.95) -> Decision | None:
-    """The race's decision on the confirmation runs (``tune.race``): the cheapest candidate proven within
-    ``tolerance`` of the best on paired seeds at ``confidence`` (the search's own trial, chosen for its luck among
-    others, does not count). None without finished confirmation runs."""
-    return decide(confirmation_candidates(results, cost, searched), tolerance, confidence)
+              confidence: float = 0.95, budget: int | None = None) -> Decision | None:
+    """The race's decision on the confirmation runs (``tune.race``): proven only where the candidates ran the
+    ``budget`` of seeds (None: these runs are the race's last look), then the cheapest candidate proven within
+    ``tolerance`` of the best on paired seeds at ``confidence``; otherwise the highest mean (the search's own trial,
+    chosen for its luck among others, does not count). None without finished confirmation runs."""
+    return decide(confirmation_candidates(results, cost, searched), tolerance, confidence, budget=budget)
 
 
 def confirmation_candidates(results: Sequence[TrialResult], cost: str, searched: Sequence[str] = ()
@@ -320,50 +322,79 @@ def depth_table(results: Sequence[TrialResult]) -> str:
 
 
 def candidate_table(decision: Decision, cost: str) -> str:
-    """The race's table: each candidate's seeds, mean, and its paired comparison with the best."""
-    confidence = f"{decision.confidence:.0%}"
+    """The race's table: each candidate's seeds, mean, its paired comparison with the highest mean, and its
+    simultaneous bound on how far below the best candidate it is."""
     rows = []
     for c in decision.candidates:
         compared = decision.comparisons[c.name]
+        own = c is decision.best  # the highest mean: no gap of its own
         rows.append(["*" if c is decision.chosen else "", c.name, c.freeze_range, c.params_text, str(len(c.scores)),
-                     f"{c.mean:.4f}", f"{c.sd:.4f}", f"{compared.gap:+.4f}", f"{compared.paired_se:.4f}",
-                     f"{compared.unpaired_se:.4f}", f"{compared.upper:.4f}", compared.verdict, f"{c.cost:.4g}"])
-    return _table(["", "candidate", "freeze", "params", "seeds", "mean score", "sd", "gap to best", "paired se",
-                   "unpaired se", f"gap bound ({confidence})", "verdict", cost], rows)
+                     f"{c.mean:.4f}", f"{c.sd:.4f}", "-" if own else f"{compared.gap:+.4f}",
+                     "-" if own else f"{compared.paired_se:.4f}", "-" if own else f"{compared.unpaired_se:.4f}",
+                     f"{compared.upper:.4f}", compared.verdict, f"{c.cost:.4g}"])
+    return _table(["", "candidate", "freeze", "params", "seeds", "mean score", "sd", "gap to highest", "paired se",
+                   "unpaired se", f"bound ({_percent(decision.level)})", "verdict", cost], rows)
+
+
+def _percent(level: float) -> str:
+    """97.5%, 95%, 98.3%: a level with the digits it needs."""
+    return f"{level:.1%}".replace(".0%", "%")
 
 
 def confirmed_text(decision: Decision, cost: str) -> str:
-    """The confirmed recommendation in words: the rule, the chosen candidate's mean, interval and bound, and
-    what the race left undecided."""
+    """The race's answer in words: proven or not, what it recommends and why, the rule and its promise."""
     chosen, best, tolerance = decision.chosen, decision.best, decision.tolerance
-    confidence = f"{decision.confidence:.0%}"
+    confidence, seeds = f"{decision.confidence:.0%}", decision.seeds
     low, high = chosen.interval
-    text = (f"Recommendation: freeze {chosen.freeze_range} ({chosen.params_text}), confirmed with fresh seeds: mean "
-            f"score {chosen.mean:.4f} (95% interval {low:.4f}-{high:.4f}) over {len(chosen.scores)} seeds")
-    if chosen is best:
-        text += (", the race's reference: the highest mean of the candidates that ran every round."
-                 if any(len(c.scores) < len(best.scores) for c in decision.candidates)
-                 else ", the best mean of the candidates.")
+    mean = f"mean score {chosen.mean:.4f} (95% interval {low:.4f}-{high:.4f}) over {len(chosen.scores)} seeds"
+    head = f"Recommendation: freeze {chosen.freeze_range} ({chosen.params_text})"
+    if decision.ended == "single":
+        return (f"{head}, confirmed with fresh seeds: {mean}. It was the only candidate: no other configuration came "
+                "within three tolerances of its score in the search, so there was nothing to race.")
+    compared = decision.comparisons[chosen.name]
+    if decision.decided:
+        text = f"{head}, proven within the tolerance ({tolerance:g}) of the best candidate: {mean}"
+        if chosen is best:
+            text += (f", the highest mean, at most {compared.upper:.4f} below the best at {confidence} confidence; no "
+                     "cheaper candidate was proven within.")
+        else:
+            text += (f", {compared.gap:.4f} below the highest mean (freeze {best.freeze_range}, {best.mean:.4f}) and "
+                     f"at most {compared.upper:.4f} below the best at {confidence} confidence, at "
+                     f"{chosen.cost / best.cost:.0%} of its {cost}.")
     else:
-        compared = decision.comparisons[chosen.name]
-        text += (f", proven within the tolerance ({tolerance:g}) of the best, freeze {best.freeze_range} (mean "
-                 f"{best.mean:.4f}): over {compared.seeds} paired seeds it is {compared.gap:.4f} below it, at most "
-                 f"{compared.upper:.4f} at {confidence} confidence, at {chosen.cost / best.cost:.0%} of its {cost}.")
-    text += (f" The rule: the cheapest candidate whose one-sided {confidence} upper bound on (best mean - its mean), "
-             f"from the per-seed differences (every candidate runs the same seeds), is at most the tolerance.")
+        text = (f"{head}, the highest mean of the race: {mean}. Nothing is proven: ")
+        if decision.ended == "futile":
+            text += (f"the race stopped after {seeds} of its {decision.budget} seeds, because at the means and spread "
+                     f"seen no candidate had a {decision.chance:.0%} chance of being proven within the tolerance "
+                     f"({tolerance:g}) at {decision.budget} seeds")
+        else:
+            text += (f"after {seeds} seeds (the budget, report.confirm_max_seeds) no candidate's bound on its gap to "
+                     f"the best is within the tolerance ({tolerance:g}) at {confidence} confidence")
+        text += "; the highest mean is recommended instead, which errs towards the score, not the cost."
+        if decision.more_seeds is not None and decision.prospect is not None:
+            prospect = next(c for c in decision.candidates if c.name == decision.prospect)
+            text += (f" At the spread seen, proving freeze {prospect.freeze_range} within would take about "
+                     f"{decision.more_seeds} more seeds per candidate (report.confirm_max_seeds).")
+        near = [c for c in decision.candidates if c.cost < chosen.cost
+                and decision.comparisons[c.name].gap <= tolerance and decision.comparisons[c.name].verdict != "worse"]
+        if near:
+            text += " Cheaper, within the tolerance on their means but not proven: " + ", ".join(
+                f"freeze {c.freeze_range} (gap {decision.comparisons[c.name].gap:.4f}, bound "
+                f"{decision.comparisons[c.name].upper:.4f})" for c in near) + "."
     worse = [c for c in decision.candidates if decision.comparisons[c.name].verdict == "worse"]
     if worse:
-        text += " Proven worse than the best by more than the tolerance: " + ", ".join(
-            f"freeze {c.freeze_range} (gap at least {decision.comparisons[c.name].lower:.4f})" for c in worse) + "."
-    open_cheaper = [c for c in decision.undecided if c.cost < chosen.cost]
-    if open_cheaper:
-        text += (f" Undecided after {len(best.scores)} seeds (the budget, report.confirm_max_seeds): "
-                 + ", ".join(f"freeze {c.freeze_range} (gap {decision.comparisons[c.name].gap:.4f}, at most "
-                             f"{decision.comparisons[c.name].upper:.4f})" for c in open_cheaper)
-                 + f" cannot be shown within the tolerance or beyond it at {confidence}; recommending freeze "
-                 f"{chosen.freeze_range}, the cheapest candidate proven within {tolerance:g}.")
-    elif len(decision.candidates) == 1:
-        text += " It was the only candidate: no other freeze range came within three tolerances of its score."
+        text += " Proven more than the tolerance below another candidate: " + ", ".join(
+            f"freeze {c.freeze_range} (at least {decision.comparisons[c.name].lower:.4f})" for c in worse) + "."
+    others = len(decision.candidates) - 1
+    correction = ("one comparison, so no correction" if others == 1 else
+                  f"Bonferroni over the {others} comparisons with the best")
+    level = _percent(decision.level)
+    text += (f" The rule: a candidate is proven within the tolerance when its one-sided {level} upper bound on "
+             "(each other candidate's mean - its mean), from the per-seed differences (every candidate runs the same "
+             f"seeds), is at most the tolerance, tested once, at {decision.budget} seeds; the recommendation is the "
+             "cheapest proven candidate. The promise: a recommendation called proven is more than the tolerance "
+             f"below the best candidate in at most {_percent(1 - decision.confidence)} of races ({correction}; "
+             "benchmarks/race_error.py checks it by simulation).")
     return text
 
 
@@ -398,10 +429,10 @@ class Report:
 
 def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], objectives: Sequence[tuple[str, str]],
                  tolerance: float, cost: str, header: str = "", reference: float | None = None,
-                 confidence: float = 0.95) -> Report:
+                 confidence: float = 0.95, budget: int | None = None) -> Report:
     """The report's tables and text. ``reference``: the score of the linear probe every trial's head started from
     (``probe_score``): said first, and a trial or a recommendation that ends below it by more than ``tolerance`` is
-    marked."""
+    marked. ``budget``: the race's seeds per candidate (``report.confirm_max_seeds``), where it decides."""
     results = summarise(records)
     search = [r for r in results if r.candidate is None]
     confirmation = [r for r in results if r.candidate is not None]
@@ -441,7 +472,7 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
                      f"{search[0].score:.4f} at its best epoch). Train longer, from pretrained weights or on more "
                      "data, then search again.")
     if confirmation and recommendation is not None:
-        report.decision = confirmed(confirmation, tolerance, cost, searched, confidence)
+        report.decision = confirmed(confirmation, tolerance, cost, searched, confidence, budget)
         if report.decision is not None:
             parts.append("Confirmation (fresh seeds, the same for every candidate; the search's own run left out):\n"
                          + candidate_table(report.decision, cost))

@@ -67,7 +67,8 @@ class Study:
         rule = self.cfg.report
         return report.build_report(records, searched=self.searched, objectives=self.cfg.search.objective_list,
                                    tolerance=rule.tolerance, cost=rule.cost, header=header,
-                                   reference=self.probe_score, confidence=rule.confidence)
+                                   reference=self.probe_score, confidence=rule.confidence,
+                                   budget=rule.seed_budget)
 
     @classmethod
     def prepare(cls, options: StudyOptions, say: Say = say) -> Study:
@@ -237,7 +238,8 @@ class Study:
         checkpoints: dict[str, Any] = {}
         ranges = {r.name: r.label for r in report.summarise(records)}
         self.say(f"confirming {len(candidates)} candidates in a race on paired seeds: seeds "
-                 f"{seeds[:rule.confirm_seeds]} first, then one at a time for the undecided, up to {len(seeds)}"
+                 f"{seeds[:rule.confirm_seeds]} first, then one a round up to {len(seeds)}, where the race decides "
+                 "(it stops earlier where no candidate can be proven by then)"
                  + (f" ({len(done)} runs finished before the resume)" if done else ""))
 
         def run_round(plan: Mapping[str, Sequence[int]], number: int) -> list[race.Candidate]:
@@ -257,7 +259,8 @@ class Study:
 
         decision = race.race(list(candidates), seeds, rule.confirm_seeds, run_round, rule.tolerance, rule.confidence)
         if decision is not None:
-            state = "decided" if decision.decided else f"undecided after {len(decision.best.scores)} seeds"
+            state = ("proven" if decision.decided else
+                     f"nothing proven after {decision.seeds} of {decision.budget} seeds, the highest mean")
             self.say(f"confirmation {state}: freeze {decision.chosen.freeze_range}")
         return checkpoints, fetched
 
@@ -368,9 +371,11 @@ def _write_report(tracker: tracking.SearchTracker, built: report.Report, records
     tracker.log_files(parent_id, files, "report")
     chosen = built.chosen  # after --confirm, the confirmed one
     if chosen is not None and tag:
-        tracker.set_tags(parent_id, {"recommended_trial": chosen.name, "recommended_freeze_range": chosen.freeze_range,
-                                     "recommended_policy": chosen.label,
-                                     "best_score": f"{built.recommendation.best.score:.4f}"})
+        tags = {"recommended_trial": chosen.name, "recommended_freeze_range": chosen.freeze_range,
+                "recommended_policy": chosen.label, "best_score": f"{built.recommendation.best.score:.4f}"}
+        if built.decision is not None:  # the race's verdict: proven (its promise holds) or not, and how it ended
+            tags.update(recommendation_proven=str(built.decision.decided).lower(), race_ended=built.decision.ended)
+        tracker.set_tags(parent_id, tags)
     say("\n" + built.text)
     say(f"\nReport, plots and summary: {out_dir}/ (also artifacts of the parent run, under report/)")
     return out_dir
@@ -403,7 +408,7 @@ def rebuild_report(uri: str | None, *, experiment: str, run_id: str | None = Non
     built = report.build_report(records, searched=record.searched, objectives=record.objectives,
                                 tolerance=logged.tolerance if tolerance is None else tolerance,
                                 cost=cost or logged.cost,
-                                confidence=float(record.params.get("report.confidence", 0.95)),
+                                confidence=logged.confidence, budget=logged.seed_budget,
                                 reference=tracker.search_metrics().get("probe_score"))
     overridden = tolerance is not None or cost is not None  # the parent's tags keep the search's own answer
     return built, _write_report(tracker, built, records, report_dir, say, tag=not overridden), record
