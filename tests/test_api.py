@@ -148,8 +148,8 @@ class Net(nn.Module):
 
 
 def build():
-    torch.manual_seed(0)
     net = Net()
+    net.load_state_dict(torch.load("pretrained.pt", weights_only=True))  # relative: the user's working directory
     return BlockModel(module=net, blocks=list(net.blocks), block_names=["conv", "flat", "neck", "head"],
                       cut_points={"backbone": 3}, example_input=torch.zeros(2, 1, 4, 4), sequential=True)
 
@@ -163,6 +163,8 @@ def make_task():
                 metric="val_accuracy", loss=F.cross_entropy, evaluate=classification_metrics)
 
 
+torch.manual_seed(0)
+torch.save(Net().state_dict(), "pretrained.pt")
 space = {"name": "my_task", "train": {"epochs": 2, "device": "cpu"},
          "space": {"freeze_stop": {"type": "choice", "values": [0, 1, "backbone"]}},
          "search": {"algorithm": "grid"}, "report": {"confirm_seeds": 0}}
@@ -174,7 +176,8 @@ print("RESULT", result.status, len(result.trials), result.recommendation.freeze_
 @pytest.mark.slow
 def test_a_task_given_as_a_python_object_in_a_users_script_trains_in_every_trial(tmp_path):
     """A user's own model and data, no import path: a function defined in the user's script (``__main__``) that
-    Ray pickles into each trial; the config a mapping built in Python."""
+    Ray pickles into each trial; the config a mapping built in Python. Its model loads a file by a relative path,
+    which each trial finds as the driver does (Ray Tune would run it in the trial's own folder)."""
     (tmp_path / "mine.py").write_text(USER_SCRIPT)
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),

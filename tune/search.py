@@ -52,10 +52,15 @@ class SearchOutcome:
 
 
 # -- one trial in a Ray worker ----------------------------------------------------------------------------------
-def _in_worker(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
+def _in_worker(cfg: TrainConfig, workdir: str | None = None) -> tuple[TrainConfig, dict[str, Any]]:
     """A Ray worker's train config and placement: torch's threads = the CPUs Ray gave it; device auto without a
     GPU from Ray is the CPU (Ray does not hide GPUs from a worker that asked for none: keep it off the GPUs
-    others were given)."""
+    others were given). The worker works in ``workdir``, the driver's working directory, where this node has it:
+    a relative path in a user's task code means the same file in a trial as in the driver. Elsewhere (another
+    node) it stays where Ray started it: a Ray Job's copy of its working directory, since RAY_CHDIR_TO_TRIAL_DIR
+    is 0 (``_fit``)."""
+    if workdir and os.path.isdir(workdir):
+        os.chdir(workdir)
     assigned = ray.get_runtime_context().get_assigned_resources()
     torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
     placement = {"trial_cpus": assigned.get("CPU", 0.0), "trial_gpus": assigned.get("GPU", 0.0),
@@ -66,9 +71,10 @@ def _in_worker(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
 
 
 def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfig,
-               cache_dir: str | None = None, head_probe: dict[str, Any] | None = None) -> None:
+               cache_dir: str | None = None, head_probe: dict[str, Any] | None = None, workdir: str | None = None
+               ) -> None:
     """One trial inside a Ray worker: build it, resume from the last checkpoint if any, report each epoch."""
-    cfg, placement = _in_worker(dataclasses.replace(base, **params))
+    cfg, placement = _in_worker(dataclasses.replace(base, **params), workdir)
     task = load_task(task_config)
     trial = make_trial(task, cfg, shared_cache=prefix_cache.SharedPrefixCache(cache_dir) if cache_dir else None,
                        head_probe=Probe.from_state(head_probe) if head_probe else None)
@@ -95,9 +101,10 @@ def _trainable(params: dict[str, Any], base: TrainConfig, task_config: TaskConfi
 
 
 def _variant_trainable(config: dict[str, Any], base: TrainConfig, task_config: TaskConfig,
-                       cache_dir: str | None = None, head_probe: dict[str, Any] | None = None) -> None:
+                       cache_dir: str | None = None, head_probe: dict[str, Any] | None = None,
+                       workdir: str | None = None) -> None:
     """A confirmation run: ``config["variant"]`` holds the candidate's name and its exact params."""
-    _trainable(config["variant"]["params"], base, task_config, cache_dir, head_probe)
+    _trainable(config["variant"]["params"], base, task_config, cache_dir, head_probe, workdir)
 
 
 # -- the Tuner ------------------------------------------------------------------------------------------------
@@ -168,6 +175,9 @@ def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, stor
     # Ctrl-C reaches the CLI as KeyboardInterrupt (open runs KILLED, parent KILLED, resumable with --resume)
     # instead of Tune's own handler, which would return as if the search had finished.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    # Trials work in the driver's working directory (``_in_worker``), not in Tune's per-trial folder: Tune passes
+    # this variable on to its trial actors. A user who set it keeps their choice.
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     # Tune's own console output (its experiment table, the TensorBoard hint, a progress table) says nothing the
     # search's own lines do not; the old reporter at verbose 0 is silent, the new one is not. --verbose shows it.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
@@ -202,7 +212,7 @@ def _wrap(cfg: Config, trainable: Any, cache_dir: str | None, per_trial: _Freeze
           head_probe: dict[str, Any] | None) -> Any:
     # the fitted probe goes through Ray's object store: every node's trials start their heads from the same one
     wrapped = ray_tune.with_parameters(trainable, base=cfg.train, task_config=cfg.task, cache_dir=cache_dir,
-                                       head_probe=head_probe)
+                                       head_probe=head_probe, workdir=os.getcwd())
     if per_trial is None:
         return ray_tune.with_resources(wrapped, {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial})
     return ray_tune.with_resources(wrapped, per_trial)
@@ -321,9 +331,10 @@ def _score(task: Any, cfg: TrainConfig, checkpoints: Mapping[str, Any]
     return scored
 
 
-def _score_in_worker(base: TrainConfig, task_config: TaskConfig, checkpoints: Mapping[str, Any]
+def _score_in_worker(base: TrainConfig, task_config: TaskConfig, checkpoints: Mapping[str, Any],
+                     workdir: str | None = None
                      ) -> dict[str, tuple[dict[str, float], int, dict[str, Any]]]:
-    cfg, _ = _in_worker(base)
+    cfg, _ = _in_worker(base, workdir)
     return _score(load_task(task_config), cfg, checkpoints)
 
 
@@ -341,7 +352,7 @@ def score_test(cfg: Config, task: Any, checkpoints: Mapping[str, Any], *, addres
     cluster.init_ray(address, verbose)
     remote = ray.remote(_score_in_worker).options(num_cpus=cfg.search.cpus_per_trial,
                                                    num_gpus=cfg.search.gpus_per_trial, max_retries=0)
-    return ray.get(remote.remote(cfg.train, cfg.task, dict(checkpoints)))
+    return ray.get(remote.remote(cfg.train, cfg.task, dict(checkpoints), os.getcwd()))
 
 
 def _best_checkpoints(results: Any) -> dict[str, Any]:
