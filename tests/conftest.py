@@ -204,6 +204,21 @@ def make_declared_file_task(source: str) -> Task:
     return make_file_task(source)
 
 
+def make_crashing_file_task(source: str, driver_pid: int) -> Task:
+    """``make_file_task`` (its data file a bare name it does not declare a path: the trials find it only where they
+    work in the driver's folder) whose training step fails in every process but the driver's, the same way each
+    time: a user's task code that cannot run in a Ray worker."""
+    base = make_file_task(source)
+
+    def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if os.getpid() != driver_pid:
+            raise RuntimeError("the user's loss cannot run here")
+        return F.cross_entropy(output, target)
+
+    return Task(name="crashing", build_model=base.build_model, train_data=base.train_data, val_data=base.val_data,
+                metric=base.metric, loss=loss, evaluate=base.evaluate)
+
+
 def make_big_batch_oom_task(limit: int = 16) -> Task:
     """The tiny task on a 'device' that runs out of memory above ``limit`` samples per batch."""
     base = make_tiny_task()

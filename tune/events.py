@@ -13,7 +13,7 @@ from ray import cloudpickle
 from ray import tune as ray_tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from tune.errors import ConfigError, TrialConfigError
+from tune.errors import ConfigError, TrialConfigError, one_line
 from tune.log import say
 from tune.records import short
 from tune.trial_runs import TAG_KEYS, TrialRuns
@@ -31,17 +31,18 @@ def trial_params(trial: Any) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 class BadInput(ray_tune.Stopper):
-    """Bad input only a trial could see (a ConfigError raised in a worker: a file the driver read that a trial's
-    folder does not have): when the first trials to fail or report all failed with the same ConfigError, the search
-    stops at once instead of running every trial into it. A trial that reported an epoch first, or a failure of
-    another kind (a crash, out of memory), lets the search go on."""
+    """A failure every trial will meet: when the first trials to fail or report all failed alike (the same
+    ConfigError, such as a file the driver read that a trial's node does not have, or any other exception of the
+    same type and message, such as the user's task code failing in a Ray worker), the search stops at once instead
+    of running every trial into it. A trial that reported an epoch first, different failures, or running out of
+    memory (which depends on the configuration) let the search go on."""
 
     _live: ClassVar[weakref.WeakValueDictionary[str, BadInput]] = weakref.WeakValueDictionary()
 
     def __init__(self, total: int, key: str | None = None) -> None:
         self.key = key or uuid.uuid4().hex
         self.needed = min(2, total)  # two trials agreeing: not one trial's sampled params
-        self.first: dict[str, ConfigError | None] = {}  # trial id → its first outcome: a ConfigError or None (fine)
+        self.first: dict[str, ConfigError | None] = {}  # trial id → its first outcome: its failure or None (fine)
         self.error: ConfigError | None = None
         self.runs: TrialRuns | None = None  # the MLflow side of the search it watches (its callback's)
         BadInput._live[self.key] = self
@@ -54,7 +55,7 @@ class BadInput(ray_tune.Stopper):
     def outcome(self, trial_id: str, error: BaseException | None) -> None:
         if trial_id in self.first or self.error is not None or len(self.first) >= self.needed:
             return
-        self.first[trial_id] = error if isinstance(error, ConfigError) else None
+        self.first[trial_id] = as_bad_input(error)
         errors = list(self.first.values())
         if len(errors) == self.needed and all(errors) and len({str(e) for e in errors}) == 1:
             self.error = errors[0]
@@ -77,6 +78,20 @@ def quiet_config_errors() -> None:
     logger = logging.getLogger("ray.tune.execution.tune_controller")
     if not any(isinstance(f, _NoConfigErrorTraceback) for f in logger.filters):
         logger.addFilter(_NoConfigErrorTraceback())
+
+
+def as_bad_input(error: BaseException | None) -> ConfigError | None:
+    """A trial's failure as the search's one line: a ConfigError as it is; any other exception named by its type and
+    message under the key ``trials``; None for no failure, or for running out of memory (another configuration
+    may fit)."""
+    if error is None or isinstance(error, ConfigError):
+        return error
+    text = one_line(error)
+    if isinstance(error, MemoryError) or text.startswith("out of memory") or "out of memory" in text.lower():
+        return None
+    return ConfigError("trials", f"{type(error).__name__}: {text}",
+                       "a task whose trials run where the driver's does (docs/your-task.md#what-a-trial-sees)",
+                       problem="the first trials failed alike; the search stopped")
 
 
 def _bad_input(key: str, needed: int) -> BadInput:
@@ -113,7 +128,8 @@ class TrialEvents(ray_tune.Callback):
         self.bad_input.outcome(trial.trial_id, _trial_error(trial))  # failed; Tune retries it from its checkpoint
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        self.bad_input.outcome(trial.trial_id, None)
+        if result.get("epoch", 1) >= 1:  # a trained epoch; epoch 0 is the start, scored before any training step
+            self.bad_input.outcome(trial.trial_id, None)
         # Tune's own keys are left out but where the trial ran (pid, hostname, node_ip), which its run is tagged with
         ours = {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS or k in TAG_KEYS}
         self.runs.result(trial.trial_id, *trial_params(trial), ours,
@@ -140,12 +156,12 @@ class TrialEvents(ray_tune.Callback):
 
 
 def stop_for_bad_input(bad_input: BadInput, runs: TrialRuns) -> None:
-    """After a search the first trials' shared ConfigError stopped: the trials that met it end FAILED (the others
+    """After a search the first trials' shared failure stopped: the trials that met it end FAILED (the others
     KILLED with the search), and the error is raised for the CLI's one line."""
     error = bad_input.error
     if error is None:
         return
     for trial_id, met in bad_input.first.items():
         if met is not None:
-            runs.fail_open(trial_id, f"ConfigError: {met}")
+            runs.fail_open(trial_id, str(met.value) if met.key == "trials" else f"ConfigError: {met}")
     raise TrialConfigError(error.key, error.value, error.allowed, error.problem)
