@@ -100,6 +100,12 @@ def check_config(options: StudyOptions) -> Checked:
     _check_precision(cfg)
     block_model = task.build_model()
     cfg = dataclasses.replace(cfg, space=freeze.check_space(cfg.space, cfg.train, block_model))
+    from tune.preflight import preflight
+    from tune.tasks.base import classification_metrics
+
+    probed = cfg.train.head_init == "probe" or "head_init" in cfg.space
+    preflight(task, block_model, class_labels=(probed and not task.keeps_head)
+              or task.evaluate is classification_metrics)
     if cfg.search.points_to_evaluate:
         points = freeze.check_points(cfg.search.points_to_evaluate, cfg.space, block_model)
         cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, points_to_evaluate=points))

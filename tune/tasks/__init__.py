@@ -7,6 +7,8 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from tune.config import TaskConfig
 from tune.errors import ConfigError
 from tune.tasks.base import Task, takes_paths
@@ -61,6 +63,9 @@ def task_config(task: Any) -> TaskConfig:
     driver and in each trial). Its name in MLflow is the function's import path or the Task's own name."""
     if isinstance(task, Task):
         return TaskConfig(task.name, {}, factory=_Given(task))
+    if isinstance(task, torch.nn.Module):  # callable, but a model alone has no data
+        raise ConfigError("task", f"{type(task).__name__}(...)", "a tune.Task, or a function returning one (a model "
+                          "goes in as the Task's build_model, beside its data, loss and evaluate)")
     if not callable(task):
         raise ConfigError("task", repr(task), "a tune.Task, or a function returning one")
     return TaskConfig(f"{task.__module__}:{getattr(task, '__qualname__', type(task).__name__)}", {}, factory=task)
