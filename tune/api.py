@@ -49,9 +49,9 @@ def _overrides(given: Overrides | None) -> list[tuple[str, Any]]:
             continue
         if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
             raise ConfigError("overrides", item, allowed)
-        if "." not in item[0]:
-            raise ConfigError(f"overrides.{item[0]}", item[1], "a dotted key such as train.epochs (a whole "
-                                                                     "section would replace the file's)")
+        if "." not in item[0] and item[0] != "name":
+            raise ConfigError(f"overrides.{item[0]}", item[1], "a dotted key such as train.epochs, or name (a "
+                                                                     "whole section would replace the file's)")
         pairs.append(item)
     return pairs
 
@@ -159,10 +159,12 @@ class FreezeSearch:
     before anything starts."""
 
     def __init__(self, space: str | Path | Mapping[str, Any] = "digits_freeze", *, overrides: Overrides | None = None,
-                 task: Any = None, tracking_uri: str | None = None, storage_path: str | Path | None = None,
-                 report_dir: str | Path | None = None, address: str | None = None,
-                 confirm: int | None = None, confirm_top: int | None = None, resume: bool = False,
-                 smoke_test: bool = False, verbose: bool = False) -> None:
+                 task: Any = None, name: str | None = None, tracking_uri: str | None = None,
+                 storage_path: str | Path | None = None, report_dir: str | Path | None = None,
+                 address: str | None = None, confirm: int | None = None, confirm_top: int | None = None,
+                 resume: bool = False, smoke_test: bool = False, verbose: bool = False) -> None:
+        if name is not None:
+            overrides = [*_overrides(overrides), ("name", name)]
         self.options = _options(space, overrides=overrides, task=task, tracking_uri=tracking_uri,
                                 storage_path=storage_path, report_dir=report_dir, address=address, confirm=confirm,
                                 confirm_top=confirm_top, resume=resume, smoke_test=smoke_test, verbose=verbose)

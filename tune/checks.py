@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -96,6 +97,9 @@ def check_config(options: StudyOptions) -> Checked:
         cfg = dataclasses.replace(cfg, task=task_config(options.task))
     written = cfg = dataclasses.replace(cfg, task=absolute_paths(cfg.task, Path.cwd()))  # trials run elsewhere
     task = load_task(cfg.task)
+    if options.task is not None and "name" not in dict(options.overrides):  # the user's task names its experiment
+        named = re.sub(r"[^A-Za-z0-9_.-]", "_", task.name) or cfg.name
+        cfg, written = dataclasses.replace(cfg, name=named), dataclasses.replace(written, name=named)
     _check_ignored(cfg, task)
     _check_precision(cfg)
     block_model = task.build_model()
