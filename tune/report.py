@@ -367,14 +367,18 @@ def confirmed_text(decision: Decision, cost: str) -> str:
             text += (f"the race stopped after {seeds} of its {decision.budget} seeds, because at the means and spread "
                      f"seen no candidate had a {decision.chance:.0%} chance of being proven within the tolerance "
                      f"({tolerance:g}) at {decision.budget} seeds")
-        else:
+        elif decision.ended == "budget":
             text += (f"after {seeds} seeds (the budget, report.confirm_max_seeds) no candidate's bound on its gap to "
                      f"the best is within the tolerance ({tolerance:g}) at {confidence} confidence")
+        else:
+            text += (f"the race ended after {seeds} of its {decision.budget} seeds, before the one look at which it "
+                     "decides (a run failed or the search was stopped)")
         text += "; the highest mean is recommended instead, which errs towards the score, not the cost."
         if decision.more_seeds is not None and decision.prospect is not None:
             prospect = next(c for c in decision.candidates if c.name == decision.prospect)
             text += (f" At the spread seen, proving freeze {prospect.freeze_range} within would take about "
-                     f"{decision.more_seeds} more seeds per candidate (report.confirm_max_seeds).")
+                     f"{decision.more_seeds} more seed{'s' * (decision.more_seeds != 1)} per candidate "
+                     "(report.confirm_max_seeds).")
         near = [c for c in decision.candidates if c.cost < chosen.cost
                 and decision.comparisons[c.name].gap <= tolerance and decision.comparisons[c.name].verdict != "worse"]
         if near:

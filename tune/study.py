@@ -374,7 +374,8 @@ def _write_report(tracker: tracking.SearchTracker, built: report.Report, records
         tags = {"recommended_trial": chosen.name, "recommended_freeze_range": chosen.freeze_range,
                 "recommended_policy": chosen.label, "best_score": f"{built.recommendation.best.score:.4f}"}
         if built.decision is not None:  # the race's verdict: proven (its promise holds) or not, and how it ended
-            tags.update(recommendation_proven=str(built.decision.decided).lower(), race_ended=built.decision.ended)
+            tags.update(recommendation_proven=str(built.decision.decided).lower(),
+                        race_ended=built.decision.ended or "stopped")
         tracker.set_tags(parent_id, tags)
     say("\n" + built.text)
     say(f"\nReport, plots and summary: {out_dir}/ (also artifacts of the parent run, under report/)")
