@@ -79,6 +79,8 @@ def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(def
                                                     "test": "digits-test"}
     search_runs = _phase(children, "search")
     assert all(datasets(c) == {k: logged[k] for k in ("training", "validation")} for c in search_runs)
+    # the smoke test's first trials: no freeze, all but the head and a middle depth (the sampler draws the fourth)
+    assert {"0", "4", "7"} <= {c.data.params["freeze_stop"] for c in search_runs}
     # the parent holds MLflow's own system metrics of the driver's machine, sampled while the search ran
     assert client.get_metric_history(parent.info.run_id, "system/cpu_utilization_percentage")
     confirm_runs = _phase(children, "confirm")  # by default: each candidate with 2 fresh seeds (smoke)
