@@ -88,6 +88,41 @@ def test_bad_input_from_python_raises_before_any_run(tmp_path):
     assert not (tmp_path / "m.db").exists()
 
 
+def _logged_search(tmp_path: Path) -> str:
+    """A finished search's runs written by hand into a sqlite store (no Ray, no training): two trials of two epochs
+    scored on 18 validation examples; the store's URI."""
+    from tune.data import DataSplit
+    from tune.records import search_tags
+    from tune.tracking import SearchTracker
+    from tune.trial_runs import TrialRuns
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    splits = [DataSplit("train", "tiny-train", "in memory", "a", 36),
+              DataSplit("val", "tiny-val", "in memory", "b", 18)]
+    tracker = SearchTracker(uri, "by_hand", datasets=splits)
+    tracker.start_search("search", {"name": "by_hand"}, search_tags(["freeze_stop"], [("score", "max")]))
+    runs = TrialRuns(tracker, {"epochs": 2}, 2, searched=["freeze_stop"])
+    for trial, stop, scores in (("t1", 0, [16 / 18, 17 / 18]), ("t2", 3, [12 / 18, 13 / 18])):
+        params, tags = {"freeze_stop": stop}, {"phase": "search"}
+        for epoch, score in enumerate(scores, start=1):
+            runs.result(trial, params, tags, {"epoch": epoch, "score": score, "freeze_start": 0, "freeze_stop": stop,
+                                              "trainable_params": 10, "frozen_params": 5, "frozen_flops_share": 0.1,
+                                              "epoch_time_s": 1.0 - 0.2 * stop, "peak_mem_mb": 4.0 - stop},
+                        first_since_restore=False)
+        runs.complete(trial, params, tags)
+    tracker.finish_search("FINISHED")
+    return uri
+
+
+def test_a_report_rebuilt_from_mlflow_says_how_many_validation_examples_scored_it(tmp_path):
+    """The validation split's size is the parent run's validation dataset (its sample count), so ``freeze-search
+    report`` says it as the search's own report did."""
+    uri = _logged_search(tmp_path)
+    result = tune.load_search("by_hand", tracking_uri=uri, report_dir=tmp_path / "reports")
+    assert result.report.val_size == 18
+    assert "Scored on 18 validation examples: too few to separate the tolerance (0.01)" in result.text
+
+
 @pytest.mark.slow
 def test_a_search_from_python_returns_its_result_and_its_lines_go_to_the_callers_handler(ray_runtime, tmp_path,
                                                                                         capfd):
