@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -121,6 +122,34 @@ def test_a_report_rebuilt_from_mlflow_says_how_many_validation_examples_scored_i
     result = tune.load_search("by_hand", tracking_uri=uri, report_dir=tmp_path / "reports")
     assert result.report.val_size == 18
     assert "Scored on 18 validation examples: too few to separate the tolerance (0.01)" in result.text
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/python-api.md"])
+def test_the_python_example_shows_the_report_once(page, monkeypatch, capsys):
+    """``run()`` logs the report through the ``tune`` logger, as the command prints it (the slow test below checks
+    that a real run does): the documentation's example, run against a search that logs its report so, shows it once,
+    not a second time by printing ``result.text``."""
+    from test_report import record
+
+    from tune.log import say
+    from tune.report import build_report
+
+    [block, *_] = re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), flags=re.S)
+    built = build_report([record("a", 0, [0.9], 2.0, 8.0), record("b", 4, [0.895], 1.0, 3.0)], searched=["freeze_stop"],
+                         objectives=[("score", "max")], tolerance=0.01, cost="epoch_time_s")
+
+    class Logged:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def run(self) -> tune.SearchResult:
+            say("\n" + built.text)  # as the search's own report goes out (tune.study._write_report)
+            return tune.SearchResult(status="FINISHED", parent_run_id="p", experiment="e", tracking_uri="u",
+                                     report=built)
+
+    monkeypatch.setattr(tune, "FreezeSearch", Logged)
+    exec(compile(block, page, "exec"), {})
+    assert capsys.readouterr().out.count("Trials at their best epoch") == 1
 
 
 @pytest.mark.slow

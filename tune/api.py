@@ -176,8 +176,9 @@ class FreezeSearch:
 
     def run(self) -> SearchResult:
         """Run the search once: the trials, the confirmation race, the test split, the report, the recommended
-        model. A search that failed returns status FAILED; bad input the first trials met raises ConfigError; Ctrl-C
-        returns KILLED (``resume=True`` goes on)."""
+        model. Its lines (a line per trial as it ends, the race, the report) go through the ``tune`` logger as the
+        command prints them; ``result.text`` is the report again. A search that failed returns status FAILED; bad
+        input the first trials met raises ConfigError; Ctrl-C returns KILLED (``resume=True`` goes on)."""
         if self._ran:
             raise RuntimeError("a FreezeSearch runs once; build another (resume=True goes on with an unfinished one)")
         self._ran = True
