@@ -124,6 +124,35 @@ def test_a_report_rebuilt_from_mlflow_says_how_many_validation_examples_scored_i
     assert "Scored on 18 validation examples: too few to separate the tolerance (0.01)" in result.text
 
 
+def test_loading_a_search_logs_nothing_unless_asked_and_the_report_command_prints_it(tmp_path, capsys):
+    """``tune.load_search`` reads a search back quietly (as ``optuna.load_study`` does); ``verbose=True`` logs the
+    report as the search did, and ``freeze-search report`` prints it."""
+    import run_search
+
+    uri = _logged_search(tmp_path)
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("tune")
+    saved = logger.handlers[:]
+    logger.handlers = [Collect()]
+    try:
+        result = tune.load_search("by_hand", tracking_uri=uri, report_dir=tmp_path / "reports")
+        assert lines == [] and "Recommendation: freeze [0, 0)" in result.text
+        assert (result.report_dir / "report.txt").is_file()  # written all the same
+        tune.load_search("by_hand", tracking_uri=uri, report_dir=tmp_path / "reports", verbose=True)
+        assert any(result.text in line for line in lines)
+    finally:
+        logger.handlers = saved
+    capsys.readouterr()
+    assert run_search.main(["report", "--experiment", "by_hand", "--tracking-uri", uri,
+                            "--report-dir", str(tmp_path / "reports")]) == 0
+    assert "Recommendation: freeze [0, 0)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("page", ["README.md", "docs/python-api.md"])
 def test_the_python_example_shows_the_report_once(page, monkeypatch, capsys):
     """``run()`` logs the report through the ``tune`` logger, as the command prints it (the slow test below checks
