@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -86,6 +87,98 @@ def test_bad_input_from_python_raises_before_any_run(tmp_path):
     with pytest.raises(tune.ConfigError, match="^overrides: got 'task.options.labels_per_class'"):
         tune.FreezeSearch("digits_freeze", task=lambda: None, overrides={"task.options.labels_per_class": 5})
     assert not (tmp_path / "m.db").exists()
+
+
+def _logged_search(tmp_path: Path) -> str:
+    """A finished search's runs written by hand into a sqlite store (no Ray, no training): two trials of two epochs
+    scored on 18 validation examples; the store's URI."""
+    from tune.data import DataSplit
+    from tune.records import search_tags
+    from tune.tracking import SearchTracker
+    from tune.trial_runs import TrialRuns
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    splits = [DataSplit("train", "tiny-train", "in memory", "a", 36),
+              DataSplit("val", "tiny-val", "in memory", "b", 18)]
+    tracker = SearchTracker(uri, "by_hand", datasets=splits)
+    tracker.start_search("search", {"name": "by_hand"}, search_tags(["freeze_stop"], [("score", "max")]))
+    runs = TrialRuns(tracker, {"epochs": 2}, 2, searched=["freeze_stop"])
+    for trial, stop, scores in (("t1", 0, [16 / 18, 17 / 18]), ("t2", 3, [12 / 18, 13 / 18])):
+        params, tags = {"freeze_stop": stop}, {"phase": "search"}
+        for epoch, score in enumerate(scores, start=1):
+            runs.result(trial, params, tags, {"epoch": epoch, "score": score, "freeze_start": 0, "freeze_stop": stop,
+                                              "trainable_params": 10, "frozen_params": 5, "frozen_flops_share": 0.1,
+                                              "epoch_time_s": 1.0 - 0.2 * stop, "peak_mem_mb": 4.0 - stop},
+                        first_since_restore=False)
+        runs.complete(trial, params, tags)
+    tracker.finish_search("FINISHED")
+    return uri
+
+
+def test_a_report_rebuilt_from_mlflow_says_how_many_validation_examples_scored_it(tmp_path):
+    """The validation split's size is the parent run's validation dataset (its sample count), so ``freeze-search
+    report`` says it as the search's own report did."""
+    uri = _logged_search(tmp_path)
+    result = tune.load_search("by_hand", tracking_uri=uri, report_dir=tmp_path / "reports")
+    assert result.report.val_size == 18
+    assert "Scored on 18 validation examples: too few to separate the tolerance (0.01)" in result.text
+
+
+def test_loading_a_search_logs_nothing_unless_asked_and_the_report_command_prints_it(tmp_path, capsys):
+    """``tune.load_search`` reads a search back quietly (as ``optuna.load_study`` does); ``verbose=True`` logs the
+    report as the search did, and ``freeze-search report`` prints it."""
+    import run_search
+
+    uri = _logged_search(tmp_path)
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("tune")
+    saved = logger.handlers[:]
+    logger.handlers = [Collect()]
+    try:
+        result = tune.load_search("by_hand", tracking_uri=uri, report_dir=tmp_path / "reports")
+        assert lines == [] and "Recommendation: freeze [0, 0)" in result.text
+        assert (result.report_dir / "report.txt").is_file()  # written all the same
+        tune.load_search("by_hand", tracking_uri=uri, report_dir=tmp_path / "reports", verbose=True)
+        assert any(result.text in line for line in lines)
+    finally:
+        logger.handlers = saved
+    capsys.readouterr()
+    assert run_search.main(["report", "--experiment", "by_hand", "--tracking-uri", uri,
+                            "--report-dir", str(tmp_path / "reports")]) == 0
+    assert "Recommendation: freeze [0, 0)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/python-api.md"])
+def test_the_python_example_shows_the_report_once(page, monkeypatch, capsys):
+    """``run()`` logs the report through the ``tune`` logger, as the command prints it (the slow test below checks
+    that a real run does): the documentation's example, run against a search that logs its report so, shows it once,
+    not a second time by printing ``result.text``."""
+    from test_report import record
+
+    from tune.log import say
+    from tune.report import build_report
+
+    [block, *_] = re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), flags=re.S)
+    built = build_report([record("a", 0, [0.9], 2.0, 8.0), record("b", 4, [0.895], 1.0, 3.0)], searched=["freeze_stop"],
+                         objectives=[("score", "max")], tolerance=0.01, cost="epoch_time_s")
+
+    class Logged:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def run(self) -> tune.SearchResult:
+            say("\n" + built.text)  # as the search's own report goes out (tune.study._write_report)
+            return tune.SearchResult(status="FINISHED", parent_run_id="p", experiment="e", tracking_uri="u",
+                                     report=built)
+
+    monkeypatch.setattr(tune, "FreezeSearch", Logged)
+    exec(compile(block, page, "exec"), {})
+    assert capsys.readouterr().out.count("Trials at their best epoch") == 1
 
 
 @pytest.mark.slow

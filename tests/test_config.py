@@ -234,3 +234,44 @@ def test_a_config_error_survives_rays_copy_and_pickle_with_its_message_key_and_v
                                                                       "a model folder or a hub name", "not found")
     unpicklable = ConfigError("task.options.hook", threading.Lock(), "a plain value")  # travels as its repr
     assert str(pickle.loads(pickle.dumps(unpicklable))) == str(unpicklable)
+
+
+def _smoke(space, task=None, **overrides):
+    """The smoke test's checked config (tune.checks) for ``space``; no run, no Ray."""
+    from tune.checks import StudyOptions, check_config
+
+    return check_config(StudyOptions(space_file=space, smoke_test=True, overrides=list(overrides.items()), task=task,
+                                     tracking_uri="sqlite:///never-created.db")).cfg
+
+
+def test_a_smoke_search_tries_no_freeze_the_deepest_freeze_and_a_middle_one_first():
+    """4 trials sampled by TPE cluster in the middle of the depth range (freeze_stop 4, 4, 3, 3 were seen): the smoke
+    test's first trials are the range's two ends and its middle, each fixing only the depth (lr is sampled)."""
+    cfg = _smoke("digits_freeze")
+    assert cfg.space["freeze_stop"] == IntRange(0, 7)  # none .. all_but_head
+    assert cfg.search.points_to_evaluate == ({"freeze_stop": 0}, {"freeze_stop": 7}, {"freeze_stop": 4})
+    # the user's own points win over the smoke test's
+    mine = _smoke("digits_freeze", **{"search.points_to_evaluate": [{"lr": 1e-3}]})
+    assert mine.search.points_to_evaluate == ({"lr": 1e-3},)
+
+
+@pytest.mark.parametrize(("dim", "expected"), [
+    ({"type": "choice", "values": ["backbone", "none", 1, "all_but_head"]}, [0, 3, 2]),  # ends by value, not order
+    ({"type": "int", "low": 1, "high": "all_but_head"}, [1, 3, 2]),
+    ({"type": "int", "low": "none", "high": "all_but_head", "step": 2}, [0, 2]),  # on the step's grid, each once
+])
+def test_the_smoke_points_are_the_ends_of_a_choice_or_an_int_range(dim, expected):
+    from conftest import make_tiny_task  # 4 blocks: c1, c2, neck, head; backbone = 2, all_but_head = 3
+
+    space = {"name": "tiny", "space": {"freeze_stop": dim, "lr": {"type": "float", "low": 1e-3, "high": 1e-2}}}
+    cfg = _smoke(space, task=make_tiny_task)
+    assert cfg.search.points_to_evaluate == tuple({"freeze_stop": stop} for stop in expected)
+
+
+def test_a_range_spaces_smoke_points_are_no_freeze_the_widest_range_and_a_middle_one_and_a_fixed_freeze_gets_none():
+    cfg = _smoke("digits_freeze_range")
+    assert cfg.search.points_to_evaluate == ({"freeze_start": 0, "freeze_stop": 0},
+                                             {"freeze_start": 0, "freeze_stop": 7},
+                                             {"freeze_start": 3, "freeze_stop": 5})  # a middle range
+    fixed = _smoke("digits_freeze", **{"space.freeze_stop": 3})
+    assert fixed.search.points_to_evaluate == ()

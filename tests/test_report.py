@@ -307,3 +307,44 @@ def test_the_probe_is_a_line_on_the_score_by_epoch_and_frontier_plots(tmp_path, 
         write_report(built, records, tmp_path / str(reference), "demo")
         for plot in ("score_by_epoch.png", "frontier.png"):
             assert ((0.7, 0.7) in seen[plot]) == (reference is not None), plot
+
+
+def _raced(cheap_scores: list[float], expensive_scores: list[float]) -> list[TrialRecord]:
+    """A search of two trials and a race of them on len(scores) seeds."""
+    made = [record("cheap", 4, [0.945], 1.0, 3.0), record("expensive", 0, [0.950], 2.0, 8.0)]
+    for seed, (cheap, expensive) in enumerate(zip(cheap_scores, expensive_scores, strict=True), start=1):
+        made += [record(f"cheap{seed}", 4, [cheap], 1.0, 3.0, candidate="cheap", seed=seed),
+                 record(f"expensive{seed}", 0, [expensive], 2.0, 8.0, candidate="expensive", seed=seed)]
+    return made
+
+
+def _report(records: list[TrialRecord], val_size: int | None, tolerance: float = 0.01):
+    return build_report(records, searched=["freeze_stop"], objectives=[("score", "max")], tolerance=tolerance,
+                        cost="epoch_time_s", val_size=val_size)
+
+
+def test_the_report_says_how_many_examples_scored_each_trial_and_when_they_are_too_few_for_the_tolerance():
+    records = _raced([0.93, 0.94], [0.95, 0.945])
+    enough = _report(records, 1000)
+    assert "Scored on 1000 validation examples." in enough.text and "too few" not in enough.text
+    # 99 examples: one of them moves an accuracy by 0.0101, more than the tolerance of 0.01
+    few = _report(records, 99)
+    [line] = [line for line in few.text.splitlines() if "validation examples" in line]
+    assert line.startswith("Scored on 99 validation examples: too few to separate the tolerance (0.01)")
+    assert "one example moves an accuracy by 0.0101" in line and "at least 100 examples" in line
+    assert "100 validation examples." in _report(records, 100).text and "too few" not in _report(records, 100).text
+    assert "too few" in _report(records, 18, tolerance=0.05).text  # 1 / 18 = 0.056 > 0.05
+    assert "validation examples" not in _report(records, None).text  # a size not known: nothing said
+
+
+def test_a_confirmed_interval_with_no_width_is_said_to_show_no_noise_not_certainty():
+    # every seed of the recommendation (the highest mean, nothing proven) scored the same 16 of 18
+    flat = _report(_raced([15 / 18, 16 / 18], [16 / 18, 16 / 18]), 18)
+    assert flat.confirmed_choice.name == "expensive"
+    assert "(95% interval 0.8889-0.8889) over 2 seeds" in flat.text
+    [line] = [line for line in flat.text.splitlines() if "no width" in line]
+    assert line.startswith("The recommendation's interval 0.8889-0.8889 has no width: its 2 seeds scored exactly "
+                           "the same")
+    assert "18 validation examples" in line
+    spread = _report(_raced([0.93, 0.94], [0.95, 0.945]), 1000)
+    assert "no width" not in spread.text

@@ -79,6 +79,8 @@ def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(def
                                                     "test": "digits-test"}
     search_runs = _phase(children, "search")
     assert all(datasets(c) == {k: logged[k] for k in ("training", "validation")} for c in search_runs)
+    # the smoke test's first trials: no freeze, all but the head and a middle depth (the sampler draws the fourth)
+    assert {"0", "4", "7"} <= {c.data.params["freeze_stop"] for c in search_runs}
     # the parent holds MLflow's own system metrics of the driver's machine, sampled while the search ran
     assert client.get_metric_history(parent.info.run_id, "system/cpu_utilization_percentage")
     confirm_runs = _phase(children, "confirm")  # by default: each candidate with 2 fresh seeds (smoke)
@@ -657,7 +659,7 @@ def test_a_trial_restarted_one_checkpoint_early_is_tagged_and_logs_no_epoch_twic
         runs.result("t1", params, tags, _result(epoch, 0.1 * epoch), first_since_restore=epoch == 1)
     for since_restore, epoch in enumerate((2, 3, 4), start=1):  # restored from epoch 1's checkpoint
         runs.result("t1", params, tags, _result(epoch, 0.5), first_since_restore=since_restore == 1)
-    assert runs.complete("t1", params, tags) == "score 0.5000 after 4 epochs"
+    assert runs.complete("t1", params, tags) == "best 0.5000 at epoch 3 (4 epochs run)"  # the earliest of a tie
 
     run = client.get_run(runs.run_ids["t1"])
     assert run.data.tags["resumed_at_epoch"] == "2"
@@ -677,17 +679,33 @@ def test_a_trial_run_is_named_by_its_freeze_and_values_and_the_console_line_says
     tags = {"phase": "search"}
     for trial_id, score in (("t1", 0.5), ("t2", 0.75)):
         runs.result(trial_id, {"freeze_stop": 1, "lr": 0.0012}, tags, _result(1, score), first_since_restore=False)
-    assert runs.progress() == "; best so far 0.7500 (trial t2)"
+    assert runs.progress("t1") == "; best so far 0.7500 (trial t2)"
     runs.result("t3", {"freeze_stop": 1, "lr": 0.0012, "seed": 2}, {"phase": "confirm", "candidate": "t1"},
                 _result(1, float("nan")), first_since_restore=False)  # a NaN score is never the best
-    assert runs.progress() == "; best so far 0.7500 (trial t2)"
+    assert runs.progress("t3") == "; best so far 0.7500 (trial t2)"
     run = client.get_run(runs.run_ids["t1"])
     assert run.info.run_name == "[0, 1) lr=0.0012" and run.data.tags["ray.trial_id"] == "t1"
     assert client.get_run(runs.run_ids["t3"]).info.run_name == "[0, 1) lr=0.0012 seed=2"
-    assert runs.complete("t1", {"freeze_stop": 1}, tags) == "score 0.5000 after 1 epoch (stopped early by ASHA)"
+    line = runs.complete("t1", {"freeze_stop": 1}, tags)
+    assert line == "best 0.5000 at epoch 1 (1 epoch run, stopped early by ASHA)"
     assert runs.ended == {"t1"}
     records = fetch_trials(runs.tracker.tracking_uri, runs.tracker.parent_run_id)
     assert {r.name for r in records} == {"t1", "t2", "t3"}  # the report names trials by their id
+
+
+def test_a_finished_trials_line_gives_its_best_score_with_its_epoch_and_never_compares_it_with_itself(tmp_path):
+    """A trial's console line: its best epoch's score and which epoch that was (not its last epoch's score beside the
+    best so far), and the best so far of the other trials, or that this one is the best so far."""
+    runs, _ = _trial_runs(tmp_path)
+    tags = {"phase": "search"}
+    for epoch, score in enumerate((0.5, 0.92, 0.67), start=1):  # its last epoch is not its best
+        runs.result("t1", {}, tags, _result(epoch, score), first_since_restore=False)
+    assert runs.complete("t1", {}, tags) == "best 0.9200 at epoch 2 (3 epochs run, stopped early by ASHA)"
+    assert runs.progress("t1") == "; the best so far"
+    runs.result("t2", {}, tags, _result(1, 0.8), first_since_restore=False)
+    assert runs.progress("t2") == "; best so far 0.9200 (trial t1)"
+    runs.result("t3", {}, tags, _result(1, 0.92), first_since_restore=False)
+    assert runs.progress("t3") == "; the best so far"  # a tie with the best
 
 
 def test_trial_runs_tag_divergence_early_stops_against_searched_epochs_and_failures(tmp_path):
@@ -696,7 +714,7 @@ def test_trial_runs_tag_divergence_early_stops_against_searched_epochs_and_failu
     runs.result("diverged", {}, tags, _result(1, 0.2, diverged=1), first_since_restore=False)
     assert runs.complete("diverged", {}, tags) == "diverged (loss not finite) at epoch 1"
     runs.result("asha", {}, tags, _result(1, 0.3), first_since_restore=False)
-    assert runs.complete("asha", {}, tags).endswith("(stopped early by ASHA)")
+    assert runs.complete("asha", {}, tags).endswith("stopped early by ASHA)")
     runs.result("short", {"epochs": 1}, tags, _result(1, 0.3), first_since_restore=False)  # epochs searched: 1
     assert not runs.complete("short", {"epochs": 1}, tags).endswith("ASHA)")
     error_file = tmp_path / "error.txt"

@@ -178,8 +178,9 @@ class FreezeSearch:
 
     def run(self) -> SearchResult:
         """Run the search once: the trials, the confirmation race, the test split, the report, the recommended
-        model. A search that failed returns status FAILED; bad input the first trials met raises ConfigError; Ctrl-C
-        returns KILLED (``resume=True`` goes on)."""
+        model. Its lines (a line per trial as it ends, the race, the report) go through the ``tune`` logger as the
+        command prints them; ``result.text`` is the report again. A search that failed returns status FAILED; bad
+        input the first trials met raises ConfigError; Ctrl-C returns KILLED (``resume=True`` goes on)."""
         if self._ran:
             raise RuntimeError("a FreezeSearch runs once; build another (resume=True goes on with an unfinished one)")
         self._ran = True
@@ -192,20 +193,27 @@ class FreezeSearch:
 
 def load_search(experiment: str | None = None, *, run_id: str | None = None, tracking_uri: str | None = None,
                 tolerance: float | None = None, cost: str | None = None,
-                report_dir: str | Path = StudyOptions.report_dir) -> SearchResult:
+                report_dir: str | Path = StudyOptions.report_dir, verbose: bool = False) -> SearchResult:
     """A finished search read back from MLflow alone (the latest of ``experiment``, or the parent run ``run_id``),
-    its report written again under ``report_dir``; ``tolerance`` and ``cost`` change the recommendation rule."""
+    its report written again under ``report_dir``; ``tolerance`` and ``cost`` change the recommendation rule.
+    Quiet, as loading is (``optuna.load_study``): ``verbose=True`` logs the report through the ``tune`` logger, as
+    ``freeze-search report`` prints it; ``result.text`` holds it either way."""
     from tune.checks import tracking_uri as resolve_uri
 
     if experiment is None and run_id is None:
         raise ConfigError("experiment", None, "an experiment name or a parent run id (run_id)")
     uri = resolve_uri(tracking_uri)
     built, out_dir, record = rebuild_report(uri, experiment=experiment, run_id=run_id, tolerance=tolerance,
-                                            cost=cost, report_dir=Path(report_dir))
+                                            cost=cost, report_dir=Path(report_dir),
+                                            **({} if verbose else {"say": _silent}))
     return SearchResult(status=record.status, parent_run_id=record.run_id, experiment=record.name or experiment,
                         tracking_uri=uri, report=built, report_dir=out_dir,
                         model_uri=record.tags.get("registered_model_uri") or record.tags.get("recommended_model_uri"),
                         probe_score=built.reference)
+
+
+def _silent(line: str) -> None:
+    """Says nothing: a quiet load_search."""
 
 
 def layers(space: str | Path | Mapping[str, Any] = "digits_freeze", *, overrides: Overrides | None = None,

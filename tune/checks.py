@@ -26,8 +26,9 @@ __all__ = ["SMOKE", "Checked", "StudyOptions", "check_config", "check_report_dir
            "resume_point", "tracking_uri"]
 
 # --smoke-test: a few trials of two epochs (a grid runs once; more epochs where a thaw comes later: the thaw is what
-# such a space tests; no search.points_to_evaluate: they would fill the few trials), two candidates confirmed with
-# two seeds; the user's own overrides still win.
+# such a space tests), the first trials at the ends and the middle of the freeze depths searched in place of the
+# space's own search.points_to_evaluate (a sampler's few trials cluster in the middle, and show no trade-off), two
+# candidates confirmed with two seeds; the user's own overrides still win.
 SMOKE = (("search.num_samples", 4), ("train.epochs", 2), ("search.grace_period", 1))
 SMOKE_CONFIRM = {"confirm_seeds": 2, "confirm_top": 2, "confirm_max_seeds": 2}  # at most, where it confirms at all
 
@@ -90,7 +91,8 @@ def check_config(options: StudyOptions) -> Checked:
         cfg = dataclasses.replace(cfg, report=dataclasses.replace(cfg.report, **smaller))
     if options.smoke_test and cfg.search.algorithm == "grid" and "search.num_samples" not in dict(options.overrides):
         cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, num_samples=1))  # the grid once
-    if options.smoke_test and "search.points_to_evaluate" not in dict(options.overrides):
+    smoke_points = options.smoke_test and "search.points_to_evaluate" not in dict(options.overrides)
+    if smoke_points:
         # the space's points are for the whole search: they would fill the smoke test's few trials
         cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, points_to_evaluate=()))
     if options.task is not None:
@@ -110,6 +112,10 @@ def check_config(options: StudyOptions) -> Checked:
     probed = cfg.train.head_init == "probe" or "head_init" in cfg.space
     preflight(task, block_model, class_labels=(probed and not task.keeps_head)
               or task.evaluate is classification_metrics)
+    if smoke_points and cfg.search.algorithm != "grid":  # a grid runs every depth already
+        points = freeze.depth_points(cfg.space)  # block indices: what the parent run logs too
+        written = dataclasses.replace(written, search=dataclasses.replace(written.search, points_to_evaluate=points))
+        cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, points_to_evaluate=points))
     if cfg.search.points_to_evaluate:
         points = freeze.check_points(cfg.search.points_to_evaluate, cfg.space, block_model)
         cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, points_to_evaluate=points))

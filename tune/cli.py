@@ -154,7 +154,7 @@ def report_main(argv: list[str]) -> int:
     _add_store_args(parser)
     args = parser.parse_args(argv)
     tune.load_search(None if args.run_id else args.experiment, run_id=args.run_id, tracking_uri=args.tracking_uri,
-                     tolerance=args.tolerance, cost=args.cost, report_dir=args.report_dir)
+                     tolerance=args.tolerance, cost=args.cost, report_dir=args.report_dir, verbose=True)
     return 0
 
 

@@ -152,7 +152,7 @@ class TrialEvents(ray_tune.Callback):
         keys = [*self.searched, *(["seed"] if "candidate" in tags else [])]
         values = ", ".join(f"{k}={short(params.get(k))}" for k in keys)
         say(f"  [{len(self.runs.ended)}/{self.total}] trial {trial.trial_id} ({values}): {outcome}"
-            f"{self.runs.progress()}")
+            f"{self.runs.progress(trial.trial_id)}")
 
 
 def stop_for_bad_input(bad_input: BadInput, runs: TrialRuns) -> None:

@@ -27,8 +27,9 @@ from tune.blocks import BlockModel, block_flops
 from tune.errors import ConfigError
 from tune.space import FREEZE_KEYS, IntRange, in_order, is_int, resolve_names
 
-__all__ = ["FREEZE_KEYS", "FreezeSpec", "FreezeSummary", "FrozenModel", "check_points", "check_space", "freeze_keys",
-           "freeze_model", "grid_values", "resolve", "resolve_index", "sampled_freezes", "trial_freeze"]
+__all__ = ["FREEZE_KEYS", "FreezeSpec", "FreezeSummary", "FrozenModel", "check_points", "check_space", "depth_points",
+           "freeze_keys", "freeze_model", "grid_values", "resolve", "resolve_index", "sampled_freezes",
+           "trial_freeze"]
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,28 @@ def check_points(points: Iterable[Mapping[str, Any]], space: Mapping[str, Any], 
                                            low=int(dim.low), high=int(dim.high))
         resolved.append(point)
     return tuple(resolved)
+
+
+def depth_points(space: Mapping[str, Any]) -> tuple[dict[str, int], ...]:
+    """Points to evaluate first that span a checked space's (``check_space``'s result) freeze depths: the searched
+    depth key (``freeze_stop`` or ``freeze``; ``freeze_start`` where it is the only one) at its lowest value, its
+    highest and its middle one, each point once. Where ``freeze_start`` is searched beside ``freeze_stop``, the two
+    ends keep it at its lowest value (no freeze; the widest range) and the middle point takes its middle value, each
+    with a ``freeze_stop`` the sampler could draw after it (start <= stop). A point fixes only freeze keys: the sampler
+    draws the rest. None where no freeze key is searched."""
+    depth = next((key for key in ("freeze_stop", "freeze", "freeze_start") if key in space), None)
+    if depth is None:
+        return ()
+    with_start = depth != "freeze_start" and "freeze_start" in space
+    starts = sorted(set(_values(space["freeze_start"]))) if with_start else [None]
+
+    def point(start: int | None, at: float) -> dict[str, int]:
+        """The depth at ``at`` (0 lowest, 1 highest, 0.5 middle) of the values drawn after ``start``."""
+        values = sorted({v for v in _values(space[depth]) if start is None or v >= start}) or [start]
+        return {**({} if start is None else {"freeze_start": start}), depth: values[int(at * (len(values) - 1) + 0.5)]}
+
+    points = [point(starts[0], 0), point(starts[0], 1), point(starts[len(starts) // 2], 0.5)]
+    return tuple({tuple(p.items()): p for p in points}.values())  # each once, in that order
 
 
 def sampled_freezes(space: Mapping[str, Any], train: Any, block_model: BlockModel) -> dict[tuple[int, ...], dict]:

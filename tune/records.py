@@ -30,12 +30,18 @@ class TrialRecord:
 
 @dataclass(frozen=True)
 class SearchRecord:
-    """A search's parent run as MLflow holds it, decoded: its config's report rule, what it searched."""
+    """A search's parent run as MLflow holds it, decoded: its config's report rule, what it searched, its data."""
 
     run_id: str
     status: str
     params: dict[str, str]
     tags: dict[str, str]
+    split_sizes: dict[str, int] = field(default_factory=dict)  # examples by split (train, val, test), where logged
+
+    @property
+    def val_size(self) -> int | None:
+        """The validation split's examples (None: not logged)."""
+        return self.split_sizes.get("val")
 
     @property
     def name(self) -> str:

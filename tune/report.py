@@ -412,6 +412,7 @@ class Report:
     decision: Decision | None = None  # the confirmation race's (tune.race)
     text: str = ""
     reference: float | None = None  # the linear probe's score (probe_score), where the heads started from it
+    val_size: int | None = None  # the validation split's examples, which scored every epoch (None: not known)
 
     @property
     def candidates(self) -> list[Candidate]:
@@ -433,10 +434,12 @@ class Report:
 
 def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], objectives: Sequence[tuple[str, str]],
                  tolerance: float, cost: str, header: str = "", reference: float | None = None,
-                 confidence: float = 0.95, budget: int | None = None) -> Report:
+                 confidence: float = 0.95, budget: int | None = None, val_size: int | None = None) -> Report:
     """The report's tables and text. ``reference``: the score of the linear probe every trial's head started from
     (``probe_score``): said first, and a trial or a recommendation that ends below it by more than ``tolerance`` is
-    marked. ``budget``: the race's seeds per candidate (``report.confirm_max_seeds``), where it decides."""
+    marked. ``budget``: the race's seeds per candidate (``report.confirm_max_seeds``), where it decides.
+    ``val_size``: the validation split's examples: said, with a warning where one example moves an accuracy by more
+    than ``tolerance``."""
     results = summarise(records)
     search = [r for r in results if r.candidate is None]
     confirmation = [r for r in results if r.candidate is not None]
@@ -446,7 +449,7 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
     flat = indistinct(search)
     recommendation = None if flat else recommend(search, tolerance, cost, searched)
     report = Report(search=search, confirmation=confirmation, front=front, objectives=front_objectives,
-                    recommendation=recommendation, reference=reference)
+                    recommendation=recommendation, reference=reference, val_size=val_size)
     below = set() if reference is None else {r.name for r in search if r.score < reference - tolerance}
     marks = {r.name: "F" for r in front}
     if recommendation is not None:
@@ -461,6 +464,8 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
     precisions = sorted({r.tags["precision"] for r in records if r.tags.get("precision")})
     if precisions and precisions != ["32"]:  # times and memory are the precision's: say which
         header += f"Trained in {' and '.join(precisions)} (train.precision): epoch times and memory are its.\n\n"
+    if val_size is not None:
+        header += _validation_text(val_size, tolerance) + "\n\n"
     parts = [header + f"Trials at their best epoch ({len(search)}; F = on the frontier, R = recommended"
              + (", < = below the probe" if reference is not None else "") + "):\n"
              + trial_table(search, searched, marks),
@@ -481,6 +486,8 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
             parts.append("Confirmation (fresh seeds, the same for every candidate; the search's own run left out):\n"
                          + candidate_table(report.decision, cost))
             parts.append(confirmed_text(report.decision, cost))
+            if report.decision.chosen.interval[0] == report.decision.chosen.interval[1]:
+                parts.append(_no_width_text(report.decision.chosen, val_size))
             parts.append(f"Compute: {sum(r.epochs_run for r in search)} trial-epochs in the search, "
                          f"{sum(r.epochs_run for r in confirmation)} in the confirmation.")
     tested = test_scores(report)
@@ -503,6 +510,25 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
                      "searched or was stopped early; search it (space.freeze_stop up to all_but_head).")
     report.text = "\n\n".join(parts)
     return report
+
+
+def _validation_text(val_size: int, tolerance: float) -> str:
+    """How many examples scored every epoch and, where one of them moves an accuracy by more than the tolerance
+    (fewer than 1 / tolerance), that the scores cannot separate it."""
+    if not (tolerance > 0 and val_size * tolerance < 1):
+        return f"Scored on {val_size} validation examples."
+    return (f"Scored on {val_size} validation examples: too few to separate the tolerance ({tolerance:g}), as one "
+            f"example moves an accuracy by {1 / val_size:.4f}; differences within the tolerance are noise here, and "
+            f"telling them apart takes a validation split of at least {math.ceil(1 / tolerance - 1e-9)} examples.")
+
+
+def _no_width_text(chosen: Candidate, val_size: int | None) -> str:
+    """An interval of no width: every seed scored the same, which measures no noise rather than proving none."""
+    low, high = chosen.interval
+    steps = (f" on {val_size} validation examples, where a score moves in steps of {1 / val_size:.4f}"
+             if val_size else "")
+    return (f"The recommendation's interval {low:.4f}-{high:.4f} has no width: its {len(chosen.scores)} seeds scored "
+            f"exactly the same{steps}; that is no certainty, only a spread too small for the scores to show.")
 
 
 def _best_at_start(report: Report) -> bool:

@@ -65,10 +65,11 @@ class Study:
         from tune import report
 
         rule = self.cfg.report
+        val_size = next((d.rows for d in self.tracker.datasets if d.split == "val"), None) if self.tracker else None
         return report.build_report(records, searched=self.searched, objectives=self.cfg.search.objective_list,
                                    tolerance=rule.tolerance, cost=rule.cost, header=header,
                                    reference=self.probe_score, confidence=rule.confidence,
-                                   budget=rule.seed_budget)
+                                   budget=rule.seed_budget, val_size=val_size)
 
     @classmethod
     def prepare(cls, options: StudyOptions, say: Say = say) -> Study:
@@ -410,6 +411,6 @@ def rebuild_report(uri: str | None, *, experiment: str, run_id: str | None = Non
                                 tolerance=logged.tolerance if tolerance is None else tolerance,
                                 cost=cost or logged.cost,
                                 confidence=logged.confidence, budget=logged.seed_budget,
-                                reference=tracker.search_metrics().get("probe_score"))
+                                reference=tracker.search_metrics().get("probe_score"), val_size=record.val_size)
     overridden = tolerance is not None or cost is not None  # the parent's tags keep the search's own answer
     return built, _write_report(tracker, built, records, report_dir, say, tag=not overridden), record

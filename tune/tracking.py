@@ -295,7 +295,24 @@ def find_search(tracking_uri: str, experiment_name: str | None, run_id: str | No
         if not runs:
             raise LookupError(f"no search in experiment '{experiment_name}'")
         run = runs[0]
-    return SearchRecord(run.info.run_id, run.info.status, dict(run.data.params), dict(run.data.tags))
+    return SearchRecord(run.info.run_id, run.info.status, dict(run.data.params), dict(run.data.tags),
+                        split_sizes=_split_sizes(run))
+
+
+def _split_sizes(run: Any) -> dict[str, int]:
+    """The examples of each split a run's datasets hold (``log_datasets``: the split as the input's context, the
+    sample count in the dataset's profile)."""
+    splits = {context: split for split, context in CONTEXTS.items()}
+    sizes = {}
+    for given in run.inputs.dataset_inputs if run.inputs else ():
+        context = next((tag.value for tag in given.tags if tag.key == DATASET_CONTEXT), None)
+        try:
+            rows = json.loads(given.dataset.profile or "{}").get("num_rows")
+        except (ValueError, AttributeError):
+            rows = None
+        if context in splits and isinstance(rows, int):
+            sizes[splits[context]] = rows
+    return sizes
 
 
 def fetch_trials(tracking_uri: str, parent_run_id: str, extra_keys: Iterable[str] = (),

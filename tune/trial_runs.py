@@ -38,7 +38,6 @@ class TrialRuns:
         self.searched = [key for key in searched if key not in LABELLED_KEYS]  # the policy's label names those
         self.run_ids: dict[str, str] = {}
         self.last_epoch: dict[str, int] = {}
-        self.last_score: dict[str, float] = {}
         self.best_score: dict[str, float] = {}
         self.ended: set[str] = set()  # trials that finished or failed
         self.diverged: set[str] = set()
@@ -50,12 +49,17 @@ class TrialRuns:
         keys = [*self.searched, *(["seed"] if "candidate" in tags else [])]
         return " ".join([policy, *(f"{k}={short(params[k])}" for k in keys if k in params)])
 
-    def progress(self) -> str:
-        """How far the search is, for a finished trial's console line: the best score so far and its trial."""
-        if not self.best_score:
+    def progress(self, trial_id: str) -> str:
+        """How far the search is, for the console line of ``trial_id``: the best score so far and the other trial
+        that has it, or that this trial has it (a tie included)."""
+        others = {other: score for other, score in self.best_score.items() if other != trial_id}
+        own = self.best_score.get(trial_id)
+        if own is not None and (not others or own >= max(others.values())):
+            return "; the best so far"
+        if not others:
             return ""
-        best = max(self.best_score, key=self.best_score.get)
-        return f"; best so far {self.best_score[best]:.4f} (trial {best})"
+        best = max(others, key=others.get)
+        return f"; best so far {others[best]:.4f} (trial {best})"
 
     def run_id(self, trial_id: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         """The trial's run: found again after a restore (a KILLED one reopens), else created."""
@@ -98,7 +102,6 @@ class TrialRuns:
             self.diverged.add(trial_id)
             self.tracker.set_tags(run_id, {"diverged": "true", "diverged_at_epoch": epoch})
         self.last_epoch[trial_id] = epoch
-        self.last_score[trial_id] = result["score"]
         if math.isfinite(result["score"]) and result["score"] > self.best_score.get(trial_id, -math.inf):
             self.best_score[trial_id] = result["score"]
         metrics = {k: v for k, v in result.items() if k not in TAG_KEYS and isinstance(v, (int, float))
@@ -110,17 +113,18 @@ class TrialRuns:
         if trial_id in self.closed:
             return None
         run_id, epochs_run = self.run_id(trial_id, params, tags), self.last_epoch.get(trial_id, 0)
-        scores = [value for _, value in self.tracker.metric_history(run_id, "score") if math.isfinite(value)]
-        if scores:  # logged at the last step: the run's value in the UI's tables and charts (a restore included)
-            self.tracker.log_metrics(run_id, {"best_epoch_score": max(scores)}, step=epochs_run)
+        scores = [(step, value) for step, value in self.tracker.metric_history(run_id, "score")
+                  if math.isfinite(value)]
+        best = max(scores, key=lambda point: (point[1], -point[0]), default=None)  # the earliest of a tie
+        if best is not None:  # logged at the last step: the run's value in the UI's tables and charts (a restore too)
+            self.tracker.log_metrics(run_id, {"best_epoch_score": best[1]}, step=epochs_run)
         if trial_id in self.diverged:
             self.tracker.end_trial(run_id, "FINISHED", tags={"epochs_run": epochs_run})
             return f"diverged (loss not finite) at epoch {epochs_run}"
         stopped_early = epochs_run < params.get("epochs", self.epochs)  # epochs may be searched
         self.tracker.end_trial(run_id, "FINISHED", tags={"epochs_run": epochs_run, "stopped_early": stopped_early})
-        return (f"score {self.last_score.get(trial_id, float('nan')):.4f} after {epochs_run} "
-                f"epoch{'s' * (epochs_run != 1)}"
-                + (" (stopped early by ASHA)" if stopped_early else ""))
+        ran = f"{epochs_run} epoch{'s' * (epochs_run != 1)} run" + (", stopped early by ASHA" if stopped_early else "")
+        return f"best {best[1]:.4f} at epoch {best[0]} ({ran})" if best else f"no finite score ({ran})"
 
     def error(self, trial_id: str, params: Mapping[str, Any], tags: Mapping[str, str], error_file: str
               ) -> str | None:
