@@ -88,6 +88,15 @@ def test_bad_input_from_python_raises_before_any_run(tmp_path):
     assert not (tmp_path / "m.db").exists()
 
 
+@pytest.mark.parametrize("key", ["resume", "smoke_test", "verbose"])
+def test_a_boolean_argument_is_a_bool_not_a_truthy_value(tmp_path, key):
+    with pytest.raises(tune.ConfigError) as err:
+        tune.FreezeSearch("digits_freeze", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+                          storage_path=tmp_path / "ray", report_dir=tmp_path / "reports", **{key: "yes"})
+    assert str(err.value) == f"{key}: got 'yes'; allowed: True or False"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_a_search_from_python_returns_its_result_and_its_lines_go_to_the_callers_handler(ray_runtime, tmp_path,
                                                                                         capfd):

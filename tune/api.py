@@ -137,6 +137,9 @@ def _options(space: str | Path | Mapping[str, Any], *, overrides: Overrides | No
     for key in ("confirm", "confirm_top"):
         if flags.get(key) is not None and (isinstance(flags[key], bool) or not isinstance(flags[key], int)):
             raise ConfigError(key, flags[key], "an integer, or None for the space's own value")
+    for key in ("resume", "smoke_test", "verbose"):  # a string such as "no" would be true
+        if key in flags and not isinstance(flags[key], bool):
+            raise ConfigError(key, flags[key], "True or False")
     pairs = _overrides(overrides)
     if task is not None and any(key.startswith("task.") for key, _ in pairs):
         raise ConfigError("overrides", next(key for key, _ in pairs if key.startswith("task.")),
