@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return command(argv[1:]) if command else search_main(argv)
     except tune.ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        # the API names a flag as its Python argument, raised from the error that names the flag: the command's own
+        shown = err.__cause__ if isinstance(err.__cause__, tune.ConfigError) else err
+        print(f"error: {shown}", file=sys.stderr)
         return 2
 
 
