@@ -99,7 +99,7 @@ def check_config(options: StudyOptions) -> Checked:
     _check_ignored(cfg, task)
     _check_precision(cfg)
     block_model = task.build_model()
-    cfg = dataclasses.replace(cfg, space=freeze.check_space(cfg.space, cfg.train, block_model))
+    cfg = dataclasses.replace(cfg, space=freeze.check_space(cfg.space, cfg.train, block_model, cfg.fixed_in_space))
     if cfg.search.points_to_evaluate:
         points = freeze.check_points(cfg.search.points_to_evaluate, cfg.space, block_model)
         cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, points_to_evaluate=points))
@@ -119,7 +119,7 @@ def _check_ignored(cfg: Config, task: Any) -> None:
                               f"(its trainer does not read train.{key}; instead: {instead})")
         value, default = getattr(cfg.train, key), getattr(TrainConfig, key)
         if value != default:
-            raise ConfigError(f"train.{key}", value, f"{default!r} with the {task.name} task (its trainer does not "
+            raise ConfigError(cfg.train_key(key), value, f"{default!r} with the {task.name} task (its trainer does not "
                               f"read it; instead: {instead})")
 
 
@@ -130,7 +130,7 @@ def _check_precision(cfg: Config) -> None:
     wanted = [cfg.train.precision, *getattr(searched, "values", ())]
     on_cpu = cfg.train.device == "cpu" or cfg.search.gpus_per_trial <= 0
     if "16-mixed" in wanted and on_cpu:
-        key = "space.precision" if "16-mixed" in getattr(searched, "values", ()) else "train.precision"
+        key = "space.precision" if "16-mixed" in getattr(searched, "values", ()) else cfg.train_key("precision")
         raise ConfigError(key, "16-mixed", "32, bf16-mixed or auto where trials train on the CPU (16-mixed is float16 "
                           "with a GradScaler: CUDA only; give trials a GPU with search.gpus_per_trial)")
 
