@@ -227,6 +227,15 @@ def test_help_lists_the_options(tmp_path):
         assert option in result.stdout
 
 
+def test_help_shows_the_commands_in_its_usage(capsys):
+    with pytest.raises(SystemExit) as exited:
+        run_search.main(["--help"])
+    assert exited.value.code == 0
+    usage = capsys.readouterr().out.split("\n\n")[0]  # the usage lines, before the description
+    for command in ("report", "layers", "submit"):
+        assert f"freeze-search {command} " in usage, usage
+
+
 @pytest.mark.slow
 def test_a_crashed_trial_is_retried_from_its_last_checkpoint(ray_runtime, tmp_path):
     # 4 epochs of 6 batches; the crash comes in batch 8, inside epoch 2, after epoch 1's checkpoint.
