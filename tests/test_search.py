@@ -400,6 +400,12 @@ def test_layers_lists_the_default_models_blocks_and_cut_points(capsys):
     assert sum(int(row[3].replace(",", "")) for row in rows) == 152_570
 
 
+def test_layers_opens_with_a_header_naming_the_task_and_its_options(capsys):
+    assert run_search.main(["layers", "--set", "task.options.labels_per_class=5"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header == "task digits, options: labels_per_class=5, val_size=1000, test_size=500"
+
+
 @pytest.mark.slow
 def test_time_budget_stops_the_search_cleanly(ray_runtime, tmp_path, capsys):
     code, uri = _search(tmp_path, "--set", "search.num_samples=40", "--set", "train.epochs=10", "--time-budget", "6")

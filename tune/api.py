@@ -255,7 +255,8 @@ def layers(space: str | Path | Mapping[str, Any] = "digits_freeze", *, overrides
         cfg_task = TaskConfig(task, {} if task != cfg_task.name else dict(cfg_task.options))
     if model is not None:
         cfg_task = TaskConfig(cfg_task.name, {**cfg_task.options, "model": model})
-    header = f"task {cfg_task.name} {dict(cfg_task.options) or ''}".rstrip()
+    options = ", ".join(f"{key}={value}" for key, value in cfg_task.options.items())
+    header = f"task {cfg_task.name}" + (f", options: {options}" if options else "")
     return header + "\n" + layer_table(load_block_model(cfg_task))
 
 
