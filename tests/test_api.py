@@ -142,6 +142,35 @@ def test_bad_input_from_python_names_the_argument_and_from_the_command_line_the_
         assert capsys.readouterr().err.startswith(f"error: {expected}"), args
 
 
+@pytest.mark.parametrize(("where", "expected"), [
+    ({"train": {"head_init": "probe"}}, "train.head_init: got 'probe'"),  # its default value, written all the same
+    ({"train": {"head_init": "zero"}}, "train.head_init: got 'zero'"),
+    ({"space": {"head_init": "probe"}}, "space.head_init: got 'probe'"),
+    ({"space": {"head_lr_mult": 1.0}}, "space.head_lr_mult: got 1.0"),
+])
+def test_a_train_key_the_tasks_trainer_does_not_read_is_refused_wherever_it_is_written(tmp_path, where, expected):
+    """The yolo task's refusals (its trainer has no classifier head to start or to give a learning rate), on a task
+    that declares them as the yolo task does: Ultralytics is not needed to see them."""
+    import dataclasses
+
+    from conftest import make_tiny_task
+
+    from tune.tasks.yolo import _IGNORED_TRAIN
+
+    task = dataclasses.replace(make_tiny_task(), name="yolo", ignores=_IGNORED_TRAIN)
+    space = {"name": "refusals", "train": dict(where.get("train", {})),
+             "space": {"freeze_stop": {"type": "choice", "values": [0, 1]}, **where.get("space", {})}}
+    with pytest.raises(tune.ConfigError) as err:
+        tune.FreezeSearch(space, task=task, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+                          storage_path=tmp_path / "ray", report_dir=tmp_path / "reports")
+    key = expected.split(":")[0].split(".")[1]
+    assert str(err.value) == (f"{expected}; allowed: the key left out with the yolo task (its trainer does not read "
+                              f"it; instead: {_IGNORED_TRAIN[key]})")
+    tune.FreezeSearch({**space, "train": {}, "space": {"freeze_stop": space["space"]["freeze_stop"]}}, task=task,
+                      tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", storage_path=tmp_path / "ray",
+                      report_dir=tmp_path / "reports")  # none written: the defaults are the task's business
+
+
 @pytest.mark.slow
 def test_a_search_from_python_returns_its_result_and_its_lines_go_to_the_callers_handler(ray_runtime, tmp_path,
                                                                                         capfd):

@@ -112,15 +112,16 @@ def check_config(options: StudyOptions) -> Checked:
 
 
 def _check_ignored(cfg: Config, task: Any) -> None:
-    """A train key the task's own trial does not read, set or searched away from its default: refused."""
+    """A train key the task's own trial does not read, searched or written (even as its default value: the yolo
+    task's Detect head has no start of train.head_init's, probe included): refused."""
     for key, instead in (task.ignores or {}).items():
         if key in cfg.space:
             raise ConfigError(f"space.{key}", cfg.space[key], f"no space for it with the {task.name} task "
                               f"(its trainer does not read train.{key}; instead: {instead})")
-        value, default = getattr(cfg.train, key), getattr(TrainConfig, key)
-        if value != default:
-            raise ConfigError(cfg.train_key(key), value, f"{default!r} with the {task.name} task (its trainer does not "
-                              f"read it; instead: {instead})")
+        value = getattr(cfg.train, key)
+        if key in cfg.train_written or value != getattr(TrainConfig, key):
+            raise ConfigError(cfg.train_key(key), value, f"the key left out with the {task.name} task (its trainer "
+                              f"does not read it; instead: {instead})")
 
 
 def _check_precision(cfg: Config) -> None:

@@ -144,6 +144,7 @@ class Config:
     search: SearchConfig
     report: ReportConfig = field(default_factory=ReportConfig)
     fixed_in_space: frozenset[str] = frozenset()  # train keys given a fixed value under space: (in ``train``)
+    train_written: frozenset[str] = frozenset()  # train keys the file or an override wrote (train: or space:)
 
     def train_key(self, key: str) -> str:
         """Where the user gave the training parameter ``key``: ``space.key`` for a fixed value under space:, else
@@ -392,7 +393,7 @@ def build_config(raw: Any) -> Config:
             raise ConfigError(f"space.{ORDERED[0]}", "<searched>", f"a fixed {ORDERED[0]} with search.algorithm: "
                               f"grid (the grid would pair a {ORDERED[0]} after a {ORDERED[1]})")
     return Config(name=name, task=task, train=train, space=dims, search=search, report=report,
-                  fixed_in_space=frozenset(fixed))
+                  fixed_in_space=frozenset(fixed), train_written=frozenset(train_raw))
 
 
 def latest_thaw(cfg: Config) -> int:
