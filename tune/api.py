@@ -138,14 +138,13 @@ class SearchResult:
         built = self.report
         if built is None or built.chosen is None:
             return None
-        from tune.records import typed
         from tune.report import test_scores
 
         chosen, confirmed = built.chosen, built.confirmed_choice
         tested = test_scores(built)
         return Recommended(
             freeze_range=chosen.freeze_range, policy=chosen.label, freeze=chosen.freeze_key,
-            params={key: typed(chosen.params[key]) for key in built.recommendation.searched if key in chosen.params},
+            params={key: chosen.params[key] for key in built.recommendation.searched if key in chosen.params},
             score=confirmed.mean if confirmed else chosen.score,
             interval=confirmed.interval if confirmed else None, seeds=len(confirmed.scores) if confirmed else 0,
             decided=built.decision.decided if built.decision is not None else None,
