@@ -53,7 +53,7 @@ def test_bundled_spaces_are_found_by_name_and_an_unknown_name_lists_them():
     assert tune.load_config("digits_freeze.yaml").name == "digits_freeze"
     with pytest.raises(tune.ConfigError) as err:
         tune.load_config("digits_freez")
-    assert str(err.value).startswith("--space: got 'digits_freez'") and "digits_freeze" in str(err.value)
+    assert str(err.value).startswith("path: got 'digits_freez'") and "digits_freeze" in str(err.value)
 
 
 def test_overrides_as_a_mapping_as_strings_or_as_pairs_are_the_same():
@@ -179,6 +179,89 @@ def test_the_python_example_shows_the_report_once(page, monkeypatch, capsys):
     monkeypatch.setattr(tune, "FreezeSearch", Logged)
     exec(compile(block, page, "exec"), {})
     assert capsys.readouterr().out.count("Trials at their best epoch") == 1
+
+
+@pytest.mark.parametrize("key", ["resume", "smoke_test", "verbose"])
+def test_a_boolean_argument_is_a_bool_not_a_truthy_value(tmp_path, key):
+    with pytest.raises(tune.ConfigError) as err:
+        tune.FreezeSearch("digits_freeze", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+                          storage_path=tmp_path / "ray", report_dir=tmp_path / "reports", **{key: "yes"})
+    assert str(err.value) == f"{key}: got 'yes'; allowed: True or False"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_input_from_python_names_the_argument_and_from_the_command_line_the_flag(tmp_path, capsys):
+    import run_search
+
+    uri, a_file, forbidden = f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "a_file", "/proc/forbidden"
+    a_file.write_text("")
+    where = dict(tracking_uri=uri, storage_path=tmp_path / "ray", report_dir=tmp_path / "reports")
+    python = {
+        "confirm_top: got 0; allowed: an integer >= 1": lambda: tune.FreezeSearch(confirm_top=0, **where),
+        "space: got 'nope.yaml' (no such file)": lambda: tune.FreezeSearch("nope.yaml", **where),
+        "overrides: got 'epochs'; allowed: section.key=value": lambda: tune.FreezeSearch(overrides=["epochs"], **where),
+        "overrides.train.epochs.x: got 1; allowed: a key inside a mapping": lambda: tune.FreezeSearch(
+            overrides={"train.epochs.x": 1}, **where),
+        "tracking_uri: got 'ftp://x/m' (unsupported scheme)": lambda: tune.FreezeSearch(tracking_uri="ftp://x/m"),
+        f"report_dir: got '{a_file}'": lambda: tune.FreezeSearch(**{**where, "report_dir": a_file}),
+        "storage_path: got '/proc/forbidden'": lambda: tune.FreezeSearch(**{**where, "storage_path": forbidden}),
+        "resume: got 'digits_freeze' (no experiment": lambda: tune.FreezeSearch(resume=True, **where),
+        "experiment: got 'digits_freeze' (no experiment": lambda: tune.load_search("digits_freeze", tracking_uri=uri),
+        "run_id: got 'abc' (no run abc": lambda: tune.load_search(run_id="abc", tracking_uri=uri),
+        "cost: got 'flops'": lambda: tune.load_search("x", cost="flops", tracking_uri=uri),
+        "tolerance: got -1": lambda: tune.load_search("x", tolerance=-1, tracking_uri=uri),
+        "space: got 'nope.yaml'": lambda: tune.layers("nope.yaml"),
+        "path: got 'nope.yaml'": lambda: tune.load_config("nope.yaml"),
+        f"project_dir: got '{tmp_path}'": lambda: tune.submit("http://127.0.0.1:1", [], project_dir=tmp_path),
+    }
+    for expected, call in python.items():
+        with pytest.raises(tune.ConfigError) as err:
+            call()
+        assert str(err.value).startswith(expected), str(err.value)
+    command_line = {
+        "--confirm-top: got 0": ["--confirm-top", "0", "--tracking-uri", uri],
+        "--resume: got 'digits_freeze'": ["--resume", "--tracking-uri", uri],
+        "--experiment: got 'digits_freeze'": ["report", "--tracking-uri", uri],
+        "--run-id: got 'abc'": ["report", "--run-id", "abc", "--tracking-uri", uri],
+        "--cost: got 'flops'": ["report", "--cost", "flops", "--tracking-uri", uri],
+        "--space: got 'nope.yaml'": ["layers", "--space", "nope.yaml"],
+        "--set: got 'epochs'": ["layers", "--set", "epochs"],
+        f"--project-dir: got '{tmp_path}'": ["submit", "--address", "http://127.0.0.1:1", "--project-dir",
+                                             str(tmp_path)],
+    }
+    capsys.readouterr()  # MLflow's lines as it created the store
+    for expected, args in command_line.items():
+        assert run_search.main(args) == 2
+        assert capsys.readouterr().err.startswith(f"error: {expected}"), args
+
+
+@pytest.mark.parametrize(("where", "expected"), [
+    ({"train": {"head_init": "probe"}}, "train.head_init: got 'probe'"),  # its default value, written all the same
+    ({"train": {"head_init": "zero"}}, "train.head_init: got 'zero'"),
+    ({"space": {"head_init": "probe"}}, "space.head_init: got 'probe'"),
+    ({"space": {"head_lr_mult": 1.0}}, "space.head_lr_mult: got 1.0"),
+])
+def test_a_train_key_the_tasks_trainer_does_not_read_is_refused_wherever_it_is_written(tmp_path, where, expected):
+    """The yolo task's refusals (its trainer has no classifier head to start or to give a learning rate), on a task
+    that declares them as the yolo task does: Ultralytics is not needed to see them."""
+    import dataclasses
+
+    from conftest import make_tiny_task
+
+    from tune.tasks.yolo import _IGNORED_TRAIN
+
+    task = dataclasses.replace(make_tiny_task(), name="yolo", ignores=_IGNORED_TRAIN)
+    space = {"name": "refusals", "train": dict(where.get("train", {})),
+             "space": {"freeze_stop": {"type": "choice", "values": [0, 1]}, **where.get("space", {})}}
+    with pytest.raises(tune.ConfigError) as err:
+        tune.FreezeSearch(space, task=task, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+                          storage_path=tmp_path / "ray", report_dir=tmp_path / "reports")
+    key = expected.split(":")[0].split(".")[1]
+    assert str(err.value) == (f"{expected}; allowed: the key left out with the yolo task (its trainer does not read "
+                              f"it; instead: {_IGNORED_TRAIN[key]})")
+    tune.FreezeSearch({**space, "train": {}, "space": {"freeze_stop": space["space"]["freeze_stop"]}}, task=task,
+                      tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", storage_path=tmp_path / "ray",
+                      report_dir=tmp_path / "reports")  # none written: the defaults are the task's business
 
 
 @pytest.mark.slow

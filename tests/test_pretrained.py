@@ -169,6 +169,23 @@ def test_extracting_minilm_again_writes_nothing_and_completes_a_cut_folder(tmp_p
     assert not list(folder.glob(".*.part"))
 
 
+@pytest.mark.parametrize(("model", "written", "expected"), [
+    ("minilm", 9, "wrote 9 files to models/all minilm: all-MiniLM-L6-v2 (BERT encoder, 6 layers); for the text task: "
+                  "--set 'task.options.model=models/all minilm'"),
+    ("minilm", 0, "already complete: models/all minilm: all-MiniLM-L6-v2 (BERT encoder, 6 layers); for the text task: "
+                  "--set 'task.options.model=models/all minilm'"),
+    ("efficientnet_lite0", None, "wrote models/all minilm: timm efficientnet_lite0, ImageNet weights (1,000 classes); "
+                                 "for the image task: --set task.options.model=efficientnet_lite0 "
+                                 "--set 'task.options.weights=models/all minilm'"),
+])
+def test_the_command_line_ends_with_the_options_that_give_the_task_what_it_wrote(model, written, expected,
+                                                                                 monkeypatch, capsys):
+    monkeypatch.setattr(pretrained, "_extract_minilm", lambda folder: written)
+    monkeypatch.setattr(pretrained, "write_efficientnet_lite0", lambda path: Path(path))
+    assert pretrained.main([model, "models/all minilm"]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+
+
 def _wheel_without(module: str):
     real = importlib.util.find_spec
 

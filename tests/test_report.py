@@ -244,6 +244,24 @@ def test_params_read_back_from_mlflow_keep_their_types():
     from tune.records import typed
 
     assert typed("5e-05") == 5e-05 and typed("3") == 3 and typed("adam") == "adam"
+    # what str() wrote, read back: a string that YAML would read as a bool or a mapping stays the string
+    assert typed("off") == "off" and typed("None") is None and typed("True") is True and typed("[0, 2]") == [0, 2]
+    assert typed("bf16-mixed") == "bf16-mixed" and typed("[0, 3)") == "[0, 3)"
+
+
+def test_a_trial_results_params_are_typed_as_the_recommendations_are_and_its_labels_stay_strings():
+    trial = record("a", 2, [0.5, 0.9], epoch_time=2.0, memory=5.0, lr=5e-05)
+    trial.params.update(prefix_cache="off", frozen_flops_share="0.2500", policy="{0, 2} thaw@1",
+                        freeze_range="{0, 2}")
+    [result] = summarise([trial])
+    assert result.params["lr"] == 5e-05 and result.params["freeze_stop"] == 2
+    assert result.params["frozen_flops_share"] == 0.25 and result.params["prefix_cache"] == "off"
+    assert result.params["freeze_range"] == result.freeze_range == "{0, 2}"  # a label, not a set
+    assert result.params["policy"] == result.label == "{0, 2} thaw@1"
+    built = build_report([trial, record("b", 3, [0.4, 0.8], epoch_time=1.0, memory=4.0, lr=0.001)],
+                         searched=["freeze_stop", "lr"], objectives=[("score", "max")], tolerance=0.01,
+                         cost="epoch_time_s")
+    assert "5e-05" in built.text and "0.001" in built.text  # the table shows the typed values as it showed the text
 
 
 def test_the_probe_is_the_reference_and_trials_below_it_are_marked():

@@ -229,6 +229,15 @@ def test_help_lists_the_options(tmp_path):
         assert option in result.stdout
 
 
+def test_help_shows_the_commands_in_its_usage(capsys):
+    with pytest.raises(SystemExit) as exited:
+        run_search.main(["--help"])
+    assert exited.value.code == 0
+    usage = capsys.readouterr().out.split("\n\n")[0]  # the usage lines, before the description
+    for command in ("report", "layers", "submit"):
+        assert f"freeze-search {command} " in usage, usage
+
+
 @pytest.mark.slow
 def test_a_crashed_trial_is_retried_from_its_last_checkpoint(ray_runtime, tmp_path):
     # 4 epochs of 6 batches; the crash comes in batch 8, inside epoch 2, after epoch 1's checkpoint.
@@ -391,6 +400,12 @@ def test_layers_lists_the_default_models_blocks_and_cut_points(capsys):
     assert [row[1] for row in rows] == ["stem", "conv1", "conv2", "conv3", "conv4", "conv5", "neck", "head"]
     assert rows[-1][-1] == "100.0%"
     assert sum(int(row[3].replace(",", "")) for row in rows) == 152_570
+
+
+def test_layers_opens_with_a_header_naming_the_task_and_its_options(capsys):
+    assert run_search.main(["layers", "--set", "task.options.labels_per_class=5"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header == "task digits, options: labels_per_class=5, val_size=1000, test_size=500"
 
 
 @pytest.mark.slow
@@ -768,6 +783,43 @@ def test_each_search_registers_a_version_and_the_alias_moves_to_the_latest(tmp_p
     assert client.get_model_version_by_alias("by-hand", "recommended").version == 2
     mlflow.set_tracking_uri(uri)
     assert mlflow.pytorch.load_model(registered).weight.eq(2.0).all()
+
+
+# Each worker imports tune.tracking once, then opens a tracker on every store path it reads, as a search's driver
+# does first: the workers get each path at the same moment, so they race to create the store's tables.
+_OPEN_STORE = """
+import sys
+from tune.tracking import SearchTracker
+
+print("ready", flush=True)
+for line in sys.stdin:
+    try:
+        tracker = SearchTracker("sqlite:///" + line.strip(), "at-once")
+        print("ok", tracker.experiment_id, flush=True)
+    except Exception as err:
+        print("failed", type(err).__name__, " ".join(str(err).split())[:200], flush=True)
+"""
+
+
+def test_searches_started_at_once_on_a_new_sqlite_store_create_it_once_and_share_the_experiment(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    workers = [subprocess.Popen([sys.executable, "-c", _OPEN_STORE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True, env=env, cwd=tmp_path) for _ in range(3)]
+    try:
+        assert all(worker.stdout.readline().strip() == "ready" for worker in workers)
+        for attempt in range(3):  # a new store each time
+            database = tmp_path / f"m{attempt}.db"
+            for worker in workers:
+                worker.stdin.write(f"{database}\n")
+            for worker in workers:
+                worker.stdin.flush()
+            answers = [worker.stdout.readline().split(maxsplit=1) for worker in workers]
+            assert [answer[0] for answer in answers] == ["ok"] * 3, answers
+            assert len({answer[1] for answer in answers}) == 1, answers  # one experiment, not one each
+    finally:
+        for worker in workers:
+            worker.stdin.close()
+            worker.wait(timeout=60)
 
 
 @pytest.mark.slow

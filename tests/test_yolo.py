@@ -334,16 +334,22 @@ def test_layers_of_the_guides_space_need_no_data(tmp_path):
     ({"hyp": {"mosaic": "abc"}}, "error: task.options.hyp.mosaic: got 'abc' ("),
     ({"hyp": {"single_cls": True}}, "error: task.options.hyp.single_cls: got True (it would change the model"),
     # train keys Ultralytics' trainer does not read, set or searched: refused with what to use instead
-    ({"train": {"warmup": 0.1}}, "error: train.warmup: got 0.1; allowed: 0.0 with the yolo task (its trainer does "
-                                 "not read it; instead: task.options.hyp.warmup_epochs"),
-    ({"train": {"lr_schedule": "linear"}}, "error: train.lr_schedule: got 'linear'; allowed: 'constant' with the "
-                                           "yolo task (its trainer does not read it; instead: task.options.hyp.lrf"),
+    ({"train": {"warmup": 0.1}}, "error: train.warmup: got 0.1; allowed: the key left out with the yolo task (its "
+                                 "trainer does not read it; instead: task.options.hyp.warmup_epochs"),
+    ({"train": {"lr_schedule": "linear"}}, "error: train.lr_schedule: got 'linear'; allowed: the key left out with "
+                                           "the yolo task (its trainer does not read it; instead: "
+                                           "task.options.hyp.lrf"),
     ({"space": {"warmup": {"type": "float", "low": 0.0, "high": 0.2}}},
      "error: space.warmup: got FloatRange(low=0.0, high=0.2"),
-    ({"train": {"head_init": "zero"}}, "error: train.head_init: got 'zero'; allowed: 'probe' with the yolo task (its "
-                                       "trainer does not read it; instead: nothing (the Detect head is no classifier"),
-    ({"train": {"unfreeze_epoch": 1}}, "error: train.unfreeze_epoch: got 1; allowed: 0 with the yolo task (its "
-                                       "trainer does not read it; instead: nothing (Ultralytics' trainer freezes once"),
+    ({"train": {"head_init": "zero"}}, "error: train.head_init: got 'zero'; allowed: the key left out with the yolo "
+                                       "task (its trainer does not read it; instead: nothing (the Detect head is no "
+                                       "classifier"),
+    # written as its default value: refused all the same (no linear probe starts a Detect head)
+    ({"train": {"head_init": "probe"}}, "error: train.head_init: got 'probe'; allowed: the key left out with the "
+                                        "yolo task (its trainer does not read it; instead: nothing (the Detect head"),
+    ({"train": {"unfreeze_epoch": 1}}, "error: train.unfreeze_epoch: got 1; allowed: the key left out with the yolo "
+                                       "task (its trainer does not read it; instead: nothing (Ultralytics' trainer "
+                                       "freezes once"),
 ])
 def test_bad_yolo_options_exit_2_with_one_line(tmp_path, data, options, expected):
     import yaml

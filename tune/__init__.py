@@ -14,8 +14,8 @@ imported as ``from ray import tune as ray_tune``.)
 
 from typing import Any
 
-from tune.api import FreezeSearch, Recommended, SearchResult, follow, layers, load_search, spaces, submit
-from tune.config import Config, load_config
+from tune.api import FreezeSearch, Recommended, SearchResult, follow, layers, load_config, load_search, spaces, submit
+from tune.config import Config
 from tune.errors import ConfigError, TrialConfigError
 
 __version__ = "0.1.0"

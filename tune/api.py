@@ -10,27 +10,55 @@
 Ray cluster, the folders) and starts nothing; ``run`` runs it once and returns a ``SearchResult``. ``load_search``
 reads a finished search back from MLflow (its report again). The console command (``freeze-search``, tune/cli.py)
 is a thin client of these functions. Output lines go through the ``tune`` logger (tune/log.py).
+
+The checks these functions share with the command line name its flags (``--confirm-top``); raised here, a
+ConfigError names the function's argument instead (``confirm_top``), raised from the error the check wrote (its
+``__cause__``, which the command prints).
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tune import config
 from tune.checks import StudyOptions, check_submission
-from tune.config import bundled_spaces, load_config, parse_overrides, space_file
+from tune.config import bundled_spaces, parse_overrides, space_file
 from tune.errors import ConfigError
 from tune.study import Study, rebuild_report
 
 if TYPE_CHECKING:
     from tune.report import Report, TrialResult
 
-__all__ = ["FreezeSearch", "Recommended", "SearchResult", "follow", "layers", "load_search", "spaces", "submit"]
+__all__ = ["FreezeSearch", "Recommended", "SearchResult", "follow", "layers", "load_config", "load_search", "spaces",
+           "submit"]
 
 Overrides = Mapping[str, Any] | Sequence[str] | Sequence[tuple[str, Any]]
+
+# The command's flags and the arguments that stand for them here ("--set train.epochs" becomes
+# "overrides.train.epochs").
+ARGUMENTS = {"--space": "space", "--set": "overrides", "--tracking-uri": "tracking_uri",
+             "--storage-path": "storage_path", "--report-dir": "report_dir", "--address": "address",
+             "--confirm": "confirm", "--confirm-top": "confirm_top", "--resume": "resume",
+             "--experiment": "experiment", "--run-id": "run_id", "--tolerance": "tolerance", "--cost": "cost",
+             "--project-dir": "project_dir"}
+
+
+@contextlib.contextmanager
+def _python_names(names: Mapping[str, str] = ARGUMENTS) -> Iterator[None]:
+    """A ConfigError naming a flag of ``names`` is raised again naming its argument, from the original."""
+    try:
+        yield
+    except ConfigError as err:
+        flag, _, rest = err.key.partition(" ")
+        if flag not in names:
+            raise
+        key = f"{names[flag]}.{rest}" if rest else names[flag]
+        raise type(err)(key, err.value, err.allowed, err.problem) from err
 
 
 def _overrides(given: Overrides | None) -> list[tuple[str, Any]]:
@@ -110,14 +138,13 @@ class SearchResult:
         built = self.report
         if built is None or built.chosen is None:
             return None
-        from tune.records import typed
         from tune.report import test_scores
 
         chosen, confirmed = built.chosen, built.confirmed_choice
         tested = test_scores(built)
         return Recommended(
             freeze_range=chosen.freeze_range, policy=chosen.label, freeze=chosen.freeze_key,
-            params={key: typed(chosen.params[key]) for key in built.recommendation.searched if key in chosen.params},
+            params={key: chosen.params[key] for key in built.recommendation.searched if key in chosen.params},
             score=confirmed.mean if confirmed else chosen.score,
             interval=confirmed.interval if confirmed else None, seeds=len(confirmed.scores) if confirmed else 0,
             decided=built.decision.decided if built.decision is not None else None,
@@ -137,6 +164,9 @@ def _options(space: str | Path | Mapping[str, Any], *, overrides: Overrides | No
     for key in ("confirm", "confirm_top"):
         if flags.get(key) is not None and (isinstance(flags[key], bool) or not isinstance(flags[key], int)):
             raise ConfigError(key, flags[key], "an integer, or None for the space's own value")
+    for key in ("resume", "smoke_test", "verbose"):  # a string such as "no" would be true
+        if key in flags and not isinstance(flags[key], bool):
+            raise ConfigError(key, flags[key], "True or False")
     pairs = _overrides(overrides)
     if task is not None and any(key.startswith("task.") for key, _ in pairs):
         raise ConfigError("overrides", next(key for key, _ in pairs if key.startswith("task.")),
@@ -163,12 +193,14 @@ class FreezeSearch:
                  storage_path: str | Path | None = None, report_dir: str | Path | None = None,
                  address: str | None = None, confirm: int | None = None, confirm_top: int | None = None,
                  resume: bool = False, smoke_test: bool = False, verbose: bool = False) -> None:
-        if name is not None:
-            overrides = [*_overrides(overrides), ("name", name)]
-        self.options = _options(space, overrides=overrides, task=task, tracking_uri=tracking_uri,
-                                storage_path=storage_path, report_dir=report_dir, address=address, confirm=confirm,
-                                confirm_top=confirm_top, resume=resume, smoke_test=smoke_test, verbose=verbose)
-        self._study = Study.prepare(self.options)
+        with _python_names():
+            if name is not None:
+                overrides = [*_overrides(overrides), ("name", name)]
+            self.options = _options(space, overrides=overrides, task=task, tracking_uri=tracking_uri,
+                                    storage_path=storage_path, report_dir=report_dir, address=address,
+                                    confirm=confirm, confirm_top=confirm_top, resume=resume, smoke_test=smoke_test,
+                                    verbose=verbose)
+            self._study = Study.prepare(self.options)
         self._ran = False
 
     @property
@@ -203,9 +235,10 @@ def load_search(experiment: str | None = None, *, run_id: str | None = None, tra
     if experiment is None and run_id is None:
         raise ConfigError("experiment", None, "an experiment name or a parent run id (run_id)")
     uri = resolve_uri(tracking_uri)
-    built, out_dir, record = rebuild_report(uri, experiment=experiment, run_id=run_id, tolerance=tolerance,
-                                            cost=cost, report_dir=Path(report_dir),
-                                            **({} if verbose else {"say": _silent}))
+    with _python_names():
+        built, out_dir, record = rebuild_report(uri, experiment=experiment, run_id=run_id, tolerance=tolerance,
+                                                cost=cost, report_dir=Path(report_dir),
+                                                **({} if verbose else {"say": _silent}))
     return SearchResult(status=record.status, parent_run_id=record.run_id, experiment=record.name or experiment,
                         tracking_uri=uri, report=built, report_dir=out_dir,
                         model_uri=record.tags.get("registered_model_uri") or record.tags.get("recommended_model_uri"),
@@ -224,13 +257,23 @@ def layers(space: str | Path | Mapping[str, Any] = "digits_freeze", *, overrides
     from tune.config import TaskConfig
     from tune.tasks import load_block_model
 
-    cfg_task = load_config(space if isinstance(space, Mapping) else space_file(space), _overrides(overrides)).task
+    with _python_names():
+        cfg_task = config.load_config(space if isinstance(space, Mapping) else space_file(space),
+                                      _overrides(overrides)).task
     if task is not None:
         cfg_task = TaskConfig(task, {} if task != cfg_task.name else dict(cfg_task.options))
     if model is not None:
         cfg_task = TaskConfig(cfg_task.name, {**cfg_task.options, "model": model})
-    header = f"task {cfg_task.name} {dict(cfg_task.options) or ''}".rstrip()
+    options = ", ".join(f"{key}={value}" for key, value in cfg_task.options.items())
+    header = f"task {cfg_task.name}" + (f", options: {options}" if options else "")
     return header + "\n" + layer_table(load_block_model(cfg_task))
+
+
+def load_config(path: str | Path | Mapping[str, Any], overrides: Sequence[tuple[str, Any]] = ()) -> config.Config:
+    """A space file (or a bundled space's name, or the file's content as a mapping) with ``overrides`` (dotted key,
+    value) applied, checked: a ``tune.Config`` (frozen dataclasses); ConfigError naming the key otherwise."""
+    with _python_names({"--space": "path", "--set": "overrides"}):
+        return config.load_config(path, overrides)
 
 
 def _checkout(folder: Path) -> bool:
@@ -248,16 +291,8 @@ def submit(address: str, search_args: Sequence[str], *, project_dir: str | Path 
     from tune import cluster
     from tune.cli import parse_args, search_kwargs
 
-    if project_dir is None:
-        project_dir = next((f for f in (Path.cwd(), Path(__file__).resolve().parents[1]) if _checkout(f)), None)
-        if project_dir is None:
-            raise ConfigError("--project-dir", None, "a checkout of the project (a Ray Job uploads it as its working "
-                                                     "directory)", problem="neither the working directory nor the "
-                                                                           "installed package is one")
-    project_dir = Path(project_dir).resolve()
-    if not _checkout(project_dir):
-        raise ConfigError("--project-dir", str(project_dir), "a checkout of the project (pyproject.toml and "
-                                                             "search_spaces/ in it)")
+    with _python_names({"--project-dir": "project_dir"}):  # the search's arguments are the command's
+        project_dir = _project_dir(project_dir)
     args = list(search_args)
     inside = check_submission(_options(**search_kwargs(parse_args(args))), project_dir)  # bad input fails here
     for i, arg in enumerate(args):  # the job runs in an uploaded copy of the project: the space file's place there
@@ -268,6 +303,22 @@ def submit(address: str, search_args: Sequence[str], *, project_dir: str | Path 
     if not any(arg == "--tracking-uri" or arg.startswith("--tracking-uri=") for arg in args):
         args += ["--tracking-uri", os.environ["MLFLOW_TRACKING_URI"]]  # the check accepted it from here
     return cluster.submit_job(address, project_dir, args, python=python)
+
+
+def _project_dir(given: str | Path | None) -> Path:
+    """The checkout a Ray Job uploads: ``given``, else the working directory if it is one, else the checkout this
+    package runs from."""
+    if given is None:
+        given = next((f for f in (Path.cwd(), Path(__file__).resolve().parents[1]) if _checkout(f)), None)
+        if given is None:
+            raise ConfigError("--project-dir", None, "a checkout of the project (a Ray Job uploads it as its working "
+                                                     "directory)", problem="neither the working directory nor the "
+                                                                           "installed package is one")
+    project_dir = Path(given).resolve()
+    if not _checkout(project_dir):
+        raise ConfigError("--project-dir", str(project_dir), "a checkout of the project (pyproject.toml and "
+                                                             "search_spaces/ in it)")
+    return project_dir
 
 
 def follow(address: str, job_id: str) -> str:

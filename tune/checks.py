@@ -105,7 +105,7 @@ def check_config(options: StudyOptions) -> Checked:
     _check_ignored(cfg, task)
     _check_precision(cfg)
     block_model = task.build_model()
-    cfg = dataclasses.replace(cfg, space=freeze.check_space(cfg.space, cfg.train, block_model))
+    cfg = dataclasses.replace(cfg, space=freeze.check_space(cfg.space, cfg.train, block_model, cfg.fixed_in_space))
     from tune.preflight import preflight
     from tune.tasks.base import classification_metrics
 
@@ -128,15 +128,16 @@ def check_config(options: StudyOptions) -> Checked:
 
 
 def _check_ignored(cfg: Config, task: Any) -> None:
-    """A train key the task's own trial does not read, set or searched away from its default: refused."""
+    """A train key the task's own trial does not read, searched or written (even as its default value: the yolo
+    task's Detect head has no start of train.head_init's, probe included): refused."""
     for key, instead in (task.ignores or {}).items():
         if key in cfg.space:
             raise ConfigError(f"space.{key}", cfg.space[key], f"no space for it with the {task.name} task "
                               f"(its trainer does not read train.{key}; instead: {instead})")
-        value, default = getattr(cfg.train, key), getattr(TrainConfig, key)
-        if value != default:
-            raise ConfigError(f"train.{key}", value, f"{default!r} with the {task.name} task (its trainer does not "
-                              f"read it; instead: {instead})")
+        value = getattr(cfg.train, key)
+        if key in cfg.train_written or value != getattr(TrainConfig, key):
+            raise ConfigError(cfg.train_key(key), value, f"the key left out with the {task.name} task (its trainer "
+                              f"does not read it; instead: {instead})")
 
 
 def _check_precision(cfg: Config) -> None:
@@ -146,7 +147,7 @@ def _check_precision(cfg: Config) -> None:
     wanted = [cfg.train.precision, *getattr(searched, "values", ())]
     on_cpu = cfg.train.device == "cpu" or cfg.search.gpus_per_trial <= 0
     if "16-mixed" in wanted and on_cpu:
-        key = "space.precision" if "16-mixed" in getattr(searched, "values", ()) else "train.precision"
+        key = "space.precision" if "16-mixed" in getattr(searched, "values", ()) else cfg.train_key("precision")
         raise ConfigError(key, "16-mixed", "32, bf16-mixed or auto where trials train on the CPU (16-mixed is float16 "
                           "with a GradScaler: CUDA only; give trials a GPU with search.gpus_per_trial)")
 

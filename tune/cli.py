@@ -30,8 +30,18 @@ EXIT_CODES = {"FINISHED": 0, "FAILED": 1, "KILLED": 130}
 PROG = "freeze-search"
 
 
+# the usage: a search (its options below), then the commands, each with its own --help
+USAGE = "\n       ".join(f"{PROG} {form}" for form in (
+    "[search options]", "report [--experiment NAME | --run-id ID] [...]",
+    "layers [--space FILE] [--task NAME] [--model M] [...]",
+    "submit --address http://HEAD:8265 [--wait] [search options]"))
+COMMANDS = ("Commands (each with --help): report, a search's report again, from MLflow alone; layers, a task "
+            "model's blocks;\nsubmit, a search as a Ray Job. Without one, a search.")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog=PROG, usage=USAGE,
+                                     description=__doc__.split("\n\n")[0] + "\n" + COMMANDS,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--space", default=DEFAULT_SPACE,
                         help="a search space: a bundled one by name (" + ", ".join(tune.spaces()) + ") or a YAML "
@@ -87,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return command(argv[1:]) if command else search_main(argv)
     except tune.ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        # the API names a flag as its Python argument, raised from the error that names the flag: the command's own
+        shown = err.__cause__ if isinstance(err.__cause__, tune.ConfigError) else err
+        print(f"error: {shown}", file=sys.stderr)
         return 2
 
 

@@ -18,7 +18,7 @@ import copy
 import dataclasses
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,13 @@ class Config:
     space: Mapping[str, Dimension]
     search: SearchConfig
     report: ReportConfig = field(default_factory=ReportConfig)
+    fixed_in_space: frozenset[str] = frozenset()  # train keys given a fixed value under space: (in ``train``)
+    train_written: frozenset[str] = frozenset()  # train keys the file or an override wrote (train: or space:)
+
+    def train_key(self, key: str) -> str:
+        """Where the user gave the training parameter ``key``: ``space.key`` for a fixed value under space:, else
+        ``train.key``; what a ConfigError about its value names."""
+        return f"space.{key}" if key in self.fixed_in_space else f"train.{key}"
 
     def as_dict(self) -> dict[str, Any]:
         """A plain, YAML-safe view (for logging and for the parent run's params)."""
@@ -296,7 +303,10 @@ def _parse_space(raw: Any) -> tuple[dict[str, Dimension], dict[str, Any]]:
         if isinstance(value, Mapping):
             dims[key] = parse_dimension(f"space.{key}", value, names_allowed=key in FREEZE_KEYS)
             _check_dimension_values(key, dims[key])
-        else:
+        else:  # a fixed value: checked here, where the user wrote it, before it joins train:
+            check, allowed = _TRAIN_RULES[key]
+            if not check(value):
+                raise ConfigError(f"space.{key}", value, allowed, problem=_type_name(value))
             fixed[key] = value
     return dims, fixed
 
@@ -352,10 +362,10 @@ def build_config(raw: Any) -> Config:
         train = dataclasses.replace(train, precision="32")
     given = {k for k in FREEZE_KEYS if train_raw.get(k) is not None} | (dims.keys() & set(FREEZE_KEYS))
     if "freeze" in given and given & set(ORDERED):
-        where = "space.freeze" if "freeze" in dims else "train.freeze"
+        where = "space.freeze" if "freeze" in dims or "freeze" in fixed else "train.freeze"
         raise ConfigError(where, train_raw.get("freeze", "<searched>"),
                           "either freeze or freeze_start/freeze_stop, not both (in train: and space: together)")
-    _check_thaw(train, dims)
+    _check_thaw(train, dims, fixed)
     search = _check_fields("search", raw.get("search"), SearchConfig, _SEARCH_RULES)
     if search.algorithm == "grid" and "num_samples" not in (raw.get("search") or {}):
         search = dataclasses.replace(search, num_samples=1)  # a grid runs each combination once unless told
@@ -382,18 +392,19 @@ def build_config(raw: Any) -> Config:
         if set(ORDERED) <= dims.keys():
             raise ConfigError(f"space.{ORDERED[0]}", "<searched>", f"a fixed {ORDERED[0]} with search.algorithm: "
                               f"grid (the grid would pair a {ORDERED[0]} after a {ORDERED[1]})")
-    return Config(name=name, task=task, train=train, space=dims, search=search, report=report)
+    return Config(name=name, task=task, train=train, space=dims, search=search, report=report,
+                  fixed_in_space=frozenset(fixed), train_written=frozenset(train_raw))
 
 
 def latest_thaw(cfg: Config) -> int:
     """The latest ``unfreeze_epoch`` a trial of ``cfg`` can have (0: none thaws)."""
-    return _latest_thaw(cfg.train, cfg.space)[1]
+    return _latest_thaw(cfg.train, cfg.space, cfg.fixed_in_space)[1]
 
 
-def _latest_thaw(train: TrainConfig, dims: Mapping[str, Dimension]) -> tuple[str, int]:
+def _latest_thaw(train: TrainConfig, dims: Mapping[str, Dimension], fixed: Collection[str]) -> tuple[str, int]:
     dim = dims.get("unfreeze_epoch")
     if dim is None:
-        return "train.unfreeze_epoch", train.unfreeze_epoch
+        return f"{'space' if 'unfreeze_epoch' in fixed else 'train'}.unfreeze_epoch", train.unfreeze_epoch
     if isinstance(dim, Choice):
         return "space.unfreeze_epoch.values", max(dim.values)
     return "space.unfreeze_epoch.high", int(dim.high)
@@ -424,10 +435,10 @@ def _check_points(search: SearchConfig, dims: Mapping[str, Dimension]) -> None:
                                   problem="out of range")
 
 
-def _check_thaw(train: TrainConfig, dims: Mapping[str, Dimension]) -> None:
+def _check_thaw(train: TrainConfig, dims: Mapping[str, Dimension], fixed: Collection[str]) -> None:
     """A thaw must come before the last epoch, or it would never happen (epochs fixed; searched epochs are not
-    checked)."""
-    where, latest = _latest_thaw(train, dims)
+    checked). ``fixed``: the train keys given under space:."""
+    where, latest = _latest_thaw(train, dims, fixed)
     if "epochs" not in dims and latest >= train.epochs:
         raise ConfigError(where, latest, f"an integer in [0, {train.epochs - 1}] (0: never; a thaw after the last "
                                          f"epoch, train.epochs={train.epochs}, would not happen)")

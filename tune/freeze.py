@@ -17,7 +17,7 @@ in training mode as ``model.train()`` would. A space's freeze dimensions are che
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,10 +197,12 @@ class FrozenModel:
             frozen.training = False  # this module alone: eval() would reach a frozen_bn "train" BatchNorm in it
 
 
-def check_space(space: Mapping[str, Any], train: Any, block_model: BlockModel) -> dict[str, Any]:
+def check_space(space: Mapping[str, Any], train: Any, block_model: BlockModel,
+                fixed_in_space: Collection[str] = ()) -> dict[str, Any]:
     """Resolve cut-point names in the freeze dimensions of ``space`` and check every freeze it can sample.
 
-    ``train`` is the TrainConfig holding the fixed values. Raises ConfigError before any trial starts.
+    ``train`` is the TrainConfig holding the fixed values, ``fixed_in_space`` the keys among them given under
+    space: (an error names them there). Raises ConfigError before any trial starts.
     """
     n_blocks, cuts = block_model.n_blocks, block_model.named_cut_points()
     resolved = {key: resolve_names(f"space.{key}", dim, lambda k, v: resolve_index(k, v, n_blocks, cuts))
@@ -210,7 +212,7 @@ def check_space(space: Mapping[str, Any], train: Any, block_model: BlockModel) -
             resolve(block_model, **values)
         except ConfigError as err:
             key = err.key.split("[")[0]
-            where = f"space.{key}" if key in combo else f"train.{key}"
+            where = f"space.{key}" if key in combo or key in fixed_in_space else f"train.{key}"
             raise ConfigError(where, values[key], err.allowed, problem=err.problem) from None
     return resolved
 

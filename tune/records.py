@@ -1,11 +1,12 @@
 """What a search's runs hold, as plain Python: the records the report reads (TrialRecord, SearchRecord), the
 encodings the runs are written with (``flatten`` for params, ``search_tags`` for what SearchRecord decodes), a
-param read back (``typed``) and shown (``short``). Imports neither MLflow nor Ray (tune.tracking fills the
-records from MLflow).
+param read back (``typed``, ``typed_params``) and shown (``short``). Imports neither MLflow nor Ray (tune.tracking
+fills the records from MLflow).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import Any
 
 from tune.config import ReportConfig, SearchConfig
 
-__all__ = ["SearchRecord", "TrialRecord", "flatten", "search_tags", "short", "typed"]
+__all__ = ["LABELS", "SearchRecord", "TrialRecord", "flatten", "search_tags", "short", "typed", "typed_params"]
 
 
 @dataclass
@@ -91,16 +92,25 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def typed(text: str) -> Any:
-    """A param as MLflow stored it (a string) → its value; YAML alone would keep '5e-05' a string."""
-    import yaml
+    """A param as MLflow stored it (``str(value)``, as ``flatten`` and the trials write them) → its value: a Python
+    literal read back (numbers, True, None, lists), a number Python spells otherwise ('inf') as a float, anything else
+    the string itself ('off' and '{0, 2}' stay strings, where YAML would read a bool and a mapping)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+
+LABELS = ("freeze_range", "policy")  # params that name what a trial froze: strings, whatever they look like
+
+
+def typed_params(params: Mapping[str, str]) -> dict[str, Any]:
+    """A run's params, each ``typed`` but the labels (``LABELS``)."""
+    return {key: text if key in LABELS else typed(text) for key, text in params.items()}
 
 
 def short(value: Any) -> str:

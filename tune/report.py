@@ -22,7 +22,7 @@ from typing import Any
 from tune.config import ReportConfig
 from tune.policy import LABELLED_KEYS
 from tune.race import Candidate, Decision, decide
-from tune.records import TrialRecord, short, typed
+from tune.records import TrialRecord, short, typed_params
 
 __all__ = ["Candidate", "Recommendation", "Report", "TrialResult", "build_report", "candidates",
            "confirmation_candidates", "confirmed",
@@ -42,7 +42,7 @@ class TrialResult:
     status: str
     freeze_range: str
     freeze_key: tuple[int, int]  # (start, stop) of the frozen range, for ordering
-    params: dict[str, str]
+    params: dict[str, Any]  # typed as the run's params were written (tune.records.typed_params)
     best_epoch: int
     score: float  # at the best epoch
     values: dict[str, float]  # each metric at the comparison point (see value_at_best)
@@ -110,8 +110,9 @@ def summarise(records: Sequence[TrialRecord]) -> list[TrialResult]:
         freeze_range = record.params.get("freeze_range", "?")
         results.append(TrialResult(
             name=record.name, status=record.status, freeze_range=freeze_range, freeze_key=freeze_key(freeze_range),
-            params=record.params, best_epoch=best_epoch, score=best, values=values, epochs_run=scores[-1][0],
-            stopped_early=record.tags.get("stopped_early") == "True", candidate=record.tags.get("candidate"),
+            params=typed_params(record.params), best_epoch=best_epoch, score=best, values=values,
+            epochs_run=scores[-1][0], stopped_early=record.tags.get("stopped_early") == "True",
+            candidate=record.tags.get("candidate"),
             policy=record.params.get("policy", freeze_range)))
     return sorted(results, key=lambda r: (-r.score, r.epoch_time_s))
 
@@ -198,7 +199,7 @@ def candidates(records: Sequence[TrialRecord], rule: ReportConfig, searched: Seq
     by_freeze = any(key in LABELLED_KEYS for key in searched)
     best_of: dict[str, TrialResult] = {}
     for result in sorted(results, key=lambda r: (-r.score, r.values.get(rule.cost, math.inf))):
-        key = result.label if by_freeze else json.dumps({k: result.params.get(k) for k in searched})
+        key = result.label if by_freeze else json.dumps({k: result.params.get(k) for k in searched}, default=str)
         best_of.setdefault(key, result)
     top_score = next(iter(best_of.values())).score
     ranked = [r for r in best_of.values() if r.score >= top_score - 3 * rule.tolerance]
@@ -220,7 +221,7 @@ def candidates(records: Sequence[TrialRecord], rule: ReportConfig, searched: Seq
         reserved.append(hard)
     extra = [r for r in reserved if r not in chosen][:max(0, top - 1)]
     chosen = [*[r for r in chosen if r not in extra][:top - len(extra)], *extra]
-    return {r.name: {k: typed(r.params[k]) for k in searched} for r in chosen}
+    return {r.name: {k: r.params[k] for k in searched} for r in chosen}
 
 
 def _trainable_params(result: TrialResult) -> float:

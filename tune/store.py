@@ -1,19 +1,22 @@
 """The tracking store: the default URI, checking a store before any trial (with a server's HTTP basic auth),
-credentials kept out of messages, where a sqlite store's artifacts go, and how to open the runs in a browser.
-Imports neither MLflow nor Ray.
+credentials kept out of messages, where a sqlite store's artifacts go, the lock under which a new sqlite store is
+created, and how to open the runs in a browser. Imports neither MLflow nor Ray.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import os
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from tune.errors import ConfigError
 
-__all__ = ["artifact_location", "check_store", "default_tracking_uri", "redact", "ui_command"]
+__all__ = ["artifact_location", "check_store", "creating", "default_tracking_uri", "redact", "ui_command"]
 
 
 def default_tracking_uri(cwd: Path | None = None) -> str:
@@ -29,6 +32,22 @@ def artifact_location(tracking_uri: str, experiment_name: str) -> str | None:
         return None
     database = Path(tracking_uri.removeprefix("sqlite:///"))
     return (database.resolve().parent / "mlartifacts" / experiment_name).as_uri()
+
+
+@contextlib.contextmanager
+def creating(tracking_uri: str) -> Iterator[None]:
+    """Held while a process opens the store (tune.tracking): MLflow creates a new sqlite file's tables, without a
+    lock, when a process first opens it, so two searches started at once on a new file both migrate it and one fails
+    in alembic. Under this exclusive lock on ``<file>.lock`` beside the database, the first creates the tables and
+    the others wait, then find them. Other stores: nothing to hold (a server or a database creates its tables
+    once)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]).resolve()
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def redact(uri: str) -> str:

@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tune.records import SearchRecord, TrialRecord
-from tune.store import artifact_location
+from tune.store import artifact_location, creating
 
 __all__ = ["SearchTracker", "fetch_trials", "find_search", "finished_confirmations"]
 
@@ -67,6 +67,13 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _client(tracking_uri: str) -> MlflowClient:
+    """A client of the store; opening it creates a new sqlite file's tables, one process at a time
+    (tune.store.creating)."""
+    with creating(tracking_uri):
+        return MlflowClient(tracking_uri=tracking_uri)
+
+
 def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
@@ -81,14 +88,24 @@ class SearchTracker:
                  parent_run_id: str | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        experiment = self.client.get_experiment_by_name(experiment_name)
-        self.experiment_id = (experiment.experiment_id if experiment is not None
-                              else self.client.create_experiment(experiment_name,
-                                                                 artifact_location(tracking_uri, experiment_name)))
+        self.client = _client(tracking_uri)
+        self.experiment_id = self._experiment_id()
         self.parent_run_id = parent_run_id
         self._logged_params: dict[str, set[str]] = {}
         self.datasets: list[Any] = list(datasets)
+
+    def _experiment_id(self) -> str:
+        """The experiment's id, created if it is new; a search started at the same moment may create it first."""
+        experiment = self.client.get_experiment_by_name(self.experiment_name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(self.experiment_name,
+                                                 artifact_location(self.tracking_uri, self.experiment_name))
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        return self.client.get_experiment_by_name(self.experiment_name).experiment_id
 
     # Tune pickles its callbacks (and so this tracker) into the experiment state for Tuner.restore: keep the
     # URI and ids, not the client.
@@ -100,7 +117,7 @@ class SearchTracker:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("datasets", [])  # a tracker pickled before datasets were logged
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.client = _client(self.tracking_uri)
 
     # -- the search ---------------------------------------------------------------------------------------
     def start_search(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str],
@@ -276,7 +293,7 @@ class SearchTracker:
 def find_search(tracking_uri: str, experiment_name: str | None, run_id: str | None = None) -> SearchRecord:
     """A search's parent run: ``run_id`` itself, or the latest search of ``experiment_name``. LookupError names
     what is missing."""
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = _client(tracking_uri)
     if run_id is not None:
         try:
             run = client.get_run(run_id)
@@ -319,7 +336,7 @@ def fetch_trials(tracking_uri: str, parent_run_id: str, extra_keys: Iterable[str
                  phase: str | None = None) -> list[TrialRecord]:
     """The child runs of a search (of one ``phase``, search or confirm, if given) with their params, tags and
     per-epoch histories of HISTORY_KEYS and ``extra_keys``."""
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = _client(tracking_uri)
     parent = client.get_run(parent_run_id)
     query = f"tags.`{PARENT_TAG}` = '{parent_run_id}'" + (f" and tags.phase = '{phase}'" if phase else "")
     runs = client.search_runs([parent.info.experiment_id], filter_string=query, max_results=10_000)

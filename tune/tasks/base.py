@@ -66,8 +66,8 @@ class Task:
     ``make_trial(task, train_config, device)`` instead of data, a loss and ``evaluate``: it returns a
     ``tune.trial.TrialProtocol`` whose epochs report ``tune.trial.epoch_metrics``. ``extra_metrics`` names the
     metrics its trials report beyond tune.trial.METRIC_KEYS. ``ignores`` maps the ``train`` keys its trial does
-    not read to what does their work there: a search that sets one away from its default is refused before any
-    trial runs (a warmup the trainer never applies would silently change nothing).
+    not read to what does their work there: a search that sets one (even to its default value) or searches it is
+    refused before any trial runs (a warmup the trainer never applies would silently change nothing).
     """
 
     name: str
