@@ -477,7 +477,8 @@ def test_the_recommendation_follows_the_confirmed_choice_not_the_search_trial(tm
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = SearchTracker(uri, "confirmed")
-    tracker.start_search("search", {"name": "confirmed", "report.tolerance": "0.01"},
+    tracker.start_search("search", {"name": "confirmed", "report.tolerance": "0.01", "report.confirm_seeds": "3",
+                                    "report.confirm_max_seeds": "3"},
                          search_tags(["freeze_stop"], [("score", "max")]))
     runs = TrialRuns(tracker, {"epochs": 1}, 1)
 
@@ -501,10 +502,12 @@ def test_the_recommendation_follows_the_confirmed_choice_not_the_search_trial(tm
     assert built.chosen.name == "expensive"  # the trial whose checkpoint is logged as the recommended model
     tags = MlflowClient(tracking_uri=uri).get_run(tracker.parent_run_id).data.tags
     assert tags["recommended_trial"] == "expensive" and tags["recommended_freeze_range"] == "[0, 0)"
+    # the race's budget, 3 seeds, was reached: the expensive candidate is proven within (the cheap one is 0.05 below)
+    assert tags["recommendation_proven"] == "true" and tags["race_ended"] == "proven"
     text = "\n".join(lines)
     assert "Single-trial pick (the confirmation decides): freeze [0, 4)" in text and "Confirmation (fresh seeds" in text
-    assert ("Recommendation: freeze [0, 0) (no other searched values), confirmed with fresh seeds: mean score 0.9500"
-            in text)
+    assert ("Recommendation: freeze [0, 0) (no other searched values), proven within the tolerance (0.01) of the best "
+            "candidate: mean score 0.9500" in text)
 
 
 def _space_file(tmp_path: Path, text: str) -> Path:
