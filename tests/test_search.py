@@ -804,6 +804,7 @@ for line in sys.stdin:
 """
 
 
+@pytest.mark.slow  # three processes importing MLflow at once, three times: about 10-30 s
 def test_searches_started_at_once_on_a_new_sqlite_store_create_it_once_and_share_the_experiment(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     workers = [subprocess.Popen([sys.executable, "-c", _OPEN_STORE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
