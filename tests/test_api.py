@@ -4,12 +4,14 @@ Python object), the console command from a wheel installed in a fresh venv, and 
 from __future__ import annotations
 
 import ast
+import contextlib
 import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,24 @@ from tune.api import _overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+
+@contextlib.contextmanager
+def tune_lines() -> Iterator[list[str]]:
+    """What the ``tune`` logger says inside the block, collected in place of its handlers."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("tune")
+    saved = logger.handlers[:]
+    logger.handlers = [Collect()]
+    try:
+        yield lines
+    finally:
+        logger.handlers = saved
 
 def test_the_cli_imports_only_the_public_api():
     """tune/cli.py is a thin client: it imports ``tune`` (the exported API) and the standard library, nothing
@@ -130,23 +150,12 @@ def test_loading_a_search_logs_nothing_unless_asked_and_the_report_command_print
     import run_search
 
     uri = _logged_search(tmp_path)
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    logger = logging.getLogger("tune")
-    saved = logger.handlers[:]
-    logger.handlers = [Collect()]
-    try:
+    with tune_lines() as lines:
         result = tune.load_search("by_hand", tracking_uri=uri, report_dir=tmp_path / "reports")
         assert lines == [] and "Recommendation: freeze [0, 0)" in result.text
         assert (result.report_dir / "report.txt").is_file()  # written all the same
         tune.load_search("by_hand", tracking_uri=uri, report_dir=tmp_path / "reports", verbose=True)
         assert any(result.text in line for line in lines)
-    finally:
-        logger.handlers = saved
     capsys.readouterr()
     assert run_search.main(["report", "--experiment", "by_hand", "--tracking-uri", uri,
                             "--report-dir", str(tmp_path / "reports")]) == 0
@@ -270,22 +279,11 @@ def test_a_search_from_python_returns_its_result_and_its_lines_go_to_the_callers
     """The README's API on the default space, in this process: the result holds what MLflow holds; the console
     lines go through the ``tune`` logger, so a caller's handler gets them and nothing is printed."""
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    logger = logging.getLogger("tune")
-    saved = logger.handlers[:]
-    logger.handlers = [Collect()]
-    try:
+    with tune_lines() as lines:
         search = tune.FreezeSearch("digits_freeze", overrides={"search.num_samples": 3}, smoke_test=True,
                                    tracking_uri=uri, storage_path=tmp_path / "ray", report_dir=tmp_path / "reports")
         assert search.config.search.num_samples == 3  # the caller's override wins over the smoke test's 4
         result = search.run()
-    finally:
-        logger.handlers = saved
     assert result.status == "FINISHED"
     parent = MlflowClient(tracking_uri=uri).get_run(result.parent_run_id)
     assert parent.data.tags["freeze_search.role"] == "search" and parent.info.status == "FINISHED"
