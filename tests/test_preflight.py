@@ -120,11 +120,12 @@ def test_the_preflight_leaves_the_models_weights_and_statistics_as_they_were():
     assert all(p.grad is None for p in block_model.module.parameters())
 
 
-def test_a_users_task_names_the_experiment_unless_a_name_is_given(tmp_path):
+def test_a_users_task_names_the_experiment_in_a_bundled_space_unless_a_name_is_given(tmp_path):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     assert tune.FreezeSearch("digits_freeze", task=make_tiny_task, tracking_uri=uri).config.name == "tiny"
     assert tune.FreezeSearch("digits_freeze", task=make_tiny_task, name="mine", tracking_uri=uri).config.name == "mine"
     assert tune.FreezeSearch("digits_freeze", overrides={"name": "other"}, tracking_uri=uri).config.name == "other"
     assert tune.FreezeSearch("digits_freeze", tracking_uri=uri).config.name == "digits_freeze"  # the space's own
+    assert tune.FreezeSearch(SPACE, task=make_tiny_task, tracking_uri=uri).config.name == "mine"  # the user's space
     with pytest.raises(tune.ConfigError, match="^name: got 'a b'"):
         tune.FreezeSearch("digits_freeze", name="a b", tracking_uri=uri)

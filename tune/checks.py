@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tune.config import Config, TrainConfig, latest_thaw, load_config, space_file
+from tune.config import Config, TrainConfig, bundled_spaces, latest_thaw, load_config, space_file
 from tune.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -99,7 +99,8 @@ def check_config(options: StudyOptions) -> Checked:
         cfg = dataclasses.replace(cfg, task=task_config(options.task))
     written = cfg = dataclasses.replace(cfg, task=absolute_paths(cfg.task, Path.cwd()))  # trials run elsewhere
     task = load_task(cfg.task)
-    if options.task is not None and "name" not in dict(options.overrides):  # the user's task names its experiment
+    if options.task is not None and "name" not in dict(options.overrides) and _bundled(options.space_file):
+        # a bundled space's name is not the user's: their task names the experiment (a space of their own keeps its)
         named = re.sub(r"[^A-Za-z0-9_.-]", "_", task.name) or cfg.name
         cfg, written = dataclasses.replace(cfg, name=named), dataclasses.replace(written, name=named)
     _check_ignored(cfg, task)
@@ -125,6 +126,14 @@ def check_config(options: StudyOptions) -> Checked:
             raise ConfigError(f"search.objectives.{metric}", metric, "one of " + ", ".join(known))
     store.check_store(tracking_uri(options.tracking_uri))
     return Checked(cfg, task, written)
+
+
+def _bundled(space: Any) -> bool:
+    """Whether ``space`` is one of the spaces that come with the project (not a mapping or a file of the user's)."""
+    if isinstance(space, Mapping):
+        return False
+    path = Path(space).resolve()
+    return any(path == bundled.resolve() for bundled in bundled_spaces().values())
 
 
 def _check_ignored(cfg: Config, task: Any) -> None:
