@@ -181,7 +181,9 @@ class FreezeSearch:
     ...: ``tune.spaces()``), a space file's path, or the file's content as a mapping (a config built in
     Python). ``overrides`` change its values as ``--set`` does: ``{"train.epochs": 5, "space.lr": 0.001}``.
     ``task``: your own task as a Python object (a ``tune.Task``, or a function returning one), in place of the
-    space's; Ray pickles it into every trial. The rest are the command's flags: ``tracking_uri`` (default
+    space's; Ray pickles it into every trial; with a bundled space, the experiment and the registered model take
+    the task's name. ``name``: the experiment's (and the registered model's) name instead. The rest are the
+    command's flags: ``tracking_uri`` (default
     $MLFLOW_TRACKING_URI or sqlite:///mlflow.db here), ``storage_path`` (Ray Tune's trial checkpoints),
     ``report_dir``, ``address`` (a Ray cluster), ``confirm`` / ``confirm_top`` (the race's seeds and candidates),
     ``resume`` (go on with this space's latest unfinished search), ``smoke_test`` (4 trials of 2 epochs),
