@@ -240,7 +240,7 @@ def make_slow_task(seconds_per_epoch: float = 0.5, tokens: str | None = None, ga
     folder (removed atomically, once per trial at its first validation); every other trial waits in its
     validation until ``gate`` exists. With ``hold_at`` and ``gate``, every trial waits in its ``hold_at``-th
     validation (counted from its start or restart) until ``gate`` exists. A test thus stops a search at a known
-    point, free of timing races."""
+    point, free of timing races. The driver's pre-flight (before Ray starts) neither takes a token nor waits."""
     base = make_tiny_task()
     free = [tokens is None]
     taken = []
@@ -256,6 +256,10 @@ def make_slow_task(seconds_per_epoch: float = 0.5, tokens: str | None = None, ga
         return False
 
     def evaluate(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        import ray
+
+        if not ray.is_initialized():  # the driver's pre-flight, before Ray starts: no token taken, no wait
+            return classification_metrics(model, inputs, targets)
         if not taken:
             taken.append(True)
             free[0] = free[0] or claim()
