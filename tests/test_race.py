@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -108,10 +109,38 @@ def test_a_hopeless_race_stops_after_its_first_round_and_says_nothing_is_proven(
     assert len(table.rounds) == 3 and decision.ended == "budget" and not decision.decided
 
 
-def test_a_single_candidate_is_not_raced_against_anything():
+def test_a_single_candidate_is_not_raced_against_anything_and_nothing_is_proven():
     only = Candidate("only", "[0, 3)", "", (0.9, 0.91), 1.0, seeds=(1, 2))
     decision = decide([only], 0.01, 0.95, budget=5)
-    assert decision.ended == "single" and decision.chosen is only and decision.racing == ()
+    assert decision.ended == "single" and decision.chosen is only and decision.racing == () and not decision.decided
+
+
+def test_a_candidate_whose_runs_all_failed_leaves_the_others_unproven():
+    def only_expensive(plan, number):  # cheap's runs all fail: run_round returns expensive alone
+        seeds = sorted({s for v in plan.values() for s in v})
+        only_expensive.seen += seeds
+        return [Candidate("expensive", "[0, 0)", "", tuple(0.95 for _ in only_expensive.seen), 2.0,
+                          seeds=tuple(only_expensive.seen))]
+
+    only_expensive.seen = []
+    decision = race(["expensive", "cheap"], [1, 2, 3, 4, 5], 3, only_expensive, tolerance=0.01, confidence=0.95)
+    assert not decision.decided and decision.ended == "single" and decision.absent == 1
+
+
+def test_the_look_is_where_every_pair_has_the_budgets_seeds():
+    # expensive has its fifth seed (a resumed race's finished run), cheap not yet: no look, nothing proven
+    expensive = Candidate("expensive", "[0, 0)", "", (0.95, 0.95, 0.95, 0.95, 0.95), 2.0, seeds=(1, 2, 3, 4, 5))
+    cheap = Candidate("cheap", "[0, 4)", "", (0.90, 0.90, 0.90, 0.90), 1.0, seeds=(1, 2, 3, 4))
+    early = decide([expensive, cheap], 0.01, 0.95, budget=5)
+    assert not early.decided and early.ended != "budget"
+    whole = replace(cheap, scores=(0.90,) * 5, seeds=(1, 2, 3, 4, 5))
+    assert decide([expensive, whole], 0.01, 0.95, budget=5).decided
+
+
+def test_a_non_finite_score_is_left_out_of_its_pairs():
+    a = Candidate("a", "[0, 0)", "", (0.95, 0.94, math.nan, 0.95), 2.0, seeds=(1, 2, 3, 4))
+    b = Candidate("b", "[0, 1)", "", (0.94, 0.93, 0.95, 0.94), 1.0, seeds=(1, 2, 3, 4))
+    assert decide([a, b], 0.01, 0.95).comparisons["b"].seeds == 3
 
 
 def test_a_killed_race_resumes_without_running_a_seed_twice_and_reaches_the_same_answer():

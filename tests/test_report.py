@@ -100,8 +100,8 @@ def test_a_cheaper_candidate_is_recommended_only_when_proven_within_the_toleranc
     assert "freeze [0, 4)" in text and f"95% interval {low:.4f}-{high:.4f}" in text
     assert "proven within the tolerance (0.01) of the best candidate" in text and "below the highest mean (freeze " \
         "[0, 0), 0.9400)" in text and "at most 0.0067 below the best at 95% confidence" in text
-    assert "The promise: a recommendation called proven is more than the tolerance below the best candidate in at " \
-        "most 5% of races" in text
+    assert "The promise: at most 5% of races end with a recommendation called proven that is more than the " \
+        "tolerance below the best candidate" in text
     # the same scores with the cheap candidate's seeds shuffled: nothing cancels, nothing is proven
     shuffled = confirmed(_paired([0.95, 0.93, 0.94], [0.926, 0.934, 0.945]), tolerance=0.01, cost="epoch_time_s")
     assert shuffled.chosen.name == "expensive" and shuffled.comparisons["cheap"].verdict == "undecided"
@@ -122,8 +122,8 @@ def test_a_candidate_proven_worse_by_more_than_the_tolerance_is_dropped_from_the
     worse = confirmed(_paired([0.950, 0.951, 0.949], [0.900, 0.902, 0.899]), tolerance=0.01, cost="epoch_time_s")
     assert worse.chosen.name == "expensive" and worse.comparisons["cheap"].verdict == "worse"
     assert worse.decided and worse.ended == "proven"  # the best is proven within: the other is far below it
-    assert "Proven more than the tolerance below another candidate: freeze [0, 4)" in confirmed_text(
-        worse, "epoch_time_s")
+    assert "More than the tolerance below another candidate by their bounds (a check, outside the promise): freeze " \
+        "[0, 4)" in confirmed_text(worse, "epoch_time_s")
 
 
 def test_candidates_are_the_best_range_and_the_cheapest_ranges_near_it_each_at_its_best_trial():

@@ -32,7 +32,7 @@ import functools
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 __all__ = ["Candidate", "Comparison", "Decision", "decide", "race", "t_quantile"]
 
@@ -113,7 +113,7 @@ class Pair:
 
 def _pair(mine: Candidate, other: Candidate) -> Pair:
     a, b = mine.by_seed(), other.by_seed()
-    diffs = [b[s] - a[s] for s in sorted(set(a) & set(b))]
+    diffs = [b[s] - a[s] for s in sorted(set(a) & set(b)) if math.isfinite(a[s]) and math.isfinite(b[s])]
     if not diffs:
         return Pair(other.name, 0, math.nan, math.nan)
     return Pair(other.name, len(diffs), statistics.fmean(diffs),
@@ -157,6 +157,7 @@ class Decision:
     chance: float = math.nan  # the best candidate's predictive chance of being proven at the budget
     more_seeds: int | None = None  # about how many more seeds a decision would take at the spread seen
     prospect: str | None = None  # the candidate ``more_seeds`` is for
+    absent: int = 0  # candidates of the race without a finished run (nothing is proven against them)
 
     @property
     def undecided(self) -> list[Candidate]:
@@ -222,22 +223,25 @@ def _seeds_needed(pairs: Sequence[Pair], tolerance: float, level: float) -> int 
 
 
 def decide(found: Sequence[Candidate], tolerance: float, confidence: float, budget: int | None = None,
-           futility: float = FUTILITY) -> Decision | None:
+           futility: float = FUTILITY, raced: int | None = None) -> Decision | None:
     """The race's state on the scores so far (None without candidates). ``budget``: the seeds per candidate at
-    which the race decides (None: these scores are the last look). A recommendation is proven only at that look."""
+    which the race decides (None: these scores are the last look); a recommendation is proven only there, where
+    every pair of candidates has that many seeds in common. ``raced``: how many candidates the race ran (None:
+    those found); one whose runs all failed leaves the others unproven, as a lone candidate is."""
     if not found:
         return None
     level = 1 - (1 - confidence) / max(len(found) - 1, 1)
     seeds = max(len(c.scores) for c in found)
     budget = seeds if budget is None else budget
-    final = seeds >= budget
     best = max(found, key=lambda c: (c.mean, -c.cost))
     pairs = {c.name: [_pair(c, o) for o in found if o is not c] for c in found}
     comparisons = {c.name: _comparison(c, pairs[c.name], best, tolerance, level) for c in found}
     ordered = sorted(found, key=lambda c: -c.mean)
-    if len(found) == 1:
-        return Decision(best, best, comparisons, (), tolerance, confidence, ordered, decided=True, ended=SINGLE,
-                        budget=budget, level=level, chance=1.0)
+    if len(found) == 1:  # nothing to compare with: confirmed, not proven
+        return Decision(best, best, comparisons, (), tolerance, confidence, ordered, decided=False, ended=SINGLE,
+                        budget=budget, level=level, chance=math.nan, absent=max((raced or 0) - 1, 0))
+    final = all(p.n >= budget for group in pairs.values() for p in group)
+    absent = max((raced or 0) - len(found), 0)
     proven = [c for c in found if comparisons[c.name].verdict == WITHIN]
     chances = {c.name: _chance(pairs[c.name], budget, tolerance, level) for c in found}
     needed = {c.name: _seeds_needed(pairs[c.name], tolerance, level) for c in found}
@@ -245,14 +249,24 @@ def decide(found: Sequence[Candidate], tolerance: float, confidence: float, budg
     prospect = min(hopeful, key=lambda c: (needed[c.name], c.cost)) if hopeful else None
     more = max(needed[prospect.name] - seeds, 1) if prospect is not None else None
     chance = max(chances.values())
-    if final and proven:
+    if final and proven and not absent:
         chosen = min(proven, key=lambda c: (c.cost, -c.mean))
         return Decision(chosen, best, comparisons, (), tolerance, confidence, ordered, decided=True, ended=PROVEN,
                         budget=budget, level=level, chance=chance)
     ended = BUDGET if final else FUTILE if chance < futility else ""
     return Decision(best, best, comparisons, () if ended else tuple(c.name for c in found), tolerance, confidence,
                     ordered, decided=False, ended=ended, budget=budget, level=level, chance=chance,
-                    more_seeds=more, prospect=prospect.name if prospect is not None else None)
+                    more_seeds=more, prospect=prospect.name if prospect is not None else None, absent=absent)
+
+
+def _until(candidate: Candidate, seeds: Sequence[int]) -> Candidate:
+    """``candidate`` with only its scores on ``seeds``: a resumed race decides each round on what that round had."""
+    kept = [i for i, seed in enumerate(candidate.seeds) if seed in seeds] if candidate.seeds else \
+        list(range(min(len(candidate.scores), len(seeds))))
+    return replace(candidate, scores=tuple(candidate.scores[i] for i in kept),
+                   runs=tuple(candidate.runs[i] for i in kept) if len(candidate.runs) == len(candidate.scores)
+                   else candidate.runs,
+                   seeds=tuple(candidate.seeds[i] for i in kept) if candidate.seeds else ())
 
 
 RunRound = Callable[[Mapping[str, Sequence[int]], int], Sequence[Candidate]]
@@ -270,8 +284,10 @@ def race(names: Sequence[str], seeds: Sequence[int], first: int, run_round: RunR
         number += 1
         new = list(seeds[used:used + (max(first, 1) if number == 1 else 1)])
         used += len(new)
-        found = [c for c in run_round({name: new for name in racing}, number) if c.name in names]
-        decision = decide(found, tolerance, confidence, budget=len(seeds), futility=futility)
+        so_far = set(seeds[:used])
+        found = [_until(c, seeds[:used]) for c in run_round({name: new for name in racing}, number)
+                 if c.name in names and so_far & set(c.seeds or seeds[:len(c.scores)])]
+        decision = decide(found, tolerance, confidence, budget=len(seeds), futility=futility, raced=len(names))
         if decision is None or decision.ended:
             break
         racing = list(decision.racing)

@@ -237,7 +237,9 @@ def confirmed(results: Sequence[TrialResult], tolerance: float, cost: str, searc
     ``budget`` of seeds (None: these runs are the race's last look), then the cheapest candidate proven within
     ``tolerance`` of the best on paired seeds at ``confidence``; otherwise the highest mean (the search's own trial,
     chosen for its luck among others, does not count). None without finished confirmation runs."""
-    return decide(confirmation_candidates(results, cost, searched), tolerance, confidence, budget=budget)
+    raced = len({r.candidate for r in results if r.candidate})  # a candidate whose runs all failed counts too
+    return decide(confirmation_candidates(results, cost, searched), tolerance, confidence, budget=budget,
+                  raced=raced)
 
 
 def confirmation_candidates(results: Sequence[TrialResult], cost: str, searched: Sequence[str] = ()
@@ -350,17 +352,20 @@ def confirmed_text(decision: Decision, cost: str) -> str:
     mean = f"mean score {chosen.mean:.4f} (95% interval {low:.4f}-{high:.4f}) over {len(chosen.scores)} seeds"
     head = f"Recommendation: freeze {chosen.freeze_range} ({chosen.params_text})"
     if decision.ended == "single":
-        return (f"{head}, confirmed with fresh seeds: {mean}. It was the only candidate: no other configuration came "
-                "within three tolerances of its score in the search, so there was nothing to race.")
+        why = (f"the other {decision.absent} candidate{'s' * (decision.absent != 1)} of the race finished no run"
+               if decision.absent else "no other configuration came within three tolerances of its score in the "
+                                        "search")
+        return (f"{head}, confirmed with fresh seeds: {mean}. It was the only candidate with finished runs ({why}): "
+                "nothing to race, so nothing is proven.")
     compared = decision.comparisons[chosen.name]
     if decision.decided:
         text = f"{head}, proven within the tolerance ({tolerance:g}) of the best candidate: {mean}"
         if chosen is best:
-            text += (f", the highest mean, at most {compared.upper:.4f} below the best at {confidence} confidence; no "
-                     "cheaper candidate was proven within.")
+            text += (f", the highest mean, at most {max(compared.upper, 0):.4f} below the best at {confidence} "
+                     "confidence; no cheaper candidate was proven within.")
         else:
             text += (f", {compared.gap:.4f} below the highest mean (freeze {best.freeze_range}, {best.mean:.4f}) and "
-                     f"at most {compared.upper:.4f} below the best at {confidence} confidence, at "
+                     f"at most {max(compared.upper, 0):.4f} below the best at {confidence} confidence, at "
                      f"{chosen.cost / best.cost:.0%} of its {cost}.")
     else:
         text = (f"{head}, the highest mean of the race: {mean}. Nothing is proven: ")
@@ -375,6 +380,9 @@ def confirmed_text(decision: Decision, cost: str) -> str:
             text += (f"the race ended after {seeds} of its {decision.budget} seeds, before the one look at which it "
                      "decides (a run failed or the search was stopped)")
         text += "; the highest mean is recommended instead, which errs towards the score, not the cost."
+        if decision.absent:
+            text += (f" {decision.absent} candidate{'s' * (decision.absent != 1)} of the race finished no run: nothing "
+                     "is proven against a candidate that did not run.")
         if decision.more_seeds is not None and decision.prospect is not None:
             prospect = next(c for c in decision.candidates if c.name == decision.prospect)
             text += (f" At the spread seen, proving freeze {prospect.freeze_range} within would take about "
@@ -388,7 +396,8 @@ def confirmed_text(decision: Decision, cost: str) -> str:
                 f"{decision.comparisons[c.name].upper:.4f})" for c in near) + "."
     worse = [c for c in decision.candidates if decision.comparisons[c.name].verdict == "worse"]
     if worse:
-        text += " Proven more than the tolerance below another candidate: " + ", ".join(
+        text += " More than the tolerance below another candidate by their bounds (a check, outside the promise): " \
+            + ", ".join(
             f"freeze {c.freeze_range} (at least {decision.comparisons[c.name].lower:.4f})" for c in worse) + "."
     others = len(decision.candidates) - 1
     correction = ("one comparison, so no correction" if others == 1 else
@@ -397,9 +406,10 @@ def confirmed_text(decision: Decision, cost: str) -> str:
     text += (f" The rule: a candidate is proven within the tolerance when its one-sided {level} upper bound on "
              "(each other candidate's mean - its mean), from the per-seed differences (every candidate runs the same "
              f"seeds), is at most the tolerance, tested once, at {decision.budget} seeds; the recommendation is the "
-             "cheapest proven candidate. The promise: a recommendation called proven is more than the tolerance "
-             f"below the best candidate in at most {_percent(1 - decision.confidence)} of races ({correction}; "
-             "benchmarks/race_error.py checks it by simulation).")
+             "cheapest proven candidate. The promise: at most "
+             f"{_percent(1 - decision.confidence)} of races end with a recommendation called proven that is more "
+             f"than the tolerance below the best candidate ({correction}; for seed noise near normal: "
+             "benchmarks/race_error.py checks it by simulation, and where it does not hold).")
     return text
 
 
