@@ -508,6 +508,12 @@ def test_the_recommendation_follows_the_confirmed_choice_not_the_search_trial(tm
     assert "Single-trial pick (the confirmation decides): freeze [0, 4)" in text and "Confirmation (fresh seeds" in text
     assert ("Recommendation: freeze [0, 0) (no other searched values), proven within the tolerance (0.01) of the best "
             "candidate: mean score 0.9500" in text)
+    assert "chosen after the race ran" not in text
+    # a tolerance chosen afterwards is said to be no part of the promise; the parent's tags keep the search's answer
+    rebuilt, _, _ = rebuild_report(uri, experiment="confirmed", tolerance=0.1, report_dir=tmp_path / "again",
+                                   say=lambda line: None)
+    assert "The tolerance 0.1 was chosen after the race ran (it ran for 0.01)" in rebuilt.text
+    assert MlflowClient(tracking_uri=uri).get_run(tracker.parent_run_id).data.tags["recommendation_proven"] == "true"
 
 
 def _space_file(tmp_path: Path, text: str) -> Path:

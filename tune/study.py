@@ -413,4 +413,8 @@ def rebuild_report(uri: str | None, *, experiment: str, run_id: str | None = Non
                                 confidence=logged.confidence, budget=logged.seed_budget,
                                 reference=tracker.search_metrics().get("probe_score"), val_size=record.val_size)
     overridden = tolerance is not None or cost is not None  # the parent's tags keep the search's own answer
+    if built.decision is not None and tolerance is not None and tolerance != logged.tolerance:
+        built.text += (f"\n\nThe tolerance {tolerance:g} was chosen after the race ran (it ran for "
+                       f"{logged.tolerance:g}): a tolerance picked on seen scores is no part of the race's promise, "
+                       "so read 'proven' above as this rebuild's reading of the same runs.")
     return built, _write_report(tracker, built, records, report_dir, say, tag=not overridden), record
