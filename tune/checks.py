@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tune.config import Config, TrainConfig, bundled_spaces, latest_thaw, load_config, space_file
+from tune.config import Config, TrainConfig, bundled_spaces, experiment_name, latest_thaw, load_config, space_file
 from tune.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -101,7 +100,7 @@ def check_config(options: StudyOptions) -> Checked:
     task = load_task(cfg.task)
     if options.task is not None and "name" not in dict(options.overrides) and _bundled(options.space_file):
         # a bundled space's name is not the user's: their task names the experiment (a space of their own keeps its)
-        named = re.sub(r"[^A-Za-z0-9_.-]", "_", task.name) or cfg.name
+        named = experiment_name(task.name, cfg.name)
         cfg, written = dataclasses.replace(cfg, name=named), dataclasses.replace(written, name=named)
     _check_ignored(cfg, task)
     _check_precision(cfg)

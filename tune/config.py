@@ -444,6 +444,13 @@ def _check_thaw(train: TrainConfig, dims: Mapping[str, Dimension], fixed: Collec
                                          f"epoch, train.epochs={train.epochs}, would not happen)")
 
 
+def experiment_name(text: str, fallback: str) -> str:
+    """``text`` as an experiment's name (a task's name such as 'my task'): each character a name may not hold made
+    '_', ``fallback`` where that is still no name."""
+    named = re.sub(r"[^A-Za-z0-9_.\-]", "_", text)
+    return named if _NAME_RE.match(named) else fallback
+
+
 def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
     """``section.key=value`` strings → (dotted key, YAML-parsed value)."""
     parsed = []

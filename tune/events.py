@@ -87,7 +87,7 @@ def as_bad_input(error: BaseException | None) -> ConfigError | None:
     if error is None or isinstance(error, ConfigError):
         return error
     text = one_line(error)
-    if isinstance(error, MemoryError) or text.startswith("out of memory") or "out of memory" in text.lower():
+    if isinstance(error, MemoryError) or "out of memory" in text.lower():
         return None
     return ConfigError("trials", f"{type(error).__name__}: {text}",
                        "a task whose trials run where the driver's does (docs/your-task.md#what-a-trial-sees)",

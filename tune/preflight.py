@@ -30,8 +30,8 @@ def preflight(task: Any, block_model: Any, class_labels: bool) -> None:
     scores with ``classification_metrics``). Raises ConfigError on the first problem."""
     if task.make_trial is not None:
         return
-    train = _first_batch("task.train_data", task.train_data, task)
-    val = _first_batch("task.val_data", task.val_data, task)
+    train = _first_batch("task.train_data", task.train_data)
+    val = _first_batch("task.val_data", task.val_data)
     model = block_model.module.cpu()
     classifier = classifier_of(block_model)
     if class_labels:
@@ -41,7 +41,7 @@ def preflight(task: Any, block_model: Any, class_labels: bool) -> None:
     kept = {name: buffer.clone() for name, buffer in model.named_buffers()}  # BatchNorm's statistics, put back
     try:
         _step(task, model, train)
-        _check_evaluate(task, model)
+        _check_evaluate(task, model, val)
     finally:
         with torch.no_grad():
             for name, buffer in model.named_buffers():
@@ -72,7 +72,7 @@ def _step(task: Any, model: torch.nn.Module, train: Any) -> None:
         raise ConfigError("task.loss", loss.item(), "a finite loss on a training batch of the pretrained model")
 
 
-def _first_batch(key: str, split: Any, task: Any) -> Any:
+def _first_batch(key: str, split: Any) -> Any:
     """The first few examples of a split as one batch, in the form a trial's loader gives them."""
     if isinstance(split, (tuple, list)) and len(split) == 2 and not data.is_tensor_pair(split):
         kinds = " and ".join(type(part).__name__ for part in split)
@@ -119,16 +119,16 @@ def _check_labels(key: str, split: Any, batch: Any, classes: int | None) -> None
                           f"class labels in [0, {classes - 1}] (the model's classifier has {classes} outputs)")
 
 
-def _check_evaluate(task: Any, model: torch.nn.Module) -> None:
-    """``evaluate`` on a few validation examples gives the task's metric and ``val_loss``, as numbers."""
-    few = _few(task.val_data)
+def _check_evaluate(task: Any, model: torch.nn.Module, val: Any) -> None:
+    """``evaluate`` on the first validation examples (``val``, as ``_first_batch`` read them) gives the task's
+    metric and ``val_loss``, as numbers: as tensors, or as the one batch of a dataset."""
     model.eval()
     try:
         with torch.no_grad():
-            if data.is_tensor_pair(few):
-                metrics = task.evaluate(model, *few)
+            if data.is_tensor_pair(task.val_data):
+                metrics = task.evaluate(model, *val)
             else:
-                metrics = task.evaluate(model, data.batches(few, EXAMPLES, torch.device("cpu")))
+                metrics = task.evaluate(model, iter([val]))
     except Exception as err:
         raise ConfigError("task.evaluate", getattr(task.evaluate, "__name__", type(task.evaluate).__name__),
                           "a function that scores the model on the validation data",
@@ -148,12 +148,6 @@ def _check_evaluate(task: Any, model: torch.nn.Module) -> None:
         except (TypeError, ValueError):
             raise ConfigError("task.evaluate", f"{name}={metrics[name]!r}", "numbers for the metric and val_loss") \
                 from None
-
-
-def _few(split: Any) -> Any:
-    if data.is_tensor_pair(split):
-        return split[0][:EXAMPLES], split[1][:EXAMPLES]
-    return Subset(split, range(min(EXAMPLES, len(split))))
 
 
 def _shapes(batch: Any) -> str:

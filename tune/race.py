@@ -1,7 +1,8 @@
-"""The confirmation as a race on paired seeds, with a promise that holds: when the race says its recommendation is
-proven, the probability that the recommendation's true mean is more than the tolerance below the best candidate's
-true mean is at most ``1 - confidence``, whatever the true means and the noise, counting every candidate and every
-round. Where it cannot prove anything, it says so and recommends the highest mean.
+"""The confirmation as a race on paired seeds, with a promise that holds: at most ``1 - confidence`` of races end
+with a recommendation called proven whose true mean is more than the tolerance below the best candidate's, whatever
+the true means and the spreads, counting every candidate and every round, for seed noise near normal (heavy tails,
+such as runs that collapse on a few seeds, are outside it: ``benchmarks/race_error.py --limits``). Where it cannot
+prove anything, it says so and recommends the highest mean.
 
 **The test** (multiple comparisons with the best, Hsu 1981, with Bonferroni's bound). Every candidate runs the
 same seeds, so candidate ``j`` against candidate ``i`` is judged by their per-seed differences, where the noise a
@@ -181,9 +182,10 @@ def _comparison(me: Candidate, pairs: Sequence[Pair], best: Candidate, tolerance
     else:
         to_best = next(p for p in pairs if p.other == best.name)
         gap, paired_se = to_best.mean, to_best.se
-        common = sorted(set(me.by_seed()) & set(best.by_seed()))
-        unpaired_se = (math.sqrt(statistics.variance([best.by_seed()[s] for s in common]) / len(common)
-                                 + statistics.variance([me.by_seed()[s] for s in common]) / len(common))
+        mine, theirs = me.by_seed(), best.by_seed()
+        common = sorted(set(mine) & set(theirs))
+        unpaired_se = (math.sqrt(statistics.variance([theirs[s] for s in common]) / len(common)
+                                 + statistics.variance([mine[s] for s in common]) / len(common))
                        if len(common) > 1 else math.nan)
     return Comparison(me.name, min(p.n for p in pairs), gap, paired_se, unpaired_se, upper, lower, verdict,
                       bound.other)
@@ -284,9 +286,8 @@ def race(names: Sequence[str], seeds: Sequence[int], first: int, run_round: RunR
         number += 1
         new = list(seeds[used:used + (max(first, 1) if number == 1 else 1)])
         used += len(new)
-        so_far = set(seeds[:used])
-        found = [_until(c, seeds[:used]) for c in run_round({name: new for name in racing}, number)
-                 if c.name in names and so_far & set(c.seeds or seeds[:len(c.scores)])]
+        ran = [_until(c, seeds[:used]) for c in run_round({name: new for name in racing}, number) if c.name in names]
+        found = [c for c in ran if c.scores]
         decision = decide(found, tolerance, confidence, budget=len(seeds), futility=futility, raced=len(names))
         if decision is None or decision.ended:
             break
