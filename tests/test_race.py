@@ -125,6 +125,12 @@ def test_a_candidate_whose_runs_all_failed_leaves_the_others_unproven():
     only_expensive.seen = []
     decision = race(["expensive", "cheap"], [1, 2, 3, 4, 5], 3, only_expensive, tolerance=0.01, confidence=0.95)
     assert not decision.decided and decision.ended == "single" and decision.absent == 1
+    # of three raced, two finished: what is proven between them is not proven against the third
+    expensive = Candidate("expensive", "[0, 0)", "", (0.95,) * 5, 2.0, seeds=(1, 2, 3, 4, 5))
+    cheap = Candidate("cheap", "[0, 4)", "", (0.90,) * 5, 1.0, seeds=(1, 2, 3, 4, 5))
+    assert decide([expensive, cheap], 0.01, 0.95, budget=5).decided
+    two_of_three = decide([expensive, cheap], 0.01, 0.95, budget=5, raced=3)
+    assert not two_of_three.decided and two_of_three.absent == 1
 
 
 def test_the_look_is_where_every_pair_has_the_budgets_seeds():
