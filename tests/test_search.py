@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import free_port, most_open_at_once, parent_and_children
 from mlflow.tracking import MlflowClient
 
@@ -347,6 +348,31 @@ def test_the_recommended_model_loads_back_from_mlflow_and_scores_what_its_trial_
     task = make_task(labels_per_class=10, val_size=1000)
     with torch.no_grad():
         assert classification_metrics(model, *task.val_data)["val_accuracy"] == pytest.approx(best, abs=1e-9)
+
+
+def test_the_registered_model_predicts_digit_names_from_scikit_learns_raw_arrays(default_smoke):
+    """What a user takes home: the registered model with its class names and its preprocessing (the 0-16 grey levels
+    scaled and upsampled as the trials saw them), labelling raw ``load_digits().images`` as well as its trial
+    scored them."""
+    from sklearn.datasets import load_digits
+
+    import tune
+    from tune.tasks.digits import few_label_split
+
+    _, uri, _ = default_smoke
+    parent, children = _runs(uri, "digits_freeze")
+    model = tune.load_model(parent.data.tags["registered_model_uri"], tracking_uri=uri)
+    assert model.classes == tuple("0123456789") and "load_digits().images" in model.inputs
+    digits = load_digits()
+    _, val_index, _ = few_label_split(torch.as_tensor(digits.target), 10, 1000, 0, 500)
+    raw, truth = digits.images[val_index.numpy()], [str(t) for t in digits.target[val_index.numpy()]]
+    predicted = model.predict(raw)
+    assert all(isinstance(label, str) for label in predicted)
+    trial = next(c for c in children if c.data.tags["ray.trial_id"] == parent.data.tags["recommended_trial"])
+    best = max(m.value for m in MlflowClient(tracking_uri=uri).get_metric_history(trial.info.run_id, "score"))
+    assert sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth) == pytest.approx(best, abs=1e-9)
+    assert model.predict(raw[0]) == predicted[:1]  # one image alone
+    assert model.predict_proba(raw[:3]).sum(dim=1).allclose(torch.ones(3))
 
 
 def test_report_command_rebuilds_the_report_from_mlflow_alone(default_smoke, tmp_path, capsys):

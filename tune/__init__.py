@@ -4,6 +4,8 @@
 
     result = tune.FreezeSearch("digits_freeze", overrides={"train.epochs": 5}).run()
     print(result.recommendation)
+    model = tune.load_model(result.model_uri)      # the recommended model, its classes and preprocessing
+    model.predict(raw_inputs)                      # their labels
 
 The public API (tune/api.py) and the types a user's own task is made of (``Task``, ``BlockModel``) are exported
 here; ``freeze-search`` (tune/cli.py) is the console command. Ray is imported only by ``tune.search`` and
@@ -20,11 +22,13 @@ from tune.errors import ConfigError, TrialConfigError
 
 __version__ = "0.1.0"
 
-__all__ = ["BlockModel", "Config", "ConfigError", "FreezeSearch", "Recommended", "SearchResult", "Task",
-           "TrialConfigError", "TrialResult", "follow", "layers", "load_config", "load_search", "spaces", "submit"]
+__all__ = ["BlockModel", "Config", "ConfigError", "FreezeSearch", "Predictor", "Recommended", "SearchResult", "Task",
+           "TrialConfigError", "TrialResult", "follow", "layers", "load_config", "load_model", "load_search", "spaces",
+           "submit"]
 
 # torch-heavy types come in on first use: `import tune` stays quick, so that a bad space file is reported at once
-_LAZY = {"Task": "tune.tasks.base", "BlockModel": "tune.blocks", "TrialResult": "tune.report"}
+_LAZY = {"Task": "tune.tasks.base", "BlockModel": "tune.blocks", "TrialResult": "tune.report",
+         "Predictor": "tune.predict", "load_model": "tune.predict"}
 
 
 def __getattr__(name: str) -> Any:

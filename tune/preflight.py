@@ -34,6 +34,7 @@ def preflight(task: Any, block_model: Any, class_labels: bool) -> None:
     val = _first_batch("task.val_data", task.val_data)
     model = block_model.module.cpu()
     classifier = classifier_of(block_model)
+    _check_takeaway(task, classifier[1].out_features if classifier is not None else None)
     if class_labels:
         classes = classifier[1].out_features if classifier is not None else None
         _check_labels("task.train_data", task.train_data, train, classes)
@@ -46,6 +47,26 @@ def preflight(task: Any, block_model: Any, class_labels: bool) -> None:
         with torch.no_grad():
             for name, buffer in model.named_buffers():
                 buffer.copy_(kept[name])
+
+
+def _check_takeaway(task: Any, outputs: int | None) -> None:
+    """What the recommended model is logged with: a class name per output of the classifier, a preprocessing
+    that pickles (found out here rather than after the search)."""
+    if task.classes is not None:
+        if isinstance(task.classes, str) or not all(isinstance(name, str) for name in task.classes):
+            raise ConfigError("task.classes", task.classes, "a sequence of class names (strings), in output order")
+        if outputs is not None and len(task.classes) != outputs:
+            raise ConfigError("task.classes", f"{len(task.classes)} names",
+                              f"one name per output of the model's classifier ({outputs})")
+    if task.preprocess is not None:
+        import cloudpickle
+
+        try:
+            cloudpickle.dumps(task.preprocess)
+        except Exception as err:
+            raise ConfigError("task.preprocess", type(task.preprocess).__name__,
+                              "a callable that pickles (it is logged with the recommended model)",
+                              problem=f"{type(err).__name__}: {one_line(err)}") from None
 
 
 def _step(task: Any, model: torch.nn.Module, train: Any) -> None:

@@ -337,12 +337,18 @@ class Study:
         from tune import tracking
         from tune.trial import model_from_checkpoint
 
+        from tune.predict import PREPROCESS_FILE, dump_preprocess, model_metadata
+
         block_model, _ = model_from_checkpoint(self.task, checkpoint)
         parent_id = self.tracker.parent_run_id
         example = block_model.example_input  # keyword tensors (a text model) give no input example
-        uri, model_id = self.tracker.log_model(parent_id, block_model.module,
-                                               None if isinstance(example, Mapping) else example.numpy(),
-                                               Path(tune.__file__).parent)
+        with tempfile.TemporaryDirectory() as folder:  # the task's preprocessing, beside the model
+            extra = ([dump_preprocess(self.task.preprocess, Path(folder) / PREPROCESS_FILE)]
+                     if self.task.preprocess is not None else [])
+            uri, model_id = self.tracker.log_model(parent_id, block_model.module,
+                                                   None if isinstance(example, Mapping) else example.numpy(),
+                                                   Path(tune.__file__).parent, metadata=model_metadata(self.task),
+                                                   extra_files=extra)
         self.tracker.set_tags(parent_id, {"recommended_model_uri": uri})
         self.model_uri = uri
         alias = tracking.SMOKE_ALIAS if self.options.smoke_test else tracking.RECOMMENDED_ALIAS

@@ -206,9 +206,11 @@ class SearchTracker:
         for path in files:
             self.client.log_artifact(run_id, str(path), artifact_path)
 
-    def log_model(self, run_id: str, module: Any, input_example: Any, code_dir: Path) -> tuple[str, str]:
+    def log_model(self, run_id: str, module: Any, input_example: Any, code_dir: Path, *,
+                  metadata: Mapping[str, Any] | None = None, extra_files: Iterable[Path] = ()) -> tuple[str, str]:
         """Log a torch module as an MLflow model of ``run_id`` (with ``code_dir``, the package that defines
-        its classes, so it loads without this project installed); returns the logged model's URI and id."""
+        its classes, so it loads without this project installed), ``metadata`` in its MLmodel file and
+        ``extra_files`` under its ``extra_files/``; returns the logged model's URI and id."""
         import mlflow
         import mlflow.pytorch
         import torch
@@ -227,6 +229,8 @@ class SearchTracker:
         with _quiet("mlflow.pytorch"), mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(module, name="recommended_model", input_example=input_example,
                                             code_paths=[str(code_dir)], pip_requirements=requirements,
+                                            metadata=dict(metadata or {}),
+                                            extra_files=[str(path) for path in extra_files] or None,
                                             # a whole nn.Module for any batch size (pt2 export fixes the shapes)
                                             serialization_format="pickle")
         return info.model_uri, info.model_id

@@ -62,6 +62,13 @@ class Task:
     ``train_loader(batch_size, epoch, seed)`` lets a task build its own training batches (then
     it owns exact resume: epoch e's batches must depend on (seed, e) only; the prefix cache is off).
 
+    What the recommended model takes home (``tune.load_model``): ``classes``, the names of the model's outputs in
+    order (the model's class i is ``classes[i]``); ``preprocess``, a picklable callable that turns a list of raw
+    inputs (image files or PIL images, strings, arrays: whatever the task's users hold) into one batch the model
+    takes (a tensor, or a mapping of tensors for keyword inputs); its ``inputs`` attribute, where it has one, says
+    in words what it takes. Both are logged with the model; without them ``predict`` takes the model's own input
+    batches and returns class indices.
+
     A task that trains with its own loop (the ``yolo`` task trains with Ultralytics' trainer) gives
     ``make_trial(task, train_config, device)`` instead of data, a loss and ``evaluate``: it returns a
     ``tune.trial.TrialProtocol`` whose epochs report ``tune.trial.epoch_metrics``. ``extra_metrics`` names the
@@ -90,6 +97,8 @@ class Task:
     also_digested: Mapping[str, Sequence[str]] | None = None
     probe_train_data: Any = None
     keeps_head: bool = False
+    classes: Sequence[str] | None = None
+    preprocess: Callable[[Sequence[Any]], Any] | None = None
 
     def __post_init__(self) -> None:
         missing = [name for name in ("train_data", "val_data", "evaluate") if getattr(self, name) is None]

@@ -17,7 +17,9 @@ import argparse
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,7 +28,7 @@ from tune.blocks import BlockModel
 from tune.errors import ConfigError, one_line
 from tune.tasks.base import Task, classification_metrics, takes_paths
 
-__all__ = ["DigitsCNN", "build_model", "make_task", "pretrain"]
+__all__ = ["DigitsCNN", "DigitsInput", "build_model", "make_task", "pretrain"]
 
 RESOLUTION = 16
 WEIGHTS_FILE = "digits_cnn.pt"
@@ -85,13 +87,25 @@ def build_model(weights: str | None = "pretrained", new_head: bool = False) -> B
                       sequential=True)
 
 
+class DigitsInput:
+    """The digits model's preprocessing: UCI digits as scikit-learn holds them, grey levels 0-16, scaled to [0, 1]
+    and upsampled to the model's 16x16."""
+
+    inputs = "8x8 images of grey levels 0-16 (scikit-learn's load_digits().images, or its rows of 64: .data)"
+
+    def __call__(self, items: Any) -> torch.Tensor:
+        pixels = torch.as_tensor(np.asarray(items, dtype=np.float32))
+        if pixels.numel() == 0 or pixels.numel() % 64:
+            raise ValueError(f"the digits model takes {self.inputs}; got an array of shape {tuple(pixels.shape)}")
+        images = pixels.reshape(-1, 1, 8, 8) / 16.0
+        return F.interpolate(images, size=(RESOLUTION, RESOLUTION), mode="bilinear", align_corners=False)
+
+
 def _uci_digits() -> tuple[torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    images = torch.tensor(digits.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
-    images = F.interpolate(images, size=(RESOLUTION, RESOLUTION), mode="bilinear", align_corners=False)
-    return images, torch.tensor(digits.target, dtype=torch.long)
+    return DigitsInput()(digits.data), torch.tensor(digits.target, dtype=torch.long)
 
 
 def _mnist() -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,6 +157,8 @@ def make_task(labels_per_class: int = 20, val_size: int = 500, split_seed: int =
         metric="val_accuracy",
         loss=F.cross_entropy,
         evaluate=classification_metrics,
+        classes=tuple(str(digit) for digit in range(10)),
+        preprocess=DigitsInput(),
         sources={split: f"sklearn.datasets.load_digits (UCI digits), split_seed={split_seed}: {what}" for split, what in
                  (("train", f"{labels_per_class} per class"), ("val", f"{val_size} others"),
                   ("test", f"{test_size} others"))},

@@ -42,7 +42,7 @@ from tune.errors import ConfigError, one_line
 from tune.tasks.base import Task, check_option, classification_metrics, takes_paths
 from tune.weights import load_fitting, read_state_dict
 
-__all__ = ["block_model", "layers_model", "make_task", "write_example"]
+__all__ = ["ImageInput", "block_model", "layers_model", "make_task", "write_example"]
 
 _MODEL_ALLOWED = ("a timm model name (timm.list_models(), e.g. resnet18) or torchvision:<name> "
                   "(e.g. torchvision:resnet18)")
@@ -149,6 +149,32 @@ def _check_forward(blocks: BlockModel, model: str, image_size: int | None) -> No
                           problem=one_line(err)) from None
 
 
+class ImageInput:
+    """An image model's preprocessing: each image opened as ImageFolder opens it (RGB) and put through the model's
+    evaluation transform (timm's, from the model's data config), stacked into a batch."""
+
+    inputs = "image files (paths) or PIL images"
+
+    def __init__(self, transform: Any) -> None:
+        self.transform = transform
+
+    def __call__(self, items: Any) -> torch.Tensor:
+        from PIL import Image
+
+        if isinstance(items, (str, Path, Image.Image)):
+            items = [items]
+
+        def rgb(item: Any) -> Any:
+            if isinstance(item, Image.Image):
+                return item.convert("RGB")
+            if isinstance(item, (str, Path)):
+                with Image.open(item) as image:
+                    return image.convert("RGB")
+            raise TypeError(f"the image model takes {self.inputs}; got {type(item).__name__}")
+
+        return torch.stack([self.transform(rgb(item)) for item in items])
+
+
 def _folder(data: Any, split: str, transform: Any, classes: list[str] | None = None) -> Any:
     from torchvision.datasets import ImageFolder
 
@@ -203,7 +229,8 @@ def make_task(model: str = "resnet18", data: str | None = None, weights: str | N
     plain_train = (_folder(data, "train", create_transform(**config, is_training=False), classes)
                    if augment is not False else None)
     return Task(name="image", build_model=build, metric="val_accuracy", train_data=train_set, val_data=val_set,
-                test_data=test_set, probe_train_data=plain_train, loss=F.cross_entropy,
+                test_data=test_set, probe_train_data=plain_train, loss=F.cross_entropy, classes=tuple(classes),
+                preprocess=ImageInput(create_transform(**config, is_training=False)),
                 evaluate=classification_metrics, augments=augment is not False,
                 num_workers=workers, sources={split: str(Path(data).expanduser().resolve() / split)
                                               for split in ("train", "val", "test")})

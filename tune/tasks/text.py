@@ -31,7 +31,7 @@ from tune.blocks import BlockModel, encoder_blocks
 from tune.errors import ConfigError, one_line
 from tune.tasks.base import Task, check_option, takes_paths
 
-__all__ = ["TokenizedSet", "block_model", "layers_model", "make_task", "text_metrics"]
+__all__ = ["TextInput", "TokenizedSet", "block_model", "layers_model", "make_task", "text_metrics"]
 
 
 class TokenizedSet(Dataset):
@@ -123,12 +123,36 @@ def _columns(table: Any, key: str, text_column: Sequence[str], label_column: str
                               problem="no such column")
 
 
-def _tokenize(tokenizer: Any, table: Any, text_column: Sequence[str], labels: Sequence[int], max_length: int
-              ) -> TokenizedSet:
-    texts = [[str(value) for value in table[column]] for column in text_column]
-    encoded = tokenizer(*texts, truncation=True, padding="max_length", max_length=max_length, return_tensors="pt")
-    tensors = {key: value for key, value in encoded.items() if key in ("input_ids", "attention_mask",
-                                                                           "token_type_ids")}
+class TextInput:
+    """A text model's preprocessing: the task's own tokenizer, padded and truncated to its ``max_length``, as the
+    trials saw their examples. ``pairs``: each input is a pair of strings (a sentence-pair task)."""
+
+    def __init__(self, tokenizer: Any, max_length: int, pairs: bool = False) -> None:
+        self.tokenizer, self.max_length, self.pairs = tokenizer, max_length, pairs
+        self.inputs = "pairs of strings" if pairs else "strings"
+
+    def columns(self, *texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """One column of strings (two for pairs) → the model's keyword tensors."""
+        encoded = self.tokenizer(*texts, truncation=True, padding="max_length", max_length=self.max_length,
+                                 return_tensors="pt")
+        return {key: value for key, value in encoded.items() if key in ("input_ids", "attention_mask",
+                                                                            "token_type_ids")}
+
+    def __call__(self, items: Any) -> dict[str, torch.Tensor]:
+        if isinstance(items, str) or (self.pairs and isinstance(items, tuple)):
+            items = [items]
+        items = list(items)
+        if self.pairs:
+            if not all(isinstance(item, (tuple, list)) and len(item) == 2 for item in items):
+                raise TypeError(f"the text model takes {self.inputs}")
+            return self.columns([str(a) for a, _ in items], [str(b) for _, b in items])
+        if not all(isinstance(item, str) for item in items):
+            raise TypeError(f"the text model takes {self.inputs}")
+        return self.columns(items)
+
+
+def _tokenize(encode: TextInput, table: Any, text_column: Sequence[str], labels: Sequence[int]) -> TokenizedSet:
+    tensors = encode.columns(*([str(value) for value in table[column]] for column in text_column))
     return TokenizedSet({**tensors, "labels": torch.tensor(labels, dtype=torch.long)})
 
 
@@ -167,9 +191,9 @@ def make_task(model: str | None = None, data: str | None = None, val_data: str |
         if unseen:
             raise ConfigError(f"task.options.{key}", path, "labels that data has too",
                               problem=f"labels not in data: {', '.join(unseen[:3])}")
-    tokenizer = _tokenizer(model)
+    encode = TextInput(_tokenizer(model), max_length, pairs=len(columns) == 2)
     train_set, val_set, test_set = (
-        _tokenize(tokenizer, table, columns, [number[v] for v in table[label_column]], max_length)
+        _tokenize(encode, table, columns, [number[v] for v in table[label_column]])
         if table is not None else None for table in (train, val, test))
     block_model(model, len(values), max_length)  # a model that cannot be built fails here, before any trial
 
@@ -178,7 +202,7 @@ def make_task(model: str | None = None, data: str | None = None, val_data: str |
 
     return Task(name="text", build_model=build, metric="val_accuracy", train_data=train_set, val_data=val_set,
                 test_data=test_set, training_step=_training_step, evaluate=text_metrics, num_workers=workers,
-                extra_metrics=("val_macro_f1",),
+                extra_metrics=("val_macro_f1",), classes=tuple(str(value) for value in values), preprocess=encode,
                 sources={"train": str(data) + (f", all but val_fraction={val_fraction} (split_seed={split_seed})"
                                                if val_data is None else ""),
                          "val": str(val_data) if val_data is not None
