@@ -283,6 +283,15 @@ def test_the_image_space_smoke_runs_with_nested_mlflow_runs(ray_runtime, folder,
     assert tested.data.tags["ray.trial_id"] == parent.data.tags["recommended_trial"]
     assert parent.data.metrics["test_score"] == tested.data.metrics["test_score"]
     assert {"test_loss"} <= set(tested.data.metrics)
+    # the registered model, taken home: image files in, class folder names out, as well as on the test split
+    import tune
+
+    model = tune.load_model(parent.data.tags["registered_model_uri"], tracking_uri=uri)
+    files = sorted((tmp_path / "digits_png" / "test").glob("*/*.png"))
+    predicted = model.predict(files)
+    assert model.classes == tuple(str(digit) for digit in range(10)) and set(predicted) <= set(model.classes)
+    truth = [path.parent.name for path in files]
+    assert sum(map(str.__eq__, predicted, truth)) / len(truth) == pytest.approx(tested.data.metrics["test_score"])
 
 
 @pytest.mark.slow
@@ -311,6 +320,25 @@ def test_the_image_task_is_built_in_and_its_data_option_may_be_a_bare_folder_nam
     task = load_task(config)
     assert config.options["data"] == str(tmp_path / "flowers")
     assert dataclasses.replace(task).name == "image" and len(task.train_data) == 40 and len(task.val_data) == 30
+
+
+def test_the_preprocessing_a_model_takes_home_gives_what_validation_gave_from_files_and_pil_images(folder):
+    import pickle
+
+    import cloudpickle
+    from PIL import Image
+
+    task = make_task(data=str(folder), image_size=32, workers=0)
+    preprocess = pickle.loads(cloudpickle.dumps(task.preprocess))  # as logged with the model and loaded back
+    paths = [Path(path) for path, _ in task.val_data.samples[:5]]
+    expected = torch.stack([task.val_data[i][0] for i in range(5)])
+    assert torch.equal(preprocess(paths), expected)
+    assert torch.equal(preprocess([str(p) for p in paths]), expected)
+    with Image.open(paths[0]) as grey:  # a grey PIL image, converted to RGB as ImageFolder converts it
+        assert torch.equal(preprocess(grey), expected[:1])
+    assert task.classes == tuple(task.val_data.classes)
+    with pytest.raises(TypeError, match="image files"):
+        preprocess([42])
 
 
 def test_augment_takes_timms_training_arguments_and_the_probe_sees_the_plain_images(folder):

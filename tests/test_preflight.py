@@ -129,3 +129,16 @@ def test_a_users_task_names_the_experiment_in_a_bundled_space_unless_a_name_is_g
     assert tune.FreezeSearch(SPACE, task=make_tiny_task, tracking_uri=uri).config.name == "mine"  # the user's space
     with pytest.raises(tune.ConfigError, match="^name: got 'a b'"):
         tune.FreezeSearch("digits_freeze", name="a b", tracking_uri=uri)
+
+
+def test_class_names_must_match_the_classifier_and_the_preprocessing_must_pickle(tmp_path):
+    """Both are logged with the recommended model after the search: a mistake in them is found before it."""
+    import threading
+
+    outputs = make_tiny_task().build_model().blocks[-1].out_features
+    assert _refused(tmp_path, lambda: _tiny(classes=("cat", "dog", "bird")[: outputs - 1])) == (
+        f"task.classes: got '{outputs - 1} names'; allowed: one name per output of the model's classifier "
+        f"({outputs})")
+    lock = threading.Lock()
+    message = _refused(tmp_path, lambda: _tiny(preprocess=lambda items: (lock, items)[1]))
+    assert message.startswith("task.preprocess: got 'function' (TypeError: ") and "pickles" in message

@@ -215,8 +215,23 @@ def test_the_model_learns_the_sentences(files):
     from tune.tasks.text import make_task
 
     task = make_task(model=files["model"], data=files["data"], val_data=files["val_data"], max_length=16)
-    metrics = list(LoopTrial(task, TrainConfig(epochs=6, batch_size=16, lr=3e-3, seed=0)).epochs())
+    trial = LoopTrial(task, TrainConfig(epochs=6, batch_size=16, lr=3e-3, seed=0))
+    metrics = list(trial.epochs())
     assert metrics[-1]["val_accuracy"] > 0.8, [m["val_accuracy"] for m in metrics]
+    # what the model takes home: its tokenizer (pickled, as logged) and label names; raw strings in, labels out
+    import pickle
+
+    import cloudpickle
+
+    import tune
+
+    model = tune.Predictor(trial.model, task.classes, pickle.loads(cloudpickle.dumps(task.preprocess)))
+    rows = sentences(240, seed=1)[160:]
+    predicted = model.predict([text for text, _ in rows])
+    assert task.classes == ("neg", "pos") and set(predicted) <= {"neg", "pos"}
+    assert sum(p == label for p, (_, label) in zip(predicted, rows, strict=True)) / len(rows) == pytest.approx(
+        metrics[-1]["val_accuracy"])
+    assert model.predict(rows[0][0]) == predicted[:1]  # one string alone
 
 
 def test_json_lines_and_a_split_of_one_file(files, tmp_path):
@@ -302,6 +317,11 @@ def test_the_text_space_smoke_runs_with_nested_mlflow_runs(ray_runtime, files, t
         history = client.get_metric_history(child.info.run_id, "val_macro_f1")
         assert history and [m.step for m in history] == list(range(1, len(history) + 1))
     assert parent.data.tags.get("recommended_model_uri", "").startswith("models:/")
+    import tune  # the registered model, taken home: its tokenizer and label names with it
+
+    model = tune.load_model(parent.data.tags["registered_model_uri"], tracking_uri=uri)
+    assert model.classes == ("neg", "pos") and model.inputs == "strings"
+    assert set(model.predict([text for text, _ in sentences(20, seed=5)])) <= {"neg", "pos"}
     tested = [c for c in children if "test_score" in c.data.metrics]  # the confirmed candidate's runs
     assert tested and all(c.data.tags["phase"] == "confirm" for c in tested)
     assert {"test_macro_f1", "test_loss"} <= set(tested[0].data.metrics) and "test_score" in parent.data.metrics

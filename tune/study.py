@@ -335,9 +335,8 @@ class Study:
             warn(f"no checkpoint of trial {chosen}: no model logged")
             return
         from tune import tracking
-        from tune.trial import model_from_checkpoint
-
         from tune.predict import PREPROCESS_FILE, dump_preprocess, model_metadata
+        from tune.trial import model_from_checkpoint
 
         block_model, _ = model_from_checkpoint(self.task, checkpoint)
         parent_id = self.tracker.parent_run_id

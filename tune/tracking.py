@@ -220,10 +220,10 @@ class SearchTracker:
         requirements = [f"torch=={torch.__version__.split('+')[0]}"]
         top = type(module).__module__.split(".")[0]
         if top not in ("torch", "tune", "tests", "conftest", "__main__"):  # e.g. ultralytics for the yolo task
-            from importlib import metadata
+            from importlib import metadata as packages
 
-            with contextlib.suppress(metadata.PackageNotFoundError):
-                requirements.append(f"{top}=={metadata.version(top)}")
+            with contextlib.suppress(packages.PackageNotFoundError):
+                requirements.append(f"{top}=={packages.version(top)}")
         # Pickle is chosen, not defaulted to (a whole module for any batch size); MLflow's warning about it says
         # nothing the README's Security section does not.
         with _quiet("mlflow.pytorch"), mlflow.start_run(run_id=run_id):
