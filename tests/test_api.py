@@ -185,7 +185,12 @@ def test_the_python_example_shows_the_report_once(page, monkeypatch, capsys):
             return tune.SearchResult(status="FINISHED", parent_run_id="p", experiment="e", tracking_uri="u",
                                      report=built)
 
+    class Model:  # the registered model the README's example loads: none here
+        def predict(self, raw: list) -> list[str]:
+            return ["0"] * len(raw)
+
     monkeypatch.setattr(tune, "FreezeSearch", Logged)
+    monkeypatch.setattr(tune, "load_model", lambda uri: Model())
     exec(compile(block, page, "exec"), {})
     assert capsys.readouterr().out.count("Trials at their best epoch") == 1
 
