@@ -43,17 +43,26 @@ def tune_lines() -> Iterator[list[str]]:
         logger.handlers = saved
 
 def test_the_cli_imports_only_the_public_api():
-    """tune/cli.py is a thin client: it imports ``tune`` (the exported API) and the standard library, nothing
-    deeper."""
+    """tune/cli.py is a thin client: it imports the exported API's own modules (``tune.api``, ``tune.errors``) and
+    the standard library, nothing deeper, and uses only what ``tune`` exports."""
     tree = ast.parse((ROOT / "tune" / "cli.py").read_text())
-    deeper = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-              and node.module and node.module.startswith("tune")]
-    deeper += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
-               if alias.name.startswith("tune.")]
-    assert deeper == []
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and node.module and node.module.startswith("tune")}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+                 if alias.name.startswith("tune")}
+    assert imported == {"tune", "tune.errors"}, imported  # from tune import api; from tune.errors import ...
     used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Name) and node.value.id == "tune"}
+            and isinstance(node.value, ast.Name) and node.value.id == "api"}
     assert used <= set(tune.__all__), used - set(tune.__all__)
+
+
+def test_nothing_inside_the_package_imports_the_package_itself():
+    """``import tune`` inside tune/ would be an import loop held together by its order; the package's folder is
+    ``tune.provenance.PACKAGE_DIR``, the API's functions are ``tune.api``'s."""
+    looped = [str(path.relative_to(ROOT)) for path in (ROOT / "tune").rglob("*.py")
+              if any(isinstance(node, ast.Import) and any(alias.name == "tune" for alias in node.names)
+                     for node in ast.walk(ast.parse(path.read_text())))]
+    assert looped == []
 
 
 def test_every_package_of_tune_is_in_the_wheel():
@@ -226,7 +235,7 @@ def test_bad_input_from_python_names_the_argument_and_from_the_command_line_the_
         "tolerance: got -1": lambda: tune.load_search("x", tolerance=-1, tracking_uri=uri),
         "space: got 'nope.yaml'": lambda: tune.layers("nope.yaml"),
         "path: got 'nope.yaml'": lambda: tune.load_config("nope.yaml"),
-        f"project_dir: got '{tmp_path}'": lambda: tune.submit("http://127.0.0.1:1", [], project_dir=tmp_path),
+        f"project_dir: got '{tmp_path}'": lambda: tune.submit("http://127.0.0.1:1", project_dir=tmp_path),
     }
     for expected, call in python.items():
         with pytest.raises(tune.ConfigError) as err:
@@ -421,3 +430,27 @@ def test_the_wheel_installs_the_command_and_its_spaces_and_runs_the_default(tmp_
     layers = subprocess.run([str(venv / "bin" / "freeze-search"), "layers"], cwd=work, env=env,
                             capture_output=True, text=True, timeout=300)
     assert layers.returncode == 0 and "backbone" in layers.stdout, layers.stderr[-2000:]
+
+
+def test_a_submitted_search_is_typed_and_its_jobs_command_line_reads_back_as_the_same_search(tmp_path):
+    """``tune.submit`` takes FreezeSearch's arguments, not a command line; the job's command line, built from
+    them, parses back (the CLI's own parser) to the very same options, values typed as they were given."""
+    from tune.api import _options
+    from tune.cli import parse_args, search_kwargs
+    from tune.cluster import job_arguments
+
+    overrides = {"train.lr": 1e-05, "space.freeze_stop": {"type": "int", "low": 0, "high": "all_but_head"},
+                 "train.head_init": "probe", "task.options.weights": None, "search.num_samples": 3,
+                 "train.label_smoothing": 0.1, "name": "my search", "train.device": "yes"}
+    options = _options("search_spaces/digits_freeze.yaml", overrides=overrides, tracking_uri="http://127.0.0.1:5000",
+                       storage_path=str(tmp_path), report_dir=None, confirm=3, confirm_top=None, resume=False,
+                       smoke_test=True, verbose=False)
+    argv = job_arguments(options, "search_spaces/digits_freeze.yaml")
+    kwargs = search_kwargs(parse_args(argv))
+    del kwargs["address"]
+    again = _options(**kwargs)
+    assert again == options
+    assert dict(again.overrides)["train.device"] == "yes" and dict(again.overrides)["train.lr"] == 1e-05
+    with pytest.raises(tune.ConfigError) as err:  # typed: checked as FreezeSearch checks it, before any job
+        tune.submit("http://127.0.0.1:1", confirm="3")
+    assert str(err.value) == "confirm: got '3'; allowed: an integer, or None for the space's own value"

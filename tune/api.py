@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -282,29 +282,32 @@ def _checkout(folder: Path) -> bool:
     return (folder / "pyproject.toml").is_file() and (folder / "search_spaces").is_dir()
 
 
-def submit(address: str, search_args: Sequence[str], *, project_dir: str | Path | None = None,
-           python: str = "python") -> str:
-    """Submit ``freeze-search <search_args>`` (the command line's search arguments) as a Ray Job to the cluster
-    whose dashboard is ``address``, with ``project_dir`` (a checkout of this project; default: the working
-    directory if it is one, else the checkout this package runs from) uploaded as its working directory. The search
-    is checked here first (ConfigError) rather than on the cluster. Returns the job id; ``follow`` waits for it."""
+def submit(address: str, space: str | Path = "digits_freeze", *, overrides: Overrides | None = None,
+           name: str | None = None, tracking_uri: str | None = None, storage_path: str | Path | None = None,
+           report_dir: str | Path | None = None, confirm: int | None = None, confirm_top: int | None = None,
+           resume: bool = False, smoke_test: bool = False, verbose: bool = False,
+           project_dir: str | Path | None = None, python: str = "python") -> str:
+    """Submit the search ``tune.FreezeSearch(space, ...)`` would run, with the same arguments, as a Ray Job to the
+    cluster whose dashboard is ``address``, with ``project_dir`` (a checkout of this project; default: the working
+    directory if it is one, else the checkout this package runs from) uploaded as its working directory: ``space``
+    a bundled space or a file inside it, ``tracking_uri`` a server the cluster reaches, ``storage_path`` a folder
+    every node shares. The search is checked here first (ConfigError) rather than on the cluster. Returns the job
+    id; ``follow`` waits for it."""
     import os
 
     from tune import cluster
-    from tune.cli import parse_args, search_kwargs
 
-    with _python_names({"--project-dir": "project_dir"}):  # the search's arguments are the command's
+    with _python_names():
         project_dir = _project_dir(project_dir)
-    args = list(search_args)
-    inside = check_submission(_options(**search_kwargs(parse_args(args))), project_dir)  # bad input fails here
-    for i, arg in enumerate(args):  # the job runs in an uploaded copy of the project: the space file's place there
-        if arg.startswith("--space="):
-            args[i] = f"--space={inside}"
-        elif i and args[i - 1] == "--space":
-            args[i] = inside
-    if not any(arg == "--tracking-uri" or arg.startswith("--tracking-uri=") for arg in args):
-        args += ["--tracking-uri", os.environ["MLFLOW_TRACKING_URI"]]  # the check accepted it from here
-    return cluster.submit_job(address, project_dir, args, python=python)
+        if name is not None:
+            overrides = [*_overrides(overrides), ("name", name)]
+        options = _options(space, overrides=overrides, tracking_uri=tracking_uri, storage_path=storage_path,
+                           report_dir=report_dir, confirm=confirm, confirm_top=confirm_top, resume=resume,
+                           smoke_test=smoke_test, verbose=verbose)
+        inside = check_submission(options, project_dir)  # bad input fails here, not on the cluster
+    if options.tracking_uri is None:  # the check accepted the environment's
+        options = replace(options, tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    return cluster.submit_job(address, project_dir, cluster.job_arguments(options, inside), python=python)
 
 
 def _project_dir(given: str | Path | None) -> Path:

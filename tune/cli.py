@@ -23,7 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import tune
+from tune import api
+from tune.errors import ConfigError, TrialConfigError
 
 DEFAULT_SPACE = "digits_freeze"
 EXIT_CODES = {"FINISHED": 0, "FAILED": 1, "KILLED": 130}
@@ -44,7 +45,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                      description=__doc__.split("\n\n")[0] + "\n" + COMMANDS,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--space", default=DEFAULT_SPACE,
-                        help="a search space: a bundled one by name (" + ", ".join(tune.spaces()) + ") or a YAML "
+                        help="a search space: a bundled one by name (" + ", ".join(api.spaces()) + ") or a YAML "
                              "file's path (default: %(default)s)")
     parser.add_argument("--num-samples", type=int, help="number of trials (search.num_samples)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -96,20 +97,20 @@ def main(argv: list[str] | None = None) -> int:
     command = {"report": report_main, "submit": submit_main, "layers": layers_main}.get(argv[0] if argv else "")
     try:
         return command(argv[1:]) if command else search_main(argv)
-    except tune.ConfigError as err:
+    except ConfigError as err:
         # the API names a flag as its Python argument, raised from the error that names the flag: the command's own
-        shown = err.__cause__ if isinstance(err.__cause__, tune.ConfigError) else err
+        shown = err.__cause__ if isinstance(err.__cause__, ConfigError) else err
         print(f"error: {shown}", file=sys.stderr)
         return 2
 
 
 def search_main(argv: list[str]) -> int:
-    search = tune.FreezeSearch(**search_kwargs(parse_args(argv)))  # every check; the search starts below
+    search = api.FreezeSearch(**search_kwargs(parse_args(argv)))  # every check; the search starts below
     try:
         result = search.run()
-    except tune.TrialConfigError:  # bad input the first trials met alike: the search stopped (FAILED in MLflow)
+    except TrialConfigError:  # bad input the first trials met alike: the search stopped (FAILED in MLflow)
         raise
-    except tune.ConfigError as err:  # raised once runs exist: a failed search (FAILED in MLflow), not bad input
+    except ConfigError as err:  # raised once runs exist: a failed search (FAILED in MLflow), not bad input
         raise RuntimeError(str(err)) from err
     if result.status == "KILLED":
         print("interrupted: open runs marked KILLED; go on with the same command and --resume", file=sys.stderr)
@@ -131,13 +132,15 @@ def submit_main(argv: list[str]) -> int:
         print(f"\nEvery other argument is a search argument ({PROG} --help); --tracking-uri must be a server the "
               "cluster reaches and --storage-path a folder (or URI) every node shares.")
         return 0
-    job_id = tune.submit(args.address, search_argv, project_dir=args.project_dir, python=args.python)
+    search = search_kwargs(parse_args(search_argv))
+    del search["address"]  # the job's search runs on the cluster it is submitted to
+    job_id = api.submit(args.address, **search, project_dir=args.project_dir, python=args.python)
     print(f"submitted Ray Job {job_id} to {args.address}")
     print(f"  follow: ray job logs --address {args.address} --follow {job_id}")
     print(f"  stop:   ray job stop --address {args.address} {job_id}")
     if not args.wait:
         return 0
-    status = tune.follow(args.address, job_id)
+    status = api.follow(args.address, job_id)
     print(f"job {job_id}: {status}")
     return 0 if status.endswith("SUCCEEDED") else 1
 
@@ -152,7 +155,7 @@ def layers_main(argv: list[str]) -> int:
     parser.add_argument("--model", help="the task's model option (yolo: a model yaml such as yolov5nu.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for a search")
     args = parser.parse_args(argv)
-    print(tune.layers(args.space, overrides=args.set, task=args.task, model=args.model))
+    print(api.layers(args.space, overrides=args.set, task=args.task, model=args.model))
     return 0
 
 
@@ -165,7 +168,7 @@ def report_main(argv: list[str]) -> int:
     parser.add_argument("--cost", help="override report.cost: epoch_time_s, train_time_s or peak_mem_mb")
     _add_store_args(parser)
     args = parser.parse_args(argv)
-    tune.load_search(None if args.run_id else args.experiment, run_id=args.run_id, tracking_uri=args.tracking_uri,
+    api.load_search(None if args.run_id else args.experiment, run_id=args.run_id, tracking_uri=args.tracking_uri,
                      tolerance=args.tolerance, cost=args.cost, report_dir=args.report_dir, verbose=True)
     return 0
 

@@ -143,6 +143,23 @@ JOB_EXCLUDES = [".venv/", ".venv-yolo/", "venv/", ".git/", "*.egg-info/", "mlflo
                 "ray_results/", "reports/", "__pycache__/", ".pytest_cache/", ".ruff_cache/", "build/", "dist/"]
 
 
+def job_arguments(options: Any, space: str) -> list[str]:
+    """The command line of a search's Ray Job from its typed options (a ``StudyOptions``): ``space``, the space
+    file's path inside the uploaded project, and the rest as the flags that stand for them."""
+    from tune.config import format_override
+
+    arguments = ["--space", space]
+    for key, value in options.overrides:
+        arguments += ["--set", format_override(key, value)]
+    for flag, value in (("--tracking-uri", options.tracking_uri), ("--storage-path", options.storage_path),
+                        ("--report-dir", options.report_dir), ("--confirm", options.confirm),
+                        ("--confirm-top", options.confirm_top)):
+        if value is not None:
+            arguments += [flag, str(value)]
+    return arguments + [flag for flag, on in (("--resume", options.resume), ("--smoke-test", options.smoke_test),
+                                              ("--verbose", options.verbose)) if on]
+
+
 def submit_job(address: str, project_dir: Path, arguments: list[str], python: str = "python") -> str:
     """Submit ``python run_search.py <arguments>`` (the checkout's ``freeze-search``) as a Ray Job with the project
     as its working directory; returns the job id."""

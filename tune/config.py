@@ -467,6 +467,12 @@ def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
+def format_override(key: str, value: Any) -> str:
+    """(dotted key, value) → ``key=value`` that ``parse_overrides`` reads back as the same value (flow YAML)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf")).removesuffix("\n...\n").strip()
+    return f"{key}={text}"
+
+
 def _apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node = raw
     parts = dotted.split(".")

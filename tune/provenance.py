@@ -6,7 +6,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-__all__ = ["git_commit"]
+__all__ = ["PACKAGE_DIR", "git_commit"]
+
+# this package's folder: what a logged model carries as its code, and inside the checkout a search runs from
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def git_commit(path: Path) -> str | None:

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-import tune
 from tune.checks import Checked, StudyOptions, check_config, check_report_dir, resume_point, tracking_uri
 from tune.config import COST_METRICS, space_file
 from tune.errors import ConfigError, TrialConfigError, one_line
@@ -156,7 +155,7 @@ class Study:
         return status
 
     def _open_parent(self) -> str:
-        from tune.provenance import git_commit
+        from tune.provenance import PACKAGE_DIR, git_commit
         from tune.records import flatten, search_tags
 
         tracker = self.tracker
@@ -166,7 +165,7 @@ class Study:
             # after Tune's last snapshot is lost with the driver and stays KILLED (Tune samples a new one).
             tracker.kill_open_trials("the driver stopped before this trial ended")
             return self.resume.run_id
-        commit = git_commit(Path(tune.__file__).resolve().parents[1])
+        commit = git_commit(PACKAGE_DIR.parent)
         space_file, tag = self._space_artifact()
         written = tag == "<python>"
         try:
@@ -336,6 +335,7 @@ class Study:
             return
         from tune import tracking
         from tune.predict import PREPROCESS_FILE, dump_preprocess, model_metadata
+        from tune.provenance import PACKAGE_DIR
         from tune.trial import model_from_checkpoint
 
         block_model, _ = model_from_checkpoint(self.task, checkpoint)
@@ -346,7 +346,7 @@ class Study:
                      if self.task.preprocess is not None else [])
             uri, model_id = self.tracker.log_model(parent_id, block_model.module,
                                                    None if isinstance(example, Mapping) else example.numpy(),
-                                                   Path(tune.__file__).parent, metadata=model_metadata(self.task),
+                                                   PACKAGE_DIR, metadata=model_metadata(self.task),
                                                    extra_files=extra)
         self.tracker.set_tags(parent_id, {"recommended_model_uri": uri})
         self.model_uri = uri
