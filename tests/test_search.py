@@ -523,7 +523,7 @@ def test_the_recommendation_follows_the_confirmed_choice_not_the_search_trial(tm
     tracker.finish_search("FINISHED")
 
     lines: list[str] = []
-    built, _, _ = rebuild_report(uri, experiment="confirmed", report_dir=tmp_path / "reports", say=lines.append)
+    built = rebuild_report(uri, experiment="confirmed", report_dir=tmp_path / "reports", say=lines.append).report
     assert built.recommendation.trial.name == "cheap" and built.confirmed_choice.name == "expensive"
     assert built.chosen.name == "expensive"  # the trial whose checkpoint is logged as the recommended model
     tags = MlflowClient(tracking_uri=uri).get_run(tracker.parent_run_id).data.tags
@@ -536,8 +536,8 @@ def test_the_recommendation_follows_the_confirmed_choice_not_the_search_trial(tm
             "candidate: mean score 0.9500" in text)
     assert "chosen after the race ran" not in text
     # a tolerance chosen afterwards is said to be no part of the promise; the parent's tags keep the search's answer
-    rebuilt, _, _ = rebuild_report(uri, experiment="confirmed", tolerance=0.1, report_dir=tmp_path / "again",
-                                   say=lambda line: None)
+    rebuilt = rebuild_report(uri, experiment="confirmed", tolerance=0.1, report_dir=tmp_path / "again",
+                             say=lambda line: None)
     assert "The tolerance 0.1 was chosen after the race ran (it ran for 0.01)" in rebuilt.text
     assert MlflowClient(tracking_uri=uri).get_run(tracker.parent_run_id).data.tags["recommendation_proven"] == "true"
 

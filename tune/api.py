@@ -19,20 +19,17 @@ ConfigError names the function's argument instead (``confirm_top``), raised from
 from __future__ import annotations
 
 import contextlib
-import statistics
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tune import config
 from tune.checks import StudyOptions, check_submission
 from tune.config import bundled_spaces, parse_overrides, space_file
 from tune.errors import ConfigError
+from tune.result import Recommended, SearchResult
 from tune.study import Study, rebuild_report
-
-if TYPE_CHECKING:
-    from tune.report import Report, TrialResult
 
 __all__ = ["FreezeSearch", "Recommended", "SearchResult", "follow", "layers", "load_config", "load_search", "spaces",
            "submit"]
@@ -82,77 +79,6 @@ def _overrides(given: Overrides | None) -> list[tuple[str, Any]]:
                                                                      "whole section would replace the file's)")
         pairs.append(item)
     return pairs
-
-
-@dataclass(frozen=True)
-class Recommended:
-    """The recommended freeze range: the cheapest configuration proven within the tolerance of the best (after the
-    confirmation race; the search's single trial where there was none)."""
-
-    freeze_range: str  # "[0, 3)": blocks 0, 1, 2 frozen
-    policy: str  # the range and what a policy adds (tune.policy): "[0, 3) thaw@2 decay 0.8"; a hard freeze: the range
-    freeze: tuple[int, int]  # (start, stop) of a range; a set of blocks {i, j}: (i, j + 1)
-    params: dict[str, Any]  # its search trial's searched values (lr, freeze_stop, ...)
-    score: float  # the validation score: the mean over the confirmation's seeds, else the trial's
-    interval: tuple[float, float] | None  # the mean's confidence interval after a confirmation
-    seeds: int  # confirmation seeds it ran (0: none)
-    decided: bool | None  # whether the race proved it within the tolerance (None: no confirmation)
-    test_score: float | None  # on the task's test split, scored once after the choice (None: no test split)
-    epoch_time_s: float  # its search trial's (as the parent run's recommended_epoch_time_s)
-    peak_mem_mb: float
-    trial: TrialResult = field(repr=False)  # its search trial at its best epoch
-
-
-@dataclass
-class SearchResult:
-    """What a search left: its report (trials at their best epoch, the frontier, the race, the recommendation),
-    where MLflow keeps it, the recommended model."""
-
-    status: str  # the parent run's: FINISHED, FAILED or KILLED
-    parent_run_id: str | None
-    experiment: str
-    tracking_uri: str
-    report: Report | None = field(default=None, repr=False)
-    report_dir: Path | None = None  # the folder the report, plots and summary were written to
-    model_uri: str | None = None  # the registered recommended model (or its logged URI where the registry refused)
-    probe_score: float | None = None  # the linear probe on the frozen features: the reference
-
-    @property
-    def text(self) -> str:
-        """The report as the console prints it."""
-        return self.report.text if self.report is not None else ""
-
-    @property
-    def trials(self) -> list[TrialResult]:
-        """The search's trials, each at its best epoch."""
-        return list(self.report.search) if self.report is not None else []
-
-    @property
-    def frontier(self) -> list[TrialResult]:
-        """The trials no other trial beats on every objective (score, epoch time, memory by default)."""
-        return list(self.report.front) if self.report is not None else []
-
-    @property
-    def recommendation(self) -> Recommended | None:
-        """None when there is none: no trial finished, or the scores cannot tell the trials apart."""
-        built = self.report
-        if built is None or built.chosen is None:
-            return None
-        from tune.report import test_scores
-
-        chosen, confirmed = built.chosen, built.confirmed_choice
-        tested = test_scores(built)
-        return Recommended(
-            freeze_range=chosen.freeze_range, policy=chosen.label, freeze=chosen.freeze_key,
-            params={key: chosen.params[key] for key in built.recommendation.searched if key in chosen.params},
-            score=confirmed.mean if confirmed else chosen.score,
-            interval=confirmed.interval if confirmed else None, seeds=len(confirmed.scores) if confirmed else 0,
-            decided=built.decision.decided if built.decision is not None else None,
-            test_score=statistics.fmean(tested) if tested else None,
-            epoch_time_s=chosen.epoch_time_s, peak_mem_mb=chosen.peak_mem_mb, trial=chosen)
-
-    def __str__(self) -> str:
-        return self.text or f"search {self.experiment}: {self.status}"
 
 
 def _options(space: str | Path | Mapping[str, Any], *, overrides: Overrides | None = None,
@@ -218,11 +144,7 @@ class FreezeSearch:
         if self._ran:
             raise RuntimeError("a FreezeSearch runs once; build another (resume=True goes on with an unfinished one)")
         self._ran = True
-        study = self._study
-        status = study.run()
-        return SearchResult(status=status, parent_run_id=study.tracker.parent_run_id if study.tracker else None,
-                            experiment=study.cfg.name, tracking_uri=study.tracking_uri, report=study.report,
-                            report_dir=study.report_path, model_uri=study.model_uri, probe_score=study.probe_score)
+        return self._study.run()
 
 
 def load_search(experiment: str | None = None, *, run_id: str | None = None, tracking_uri: str | None = None,
@@ -238,13 +160,8 @@ def load_search(experiment: str | None = None, *, run_id: str | None = None, tra
         raise ConfigError("experiment", None, "an experiment name or a parent run id (run_id)")
     uri = resolve_uri(tracking_uri)
     with _python_names():
-        built, out_dir, record = rebuild_report(uri, experiment=experiment, run_id=run_id, tolerance=tolerance,
-                                                cost=cost, report_dir=Path(report_dir),
-                                                **({} if verbose else {"say": _silent}))
-    return SearchResult(status=record.status, parent_run_id=record.run_id, experiment=record.name or experiment,
-                        tracking_uri=uri, report=built, report_dir=out_dir,
-                        model_uri=record.tags.get("registered_model_uri") or record.tags.get("recommended_model_uri"),
-                        probe_score=built.reference)
+        return rebuild_report(uri, experiment=experiment, run_id=run_id, tolerance=tolerance, cost=cost,
+                              report_dir=Path(report_dir), **({} if verbose else {"say": _silent}))
 
 
 def _silent(line: str) -> None:

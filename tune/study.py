@@ -32,6 +32,7 @@ from tune.checks import Checked, StudyOptions, check_config, check_report_dir, r
 from tune.config import COST_METRICS, space_file
 from tune.errors import ConfigError, TrialConfigError, one_line
 from tune.log import say, warn
+from tune.result import SearchResult
 
 # torch, Ray and MLflow take seconds to import: they come in once the config file has loaded, so that a mistake in
 # it is reported at once. Annotations name their types as strings.
@@ -55,10 +56,7 @@ class Study:
         self.tracker: tracking.SearchTracker | None = None
         self.head_probe: dict[str, Any] | None = None  # the fitted probe's state (tune.probe.Probe.state)
         self.probe_score: float | None = None
-        # what ``run`` leaves for tune.FreezeSearch's result
-        self.report: report.Report | None = None
-        self.report_path: Path | None = None
-        self.model_uri: str | None = None
+        self.model_uri: str | None = None  # the recommended model, once logged
 
     def _build_report(self, records: list, header: str) -> report.Report:
         from tune import report
@@ -92,9 +90,9 @@ class Study:
     def searched(self) -> list[str]:
         return list(self.cfg.space)
 
-    def run(self) -> str:
-        """The whole search; returns how the parent run ended: FINISHED (a trial finished), FAILED (none did, or an
-        error, re-raised), KILLED (Ctrl-C: open runs KILLED too; ``--resume`` goes on)."""
+    def run(self) -> SearchResult:
+        """The whole search; returns its result, with how the parent run ended: FINISHED (a trial finished), FAILED
+        (none did, or an error, re-raised), KILLED (Ctrl-C: open runs KILLED too; ``--resume`` goes on)."""
         from tune import prefix_cache, search, store, tracking
         from tune.data import describe
 
@@ -106,7 +104,7 @@ class Study:
         self.say(f"search {cfg.name}: {planned} trials of up to {cfg.train.epochs} epochs over "
                  f"{', '.join(self.searched)}; MLflow parent run {parent_id}")
         status, reason = "FAILED", "the search failed before this trial ended"
-        system = None
+        system = built = report_path = None
         try:
             system = tracker.monitor_system()  # the driver's machine, on the parent run
             self.head_probe = self._fit_probe()
@@ -130,8 +128,7 @@ class Study:
             if self.task.has_test and built.chosen is not None:  # chosen on validation first; then, once, on test
                 self._score_test(built, records, checkpoints)
                 built = self._build_report(records, header)  # the same records, with the test scores
-            self.report = built
-            self.report_path = _write_report(self.tracker, built, records, options.report_dir, self.say)
+            report_path = _write_report(self.tracker, built, records, options.report_dir, self.say)
             self._log_summary(built, outcome)
             self._log_recommended_model(built, outcome.best_checkpoints)
             status = "FINISHED" if outcome.errored < outcome.trials else "FAILED"
@@ -152,7 +149,9 @@ class Study:
             cache = prefix_cache.describe(options.storage_path)
             if cache:
                 self.say(cache)
-        return status
+        return SearchResult(status=status, parent_run_id=parent_id, experiment=cfg.name,
+                            tracking_uri=self.tracking_uri, report=built, report_dir=report_path,
+                            model_uri=self.model_uri, probe_score=self.probe_score)
 
     def _open_parent(self) -> str:
         from tune.provenance import PACKAGE_DIR, git_commit
@@ -389,10 +388,9 @@ def _write_report(tracker: tracking.SearchTracker, built: report.Report, records
 
 
 def rebuild_report(uri: str | None, *, experiment: str, run_id: str | None = None, tolerance: float | None = None,
-                   cost: str | None = None, report_dir: Path = Path("reports"), say: Say = say
-                   ) -> tuple[report.Report, Path, SearchRecord]:
-    """A logged search's report again, from MLflow alone (``freeze-search report``); ``tolerance`` and ``cost``
-    override the rule the search was run with. The report, the folder it was written to, the search's record."""
+                   cost: str | None = None, report_dir: Path = Path("reports"), say: Say = say) -> SearchResult:
+    """A logged search's result again, from MLflow alone (``freeze-search report``), its report written again
+    under ``report_dir``; ``tolerance`` and ``cost`` override the rule the search was run with."""
     from tune import report, store, tracking
 
     uri = tracking_uri(uri)
@@ -422,4 +420,8 @@ def rebuild_report(uri: str | None, *, experiment: str, run_id: str | None = Non
         built.text += (f"\n\nThe tolerance {tolerance:g} was chosen after the race ran (it ran for "
                        f"{logged.tolerance:g}): a tolerance picked on seen scores is no part of the race's promise, "
                        "so read 'proven' above as this rebuild's reading of the same runs.")
-    return built, _write_report(tracker, built, records, report_dir, say, tag=not overridden), record
+    out_dir = _write_report(tracker, built, records, report_dir, say, tag=not overridden)
+    return SearchResult(status=record.status, parent_run_id=record.run_id, experiment=record.name or experiment,
+                        tracking_uri=uri, report=built, report_dir=out_dir,
+                        model_uri=record.tags.get("registered_model_uri") or record.tags.get("recommended_model_uri"),
+                        probe_score=built.reference)
