@@ -53,7 +53,8 @@ def test_the_cli_imports_only_the_public_api():
     assert imported == {"tune", "tune.errors"}, imported  # from tune import api; from tune.errors import ...
     used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
             and isinstance(node.value, ast.Name) and node.value.id == "api"}
-    assert used <= set(tune.__all__), used - set(tune.__all__)
+    assert used <= set(tune.api.__all__), used - set(tune.api.__all__)
+    assert {name for name in used if not name.startswith("DEFAULT_")} <= set(tune.__all__)
 
 
 def test_nothing_inside_the_package_imports_the_package_itself():
@@ -452,5 +453,6 @@ def test_a_submitted_search_is_typed_and_its_jobs_command_line_reads_back_as_the
     assert again == options
     assert dict(again.overrides)["train.device"] == "yes" and dict(again.overrides)["train.lr"] == 1e-05
     with pytest.raises(tune.ConfigError) as err:  # typed: checked as FreezeSearch checks it, before any job
-        tune.submit("http://127.0.0.1:1", confirm="3")
-    assert str(err.value) == "confirm: got '3'; allowed: an integer, or None for the space's own value"
+        tune.submit("http://127.0.0.1:1", confirm="3", tracking_uri="http://127.0.0.1:5000", storage_path=tmp_path)
+    assert str(err.value) == ("confirm: got '3' (str); allowed: 0 (no confirmation) or an integer >= 2 "
+                              "(seeds per candidate)")

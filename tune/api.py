@@ -26,13 +26,16 @@ from typing import Any
 
 from tune import config
 from tune.checks import StudyOptions, check_submission
-from tune.config import bundled_spaces, parse_overrides, space_file
+from tune.config import DEFAULT_SPACE, bundled_spaces, parse_overrides, space_file
 from tune.errors import ConfigError
 from tune.result import Recommended, SearchResult
 from tune.study import Study, rebuild_report
 
-__all__ = ["FreezeSearch", "Recommended", "SearchResult", "follow", "layers", "load_config", "load_search", "spaces",
-           "submit"]
+__all__ = ["DEFAULT_REPORT_DIR", "DEFAULT_SPACE", "DEFAULT_STORAGE_PATH", "FreezeSearch", "Recommended",
+           "SearchResult", "follow", "layers", "load_config", "load_search", "spaces", "submit"]
+
+# The defaults the command line shows; their owners are the bundled spaces and the search's options.
+DEFAULT_STORAGE_PATH, DEFAULT_REPORT_DIR = StudyOptions.storage_path, StudyOptions.report_dir
 
 Overrides = Mapping[str, Any] | Sequence[str] | Sequence[tuple[str, Any]]
 
@@ -87,9 +90,6 @@ def _options(space: str | Path | Mapping[str, Any], *, overrides: Overrides | No
     """The search's options; ConfigError for a value of the wrong kind (None: the default)."""
     if not isinstance(space, (str, Path, Mapping)):
         raise ConfigError("space", space, "a bundled space's name, a space file's path or a mapping")
-    for key in ("confirm", "confirm_top"):
-        if flags.get(key) is not None and (isinstance(flags[key], bool) or not isinstance(flags[key], int)):
-            raise ConfigError(key, flags[key], "an integer, or None for the space's own value")
     for key in ("resume", "smoke_test", "verbose"):  # a string such as "no" would be true
         if key in flags and not isinstance(flags[key], bool):
             raise ConfigError(key, flags[key], "True or False")
@@ -116,7 +116,7 @@ class FreezeSearch:
     ``verbose`` (Ray Tune's and Optuna's own lines too). Raises ``tune.ConfigError`` (key, value, what is allowed)
     before anything starts."""
 
-    def __init__(self, space: str | Path | Mapping[str, Any] = "digits_freeze", *, overrides: Overrides | None = None,
+    def __init__(self, space: str | Path | Mapping[str, Any] = DEFAULT_SPACE, *, overrides: Overrides | None = None,
                  task: Any = None, name: str | None = None, tracking_uri: str | None = None,
                  storage_path: str | Path | None = None, report_dir: str | Path | None = None,
                  address: str | None = None, confirm: int | None = None, confirm_top: int | None = None,
@@ -168,7 +168,7 @@ def _silent(line: str) -> None:
     """Says nothing: a quiet load_search."""
 
 
-def layers(space: str | Path | Mapping[str, Any] = "digits_freeze", *, overrides: Overrides | None = None,
+def layers(space: str | Path | Mapping[str, Any] = DEFAULT_SPACE, *, overrides: Overrides | None = None,
            task: str | None = None, model: str | None = None) -> str:
     """The blocks of a space's task model as a table (index, name, type, parameters, share of forward FLOPs, the
     named cut points): which N is my backbone? ``task`` / ``model`` replace the space's task name / model option."""
@@ -199,7 +199,7 @@ def _checkout(folder: Path) -> bool:
     return (folder / "pyproject.toml").is_file() and (folder / "search_spaces").is_dir()
 
 
-def submit(address: str, space: str | Path = "digits_freeze", *, overrides: Overrides | None = None,
+def submit(address: str, space: str | Path = DEFAULT_SPACE, *, overrides: Overrides | None = None,
            name: str | None = None, tracking_uri: str | None = None, storage_path: str | Path | None = None,
            report_dir: str | Path | None = None, confirm: int | None = None, confirm_top: int | None = None,
            resume: bool = False, smoke_test: bool = False, verbose: bool = False,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tune import config
 from tune.config import Config, TrainConfig, bundled_spaces, experiment_name, latest_thaw, load_config, space_file
 from tune.errors import ConfigError
 
@@ -68,10 +69,10 @@ class Checked:
 def check_config(options: StudyOptions) -> Checked:
     """The search's config checked against its task (names resolved), and the task; the tracking store usable.
     Raises ConfigError naming the key, the value and what is allowed."""
-    if options.confirm is not None and (options.confirm == 1 or options.confirm < 0):
-        raise ConfigError("--confirm", options.confirm, "0 (no confirmation) or an integer >= 2 (seeds per candidate)")
-    if options.confirm_top is not None and options.confirm_top < 1:
-        raise ConfigError("--confirm-top", options.confirm_top, "an integer >= 1")
+    for flag, key, value in (("--confirm", "confirm_seeds", options.confirm),
+                             ("--confirm-top", "confirm_top", options.confirm_top)):
+        if value is not None:
+            config.check_report_value(key, value, flag)
     flags = [("report.confirm_seeds", options.confirm), ("report.confirm_top", options.confirm_top)]
     given = [*options.overrides, *((key, value) for key, value in flags if value is not None)]
     smoke: tuple[tuple[str, Any], ...] = ()

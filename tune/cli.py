@@ -26,7 +26,6 @@ from typing import Any
 from tune import api
 from tune.errors import ConfigError, TrialConfigError
 
-DEFAULT_SPACE = "digits_freeze"
 EXIT_CODES = {"FINISHED": 0, "FAILED": 1, "KILLED": 130}
 PROG = "freeze-search"
 
@@ -44,7 +43,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, usage=USAGE,
                                      description=__doc__.split("\n\n")[0] + "\n" + COMMANDS,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--space", default=DEFAULT_SPACE,
+    parser.add_argument("--space", default=api.DEFAULT_SPACE,
                         help="a search space: a bundled one by name (" + ", ".join(api.spaces()) + ") or a YAML "
                              "file's path (default: %(default)s)")
     parser.add_argument("--num-samples", type=int, help="number of trials (search.num_samples)")
@@ -60,7 +59,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="how many candidates the confirmation re-runs (default: the space's "
                              "report.confirm_top, 2)")
     _add_store_args(parser)
-    parser.add_argument("--storage-path", default="ray_results",
+    parser.add_argument("--storage-path", default=api.DEFAULT_STORAGE_PATH,
                         help="where Ray Tune keeps trial checkpoints: a folder every node can write (shared on a "
                              "cluster) or a URI such as s3://bucket/path (default: ./ray_results)")
     parser.add_argument("--address", help="an existing Ray cluster to run on (default: start Ray here)")
@@ -76,7 +75,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def _add_store_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                                                "sqlite:///mlflow.db in the working directory)")
-    parser.add_argument("--report-dir", type=Path, default=Path("reports"),
+    parser.add_argument("--report-dir", type=Path, default=api.DEFAULT_REPORT_DIR,
                         help="where the report, plots and summary go, one folder per search (default: ./reports)")
 
 
@@ -150,7 +149,8 @@ def layers_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"{PROG} layers",
                                      description="List a task's blocks: index, name, type, parameters, share of "
                                                  "forward FLOPs, and where each named cut point (backbone, ...) is.")
-    parser.add_argument("--space", default=DEFAULT_SPACE, help="a search space (name or file): its task and options")
+    parser.add_argument("--space", default=api.DEFAULT_SPACE,
+                        help="a search space (name or file): its task and options")
     parser.add_argument("--task", help="a task name or import path instead of the space file's")
     parser.add_argument("--model", help="the task's model option (yolo: a model yaml such as yolov5nu.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for a search")
@@ -162,7 +162,7 @@ def layers_main(argv: list[str]) -> int:
 def report_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"{PROG} report",
                                      description="The report of a finished search, from MLflow data alone.")
-    parser.add_argument("--experiment", default="digits_freeze", help="the latest search of this experiment")
+    parser.add_argument("--experiment", default=api.DEFAULT_SPACE, help="the latest search of this experiment")
     parser.add_argument("--run-id", help="a search's parent run id (instead of --experiment)")
     parser.add_argument("--tolerance", type=float, help="override the space file's report.tolerance")
     parser.add_argument("--cost", help="override report.cost: epoch_time_s, train_time_s or peak_mem_mb")

@@ -259,6 +259,14 @@ _REPORT_RULES: dict[str, _Rule] = {
 }
 
 
+def check_report_value(key: str, value: Any, name: str) -> None:
+    """A value for ``report.<key>`` given another way (a flag, an argument: ``name``), under the section's own
+    rule."""
+    check, allowed = _REPORT_RULES[key]
+    if not check(value):
+        raise ConfigError(name, value, allowed, problem=None if type(value) is int else _type_name(value))
+
+
 # Keys that older space files may hold, and why they are gone.
 _REMOVED = {f"search.{key}": "no longer a key: the search optimises score, the task's primary metric; other "
                              "metrics go beside it in search.objectives" for key in ("metric", "mode")}
@@ -484,6 +492,9 @@ def _apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
             raise ConfigError(f"--set {dotted}", value, f"a key inside a mapping ({part} is {child!r})")
         node = child
     node[parts[-1]] = value
+
+
+DEFAULT_SPACE = "digits_freeze"  # the embedded default: what a search without a space runs
 
 
 def bundled_spaces() -> dict[str, Path]:

@@ -388,7 +388,8 @@ def _write_report(tracker: tracking.SearchTracker, built: report.Report, records
 
 
 def rebuild_report(uri: str | None, *, experiment: str, run_id: str | None = None, tolerance: float | None = None,
-                   cost: str | None = None, report_dir: Path = Path("reports"), say: Say = say) -> SearchResult:
+                   cost: str | None = None, report_dir: Path = StudyOptions.report_dir, say: Say = say
+                   ) -> SearchResult:
     """A logged search's result again, from MLflow alone (``freeze-search report``), its report written again
     under ``report_dir``; ``tolerance`` and ``cost`` override the rule the search was run with."""
     from tune import report, store, tracking
