@@ -69,10 +69,11 @@ class Predictor:
             output = self.module(**{key: value.to(self.device) for key, value in batch.items()})
         else:
             output = self.module(torch.as_tensor(batch).to(self.device))
-        if isinstance(output, Mapping):  # a Hugging Face output
-            output = output["logits"]
-        elif not isinstance(output, torch.Tensor):
-            output = output.logits
+        if not isinstance(output, torch.Tensor):  # a Hugging Face output holds its logits
+            output = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+        if not isinstance(output, torch.Tensor) or output.dim() != 2:
+            raise TypeError("the model's outputs are not one row of class scores per input (a detector's, a "
+                            "sequence's?): call .module on its own batches")
         return output.float().cpu()
 
     def predict_proba(self, raw: Any) -> torch.Tensor:
