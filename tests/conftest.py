@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny models and tasks made here, one Ray runtime for the tests that need it."""
+"""Shared fixtures: tiny models and tasks made here, one Ray runtime and one smoke search for the tests that need
+them."""
 
 from __future__ import annotations
 
@@ -165,6 +166,34 @@ def ray_runtime() -> Iterator[None]:
              runtime_env={"env_vars": CPU_ONLY})
     yield
     ray.shutdown()
+
+
+def _search(tmp_path: Path, *args: str) -> tuple[int, str]:
+    """A smoke search; without the confirmation unless ``args`` ask for it (default_smoke does)."""
+    import run_search
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    confirm = () if "--confirm" in args else ("--confirm", "0")
+    code = run_search.main(["--smoke-test", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"),
+                            "--report-dir", str(tmp_path / "reports"), *confirm, *args])
+    return code, uri
+
+
+def _runs(uri: str, experiment: str) -> tuple[object, list]:
+    return parent_and_children(uri, experiment)
+
+
+@pytest.fixture(scope="session")
+def default_smoke(ray_runtime, tmp_path_factory):
+    """The default space's smoke test with a confirmation of its top 2 candidates (2 seeds each): one search that
+    the tests of the whole path share, in every test file."""
+    tmp_path = tmp_path_factory.mktemp("default")
+    code, uri = _search(tmp_path, "--confirm", "2", "--confirm-top", "2")
+    return code, uri, tmp_path
+
+
+def _phase(children: list, phase: str) -> list:
+    return [c for c in children if c.data.tags.get("phase") == phase]
 
 
 def make_flaky_task(marker: str, fail_at_batch: int = 8) -> Task:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import _phase, _runs
 from mlflow.tracking import MlflowClient
 
 import tune
@@ -170,6 +171,29 @@ def test_loading_a_search_logs_nothing_unless_asked_and_the_report_command_print
     assert run_search.main(["report", "--experiment", "by_hand", "--tracking-uri", uri,
                             "--report-dir", str(tmp_path / "reports")]) == 0
     assert "Recommendation: freeze [0, 0)" in capsys.readouterr().out
+
+
+def test_load_search_reads_the_search_back_as_the_api_result(default_smoke, tmp_path):
+    """tune.load_search (freeze-search report's API): the search's trials, recommendation and model as MLflow holds
+    them, in a SearchResult."""
+    import tune
+    from tune import tracking
+
+    code, uri, _ = default_smoke
+    parent, children = _runs(uri, "digits_freeze")  # as the search left it, before load_search reads it
+    result = tune.load_search("digits_freeze", tracking_uri=uri, report_dir=tmp_path)
+    assert result.status == "FINISHED" and result.parent_run_id == parent.info.run_id
+    assert sorted(t.name for t in result.trials) == sorted(c.data.tags[tracking.TRIAL_ID_TAG]
+                                                           for c in _phase(children, "search"))
+    rec = result.recommendation
+    assert rec.freeze_range == parent.data.tags["recommended_freeze_range"]
+    assert rec.trial.name == parent.data.tags["recommended_trial"]
+    assert rec.seeds == 2 and rec.interval[0] <= rec.score <= rec.interval[1]  # the race's 2 seeds
+    assert rec.test_score == pytest.approx(parent.data.metrics["test_score"])
+    assert result.model_uri == parent.data.tags["registered_model_uri"]
+    assert set(rec.params) == {"freeze_stop", "lr"} and isinstance(rec.params["lr"], float)
+    assert {t.name for t in result.frontier} <= {t.name for t in result.trials}
+    assert (result.report_dir / "report.txt").read_text().strip() == result.text.strip()
 
 
 @pytest.mark.parametrize("page", ["README.md", "docs/python-api.md"])

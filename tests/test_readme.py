@@ -24,7 +24,7 @@ ELSEWHERE = {
     ". .venv": "a set-up step: .ci/run makes the venv from a clean clone",
     "pip install": "a set-up step: .ci/run makes the venv from a clean clone",
     "python -m pytest": "the tests themselves: .ci/run runs them",
-    "mlflow ui": "a server: test_search.py::test_mlflow_ui_command_serves_the_runs_of_a_smoke_search runs it",
+    "mlflow ui": "a server: test_tracking.py::test_mlflow_ui_command_serves_the_runs_of_a_smoke_search runs it",
     "python run_search.py submit": "needs a cluster: test_cluster.py submits to a real two-node one",
     "freeze-search submit": "needs a cluster: test_cluster.py submits to a real two-node one",
     "python run_search.py --address": "needs a cluster: test_cluster.py runs searches on a real two-node one",

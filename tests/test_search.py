@@ -1,20 +1,17 @@
-"""Real searches: a local Ray runtime, a real sqlite MLflow store, the CLI end to end."""
+"""Real searches on a local Ray runtime: the shared smoke search end to end (trials, confirmation, the parent's
+summary), parallel trials, GPU fractions and freeze-aware shares, resources no node can meet, every search
+space, crash retry, multi-objective, grid, time budget, divergence, out-of-memory, storage URIs, seeds, bf16,
+policy searches and ASHA's rungs."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import free_port, most_open_at_once, parent_and_children
+from conftest import _phase, _runs, _search, most_open_at_once
 from mlflow.tracking import MlflowClient
 
 import run_search
@@ -27,32 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # and the image and text spaces need data of a user's: tests/test_image.py and test_text.py run them on their own
 SPACES = sorted(p for p in (ROOT / "search_spaces").glob("*.yaml")
                 if not p.name.startswith(("yolo", "image", "text")))
-
-
-def _search(tmp_path: Path, *args: str) -> tuple[int, str]:
-    """A smoke search; without the confirmation unless ``args`` ask for it (default_smoke does)."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    confirm = () if "--confirm" in args else ("--confirm", "0")
-    code = run_search.main(["--smoke-test", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"),
-                            "--report-dir", str(tmp_path / "reports"), *confirm, *args])
-    return code, uri
-
-
-def _runs(uri: str, experiment: str) -> tuple[object, list]:
-    return parent_and_children(uri, experiment)
-
-
-@pytest.fixture(scope="module")
-def default_smoke(ray_runtime, tmp_path_factory):
-    """The default space's smoke test with a confirmation of its top 2 candidates (2 seeds each): one search that
-    the tests of the whole path share."""
-    tmp_path = tmp_path_factory.mktemp("default")
-    code, uri = _search(tmp_path, "--confirm", "2", "--confirm-top", "2")
-    return code, uri, tmp_path
-
-
-def _phase(children: list, phase: str) -> list:
-    return [c for c in children if c.data.tags.get("phase") == phase]
 
 
 def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(default_smoke):
@@ -111,6 +82,7 @@ def test_smoke_search_logs_parent_and_nested_children_with_per_epoch_metrics(def
         assert where <= set(child.data.tags)  # where and how it ran: tags, not metrics
 
 
+
 def test_the_parent_counts_the_trial_epochs_of_search_and_confirmation_and_runs_carry_their_round(default_smoke):
     _, uri, _ = default_smoke
     parent, children = _runs(uri, "digits_freeze")
@@ -124,12 +96,14 @@ def test_the_parent_counts_the_trial_epochs_of_search_and_confirmation_and_runs_
     assert {c.data.tags["round"] for c in _phase(children, "confirm")} == {"1"}  # the smoke test's race: one round
 
 
+
 def test_the_digits_default_keeps_its_pretrained_head(default_smoke):
     code, uri, _ = default_smoke
     parent, children = _runs(uri, "digits_freeze")
     # MNIST's own head, pretrained for the same ten digits, is no new head: no probe replaces it
     assert "probe_score" not in parent.data.metrics
     assert {c.data.tags["head_start"] for c in children} == {"kept (the task's pretrained head)"}
+
 
 
 @pytest.mark.slow
@@ -158,10 +132,12 @@ def test_every_trials_head_starts_from_the_one_probe_the_driver_fitted_and_the_r
     assert f"A linear probe fitted to convergence on the frozen features scores {probe_score:.4f}: the heads" in text
 
 
+
 def test_trials_run_in_parallel(default_smoke):
     _, uri, _ = default_smoke
     _, children = _runs(uri, "digits_freeze")
     assert most_open_at_once(children) >= 2
+
 
 
 @pytest.mark.slow  # 19-30 s, for the fast suite's 2 minutes (resources and shares are checked fast without Ray)
@@ -176,6 +152,7 @@ def test_gpu_fractions_from_the_config_pack_trials_onto_logical_gpus(ray_runtime
     assert [c.data.tags["trial_cpus"] for c in children] == ["0.5"] * 4
     assert most_open_at_once(children) >= 3
     assert {c.data.tags["mem_source"] for c in children} == {"model"}  # a GPU share, but trained on the CPU
+
 
 
 @pytest.mark.slow  # 10-15 s each: the fast suite's own searches cover the default space
@@ -196,47 +173,6 @@ def test_every_search_space_file_smoke_runs(ray_runtime, tmp_path, space):
         assert len(set(starts)) > 1, f"freeze_start was not sampled: {starts}"
         assert [c.data.params["freeze_range"] for c in children] == [f"[{a}, {b})" for a, b in pairs]
 
-
-def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "run_search.py"), *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
-
-
-# In a real process, as a user meets them. The cases that load the task (torch, seconds each) are slow: the same
-# errors are tested in process in test_bad_input.py.
-@pytest.mark.parametrize(("args", "expected"), [
-    (["--set", "train.epochs=0"], "error: train.epochs: got 0 (int); allowed: an integer >= 1"),
-    pytest.param(["--set", "space.freeze_stop.high=12"],
-                 "error: space.freeze_stop.high: got 12 (out of range); allowed:", marks=pytest.mark.slow),
-    pytest.param(["--set", "space.freeze_stop.high=8"],
-                 "error: space.freeze_stop: got 8 (freezes every block); allowed:", marks=pytest.mark.slow),
-    pytest.param(["--set", "task.name=no_such.module:task"],
-                 "error: task.name: got 'no_such.module:task' (ModuleNotFoundError", marks=pytest.mark.slow),
-    (["--space", "missing.yaml"], "error: --space: got 'missing.yaml' (no such file)"),
-    (["--num-samples", "0"], "error: search.num_samples: got 0 (int); allowed: an integer >= 1"),
-])
-def test_bad_input_exits_2_with_one_line_and_leaves_nothing_behind(tmp_path, args, expected):
-    result = _cli(tmp_path, *args)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith(expected), result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert list(tmp_path.iterdir()) == []  # no MLflow store, no Ray results: nothing was started
-
-
-def test_help_lists_the_options(tmp_path):
-    result = _cli(tmp_path, "--help")
-    assert result.returncode == 0
-    for option in ("--space", "--num-samples", "--set", "--seed", "--tracking-uri", "--storage-path", "--smoke-test"):
-        assert option in result.stdout
-
-
-def test_help_shows_the_commands_in_its_usage(capsys):
-    with pytest.raises(SystemExit) as exited:
-        run_search.main(["--help"])
-    assert exited.value.code == 0
-    usage = capsys.readouterr().out.split("\n\n")[0]  # the usage lines, before the description
-    for command in ("report", "layers", "submit"):
-        assert f"freeze-search {command} " in usage, usage
 
 
 @pytest.mark.slow
@@ -265,127 +201,6 @@ search: {{num_samples: 1, scheduler: fifo}}
     assert sorted(m.step for m in history) == [0, 1, 2, 3, 4]
 
 
-def _get(url: str, payload: dict | None = None) -> dict:
-    data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        body = response.read()
-    return json.loads(body) if body.startswith(b"{") else {"html": body.decode(errors="replace")}
-
-
-@pytest.mark.slow
-def test_mlflow_ui_command_serves_the_runs_of_a_smoke_search(default_smoke):
-    """The printed `mlflow ui --backend-store-uri ...` command, run for real on 127.0.0.1."""
-    _, uri, _ = default_smoke
-    parent, children = _runs(uri, "digits_freeze")
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                _get(f"{base}/health")
-                break
-            except (OSError, ValueError):
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise AssertionError("mlflow ui did not answer within 90 s") from None
-                time.sleep(0.5)
-        assert "<html" in _get(f"{base}/")["html"].lower()
-        found = _get(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [parent.info.experiment_id]})
-        assert {r["info"]["run_id"] for r in found["runs"]} == {parent.info.run_id} | {c.info.run_id for c in children}
-        listed = _get(f"{base}/api/2.0/mlflow/artifacts/list?run_id={parent.info.run_id}")
-        assert "report" in {f["path"] for f in listed["files"]}
-        # what the documented view (docs/mlflow.md) reads: the search's trials by filter, each with its freeze range,
-        # the metrics its charts plot, its datasets; the parent's summary; the registered model by its alias
-        trials = _get(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [parent.info.experiment_id],
-                                                              "filter": "tags.phase = 'search'"})["runs"]
-        assert len(trials) == 4
-        for run in trials:
-            assert "freeze_range" in {p["key"] for p in run["data"]["params"]}
-            charted = {"best_epoch_score", "epoch_time_s", "peak_mem_mb", "score"}
-            assert charted <= {m["key"] for m in run["data"]["metrics"]}
-            assert {d["dataset"]["name"] for d in run["inputs"]["dataset_inputs"]} == {"digits-train", "digits-val"}
-        parent_run = _get(f"{base}/api/2.0/mlflow/runs/get?run_id={parent.info.run_id}")["run"]
-        assert {"best_score", "recommended_score", "test_score", "recommended_epoch_time_s"} <= {
-            m["key"] for m in parent_run["data"]["metrics"]}
-        alias = _get(f"{base}/api/2.0/mlflow/registered-models/alias?name=digits_freeze&alias=smoke")
-        assert alias["model_version"]["run_id"] == parent.info.run_id
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def test_the_recommended_model_loads_back_from_mlflow_and_scores_what_its_trial_scored(default_smoke):
-    import mlflow.pytorch
-    import torch
-
-    from tune.tasks.base import classification_metrics
-    from tune.tasks.digits import make_task
-
-    _, uri, _ = default_smoke
-    parent, children = _runs(uri, "digits_freeze")
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(tracking_uri=uri)
-    # registered: one model per experiment; a smoke test's version has the alias `smoke` and leaves
-    # `recommended` (a real search's) alone
-    assert parent.data.tags["registered_model_uri"] == "models:/digits_freeze@smoke"
-    version = client.get_model_version_by_alias("digits_freeze", "smoke")
-    assert version.run_id == parent.info.run_id
-    assert "recommended" not in client.get_registered_model("digits_freeze").aliases
-    model = mlflow.pytorch.load_model(parent.data.tags["registered_model_uri"])
-    logged = mlflow.pytorch.load_model(parent.data.tags["recommended_model_uri"])
-    pairs = zip(model.state_dict().values(), logged.state_dict().values(), strict=True)
-    assert all(torch.equal(a, b) for a, b in pairs)
-    trial = next(c for c in children if c.data.tags["ray.trial_id"] == parent.data.tags["recommended_trial"])
-    # each trial's run is named by what it froze and with what; the trial id is its tag
-    assert all(re.fullmatch(r"\[\d+, \d+\) lr=[\d.e-]+( seed=\d+)?", c.info.run_name) for c in children), \
-        [c.info.run_name for c in children]
-    best = max(m.value for m in client.get_metric_history(trial.info.run_id, "score"))
-    task = make_task(labels_per_class=10, val_size=1000)
-    with torch.no_grad():
-        assert classification_metrics(model, *task.val_data)["val_accuracy"] == pytest.approx(best, abs=1e-9)
-
-
-def test_the_registered_model_predicts_digit_names_from_scikit_learns_raw_arrays(default_smoke):
-    """What a user takes home: the registered model with its class names and its preprocessing (the 0-16 grey levels
-    scaled and upsampled as the trials saw them), labelling raw ``load_digits().images`` as well as its trial
-    scored them."""
-    from sklearn.datasets import load_digits
-
-    import tune
-    from tune.tasks.digits import few_label_split
-
-    _, uri, _ = default_smoke
-    parent, children = _runs(uri, "digits_freeze")
-    model = tune.load_model(parent.data.tags["registered_model_uri"], tracking_uri=uri)
-    assert model.classes == tuple("0123456789") and "load_digits().images" in model.inputs
-    digits = load_digits()
-    _, val_index, _ = few_label_split(torch.as_tensor(digits.target), 10, 1000, 0, 500)
-    raw, truth = digits.images[val_index.numpy()], [str(t) for t in digits.target[val_index.numpy()]]
-    predicted = model.predict(raw)
-    assert all(isinstance(label, str) for label in predicted)
-    trial = next(c for c in children if c.data.tags["ray.trial_id"] == parent.data.tags["recommended_trial"])
-    best = max(m.value for m in MlflowClient(tracking_uri=uri).get_metric_history(trial.info.run_id, "score"))
-    assert sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth) == pytest.approx(best, abs=1e-9)
-    assert model.predict(raw[0]) == predicted[:1]  # one image alone
-    assert model.predict_proba(raw[:3]).sum(dim=1).allclose(torch.ones(3))
-
-
-def test_report_command_rebuilds_the_report_from_mlflow_alone(default_smoke, tmp_path, capsys):
-    _, uri, _ = default_smoke
-    code = run_search.main(["report", "--tracking-uri", uri, "--report-dir", str(tmp_path), "--tolerance", "0.5"])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert "Frontier over score (max), epoch_time_s (min), peak_mem_mb (min)" in out and "Recommendation:" in out
-    [folder] = list(tmp_path.iterdir())
-    assert {p.name for p in folder.iterdir()} >= {"report.txt", "summary.md", "frontier.png"}
-    assert run_search.main(["report", "--tracking-uri", uri, "--experiment", "nope"]) == 2
-    assert "error: --experiment: got 'nope' (no experiment 'nope'" in capsys.readouterr().err
-
 
 @pytest.mark.slow
 def test_multi_objective_search_runs_every_trial_to_the_end_and_reports_that_frontier(ray_runtime, tmp_path,
@@ -396,6 +211,7 @@ def test_multi_objective_search_runs_every_trial_to_the_end_and_reports_that_fro
     assert json.loads(parent.data.tags["freeze_search.objectives"]) == [["score", "max"], ["peak_mem_mb", "min"]]
     assert all(c.data.tags["stopped_early"] == "False" for c in children)  # FIFO: ASHA would bias the front
     assert "Frontier over score (max), peak_mem_mb (min)" in capsys.readouterr().out
+
 
 
 @pytest.mark.slow  # 13 s; sharing prefixes between trials is tested without Ray in test_train.py
@@ -418,21 +234,6 @@ def test_a_grid_search_runs_each_combination_once_per_sample_and_trials_share_pr
     assert f"Frozen-prefix cache: 2 files, {size:.1f} MB in {tmp_path / 'ray' / 'prefix_cache'} (" in out
 
 
-def test_layers_lists_the_default_models_blocks_and_cut_points(capsys):
-    assert run_search.main(["layers"]) == 0
-    out = capsys.readouterr().out
-    assert "--- freeze: 6 (backbone)" in out and "--- freeze: 7 (all_but_head)" in out
-    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit() and len(line.split()) == 6]
-    assert [row[1] for row in rows] == ["stem", "conv1", "conv2", "conv3", "conv4", "conv5", "neck", "head"]
-    assert rows[-1][-1] == "100.0%"
-    assert sum(int(row[3].replace(",", "")) for row in rows) == 152_570
-
-
-def test_layers_opens_with_a_header_naming_the_task_and_its_options(capsys):
-    assert run_search.main(["layers", "--set", "task.options.labels_per_class=5"]) == 0
-    header = capsys.readouterr().out.splitlines()[0]
-    assert header == "task digits, options: labels_per_class=5, val_size=1000, test_size=500"
-
 
 @pytest.mark.slow
 def test_time_budget_stops_the_search_cleanly(ray_runtime, tmp_path, capsys):
@@ -443,6 +244,7 @@ def test_time_budget_stops_the_search_cleanly(ray_runtime, tmp_path, capsys):
     assert len(children) < 40  # later trials never started
     assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}
     assert "the time budget of 6 s stopped the search" in capsys.readouterr().out
+
 
 
 def test_confirm_reruns_the_top_ranked_candidates_with_fresh_seeds_and_recommends_the_confirmed_one(default_smoke):
@@ -493,54 +295,6 @@ def test_confirm_reruns_the_top_ranked_candidates_with_fresh_seeds_and_recommend
     assert {"recommended_epoch_time_s", "recommended_peak_mem_mb", "trials_stopped_early"} <= set(metrics)
 
 
-def test_the_recommendation_follows_the_confirmed_choice_not_the_search_trial(tmp_path):
-    """Logged by hand (no Ray): the search recommends the cheap trial, its confirmation does not hold up, so the
-    report, the parent's tags and the logged model's trial are the expensive one."""
-    from tune.records import search_tags
-    from tune.study import rebuild_report
-    from tune.tracking import SearchTracker
-    from tune.trial_runs import TrialRuns
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = SearchTracker(uri, "confirmed")
-    tracker.start_search("search", {"name": "confirmed", "report.tolerance": "0.01", "report.confirm_seeds": "3",
-                                    "report.confirm_max_seeds": "3"},
-                         search_tags(["freeze_stop"], [("score", "max")]))
-    runs = TrialRuns(tracker, {"epochs": 1}, 1)
-
-    def trial(name: str, stop: int, score: float, epoch_time: float, **tags: str) -> None:
-        result = {"epoch": 1, "score": score, "epoch_time_s": epoch_time, "peak_mem_mb": 8.0 - stop,
-                  "train_time_s": epoch_time, "freeze_start": 0, "freeze_stop": stop, "trainable_params": 1,
-                  "frozen_params": 1, "frozen_flops_share": 0.5}
-        runs.result(name, {"freeze_stop": stop, "seed": tags.pop("seed", 0)}, tags, result, first_since_restore=False)
-        runs.complete(name, {"freeze_stop": stop}, tags)
-
-    trial("expensive", 0, 0.950, 2.0, phase="search")
-    trial("cheap", 4, 0.945, 1.0, phase="search")  # within 0.01: the search's recommendation
-    for seed, (high, low) in enumerate([(0.950, 0.900), (0.951, 0.901), (0.949, 0.899)], start=1):
-        trial(f"e{seed}", 0, high, 2.0, phase="confirm", candidate="expensive", seed=seed)
-        trial(f"c{seed}", 4, low, 1.0, phase="confirm", candidate="cheap", seed=seed)
-    tracker.finish_search("FINISHED")
-
-    lines: list[str] = []
-    built = rebuild_report(uri, experiment="confirmed", report_dir=tmp_path / "reports", say=lines.append).report
-    assert built.recommendation.trial.name == "cheap" and built.confirmed_choice.name == "expensive"
-    assert built.chosen.name == "expensive"  # the trial whose checkpoint is logged as the recommended model
-    tags = MlflowClient(tracking_uri=uri).get_run(tracker.parent_run_id).data.tags
-    assert tags["recommended_trial"] == "expensive" and tags["recommended_freeze_range"] == "[0, 0)"
-    # the race's budget, 3 seeds, was reached: the expensive candidate is proven within (the cheap one is 0.05 below)
-    assert tags["recommendation_proven"] == "true" and tags["race_ended"] == "proven"
-    text = "\n".join(lines)
-    assert "Single-trial pick (the confirmation decides): freeze [0, 4)" in text and "Confirmation (fresh seeds" in text
-    assert ("Recommendation: freeze [0, 0) (no other searched values), proven within the tolerance (0.01) of the best "
-            "candidate: mean score 0.9500" in text)
-    assert "chosen after the race ran" not in text
-    # a tolerance chosen afterwards is said to be no part of the promise; the parent's tags keep the search's answer
-    rebuilt = rebuild_report(uri, experiment="confirmed", tolerance=0.1, report_dir=tmp_path / "again",
-                             say=lambda line: None)
-    assert "The tolerance 0.1 was chosen after the race ran (it ran for 0.01)" in rebuilt.text
-    assert MlflowClient(tracking_uri=uri).get_run(tracker.parent_run_id).data.tags["recommendation_proven"] == "true"
-
 
 def _space_file(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "space.yaml"
@@ -548,11 +302,13 @@ def _space_file(tmp_path: Path, text: str) -> Path:
     return path
 
 
+
 def _run_space(tmp_path: Path, text: str) -> tuple[int, str]:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = run_search.main(["--space", str(_space_file(tmp_path, text)), "--tracking-uri", uri,
                             "--storage-path", str(tmp_path / "ray"), "--report-dir", str(tmp_path / "reports")])
     return code, uri
+
 
 
 @pytest.mark.slow
@@ -577,6 +333,7 @@ search: {num_samples: 6, scheduler: fifo}
             assert "diverged" not in child.data.tags and child.data.tags["epochs_run"] == "4"
 
 
+
 @pytest.mark.slow
 def test_an_out_of_memory_trial_fails_with_its_reason_and_the_search_goes_on(ray_runtime, tmp_path):
     code, uri = _run_space(tmp_path, """
@@ -596,6 +353,7 @@ search: {num_samples: 6, scheduler: fifo}
             assert child.data.tags["failure_reason"].startswith("RuntimeError: out of memory at epoch 1: MemoryError")
         else:
             assert child.info.status == "FINISHED"
+
 
 
 @pytest.mark.slow
@@ -618,6 +376,7 @@ def test_freeze_aware_gpus_give_deeper_freezes_a_smaller_share(ray_runtime, tmp_
     assert 0 < tested.data.metrics["test_score"] <= 1 and tested.data.tags["test_pid"] != str(os.getpid())
 
 
+
 def test_concurrency_counts_freeze_aware_shares_at_the_smallest(ray_runtime):
     cfg = load_config(ROOT / "search_spaces" / "digits_freeze.yaml", parse_overrides(
         ["search.gpus_per_trial=1.0", "search.cpus_per_trial=0.25", "search.num_samples=20"]))
@@ -625,8 +384,10 @@ def test_concurrency_counts_freeze_aware_shares_at_the_smallest(ray_runtime):
     assert search.concurrency(cfg, smallest_gpu_share=0.25) == 8  # 8 of the deepest freezes fit, CPUs allow 8
 
 
+
 def _resources_cfg(*overrides: str):
     return load_config(ROOT / "search_spaces" / "digits_freeze.yaml", parse_overrides(list(overrides)))
+
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -649,6 +410,7 @@ def test_requests_no_node_can_meet_are_refused_here_before_any_trial(ray_runtime
         cluster.check_resources(cfg, on_cluster=False)
 
 
+
 def test_on_a_cluster_a_shortfall_is_a_warning_an_autoscaler_may_answer(ray_runtime):
     warnings = cluster.check_resources(_resources_cfg("search.gpus_per_trial=3", "search.cpus_per_trial=1"),
                                       on_cluster=True)
@@ -659,6 +421,7 @@ def test_on_a_cluster_a_shortfall_is_a_warning_an_autoscaler_may_answer(ray_runt
     assert [w.split(" is ")[0] for w in both] == ["search.cpus_per_trial", "search.gpus_per_trial"]
     assert both[0].startswith("search.cpus_per_trial is 16 but no node of the cluster can give that now (the largest "
                               "node has 2 CPUs)")
+
 
 
 @pytest.mark.slow
@@ -673,6 +436,7 @@ def test_a_storage_uri_keeps_checkpoints_behind_rays_filesystem_layer(ray_runtim
     assert any((tmp_path / "remote").iterdir()) and not (tmp_path / "remote" / "prefix_cache").exists()
 
 
+
 @pytest.mark.slow
 def test_a_trial_that_ran_its_own_searched_epochs_did_not_stop_early(ray_runtime, tmp_path):
     code, uri = _search(tmp_path, "--set", "search.scheduler=fifo", "--set", "search.num_samples=6",
@@ -683,104 +447,6 @@ def test_a_trial_that_ran_its_own_searched_epochs_did_not_stop_early(ray_runtime
     assert all(c.data.tags["stopped_early"] == "False" for c in children)
     assert all(c.data.tags["epochs_run"] == c.data.params["epochs"] for c in children)
 
-
-def _trial_runs(tmp_path: Path, epochs: int = 4):
-    from tune.tracking import SearchTracker
-    from tune.trial_runs import TrialRuns
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = SearchTracker(uri, "by-hand")
-    tracker.start_search("search", {}, {})
-    return TrialRuns(tracker, {"epochs": epochs, "lr": 0.001}, epochs), MlflowClient(tracking_uri=uri)
-
-
-def _result(epoch: int, score: float, **extra) -> dict:
-    return {"epoch": epoch, "score": score, "freeze_start": 0, "freeze_stop": 1, "trainable_params": 10,
-            "frozen_params": 5, "frozen_flops_share": 0.25, "mem_source": "model", **extra}
-
-
-def test_a_trial_restarted_one_checkpoint_early_is_tagged_and_logs_no_epoch_twice(tmp_path):
-    # Tune registers a reported checkpoint after the result's callbacks: a worker killed in between restarts from
-    # the checkpoint before, and its first result replays an epoch MLflow already holds. Driven by hand, no Ray.
-    runs, client = _trial_runs(tmp_path)
-    params, tags = {"freeze_stop": 1}, {"phase": "search"}
-    runs.run_id("t1", params, tags)
-    for epoch in (1, 2):
-        runs.result("t1", params, tags, _result(epoch, 0.1 * epoch), first_since_restore=epoch == 1)
-    for since_restore, epoch in enumerate((2, 3, 4), start=1):  # restored from epoch 1's checkpoint
-        runs.result("t1", params, tags, _result(epoch, 0.5), first_since_restore=since_restore == 1)
-    assert runs.complete("t1", params, tags) == "best 0.5000 at epoch 3 (4 epochs run)"  # the earliest of a tie
-
-    run = client.get_run(runs.run_ids["t1"])
-    assert run.data.tags["resumed_at_epoch"] == "2"
-    history = client.get_metric_history(run.info.run_id, "score")
-    assert sorted((m.step, m.value) for m in history) == [(1, 0.1), (2, 0.2), (3, 0.5), (4, 0.5)]
-    assert run.info.status == "FINISHED" and run.data.tags["stopped_early"] == "False"
-    assert run.data.tags["mem_source"] == "model" and "mem_source" not in run.data.metrics  # a tag, not a metric
-    assert run.data.params["freeze_range"] == "[0, 1)" and run.data.params["lr"] == "0.001"
-
-
-def test_a_trial_run_is_named_by_its_freeze_and_values_and_the_console_line_says_how_far(tmp_path):
-    from tune.tracking import fetch_trials
-    from tune.trial_runs import TrialRuns
-
-    runs, client = _trial_runs(tmp_path)
-    runs = TrialRuns(runs.tracker, {"epochs": 4}, 4, searched=["freeze_stop", "lr"])
-    tags = {"phase": "search"}
-    for trial_id, score in (("t1", 0.5), ("t2", 0.75)):
-        runs.result(trial_id, {"freeze_stop": 1, "lr": 0.0012}, tags, _result(1, score), first_since_restore=False)
-    assert runs.progress("t1") == "; best so far 0.7500 (trial t2)"
-    runs.result("t3", {"freeze_stop": 1, "lr": 0.0012, "seed": 2}, {"phase": "confirm", "candidate": "t1"},
-                _result(1, float("nan")), first_since_restore=False)  # a NaN score is never the best
-    assert runs.progress("t3") == "; best so far 0.7500 (trial t2)"
-    run = client.get_run(runs.run_ids["t1"])
-    assert run.info.run_name == "[0, 1) lr=0.0012" and run.data.tags["ray.trial_id"] == "t1"
-    assert client.get_run(runs.run_ids["t3"]).info.run_name == "[0, 1) lr=0.0012 seed=2"
-    line = runs.complete("t1", {"freeze_stop": 1}, tags)
-    assert line == "best 0.5000 at epoch 1 (1 epoch run, stopped early by ASHA)"
-    assert runs.ended == {"t1"}
-    records = fetch_trials(runs.tracker.tracking_uri, runs.tracker.parent_run_id)
-    assert {r.name for r in records} == {"t1", "t2", "t3"}  # the report names trials by their id
-
-
-def test_a_finished_trials_line_gives_its_best_score_with_its_epoch_and_never_compares_it_with_itself(tmp_path):
-    """A trial's console line: its best epoch's score and which epoch that was (not its last epoch's score beside the
-    best so far), and the best so far of the other trials, or that this one is the best so far."""
-    runs, _ = _trial_runs(tmp_path)
-    tags = {"phase": "search"}
-    for epoch, score in enumerate((0.5, 0.92, 0.67), start=1):  # its last epoch is not its best
-        runs.result("t1", {}, tags, _result(epoch, score), first_since_restore=False)
-    assert runs.complete("t1", {}, tags) == "best 0.9200 at epoch 2 (3 epochs run, stopped early by ASHA)"
-    assert runs.progress("t1") == "; the best so far"
-    runs.result("t2", {}, tags, _result(1, 0.8), first_since_restore=False)
-    assert runs.progress("t2") == "; best so far 0.9200 (trial t1)"
-    runs.result("t3", {}, tags, _result(1, 0.92), first_since_restore=False)
-    assert runs.progress("t3") == "; the best so far"  # a tie with the best
-
-
-def test_trial_runs_tag_divergence_early_stops_against_searched_epochs_and_failures(tmp_path):
-    runs, client = _trial_runs(tmp_path, epochs=4)
-    tags = {"phase": "search"}
-    runs.result("diverged", {}, tags, _result(1, 0.2, diverged=1), first_since_restore=False)
-    assert runs.complete("diverged", {}, tags) == "diverged (loss not finite) at epoch 1"
-    runs.result("asha", {}, tags, _result(1, 0.3), first_since_restore=False)
-    assert runs.complete("asha", {}, tags).endswith("stopped early by ASHA)")
-    runs.result("short", {"epochs": 1}, tags, _result(1, 0.3), first_since_restore=False)  # epochs searched: 1
-    assert not runs.complete("short", {"epochs": 1}, tags).endswith("ASHA)")
-    error_file = tmp_path / "error.txt"
-    error_file.write_text("Traceback (most recent call last):\n  File x\nMemoryError: too big\n"
-                          "RuntimeError: out of memory at epoch 1: MemoryError: too big\n")
-    runs.result("oom", {}, tags, _result(1, 0.1), first_since_restore=False)
-    reason = "RuntimeError: out of memory at epoch 1: MemoryError: too big"
-    assert runs.error("oom", {}, tags, str(error_file)) == f"FAILED: {reason}"
-
-    run = {name: client.get_run(runs.run_ids[name]) for name in ("diverged", "asha", "short", "oom")}
-    assert run["diverged"].data.tags["diverged"] == "true" and run["diverged"].data.tags["diverged_at_epoch"] == "1"
-    assert "stopped_early" not in run["diverged"].data.tags
-    assert run["asha"].data.tags["stopped_early"] == "True" and run["short"].data.tags["stopped_early"] == "False"
-    assert run["oom"].info.status == "FAILED"
-    assert run["oom"].data.tags["failure_reason"].startswith("RuntimeError: out of memory at epoch 1: MemoryError")
-    assert {r.info.status for name, r in run.items() if name != "oom"} == {"FINISHED"}
 
 
 def test_a_trial_needs_its_cpus_and_gpus_on_one_node(monkeypatch):
@@ -793,91 +459,6 @@ def test_a_trial_needs_its_cpus_and_gpus_on_one_node(monkeypatch):
     assert cluster.check_resources(_resources_cfg("search.cpus_per_trial=2", "search.gpus_per_trial=1"),
                                   on_cluster=False) == []
 
-
-def test_each_search_registers_a_version_and_the_alias_moves_to_the_latest(tmp_path):
-    import mlflow.pytorch
-    import torch
-
-    from tune.tracking import SearchTracker
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    code = tmp_path / "code"  # the package a logged model carries: here an empty one (torch.nn.Linear needs none)
-    code.mkdir()
-    parents = []
-    for value in (1.0, 2.0):  # two searches of one experiment, each with its own recommended model
-        tracker = SearchTracker(uri, "by-hand")
-        parents.append(tracker.start_search("search", {}, {}))
-        module = torch.nn.Linear(2, 1)
-        torch.nn.init.constant_(module.weight, value)
-        registered = tracker.register_model(parents[-1], *tracker.log_model(parents[-1], module, None, code))
-        assert registered == "models:/by-hand@recommended"
-        tracker.finish_search("FINISHED")
-    versions = client.search_model_versions("name = 'by-hand'")
-    assert sorted((int(v.version), v.run_id) for v in versions) == [(1, parents[0]), (2, parents[1])]
-    assert client.get_model_version_by_alias("by-hand", "recommended").version == 2
-    mlflow.set_tracking_uri(uri)
-    assert mlflow.pytorch.load_model(registered).weight.eq(2.0).all()
-
-
-# Each worker imports tune.tracking once, then opens a tracker on every store path it reads, as a search's driver
-# does first: the workers get each path at the same moment, so they race to create the store's tables.
-_OPEN_STORE = """
-import sys
-from tune.tracking import SearchTracker
-
-print("ready", flush=True)
-for line in sys.stdin:
-    try:
-        tracker = SearchTracker("sqlite:///" + line.strip(), "at-once")
-        print("ok", tracker.experiment_id, flush=True)
-    except Exception as err:
-        print("failed", type(err).__name__, " ".join(str(err).split())[:200], flush=True)
-"""
-
-
-@pytest.mark.slow  # three processes importing MLflow at once, three times: about 10-30 s
-def test_searches_started_at_once_on_a_new_sqlite_store_create_it_once_and_share_the_experiment(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    workers = [subprocess.Popen([sys.executable, "-c", _OPEN_STORE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                text=True, env=env, cwd=tmp_path) for _ in range(3)]
-    try:
-        assert all(worker.stdout.readline().strip() == "ready" for worker in workers)
-        for attempt in range(3):  # a new store each time
-            database = tmp_path / f"m{attempt}.db"
-            for worker in workers:
-                worker.stdin.write(f"{database}\n")
-            for worker in workers:
-                worker.stdin.flush()
-            answers = [worker.stdout.readline().split(maxsplit=1) for worker in workers]
-            assert [answer[0] for answer in answers] == ["ok"] * 3, answers
-            assert len({answer[1] for answer in answers}) == 1, answers  # one experiment, not one each
-    finally:
-        for worker in workers:
-            worker.stdin.close()
-            worker.wait(timeout=60)
-
-
-@pytest.mark.slow
-def test_a_registry_that_refuses_the_model_fails_no_search(ray_runtime, tmp_path, monkeypatch, capsys):
-    """The search and its logged model stand; the refusal is one warning line, and no alias tag is written."""
-    from mlflow.exceptions import MlflowException
-
-    from tune.tracking import SearchTracker
-
-    def refuse(self, *args, **kwargs):
-        raise MlflowException("registered models are read-only here")
-
-    monkeypatch.setattr(SearchTracker, "register_model", refuse)
-    code, uri = _search(tmp_path, "--num-samples", "2")
-    assert code == 0
-    parent, _ = _runs(uri, "digits_freeze")
-    assert parent.info.status == "FINISHED"
-    assert parent.data.tags["recommended_model_uri"].startswith("models:/m-")
-    assert "registered_model_uri" not in parent.data.tags
-    err = capsys.readouterr().err
-    assert "warning: the model registry did not take the recommended model (registered models are read-only here)" \
-        in err
 
 
 @pytest.mark.slow
@@ -905,123 +486,6 @@ def test_one_trial_at_a_time_a_seed_repeats_the_whole_search(ray_runtime, tmp_pa
     assert len({t[4] for t in first[0]}) > 1  # the trials differ from each other: the comparison means something
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    (None, None), ("", []), ("2", [2]), ("3,1", [3, 1]), (" 1 , 0", [1, 0]), ("0,-1,1", [0]), ("1,foo,2", [1]),
-    ("GPU-8f2e,1", ["GPU-8f2e", 1]), ("MIG-4a1b", ["MIG-4a1b"]),
-])
-def test_cuda_visible_devices_are_read_as_cuda_reads_them(value, expected):
-    from tune.system_metrics import visible_gpus
-
-    assert visible_gpus(value) == expected
-
-
-def test_a_trials_gpu_metrics_are_its_own_devices_not_the_nodes(monkeypatch):
-    """NVML lists every GPU of the node; a trial that Ray gave physical GPUs 2 and 0 reports those two, as gpu_0 and
-    gpu_1 (torch's cuda:0 and cuda:1 in that process). NVML stands in here: this machine has no GPU."""
-    import types
-
-    import mlflow.system_metrics.metrics.gpu_monitor as gpu_monitor
-
-    from tune.system_metrics import SystemSampler
-
-    used_mb = {0: 100.0, 1: 200.0, 2: 300.0, 3: 400.0}  # each physical GPU's memory in use tells them apart
-
-    class NVMLError(Exception):
-        pass
-
-    fake = types.SimpleNamespace(
-        NVMLError=NVMLError, nvmlInit=lambda: None, nvmlDeviceGetCount=lambda: 4,
-        nvmlDeviceGetHandleByIndex=lambda i: i,
-        nvmlDeviceGetHandleByUUID=lambda uuid: {"GPU-aa": 0, "GPU-cc": 2}[uuid],
-        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(used=used_mb[h] * 1e6, total=1e12),
-        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=10 * h),
-        nvmlDeviceGetPowerUsage=lambda h: 1000.0 * h, nvmlDeviceGetEnforcedPowerLimit=lambda h: 100000.0)
-    monkeypatch.setattr(gpu_monitor, "pynvml", fake, raising=False)
-    monkeypatch.setitem(sys.modules, "pynvml", fake)
-
-    def gpu_memory(visible: str | None) -> dict[str, float]:
-        if visible is None:
-            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-        else:
-            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
-        found = SystemSampler(gpu=True).epoch()
-        return {k: v for k, v in found.items() if k.endswith("_memory_usage_megabytes") and "gpu" in k}
-
-    assert gpu_memory("2,0") == {"system/gpu_0_memory_usage_megabytes": 300.0,
-                                 "system/gpu_1_memory_usage_megabytes": 100.0}
-    assert gpu_memory("GPU-cc") == {"system/gpu_0_memory_usage_megabytes": 300.0}
-    assert len(gpu_memory(None)) == 4  # no CUDA_VISIBLE_DEVICES: the process sees every GPU, and so does the trial
-
-
-def _bad(problem: str = "FileNotFoundError: mydata") -> ConfigError:
-    return ConfigError("task.options", {"data": "mydata"}, "options that point at readable data", problem=problem)
-
-
-@pytest.mark.parametrize(("outcomes", "total", "stops"), [
-    ([_bad(), _bad()], 4, True),  # the first two trials met the same bad input
-    ([_bad()], 1, True),  # a search of one trial
-    ([_bad()], 4, False),  # one trial alone may be its sampled params
-    ([None, _bad(), _bad()], 4, False),  # a trial reported an epoch first: the input is fine
-    ([_bad("a"), _bad("b")], 4, False),  # two different problems
-    ([RuntimeError("out of memory"), _bad()], 4, False),  # a crash is not bad input
-    ([RuntimeError("out of memory at epoch 1"), RuntimeError("out of memory at epoch 1")], 4, False),  # the config's
-    ([MemoryError("cannot hold a batch"), MemoryError("cannot hold a batch")], 4, False),
-    ([RuntimeError("boom"), RuntimeError("bang")], 4, False),  # two different crashes
-])
-def test_the_search_stops_when_its_first_trials_meet_the_same_config_error(outcomes, total, stops):
-    import copy
-    import pickle
-
-    from tune import events
-
-    verdict = events.BadInput(total)
-    # Tune copies the run config's stopper and callbacks: in this process every copy is the one object
-    assert copy.deepcopy(verdict) is verdict and pickle.loads(pickle.dumps(verdict)) is verdict
-    for index, outcome in enumerate(outcomes):
-        verdict.outcome(f"trial{index}", outcome)
-    assert verdict.stop_all() is stops
-    assert (str(verdict.error) == str(_bad())) if stops else verdict.error is None
-
-
-def test_the_search_stops_when_its_first_trials_fail_with_the_same_exception_of_any_kind():
-    from tune import events
-
-    verdict = events.BadInput(4)
-    missing = "[Errno 2] No such file or directory: 'pretrained.pt'"
-    for index in range(2):
-        verdict.outcome(f"trial{index}", FileNotFoundError(2, "No such file or directory", "pretrained.pt"))
-    assert verdict.stop_all()
-    assert str(verdict.error) == (f"trials: got {'FileNotFoundError: ' + missing!r} (the first trials failed alike; "
-                                  "the search stopped); allowed: a task whose trials run where the driver's does "
-                                  "(docs/your-task.md#what-a-trial-sees)")
-
-
-def test_trials_that_all_fail_alike_stop_the_search_with_one_line_and_exit_2(ray_runtime, tmp_path, monkeypatch,
-                                                                           capsys):
-    import os
-
-    import torch
-    from conftest import make_tiny_task
-
-    torch.save(make_tiny_task().train_data, tmp_path / "mydata")
-    monkeypatch.chdir(tmp_path)
-    # a bare 'mydata' the task does not declare a path stays a word: the trials find it because they work in the
-    # driver's folder; then the user's loss fails in each of them alike
-    code, uri = _search(tmp_path, "--set", "task.name=conftest:make_crashing_file_task",
-                        "--set", f"task.options={{source: mydata, driver_pid: {os.getpid()}}}",
-                        "--set", "space.freeze_stop.high=3", "--set", "search.num_samples=8")
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith(
-        "error: trials: got \"RuntimeError: the user's loss cannot run here\" (the first trials failed alike")
-    parent, children = _runs(uri, "digits_freeze")
-    assert parent.info.status == "FAILED" and parent.data.tags["failure_reason"] == lines[0].removeprefix("error: ")
-    failed = [c for c in children if c.info.status == "FAILED"]
-    assert len(failed) == 2 and all(c.data.tags["failure_reason"] == "RuntimeError: the user's loss cannot run here"
-                                    for c in failed)
-    assert len(children) < 8 and {c.info.status for c in children} <= {"FAILED", "KILLED"}  # not all 8 ran into it
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("task", "key", "data"), [("conftest:make_file_task", "data", "inputs/data.pt"),
@@ -1040,6 +504,7 @@ def test_a_relative_or_declared_bare_data_path_reaches_trials_in_their_own_folde
     parent, children = _runs(uri, "digits_freeze")
     assert children and all(c.info.status == "FINISHED" for c in children)
     assert parent.data.params[f"task.options.{key}"] == str(tmp_path / data)
+
 
 
 @pytest.mark.parametrize("rungs", ["per_freeze_range", "shared"])
@@ -1065,28 +530,6 @@ def test_asha_compares_a_trial_with_its_own_freeze_range_unless_rungs_are_shared
     assert stopped == ({"frozen2", "deep2"} if rungs == "per_freeze_range" else {"frozen2", "deep1", "deep2"})
 
 
-def test_load_search_reads_the_search_back_as_the_api_result(default_smoke, tmp_path):
-    """tune.load_search (freeze-search report's API): the search's trials, recommendation and model as MLflow holds
-    them, in a SearchResult."""
-    import tune
-    from tune import tracking
-
-    code, uri, _ = default_smoke
-    parent, children = _runs(uri, "digits_freeze")  # as the search left it, before load_search reads it
-    result = tune.load_search("digits_freeze", tracking_uri=uri, report_dir=tmp_path)
-    assert result.status == "FINISHED" and result.parent_run_id == parent.info.run_id
-    assert sorted(t.name for t in result.trials) == sorted(c.data.tags[tracking.TRIAL_ID_TAG]
-                                                           for c in _phase(children, "search"))
-    rec = result.recommendation
-    assert rec.freeze_range == parent.data.tags["recommended_freeze_range"]
-    assert rec.trial.name == parent.data.tags["recommended_trial"]
-    assert rec.seeds == 2 and rec.interval[0] <= rec.score <= rec.interval[1]  # the race's 2 seeds
-    assert rec.test_score == pytest.approx(parent.data.metrics["test_score"])
-    assert result.model_uri == parent.data.tags["registered_model_uri"]
-    assert set(rec.params) == {"freeze_stop", "lr"} and isinstance(rec.params["lr"], float)
-    assert {t.name for t in result.frontier} <= {t.name for t in result.trials}
-    assert (result.report_dir / "report.txt").read_text().strip() == result.text.strip()
-
 
 @pytest.mark.slow
 def test_a_bf16_mixed_search_runs_on_the_cpu_and_logs_its_precision(ray_runtime, tmp_path):
@@ -1099,6 +542,7 @@ def test_a_bf16_mixed_search_runs_on_the_cpu_and_logs_its_precision(ray_runtime,
     assert children and {c.data.tags["precision"] for c in children} == {"bf16-mixed"}
     report = next((tmp_path / "reports").glob("digits_freeze-*")) / "report.txt"
     assert "Trained in bf16-mixed (train.precision)" in report.read_text()
+
 
 
 @pytest.mark.slow
