@@ -190,7 +190,7 @@ def test_load_search_reads_the_search_back_as_the_api_result(default_smoke, tmp_
     assert rec.trial.name == parent.data.tags["recommended_trial"]
     assert rec.seeds == 2 and rec.interval[0] <= rec.score <= rec.interval[1]  # the race's 2 seeds
     assert rec.test_score == pytest.approx(parent.data.metrics["test_score"])
-    assert result.model_uri == parent.data.tags["registered_model_uri"]
+    assert result.model_uri == parent.data.tags["registered_model_version_uri"]
     assert set(rec.params) == {"freeze_stop", "lr"} and isinstance(rec.params["lr"], float)
     assert {t.name for t in result.frontier} <= {t.name for t in result.trials}
     assert (result.report_dir / "report.txt").read_text().strip() == result.text.strip()
@@ -330,7 +330,7 @@ def test_a_search_from_python_returns_its_result_and_its_lines_go_to_the_callers
     assert result.recommendation.freeze_range == parent.data.tags["recommended_freeze_range"]
     # a hard freeze's policy is its range
     assert result.recommendation.policy == parent.data.tags["recommended_policy"] == result.recommendation.freeze_range
-    assert result.model_uri == parent.data.tags["registered_model_uri"]
+    assert result.model_uri == parent.data.tags["registered_model_version_uri"]
     assert (result.report_dir / "report.txt").is_file() and result.report_dir.parent == tmp_path / "reports"
     said = "\n".join(lines)
     assert f"MLflow parent run {result.parent_run_id}" in said and result.text in said

@@ -34,14 +34,15 @@ def test_each_search_registers_a_version_and_the_alias_moves_to_the_latest(tmp_p
         parents.append(tracker.start_search("search", {}, {}))
         module = torch.nn.Linear(2, 1)
         torch.nn.init.constant_(module.weight, value)
-        registered = tracker.register_model(parents[-1], *tracker.log_model(parents[-1], module, None, code))
-        assert registered == "models:/by-hand@recommended"
+        registered, version = tracker.register_model(parents[-1], *tracker.log_model(parents[-1], module, None, code))
+        assert (registered, version) == ("models:/by-hand@recommended", f"models:/by-hand/{len(parents)}")
         tracker.finish_search("FINISHED")
     versions = client.search_model_versions("name = 'by-hand'")
     assert sorted((int(v.version), v.run_id) for v in versions) == [(1, parents[0]), (2, parents[1])]
     assert client.get_model_version_by_alias("by-hand", "recommended").version == 2
     mlflow.set_tracking_uri(uri)
     assert mlflow.pytorch.load_model(registered).weight.eq(2.0).all()
+    assert mlflow.pytorch.load_model("models:/by-hand/1").weight.eq(1.0).all()  # the first search's, for good
 
 
 

@@ -28,6 +28,7 @@ from tune import config
 from tune.checks import StudyOptions, check_submission
 from tune.config import DEFAULT_SPACE, bundled_spaces, parse_overrides, space_file
 from tune.errors import ConfigError
+from tune.provenance import PACKAGE_DIR
 from tune.result import Recommended, SearchResult
 from tune.study import Study, rebuild_report
 
@@ -222,16 +223,17 @@ def submit(address: str, space: str | Path = DEFAULT_SPACE, *, overrides: Overri
                            report_dir=report_dir, confirm=confirm, confirm_top=confirm_top, resume=resume,
                            smoke_test=smoke_test, verbose=verbose)
         inside = check_submission(options, project_dir)  # bad input fails here, not on the cluster
-    if options.tracking_uri is None:  # the check accepted the environment's
-        options = replace(options, tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
-    return cluster.submit_job(address, project_dir, cluster.job_arguments(options, inside), python=python)
+        if options.tracking_uri is None:  # the check accepted the environment's
+            options = replace(options, tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+        arguments = cluster.job_arguments(options, inside)
+    return cluster.submit_job(address, project_dir, arguments, python=python)
 
 
 def _project_dir(given: str | Path | None) -> Path:
     """The checkout a Ray Job uploads: ``given``, else the working directory if it is one, else the checkout this
     package runs from."""
     if given is None:
-        given = next((f for f in (Path.cwd(), Path(__file__).resolve().parents[1]) if _checkout(f)), None)
+        given = next((f for f in (Path.cwd(), PACKAGE_DIR.parent) if _checkout(f)), None)
         if given is None:
             raise ConfigError("--project-dir", None, "a checkout of the project (a Ray Job uploads it as its working "
                                                      "directory)", problem="neither the working directory nor the "

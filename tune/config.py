@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -475,9 +476,34 @@ def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
+def _plain(value: Any) -> Any:
+    """A value as YAML writes it: numpy scalars as Python's, paths as strings, tuples as lists."""
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "shape", None) == ():
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
 def format_override(key: str, value: Any) -> str:
-    """(dotted key, value) → ``key=value`` that ``parse_overrides`` reads back as the same value (flow YAML)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf")).removesuffix("\n...\n").strip()
+    """(dotted key, value) → ``key=value`` that ``parse_overrides`` reads back as the same value (flow YAML);
+    ConfigError naming ``overrides.<key>`` for a value no command line can carry."""
+    def written(item: Any) -> str:
+        return yaml.safe_dump(item, default_flow_style=True, width=float("inf")).removesuffix("\n...\n").strip()
+
+    try:
+        text = written(_plain(value))
+        [(_, back)] = parse_overrides([f"{key}={text}"])
+    except (yaml.YAMLError, ConfigError) as err:
+        raise ConfigError(f"overrides.{key}", value, "a value YAML writes (numbers, strings, bools, null, lists, "
+                                                     "mappings)", problem=one_line(err)) from None
+    if written(back) != text:  # compared as written: nan is nan
+        raise ConfigError(f"overrides.{key}", value, "a value a command line carries unchanged",
+                          problem=f"it reads back as {back!r}")
     return f"{key}={text}"
 
 

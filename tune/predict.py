@@ -16,6 +16,9 @@ Loading unpickles the model and its preprocessing: load only models you trust.
 from __future__ import annotations
 
 import pickle
+import sys
+import sysconfig
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,27 +27,61 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["METADATA_KEY", "PREPROCESS_FILE", "Predictor", "load_model", "model_metadata"]
+__all__ = ["METADATA_KEY", "PREPROCESS_FILE", "Predictor", "dump_preprocess", "load_model", "model_metadata",
+           "pickled"]
 
 METADATA_KEY = "freeze_search"  # the MLmodel file's metadata entry this package writes
 PREPROCESS_FILE = "preprocess.pkl"
 
 
-def model_metadata(task: Any) -> dict[str, Any]:
-    """What a logged model says of its task: its name, class names and what its preprocessing takes."""
-    preprocess = getattr(task, "preprocess", None)
+def model_metadata(task: Any, preprocessed: bool) -> dict[str, Any]:
+    """What a logged model says of its task: its name, class names and what its preprocessing (logged beside it
+    where ``preprocessed``) takes."""
+    preprocess = getattr(task, "preprocess", None) if preprocessed else None
     classes = getattr(task, "classes", None)
     return {METADATA_KEY: {"task": task.name, "classes": list(classes) if classes is not None else None,
-                           "inputs": getattr(preprocess, "inputs", None) if preprocess is not None
-                           else "the model's own input batches",
+                           "inputs": _inputs(preprocess),
                            "preprocess": PREPROCESS_FILE if preprocess is not None else None}}
 
 
-def dump_preprocess(preprocess: Callable[..., Any], path: Path) -> Path:
-    """Pickle a task's preprocessing (cloudpickle: a function of the user's own module pickles by value)."""
+def _inputs(preprocess: Any) -> str:
+    if preprocess is None:
+        return "the model's own input batches"
+    return getattr(preprocess, "inputs", None) or "what the task's preprocess takes"
+
+
+def _own_module(obj: Any) -> types.ModuleType | None:
+    """The module of a user's own code that defines ``obj`` (a file of theirs, not an installed package, the
+    standard library or this package): it travels with the pickle, since where the model is loaded it may not be
+    importable."""
+    name = obj.__module__ if isinstance(obj, (types.FunctionType, type)) else type(obj).__module__
+    module = sys.modules.get(name)
+    file = getattr(module, "__file__", None)
+    if module is None or file is None or name == "__main__" or name.split(".")[0] == "tune":
+        return None
+    path = Path(file).resolve()
+    installed = {"site-packages", "dist-packages"} & set(path.parts)
+    stdlib = path.is_relative_to(Path(sysconfig.get_paths()["stdlib"]).resolve())
+    return None if installed or stdlib else module
+
+
+def pickled(preprocess: Callable[..., Any]) -> bytes:
+    """A task's preprocessing as the model carries it: cloudpickle, a user's own module by value (a function or
+    class of ``__main__`` is by value already)."""
     import cloudpickle
 
-    path.write_bytes(cloudpickle.dumps(preprocess))
+    module = _own_module(preprocess)
+    if module is not None:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        return cloudpickle.dumps(preprocess)
+    finally:
+        if module is not None:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def dump_preprocess(preprocess: Callable[..., Any], path: Path) -> Path:
+    path.write_bytes(pickled(preprocess))
     return path
 
 
@@ -57,8 +94,13 @@ class Predictor:
     module: nn.Module
     classes: tuple[str, ...] | None = None
     preprocess: Callable[[Sequence[Any]], Any] | None = None
-    inputs: str = "the model's own input batches"
-    device: torch.device = torch.device("cpu")
+    inputs: str = ""
+    device: torch.device | str = "cpu"
+
+    def __post_init__(self) -> None:
+        self.device = torch.device(self.device)
+        self.module = self.module.to(self.device).eval()
+        self.inputs = self.inputs or _inputs(self.preprocess)
 
     @torch.no_grad()
     def logits(self, raw: Any) -> torch.Tensor:
@@ -68,7 +110,11 @@ class Predictor:
         if isinstance(batch, Mapping):
             output = self.module(**{key: value.to(self.device) for key, value in batch.items()})
         else:
-            output = self.module(torch.as_tensor(batch).to(self.device))
+            batch = torch.as_tensor(batch).to(self.device)
+            weight = next(self.module.parameters(), None)
+            if batch.is_floating_point() and weight is not None and batch.dtype != weight.dtype:
+                batch = batch.to(weight.dtype)  # e.g. numpy's float64 for a float32 model
+            output = self.module(batch)
         if not isinstance(output, torch.Tensor):  # a Hugging Face output holds its logits
             output = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
         if not isinstance(output, torch.Tensor) or output.dim() != 2:
@@ -82,6 +128,8 @@ class Predictor:
 
     def predict(self, raw: Any) -> list[Any]:
         """The label of each input: its class name, or its class index where the model has no names."""
+        if isinstance(raw, (list, tuple)) and not raw:
+            return []
         indices = self.logits(raw).argmax(dim=-1).tolist()
         return [self.classes[i] for i in indices] if self.classes is not None else indices
 
@@ -96,19 +144,23 @@ def load_model(model_uri: str, *, tracking_uri: str | None = None, device: str |
     from mlflow.models import Model
 
     from tune.checks import tracking_uri as resolve_uri
+    from tune.log import warn
 
     if not Path(model_uri).expanduser().is_dir():
-        mlflow.set_tracking_uri(resolve_uri(tracking_uri))
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        uri = resolve_uri(tracking_uri)  # given to MLflow for this download alone, its global URI left as it is
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=uri, registry_uri=uri))
     else:
         local = Path(model_uri).expanduser()
-    device = torch.device(device)
-    module = mlflow.pytorch.load_model(str(local), map_location=device)  # its code paths on sys.path from here
-    about = (Model.load(str(local)).metadata or {}).get(METADATA_KEY, {})
+    module = mlflow.pytorch.load_model(str(local), map_location=torch.device(device))  # its code paths on sys.path
+    about = (Model.load(str(local)).metadata or {}).get(METADATA_KEY)
+    if about is None:
+        warn(f"{model_uri} holds no class names or preprocessing (not logged by a search of this package): predict "
+             "takes the model's own input batches and returns class indices")
+        about = {}
     preprocess = None
     if about.get("preprocess"):
         with open(local / "extra_files" / about["preprocess"], "rb") as file:
             preprocess = pickle.load(file)  # noqa: S301 - the model beside it is a pickle too: trusted models only
     classes = about.get("classes")
     return Predictor(module=module, classes=tuple(classes) if classes is not None else None, preprocess=preprocess,
-                     inputs=about.get("inputs") or Predictor.inputs, device=device)
+                     inputs=about.get("inputs") or "", device=device)

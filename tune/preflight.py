@@ -28,13 +28,13 @@ def preflight(task: Any, block_model: Any, class_labels: bool) -> None:
     """Try ``task`` once on ``block_model`` (built in the driver; its gradients are cleared again). ``class_labels``:
     the targets must be integer classes of the model's classifier (a linear probe is fitted on them, or the task
     scores with ``classification_metrics``). Raises ConfigError on the first problem."""
+    classifier = classifier_of(block_model)
+    _check_takeaway(task, classifier[1].out_features if classifier is not None else None)
     if task.make_trial is not None:
         return
     train = _first_batch("task.train_data", task.train_data)
     val = _first_batch("task.val_data", task.val_data)
     model = block_model.module.cpu()
-    classifier = classifier_of(block_model)
-    _check_takeaway(task, classifier[1].out_features if classifier is not None else None)
     if class_labels:
         classes = classifier[1].out_features if classifier is not None else None
         _check_labels("task.train_data", task.train_data, train, classes)
@@ -59,10 +59,10 @@ def _check_takeaway(task: Any, outputs: int | None) -> None:
             raise ConfigError("task.classes", f"{len(task.classes)} names",
                               f"one name per output of the model's classifier ({outputs})")
     if task.preprocess is not None:
-        import cloudpickle
+        from tune.predict import pickled
 
         try:
-            cloudpickle.dumps(task.preprocess)
+            pickled(task.preprocess)
         except Exception as err:
             raise ConfigError("task.preprocess", type(task.preprocess).__name__,
                               "a callable that pickles (it is logged with the recommended model)",

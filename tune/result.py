@@ -46,7 +46,9 @@ class SearchResult:
     tracking_uri: str
     report: Report | None = field(default=None, repr=False)
     report_dir: Path | None = None  # the folder the report, plots and summary were written to
-    model_uri: str | None = None  # the registered recommended model (or its logged URI where the registry refused)
+    # this search's registered model version (models:/<name>/<version>), or its logged URI where the registry
+    # refused; the alias models:/<name>@recommended moves to the latest search's
+    model_uri: str | None = None
     probe_score: float | None = None  # the linear probe on the frozen features: the reference
 
     @property

@@ -341,24 +341,29 @@ class Study:
         parent_id = self.tracker.parent_run_id
         example = block_model.example_input  # keyword tensors (a text model) give no input example
         with tempfile.TemporaryDirectory() as folder:  # the task's preprocessing, beside the model
-            extra = ([dump_preprocess(self.task.preprocess, Path(folder) / PREPROCESS_FILE)]
-                     if self.task.preprocess is not None else [])
+            extra = []
+            if self.task.preprocess is not None:
+                try:
+                    extra = [dump_preprocess(self.task.preprocess, Path(folder) / PREPROCESS_FILE)]
+                except Exception as err:  # the pre-flight pickled it; what it holds may have changed since
+                    warn(f"warning: the task's preprocess did not pickle ({one_line(err)}): the model is logged "
+                         "without it")
             uri, model_id = self.tracker.log_model(parent_id, block_model.module,
                                                    None if isinstance(example, Mapping) else example.numpy(),
-                                                   PACKAGE_DIR, metadata=model_metadata(self.task),
+                                                   PACKAGE_DIR, metadata=model_metadata(self.task, bool(extra)),
                                                    extra_files=extra)
         self.tracker.set_tags(parent_id, {"recommended_model_uri": uri})
         self.model_uri = uri
         alias = tracking.SMOKE_ALIAS if self.options.smoke_test else tracking.RECOMMENDED_ALIAS
         try:
-            registered = self.tracker.register_model(parent_id, uri, model_id, alias)
+            registered, version = self.tracker.register_model(parent_id, uri, model_id, alias)
         except Exception as err:  # a registry that refuses (permissions, a store without one) fails no search
             warn(f"warning: the model registry did not take the recommended model ({one_line(err)}); "
                  f"it is logged all the same: {uri}")
             self.say(f"Recommended model (trial {chosen}, its best epoch): {uri}")
             return
-        self.tracker.set_tags(parent_id, {"registered_model_uri": registered})
-        self.model_uri = registered
+        self.tracker.set_tags(parent_id, {"registered_model_uri": registered, "registered_model_version_uri": version})
+        self.model_uri = version  # the alias moves with the next search; the version stays this search's
         self.say(f"Recommended model (trial {chosen}, its best epoch): {registered}  (this search's version: {uri})")
 
 
@@ -385,6 +390,10 @@ def _write_report(tracker: tracking.SearchTracker, built: report.Report, records
     say("\n" + built.text)
     say(f"\nReport, plots and summary: {out_dir}/ (also artifacts of the parent run, under report/)")
     return out_dir
+
+
+# the parent's tags that name its recommended model, the most lasting first
+MODEL_TAGS = ("registered_model_version_uri", "registered_model_uri", "recommended_model_uri")
 
 
 def rebuild_report(uri: str | None, *, experiment: str, run_id: str | None = None, tolerance: float | None = None,
@@ -424,5 +433,5 @@ def rebuild_report(uri: str | None, *, experiment: str, run_id: str | None = Non
     out_dir = _write_report(tracker, built, records, report_dir, say, tag=not overridden)
     return SearchResult(status=record.status, parent_run_id=record.run_id, experiment=record.name or experiment,
                         tracking_uri=uri, report=built, report_dir=out_dir,
-                        model_uri=record.tags.get("registered_model_uri") or record.tags.get("recommended_model_uri"),
+                        model_uri=next((record.tags[tag] for tag in MODEL_TAGS if tag in record.tags), None),
                         probe_score=built.reference)

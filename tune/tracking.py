@@ -235,10 +235,11 @@ class SearchTracker:
                                             serialization_format="pickle")
         return info.model_uri, info.model_id
 
-    def register_model(self, run_id: str, model_uri: str, model_id: str, alias: str = RECOMMENDED_ALIAS) -> str:
+    def register_model(self, run_id: str, model_uri: str, model_id: str, alias: str = RECOMMENDED_ALIAS
+                       ) -> tuple[str, str]:
         """Register a model logged by ``log_model`` as a new version of the experiment's registered model
-        (``registered_model_name``) and move ``alias`` to it; returns the alias's URI
-        (``models:/<name>@<alias>``)."""
+        (``registered_model_name``) and move ``alias`` to it; returns the alias's URI (``models:/<name>@<alias>``,
+        the latest search's) and the version's (``models:/<name>/<version>``, this search's for good)."""
         name = self.registered_model_name
         try:
             self.client.create_registered_model(
@@ -251,7 +252,7 @@ class SearchTracker:
                                                    tags={"freeze_search.parent_run": run_id,
                                                          "freeze_search.alias": alias})
         self.client.set_registered_model_alias(name, alias, version.version)
-        return f"models:/{name}@{alias}"
+        return f"models:/{name}@{alias}", f"models:/{name}/{version.version}"
 
     @property
     def registered_model_name(self) -> str:

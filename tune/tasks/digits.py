@@ -95,8 +95,10 @@ class DigitsInput:
 
     def __call__(self, items: Any) -> torch.Tensor:
         pixels = torch.as_tensor(np.asarray(items, dtype=np.float32))
-        if pixels.numel() == 0 or pixels.numel() % 64:
-            raise ValueError(f"the digits model takes {self.inputs}; got an array of shape {tuple(pixels.shape)}")
+        shape = tuple(pixels.shape)
+        if pixels.numel() == 0 or not (shape[-2:] == (8, 8) and len(shape) <= 3
+                                       or shape[-1:] == (64,) and len(shape) <= 2):
+            raise ValueError(f"the digits model takes {self.inputs}; got an array of shape {shape}")
         images = pixels.reshape(-1, 1, 8, 8) / 16.0
         return F.interpolate(images, size=(RESOLUTION, RESOLUTION), mode="bilinear", align_corners=False)
 

@@ -172,6 +172,9 @@ class ImageInput:
                     return image.convert("RGB")
             raise TypeError(f"the image model takes {self.inputs}; got {type(item).__name__}")
 
+        items = list(items)
+        if not items:
+            raise ValueError(f"the image model takes {self.inputs}; got none")
         return torch.stack([self.transform(rgb(item)) for item in items])
 
 

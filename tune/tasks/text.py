@@ -139,8 +139,9 @@ class TextInput:
                                                                             "token_type_ids")}
 
     def __call__(self, items: Any) -> dict[str, torch.Tensor]:
-        if isinstance(items, str) or (self.pairs and isinstance(items, tuple)):
-            items = [items]
+        if isinstance(items, str) or (self.pairs and isinstance(items, tuple) and len(items) == 2
+                                      and all(isinstance(text, str) for text in items)):
+            items = [items]  # one input alone
         items = list(items)
         if self.pairs:
             if not all(isinstance(item, (tuple, list)) and len(item) == 2 for item in items):
