@@ -228,3 +228,35 @@ def test_a_lora_search_logs_each_trial_by_its_label_with_its_adapter_params_and_
     mlflow.set_tracking_uri(uri)
     model = mlflow.pytorch.load_model(parent.data.tags["registered_model_uri"])
     assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_a_hugging_face_encoders_layers_get_adapters_on_their_linears_and_merge_back_to_its_own_names():
+    transformers = pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
+    from tune import adapter
+    from tune.blocks import encoder_blocks
+    from tune.freeze import freeze_model
+
+    def build() -> BlockModel:
+        torch.manual_seed(0)
+        config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                                         intermediate_size=32, num_labels=3)
+        example = {"input_ids": torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(1))}
+        return encoder_blocks(transformers.BertForSequenceClassification(config), example)
+
+    frozen = freeze_model(build(), _cfg(freeze_stop=3))  # the embeddings (no Linear) and layers 0-1
+    model = frozen.module
+    assert frozen.adapters.blocks == (1, 2)
+    assert frozen.adapters.targets[:2] == ("bert.encoder.layer.0.attention.self.query",
+                                           "bert.encoder.layer.0.attention.self.key")
+    assert len(frozen.adapters.targets) == 12  # q, k, v, attention output, intermediate, output: in each layer
+    assert {frozen.block_model.param_blocks[n] for n, p in model.named_parameters() if "lora_" in n} == {1, 2}
+    with torch.no_grad():
+        for param in frozen.adapters.params:
+            param.normal_()  # a trained adapter
+    model.eval()
+    example = frozen.block_model.example_input
+    weights = {name: t.clone() for name, t in model.state_dict().items()}
+    merged = adapter.merged(build(), weights, frozen.adapters.state()).module.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(**example).logits, merged(**example).logits, atol=1e-5)
+    assert [n for n, _ in merged.named_parameters()] == [n for n, _ in build().module.named_parameters()]
