@@ -86,7 +86,7 @@ def main() -> None:
     print(f"\n  {'configuration':<18} {'lr':>7} {'score':>6} {'sd':>6} {'epoch_s':>8} {'time_s':>7} {'mem_mb':>7} "
           f"{'trainable':>10} {'epoch_s/full':>12} {'mem/full':>8}")
     for r in rows:
-        print(f"  {r['label']:<18} {r['lr']:>7.1g} {r['score']:>6.3f} {r['sd']:>6.3f} {r['epoch_s']:>8.2f} "
+        print(f"  {r['label']:<18} {r['lr']:>7.2g} {r['score']:>6.3f} {r['sd']:>6.3f} {r['epoch_s']:>8.2f} "
               f"{r['time']:>7.2f} {r['mem']:>7.1f} {r['trainable']:>10,} {r['epoch_s'] / full['epoch_s']:>12.2f} "
               f"{r['mem'] / full['mem']:>8.2f}")
     print(f"\n  {time.perf_counter() - started:.0f} s in all")
