@@ -107,6 +107,9 @@ def check_config(options: StudyOptions) -> Checked:
     _check_precision(cfg)
     block_model = task.build_model()
     cfg = dataclasses.replace(cfg, space=freeze.check_space(cfg.space, cfg.train, block_model, cfg.fixed_in_space))
+    from tune import adapter
+
+    adapter.check(cfg, task, block_model, freeze.sampled_freezes(cfg.space, cfg.train, block_model))
     from tune.preflight import preflight
     from tune.tasks.base import classification_metrics
 

@@ -68,6 +68,12 @@ class TrainConfig:
     layer_decay: float = 1.0
     unfreeze_epoch: int = 0
     unfreeze_every: int = 0
+    # LoRA (tune.adapter): none | lora: the frozen range's Linear and Conv2d modules get low-rank adapters that train
+    # (rank lora_rank, scale lora_alpha / lora_rank, dropout lora_dropout on their inputs), their base weights frozen
+    adapter: str = "none"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
     prefix_cache: str = "auto"  # auto: compute a frozen prefix's outputs once when that is exact; off: never
     prefix_cache_max_mb: float = 4096.0  # no cache where the cached outputs would take more memory than this
     seed: int = 0
@@ -217,6 +223,12 @@ _TRAIN_RULES: dict[str, _Rule] = {
     "unfreeze_epoch": (_int_at_least(0)[0], "an integer >= 0: the epochs the freeze lasts (0: it never thaws)"),
     "unfreeze_every": (_int_at_least(0)[0], "an integer >= 0: epochs between one block's thaw and the next "
                                             "(0: the range thaws at once)"),
+    "adapter": _one_of("none", "lora"),
+    "lora_rank": (_int_at_least(1)[0], "an integer >= 1 (the adapters' rank)"),
+    "lora_alpha": (_float_at_least(0.0, strict=True)[0], "a number > 0 (the adapters' scale is "
+                                                                          "lora_alpha / lora_rank)"),
+    "lora_dropout": (lambda v: type(v) in (int, float) and 0 <= v < 1, "a number in [0, 1) (dropout on the adapters' "
+                                                                       "inputs)"),
     "prefix_cache": _one_of("auto", "off"),
     "prefix_cache_max_mb": _float_at_least(0.0),
     "seed": _int_at_least(0),
@@ -375,6 +387,7 @@ def build_config(raw: Any) -> Config:
         raise ConfigError(where, train_raw.get("freeze", "<searched>"),
                           "either freeze or freeze_start/freeze_stop, not both (in train: and space: together)")
     _check_thaw(train, dims, fixed)
+    _check_adapter(train, dims, fixed)
     search = _check_fields("search", raw.get("search"), SearchConfig, _SEARCH_RULES)
     if search.algorithm == "grid" and "num_samples" not in (raw.get("search") or {}):
         search = dataclasses.replace(search, num_samples=1)  # a grid runs each combination once unless told
@@ -451,6 +464,32 @@ def _check_thaw(train: TrainConfig, dims: Mapping[str, Dimension], fixed: Collec
     if "epochs" not in dims and latest >= train.epochs:
         raise ConfigError(where, latest, f"an integer in [0, {train.epochs - 1}] (0: never; a thaw after the last "
                                          f"epoch, train.epochs={train.epochs}, would not happen)")
+
+
+def _values_of(key: str, train: TrainConfig, dims: Mapping[str, Dimension]) -> list[Any]:
+    """The values a train key can take in a trial: its choices, a range's ends, or its fixed value."""
+    dim = dims.get(key)
+    if dim is None:
+        return [getattr(train, key)]
+    return list(dim.values) if isinstance(dim, Choice) else [dim.low, dim.high]
+
+
+def _check_adapter(train: TrainConfig, dims: Mapping[str, Dimension], fixed: Collection[str]) -> None:
+    """LoRA's rank is an integer; and where a trial can have adapters, none of its trials thaws or decays: a thaw
+    would train the base weights under the adapters, and a decay has no rate for an adapter's block. ``fixed``: the
+    train keys given under space:."""
+    rank = dims.get("lora_rank")
+    if isinstance(rank, FloatRange):
+        raise ConfigError("space.lora_rank.type", "float", "int or choice (the rank is an integer)")
+    if "lora" not in _values_of("adapter", train, dims):
+        return
+    for key, off in (("unfreeze_epoch", 0), ("layer_decay", 1)):
+        other = [v for v in _values_of(key, train, dims) if v != off]
+        if other:
+            where = f"space.{key}" if key in dims or key in fixed else f"train.{key}"
+            raise ConfigError(where, other[0], f"{off} where a trial can have train.adapter: lora (an adapted range "
+                              "stays frozen under its adapters, which train at lr: no thaw, no decay; search those "
+                              "with train.adapter: none)")
 
 
 def experiment_name(text: str, fallback: str) -> str:

@@ -57,6 +57,7 @@ class FreezeSummary:
     frozen_params: int
     trainable_params: int
     frozen_flops_share: float  # share of one forward pass's FLOPs spent in frozen blocks
+    adapter_params: int = 0  # LoRA adapters' parameters in the frozen blocks (tune.adapter), among trainable_params
 
     @property
     def label(self) -> str:
@@ -68,7 +69,7 @@ class FreezeSummary:
     def as_metrics(self) -> dict[str, Any]:
         return {"freeze_label": self.label, "freeze_start": self.freeze_start, "freeze_stop": self.freeze_stop,
                 "frozen_params": self.frozen_params, "trainable_params": self.trainable_params,
-                "frozen_flops_share": self.frozen_flops_share}
+                "frozen_flops_share": self.frozen_flops_share, "adapter_params": self.adapter_params}
 
 
 def _describe(value: Any) -> str | None:
@@ -134,7 +135,7 @@ class FrozenModel:
     """A block model with a freeze applied. Call ``train_mode()`` instead of ``module.train()``."""
 
     def __init__(self, block_model: BlockModel, spec: FreezeSpec, frozen_bn: str = "eval",
-                 frozen_dropout: str = "eval") -> None:
+                 frozen_dropout: str = "eval", adapters: Any = None) -> None:
         for key, value in (("frozen_bn", frozen_bn), ("frozen_dropout", frozen_dropout)):
             if value not in ("eval", "train"):
                 raise ConfigError(key, value, "eval or train")
@@ -146,8 +147,13 @@ class FrozenModel:
         # what the model trains without a freeze (a model may hold parameters it never trains): a thaw restores it
         self._trainable = {id(p) for p in self.module.parameters() if p.requires_grad}
         self.thawed: set[int] = set()  # blocks of the freeze that have thawed (tune.policy: gradual unfreezing)
+        # LoRA adapters (tune.adapter) on frozen blocks: their base weights freeze, the adapters train, in training
+        # mode (their dropout); a block with an adapter is not gradient-free (the frozen FLOP share leaves it out)
+        self.adapters = adapters
+        adapter_params = {id(p) for p in adapters.params} if adapters else set()
+        self._adapter_modules = {id(m) for m in adapters.modules} if adapters else set()
         for param in block_model.parameters_of(spec.blocks):
-            param.requires_grad_(False)
+            param.requires_grad_(id(param) in adapter_params)
         self._frozen_eval = self._eval_modules()
         self._flops = block_flops(block_model)
         counts = block_model.param_counts()
@@ -155,23 +161,25 @@ class FrozenModel:
             frozen_blocks=spec.blocks,
             freeze_start=spec.start,
             freeze_stop=spec.stop,
-            frozen_params=sum(counts[i] for i in spec.blocks),
+            frozen_params=sum(counts[i] for i in spec.blocks) - (adapters.param_count if adapters else 0),
             trainable_params=sum(p.numel() for p in self.trainable_parameters()),
             frozen_flops_share=self.frozen_flops_share(),
+            adapter_params=adapters.param_count if adapters else 0,
         )
 
     def _eval_modules(self) -> list[nn.Module]:
         """The frozen modules train_mode() puts in eval mode: BatchNorm unless frozen_bn is train, every other
         module unless frozen_dropout is train."""
         still = [block for block in self.spec.blocks if block not in self.thawed]
-        return [m for m in self.block_model.modules_of(still)
-                if (self.frozen_bn if isinstance(m, nn.modules.batchnorm._BatchNorm) else self.frozen_dropout)
+        return [m for m in self.block_model.modules_of(still) if id(m) not in self._adapter_modules
+                and (self.frozen_bn if isinstance(m, nn.modules.batchnorm._BatchNorm) else self.frozen_dropout)
                 == "eval"]
 
     def frozen_flops_share(self) -> float:
         """The share of one forward pass's FLOPs in blocks frozen now (thawed ones no longer count)."""
         total = sum(self._flops)
-        return sum(self._flops[i] for i in self.spec.blocks if i not in self.thawed) / total if total else 0.0
+        adapted = set(self.adapters.blocks) if self.adapters else set()
+        return sum(self._flops[i] for i in self.spec.blocks if i not in self.thawed | adapted) / total if total else 0.0
 
     def block_parameters(self, block: int) -> list[nn.Parameter]:
         """The parameters of ``block`` that train when it is not frozen (what an optimizer group of it holds)."""
@@ -275,8 +283,16 @@ def freeze_keys(train: Any, params: Mapping[str, Any] | None = None) -> dict[str
 
 
 def freeze_model(block_model: BlockModel, cfg: Any) -> FrozenModel:
-    """Freeze ``block_model`` as the TrainConfig ``cfg`` says (its freeze keys, frozen_bn and frozen_dropout)."""
-    return FrozenModel(block_model, resolve(block_model, **freeze_keys(cfg)), cfg.frozen_bn, cfg.frozen_dropout)
+    """Freeze ``block_model`` as the TrainConfig ``cfg`` says (its freeze keys, frozen_bn and frozen_dropout; with
+    ``adapter: lora``, LoRA adapters on the frozen blocks: ``tune.adapter``)."""
+    spec = resolve(block_model, **freeze_keys(cfg))
+    adapters = None
+    if getattr(cfg, "adapter", "none") == "lora" and spec.blocks:
+        from tune import adapter
+
+        block_model, adapters = adapter.inject(block_model, spec.blocks, cfg.lora_rank, cfg.lora_alpha,
+                                               cfg.lora_dropout)
+    return FrozenModel(block_model, spec, cfg.frozen_bn, cfg.frozen_dropout, adapters)
 
 
 def trial_freeze(params: Mapping[str, Any], train: Any, block_model: BlockModel) -> tuple[int, ...]:

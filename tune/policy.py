@@ -21,12 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tune.adapter import ADAPTER_KEYS
 from tune.space import FREEZE_KEYS
 
 __all__ = ["LABELLED_KEYS", "POLICY_KEYS", "Plan", "plan", "policy_label"]
 
 POLICY_KEYS = ("layer_decay", "unfreeze_epoch", "unfreeze_every")
 LABELLED_KEYS = (*FREEZE_KEYS, *POLICY_KEYS)  # the train keys a policy's label names (tables and run names leave them)
+LABELLED_KEYS += ADAPTER_KEYS  # a LoRA trial's label names its adapter, ``[0, 8) lora r8`` (tune.adapter)
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,8 @@ def blocker(frozen: FrozenModel, augments: bool, setting: str = "auto", own_load
         return "off in the config"
     if not spec.blocks:
         return "nothing frozen"
+    if frozen.adapters is not None:
+        return "LoRA adapters train in the frozen blocks"
     if not block_model.sequential and not named_inputs:
         return "the model is not a plain sequence of blocks"
     if not spec.is_prefix:

@@ -247,6 +247,8 @@ class _FreezeAwareResources:
         params = config.get("variant", {}).get("params", config)
         if params.get("unfreeze_epoch", self.train.unfreeze_epoch):  # a thaw (tune.policy) trains what it froze
             return PlacementGroupFactory([{"CPU": self.cpus, "GPU": self.full}])
+        if params.get("adapter", self.train.adapter) == "lora":  # adapters keep the range's activations for backward
+            return PlacementGroupFactory([{"CPU": self.cpus, "GPU": self.full}])
         share = self.shares.get(trial_freeze(params, self.train, self.block_model), self.full)
         return PlacementGroupFactory([{"CPU": self.cpus, "GPU": share}])
 

@@ -53,7 +53,10 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter] | list[dic
 def trial_plan(frozen: freeze.FrozenModel, cfg: TrainConfig) -> policy.Plan:
     """The trial's policy over its frozen model (``tune.policy``): when each block trains, at what rate, its label."""
     counts = [sum(p.numel() for p in frozen.block_parameters(i)) for i in range(frozen.block_model.n_blocks)]
-    return policy.plan(counts, frozen.spec.blocks, frozen.summary.label, cfg)
+    found = policy.plan(counts, frozen.spec.blocks, frozen.summary.label, cfg)
+    if frozen.adapters is not None:  # LoRA on the frozen range (tune.adapter): its label follows the range's
+        found = dataclasses.replace(found, label=f"{found.label} {frozen.adapters.label}")
+    return found
 
 
 def parameter_groups(frozen: freeze.FrozenModel, cfg: TrainConfig, plan: policy.Plan | None = None
@@ -71,6 +74,9 @@ def parameter_groups(frozen: freeze.FrozenModel, cfg: TrainConfig, plan: policy.
         seen.update(id(p) for p in params)
         if params:
             groups.append({"params": params, "lr": cfg.lr * scale, "block": block, "start": plan.starts[block]})
+    if frozen.adapters is not None:  # LoRA adapters on the frozen range train from the start at lr (tune.adapter)
+        groups.append({"params": list(frozen.adapters.params), "lr": cfg.lr, "block": min(frozen.adapters.blocks),
+                       "start": 0})
     return groups
 
 
@@ -207,6 +213,8 @@ class LoopTrial:
     def state_dict(self) -> dict[str, Any]:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **progress(self),
                  "start_scored": self.start_scored}
+        if self.frozen.adapters is not None:  # what rebuilds and merges the adapters (tune.trial.model_from_checkpoint)
+            state["adapter"] = self.frozen.adapters.state()
         if self.schedule is not None:
             state["schedule"] = self.schedule.state_dict()
         if self.scaler is not None:

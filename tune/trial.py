@@ -168,6 +168,11 @@ def model_from_checkpoint(task: Any, checkpoint: Any) -> tuple[Any, dict[str, An
     with checkpoint.as_directory() as directory:
         state = load_checkpoint(directory)
     block_model = task.build_model()
-    block_model.module.load_state_dict(state["model"])
+    if state.get("adapter"):  # a LoRA trial's: its adapters merged into the base weights, a plain module again
+        from tune import adapter
+
+        block_model = adapter.merged(block_model, state["model"], state["adapter"])
+    else:
+        block_model.module.load_state_dict(state["model"])
     block_model.module.eval()
     return block_model, state

@@ -96,7 +96,8 @@ class TrialRuns:
             self.tracker.log_params(run_id, {
                 "freeze_range": freeze_range, "policy": policy,
                 "trainable_params": result["trainable_params"], "frozen_params": result["frozen_params"],
-                "frozen_flops_share": f"{result['frozen_flops_share']:.4f}"})
+                "frozen_flops_share": f"{result['frozen_flops_share']:.4f}",
+                "adapter_params": result.get("adapter_params", 0)})
             self.tracker.set_tags(run_id, {k: result[k] for k in TAG_KEYS if k in result})
         if result.get("diverged"):
             self.diverged.add(trial_id)
