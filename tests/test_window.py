@@ -49,6 +49,7 @@ def test_a_window_freezes_exactly_its_complement_and_trains_the_head(start, stop
     ({"train_start": 1.0}, "train_start", "a float is not a block index"),
     ({"train_start": 1, "freeze_stop": 1}, "freeze_stop", None),
     ({"train_stop": 2, "freeze": 1}, "freeze", None),
+    ({"train_stop": 2, "freeze_start": 1}, "freeze_start", None),
 ])
 def test_bad_windows_are_refused_naming_the_key(keys, key, problem):
     with pytest.raises(ConfigError) as caught:
@@ -61,6 +62,7 @@ def test_a_window_takes_cut_point_names_and_either_bound_alone():
     assert resolve(block_model, train_start="backbone", train_stop="all_but_head").blocks == (0, 1)
     assert resolve(block_model, train_stop=1).blocks == (1, 2)  # train_start defaults to 0
     assert resolve(block_model, train_start=1).blocks == (0,)  # train_stop defaults to the head
+    assert resolve(block_model, train_start=1, freeze_start="none").blocks == (0,)  # freeze_start's default: no freeze
 
 
 @pytest.mark.parametrize(("overrides", "key"), [

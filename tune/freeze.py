@@ -138,8 +138,9 @@ def resolve(block_model: BlockModel, *, freeze: Any = None, freeze_start: Any = 
     n_blocks = block_model.n_blocks
     cuts = block_model.named_cut_points()
     if train_start is not None or train_stop is not None:
+        unset = freeze_start in (0, "none")  # its default: no freeze_start was given
         return _window(block_model, train_start, train_stop,
-                       {"freeze": freeze, "freeze_start": freeze_start or None, "freeze_stop": freeze_stop})
+                       {"freeze": freeze, "freeze_start": None if unset else freeze_start, "freeze_stop": freeze_stop})
     if freeze is not None and freeze_stop is not None:
         raise ConfigError("freeze", freeze, "either freeze or freeze_start/freeze_stop, not both")
     if isinstance(freeze, (list, tuple)):
