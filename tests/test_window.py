@@ -135,6 +135,16 @@ def test_the_cache_serves_the_frozen_prefix_before_the_window_and_trains_exactly
                                                                                    "prefix"
 
 
+def test_a_window_and_the_hard_freeze_of_its_prefix_share_the_cached_outputs(tiny_task, tmp_path):
+    from tune.prefix_cache import SharedPrefixCache
+
+    shared = SharedPrefixCache(tmp_path / "prefix_cache")
+    hard = LoopTrial(tiny_task, _cfg(freeze_stop=1), shared_cache=shared)
+    window = LoopTrial(tiny_task, _cfg(train_start=1, train_stop=2), shared_cache=shared)
+    assert (hard.prefix_cache, window.prefix_cache) == ("on (shared, computed)", "on (shared, loaded)")
+    assert torch.equal(hard.cached_features[0], window.cached_features[0])
+
+
 def test_a_window_is_named_train_a_b_in_its_run_its_params_and_the_report(tiny_task, tmp_path):
     from mlflow import MlflowClient
 
