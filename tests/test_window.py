@@ -215,3 +215,29 @@ def test_the_window_space_freezes_with_the_model_it_names():
     assert set(cfg.space) == {"train_start", "train_stop", "lr"}
     frozen = freeze_model(tiny_block_model(), TrainConfig(train_start=1, train_stop=2))
     assert frozen.spec.window == (1, 2) and frozen.spec.prefix_stop == 1
+
+
+def test_an_encoders_window_caches_the_chain_before_it_and_trains_as_the_whole_model_does(tmp_path):
+    pytest.importorskip("transformers", reason="the text task needs transformers")
+    from test_text import model_folder, sentences, write_csv
+
+    from tune.tasks.text import make_task
+
+    rows = sentences(120, seed=1)
+    task = make_task(model=model_folder(tmp_path, "bert"), data=write_csv(tmp_path / "train.csv", rows[:80]),
+                     val_data=write_csv(tmp_path / "val.csv", rows[80:]), max_length=16)
+    # blocks: embeddings, layers 0-2, head; the window trains layer 1: embeddings and layer 0 are the cached chain,
+    # layer 2 is frozen after it and runs every step
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=3e-3, train_start=2, train_stop=3, seed=2, optimizer="adamw")
+    cached, whole = LoopTrial(task, cfg), LoopTrial(task, dataclasses.replace(cfg, prefix_cache="off"))
+    assert cached.prefix_cache == "on" and cached.frozen.spec.blocks == (0, 1, 3)
+    for a, b in zip(cached.epochs(), whole.epochs(), strict=True):
+        for key in ("train_loss", "val_loss", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+    blocks = cached.frozen.block_model.param_blocks
+    for (name, p), (_, q), (_, initial) in zip(cached.model.named_parameters(), whole.model.named_parameters(),
+                                               task.build_model().module.named_parameters(), strict=True):
+        if blocks[name] in (0, 1, 3):
+            assert torch.equal(p, initial), name
+        else:
+            assert torch.allclose(p, q, atol=1e-6), name
