@@ -27,7 +27,18 @@ from typing import Any
 import yaml
 
 from tune.errors import ConfigError, one_line
-from tune.space import FREEZE_KEYS, ORDERED, Choice, Dimension, FloatRange, is_int, parse_dimension
+from tune.space import (
+    FREEZE_KEYS,
+    ORDERED,
+    ORDERED_PAIRS,
+    WINDOW,
+    Choice,
+    Dimension,
+    FloatRange,
+    IntRange,
+    is_int,
+    parse_dimension,
+)
 
 __all__ = ["COST_METRICS", "FREEZE_KEYS", "Config", "ConfigError", "ReportConfig", "SearchConfig", "TaskConfig",
            "TrainConfig", "bundled_spaces", "latest_thaw", "load_config", "parse_overrides", "space_file"]
@@ -57,6 +68,9 @@ class TrainConfig:
     freeze: int | str | tuple[int, ...] | None = None  # N = blocks [0, N); a list of blocks; a cut-point name
     freeze_start: int | str = 0  # with freeze_stop: blocks [freeze_start, freeze_stop)
     freeze_stop: int | str | None = None
+    # a trained window instead of a freeze: blocks [train_start, train_stop) and the head train, the rest is frozen
+    train_start: int | str | None = None  # None: 0 where train_stop is given
+    train_stop: int | str | None = None  # None: the head where train_start is given
     frozen_bn: str = "eval"  # eval: frozen BatchNorm keeps its statistics; train: they drift (YOLOv5's train.py)
     frozen_dropout: str = "eval"  # eval: no dropout / stochastic depth in frozen blocks; train: as model.train()
     head_init: str = "probe"  # the classifier's start: probe (a linear probe fitted on the frozen features) | zero
@@ -215,6 +229,10 @@ _TRAIN_RULES: dict[str, _Rule] = {
                      "a block index or a cut-point name"),
     "freeze_stop": (lambda v: _freeze_value(v) and not isinstance(v, (list, tuple)),
                     "a block index, a cut-point name, or null"),
+    "train_start": (lambda v: _freeze_value(v) and not isinstance(v, (list, tuple)),
+                    "a block index, a cut-point name, or null"),
+    "train_stop": (lambda v: _freeze_value(v) and not isinstance(v, (list, tuple)),
+                   "a block index, a cut-point name, or null"),
     "frozen_bn": _one_of("eval", "train"),
     "frozen_dropout": _one_of("eval", "train"),
     "head_init": _one_of("probe", "zero", "library"),
@@ -386,6 +404,7 @@ def build_config(raw: Any) -> Config:
         where = "space.freeze" if "freeze" in dims or "freeze" in fixed else "train.freeze"
         raise ConfigError(where, train_raw.get("freeze", "<searched>"),
                           "either freeze or freeze_start/freeze_stop, not both (in train: and space: together)")
+    _check_window(train, train_raw, dims, fixed)
     _check_thaw(train, dims, fixed)
     _check_adapter(train, dims, fixed)
     search = _check_fields("search", raw.get("search"), SearchConfig, _SEARCH_RULES)
@@ -411,9 +430,10 @@ def build_config(raw: Any) -> Config:
             if isinstance(dim, FloatRange):
                 raise ConfigError(f"space.{key}.type", "float", "choice or int with search.algorithm: grid "
                                                                 "(a grid needs a finite set of values)")
-        if set(ORDERED) <= dims.keys():
-            raise ConfigError(f"space.{ORDERED[0]}", "<searched>", f"a fixed {ORDERED[0]} with search.algorithm: "
-                              f"grid (the grid would pair a {ORDERED[0]} after a {ORDERED[1]})")
+        for lower, upper, _ in ORDERED_PAIRS:
+            if {lower, upper} <= dims.keys():
+                raise ConfigError(f"space.{lower}", "<searched>", f"a fixed {lower} with search.algorithm: "
+                                  f"grid (the grid would pair a {lower} after a {upper})")
     return Config(name=name, task=task, train=train, space=dims, search=search, report=report,
                   fixed_in_space=frozenset(fixed), train_written=frozenset(train_raw))
 
@@ -455,6 +475,32 @@ def _check_points(search: SearchConfig, dims: Mapping[str, Dimension]) -> None:
             if not named and not dim.low <= value <= dim.high:
                 raise ConfigError(where, value, f"a value in [{dim.low}, {dim.high}] (space.{key})",
                                   problem="out of range")
+
+
+def _check_window(train: TrainConfig, train_raw: Mapping[str, Any], dims: Mapping[str, Dimension],
+                  fixed: Collection[str]) -> None:
+    """A trained window (train_start / train_stop) stands alone: no freeze key beside it and no thaw (a thaw thaws a
+    frozen range from its top; a window's frozen blocks lie on both sides of it). Where both keys of an ordered pair
+    are searched, the upper is an int range: the sampler draws it from above the lower (tune.space.OptunaSpace)."""
+    for lower, upper, _ in ORDERED_PAIRS:
+        if lower in dims and upper in dims and not isinstance(dims[upper], IntRange):
+            raise ConfigError(f"space.{upper}.type", "choice", f"int where {lower} is searched too (its values are "
+                              f"drawn from above the {lower} drawn)")
+    window = [k for k in WINDOW if k in dims or train_raw.get(k) is not None]
+    if not window:
+        return
+    where = {k: f"space.{k}" if k in dims or k in fixed else f"train.{k}" for k in (*FREEZE_KEYS, "unfreeze_epoch")}
+    for key in ("freeze", *ORDERED):
+        given = key in dims or (train_raw.get(key) is not None and not (key == "freeze_start" and
+                                                                       train_raw[key] in (0, "none")))
+        if given:
+            raise ConfigError(where[key], "<searched>" if key in dims else train_raw[key],
+                              f"no {key} beside a trained window ({where[window[0]]}): either a freeze "
+                              "(freeze, freeze_start/freeze_stop) or a window (train_start/train_stop)")
+    if "unfreeze_epoch" in dims or train.unfreeze_epoch:
+        raise ConfigError(where["unfreeze_epoch"], "<searched>" if "unfreeze_epoch" in dims else train.unfreeze_epoch,
+                          f"0 beside a trained window ({where[window[0]]}): a thaw unfreezes a frozen range from its "
+                          "top, and a window's frozen blocks lie on both sides of it")
 
 
 def _check_thaw(train: TrainConfig, dims: Mapping[str, Dimension], fixed: Collection[str]) -> None:

@@ -5,6 +5,10 @@ Semantics (the YOLOv5 / Ultralytics ones, kept exactly):
 - ``freeze: N`` freezes blocks [0, N): YOLOv5's ``--freeze 10`` freezes its backbone, blocks 0-9.
 - ``freeze: [i, j, ...]`` freezes exactly those blocks.
 - ``freeze_start: a, freeze_stop: b`` freezes [a, b), the searchable form; ``freeze_start`` defaults to 0.
+- ``train_start: a, train_stop: b`` trains the window [a, b) and the head, and freezes the rest: blocks [0, a) and
+  [b, head), the head being the last block (surgical fine-tuning: train only the block the shift calls for). Either
+  bound alone: ``train_start`` defaults to 0, ``train_stop`` to the head. A window that reaches the head freezes the
+  prefix [0, a), a hard freeze, and is named so; any other is named ``train [a, b)``.
 - a name (``none``, ``backbone``, ``all_but_head``, or any cut point of the model) stands for its block count.
 
 Frozen parameters get ``requires_grad=False`` and are left out of the optimizer. Frozen BatchNorm layers stay
@@ -25,16 +29,17 @@ from torch import nn
 
 from tune.blocks import BlockModel, block_flops
 from tune.errors import ConfigError
-from tune.space import FREEZE_KEYS, IntRange, in_order, is_int, resolve_names
+from tune.space import FREEZE_KEYS, ORDERED_PAIRS, WINDOW, IntRange, in_order, is_int, resolve_names
 
 __all__ = ["FREEZE_KEYS", "FreezeSpec", "FreezeSummary", "FrozenModel", "check_points", "check_space", "depth_points",
            "freeze_keys", "freeze_model", "grid_values", "resolve", "resolve_index", "sampled_freezes",
-           "trial_freeze"]
+           "trial_freeze", "window_points"]
 
 
 @dataclass(frozen=True)
 class FreezeSpec:
     blocks: tuple[int, ...]  # sorted, unique block indices to freeze
+    window: tuple[int, int] | None = None  # a trained window [a, b) (train_start / train_stop): what it came from
 
     @property
     def start(self) -> int:
@@ -48,6 +53,28 @@ class FreezeSpec:
     def is_prefix(self) -> bool:
         return self.blocks == tuple(range(self.stop))
 
+    @property
+    def prefix_stop(self) -> int:
+        """The end of the frozen blocks' leading run: blocks [0, prefix_stop) are frozen, block prefix_stop is not (a
+        window's frozen blocks after it sit after trained ones)."""
+        stop = 0
+        while stop in self.blocks:
+            stop += 1
+        return stop
+
+    @property
+    def prefix_blocks(self) -> tuple[int, ...]:
+        """The frozen prefix: blocks [0, prefix_stop), what a cache may compute once (tune.prefix_cache)."""
+        return tuple(range(self.prefix_stop))
+
+    @property
+    def name(self) -> str | None:
+        """``train [a, b)`` for a trained window that does not reach the head, None for anything else (a window that
+        reaches the head is the hard freeze [0, a) and goes by that range)."""
+        if self.window is None or self.is_prefix:
+            return None
+        return f"train [{self.window[0]}, {self.window[1]})"
+
 
 @dataclass(frozen=True)
 class FreezeSummary:
@@ -58,6 +85,7 @@ class FreezeSummary:
     trainable_params: int
     frozen_flops_share: float  # share of one forward pass's FLOPs spent in frozen blocks
     adapter_params: int = 0  # LoRA adapters' parameters in the frozen blocks (tune.adapter), among trainable_params
+    window_name: str | None = None  # ``train [a, b)``: a trained window's (FreezeSpec.name)
 
     @property
     def label(self) -> str:
@@ -65,6 +93,12 @@ class FreezeSummary:
         if self.frozen_blocks == tuple(range(self.freeze_start, self.freeze_stop)):
             return f"[{self.freeze_start}, {self.freeze_stop})"
         return "{" + ", ".join(str(i) for i in self.frozen_blocks) + "}"
+
+    @property
+    def name(self) -> str:
+        """What the freeze is called (the start of its policy's label, tune.policy): a trained window's
+        ``train [a, b)``, else the frozen blocks' ``label``."""
+        return self.window_name or self.label
 
     def as_metrics(self) -> dict[str, Any]:
         return {"freeze_label": self.label, "freeze_start": self.freeze_start, "freeze_stop": self.freeze_stop,
@@ -99,11 +133,15 @@ def resolve_index(key: str, value: Any, n_blocks: int, cut_points: Mapping[str, 
     return index
 
 
-def resolve(block_model: BlockModel, *, freeze: Any = None, freeze_start: Any = 0, freeze_stop: Any = None
-            ) -> FreezeSpec:
+def resolve(block_model: BlockModel, *, freeze: Any = None, freeze_start: Any = 0, freeze_stop: Any = None,
+            train_start: Any = None, train_stop: Any = None) -> FreezeSpec:
     """The freeze keys of a trial → the frozen block indices; errors name the key, the value, what is allowed."""
     n_blocks = block_model.n_blocks
     cuts = block_model.named_cut_points()
+    if train_start is not None or train_stop is not None:
+        unset = freeze_start in (0, "none")  # its default: no freeze_start was given
+        return _window(block_model, train_start, train_stop,
+                       {"freeze": freeze, "freeze_start": None if unset else freeze_start, "freeze_stop": freeze_stop})
     if freeze is not None and freeze_stop is not None:
         raise ConfigError("freeze", freeze, "either freeze or freeze_start/freeze_stop, not both")
     if isinstance(freeze, (list, tuple)):
@@ -129,6 +167,22 @@ def resolve(block_model: BlockModel, *, freeze: Any = None, freeze_start: Any = 
         allowed = f"a freeze that leaves a block with parameters to train (a range stops at most at {n_blocks - 1})"
         raise ConfigError(key, shown, allowed, problem="freezes every block")
     return FreezeSpec(blocks)
+
+
+def _window(block_model: BlockModel, train_start: Any, train_stop: Any, freeze: Mapping[str, Any]) -> FreezeSpec:
+    """A trained window [train_start, train_stop): the head and the window train, blocks [0, a) and [b, head) freeze.
+    ``freeze``: the other freeze keys, none of which may be given beside a window."""
+    for key, value in freeze.items():
+        if value is not None:
+            raise ConfigError(key, value, "either a freeze (freeze, freeze_start/freeze_stop) or a trained window "
+                              "(train_start/train_stop), not both")
+    head, cuts = block_model.n_blocks - 1, block_model.named_cut_points()
+    start = 0 if train_start is None else resolve_index("train_start", train_start, head, cuts, high=head - 1)
+    stop = head if train_stop is None else resolve_index("train_stop", train_stop, head, cuts, low=1)
+    if not in_order({"train_start": start, "train_stop": stop}):
+        raise ConfigError("train_start", train_start, f"train_start < train_stop (train_stop={train_stop}): a window "
+                          "trains at least one block besides the head", problem="an empty window")
+    return FreezeSpec((*range(start), *range(stop, head)), window=(start, stop))
 
 
 class FrozenModel:
@@ -165,6 +219,7 @@ class FrozenModel:
             trainable_params=sum(p.numel() for p in self.trainable_parameters()),
             frozen_flops_share=self.frozen_flops_share(),
             adapter_params=adapters.param_count if adapters else 0,
+            window_name=spec.name,
         )
 
     def _eval_modules(self) -> list[nn.Module]:
@@ -215,6 +270,13 @@ def check_space(space: Mapping[str, Any], train: Any, block_model: BlockModel,
     n_blocks, cuts = block_model.n_blocks, block_model.named_cut_points()
     resolved = {key: resolve_names(f"space.{key}", dim, lambda k, v: resolve_index(k, v, n_blocks, cuts))
                 if key in FREEZE_KEYS else dim for key, dim in space.items()}
+    for lower, upper, gap in ORDERED_PAIRS:  # the sampler draws upper from lower + gap up: there must be room
+        if lower in resolved and upper in resolved:
+            top, high = max(_values(resolved[lower])), max(_values(resolved[upper]))
+            if top + gap > high:
+                relation = "<=" if gap == 0 else "<"
+                raise ConfigError(f"space.{lower}", top, f"a highest {lower} {relation} the highest {upper} ({high}): "
+                                  f"each {lower} is drawn with an {upper} above it", problem="no room")
     for combo, values in _freeze_values(resolved, train):
         try:
             resolve(block_model, **values)
@@ -248,7 +310,9 @@ def depth_points(space: Mapping[str, Any]) -> tuple[dict[str, int], ...]:
     highest and its middle one, each point once. Where ``freeze_start`` is searched beside ``freeze_stop``, the two
     ends keep it at its lowest value (no freeze; the widest range) and the middle point takes its middle value, each
     with a ``freeze_stop`` the sampler could draw after it (start <= stop). A point fixes only freeze keys: the sampler
-    draws the rest. None where no freeze key is searched."""
+    draws the rest. None where no freeze key is searched. A space of trained windows gets ``window_points``."""
+    if any(key in space for key in WINDOW):
+        return window_points(space)
     depth = next((key for key in ("freeze_stop", "freeze", "freeze_start") if key in space), None)
     if depth is None:
         return ()
@@ -262,6 +326,26 @@ def depth_points(space: Mapping[str, Any]) -> tuple[dict[str, int], ...]:
 
     points = [point(starts[0], 0), point(starts[0], 1), point(starts[len(starts) // 2], 0.5)]
     return tuple({tuple(p.items()): p for p in points}.values())  # each once, in that order
+
+
+def window_points(space: Mapping[str, Any]) -> tuple[dict[str, int], ...]:
+    """Points to evaluate first that span a checked space's trained windows: with both bounds searched, the lowest
+    window of one block, the highest (the last block before the head, where the space reaches it), a middle one and
+    the widest; with one bound searched, its lowest, highest and middle value. Each point once, in that order."""
+    if not all(key in space for key in WINDOW):
+        key = next(k for k in WINDOW if k in space)
+        values = sorted(set(_values(space[key])))
+        return tuple({v: {key: v} for v in (values[0], values[-1], values[len(values) // 2])}.values())
+    starts, stops = (sorted(set(_values(space[key]))) for key in WINDOW)
+
+    def narrowest(start: int) -> dict[str, int]:
+        """The window from ``start`` to the lowest stop the sampler could draw after it."""
+        return {"train_start": start, "train_stop": next((s for s in stops if s > start), stops[-1])}
+
+    top = max((s for s in starts if s < stops[-1]), default=starts[0])
+    points = [narrowest(starts[0]), {"train_start": top, "train_stop": stops[-1]}, narrowest(starts[len(starts) // 2]),
+              {"train_start": starts[0], "train_stop": stops[-1]}]
+    return tuple({tuple(p.items()): p for p in points}.values())
 
 
 def sampled_freezes(space: Mapping[str, Any], train: Any, block_model: BlockModel) -> dict[tuple[int, ...], dict]:

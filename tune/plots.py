@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tune.records import TrialRecord
-from tune.report import Report, freeze_key
+from tune.report import Report, called, freeze_key
 
 __all__ = ["write_report"]
 
@@ -36,7 +36,7 @@ def write_report(report: Report, records: Sequence[TrialRecord], out_dir: Path, 
         if result is None:
             continue
         steps, scores = zip(*record.history["score"], strict=True)
-        label = None if result.label in labelled else f"freeze {result.label}"
+        label = None if result.label in labelled else called(result.label)
         labelled.add(result.label)
         ax.plot(steps, scores, color=colours[result.label], alpha=0.8, marker=".", label=label)
     _reference_line(ax, report.reference)

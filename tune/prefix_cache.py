@@ -1,6 +1,7 @@
 """The frozen-prefix cache: a frozen prefix's outputs computed once and trained on, where that is exact.
 
-A trial whose frozen blocks are a prefix of a sequential model, deterministic in training (no input augmentation,
+A trial whose frozen blocks begin with a prefix of a sequential model (blocks [0, k) frozen; with a trained window
+or a list, frozen blocks after trained ones run every step), deterministic in training (no input augmentation,
 frozen BatchNorm in eval mode, no dropout in it), trains the blocks after the prefix on the prefix's outputs,
 computed once (``prefix_outputs``); a model with named inputs (an encoder) trains a view of itself that replays
 its frozen chain's cached hidden states (``tune.prefix_chain``). ``cached_prefix`` is the one call a trial makes:
@@ -83,13 +84,13 @@ def blocker(frozen: FrozenModel, augments: bool, setting: str = "auto", own_load
         return "LoRA adapters train in the frozen blocks"
     if not block_model.sequential and not named_inputs:
         return "the model is not a plain sequence of blocks"
-    if not spec.is_prefix:
+    if not spec.prefix_stop:
         return "the frozen blocks are not a prefix"
     if augments:
         return "the task augments its inputs"
     if own_loader:
         return "the task builds its own training loader"
-    prefix = block_model.modules_of(spec.blocks)
+    prefix = block_model.modules_of(spec.prefix_blocks)  # frozen blocks after a trained one run every step
     if frozen.frozen_dropout == "train" and any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
                                                 for m in prefix):
         return "dropout in the frozen prefix (frozen_dropout: train)"
@@ -213,7 +214,7 @@ class _Planner:
 
     def sequence(self, shared_cache: SharedPrefixCache | None) -> CachedPrefix | str:
         """Cache a plain sequence's frozen prefix: train and evaluate the blocks after it on its outputs."""
-        blocks, stop = self.frozen.block_model.blocks, self.frozen.spec.stop
+        blocks, stop = self.frozen.block_model.blocks, self.frozen.spec.prefix_stop
         prefix, net = nn.Sequential(*blocks[:stop]), nn.Sequential(*blocks[stop:])
         (train_x, train_y), (val_x, val_y) = (self._tensors(d) for d in (self.train_set, self.val_set))
         with torch.no_grad():
@@ -244,10 +245,10 @@ class _Planner:
 
         def key() -> str:
             weights = [(n, p) for n, p in self.model.named_parameters()
-                       if frozen.block_model.param_blocks[n] in spec.blocks]
+                       if frozen.block_model.param_blocks[n] in spec.prefix_blocks]
             weights += [(f"{p}.{n}", b) for p in chain.paths for n, b in self.model.get_submodule(p).named_buffers()]
             inputs = [t for d in (self.train_set, self.val_set) for _, t in sorted(data.stacked(d).items())]
-            return SharedPrefixCache.key(weights, spec.stop, *inputs)
+            return SharedPrefixCache.key(weights, spec.prefix_stop, *inputs)
 
         too_big = self._too_big(chain.sample_bytes)
         if too_big:

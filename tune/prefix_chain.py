@@ -178,7 +178,8 @@ class Chain:
         trainable parameters, or a module that returns more than its hidden states."""
         block_model = frozen.block_model
         names = {id(m): name for name, m in block_model.module.named_modules()}
-        roots = [(index, root) for index in frozen.spec.blocks for root in block_model.roots[index]]
+        prefix = frozen.spec.prefix_blocks  # the frozen blocks after a trained one are not the chain's
+        roots = [(index, root) for index in prefix for root in block_model.roots[index]]
         owner = {id(root): index for index, root in roots}
         calls: list[tuple[nn.Module, torch.Tensor | None, Any]] = []
         uses = _Uses()
@@ -202,7 +203,7 @@ class Chain:
         finally:
             for handle in handles:
                 handle.remove()
-        if not calls or owner[id(calls[0][0])] != frozen.spec.blocks[0]:
+        if not calls or owner[id(calls[0][0])] != prefix[0]:
             return "the frozen prefix's first module does not run first"
         chain, hidden = [calls[0]], _hidden(calls[0][2])
         for call in calls[1:]:
@@ -215,7 +216,7 @@ class Chain:
             if 0 <= place < len(on_chain) - 1 and (user is None or place + 1 != _index(on_chain, user)):
                 where = names[id(user)] if user is not None else "the model's own forward"
                 return f"{where} uses the hidden states of frozen {names[id(producer)]}, which the cache does not keep"
-        off = [names[id(m)] for m, _, _ in calls if m not in on_chain and owner[id(m)] != frozen.spec.blocks[0]]
+        off = [names[id(m)] for m, _, _ in calls if m not in on_chain and owner[id(m)] != prefix[0]]
         if off:
             return f"frozen {off[0]} does not take the hidden states of the frozen modules before it"
         if hidden is None:

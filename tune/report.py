@@ -24,7 +24,7 @@ from tune.policy import LABELLED_KEYS
 from tune.race import Candidate, Decision, decide
 from tune.records import TrialRecord, short, typed_params
 
-__all__ = ["Candidate", "Recommendation", "Report", "TrialResult", "build_report", "candidates",
+__all__ = ["Candidate", "Recommendation", "Report", "TrialResult", "build_report", "called", "candidates",
            "confirmation_candidates", "confirmed",
            "confirmed_text", "dominates", "frontier", "indistinct", "recommend", "summarise", "test_scores"]
 
@@ -97,6 +97,12 @@ def freeze_key(freeze_range: str) -> tuple[int, int]:
     return (int(found.group(1)), int(found.group(2)))
 
 
+def called(label: str) -> str:
+    """How the report's sentences name a trial's policy: ``freeze [0, 3)``; a trained window's label says what trains,
+    and goes as it is (``train [3, 4)``, never "freeze train [3, 4)")."""
+    return label if label.startswith("train ") else f"freeze {label}"
+
+
 def summarise(records: Sequence[TrialRecord]) -> list[TrialResult]:
     """Each trial at its best epoch (by score; the earliest on ties), best first; trials with no epoch are left
     out."""
@@ -149,13 +155,13 @@ class Recommendation:
 
     def describe(self) -> str:
         chosen, best, cost = self.trial, self.best, self.cost
-        text = (f"Recommendation: freeze {chosen.label} ({_params_text(chosen, self.searched)}): "
+        text = (f"Recommendation: {called(chosen.label)} ({_params_text(chosen, self.searched)}): "
                 f"score {chosen.score:.4f}, "
                 f"{cost} {chosen.values.get(cost, math.nan):.4g}, peak memory {chosen.peak_mem_mb:.2f} MB.")
         if chosen is best:
             return text + f" It is also the best score; no trial within {self.tolerance:g} of it costs less."
         ratio = chosen.values.get(cost, math.nan) / best.values.get(cost, math.nan)
-        return (text + f" The best score is {best.score:.4f} (freeze {best.label}); this one is within the "
+        return (text + f" The best score is {best.score:.4f} ({called(best.label)}); this one is within the "
                 f"tolerance of {self.tolerance:g} at {ratio:.0%} of its {cost} and "
                 f"{chosen.peak_mem_mb / best.peak_mem_mb:.0%} of its memory.")
 
@@ -350,7 +356,7 @@ def confirmed_text(decision: Decision, cost: str) -> str:
     confidence, seeds = f"{decision.confidence:.0%}", decision.seeds
     low, high = chosen.interval
     mean = f"mean score {chosen.mean:.4f} (95% interval {low:.4f}-{high:.4f}) over {len(chosen.scores)} seeds"
-    head = f"Recommendation: freeze {chosen.freeze_range} ({chosen.params_text})"
+    head = f"Recommendation: {called(chosen.freeze_range)} ({chosen.params_text})"
     if decision.ended == "single":
         why = (f"the other {decision.absent} candidate{'s' * (decision.absent != 1)} of the race finished no run"
                if decision.absent else "no other configuration came within three tolerances of its score in the "
@@ -364,7 +370,7 @@ def confirmed_text(decision: Decision, cost: str) -> str:
             text += (f", the highest mean, at most {max(compared.upper, 0):.4f} below the best at {confidence} "
                      "confidence; no cheaper candidate was proven within.")
         else:
-            text += (f", {compared.gap:.4f} below the highest mean (freeze {best.freeze_range}, {best.mean:.4f}) and "
+            text += (f", {compared.gap:.4f} below the highest mean ({called(best.freeze_range)}, {best.mean:.4f}) and "
                      f"at most {max(compared.upper, 0):.4f} below the best at {confidence} confidence, at "
                      f"{chosen.cost / best.cost:.0%} of its {cost}.")
     else:
@@ -385,20 +391,20 @@ def confirmed_text(decision: Decision, cost: str) -> str:
                      "is proven against a candidate that did not run.")
         if decision.more_seeds is not None and decision.prospect is not None:
             prospect = next(c for c in decision.candidates if c.name == decision.prospect)
-            text += (f" At the spread seen, proving freeze {prospect.freeze_range} within would take about "
+            text += (f" At the spread seen, proving {called(prospect.freeze_range)} within would take about "
                      f"{decision.more_seeds} more seed{'s' * (decision.more_seeds != 1)} per candidate "
                      "(report.confirm_max_seeds).")
         near = [c for c in decision.candidates if c.cost < chosen.cost
                 and decision.comparisons[c.name].gap <= tolerance and decision.comparisons[c.name].verdict != "worse"]
         if near:
             text += " Cheaper, within the tolerance on their means but not proven: " + ", ".join(
-                f"freeze {c.freeze_range} (gap {decision.comparisons[c.name].gap:.4f}, bound "
+                f"{called(c.freeze_range)} (gap {decision.comparisons[c.name].gap:.4f}, bound "
                 f"{decision.comparisons[c.name].upper:.4f})" for c in near) + "."
     worse = [c for c in decision.candidates if decision.comparisons[c.name].verdict == "worse"]
     if worse:
         text += " More than the tolerance below another candidate by their bounds (a check, outside the promise): " \
             + ", ".join(
-            f"freeze {c.freeze_range} (at least {decision.comparisons[c.name].lower:.4f})" for c in worse) + "."
+            f"{called(c.freeze_range)} (at least {decision.comparisons[c.name].lower:.4f})" for c in worse) + "."
     others = len(decision.candidates) - 1
     correction = ("one comparison, so no correction" if others == 1 else
                   f"Bonferroni over the {others} comparisons with the best")
@@ -511,7 +517,7 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
                      "choice, chose nothing.")
     if report.chosen is not None and _best_at_start(report):
         parts.append(f"The recommendation is best at epoch 0, before any training step: on these data the linear "
-                     f"probe on freeze {report.chosen.label}'s network is the answer, and fine-tuning it did "
+                     f"probe on {called(report.chosen.label)}'s network is the answer, and fine-tuning it did "
                      "not help; the logged model is that start (the probe's head on the pretrained network).")
     chosen_score = report.confirmed_choice.mean if report.confirmed_choice else (
         report.chosen.score if report.chosen else None)

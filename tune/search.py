@@ -227,7 +227,7 @@ def gpu_shares(task: Any, cfg: TrainConfig, freezes: Mapping[tuple[int, ...], di
         keys = {**keys, "head_init": "library"}
         return float(make_trial(task, dataclasses.replace(cfg, **keys), torch.device("cpu")).probe_memory())
 
-    reference = memory({"freeze": None, "freeze_start": 0, "freeze_stop": 0})
+    reference = memory({"freeze": None, "freeze_start": 0, "freeze_stop": 0, "train_start": None, "train_stop": None})
     return {blocks: min(full_share, max(0.05, math.ceil(20 * full_share * memory(keys) / reference) / 20))
             for blocks, keys in freezes.items()}
 

@@ -11,9 +11,11 @@ Bounds are inclusive, as in Optuna's ``suggest_int`` / ``suggest_float``. Freeze
 named cut points (``none``, ``backbone``, ``all_but_head``) in bounds and choices; they are resolved to
 block indices against the task's model before any trial starts (``resolve_names``).
 
-A freeze range is ``[freeze_start, freeze_stop)``: ``freeze_start <= freeze_stop`` is the one ordering rule
-(``ORDERED``, ``in_order``), kept here and used by the sampler (when both are searched, ``freeze_stop`` is sampled
-from ``max(freeze_start, low)..high``: ``OptunaSpace``), the freeze engine and the config checks.
+A freeze range is ``[freeze_start, freeze_stop)``: ``freeze_start <= freeze_stop``; a trained window is
+``[train_start, train_stop)``: ``train_start < train_stop`` (an empty window trains nothing but the head). These are
+the ordering rules (``ORDERED_PAIRS``, ``in_order``), kept here and used by the sampler (when both keys of a pair are
+searched, the upper one is sampled from ``max(lower + gap, low)..high``: ``OptunaSpace``), the freeze engine and the
+config checks.
 """
 
 from __future__ import annotations
@@ -25,19 +27,27 @@ from typing import Any
 
 from tune.errors import ConfigError
 
-__all__ = ["FREEZE_KEYS", "ORDERED", "Choice", "Dimension", "FloatRange", "IntRange", "OptunaSpace", "in_order",
-           "is_int", "parse_dimension", "resolve_names"]
+__all__ = ["FREEZE_KEYS", "ORDERED", "ORDERED_PAIRS", "WINDOW", "Choice", "Dimension", "FloatRange", "IntRange",
+           "OptunaSpace", "in_order", "is_int", "parse_dimension", "resolve_names"]
 
 # (lower, upper): two training parameters whose values satisfy lower <= upper in every trial.
 ORDERED = ("freeze_start", "freeze_stop")
+# (lower, upper): the trained window [train_start, train_stop), the blocks a trial trains besides its head
+WINDOW = ("train_start", "train_stop")
+# (lower, upper, gap): the ordered pairs, lower + gap <= upper in every trial (a window holds at least one block)
+ORDERED_PAIRS = ((*ORDERED, 0), (*WINDOW, 1))
 # The training parameters that say what a trial freezes (tune.freeze); they may hold a model's cut-point names.
-FREEZE_KEYS = ("freeze", *ORDERED)
+FREEZE_KEYS = ("freeze", *ORDERED, *WINDOW)
 
 
 def in_order(values: Mapping[str, Any]) -> bool:
-    """Whether ``values`` keep ``ORDERED``: true when either key is missing or None (freeze_stop null: no range)."""
-    lower, upper = (values.get(key) for key in ORDERED)
-    return lower is None or upper is None or not (is_int(lower) and is_int(upper)) or lower <= upper
+    """Whether ``values`` keep ``ORDERED_PAIRS``: true for a pair where either key is missing or None (freeze_stop
+    null: no range) or not yet an index (a cut-point name)."""
+    for lower_key, upper_key, gap in ORDERED_PAIRS:
+        lower, upper = values.get(lower_key), values.get(upper_key)
+        if is_int(lower) and is_int(upper) and lower + gap > upper:
+            return False
+    return True
 
 @dataclass(frozen=True)
 class IntRange:
@@ -146,18 +156,19 @@ class OptunaSpace:
     """
 
     def __init__(self, space: Mapping[str, Dimension]) -> None:
-        # the lower of ORDERED is sampled first so that the upper one's floor is known
-        lower, upper = ORDERED
-        self.items = sorted(space.items(), key=lambda kv: kv[0] != lower)
-        self.floor = {upper: lower}
+        # the lower key of each ordered pair is sampled first so that the upper one's floor is known
+        lowers = {lower for lower, _, _ in ORDERED_PAIRS}
+        self.items = sorted(space.items(), key=lambda kv: kv[0] not in lowers)
+        self.floor = {upper: (lower, gap) for lower, upper, gap in ORDERED_PAIRS}
 
     def __call__(self, trial: Any) -> None:
         sampled: dict[str, Any] = {}
         for key, dim in self.items:
             if isinstance(dim, IntRange):
                 low = int(dim.low)
-                if self.floor.get(key) in sampled:
-                    low = max(low, sampled[self.floor[key]])
+                lower, gap = self.floor.get(key, (None, 0))
+                if lower in sampled:
+                    low = max(low, sampled[lower] + gap)
                 sampled[key] = trial.suggest_int(key, low, max(int(dim.high), low), step=dim.step)
             elif isinstance(dim, FloatRange):
                 sampled[key] = trial.suggest_float(key, dim.low, dim.high, log=dim.log)

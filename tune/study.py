@@ -244,7 +244,7 @@ class Study:
         def run_round(plan: Mapping[str, Sequence[int]], number: int) -> list[race.Candidate]:
             if number > 1:
                 self.say(f"round {number}: seed {', '.join(map(str, sorted({s for v in plan.values() for s in v})))} "
-                         f"for freeze {', '.join(ranges.get(name, name) for name in plan)}")
+                         f"for {', '.join(report.called(ranges.get(name, name)) for name in plan)}")
             outcome = search.confirm(cfg, self.tracker, {name: candidates[name] for name in plan},
                                      next(iter(plan.values())), storage_path=options.storage_path,
                                      address=self.address, verbose=int(options.verbose), done=done,
@@ -260,7 +260,7 @@ class Study:
         if decision is not None:
             state = ("proven" if decision.decided else
                      f"nothing proven after {decision.seeds} of {decision.budget} seeds, the highest mean")
-            self.say(f"confirmation {state}: freeze {decision.chosen.freeze_range}")
+            self.say(f"confirmation {state}: {report.called(decision.chosen.freeze_range)}")
         return checkpoints, fetched
 
     def _score_test(self, built: report.Report, records: list, checkpoints: Mapping[str, Any]) -> None:

@@ -53,7 +53,7 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter] | list[dic
 def trial_plan(frozen: freeze.FrozenModel, cfg: TrainConfig) -> policy.Plan:
     """The trial's policy over its frozen model (``tune.policy``): when each block trains, at what rate, its label."""
     counts = [sum(p.numel() for p in frozen.block_parameters(i)) for i in range(frozen.block_model.n_blocks)]
-    found = policy.plan(counts, frozen.spec.blocks, frozen.summary.label, cfg)
+    found = policy.plan(counts, frozen.spec.blocks, frozen.summary.name, cfg)
     if frozen.adapters is not None:  # LoRA on the frozen range (tune.adapter): its label follows the range's
         found = dataclasses.replace(found, label=f"{found.label} {frozen.adapters.label}")
     return found
