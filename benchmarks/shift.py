@@ -58,6 +58,9 @@ POLICIES: dict[str, Callable[[int], dict]] = {
     "train [4, 5)": lambda head: {"train_start": 4, "train_stop": 5},
     "train [head-1, head)": lambda head: {"train_start": head - 1, "train_stop": head},
     "all": lambda head: {"freeze_stop": 0},
+    # LoRA on a frozen range (tune.adapter), the blocks after it and the head trained
+    "[0, head) lora r8": lambda head: {"freeze_stop": head, "adapter": "lora", "lora_rank": 8},
+    "[0, 4) lora r8": lambda head: {"freeze_stop": 4, "adapter": "lora", "lora_rank": 8},
 }
 SHIFTS = ("input", "label", "none")
 DERANGEMENT = (3, 7, 0, 9, 5, 1, 8, 2, 4, 6)  # the label shift: class c becomes DERANGEMENT[c], none stays

@@ -260,3 +260,17 @@ def test_a_hugging_face_encoders_layers_get_adapters_on_their_linears_and_merge_
     with torch.no_grad():
         assert torch.allclose(model(**example).logits, merged(**example).logits, atol=1e-5)
     assert [n for n, _ in merged.named_parameters()] == [n for n, _ in build().module.named_parameters()]
+
+
+def test_beside_a_trained_window_the_adapters_go_on_every_frozen_block_around_it(tiny_task):
+    """``train [1, 2) lora r2``: block 1 and the head train in full, blocks 0 and 2 (frozen around the window) carry
+    the adapters, their base weights untouched."""
+    trial = LoopTrial(tiny_task, _cfg(freeze_stop=None, train_start=1, train_stop=2))
+    before = _snapshot(trial.model)
+    trial.run_epoch()
+    after = trial.model.state_dict()
+    adapted = {int(n.split(".")[1]) for n in before if "lora_" in n}
+    assert adapted == {0, 2} and trial.plan.label == "train [1, 2) lora r2"
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    bases = {n for n in before if n.startswith(("blocks.0.", "blocks.2.")) and "lora_" not in n}
+    assert not changed & bases and any(n.startswith("blocks.1.") for n in changed)
