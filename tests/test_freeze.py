@@ -143,8 +143,5 @@ def test_frozen_flops_share_is_measured_per_block():
     ({"freeze": [0, 2]}, "{0, 2}"), ({"freeze": [1, 2]}, "[1, 3)"),
 ])
 def test_a_freeze_is_labelled_as_a_range_only_when_it_is_one(block_model, keys, label):
-    from tune.report import freeze_key
-
     summary = FrozenModel(block_model, resolve(block_model, **keys)).summary
     assert summary.label == label and summary.as_metrics()["freeze_label"] == label
-    assert freeze_key(label) == (summary.freeze_start, summary.freeze_stop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 
@@ -366,3 +367,14 @@ def test_a_confirmed_interval_with_no_width_is_said_to_show_no_noise_not_certain
     assert "18 validation examples" in line
     spread = _report(_raced([0.93, 0.94], [0.95, 0.945]), 1000)
     assert "no width" not in spread.text
+
+
+def test_a_trials_frozen_range_is_read_from_what_its_run_logged_not_from_its_label():
+    """A window's or an adapter's label says nothing parseable of its frozen blocks; the FreezeSummary's metrics do
+    (the params' where a run has no such metric)."""
+    window = dataclasses.replace(record("w", 0, [0.9], 1.0, 1.0), metrics={"freeze_start": 0.0, "freeze_stop": 6.0},
+                                 params={"policy": "train [2, 4) lora r8", "freeze_stop": "None"})
+    [result] = summarise([window])
+    assert result.freeze_key == (0, 6) and result.label == "train [2, 4) lora r8"
+    [plain] = summarise([record("p", 3, [0.9], 1.0, 1.0)])
+    assert plain.freeze_key == (0, 3)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tune.records import TrialRecord
-from tune.report import Report, called, freeze_key
+from tune.report import Report, called
 
 __all__ = ["write_report"]
 
@@ -24,7 +24,8 @@ def write_report(report: Report, records: Sequence[TrialRecord], out_dir: Path, 
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    ranges = sorted({r.label for r in report.search}, key=lambda label: (freeze_key(label), label))  # policies
+    keys = {r.label: r.freeze_key for r in report.search}
+    ranges = sorted(keys, key=lambda label: (keys[label], label))  # policies
     colours = {fr: plt.get_cmap("viridis")(i / max(1, len(ranges) - 1)) for i, fr in enumerate(ranges)}
     by_name = {r.name: r for r in report.search}
     files = []

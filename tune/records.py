@@ -27,6 +27,19 @@ class TrialRecord:
     params: dict[str, str]
     tags: dict[str, str]
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # each metric's latest value
+
+    @property
+    def frozen_range(self) -> tuple[int, int]:
+        """(start, stop) of the blocks the trial froze, as its FreezeSummary logged them (a set of blocks {i, j}:
+        (i, j + 1)); the params' where a run holds no such metric; (0, 0) where neither says."""
+        for source in (self.metrics, self.params):
+            if "freeze_stop" in source:
+                try:
+                    return int(float(source.get("freeze_start", 0))), int(float(source["freeze_stop"]))
+                except (TypeError, ValueError):  # a param such as None: not a range
+                    continue
+        return (0, 0)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,18 +84,6 @@ def value_at_best(history: list[tuple[int, float]], metric: str, best_epoch: int
     return at[-1] if at else math.nan
 
 
-def freeze_key(freeze_range: str) -> tuple[int, int]:
-    """Sort key of a freeze label (or a policy's, which starts with one): ``[start, stop)``, or ``{i, j}`` for blocks
-    that are not a range."""
-    found = re.match(r"\[(\d+), (\d+)\)|\{([\d, ]+)\}", freeze_range)
-    if found is None:
-        return (0, 0)
-    if found.group(3) is not None:
-        blocks = [int(part) for part in found.group(3).split(",")]
-        return (blocks[0], blocks[-1] + 1)
-    return (int(found.group(1)), int(found.group(2)))
-
-
 def called(label: str) -> str:
     """How the report's sentences name a trial's policy: ``freeze [0, 3)``; a trained window's label says what trains,
     and goes as it is (``train [3, 4)``, never "freeze train [3, 4)")."""
@@ -115,7 +102,7 @@ def summarise(records: Sequence[TrialRecord]) -> list[TrialResult]:
         values = {metric: value_at_best(history, metric, best_epoch) for metric, history in record.history.items()}
         freeze_range = record.params.get("freeze_range", "?")
         results.append(TrialResult(
-            name=record.name, status=record.status, freeze_range=freeze_range, freeze_key=freeze_key(freeze_range),
+            name=record.name, status=record.status, freeze_range=freeze_range, freeze_key=record.frozen_range,
             params=typed_params(record.params), best_epoch=best_epoch, score=best, values=values,
             epochs_run=scores[-1][0], stopped_early=record.tags.get("stopped_early") == "True",
             candidate=record.tags.get("candidate"),

@@ -353,7 +353,7 @@ def fetch_trials(tracking_uri: str, parent_run_id: str, extra_keys: Iterable[str
         name = run.data.tags.get(TRIAL_ID_TAG) or run.info.run_name or run.info.run_id  # the trial id
         records.append(TrialRecord(run_id=run.info.run_id, name=name,
                                    status=run.info.status, params=dict(run.data.params), tags=dict(run.data.tags),
-                                   history=history))
+                                   history=history, metrics=dict(run.data.metrics)))
     return records
 
 
