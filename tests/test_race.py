@@ -190,3 +190,13 @@ def test_a_race_called_proven_is_wrong_in_at_most_one_race_in_twenty(candidates,
     allowed = 0.05 + 3 * math.sqrt(0.05 * 0.95 / outcome.races)
     assert outcome.wrong_proven / outcome.races <= allowed
     assert outcome.proven > 0  # it does decide sometimes: the promise is not kept by never deciding
+
+
+def test_a_candidate_is_named_by_its_label_and_its_older_name_freeze_range_still_builds_and_reads_it():
+    """Checks outside the project build candidates with ``freeze_range=``: the keyword and the attribute stay."""
+    old = Candidate(name="a", freeze_range="[0, 3) thaw@1", params_text="", scores=(0.9, 0.91), cost=1.0,
+                    seeds=(1, 2))
+    new = Candidate("a", "[0, 3) thaw@1", "", (0.9, 0.91), 1.0, seeds=(1, 2))
+    assert old == new and old.label == old.freeze_range == "[0, 3) thaw@1"
+    with pytest.raises(TypeError, match="one of them"):
+        Candidate("a", "[0, 3)", freeze_range="[0, 3)")

@@ -55,17 +55,34 @@ def _normal_cdf(x: float) -> float:
     return 0.5 * math.erfc(-x / math.sqrt(2))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Candidate:
-    """A configuration re-run with fresh seeds by the confirmation: its score and run per seed."""
+    """A configuration re-run with fresh seeds by the confirmation: its score and run per seed. ``label`` is its
+    policy's (tune.policy: the freeze range and what a policy adds); ``freeze_range`` is the same, by its older name
+    (a keyword of the constructor too)."""
 
     name: str  # the search trial it repeats
-    freeze_range: str  # its freeze range, or its policy (tune.policy) where that adds a decay or a thaw
+    label: str
     params_text: str
     scores: tuple[float, ...]
     cost: float  # mean over the seeds
     runs: tuple[str, ...] = ()  # the confirmation runs' trial names, one per seed
     seeds: tuple[int, ...] = ()  # the seed of each score (paired comparisons match them)
+
+    def __init__(self, name: str, label: str | None = None, params_text: str = "", scores: tuple[float, ...] = (),
+                 cost: float = math.nan, runs: tuple[str, ...] = (), seeds: tuple[int, ...] = (), *,
+                 freeze_range: str | None = None) -> None:
+        if (label is None) == (freeze_range is None):
+            raise TypeError("Candidate takes its label (or, by its older name, freeze_range): one of them")
+        for key, value in (("name", name), ("label", label if label is not None else freeze_range),
+                           ("params_text", params_text), ("scores", tuple(scores)), ("cost", cost),
+                           ("runs", tuple(runs)), ("seeds", tuple(seeds))):
+            object.__setattr__(self, key, value)
+
+    @property
+    def freeze_range(self) -> str:
+        """The label, by its older name."""
+        return self.label
 
     @property
     def mean(self) -> float:

@@ -248,7 +248,7 @@ def confirmation_candidates(results: Sequence[TrialResult], cost: str, searched:
         if r.candidate and r.status == "FINISHED" and key not in seen:
             seen.add(key)
             groups.setdefault(r.candidate, []).append(r)
-    return [Candidate(name=name, freeze_range=runs[0].label, params_text=_params_text(runs[0], searched),
+    return [Candidate(name=name, label=runs[0].label, params_text=_params_text(runs[0], searched),
                       scores=tuple(r.score for r in runs),
                       cost=statistics.fmean(r.values.get(cost, math.nan) for r in runs),
                       runs=tuple(r.name for r in runs), seeds=tuple(_seed(r) for r in runs))
@@ -324,7 +324,7 @@ def candidate_table(decision: Decision, cost: str) -> str:
     for c in decision.candidates:
         compared = decision.comparisons[c.name]
         own = c is decision.best  # the highest mean: no gap of its own
-        rows.append(["*" if c is decision.chosen else "", c.name, c.freeze_range, c.params_text, str(len(c.scores)),
+        rows.append(["*" if c is decision.chosen else "", c.name, c.label, c.params_text, str(len(c.scores)),
                      f"{c.mean:.4f}", f"{c.sd:.4f}", "-" if own else f"{compared.gap:+.4f}",
                      "-" if own else f"{compared.paired_se:.4f}", "-" if own else f"{compared.unpaired_se:.4f}",
                      f"{compared.upper:.4f}", compared.verdict, f"{c.cost:.4g}"])
@@ -343,7 +343,7 @@ def confirmed_text(decision: Decision, cost: str) -> str:
     confidence, seeds = f"{decision.confidence:.0%}", decision.seeds
     low, high = chosen.interval
     mean = f"mean score {chosen.mean:.4f} (95% interval {low:.4f}-{high:.4f}) over {len(chosen.scores)} seeds"
-    head = f"Recommendation: {called(chosen.freeze_range)} ({chosen.params_text})"
+    head = f"Recommendation: {called(chosen.label)} ({chosen.params_text})"
     if decision.ended == "single":
         why = (f"the other {decision.absent} candidate{'s' * (decision.absent != 1)} of the race finished no run"
                if decision.absent else "no other configuration came within three tolerances of its score in the "
@@ -357,7 +357,7 @@ def confirmed_text(decision: Decision, cost: str) -> str:
             text += (f", the highest mean, at most {max(compared.upper, 0):.4f} below the best at {confidence} "
                      "confidence; no cheaper candidate was proven within.")
         else:
-            text += (f", {compared.gap:.4f} below the highest mean ({called(best.freeze_range)}, {best.mean:.4f}) and "
+            text += (f", {compared.gap:.4f} below the highest mean ({called(best.label)}, {best.mean:.4f}) and "
                      f"at most {max(compared.upper, 0):.4f} below the best at {confidence} confidence, at "
                      f"{chosen.cost / best.cost:.0%} of its {cost}.")
     else:
@@ -378,20 +378,20 @@ def confirmed_text(decision: Decision, cost: str) -> str:
                      "is proven against a candidate that did not run.")
         if decision.more_seeds is not None and decision.prospect is not None:
             prospect = next(c for c in decision.candidates if c.name == decision.prospect)
-            text += (f" At the spread seen, proving {called(prospect.freeze_range)} within would take about "
+            text += (f" At the spread seen, proving {called(prospect.label)} within would take about "
                      f"{decision.more_seeds} more seed{'s' * (decision.more_seeds != 1)} per candidate "
                      "(report.confirm_max_seeds).")
         near = [c for c in decision.candidates if c.cost < chosen.cost
                 and decision.comparisons[c.name].gap <= tolerance and decision.comparisons[c.name].verdict != "worse"]
         if near:
             text += " Cheaper, within the tolerance on their means but not proven: " + ", ".join(
-                f"{called(c.freeze_range)} (gap {decision.comparisons[c.name].gap:.4f}, bound "
+                f"{called(c.label)} (gap {decision.comparisons[c.name].gap:.4f}, bound "
                 f"{decision.comparisons[c.name].upper:.4f})" for c in near) + "."
     worse = [c for c in decision.candidates if decision.comparisons[c.name].verdict == "worse"]
     if worse:
         text += " More than the tolerance below another candidate by their bounds (a check, outside the promise): " \
             + ", ".join(
-            f"{called(c.freeze_range)} (at least {decision.comparisons[c.name].lower:.4f})" for c in worse) + "."
+            f"{called(c.label)} (at least {decision.comparisons[c.name].lower:.4f})" for c in worse) + "."
     others = len(decision.candidates) - 1
     correction = ("one comparison, so no correction" if others == 1 else
                   f"Bonferroni over the {others} comparisons with the best")

@@ -260,7 +260,7 @@ class Study:
         if decision is not None:
             state = ("proven" if decision.decided else
                      f"nothing proven after {decision.seeds} of {decision.budget} seeds, the highest mean")
-            self.say(f"confirmation {state}: {report.called(decision.chosen.freeze_range)}")
+            self.say(f"confirmation {state}: {report.called(decision.chosen.label)}")
         return checkpoints, fetched
 
     def _score_test(self, built: report.Report, records: list, checkpoints: Mapping[str, Any]) -> None:
