@@ -15,11 +15,12 @@ Loading unpickles the model and its preprocessing: load only models you trust.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import sys
 import sysconfig
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,22 @@ class Predictor:
         return [self.classes[i] for i in indices] if self.classes is not None else indices
 
 
+@contextlib.contextmanager
+def _store(uri: str) -> Iterator[None]:
+    """MLflow's tracking and registry URIs set to ``uri`` for a block and put back after it (a ``models:/`` URI
+    resolves through the global registry URI whatever ``download_artifacts`` is given)."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+
+
 def load_model(model_uri: str, *, tracking_uri: str | None = None, device: str | torch.device = "cpu"
                ) -> Predictor:
     """The model at ``model_uri`` (``models:/<name>@recommended``, ``SearchResult.model_uri``, a logged model's
@@ -147,8 +164,8 @@ def load_model(model_uri: str, *, tracking_uri: str | None = None, device: str |
     from tune.log import warn
 
     if not Path(model_uri).expanduser().is_dir():
-        uri = resolve_uri(tracking_uri)  # given to MLflow for this download alone, its global URI left as it is
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=uri, registry_uri=uri))
+        with _store(resolve_uri(tracking_uri)):
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
     else:
         local = Path(model_uri).expanduser()
     module = mlflow.pytorch.load_model(str(local), map_location=torch.device(device))  # its code paths on sys.path

@@ -364,7 +364,7 @@ class Study:
             return
         self.tracker.set_tags(parent_id, {"registered_model_uri": registered, "registered_model_version_uri": version})
         self.model_uri = version  # the alias moves with the next search; the version stays this search's
-        self.say(f"Recommended model (trial {chosen}, its best epoch): {registered}  (this search's version: {uri})")
+        self.say(f"Recommended model (trial {chosen}, its best epoch): {registered}  (this search's: {version})")
 
 
 def _write_report(tracker: tracking.SearchTracker, built: report.Report, records: list[TrialRecord],
