@@ -45,6 +45,9 @@ from tune.tasks import image
 from tune.tasks.base import Task, classification_metrics
 from tune.train import LoopTrial, fit_head_probe
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lora import train as train_trial  # noqa: E402  (a trial: best score, time to it, epoch time, peak memory)
+
 MODEL = "efficientnet_lite0"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's, as timm's data config for the model
 
@@ -125,18 +128,6 @@ def task(name: str, weights: Path, size: int, train: tuple, val: tuple, new_head
                 loss=F.cross_entropy, evaluate=classification_metrics)
 
 
-def run(trial_task: Task, cfg: TrainConfig, fitted) -> dict:
-    trial = LoopTrial(trial_task, cfg, head_probe=fitted)
-    best, best_time, times, peak = trial.start_metrics()["score"], 0.0, [], 0.0
-    for metrics in trial.epochs():
-        times.append(metrics["epoch_time_s"])
-        peak = max(peak, metrics["peak_mem_mb"])
-        if metrics["score"] > best:
-            best, best_time = metrics["score"], metrics["train_time_s"]
-    return {"label": trial.plan.label, "score": best, "time": best_time, "epoch": statistics.fmean(times),
-            "mem": peak, "trainable": trial.summary.trainable_params}
-
-
 def source_network(folder: Path, data: dict, size: int, epochs: int, lr: float) -> tuple[Path, float]:
     """EfficientNet-Lite0 from ImageNet, every block fine-tuned on the source digits: its weights file and score."""
     imagenet = pretrained.write_efficientnet_lite0(folder / "lite0_imagenet.safetensors")
@@ -171,14 +162,14 @@ def bench(kind: str, weights: Path, data: dict, args: argparse.Namespace, names:
     rows = []
     for name in names:
         keys = POLICIES[name](head)
-        by_lr = {lr: [run(target, dataclasses.replace(base, lr=lr, seed=seed, **keys), start) for seed in args.seeds]
-                 for lr in args.lrs}
+        by_lr = {lr: [train_trial(target, dataclasses.replace(base, lr=lr, seed=seed, **keys), start)
+                      for seed in args.seeds] for lr in args.lrs}
         lr, runs = max(by_lr.items(), key=lambda item: statistics.fmean(r["score"] for r in item[1]))
         scores = [r["score"] for r in runs]
         rows.append({"name": name, "label": runs[0]["label"], "lr": lr, "score": statistics.fmean(scores),
                      "sd": statistics.stdev(scores) if len(scores) > 1 else 0.0, "scores": scores,
                      "time": statistics.fmean(r["time"] for r in runs),
-                     "epoch": statistics.fmean(r["epoch"] for r in runs),
+                     "epoch": statistics.fmean(r["epoch_s"] for r in runs),
                      "mem": max(r["mem"] for r in runs), "trainable": runs[0]["trainable"]})
         print(f"  {name:<22} {rows[-1]['label']:<14} lr {lr:.0e}  " + " ".join(f"{s:.3f}" for s in scores)
               + f"  ({time.perf_counter() - started:.0f} s)", flush=True)

@@ -301,3 +301,17 @@ def make_slow_task(seconds_per_epoch: float = 0.5, tokens: str | None = None, ga
 
     return Task(name="slow", build_model=base.build_model, train_data=base.train_data, val_data=base.val_data,
                 metric=base.metric, loss=base.loss, evaluate=evaluate)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """An empty working directory for bad input; starting Ray from here fails the test."""
+    from tune import cluster
+
+    monkeypatch.chdir(tmp_path)
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started for bad input")
+
+    monkeypatch.setattr(cluster, "init_ray", no_ray)
+    return tmp_path

@@ -22,21 +22,17 @@ class _Exploit:
         return (print, ("this pickle runs code when loaded without weights_only",))
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """An empty working directory; starting Ray from here fails the test."""
-    monkeypatch.chdir(tmp_path)
-
-    def no_ray(*args, **kwargs):
-        raise AssertionError("Ray was started for bad input")
-
-    monkeypatch.setattr(cluster, "init_ray", no_ray)
-    (tmp_path / "inputs").mkdir()
-    return tmp_path
 
 
 def _files(tmp_path):
     return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if "inputs" not in p.parts)
+
+
+@pytest.fixture
+def workdir(workdir):
+    """conftest's, with an ``inputs/`` folder for the files a case writes (the check of side effects skips it)."""
+    (workdir / "inputs").mkdir()
+    return workdir
 
 
 def _write(path, text):

@@ -13,7 +13,6 @@ import torch
 from conftest import first_epoch, tiny_block_model
 
 import run_search
-from tune import cluster
 from tune.config import ConfigError, TrainConfig, load_config
 from tune.freeze import FrozenModel, check_space, depth_points, freeze_model, resolve
 from tune.space import IntRange, OptunaSpace
@@ -185,15 +184,6 @@ def test_a_window_is_named_train_a_b_in_its_run_its_params_and_the_report(tiny_t
     assert "last" in candidates(records, ReportConfig(tolerance=0.01), searched, top=3)
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-
-    def no_ray(*args, **kwargs):
-        raise AssertionError("Ray was started for bad input")
-
-    monkeypatch.setattr(cluster, "init_ray", no_ray)
-    return tmp_path
 
 
 @pytest.mark.parametrize(("args", "expected"), [
