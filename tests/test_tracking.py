@@ -101,7 +101,8 @@ def test_the_recommended_model_loads_back_from_mlflow_and_scores_what_its_trial_
 
 
 
-def test_the_registered_model_predicts_digit_names_from_scikit_learns_raw_arrays(default_smoke, tmp_path):
+def test_the_registered_model_predicts_digit_names_from_scikit_learns_raw_arrays(default_smoke, tmp_path,
+                                                                                  monkeypatch):
     """What a user takes home: the registered model with its class names and its preprocessing (the 0-16 grey levels
     scaled and upsampled as the trials saw them), labelling raw ``load_digits().images`` as well as its trial
     scored them."""
@@ -114,10 +115,14 @@ def test_the_registered_model_predicts_digit_names_from_scikit_learns_raw_arrays
     _, uri, _ = default_smoke
     parent, children = _runs(uri, "digits_freeze")
     elsewhere, before = f"sqlite:///{tmp_path / 'another.db'}", mlflow.get_tracking_uri()
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # MLflow's setters write them: put back after
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+        monkeypatch.delenv(name)
     mlflow.set_tracking_uri(elsewhere)  # a caller's own store: load_model reads the search's, and leaves this one
     try:
         model = tune.load_model(parent.data.tags["registered_model_uri"], tracking_uri=uri)
         assert mlflow.get_tracking_uri() == elsewhere and not (tmp_path / "another.db").exists()
+        assert "MLFLOW_REGISTRY_URI" not in os.environ  # nothing left for a later search or subprocess to inherit
     finally:
         mlflow.set_tracking_uri(before)
     assert model.classes == tuple("0123456789") and "load_digits().images" in model.inputs

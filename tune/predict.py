@@ -15,12 +15,11 @@ Loading unpickles the model and its preprocessing: load only models you trust.
 
 from __future__ import annotations
 
-import contextlib
 import pickle
 import sys
 import sysconfig
 import types
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,20 +134,28 @@ class Predictor:
         return [self.classes[i] for i in indices] if self.classes is not None else indices
 
 
-@contextlib.contextmanager
-def _store(uri: str) -> Iterator[None]:
-    """MLflow's tracking and registry URIs set to ``uri`` for a block and put back after it (a ``models:/`` URI
-    resolves through the global registry URI whatever ``download_artifacts`` is given)."""
+def _download(model_uri: str, uri: str) -> Path:
+    """The model's folder, fetched from the store at ``uri`` alone: a ``models:/`` URI (a registered version, an
+    alias, a logged model's id) resolved by a client of that store, so that MLflow's global tracking and registry
+    URIs (and the environment variables they set) are neither read nor changed."""
     import mlflow
+    from mlflow import MlflowClient
 
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
+    if not model_uri.startswith("models:/"):
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=uri))
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    rest = model_uri.removeprefix("models:/").strip("/")
+    if rest.startswith("m-"):
+        model_id, source = rest, None
+    else:
+        name, at, alias = rest.partition("@")
+        version = (client.get_model_version_by_alias(name, alias) if at
+                   else client.get_model_version(*name.rsplit("/", 1)))
+        model_id, source = version.model_id, version.source
+        if not model_id and source.startswith("models:/m-"):  # a version of a logged model names it as its source
+            model_id = source.removeprefix("models:/").strip("/")
+    location = client.get_logged_model(model_id).artifact_location if model_id else source
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=uri))
 
 
 def load_model(model_uri: str, *, tracking_uri: str | None = None, device: str | torch.device = "cpu"
@@ -164,8 +171,7 @@ def load_model(model_uri: str, *, tracking_uri: str | None = None, device: str |
     from tune.log import warn
 
     if not Path(model_uri).expanduser().is_dir():
-        with _store(resolve_uri(tracking_uri)):
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        local = _download(model_uri, resolve_uri(tracking_uri))
     else:
         local = Path(model_uri).expanduser()
     module = mlflow.pytorch.load_model(str(local), map_location=torch.device(device))  # its code paths on sys.path
