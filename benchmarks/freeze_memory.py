@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from tune.config import TrainConfig
+from tune.settings.config import TrainConfig
 from tune.tasks.digits import make_task
-from tune.train import LoopTrial
+from tune.training.train import LoopTrial
 
 
 def main() -> None:

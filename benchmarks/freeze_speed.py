@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from tune.config import TrainConfig
+from tune.settings.config import TrainConfig
 from tune.tasks.digits import make_task
-from tune.train import LoopTrial
+from tune.training.train import LoopTrial
 
 
 def epoch_time(task, cfg: TrainConfig, epochs: int) -> tuple[float, float]:

@@ -41,10 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from tune.config import TrainConfig  # noqa: E402
+from tune.settings.config import TrainConfig  # noqa: E402
 from tune.tasks import image  # noqa: E402
 from tune.tasks.digits import make_task  # noqa: E402
-from tune.train import LoopTrial  # noqa: E402
+from tune.training.train import LoopTrial  # noqa: E402
 
 NO_CUDA = ("gpu_check: no CUDA device here (torch.cuda.is_available() is False): every row (the gpu tests, (a)-(c), "
            "the allocator, resnet18, bf16-mixed against 32, channels_last, the search) unmeasured here; exit 0")

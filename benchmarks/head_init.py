@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 
 from tune import pretrained
-from tune.config import TrainConfig
+from tune.settings.config import TrainConfig
 from tune.tasks import image, text
-from tune.train import LoopTrial, fit_head_probe
+from tune.training.train import LoopTrial, fit_head_probe
 
 HEAD_INITS = ("library", "zero", "probe")
 

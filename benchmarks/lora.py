@@ -30,8 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from head_init import image_task  # noqa: E402  (the same real image task as the fair-head benchmark)
 
-from tune.config import TrainConfig  # noqa: E402
-from tune.train import LoopTrial, fit_head_probe  # noqa: E402
+from tune.settings.config import TrainConfig  # noqa: E402
+from tune.training.train import LoopTrial, fit_head_probe  # noqa: E402
 
 
 def configurations(n_blocks: int) -> list[dict]:

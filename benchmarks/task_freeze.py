@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from tune.config import TrainConfig
+from tune.settings.config import TrainConfig
 from tune.tasks import image, text
-from tune.train import LoopTrial
+from tune.training.train import LoopTrial
 
 
 def measure(task, cfg: TrainConfig) -> tuple[float, float, float, str]:

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from tune.config import TrainConfig
+from tune.settings.config import TrainConfig
 from tune.tasks.shapes import make_detection_data
 from tune.tasks.yolo import make_task
-from tune.train import make_trial
+from tune.training.train import make_trial
 
 
 def main() -> None:

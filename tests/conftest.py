@@ -81,7 +81,7 @@ class _Enough(Exception):
 
 
 def first_epoch(trial) -> dict:
-    """Run a trial (tune.trial.TrialProtocol) for one epoch only; its metrics."""
+    """Run a trial (tune.training.trial.TrialProtocol) for one epoch only; its metrics."""
     seen: list[dict] = []
 
     def stop(metrics: dict) -> None:
@@ -97,7 +97,7 @@ def first_epoch(trial) -> dict:
 def resumed_epochs(task: Task, cfg, folder: Path, after: int = 1) -> list[dict]:
     """A built-in trial's epochs when it is checkpointed after epoch ``after`` (to ``folder``, loaded with
     weights_only) and resumed in a new trial: what a killed and resumed trial reports."""
-    from tune.train import LoopTrial
+    from tune.training.train import LoopTrial
 
     first = LoopTrial(task, cfg)
     epochs = first.epochs()
@@ -306,7 +306,7 @@ def make_slow_task(seconds_per_epoch: float = 0.5, tokens: str | None = None, ga
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """An empty working directory for bad input; starting Ray from here fails the test."""
-    from tune import cluster
+    from tune.driver import cluster
 
     monkeypatch.chdir(tmp_path)
 

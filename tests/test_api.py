@@ -19,8 +19,8 @@ from conftest import _phase, _runs
 from mlflow.tracking import MlflowClient
 
 import tune
-from tune import tracking
 from tune.api import _overrides
+from tune.tracker import tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def test_the_cli_imports_only_the_public_api():
 
 def test_nothing_inside_the_package_imports_the_package_itself():
     """``import tune`` inside tune/ would be an import loop held together by its order; the package's folder is
-    ``tune.provenance.PACKAGE_DIR``, the API's functions are ``tune.api``'s."""
+    ``tune.tracker.provenance.PACKAGE_DIR``, the API's functions are ``tune.api``'s."""
     looped = [str(path.relative_to(ROOT)) for path in (ROOT / "tune").rglob("*.py")
               if any(isinstance(node, ast.Import) and any(alias.name == "tune" for alias in node.names)
                      for node in ast.walk(ast.parse(path.read_text())))]
@@ -123,10 +123,10 @@ def test_bad_input_from_python_raises_before_any_run(tmp_path):
 def _logged_search(tmp_path: Path) -> str:
     """A finished search's runs written by hand into a sqlite store (no Ray, no training): two trials of two epochs
     scored on 18 validation examples; the store's URI."""
-    from tune.data import DataSplit
-    from tune.records import search_tags
-    from tune.tracking import SearchTracker
-    from tune.trial_runs import TrialRuns
+    from tune.reporting.records import search_tags
+    from tune.tracker.tracking import SearchTracker
+    from tune.tracker.trial_runs import TrialRuns
+    from tune.training.data import DataSplit
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     splits = [DataSplit("train", "tiny-train", "in memory", "a", 36),
@@ -177,7 +177,7 @@ def test_load_search_reads_the_search_back_as_the_api_result(default_smoke, tmp_
     """tune.load_search (freeze-search report's API): the search's trials, recommendation and model as MLflow holds
     them, in a SearchResult."""
     import tune
-    from tune import tracking
+    from tune.tracker import tracking
 
     code, uri, _ = default_smoke
     parent, children = _runs(uri, "digits_freeze")  # as the search left it, before load_search reads it
@@ -204,7 +204,7 @@ def test_the_python_example_shows_the_report_once(page, monkeypatch, capsys):
     from test_report import record
 
     from tune.log import say
-    from tune.report import build_report
+    from tune.reporting.report import build_report
 
     [block, *_] = re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), flags=re.S)
     built = build_report([record("a", 0, [0.9], 2.0, 8.0), record("b", 4, [0.895], 1.0, 3.0)], searched=["freeze_stop"],
@@ -215,7 +215,7 @@ def test_the_python_example_shows_the_report_once(page, monkeypatch, capsys):
             pass
 
         def run(self) -> tune.SearchResult:
-            say("\n" + built.text)  # as the search's own report goes out (tune.study._write_report)
+            say("\n" + built.text)  # as the search's own report goes out (tune.driver.study._write_report)
             return tune.SearchResult(status="FINISHED", parent_run_id="p", experiment="e", tracking_uri="u",
                                      report=built)
 
@@ -462,7 +462,7 @@ def test_a_submitted_search_is_typed_and_its_jobs_command_line_reads_back_as_the
     them, parses back (the CLI's own parser) to the very same options, values typed as they were given."""
     from tune.api import _options
     from tune.cli import parse_args, search_kwargs
-    from tune.cluster import job_arguments
+    from tune.driver.cluster import job_arguments
 
     overrides = {"train.lr": 1e-05, "space.freeze_stop": {"type": "int", "low": 0, "high": "all_but_head"},
                  "train.head_init": "probe", "task.options.weights": None, "search.num_samples": 3,

@@ -12,7 +12,7 @@ import torch
 from conftest import free_port
 
 import run_search
-from tune import cluster
+from tune.driver import cluster
 
 ROOT = run_search.ROOT
 
@@ -213,7 +213,7 @@ def test_at_least_twenty_distinct_cases():
 
 
 def test_an_unreachable_ray_address_from_the_environment_is_bad_input(workdir, capsys, monkeypatch):
-    from tune import cluster
+    from tune.driver import cluster
 
     address = f"127.0.0.1:{free_port()}"
     monkeypatch.setenv("RAY_ADDRESS", address)  # what a Ray Job or KubeRay sets, with no --address
@@ -232,7 +232,7 @@ def test_an_unreachable_ray_address_from_the_environment_is_bad_input(workdir, c
 
 
 def test_a_ray_address_that_answers_goes_on_to_ray_init(workdir, capsys, monkeypatch):
-    from tune import cluster
+    from tune.driver import cluster
 
     listener = socket.create_server(("127.0.0.1", 0))
     address = f"ray://127.0.0.1:{listener.getsockname()[1]}"
@@ -259,8 +259,8 @@ def test_the_report_command_checks_its_report_dir_before_reading_the_store(workd
 
 def test_under_a_ray_job_the_study_keeps_the_address_from_the_environment(workdir, monkeypatch):
     # a Ray Job sets RAY_ADDRESS and no --address: the test split is then scored where the trials run
-    from tune.checks import StudyOptions
-    from tune.study import Study
+    from tune.driver.checks import StudyOptions
+    from tune.driver.study import Study
 
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     joined = []

@@ -9,9 +9,9 @@ import optuna
 import pytest
 import yaml
 
-from tune.config import ConfigError, TrainConfig, build_config, load_config, parse_overrides
-from tune.freeze import check_space
-from tune.space import Choice, FloatRange, IntRange, OptunaSpace
+from tune.settings.config import ConfigError, TrainConfig, build_config, load_config, parse_overrides
+from tune.settings.space import Choice, FloatRange, IntRange, OptunaSpace
+from tune.training.freeze import check_space
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SPACE = ROOT / "search_spaces" / "digits_freeze.yaml"
@@ -237,8 +237,8 @@ def test_a_config_error_survives_rays_copy_and_pickle_with_its_message_key_and_v
 
 
 def _smoke(space, task=None, **overrides):
-    """The smoke test's checked config (tune.checks) for ``space``; no run, no Ray."""
-    from tune.checks import StudyOptions, check_config
+    """The smoke test's checked config (tune.driver.checks) for ``space``; no run, no Ray."""
+    from tune.driver.checks import StudyOptions, check_config
 
     return check_config(StudyOptions(space_file=space, smoke_test=True, overrides=list(overrides.items()), task=task,
                                      tracking_uri="sqlite:///never-created.db")).cfg

@@ -12,10 +12,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tune.blocks import BlockModel, layer_table
-from tune.config import TrainConfig
-from tune.freeze import freeze_model
+from tune.settings.config import TrainConfig
 from tune.tasks.base import Task, classification_metrics
-from tune.train import LoopTrial
+from tune.training.freeze import freeze_model
+from tune.training.train import LoopTrial
 
 
 class Shifted(Dataset):
@@ -190,7 +190,7 @@ def awkward_model() -> BlockModel:
 
 def test_tied_weights_buffers_only_batchnorm_and_module_lists_find_their_blocks():
     from tune.blocks import block_flops
-    from tune.prefix_cache import blocker
+    from tune.training.prefix_cache import blocker
 
     block_model = awkward_model()
     assert "out.weight" not in block_model.param_blocks  # a tied weight is listed once, under its first name
@@ -241,9 +241,9 @@ def test_a_tasks_splits_are_described_by_a_digest_that_follows_the_data(tmp_path
 
     from torchvision.datasets import ImageFolder
 
-    from tune.data import describe
     from tune.tasks.digits import make_task
     from tune.tasks.image import write_example
+    from tune.training.data import describe
 
     # tensors: the digest is the tensors'; another split seed, other training data, another digest
     first, again, other = (describe(make_task(split_seed=seed)) for seed in (0, 0, 1))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tune.config import TaskConfig, TrainConfig
 from tune.errors import ConfigError
+from tune.settings.config import TaskConfig, TrainConfig
 from tune.tasks import load_task
 from tune.tasks.base import classification_metrics
 from tune.tasks.digits import build_model, make_task, pretrain, weights_path
-from tune.train import LoopTrial
+from tune.training.train import LoopTrial
 
 
 def test_model_lists_eight_blocks_with_named_cut_points():

@@ -1,12 +1,12 @@
-"""What the driver hears from Ray Tune about each trial (tune.events): the stop when the first trials fail alike,
-judged by hand (tune.events.BadInput) and in a real search on Ray that exits 2 with one line."""
+"""What the driver hears from Ray Tune about each trial (tune.driver.events): the stop when the first trials fail alike,
+judged by hand (tune.driver.events.BadInput) and in a real search on Ray that exits 2 with one line."""
 
 from __future__ import annotations
 
 import pytest
 from conftest import _runs, _search
 
-from tune.config import ConfigError
+from tune.settings.config import ConfigError
 
 
 def _bad(problem: str = "FileNotFoundError: mydata") -> ConfigError:
@@ -29,7 +29,7 @@ def test_the_search_stops_when_its_first_trials_meet_the_same_config_error(outco
     import copy
     import pickle
 
-    from tune import events
+    from tune.driver import events
 
     verdict = events.BadInput(total)
     # Tune copies the run config's stopper and callbacks: in this process every copy is the one object
@@ -42,7 +42,7 @@ def test_the_search_stops_when_its_first_trials_meet_the_same_config_error(outco
 
 
 def test_the_search_stops_when_its_first_trials_fail_with_the_same_exception_of_any_kind():
-    from tune import events
+    from tune.driver import events
 
     verdict = events.BadInput(4)
     missing = "[Errno 2] No such file or directory: 'pretrained.pt'"

@@ -180,7 +180,8 @@ def test_resume_without_an_unfinished_search_is_bad_input(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_driver_stopped_during_confirm_resumes_it_without_repeating_or_counting_partial_runs(tmp_path):
-    from tune import report, tracking
+    from tune.reporting import report
+    from tune.tracker import tracking
 
     _space(tmp_path, seconds=0.3, epochs=3, samples=1, free=4)  # the 3 search trials and 1 confirmation run
     # a grid: 3 distinct ranges; the tolerance of 1.0 puts all of them near the best, so that there are 2 candidates

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from tune.blocks import BlockModel, block_flops
-from tune.config import TrainConfig
 from tune.errors import ConfigError
-from tune.freeze import FrozenModel, resolve
-from tune.train import LoopTrial
+from tune.settings.config import TrainConfig
+from tune.training.freeze import FrozenModel, resolve
+from tune.training.train import LoopTrial
 
 
 def frozen_blocks_of(block_model: BlockModel) -> set[int]:

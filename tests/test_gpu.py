@@ -14,9 +14,9 @@ import pytest
 import torch
 from conftest import most_open_at_once, parent_and_children
 
-from tune.config import TrainConfig
+from tune.settings.config import TrainConfig
 from tune.tasks.digits import make_task
-from tune.train import LoopTrial
+from tune.training.train import LoopTrial
 
 NO_CUDA = "needs a CUDA device: torch.cuda.is_available() is False on this machine"
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)]
@@ -81,7 +81,7 @@ def test_mixed_precision_on_cuda_trains_close_to_float32_and_auto_picks_it(preci
     """Lightning's two mixed precisions on CUDA: the training loss within 5 % of float32's over 3 epochs from the same
     seed (bfloat16 has 8 bits of mantissa, float16 10 with a GradScaler), the trial tagged with it; ``auto`` gives
     bf16-mixed where the device computes bfloat16 natively, 16-mixed where it does not."""
-    from tune import precision as numerics
+    from tune.training import precision as numerics
 
     cfg = TrainConfig(**{**CONFIG.__dict__, "freeze_stop": 2})
     _, full = _epochs(cfg, "cuda")
@@ -151,7 +151,7 @@ def test_the_yolo_task_trains_an_epoch_with_amp_and_fails_a_halved_batch_as_docu
 
     from tune.tasks import yolo
     from tune.tasks.shapes import make_detection_data
-    from tune.train import make_trial
+    from tune.training.train import make_trial
 
     data = make_detection_data(tmp_path / "shapes", n_train=16, n_val=8)
     task = yolo.make_task(data=str(data), model="yolov5nu.yaml", imgsz=64, workers=0)

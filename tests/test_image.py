@@ -15,10 +15,10 @@ from mlflow import MlflowClient
 
 import run_search
 from tune.blocks import timm_blocks, torchvision_blocks
-from tune.config import TrainConfig
 from tune.errors import ConfigError
+from tune.settings.config import TrainConfig
 from tune.tasks.image import make_task, write_example
-from tune.train import LoopTrial
+from tune.training.train import LoopTrial
 
 timm = pytest.importorskip("timm", reason="the image task needs timm (pip install -e '.[image]')")
 torchvision = pytest.importorskip("torchvision", reason="the image task needs torchvision")
@@ -311,7 +311,7 @@ def test_layers_lists_a_models_blocks_without_data(model, expected, capsys):
 
 
 def test_the_image_task_is_built_in_and_its_data_option_may_be_a_bare_folder_name(folder, tmp_path):
-    from tune.config import TaskConfig
+    from tune.settings.config import TaskConfig
     from tune.tasks import BUILTIN_TASKS, absolute_paths, load_task
 
     assert "image" in BUILTIN_TASKS

@@ -1,5 +1,5 @@
-"""LoRA on the frozen range (train.adapter: lora, tune.adapter): the adapted modules and only they train beside the
-trained blocks, what the trial counts and logs, the merged model, resume, and the refusals before any trial."""
+"""LoRA on the frozen range (train.adapter: lora, tune.training.adapter): the adapted modules and only they train beside
+the trained blocks, what the trial counts and logs, the merged model, resume, and the refusals before any trial."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from conftest import make_tiny_task, resumed_epochs, tiny_block_model
 from torch import nn
 
 import run_search
-from tune import cluster
 from tune.blocks import BlockModel
-from tune.checks import StudyOptions, check_config
-from tune.config import ConfigError, TrainConfig, load_config
+from tune.driver import cluster
+from tune.driver.checks import StudyOptions, check_config
+from tune.settings.config import ConfigError, TrainConfig, load_config
 from tune.tasks import Task
-from tune.train import LoopTrial
-from tune.trial import model_from_checkpoint
+from tune.training.train import LoopTrial
+from tune.training.trial import model_from_checkpoint
 
 pytest.importorskip("peft", reason="the lora extra (peft) is not installed")
 
@@ -187,8 +187,8 @@ def test_a_range_with_no_module_to_adapt_is_refused_before_any_trial(tmp_path, m
 def test_lora_trials_are_policies_on_the_frontier_and_the_best_hard_freeze_stays_a_candidate():
     from test_policy import _policy_record
 
-    from tune.config import ReportConfig
-    from tune.report import build_report, candidates
+    from tune.reporting.report import build_report, candidates
+    from tune.settings.config import ReportConfig
 
     records = [_policy_record("lora", 3, "[0, 3) lora r4", [0.93], 1.2, adapter="lora", lora_rank="4"),
                _policy_record("lora8", 5, "[0, 5) lora r8", [0.925], 1.1, adapter="lora", lora_rank="8"),
@@ -232,9 +232,9 @@ def test_a_lora_search_logs_each_trial_by_its_label_with_its_adapter_params_and_
 
 def test_a_hugging_face_encoders_layers_get_adapters_on_their_linears_and_merge_back_to_its_own_names():
     transformers = pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
-    from tune import adapter
     from tune.blocks import encoder_blocks
-    from tune.freeze import freeze_model
+    from tune.training import adapter
+    from tune.training.freeze import freeze_model
 
     def build() -> BlockModel:
         torch.manual_seed(0)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tune.config import TaskConfig
+from tune.settings.config import TaskConfig
 from tune.tasks import absolute_paths
 
 

@@ -1,5 +1,5 @@
-"""Beyond hard freezing (tune.policy): layer-wise learning-rate decay and gradual unfreezing in the built-in trial.
-Which parameters each optimizer group holds and at what rate, what the thaw epoch changes (gradients, optimizer
+"""Beyond hard freezing (tune.training.policy): layer-wise learning-rate decay and gradual unfreezing in the built-in
+trial. Which parameters each optimizer group holds and at what rate, what the thaw epoch changes (gradients, optimizer
 state, BatchNorm, the prefix cache), that a trial resumed across its thaw reports what the uninterrupted one does,
 and the policy's label."""
 
@@ -12,10 +12,10 @@ import torch
 from conftest import make_tiny_task, resumed_epochs
 from torch import nn
 
-from tune.config import ConfigError, TrainConfig, load_config
-from tune.freeze import freeze_model
-from tune.policy import plan
-from tune.train import LoopTrial, parameter_groups
+from tune.settings.config import ConfigError, TrainConfig, load_config
+from tune.training.freeze import freeze_model
+from tune.training.policy import plan
+from tune.training.train import LoopTrial, parameter_groups
 
 LR = 1e-2
 
@@ -224,8 +224,8 @@ def _policy_record(name: str, stop: int, policy: str, scores: list[float], epoch
 
 
 def test_the_report_names_trials_by_policy_and_compares_time_to_the_best_epoch():
-    from tune.config import ReportConfig
-    from tune.report import POLICY_FRONTIER, build_report, candidates
+    from tune.reporting.report import POLICY_FRONTIER, build_report, candidates
+    from tune.settings.config import ReportConfig
 
     records = [
         # the same range, three policies: each its own row, and each may be a candidate
@@ -258,8 +258,8 @@ def test_the_report_names_trials_by_policy_and_compares_time_to_the_best_epoch()
 
 
 def test_the_best_hard_freeze_is_a_candidate_where_policies_were_searched_however_far_below():
-    from tune.config import ReportConfig
-    from tune.report import candidates
+    from tune.reporting.report import candidates
+    from tune.settings.config import ReportConfig
 
     searched = ["freeze_stop", "layer_decay", "unfreeze_epoch", "lr"]
     records = [_policy_record("thaw", 5, "[0, 5) thaw@1", [0.95], 1.0), _policy_record("decay", 0, "[0, 0) decay 0.8",
@@ -291,7 +291,7 @@ def test_points_to_evaluate_name_searched_keys_with_values_their_dimension_takes
 
 
 def test_points_to_evaluate_resolve_cut_point_names_against_the_model(tiny_task):
-    from tune.freeze import check_points, check_space
+    from tune.training.freeze import check_points, check_space
 
     cfg = load_config("digits_freeze", [("search.points_to_evaluate", [{"freeze_stop": "backbone"}, {"lr": 1e-3}])])
     block_model = tiny_task.build_model()
@@ -307,7 +307,7 @@ def test_a_thawing_trial_measures_and_asks_for_the_memory_it_needs_after_its_tha
     thaw (a thaw of the whole range needs what no freeze needs), and a thawing trial asks for the full share."""
     from types import SimpleNamespace
 
-    from tune.search import _FreezeAwareResources
+    from tune.driver.search import _FreezeAwareResources
 
     cfg = _cfg(batch_size=8)
     none, hard = (LoopTrial(tiny_task, _cfg(freeze_stop=k)).probe_memory() for k in (0, 3))

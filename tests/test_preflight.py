@@ -1,4 +1,4 @@
-"""The pre-flight (tune.preflight): a user's task tried once in the driver before Ray and before any MLflow run;
+"""The pre-flight (tune.driver.preflight): a user's task tried once in the driver before Ray and before any MLflow run;
 each mistake one ConfigError naming the task's field, raised by tune.FreezeSearch's constructor."""
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def test_a_model_given_as_the_task_is_refused_in_one_line(tmp_path):
 
 
 def test_the_preflight_leaves_the_models_weights_and_statistics_as_they_were():
-    from tune.preflight import preflight
+    from tune.driver.preflight import preflight
 
     task = make_tiny_task()
     block_model: BlockModel = task.build_model()

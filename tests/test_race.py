@@ -1,4 +1,4 @@
-"""The confirmation race (tune.race): on hand-made score tables, who runs, when it stops and what it says; on
+"""The confirmation race (tune.reporting.race): on hand-made score tables, who runs, when it stops and what it says; on
 synthetic candidates with known means (benchmarks/race_error.py's simulation), that the promise it prints holds."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tune.race import Candidate, decide, race
+from tune.reporting.race import Candidate, decide, race
 
 COST = {"expensive": 3.0, "middle": 2.0, "cheap": 1.0}
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,9 +9,9 @@ import statistics
 import matplotlib.image
 import pytest
 
-from tune.plots import write_report
-from tune.records import TrialRecord
-from tune.report import (
+from tune.reporting.plots import write_report
+from tune.reporting.records import TrialRecord
+from tune.reporting.report import (
     DEFAULT_FRONTIER,
     build_report,
     confirmed,
@@ -128,8 +128,8 @@ def test_a_candidate_proven_worse_by_more_than_the_tolerance_is_dropped_from_the
 
 
 def test_candidates_are_the_best_range_and_the_cheapest_ranges_near_it_each_at_its_best_trial():
-    from tune.config import ReportConfig
-    from tune.report import candidates
+    from tune.reporting.report import candidates
+    from tune.settings.config import ReportConfig
 
     records = [record("best", 0, [0.95], 2.0, 8.0), record("best_other_lr", 0, [0.90], 2.0, 8.0),
                record("one", 1, [0.93], 1.8, 7.0), record("one_better_lr", 1, [0.94], 1.8, 7.0),
@@ -150,8 +150,8 @@ def test_candidates_are_the_best_range_and_the_cheapest_ranges_near_it_each_at_i
 
 
 def test_the_deepest_freeze_is_a_candidate_where_early_stopping_may_have_hidden_it():
-    from tune.config import ReportConfig
-    from tune.report import candidates
+    from tune.reporting.report import candidates
+    from tune.settings.config import ReportConfig
 
     def trials(deepest_stopped: bool) -> list[TrialRecord]:
         records = [record("best", 0, [0.95], 2.0, 8.0), record("three", 3, [0.945], 1.2, 5.0),
@@ -242,7 +242,7 @@ def test_every_cost_name_is_a_compared_value(cost):
 
 
 def test_params_read_back_from_mlflow_keep_their_types():
-    from tune.records import typed
+    from tune.reporting.records import typed
 
     assert typed("5e-05") == 5e-05 and typed("3") == 3 and typed("adam") == "adam"
     # what str() wrote, read back: a string that YAML would read as a bool or a mapping stays the string
@@ -309,7 +309,7 @@ def test_trials_that_all_tie_at_their_start_recommend_the_probe_not_nothing():
 
 
 def test_the_probe_is_a_line_on_the_score_by_epoch_and_frontier_plots(tmp_path, monkeypatch):
-    from tune import plots as report_module
+    from tune.reporting import plots as report_module
 
     records = [record(f"t{stop}", stop, [0.5 + 0.05 * stop, 0.6 + 0.04 * stop], 1.0 - 0.1 * stop, 8.0 - stop)
                for stop in range(3)]

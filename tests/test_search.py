@@ -15,9 +15,9 @@ from conftest import _phase, _runs, _search, most_open_at_once
 from mlflow.tracking import MlflowClient
 
 import run_search
-from tune import cluster, search
-from tune.config import ConfigError, ReportConfig, load_config, parse_overrides
-from tune.trial import METRIC_KEYS
+from tune.driver import cluster, search
+from tune.settings.config import ConfigError, ReportConfig, load_config, parse_overrides
+from tune.training.trial import METRIC_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 # the yolo spaces need the yolo extra and a data set: tests/test_yolo.py runs them on synthetic data
@@ -248,7 +248,8 @@ def test_time_budget_stops_the_search_cleanly(ray_runtime, tmp_path, capsys):
 
 
 def test_confirm_reruns_the_top_ranked_candidates_with_fresh_seeds_and_recommends_the_confirmed_one(default_smoke):
-    from tune import report, tracking
+    from tune.reporting import report
+    from tune.tracker import tracking
 
     _, uri, _ = default_smoke
     parent, children = _runs(uri, "digits_freeze")

@@ -1,5 +1,5 @@
-"""The tracking store (tune.store): searches started at once on a new sqlite store, in separate processes, create
-it once and share one experiment."""
+"""The tracking store (tune.tracker.store): searches started at once on a new sqlite store, in separate processes,
+create it once and share one experiment."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# Each worker imports tune.tracking once, then opens a tracker on every store path it reads, as a search's driver
-# does first: the workers get each path at the same moment, so they race to create the store's tables.
+# Each worker imports tune.tracker.tracking once, then opens a tracker on every store path it reads, as a search's
+# driver does first: the workers get each path at the same moment, so they race to create the store's tables.
 _OPEN_STORE = """
 import sys
-from tune.tracking import SearchTracker
+from tune.tracker.tracking import SearchTracker
 
 print("ready", flush=True)
 for line in sys.stdin:

@@ -1,4 +1,4 @@
-"""One search's lifecycle (tune.study), logged by hand without Ray into a real sqlite MLflow store: the report
+"""One search's lifecycle (tune.driver.study), logged by hand without Ray into a real sqlite MLflow store: the report
 rebuilt from MLflow alone, its recommendation and the parent's tags following the confirmed choice rather than
 the search's single-trial pick, and a tolerance chosen afterwards said to be no part of the promise."""
 
@@ -10,10 +10,10 @@ from mlflow.tracking import MlflowClient
 def test_the_recommendation_follows_the_confirmed_choice_not_the_search_trial(tmp_path):
     """Logged by hand (no Ray): the search recommends the cheap trial, its confirmation does not hold up, so the
     report, the parent's tags and the logged model's trial are the expensive one."""
-    from tune.records import search_tags
-    from tune.study import rebuild_report
-    from tune.tracking import SearchTracker
-    from tune.trial_runs import TrialRuns
+    from tune.driver.study import rebuild_report
+    from tune.reporting.records import search_tags
+    from tune.tracker.tracking import SearchTracker
+    from tune.tracker.trial_runs import TrialRuns
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = SearchTracker(uri, "confirmed")

@@ -1,4 +1,4 @@
-"""A trial's system metrics (tune.system_metrics): CUDA_VISIBLE_DEVICES read as CUDA reads it, and a trial's GPU
+"""A trial's system metrics (tune.tracker.system_metrics): CUDA_VISIBLE_DEVICES read as CUDA reads it, and a trial's GPU
 metrics from its own devices, not the node's (NVML stands in: no GPU here)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
     ("GPU-8f2e,1", ["GPU-8f2e", 1]), ("MIG-4a1b", ["MIG-4a1b"]),
 ])
 def test_cuda_visible_devices_are_read_as_cuda_reads_them(value, expected):
-    from tune.system_metrics import visible_gpus
+    from tune.tracker.system_metrics import visible_gpus
 
     assert visible_gpus(value) == expected
 
@@ -26,7 +26,7 @@ def test_a_trials_gpu_metrics_are_its_own_devices_not_the_nodes(monkeypatch):
 
     import mlflow.system_metrics.metrics.gpu_monitor as gpu_monitor
 
-    from tune.system_metrics import SystemSampler
+    from tune.tracker.system_metrics import SystemSampler
 
     used_mb = {0: 100.0, 1: 200.0, 2: 300.0, 3: 400.0}  # each physical GPU's memory in use tells them apart
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 from conftest import resumed_epochs
 
-from tune.config import TrainConfig
 from tune.errors import ConfigError
-from tune.train import LoopTrial
+from tune.settings.config import TrainConfig
+from tune.training.train import LoopTrial
 
 transformers = pytest.importorskip("transformers", reason="the text task needs transformers (pip install -e "
                                                           "'.[text]')")
@@ -131,8 +131,8 @@ def test_a_text_trial_freezes_exactly_its_layers_and_resumes_exactly(files, tmp_
 
 
 def test_a_text_trial_thawing_its_cached_layers_reads_the_task_data_after_the_thaw_and_resumes_exactly(files, tmp_path):
-    """tune.policy's thaw with a chain's cached hidden states (the text task's prefix cache): after the thaw the
-    training batches are the task's own, read through the whole model (no cached states carried along), as the
+    """tune.training.policy's thaw with a chain's cached hidden states (the text task's prefix cache): after the thaw
+    the training batches are the task's own, read through the whole model (no cached states carried along), as the
     uncached trial trains; resumed after the thaw, the same epochs."""
     from tune.tasks.text import make_task
 
@@ -194,8 +194,8 @@ def test_the_cache_trains_an_encoder_as_the_whole_model_does_or_says_why_not(fil
 
 
 def test_text_trials_share_a_frozen_chains_hidden_states(files, tmp_path):
-    from tune.prefix_cache import SharedPrefixCache
     from tune.tasks.text import make_task
+    from tune.training.prefix_cache import SharedPrefixCache
 
     task = make_task(model=files["model"], data=files["data"], val_data=files["val_data"], max_length=16)
     shared = SharedPrefixCache(tmp_path / "prefix_cache")

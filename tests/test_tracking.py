@@ -1,4 +1,4 @@
-"""The MLflow side of a search (tune.tracking): a registered model version per search and its alias, a registry
+"""The MLflow side of a search (tune.tracker.tracking): a registered model version per search and its alias, a registry
 that refuses the model, the shared smoke search's recommended model loading back from MLflow and predicting
 as its trial scored, and the printed `mlflow ui` command serving the runs for real."""
 
@@ -22,7 +22,7 @@ def test_each_search_registers_a_version_and_the_alias_moves_to_the_latest(tmp_p
     import mlflow.pytorch
     import torch
 
-    from tune.tracking import SearchTracker
+    from tune.tracker.tracking import SearchTracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
@@ -51,7 +51,7 @@ def test_a_registry_that_refuses_the_model_fails_no_search(ray_runtime, tmp_path
     """The search and its logged model stand; the refusal is one warning line, and no alias tag is written."""
     from mlflow.exceptions import MlflowException
 
-    from tune.tracking import SearchTracker
+    from tune.tracker.tracking import SearchTracker
 
     def refuse(self, *args, **kwargs):
         raise MlflowException("registered models are read-only here")

@@ -9,13 +9,13 @@ import torch
 from conftest import resumed_epochs
 from torch import nn
 
-from tune import measure
 from tune.blocks import BlockModel
-from tune.config import TrainConfig
-from tune.prefix_cache import SharedPrefixCache
+from tune.settings.config import TrainConfig
 from tune.tasks.base import Task, classification_metrics
-from tune.train import LoopTrial
-from tune.trial import METRIC_KEYS
+from tune.training import measure
+from tune.training.prefix_cache import SharedPrefixCache
+from tune.training.train import LoopTrial
+from tune.training.trial import METRIC_KEYS
 
 
 def test_every_epoch_yields_the_common_metric_names(tiny_task):
@@ -100,12 +100,12 @@ def test_trials_with_the_same_prefix_share_its_outputs_and_train_exactly_as_alon
     first = LoopTrial(tiny_task, cfg, shared_cache=shared)
     assert first.prefix_cache == "on (shared, computed)"
     assert len(list((tmp_path / "prefix_cache").glob("*.pt"))) == 1
-    import tune.prefix_cache
+    import tune.training.prefix_cache
 
     def no_compute(*args, **kwargs):
         raise AssertionError("the prefix was computed again")
 
-    monkeypatch.setattr(tune.prefix_cache, "_outputs", no_compute)
+    monkeypatch.setattr(tune.training.prefix_cache, "_outputs", no_compute)
     other_lr = dataclasses.replace(cfg, lr=3e-3)
     second = LoopTrial(tiny_task, other_lr, shared_cache=shared)  # another trial, same prefix: loaded, not computed
     assert second.prefix_cache == "on (shared, loaded)"
@@ -215,7 +215,7 @@ def test_the_memory_probe_gives_epoch_1s_peak_after_one_optimizer_step(tiny_task
 
 
 def test_gpu_shares_follow_the_measured_memory_by_depth(tiny_task, monkeypatch):
-    from tune.search import gpu_shares
+    from tune.driver.search import gpu_shares
 
     def no_epoch(*args, **kwargs):
         raise AssertionError("a whole epoch was trained: shares come from the one-step probe")
@@ -236,7 +236,7 @@ def test_gpu_shares_follow_the_measured_memory_by_depth(tiny_task, monkeypatch):
 def test_a_tasks_own_trial_must_implement_the_trial_protocol(tiny_task):
     from types import SimpleNamespace
 
-    from tune.train import make_trial
+    from tune.training.train import make_trial
 
     incomplete = SimpleNamespace(epoch=0, device=torch.device("cpu"), run=print, state_dict=dict,
                                  load_state_dict=print)  # no probe_memory
@@ -300,7 +300,7 @@ def test_a_bf16_mixed_trial_caches_its_prefix_in_its_precision_and_resumes_exact
 def test_a_16_mixed_trial_resumes_with_its_grad_scalers_state(tiny_task, tmp_path, monkeypatch):
     """16-mixed is CUDA's; its GradScaler runs on the CPU too when the refusal is lifted, which lets this test show
     that the scaler's state (its scale, backed off after skipped steps) travels in the checkpoint."""
-    from tune import precision
+    from tune.training import precision
 
     monkeypatch.setattr(precision, "resolve", lambda setting, device: setting)
     cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-3, freeze_stop=1, seed=3, prefix_cache="off",

@@ -1,5 +1,5 @@
-"""What a trial logs (tune.trial_runs.TrialRuns), driven by hand without Ray into a real sqlite MLflow store: its
-run's name, params and tags, each epoch once (also after a restart one checkpoint early), divergence, early
+"""What a trial logs (tune.tracker.trial_runs.TrialRuns), driven by hand without Ray into a real sqlite MLflow store:
+its run's name, params and tags, each epoch once (also after a restart one checkpoint early), divergence, early
 stops and failures, and the console line as it ends."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 
 
 def _trial_runs(tmp_path: Path, epochs: int = 4):
-    from tune.tracking import SearchTracker
-    from tune.trial_runs import TrialRuns
+    from tune.tracker.tracking import SearchTracker
+    from tune.tracker.trial_runs import TrialRuns
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = SearchTracker(uri, "by-hand")
@@ -49,8 +49,8 @@ def test_a_trial_restarted_one_checkpoint_early_is_tagged_and_logs_no_epoch_twic
 
 
 def test_a_trial_run_is_named_by_its_freeze_and_values_and_the_console_line_says_how_far(tmp_path):
-    from tune.tracking import fetch_trials
-    from tune.trial_runs import TrialRuns
+    from tune.tracker.tracking import fetch_trials
+    from tune.tracker.trial_runs import TrialRuns
 
     runs, client = _trial_runs(tmp_path)
     runs = TrialRuns(runs.tracker, {"epochs": 4}, 4, searched=["freeze_stop", "lr"])

@@ -13,10 +13,10 @@ import torch
 from conftest import first_epoch, tiny_block_model
 
 import run_search
-from tune.config import ConfigError, TrainConfig, load_config
-from tune.freeze import FrozenModel, check_space, depth_points, freeze_model, resolve
-from tune.space import IntRange, OptunaSpace
-from tune.train import LoopTrial
+from tune.settings.config import ConfigError, TrainConfig, load_config
+from tune.settings.space import IntRange, OptunaSpace
+from tune.training.freeze import FrozenModel, check_space, depth_points, freeze_model, resolve
+from tune.training.train import LoopTrial
 
 HEAD = 3  # the tiny model's blocks: c1, c2, neck, head
 
@@ -135,7 +135,7 @@ def test_the_cache_serves_the_frozen_prefix_before_the_window_and_trains_exactly
 
 
 def test_a_window_and_the_hard_freeze_of_its_prefix_share_the_cached_outputs(tiny_task, tmp_path):
-    from tune.prefix_cache import SharedPrefixCache
+    from tune.training.prefix_cache import SharedPrefixCache
 
     shared = SharedPrefixCache(tmp_path / "prefix_cache")
     hard = LoopTrial(tiny_task, _cfg(freeze_stop=1), shared_cache=shared)
@@ -147,10 +147,10 @@ def test_a_window_and_the_hard_freeze_of_its_prefix_share_the_cached_outputs(tin
 def test_a_window_is_named_train_a_b_in_its_run_its_params_and_the_report(tiny_task, tmp_path):
     from mlflow import MlflowClient
 
-    from tune.config import ReportConfig
-    from tune.report import build_report, candidates
-    from tune.tracking import SearchTracker, fetch_trials
-    from tune.trial_runs import TrialRuns
+    from tune.reporting.report import build_report, candidates
+    from tune.settings.config import ReportConfig
+    from tune.tracker.tracking import SearchTracker, fetch_trials
+    from tune.tracker.trial_runs import TrialRuns
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = SearchTracker(uri, "windows")

@@ -21,12 +21,12 @@ from conftest import first_epoch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 import run_search  # noqa: E402
-from tune import freeze  # noqa: E402
-from tune.config import TrainConfig  # noqa: E402
+from tune.settings.config import TrainConfig  # noqa: E402
 from tune.tasks.shapes import make_detection_data  # noqa: E402
 from tune.tasks.yolo import make_task  # noqa: E402
-from tune.train import make_trial  # noqa: E402
-from tune.trial import load_checkpoint, save_checkpoint  # noqa: E402
+from tune.training import freeze  # noqa: E402
+from tune.training.train import make_trial  # noqa: E402
+from tune.training.trial import load_checkpoint, save_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.yolo
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,10 +264,10 @@ def test_smoke_search_of_the_guides_space_logs_nested_runs_with_map_time_and_mem
     import mlflow.pytorch
     from ray.tune import Checkpoint
 
-    from tune.checks import StudyOptions
-    from tune.study import Study
-    from tune.tracking import SearchTracker
-    from tune.trial import CHECKPOINT_FILE
+    from tune.driver.checks import StudyOptions
+    from tune.driver.study import Study
+    from tune.tracker.tracking import SearchTracker
+    from tune.training.trial import CHECKPOINT_FILE
 
     folder = next((tmp_path / "ray").rglob(CHECKPOINT_FILE)).parent
     study = object.__new__(Study)  # the search's own model logging, without a search around it
@@ -427,7 +427,7 @@ def test_a_test_split_the_yaml_names_must_be_on_disk_and_an_empty_one_is_none(tm
 def test_a_splits_digest_follows_its_labels_too(tmp_path):
     """Ultralytics reads the labels from the folder beside the images: a label edited (or a box added) is other
     data, and the train split's digest says so; the val split's stays."""
-    from tune.data import describe
+    from tune.training.data import describe
 
     data = make_detection_data(tmp_path / "shapes", n_train=4, n_val=2)
     before = {d.split: d for d in describe(make_task(data=str(data), imgsz=64, workers=0))}

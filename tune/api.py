@@ -24,13 +24,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tune import config
-from tune.checks import StudyOptions, check_submission
-from tune.config import DEFAULT_SPACE, bundled_spaces, parse_overrides, space_file
+from tune.driver.checks import StudyOptions, check_submission
+from tune.driver.study import Study, rebuild_report
 from tune.errors import ConfigError
-from tune.provenance import PACKAGE_DIR
 from tune.result import Recommended, SearchResult
-from tune.study import Study, rebuild_report
+from tune.settings import config
+from tune.settings.config import DEFAULT_SPACE, bundled_spaces, parse_overrides, space_file
+from tune.tracker.provenance import PACKAGE_DIR
 
 __all__ = ["DEFAULT_REPORT_DIR", "DEFAULT_SPACE", "DEFAULT_STORAGE_PATH", "FreezeSearch", "Recommended",
            "SearchResult", "follow", "layers", "load_config", "load_search", "spaces", "submit"]
@@ -155,7 +155,7 @@ def load_search(experiment: str | None = None, *, run_id: str | None = None, tra
     its report written again under ``report_dir``; ``tolerance`` and ``cost`` change the recommendation rule.
     Quiet, as loading is (``optuna.load_study``): ``verbose=True`` logs the report through the ``tune`` logger, as
     ``freeze-search report`` prints it; ``result.text`` holds it either way."""
-    from tune.checks import tracking_uri as resolve_uri
+    from tune.tracker.store import tracking_uri as resolve_uri
 
     if experiment is None and run_id is None:
         raise ConfigError("experiment", None, "an experiment name or a parent run id (run_id)")
@@ -174,7 +174,7 @@ def layers(space: str | Path | Mapping[str, Any] = DEFAULT_SPACE, *, overrides: 
     """The blocks of a space's task model as a table (index, name, type, parameters, share of forward FLOPs, the
     named cut points): which N is my backbone? ``task`` / ``model`` replace the space's task name / model option."""
     from tune.blocks import layer_table
-    from tune.config import TaskConfig
+    from tune.settings.config import TaskConfig
     from tune.tasks import load_block_model
 
     with _python_names():
@@ -213,7 +213,7 @@ def submit(address: str, space: str | Path = DEFAULT_SPACE, *, overrides: Overri
     id; ``follow`` waits for it."""
     import os
 
-    from tune import cluster
+    from tune.driver import cluster
 
     with _python_names():
         project_dir = _project_dir(project_dir)
@@ -247,7 +247,7 @@ def _project_dir(given: str | Path | None) -> Path:
 
 def follow(address: str, job_id: str) -> str:
     """Print a submitted job's logs as they come; its final status (``...SUCCEEDED``, ``...FAILED``)."""
-    from tune import cluster
+    from tune.driver import cluster
 
     return cluster.follow_job(address, job_id)
 

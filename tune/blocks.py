@@ -1,6 +1,6 @@
 """Blocks: the block vocabulary every model is given in (``BlockModel``), the builders that read blocks off a model's
 own description, and what each block costs (``block_flops``, the layers table ``layer_table``). Knows no task: tasks
-build a BlockModel, ``tune.freeze`` freezes some of its blocks.
+build a BlockModel, ``tune.training.freeze`` freezes some of its blocks.
 
 The builders give a map from parameter name to block (``BlockModel.param_blocks``):
 - timm: the model's ``group_matcher(coarse=True)``, the grouping timm itself uses for layer-wise learning-rate

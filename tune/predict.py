@@ -167,8 +167,8 @@ def load_model(model_uri: str, *, tracking_uri: str | None = None, device: str |
     import mlflow.pytorch
     from mlflow.models import Model
 
-    from tune.checks import tracking_uri as resolve_uri
     from tune.log import warn
+    from tune.tracker.store import tracking_uri as resolve_uri
 
     if not Path(model_uri).expanduser().is_dir():
         local = _download(model_uri, resolve_uri(tracking_uri))

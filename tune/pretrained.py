@@ -118,8 +118,8 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def write_efficientnet_lite0(path: str | Path) -> Path:
     """Write ``efficientnet_lite0_state_dict()`` to ``path`` for the image task's ``weights:``: a ``.safetensors``
-    file when the name ends so (the suffix ``tune.weights`` reads by), else ``torch.save`` of the state dict (which
-    loads with ``weights_only=True``). Returns the path."""
+    file when the name ends so (the suffix ``tune.tasks.weights`` reads by), else ``torch.save`` of the state dict
+    (which loads with ``weights_only=True``). Returns the path."""
     path = Path(path)
     state = efficientnet_lite0_state_dict()
     if path.name.endswith(".safetensors"):

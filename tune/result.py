@@ -1,6 +1,7 @@
 """What a search returns: its report (trials at their best epoch, the frontier, the race, the recommendation), where
-MLflow keeps it and the recommended model; built by the search that ran (``tune.study.Study.run``) or from MLflow
-alone (``tune.study.rebuild_report``), and returned as it is by ``tune.FreezeSearch.run`` and ``tune.load_search``.
+MLflow keeps it and the recommended model; built by the search that ran (``tune.driver.study.Study.run``) or from MLflow
+alone (``tune.driver.study.rebuild_report``), and returned as it is by ``tune.FreezeSearch.run`` and
+``tune.load_search``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tune.report import Report, TrialResult
+    from tune.reporting.report import Report, TrialResult
 
 __all__ = ["Recommended", "SearchResult"]
 
@@ -22,7 +23,7 @@ class Recommended:
     confirmation race; the search's single trial where there was none)."""
 
     freeze_range: str  # "[0, 3)": blocks 0, 1, 2 frozen
-    policy: str  # the range and what a policy adds (tune.policy): "[0, 3) thaw@2 decay 0.8"; a hard freeze: the range
+    policy: str  # the range and what a policy adds: "[0, 3) thaw@2 decay 0.8"; a hard freeze: the range
     freeze: tuple[int, int]  # (start, stop) of a range; a set of blocks {i, j}: (i, j + 1)
     params: dict[str, Any]  # its search trial's searched values (lr, freeze_stop, ...)
     score: float  # the validation score: the mean over the confirmation's seeds, else the trial's
@@ -72,7 +73,7 @@ class SearchResult:
         built = self.report
         if built is None or built.chosen is None:
             return None
-        from tune.report import test_scores
+        from tune.reporting.report import test_scores
 
         chosen, confirmed = built.chosen, built.confirmed_choice
         tested = test_scores(built)

@@ -1,4 +1,12 @@
-"""Tasks: built-in ones by name, user tasks by import path ``package.module:function``."""
+"""The tasks: a model as blocks, its data, its loss and its score; built-in ones by name, a user's own by import path
+``package.module:function``.
+
+``base`` is what a task is (``Task``: the model, the splits, ``evaluate``, the classes and preprocessing a saved
+model takes home); ``digits``, ``image``, ``text`` and ``yolo`` are the bundled tasks (``yolo_offline`` keeps
+Ultralytics from the network, ``shapes`` draws a synthetic detection set), ``weights`` loads a state dict that fits.
+May import ``tune.errors``, ``tune.log``, ``tune.blocks``, ``tune.settings`` and ``tune.training`` (the yolo task's
+trial keeps the trial protocol); ``tune.training`` in turn imports ``tune.tasks.base`` alone.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tune.config import TaskConfig
 from tune.errors import ConfigError
+from tune.settings.config import TaskConfig
 from tune.tasks.base import Task, takes_paths
 
 if TYPE_CHECKING:
@@ -18,6 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = ["BUILTIN_TASKS", "Task", "absolute_paths", "load_block_model", "load_task", "takes_paths",
            "task_config"]
+
+MAY_IMPORT = ("tune.errors", "tune.log", "tune.blocks", "tune.settings", "tune.training")
 
 BUILTIN_TASKS = {"digits": "tune.tasks.digits:make_task", "image": "tune.tasks.image:make_task",
                  "text": "tune.tasks.text:make_task", "yolo": "tune.tasks.yolo:make_task"}

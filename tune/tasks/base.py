@@ -31,7 +31,7 @@ class Task:
     """Everything a trial needs: a model that lists its blocks, data, how to train a step and how to score.
 
     ``train_data`` / ``val_data``: two in-memory tensors ``(inputs, targets)``, or map-style datasets whose
-    samples are ``(input, target)`` (or whatever ``training_step`` and ``evaluate`` take); ``tune.data`` turns
+    samples are ``(input, target)`` (or whatever ``training_step`` and ``evaluate`` take); ``tune.training.data`` turns
     them into batches whose order and randomness depend on (seed, epoch) only. ``num_workers`` loader processes
     read a dataset (0: the trial's own process).
 
@@ -50,13 +50,13 @@ class Task:
     ``has_test``: either form of a test split is there.
 
     ``sources`` says where each split (``train``, ``val``, ``test``) came from: a path or a description, which
-    the runs' MLflow datasets show (``tune.data.describe``; a split missing here is "in memory"). A task with its
-    own trial and no data in memory names its splits' folders here; ``also_digested`` names more folders or files
+    the runs' MLflow datasets show (``tune.training.data.describe``; a split missing here is "in memory"). A task with
+    its own trial and no data in memory names its splits' folders here; ``also_digested`` names more folders or files
     per split whose names and sizes belong in its digest (the yolo task: the labels folder beside the images).
 
     ``augments`` says that training inputs change from epoch to epoch (augmentation), which rules out caching a
     frozen prefix. ``probe_train_data`` is the training split as evaluation sees it (no augmentation), which the
-    linear probe the heads start from is fitted on (``tune.train.fit_head_probe``); None: ``train_data``.
+    linear probe the heads start from is fitted on (``tune.training.train.fit_head_probe``); None: ``train_data``.
     ``keeps_head``: the model's classifier is pretrained for these very classes (the digits task's MNIST head), not
     new: ``train.head_init: probe`` leaves it as it is (no probe is fitted).
     ``train_loader(batch_size, epoch, seed)`` lets a task build its own training batches (then
@@ -71,10 +71,10 @@ class Task:
 
     A task that trains with its own loop (the ``yolo`` task trains with Ultralytics' trainer) gives
     ``make_trial(task, train_config, device)`` instead of data, a loss and ``evaluate``: it returns a
-    ``tune.trial.TrialProtocol`` whose epochs report ``tune.trial.epoch_metrics``. ``extra_metrics`` names the
-    metrics its trials report beyond tune.trial.METRIC_KEYS. ``ignores`` maps the ``train`` keys its trial does
-    not read to what does their work there: a search that sets one (even to its default value) or searches it is
-    refused before any trial runs (a warmup the trainer never applies would silently change nothing).
+    ``tune.training.trial.TrialProtocol`` whose epochs report ``tune.training.trial.epoch_metrics``. ``extra_metrics``
+    names the metrics its trials report beyond tune.training.trial.METRIC_KEYS. ``ignores`` maps the ``train`` keys its
+    trial does not read to what does their work there: a search that sets one (even to its default value) or searches it
+    is refused before any trial runs (a warmup the trainer never applies would silently change nothing).
     """
 
     name: str

@@ -8,7 +8,7 @@ Options (``task.options`` in a search space file):
   ``torchvision.datasets.ImageFolder``; both splits with the same class folders), and optionally
   ``test/<class>/<images>``: a test split, scored once for the recommendation after the search, never to choose.
 - ``weights``: a local file in the form the library saved it (a state dict, a ``.safetensors`` file, a training
-  checkpoint holding one: ``tune.weights``); ``pretrained``: the library's own pretrained download, only on a
+  checkpoint holding one: ``tune.tasks.weights``); ``pretrained``: the library's own pretrained download, only on a
   machine that reaches the model hub; null: random init. ``trust_weights: true`` lets a pickled checkpoint load
   (it runs code when loaded; only a file you trust).
 - ``new_head`` (true): the classifier (timm's ``get_classifier()``, torchvision's last Linear) is new, sized for
@@ -40,7 +40,7 @@ from torch import nn
 from tune.blocks import BlockModel, timm_blocks, torchvision_blocks
 from tune.errors import ConfigError, one_line
 from tune.tasks.base import Task, check_option, classification_metrics, takes_paths
-from tune.weights import load_fitting, read_state_dict
+from tune.tasks.weights import load_fitting, read_state_dict
 
 __all__ = ["ImageInput", "block_model", "layers_model", "make_task", "write_example"]
 
@@ -226,7 +226,7 @@ def make_task(model: str = "resnet18", data: str | None = None, weights: str | N
     has_test = (Path(data).expanduser() / "test").is_dir()
     test_set = _folder(data, "test", create_transform(**config, is_training=False), classes) if has_test else None
 
-    def build() -> BlockModel:  # a fresh model each time; its new head seeded by the trial (tune.trial.frozen_model)
+    def build() -> BlockModel:  # a fresh model each time; its new head seeded by the trial (trial.frozen_model)
         return block_model(model, len(classes), weights, trust_weights, new_head, image_size, state)
 
     plain_train = (_folder(data, "train", create_transform(**config, is_training=False), classes)

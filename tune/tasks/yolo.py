@@ -33,16 +33,16 @@ from typing import Any
 import torch
 
 from tune.blocks import BlockModel
-from tune.config import TrainConfig
 from tune.errors import ConfigError, one_line
+from tune.settings.config import TrainConfig
 from tune.tasks.base import Task, takes_paths
+from tune.tasks.weights import load_fitting, read_state_dict
 from tune.tasks.yolo_offline import check_data, dataset_root, offline_copy, offline_hooks, ultralytics_offline
-from tune.trial import EpochMeter, epoch_metrics, frozen_model, load_progress, pick_device, progress, uncached
-from tune.weights import load_fitting, read_state_dict
+from tune.training.trial import EpochMeter, epoch_metrics, frozen_model, load_progress, pick_device, progress, uncached
 
 __all__ = ["METRICS", "YoloTrial", "block_model", "layers_model", "make_task", "score_split"]
 
-# Reported each epoch beside tune.trial.METRIC_KEYS: score is mAP50-95.
+# Reported each epoch beside tune.training.trial.METRIC_KEYS: score is mAP50-95.
 METRICS = ("mAP50", "mAP50-95", "precision", "recall", "box_loss", "cls_loss", "dfl_loss", "val_box_loss",
            "val_cls_loss", "val_dfl_loss", "gpu_util_pct")
 
@@ -160,7 +160,7 @@ def make_task(data: str | None = None, model: str = "yolov5nu.yaml", weights: st
                "hyp": _check_hyp(hyp)}
     block_model(model, nc, imgsz, weights, trust_weights)  # bad model or weights: fail here, before any trial
 
-    def build() -> BlockModel:  # a fresh model each time, its new layers seeded by the trial (tune.trial.frozen_model)
+    def build() -> BlockModel:  # a fresh model each time, its new layers seeded by the trial (trial.frozen_model)
         return block_model(model, nc, imgsz, weights, trust_weights)
 
     root = dataset_root(data_path, raw)
@@ -214,10 +214,11 @@ def _device_arg(device: torch.device) -> str:
 
 
 class YoloTrial:
-    """One trial (``tune.trial.TrialProtocol``): Ultralytics' DetectionTrainer on a model built by the task, frozen
-    as ``cfg`` says, reporting each epoch through ``run(on_epoch)`` and checkpointable between epochs. Its set-up is
-    the built-in ``tune.train.LoopTrial``'s: the model seeded and frozen by ``tune.trial.frozen_model``, the epochs
-    done and their time checkpointed by ``tune.trial.progress``."""
+    """One trial (``tune.training.trial.TrialProtocol``): Ultralytics' DetectionTrainer on a model built by the task,
+    frozen as ``cfg`` says, reporting each epoch through ``run(on_epoch)`` and checkpointable between epochs. Its set-up
+    is the built-in ``tune.training.train.LoopTrial``'s: the model seeded and frozen by
+    ``tune.training.trial.frozen_model``, the epochs done and their time checkpointed by
+    ``tune.training.trial.progress``."""
 
     def __init__(self, task: Task, cfg: TrainConfig, options: Mapping[str, Any],
                  device: torch.device | None = None) -> None:

@@ -4,8 +4,8 @@ A trial whose frozen blocks begin with a prefix of a sequential model (blocks [0
 or a list, frozen blocks after trained ones run every step), deterministic in training (no input augmentation,
 frozen BatchNorm in eval mode, no dropout in it), trains the blocks after the prefix on the prefix's outputs,
 computed once (``prefix_outputs``); a model with named inputs (an encoder) trains a view of itself that replays
-its frozen chain's cached hidden states (``tune.prefix_chain``). ``cached_prefix`` is the one call a trial makes:
-the prefix computed once, or why not (``blocker``, the size limit, the chain's checks). The trials of a search
+its frozen chain's cached hidden states (``tune.training.prefix_chain``). ``cached_prefix`` is the one call a trial
+makes: the prefix computed once, or why not (``blocker``, the size limit, the chain's checks). The trials of a search
 share those outputs through files under the storage path (``SharedPrefixCache``, ``directory``), keyed by a hash
 of the prefix's weights, its depth and the data, so that a second trial freezing the same prefix loads what the
 first computed.
@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from tune import data, measure
-from tune.freeze import FrozenModel
-from tune.prefix_chain import Chain, Replay, WithHidden
+from tune.training import data, measure
+from tune.training.freeze import FrozenModel
+from tune.training.prefix_chain import Chain, Replay, WithHidden
 
 __all__ = ["CachedPrefix", "SharedPrefixCache", "blocker", "cached_prefix", "describe", "directory",
            "prefix_outputs", "sequence_outputs"]
@@ -227,8 +227,9 @@ class _Planner:
 
     def chain(self, shared_cache: SharedPrefixCache | None) -> CachedPrefix | str:
         """Cache the frozen chain of a model with named inputs (an encoder: embeddings and layers): train and
-        evaluate a view of the model that replays the chain's cached hidden states (``tune.prefix_chain.Chain``),
-        after checking on a few samples that the view's loss and metrics are the model's."""
+        evaluate a view of the model that replays the chain's cached hidden states
+        (``tune.training.prefix_chain.Chain``), after checking on a few samples that the view's loss and metrics are the
+        model's."""
         step, frozen, spec = self.task.step, self.frozen, self.frozen.spec
         size = min(8, self.cfg.batch_size)
         sample = next(data.batches(self.train_set, size, self.device))

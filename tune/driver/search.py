@@ -1,8 +1,9 @@
-"""Ray Tune: the search itself (the Ray runtime under it: tune.cluster).
+"""Ray Tune: the search itself (the Ray runtime under it: tune.driver.cluster).
 
-One Tuner per search: OptunaSearch (TPE) samples the space (define-by-run, see tune.space), ASHA stops
+One Tuner per search: OptunaSearch (TPE) samples the space (define-by-run, see tune.settings.space), ASHA stops
 weak trials early on ``score`` (or FIFO runs them all), each trial reports every epoch with a checkpoint
-and resumes from it, and a Tune callback in the driver hands every trial event to MLflow (tune.trial_runs.TrialRuns).
+and resumes from it, and a Tune callback in the driver hands every trial event to MLflow
+(tune.tracker.trial_runs.TrialRuns).
 """
 
 from __future__ import annotations
@@ -26,18 +27,19 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.schedulers.async_hyperband import _Bracket  # ASHA's rung bookkeeping: one per freeze range
 from ray.tune.search.optuna import OptunaSearch
 
-from tune import cluster, prefix_cache
-from tune.config import Config, TaskConfig, TrainConfig
-from tune.events import BadInput, TrialEvents, quiet_config_errors, stop_for_bad_input
-from tune.freeze import FREEZE_KEYS, grid_values, sampled_freezes, trial_freeze
-from tune.probe import Probe
-from tune.space import OptunaSpace
-from tune.system_metrics import SystemSampler
+from tune.driver import cluster
+from tune.driver.events import BadInput, TrialEvents, quiet_config_errors, stop_for_bad_input
+from tune.settings.config import Config, TaskConfig, TrainConfig
+from tune.settings.space import OptunaSpace
 from tune.tasks import load_task
-from tune.tracking import SearchTracker
-from tune.train import evaluate_split, make_trial
-from tune.trial import load_checkpoint, model_from_checkpoint, pick_device, save_checkpoint
-from tune.trial_runs import TrialRuns
+from tune.tracker.system_metrics import SystemSampler
+from tune.tracker.tracking import SearchTracker
+from tune.tracker.trial_runs import TrialRuns
+from tune.training import prefix_cache
+from tune.training.freeze import FREEZE_KEYS, grid_values, sampled_freezes, trial_freeze
+from tune.training.probe import Probe
+from tune.training.train import evaluate_split, make_trial
+from tune.training.trial import load_checkpoint, model_from_checkpoint, pick_device, save_checkpoint
 
 __all__ = ["SearchOutcome", "can_restore", "concurrency", "confirm", "gpu_shares", "grid_size", "run"]
 
@@ -118,7 +120,7 @@ def _scheduler(cfg: Config) -> Any:
 
 
 class _RangeASHA(ASHAScheduler):
-    """ASHA whose rungs are kept per freeze range (and thaw, tune.policy): a trial is stopped only for scoring
+    """ASHA whose rungs are kept per freeze range (and thaw, tune.training.policy): a trial is stopped only for scoring
     below the trials of its own freeze range at the same epoch. Learning curves of different depths cross (from a
     probe-initialised head, a deeper fine-tune dips in its first epochs, then climbs past the frozen one; a thaw
     dips too), so one shared rung would stop whole depths in their dip; per range, ASHA does what it is for here,
@@ -245,7 +247,7 @@ class _FreezeAwareResources:
 
     def __call__(self, config: dict[str, Any]) -> Any:
         params = config.get("variant", {}).get("params", config)
-        if params.get("unfreeze_epoch", self.train.unfreeze_epoch):  # a thaw (tune.policy) trains what it froze
+        if params.get("unfreeze_epoch", self.train.unfreeze_epoch):  # a thaw trains what it froze
             return PlacementGroupFactory([{"CPU": self.cpus, "GPU": self.full}])
         if params.get("adapter", self.train.adapter) == "lora":  # adapters keep the range's activations for backward
             return PlacementGroupFactory([{"CPU": self.cpus, "GPU": self.full}])
@@ -272,7 +274,7 @@ def can_restore(experiment_path: str) -> bool:
 
 def run(cfg: Config, tracker: SearchTracker, *, storage_path: str, address: str | None = None, verbose: int = 0,
         restore_from: str | None = None, head_probe: dict[str, Any] | None = None) -> SearchOutcome:
-    """Run the search of ``cfg`` (checked against its task, names resolved: tune.study), or go on with the
+    """Run the search of ``cfg`` (checked against its task, names resolved: tune.driver.study), or go on with the
     interrupted one saved at ``restore_from`` (its trials keep their MLflow runs)."""
     cluster.init_ray(address, verbose)
     name = _experiment_name(cfg)

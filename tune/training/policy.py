@@ -1,6 +1,6 @@
 """Beyond hard freezing: how each block of a trial's network trains over the run, its policy. Pure torch.
 
-Hard freezing is one end of a family; a trial's policy is its frozen range (``tune.freeze``) and, on top of it:
+Hard freezing is one end of a family; a trial's policy is its frozen range (``tune.training.freeze``) and, on top of it:
 
 - ``train.layer_decay`` d in (0, 1] (1: off): layer-wise learning-rate decay. The block at the top of the blocks the
   trial trains (the head) learns at ``lr``, each block below it at ``lr * d ** (the trained blocks above it)``
@@ -21,14 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tune.adapter import ADAPTER_KEYS
-from tune.space import FREEZE_KEYS
+from tune.settings.space import LABELLED_KEYS, POLICY_KEYS
 
 __all__ = ["LABELLED_KEYS", "POLICY_KEYS", "Plan", "plan", "policy_label"]
 
-POLICY_KEYS = ("layer_decay", "unfreeze_epoch", "unfreeze_every")
-LABELLED_KEYS = (*FREEZE_KEYS, *POLICY_KEYS)  # the train keys a policy's label names (tables and run names leave them)
-LABELLED_KEYS += ADAPTER_KEYS  # a LoRA trial's label names its adapter, ``[0, 8) lora r8`` (tune.adapter)
 
 
 @dataclass(frozen=True)

@@ -58,8 +58,8 @@ def _normal_cdf(x: float) -> float:
 @dataclass(frozen=True, init=False)
 class Candidate:
     """A configuration re-run with fresh seeds by the confirmation: its score and run per seed. ``label`` is its
-    policy's (tune.policy: the freeze range and what a policy adds); ``freeze_range`` is the same, by its older name
-    (a keyword of the constructor too)."""
+    policy's (tune.training.policy: the freeze range and what a policy adds); ``freeze_range`` is the same, by its older
+    name (a keyword of the constructor too)."""
 
     name: str  # the search trial it repeats
     label: str

@@ -1,6 +1,6 @@
 """The Ray runtime a search runs on: joining a cluster (or starting Ray here), what a trial asks for against the
-nodes, the storage path, and Ray Jobs (the same search submitted to a cluster). With tune.search, the only modules
-that import Ray.
+nodes, the storage path, and Ray Jobs (the same search submitted to a cluster). With tune.driver.search, the only
+modules that import Ray.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 import ray
 import torch
 
-from tune.config import Config
 from tune.errors import ConfigError, one_line
 from tune.log import logger
+from tune.settings.config import Config
 
 __all__ = ["JOB_EXCLUDES", "check_resources", "check_storage", "connect", "follow_job", "init_ray", "storage_uri",
            "submit_job"]
@@ -146,7 +146,7 @@ JOB_EXCLUDES = [".venv/", ".venv-yolo/", "venv/", ".git/", "*.egg-info/", "mlflo
 def job_arguments(options: Any, space: str) -> list[str]:
     """The command line of a search's Ray Job from its typed options (a ``StudyOptions``): ``space``, the space
     file's path inside the uploaded project, and the rest as the flags that stand for them."""
-    from tune.config import format_override
+    from tune.settings.config import format_override
 
     arguments = ["--space", space]
     for key, value in options.overrides:

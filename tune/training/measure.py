@@ -5,7 +5,7 @@ Peak training memory comes from one of two sources, named in ``mem_source``:
 - ``model``: on CPU, an exact count of the bytes training holds at its peak: parameters and buffers,
   gradients of trainable parameters, optimizer state, and the activations autograd saved for backward in one
   full batch (each storage counted once; parameters it saves are not counted twice), plus, with the
-  frozen-prefix cache on, the cached features of the training set (added by tune.train).
+  frozen-prefix cache on, the cached features of the training set (added by tune.training.train).
 """
 
 from __future__ import annotations

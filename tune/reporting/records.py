@@ -1,7 +1,7 @@
 """What a search's runs hold, as plain Python: the records the report reads (TrialRecord, SearchRecord), the
 encodings the runs are written with (``flatten`` for params, ``search_tags`` for what SearchRecord decodes), a
-param read back (``typed``, ``typed_params``) and shown (``short``). Imports neither MLflow nor Ray (tune.tracking
-fills the records from MLflow).
+param read back (``typed``, ``typed_params``) and shown (``short``). Imports neither MLflow nor Ray
+(tune.tracker.tracking fills the records from MLflow).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tune.config import ReportConfig, SearchConfig
+from tune.settings.config import ReportConfig, SearchConfig
 
 __all__ = ["LABELS", "SearchRecord", "TrialRecord", "flatten", "search_tags", "short", "typed", "typed_params"]
 

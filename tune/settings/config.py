@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from tune.errors import ConfigError, one_line
-from tune.space import (
+from tune.settings.space import (
     FREEZE_KEYS,
     ORDERED,
     ORDERED_PAIRS,
@@ -76,14 +76,15 @@ class TrainConfig:
     head_init: str = "probe"  # the classifier's start: probe (a linear probe fitted on the frozen features) | zero
     # | library (as the model builds it: a from-scratch init)
     head_lr_mult: float = 1.0  # the head block's learning rate is lr times this (discriminative learning rates)
-    # beyond hard freezing (tune.policy): each trained block at lr * layer_decay ** (trained blocks above it); the
-    # frozen range thaws after unfreeze_epoch epochs (0: never), a block at a time every unfreeze_every epochs (0: at
-    # once)
+    # beyond hard freezing (tune.training.policy): each trained block at lr * layer_decay ** (trained blocks above it);
+    # the frozen range thaws after unfreeze_epoch epochs (0: never), a block at a time every unfreeze_every epochs (0:
+    # at once)
     layer_decay: float = 1.0
     unfreeze_epoch: int = 0
     unfreeze_every: int = 0
-    # LoRA (tune.adapter): none | lora: the frozen range's Linear and Conv2d modules get low-rank adapters that train
-    # (rank lora_rank, scale lora_alpha / lora_rank, dropout lora_dropout on their inputs), their base weights frozen
+    # LoRA (tune.training.adapter): none | lora: the frozen range's Linear and Conv2d modules get low-rank adapters that
+    # train (rank lora_rank, scale lora_alpha / lora_rank, dropout lora_dropout on their inputs), their base weights
+    # frozen
     adapter: str = "none"
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -93,7 +94,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # Lightning's words: 32 | bf16-mixed | 16-mixed (autocast; 16-mixed with a GradScaler, CUDA only) | auto:
-    # bf16-mixed on a CUDA device that supports it, 16-mixed on one that does not, 32 on the CPU (tune.precision)
+    # bf16-mixed on a CUDA device that supports it, 16-mixed on one that does not, 32 on the CPU
+    # (tune.training.precision)
     precision: str = "auto"
     channels_last: bool | str = "auto"  # auto: on for a model with 2-d convolutions on CUDA; true | false
 
@@ -136,11 +138,11 @@ class SearchConfig:
 class ReportConfig:
     """The recommendation rule: among the candidates scoring within ``tolerance`` of the best (in score units),
     the one with the lowest ``cost``. ``confirm_top`` candidates (the best score's freeze range and the cheapest
-    ranges that came near it) are re-run on the same fresh seeds, no early stopping, in a race (``tune.race``):
-    ``confirm_seeds`` seeds each first (0: no confirmation, the search's single trials decide), then one more a
-    round, up to ``confirm_max_seeds`` (at least ``confirm_seeds``), where the race decides once: a candidate is
-    proven within the tolerance when its one-sided bounds against every other candidate, on the per-seed
-    differences at ``1 - (1 - confidence) / (confirm_top - 1)``, are within it. The race stops earlier where no
+    ranges that came near it) are re-run on the same fresh seeds, no early stopping, in a race
+    (``tune.reporting.race``): ``confirm_seeds`` seeds each first (0: no confirmation, the search's single trials
+    decide), then one more a round, up to ``confirm_max_seeds`` (at least ``confirm_seeds``), where the race decides
+    once: a candidate is proven within the tolerance when its one-sided bounds against every other candidate, on the
+    per-seed differences at ``1 - (1 - confidence) / (confirm_top - 1)``, are within it. The race stops earlier where no
     candidate can be proven by then."""
 
     tolerance: float = 0.01
@@ -481,7 +483,8 @@ def _check_window(train: TrainConfig, train_raw: Mapping[str, Any], dims: Mappin
                   fixed: Collection[str]) -> None:
     """A trained window (train_start / train_stop) stands alone: no freeze key beside it and no thaw (a thaw thaws a
     frozen range from its top; a window's frozen blocks lie on both sides of it). Where both keys of an ordered pair
-    are searched, the upper is an int range: the sampler draws it from above the lower (tune.space.OptunaSpace)."""
+    are searched, the upper is an int range: the sampler draws it from above the lower
+    (tune.settings.space.OptunaSpace)."""
     for lower, upper, _ in ORDERED_PAIRS:
         if lower in dims and upper in dims and not isinstance(dims[upper], IntRange):
             raise ConfigError(f"space.{upper}.type", "choice", f"int where {lower} is searched too (its values are "
@@ -611,7 +614,7 @@ DEFAULT_SPACE = "digits_freeze"  # the embedded default: what a search without a
 def bundled_spaces() -> dict[str, Path]:
     """The search spaces that come with the project, by name (``digits_freeze``: search_spaces/digits_freeze.yaml):
     the checkout's search_spaces/ folder, or the installed package's copy of it (tune/search_spaces in the wheel)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # tune/
     folder = next((f for f in (here.parent / "search_spaces", here / "search_spaces") if f.is_dir()), None)
     return {} if folder is None else {p.stem: p for p in sorted(folder.glob("*.yaml"))}
 

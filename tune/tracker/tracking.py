@@ -1,7 +1,7 @@
 """A search in MLflow: the experiment, the parent run of a search, the child runs of its trials (SearchTracker),
-the recommended model and its registry alias, and the queries that read the runs back as tune.records. Where a
-trial's result goes is tune.trial_runs'; checking the store, tune.store's; a trial's system metrics,
-tune.system_metrics'.
+the recommended model and its registry alias, and the queries that read the runs back as tune.reporting.records. Where a
+trial's result goes is tune.tracker.trial_runs'; checking the store, tune.tracker.store's; a trial's system metrics,
+tune.tracker.system_metrics'.
 
 Layout in MLflow: experiment = the search space's ``name``; parent run = the search (its config as params,
 the space file as an artifact, the git commit); child run per trial (tag ``mlflow.parentRunId``) with the
@@ -23,8 +23,8 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tune.records import SearchRecord, TrialRecord
-from tune.store import artifact_location, creating
+from tune.reporting.records import SearchRecord, TrialRecord
+from tune.tracker.store import artifact_location, creating
 
 __all__ = ["SearchTracker", "fetch_trials", "find_search", "finished_confirmations"]
 
@@ -69,7 +69,7 @@ def _now_ms() -> int:
 
 def _client(tracking_uri: str) -> MlflowClient:
     """A client of the store; opening it creates a new sqlite file's tables, one process at a time
-    (tune.store.creating)."""
+    (tune.tracker.store.creating)."""
     with creating(tracking_uri):
         return MlflowClient(tracking_uri=tracking_uri)
 
@@ -81,8 +81,8 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, flo
 class SearchTracker:
     """The parent run of one search and the child runs of its trials, through an explicit MlflowClient
     (no global active run, so several trackers can coexist, e.g. in tests). ``datasets``: the task's data splits
-    (tune.data.DataSplit), every run's MLflow datasets; ``parent_run_id``: a search logged before, whose runs this
-    tracker reads and tags (``start_search`` or ``reopen_search`` set it otherwise)."""
+    (tune.training.data.DataSplit), every run's MLflow datasets; ``parent_run_id``: a search logged before, whose runs
+    this tracker reads and tags (``start_search`` or ``reopen_search`` set it otherwise)."""
 
     def __init__(self, tracking_uri: str, experiment_name: str, *, datasets: Iterable[Any] = (),
                  parent_run_id: str | None = None) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 __all__ = ["PACKAGE_DIR", "git_commit"]
 
 # this package's folder: what a logged model carries as its code, and inside the checkout a search runs from
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 def git_commit(path: Path) -> str | None:

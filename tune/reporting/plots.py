@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tune.records import TrialRecord
-from tune.report import Report, called
+from tune.reporting.records import TrialRecord
+from tune.reporting.report import Report, called
 
 __all__ = ["write_report"]
 

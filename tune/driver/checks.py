@@ -14,16 +14,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tune import config
-from tune.config import Config, TrainConfig, bundled_spaces, experiment_name, latest_thaw, load_config, space_file
 from tune.errors import ConfigError
+from tune.settings import config
+from tune.settings.config import (
+    Config,
+    TrainConfig,
+    bundled_spaces,
+    experiment_name,
+    latest_thaw,
+    load_config,
+    space_file,
+)
+from tune.tracker.store import tracking_uri
 
 if TYPE_CHECKING:
-    from tune.records import SearchRecord
+    from tune.reporting.records import SearchRecord
     from tune.tasks import Task
 
 __all__ = ["SMOKE", "Checked", "StudyOptions", "check_config", "check_report_dir", "check_submission",
-           "resume_point", "tracking_uri"]
+           "resume_point"]
 
 # --smoke-test: a few trials of two epochs (a grid runs once; more epochs where a thaw comes later: the thaw is what
 # such a space tests), the first trials at the ends and the middle of the freeze depths searched in place of the
@@ -50,12 +59,6 @@ class StudyOptions:
     task: Any = None  # a tune.Task or a function returning one, in place of the config's task (tune.FreezeSearch)
 
 
-def tracking_uri(given: str | None) -> str:
-    from tune import store
-
-    return given or os.environ.get("MLFLOW_TRACKING_URI") or store.default_tracking_uri()
-
-
 @dataclass(frozen=True)
 class Checked:
     """A search's config checked against its task: names resolved in ``cfg.space``; ``written`` is the config as the
@@ -80,9 +83,10 @@ def check_config(options: StudyOptions) -> Checked:
         epochs = max(2, latest_thaw(load_config(options.space_file, given)) + 1)  # the space's own values checked
         smoke = tuple((key, epochs if key == "train.epochs" else value) for key, value in SMOKE)
     cfg = load_config(options.space_file, [*smoke, *given])
-    from tune import freeze, store
     from tune.tasks import absolute_paths, load_task, task_config
-    from tune.trial import known_metrics
+    from tune.tracker import store
+    from tune.training import freeze
+    from tune.training.trial import known_metrics
 
     if options.smoke_test and cfg.report.confirm_seeds:
         named = {key for key, _ in given}
@@ -107,10 +111,10 @@ def check_config(options: StudyOptions) -> Checked:
     _check_precision(cfg)
     block_model = task.build_model()
     cfg = dataclasses.replace(cfg, space=freeze.check_space(cfg.space, cfg.train, block_model, cfg.fixed_in_space))
-    from tune import adapter
+    from tune.training import adapter
 
     adapter.check(cfg, task, block_model, freeze.sampled_freezes(cfg.space, cfg.train, block_model))
-    from tune.preflight import preflight
+    from tune.driver.preflight import preflight
     from tune.tasks.base import classification_metrics
 
     probed = cfg.train.head_init == "probe" or "head_init" in cfg.space
@@ -205,7 +209,8 @@ def check_submission(options: StudyOptions, project_dir: Path) -> str:
 
 def resume_point(uri: str, experiment: str) -> SearchRecord:
     """The latest search of ``experiment`` if it did not finish and its Ray experiment folder can be restored."""
-    from tune import search, tracking
+    from tune.driver import search
+    from tune.tracker import tracking
 
     try:
         record = tracking.find_search(uri, experiment)

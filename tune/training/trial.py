@@ -1,8 +1,8 @@
 """What every trial is, and what every trial may use: the trial protocol, its set-up, its per-epoch metrics, its
 checkpoint.
 
-A trial trains one configuration of a task: the built-in trial (``tune.train.LoopTrial``, this project's own loop)
-and a task's own (``Task.make_trial``, e.g. the yolo task's ``YoloTrial``, Ultralytics' trainer) both implement
+A trial trains one configuration of a task: the built-in trial (``tune.training.train.LoopTrial``, this project's own
+loop) and a task's own (``Task.make_trial``, e.g. the yolo task's ``YoloTrial``, Ultralytics' trainer) both implement
 ``TrialProtocol``, build their model with ``frozen_model`` (seeded, then frozen), checkpoint their ``progress`` under
 the same keys and build each epoch's metrics with ``epoch_metrics``, so every task reports the same keys
 (``METRIC_KEYS``) and follows the same divergence rule. Pure torch: no Ray, no MLflow.
@@ -18,9 +18,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from tune import measure, prefix_cache
 from tune.blocks import BlockModel
-from tune.freeze import FreezeSummary, FrozenModel, freeze_model
+from tune.training import measure, prefix_cache
+from tune.training.freeze import FreezeSummary, FrozenModel, freeze_model
 
 __all__ = ["CHECKPOINT_FILE", "METRIC_KEYS", "EpochMeter", "TrialProtocol", "epoch_metrics", "frozen_model",
            "known_metrics", "load_checkpoint", "load_progress", "pick_device", "progress", "save_checkpoint",
@@ -62,7 +62,7 @@ class EpochMeter:
     ``start()`` at the epoch's start (it resets the CUDA allocator's peak); ``timing()`` around training (the clock
     is synchronised with the device); ``recording(model)`` around the first batch's forward pass, a full batch whose
     saved activations are the peak; ``memory(...)`` after training, before validation (which could raise the peak):
-    the allocator's peak on a GPU, else the exact count (tune.measure)."""
+    the allocator's peak on a GPU, else the exact count (tune.training.measure)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -131,14 +131,14 @@ def seeded_model(task: Any, cfg: Any) -> BlockModel:
 
 
 def frozen_model(task: Any, cfg: Any) -> FrozenModel:
-    """A trial's model: the task's, seeded (``seeded_model``) and frozen as ``cfg`` says (``tune.freeze``)."""
+    """A trial's model: the task's, seeded (``seeded_model``) and frozen as ``cfg`` says (``tune.training.freeze``)."""
     return freeze_model(seeded_model(task, cfg), cfg)
 
 
 def uncached(frozen: FrozenModel, augments: bool) -> str:
     """The ``prefix_cache`` tag of a trial that never caches its frozen prefix (a task's own training loop, which
-    ``tune.prefix_cache.cached_prefix`` does not reach): off, and the first reason ``tune.prefix_cache.blocker``
-    gives for its frozen model."""
+    ``tune.training.prefix_cache.cached_prefix`` does not reach): off, and the first reason
+    ``tune.training.prefix_cache.blocker`` gives for its frozen model."""
     return f"off: {prefix_cache.blocker(frozen, augments)}"
 
 
@@ -169,7 +169,7 @@ def model_from_checkpoint(task: Any, checkpoint: Any) -> tuple[Any, dict[str, An
         state = load_checkpoint(directory)
     block_model = task.build_model()
     if state.get("adapter"):  # a LoRA trial's: its adapters merged into the base weights, a plain module again
-        from tune import adapter
+        from tune.training import adapter
 
         block_model = adapter.merged(block_model, state["model"], state["adapter"])
     else:

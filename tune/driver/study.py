@@ -1,16 +1,17 @@
 """One search's lifecycle, from its first MLflow run to its last tag: the Study.
 
-    study = Study.prepare(StudyOptions(space_file="digits_freeze"))  # or ConfigError (tune.checks)
+    study = Study.prepare(StudyOptions(space_file="digits_freeze"))  # or ConfigError (tune.driver.checks)
     status = study.run()  # FINISHED, FAILED or KILLED: the parent run's status, never left RUNNING
 
 (The public face of it is tune.FreezeSearch, tune/api.py.)
 
-``prepare`` checks everything before Ray starts a trial or MLflow holds a run (tune.checks: the config against the
-task's model, cut-point names resolved once, the tracking store, the search to resume; tune.cluster: the Ray
+``prepare`` checks everything before Ray starts a trial or MLflow holds a run (tune.driver.checks: the config against
+the task's model, cut-point names resolved once, the tracking store, the search to resume; tune.driver.cluster: the Ray
 cluster, what a trial asks for against the nodes, the storage path). ``run``
-then owns the parent run: created (or reopened with ``--resume``), the search (tune.search), open trials killed, the
-confirmation of the top candidates (picked and judged by tune.report, run by tune.search), the report, the
-recommended model, the parent's end. ``rebuild_report`` writes a finished search's report again from MLflow alone.
+then owns the parent run: created (or reopened with ``--resume``), the search (tune.driver.search), open trials killed,
+the confirmation of the top candidates (picked and judged by tune.reporting.report, run by tune.driver.search), the
+report, the recommended model, the parent's end. ``rebuild_report`` writes a finished search's report again from MLflow
+alone.
 """
 
 from __future__ import annotations
@@ -28,17 +29,19 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from tune.checks import Checked, StudyOptions, check_config, check_report_dir, resume_point, tracking_uri
-from tune.config import COST_METRICS, space_file
+from tune.driver.checks import Checked, StudyOptions, check_config, check_report_dir, resume_point
 from tune.errors import ConfigError, TrialConfigError, one_line
 from tune.log import say, warn
 from tune.result import SearchResult
+from tune.settings.config import COST_METRICS, space_file
+from tune.tracker.store import tracking_uri
 
 # torch, Ray and MLflow take seconds to import: they come in once the config file has loaded, so that a mistake in
 # it is reported at once. Annotations name their types as strings.
 if TYPE_CHECKING:
-    from tune import report, tracking
-    from tune.records import SearchRecord, TrialRecord
+    from tune.reporting import report
+    from tune.reporting.records import SearchRecord, TrialRecord
+    from tune.tracker import tracking
 
 __all__ = ["Study", "rebuild_report"]
 
@@ -54,12 +57,12 @@ class Study:
         self.cfg, self.task = checked.cfg, checked.task
         self.tracking_uri = tracking_uri(options.tracking_uri)
         self.tracker: tracking.SearchTracker | None = None
-        self.head_probe: dict[str, Any] | None = None  # the fitted probe's state (tune.probe.Probe.state)
+        self.head_probe: dict[str, Any] | None = None  # the fitted probe's state (tune.training.probe.Probe.state)
         self.probe_score: float | None = None
         self.model_uri: str | None = None  # the recommended model, once logged
 
     def _build_report(self, records: list, header: str) -> report.Report:
-        from tune import report
+        from tune.reporting import report
 
         rule = self.cfg.report
         val_size = next((d.rows for d in self.tracker.datasets if d.split == "val"), None) if self.tracker else None
@@ -74,7 +77,7 @@ class Study:
         Connects to the cluster (if any) and makes the storage folder; starts no trial and writes no run."""
         checked = check_config(options)
         cfg = checked.cfg
-        from tune import cluster
+        from tune.driver import cluster
 
         resume = resume_point(tracking_uri(options.tracking_uri), cfg.name) if options.resume else None
         address = options.address or os.environ.get("RAY_ADDRESS")  # a Ray Job or KubeRay sets RAY_ADDRESS
@@ -93,8 +96,10 @@ class Study:
     def run(self) -> SearchResult:
         """The whole search; returns its result, with how the parent run ended: FINISHED (a trial finished), FAILED
         (none did, or an error, re-raised), KILLED (Ctrl-C: open runs KILLED too; ``--resume`` goes on)."""
-        from tune import prefix_cache, search, store, tracking
-        from tune.data import describe
+        from tune.driver import search
+        from tune.tracker import store, tracking
+        from tune.training import prefix_cache
+        from tune.training.data import describe
 
         cfg, options = self.cfg, self.options
         self.tracker = tracker = tracking.SearchTracker(self.tracking_uri, cfg.name, datasets=describe(self.task))
@@ -154,8 +159,8 @@ class Study:
                             model_uri=self.model_uri, probe_score=self.probe_score)
 
     def _open_parent(self) -> str:
-        from tune.provenance import PACKAGE_DIR, git_commit
-        from tune.records import flatten, search_tags
+        from tune.reporting.records import flatten, search_tags
+        from tune.tracker.provenance import PACKAGE_DIR, git_commit
 
         tracker = self.tracker
         if self.resume is not None:
@@ -201,7 +206,7 @@ class Study:
         is the reference of the report (``probe_score`` on the parent run). None where no trial starts from it."""
         import torch
 
-        from tune.train import fit_head_probe
+        from tune.training.train import fit_head_probe
 
         if self.cfg.train.head_init != "probe" and "head_init" not in self.cfg.space:
             return None
@@ -220,12 +225,14 @@ class Study:
         return fitted.state()
 
     def _confirm(self, records: list[TrialRecord]) -> tuple[dict[str, Any], list[TrialRecord]]:
-        """Race the candidates on the same fresh seeds (``tune.race``): ``report.confirm_seeds`` each, then one more
-        at a time for the undecided ones, up to ``report.confirm_max_seeds``. After a resume the (candidate, seed)
-        runs that finished before the stop are not run again, and the rounds replay the same decisions. Returns their
-        best-epoch checkpoints by trial, and the confirmation runs' records (fetched once a round, confirmation
+        """Race the candidates on the same fresh seeds (``tune.reporting.race``): ``report.confirm_seeds`` each, then
+        one more at a time for the undecided ones, up to ``report.confirm_max_seeds``. After a resume the (candidate,
+        seed) runs that finished before the stop are not run again, and the rounds replay the same decisions. Returns
+        their best-epoch checkpoints by trial, and the confirmation runs' records (fetched once a round, confirmation
         runs only) for the report; ``records`` are the search's."""
-        from tune import race, report, search, tracking
+        from tune.driver import search
+        from tune.reporting import race, report
+        from tune.tracker import tracking
 
         cfg, options, parent_id, rule = self.cfg, self.options, self.tracker.parent_run_id, self.cfg.report
         candidates = report.candidates(records, rule, self.searched, rule.confirm_top)
@@ -270,7 +277,7 @@ class Study:
         ``test_score`` (the primary metric) and the task's other metrics as ``test_*`` go to each scored run, at its
         checkpoint's epoch, with where it was scored (tags ``test_hostname``, ``test_pid``), and into ``records``.
         Nothing is chosen on them."""
-        from tune import search
+        from tune.driver import search
 
         names = list(built.confirmed_choice.runs) if built.confirmed_choice else [built.chosen.name]
         by_name = {r.name: r for r in records}
@@ -299,7 +306,7 @@ class Study:
         charts: the best and the recommended score (with its interval after a confirmation), the test score, the
         recommendation's epoch time and memory, how the trials ended, and the compute: trial-epochs trained in the
         search and in the confirmation (epoch 0, a start scored before training, is none)."""
-        from tune import report
+        from tune.reporting import report
 
         search = built.search
         summary: dict[str, float] = {"trial_epochs_search": sum(r.epochs_run for r in search),
@@ -332,10 +339,10 @@ class Study:
         if checkpoint is None:
             warn(f"no checkpoint of trial {chosen}: no model logged")
             return
-        from tune import tracking
         from tune.predict import PREPROCESS_FILE, dump_preprocess, model_metadata
-        from tune.provenance import PACKAGE_DIR
-        from tune.trial import model_from_checkpoint
+        from tune.tracker import tracking
+        from tune.tracker.provenance import PACKAGE_DIR
+        from tune.training.trial import model_from_checkpoint
 
         block_model, _ = model_from_checkpoint(self.task, checkpoint)
         parent_id = self.tracker.parent_run_id
@@ -372,7 +379,7 @@ def _write_report(tracker: tracking.SearchTracker, built: report.Report, records
     """Write the report (text, plots, summary) under ``report_dir`` and into the parent run, tag the parent with the
     recommendation (``tag``: the search's own rule, not a report's override of it), print it; returns the report's
     folder."""
-    from tune import plots
+    from tune.reporting import plots
 
     parent_id = tracker.parent_run_id
     name = tracker.experiment_name
@@ -401,7 +408,8 @@ def rebuild_report(uri: str | None, *, experiment: str, run_id: str | None = Non
                    ) -> SearchResult:
     """A logged search's result again, from MLflow alone (``freeze-search report``), its report written again
     under ``report_dir``; ``tolerance`` and ``cost`` override the rule the search was run with."""
-    from tune import report, store, tracking
+    from tune.reporting import report
+    from tune.tracker import store, tracking
 
     uri = tracking_uri(uri)
     if cost is not None and cost not in COST_METRICS:

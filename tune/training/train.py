@@ -1,14 +1,15 @@
-"""Fit one trial on a task's data (in-memory tensors or datasets, ``tune.data``): pure torch, no Ray, no MLflow.
+"""Fit one trial on a task's data (in-memory tensors or datasets, ``tune.training.data``): pure torch, no Ray, no
+MLflow.
 
-``LoopTrial(task, train_config)`` is the built-in trial (a ``tune.trial.TrialProtocol``), this project's own training
-loop over the task's data, loss and ``evaluate``; a task with a loop of its own gives its own trial instead
+``LoopTrial(task, train_config)`` is the built-in trial (a ``tune.training.trial.TrialProtocol``), this project's own
+training loop over the task's data, loss and ``evaluate``; a task with a loop of its own gives its own trial instead
 (``Task.make_trial``: the yolo task's ``YoloTrial`` runs Ultralytics' trainer). ``make_trial`` gives whichever the
-task has. A LoopTrial's ``epochs()`` yields one metrics dict per epoch (``tune.trial.epoch_metrics``),
+task has. A LoopTrial's ``epochs()`` yields one metrics dict per epoch (``tune.training.trial.epoch_metrics``),
 ``run(on_epoch)`` calls ``on_epoch(metrics)`` instead, the form every trial has. ``state_dict()`` /
 ``load_state_dict()`` checkpoint it between epochs; a resumed trial yields exactly what the uninterrupted one would
 have (epoch e's batches and randomness depend on (seed, e) only). Its set-up reads top-down: the frozen model
-(``tune.trial.frozen_model``), the frozen prefix computed once where that is exact or why not (one call:
-``tune.prefix_cache.cached_prefix``), the batches (``tune.data``).
+(``tune.training.trial.frozen_model``), the frozen prefix computed once where that is exact or why not (one call:
+``tune.training.prefix_cache.cached_prefix``), the batches (``tune.training.data``).
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from tune import data, freeze, policy, prefix_cache, probe
-from tune import precision as numerics
-from tune.config import TrainConfig
+from tune.settings.config import TrainConfig
 from tune.tasks.base import Task
-from tune.trial import (
+from tune.training import data, freeze, policy, prefix_cache, probe
+from tune.training import precision as numerics
+from tune.training.trial import (
     EpochMeter,
     TrialProtocol,
     epoch_metrics,
@@ -51,10 +52,10 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter] | list[dic
 
 
 def trial_plan(frozen: freeze.FrozenModel, cfg: TrainConfig) -> policy.Plan:
-    """The trial's policy over its frozen model (``tune.policy``): when each block trains, at what rate, its label."""
+    """The trial's policy over its frozen model (``policy``): when each block trains, at what rate, its label."""
     counts = [sum(p.numel() for p in frozen.block_parameters(i)) for i in range(frozen.block_model.n_blocks)]
     found = policy.plan(counts, frozen.spec.blocks, frozen.summary.name, cfg)
-    if frozen.adapters is not None:  # LoRA on the frozen range (tune.adapter): its label follows the range's
+    if frozen.adapters is not None:  # LoRA on the frozen range (tune.training.adapter): its label follows the range's
         found = dataclasses.replace(found, label=f"{found.label} {frozen.adapters.label}")
     return found
 
@@ -74,7 +75,7 @@ def parameter_groups(frozen: freeze.FrozenModel, cfg: TrainConfig, plan: policy.
         seen.update(id(p) for p in params)
         if params:
             groups.append({"params": params, "lr": cfg.lr * scale, "block": block, "start": plan.starts[block]})
-    if frozen.adapters is not None:  # LoRA adapters on the frozen range train from the start at lr (tune.adapter)
+    if frozen.adapters is not None:  # LoRA adapters on the frozen range train from the start at lr (``adapter``)
         groups.append({"params": list(frozen.adapters.params), "lr": cfg.lr, "block": min(frozen.adapters.blocks),
                        "start": 0})
     return groups
@@ -84,8 +85,9 @@ def parameter_groups(frozen: freeze.FrozenModel, cfg: TrainConfig, plan: policy.
 def fit_head_probe(task: Task, cfg: TrainConfig, device: torch.device | None = None) -> probe.Probe | None:
     """The linear probe the trials' heads start from (``train.head_init: probe``): the task's pretrained model run
     once, in eval mode, over its training split without augmentation (``Task.probe_train_data``) and its validation
-    split; a logistic regression fitted on its classifier's inputs (``tune.probe``). Its ``score`` is the task's
-    primary metric on the validation split with that head. None for a task with its own trial or no classifier."""
+    split; a logistic regression fitted on its classifier's inputs (``tune.training.probe``). Its ``score`` is the
+    task's primary metric on the validation split with that head. None for a task with its own trial or no
+    classifier."""
     if task.make_trial is not None or task.keeps_head:
         return None
     device = device or pick_device(cfg.device)
@@ -138,7 +140,7 @@ def make_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_
 
 class LoopTrial:
     """The built-in trial: the task's model, frozen as ``cfg`` says, trained by this project's own loop on the task's
-    data (``tune.data``), its loss and its ``evaluate``."""
+    data (``tune.training.data``), its loss and its ``evaluate``."""
 
     def __init__(self, task: Task, cfg: TrainConfig, device: torch.device | None = None,
                  shared_cache: prefix_cache.SharedPrefixCache | None = None,
@@ -164,7 +166,7 @@ class LoopTrial:
         self.channels_last = numerics.use_channels_last(cfg.channels_last, self.model, self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        # the policy (tune.policy): which blocks train from when (a thaw), at what rate (layer decay)
+        # the policy (tune.training.policy): which blocks train from when (a thaw), at what rate (layer decay)
         self.plan = trial_plan(self.frozen, cfg)
         self.optimizer = make_optimizer(cfg, parameter_groups(self.frozen, cfg, self.plan))
         self.schedule = make_schedule(cfg, self.optimizer, lambda: self._steps_per_epoch(task))
@@ -178,7 +180,8 @@ class LoopTrial:
         # a model the trial may end up recommending (fine-tuning that never beats it)
         self.start_scored = self.head_init != "probe"
         # The network trained each step and its data: the whole model on the task's data, or, with a frozen
-        # prefix cached, the blocks after it on the prefix's outputs (computed once where exact: tune.prefix_cache).
+        # prefix cached, the blocks after it on the prefix's outputs (computed once where exact:
+        # tune.training.prefix_cache).
         with self._autocast():  # the prefix's outputs as the uncached prefix gives them in this precision
             cached = prefix_cache.cached_prefix(self.frozen, task, cfg, self.train_set, self.val_set, self.device,
                                                 shared_cache)
@@ -213,7 +216,7 @@ class LoopTrial:
     def state_dict(self) -> dict[str, Any]:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **progress(self),
                  "start_scored": self.start_scored}
-        if self.frozen.adapters is not None:  # what rebuilds and merges the adapters (tune.trial.model_from_checkpoint)
+        if self.frozen.adapters is not None:  # what rebuilds and merges the adapters (trial.model_from_checkpoint)
             state["adapter"] = self.frozen.adapters.state()
         if self.schedule is not None:
             state["schedule"] = self.schedule.state_dict()
@@ -233,8 +236,8 @@ class LoopTrial:
         self._thaw()  # resumed after a thaw: the blocks it unfroze train again (the optimizer's groups held them)
 
     def _thaw(self) -> None:
-        """Unfreeze the blocks whose thaw is due after ``self.epoch`` epochs (``tune.policy``): they train from the
-        next step on at their group's rate, their BatchNorm in training mode; a cached frozen prefix is no longer
+        """Unfreeze the blocks whose thaw is due after ``self.epoch`` epochs (``tune.training.policy``): they train from
+        the next step on at their group's rate, their BatchNorm in training mode; a cached frozen prefix is no longer
         what the network computes, so training reads the task's data through the whole model from here."""
         due = [block for block, start in self.plan.thaws.items()
                if start <= self.epoch and block not in self.frozen.thawed]
@@ -382,5 +385,5 @@ def make_trial(task: Task, cfg: TrainConfig, device: torch.device | None = None,
         missing = [name for name in ("epoch", "device", "run", "state_dict", "load_state_dict", "probe_memory")
                    if not hasattr(trial, name)]
         raise TypeError(f"task {task.name!r}: make_trial gave a {type(trial).__name__} without {', '.join(missing)} "
-                        "(tune.trial.TrialProtocol)")
+                        "(tune.training.trial.TrialProtocol)")
     return trial

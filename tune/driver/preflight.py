@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from tune import data
 from tune.errors import ConfigError, one_line
-from tune.probe import batch_targets, classifier_of
+from tune.training import data
+from tune.training.probe import batch_targets, classifier_of
 
 __all__ = ["preflight"]
 

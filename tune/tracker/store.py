@@ -16,7 +16,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tune.errors import ConfigError
 
-__all__ = ["artifact_location", "check_store", "creating", "default_tracking_uri", "redact", "ui_command"]
+__all__ = ["artifact_location", "check_store", "creating", "default_tracking_uri", "redact", "tracking_uri",
+           "ui_command"]
+
+
+def tracking_uri(given: str | None) -> str:
+    """The store a search or a load uses: the one given, else MLFLOW_TRACKING_URI, else ``default_tracking_uri()``."""
+    return given or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
 def default_tracking_uri(cwd: Path | None = None) -> str:
@@ -36,8 +42,8 @@ def artifact_location(tracking_uri: str, experiment_name: str) -> str | None:
 
 @contextlib.contextmanager
 def creating(tracking_uri: str) -> Iterator[None]:
-    """Held while a process opens the store (tune.tracking): MLflow creates a new sqlite file's tables, without a
-    lock, when a process first opens it, so two searches started at once on a new file both migrate it and one fails
+    """Held while a process opens the store (tune.tracker.tracking): MLflow creates a new sqlite file's tables, without
+    a lock, when a process first opens it, so two searches started at once on a new file both migrate it and one fails
     in alembic. Under this exclusive lock on ``<file>.lock`` beside the database, the first creates the tables and
     the others wait, then find them. Other stores: nothing to hold (a server or a database creates its tables
     once)."""

@@ -24,15 +24,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tune.errors import ConfigError
+from tune.settings.space import ADAPTER_KEYS
 
-if TYPE_CHECKING:  # torch only where adapters are built: the report reads ADAPTER_KEYS without it
+if TYPE_CHECKING:  # torch only where adapters are built
     from torch import nn
 
     from tune.blocks import BlockModel
 
 __all__ = ["ADAPTER_KEYS", "Adapters", "can_adapt", "check", "inject", "label", "merged", "targets"]
 
-ADAPTER_KEYS = ("adapter", "lora_rank", "lora_alpha", "lora_dropout")
 _ADAPTER_NAME = "default"  # PEFT's name for a model's one adapter
 
 
@@ -160,7 +160,7 @@ def merged(block_model: BlockModel, weights: Mapping[str, Any], state: Mapping[s
 def check(cfg: Any, task: Any, block_model: BlockModel, freezes: Mapping[tuple[int, ...], Any]) -> None:
     """Before any trial: where a trial can have ``adapter: lora`` (``cfg``, the checked Config), the task trains with
     the built-in trial, peft is installed, and every frozen range the space can sample (``freezes``,
-    ``tune.freeze.sampled_freezes``) holds a module to adapt. One ConfigError naming the key otherwise."""
+    ``tune.training.freeze.sampled_freezes``) holds a module to adapt. One ConfigError naming the key otherwise."""
     dim = cfg.space.get("adapter")
     if not (cfg.train.adapter == "lora" or "lora" in getattr(dim, "values", ())):
         return

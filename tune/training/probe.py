@@ -37,7 +37,8 @@ L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 class Probe:
     """A fitted head: ``weight`` (classes x features) and ``bias`` for the classifier named ``classifier``, the L2
     strength the validation split chose, and the validation accuracy of the features alone (``val_accuracy``);
-    ``score`` is the task's primary metric of the whole model with this head (``tune.train.fit_head_probe``)."""
+    ``score`` is the task's primary metric of the whole model with this head
+    (``tune.training.train.fit_head_probe``)."""
 
     classifier: str
     weight: torch.Tensor

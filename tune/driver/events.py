@@ -1,5 +1,5 @@
-"""What the driver hears from Ray Tune about each trial: its events handed to MLflow (tune.trial_runs.TrialRuns) and
-a console line as it ends (``TrialEvents``), and the stop for bad input the first trials all met (``BadInput``).
+"""What the driver hears from Ray Tune about each trial: its events handed to MLflow (tune.tracker.trial_runs.TrialRuns)
+and a console line as it ends (``TrialEvents``), and the stop for bad input the first trials all met (``BadInput``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from tune.errors import ConfigError, TrialConfigError, one_line
 from tune.log import say
-from tune.records import short
-from tune.trial_runs import TAG_KEYS, TrialRuns
+from tune.reporting.records import short
+from tune.tracker.trial_runs import TAG_KEYS, TrialRuns
 
 __all__ = ["BadInput", "TrialEvents", "quiet_config_errors", "stop_for_bad_input", "trial_params"]
 

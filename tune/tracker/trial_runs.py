@@ -11,9 +11,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tune.policy import LABELLED_KEYS
-from tune.records import short
-from tune.tracking import TRIAL_ID_TAG, SearchTracker
+from tune.reporting.records import short
+from tune.settings.space import LABELLED_KEYS
+from tune.tracker.tracking import TRIAL_ID_TAG, SearchTracker
 
 __all__ = ["TAG_KEYS", "TrialRuns", "failure_reason"]
 
@@ -91,7 +91,7 @@ class TrialRuns:
             return  # a retried trial replays no epoch it already logged
         if trial_id not in self.last_epoch:  # the first result carries the FreezeSummary
             freeze_range = result.get("freeze_label", f"[{result['freeze_start']}, {result['freeze_stop']})")
-            policy = result.get("policy", freeze_range)  # the range and what a policy adds (tune.policy)
+            policy = result.get("policy", freeze_range)  # the range and what a policy adds (tune.training.policy)
             self.tracker.rename(run_id, self.run_name(policy, params, tags))
             self.tracker.log_params(run_id, {
                 "freeze_range": freeze_range, "policy": policy,

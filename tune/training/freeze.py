@@ -29,7 +29,7 @@ from torch import nn
 
 from tune.blocks import BlockModel, block_flops
 from tune.errors import ConfigError
-from tune.space import FREEZE_KEYS, ORDERED_PAIRS, WINDOW, IntRange, in_order, is_int, resolve_names
+from tune.settings.space import FREEZE_KEYS, ORDERED_PAIRS, WINDOW, IntRange, in_order, is_int, resolve_names
 
 __all__ = ["FREEZE_KEYS", "FreezeSpec", "FreezeSummary", "FrozenModel", "check_points", "check_space", "depth_points",
            "freeze_keys", "freeze_model", "grid_values", "resolve", "resolve_index", "sampled_freezes",
@@ -64,7 +64,7 @@ class FreezeSpec:
 
     @property
     def prefix_blocks(self) -> tuple[int, ...]:
-        """The frozen prefix: blocks [0, prefix_stop), what a cache may compute once (tune.prefix_cache)."""
+        """The frozen prefix: blocks [0, prefix_stop), what a cache may compute once (tune.training.prefix_cache)."""
         return tuple(range(self.prefix_stop))
 
     @property
@@ -84,7 +84,7 @@ class FreezeSummary:
     frozen_params: int
     trainable_params: int
     frozen_flops_share: float  # share of one forward pass's FLOPs spent in frozen blocks
-    adapter_params: int = 0  # LoRA adapters' parameters in the frozen blocks (tune.adapter), among trainable_params
+    adapter_params: int = 0  # LoRA adapters' parameters in the frozen blocks (adapter.py), among trainable_params
     window_name: str | None = None  # ``train [a, b)``: a trained window's (FreezeSpec.name)
 
     @property
@@ -96,7 +96,7 @@ class FreezeSummary:
 
     @property
     def name(self) -> str:
-        """What the freeze is called (the start of its policy's label, tune.policy): a trained window's
+        """What the freeze is called (the start of its policy's label, tune.training.policy): a trained window's
         ``train [a, b)``, else the frozen blocks' ``label``."""
         return self.window_name or self.label
 
@@ -200,9 +200,10 @@ class FrozenModel:
         self.frozen_dropout = frozen_dropout
         # what the model trains without a freeze (a model may hold parameters it never trains): a thaw restores it
         self._trainable = {id(p) for p in self.module.parameters() if p.requires_grad}
-        self.thawed: set[int] = set()  # blocks of the freeze that have thawed (tune.policy: gradual unfreezing)
-        # LoRA adapters (tune.adapter) on frozen blocks: their base weights freeze, the adapters train, in training
-        # mode (their dropout); a block with an adapter is not gradient-free (the frozen FLOP share leaves it out)
+        self.thawed: set[int] = set()  # blocks of the freeze that have thawed (policy.py: gradual unfreezing)
+        # LoRA adapters (tune.training.adapter) on frozen blocks: their base weights freeze, the adapters train, in
+        # training mode (their dropout); a block with an adapter is not gradient-free (the frozen FLOP share leaves it
+        # out)
         self.adapters = adapters
         adapter_params = {id(p) for p in adapters.params} if adapters else set()
         self._adapter_modules = {id(m) for m in adapters.modules} if adapters else set()
@@ -368,11 +369,11 @@ def freeze_keys(train: Any, params: Mapping[str, Any] | None = None) -> dict[str
 
 def freeze_model(block_model: BlockModel, cfg: Any) -> FrozenModel:
     """Freeze ``block_model`` as the TrainConfig ``cfg`` says (its freeze keys, frozen_bn and frozen_dropout; with
-    ``adapter: lora``, LoRA adapters on the frozen blocks: ``tune.adapter``)."""
+    ``adapter: lora``, LoRA adapters on the frozen blocks: ``tune.training.adapter``)."""
     spec = resolve(block_model, **freeze_keys(cfg))
     adapters = None
     if getattr(cfg, "adapter", "none") == "lora" and spec.blocks:
-        from tune import adapter
+        from tune.training import adapter
 
         block_model, adapters = adapter.inject(block_model, spec.blocks, cfg.lora_rank, cfg.lora_alpha,
                                                cfg.lora_dropout)

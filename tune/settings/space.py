@@ -27,8 +27,9 @@ from typing import Any
 
 from tune.errors import ConfigError
 
-__all__ = ["FREEZE_KEYS", "ORDERED", "ORDERED_PAIRS", "WINDOW", "Choice", "Dimension", "FloatRange", "IntRange",
-           "OptunaSpace", "in_order", "is_int", "parse_dimension", "resolve_names"]
+__all__ = ["ADAPTER_KEYS", "FREEZE_KEYS", "LABELLED_KEYS", "ORDERED", "ORDERED_PAIRS", "POLICY_KEYS", "WINDOW",
+           "Choice", "Dimension", "FloatRange", "IntRange", "OptunaSpace", "in_order", "is_int", "parse_dimension",
+           "resolve_names"]
 
 # (lower, upper): two training parameters whose values satisfy lower <= upper in every trial.
 ORDERED = ("freeze_start", "freeze_stop")
@@ -36,8 +37,13 @@ ORDERED = ("freeze_start", "freeze_stop")
 WINDOW = ("train_start", "train_stop")
 # (lower, upper, gap): the ordered pairs, lower + gap <= upper in every trial (a window holds at least one block)
 ORDERED_PAIRS = ((*ORDERED, 0), (*WINDOW, 1))
-# The training parameters that say what a trial freezes (tune.freeze); they may hold a model's cut-point names.
+# The training parameters that say what a trial freezes (tune.training.freeze); they may hold a model's cut-point names.
 FREEZE_KEYS = ("freeze", *ORDERED, *WINDOW)
+# The training parameters of a policy beyond its frozen range (tune.training.policy) and of its adapter
+# (tune.training.adapter); with FREEZE_KEYS, the keys a policy's label names (tables and run names leave them).
+POLICY_KEYS = ("layer_decay", "unfreeze_epoch", "unfreeze_every")
+ADAPTER_KEYS = ("adapter", "lora_rank", "lora_alpha", "lora_dropout")
+LABELLED_KEYS = (*FREEZE_KEYS, *POLICY_KEYS, *ADAPTER_KEYS)
 
 
 def in_order(values: Mapping[str, Any]) -> bool:

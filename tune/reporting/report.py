@@ -1,10 +1,10 @@
 """What a search found, from MLflow data alone: every trial at its best epoch, the frontier, a recommendation
-and, after ``--confirm``, whether it holds up across seeds. Tables as text (the files and plots: tune.plots).
+and, after ``--confirm``, whether it holds up across seeds. Tables as text (the files and plots: tune.reporting.plots).
 
 The recommendation rule (``report:`` in a space file): take the best score among the search's trials; among
 the trials scoring within ``tolerance`` of it, recommend the one with the lowest ``cost`` (mean epoch time by
 default; ties go to the higher score). With confirmation runs (the candidates re-run on the same fresh seeds,
-the search's own run left out because it was picked for being lucky), the race (``tune.race``) recommends the
+the search's own run left out because it was picked for being lucky), the race (``tune.reporting.race``) recommends the
 cheapest candidate proven within ``tolerance`` of the best on paired seeds, or says that nothing is proven and
 recommends the highest mean.
 """
@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tune.config import ReportConfig
-from tune.policy import LABELLED_KEYS
-from tune.race import Candidate, Decision, decide
-from tune.records import TrialRecord, short, typed_params
+from tune.reporting.race import Candidate, Decision, decide
+from tune.reporting.records import TrialRecord, short, typed_params
+from tune.settings.config import ReportConfig
+from tune.settings.space import LABELLED_KEYS
 
 __all__ = ["Candidate", "Recommendation", "Report", "TrialResult", "build_report", "called", "candidates",
            "confirmation_candidates", "confirmed",
@@ -41,14 +41,14 @@ class TrialResult:
     status: str
     freeze_range: str
     freeze_key: tuple[int, int]  # (start, stop) of the frozen range, for ordering
-    params: dict[str, Any]  # typed as the run's params were written (tune.records.typed_params)
+    params: dict[str, Any]  # typed as the run's params were written (tune.reporting.records.typed_params)
     best_epoch: int
     score: float  # at the best epoch
     values: dict[str, float]  # each metric at the comparison point (see value_at_best)
     epochs_run: int
     stopped_early: bool
     candidate: str | None = None  # confirmation runs: the search trial they repeat
-    policy: str = ""  # the freeze range and what a policy adds to it (tune.policy), e.g. "[0, 5) thaw@2"
+    policy: str = ""  # the freeze range and what a policy adds to it (tune.training.policy), e.g. "[0, 5) thaw@2"
 
     @property
     def label(self) -> str:
@@ -181,7 +181,7 @@ def candidates(records: Sequence[TrialRecord], rule: ReportConfig, searched: Seq
     and, of the other ranges whose best trial came that near (where a range within the tolerance may land by seed
     noise alone), the cheapest, up to ``top`` in all, the last place kept for the deepest freeze searched (the
     fewest trainable parameters) where early stopping may have hidden it, and where policies were searched
-    (``tune.policy``) a place for the best hard freeze. Each range (policy) is
+    (``tune.training.policy``) a place for the best hard freeze. Each range (policy) is
     represented by its best trial (its best learning rate, ...); where no freeze key is
     searched, each distinct configuration counts as a range. Only the search's own trials count: after a resume,
     confirmation runs that finished before the stop are records too. None when the scores cannot tell the
@@ -207,8 +207,9 @@ def candidates(records: Sequence[TrialRecord], rule: ReportConfig, searched: Seq
     deepest = min(best_of.values(), key=lambda r: (_trainable_params(r), r.label != r.freeze_range))  # hard first
     stopped = all(r.stopped_early for r in results if r.label == deepest.label)
     reserved = [deepest] if by_freeze and (stopped or deepest in ranked) else []
-    # where policies were searched (tune.policy), the best hard freeze is a candidate too: the race then says whether
-    # a decay or a thaw is proven better than freezing alone, and a hard freeze within the tolerance and cheaper wins
+    # where policies were searched (tune.training.policy), the best hard freeze is a candidate too: the race then says
+    # whether a decay or a thaw is proven better than freezing alone, and a hard freeze within the tolerance and cheaper
+    # wins
     hard = next((r for r in best_of.values() if r.label == r.freeze_range), None)
     if by_freeze and by_policy(results) and hard is not None and hard not in reserved:
         reserved.append(hard)
@@ -226,7 +227,7 @@ def _trainable_params(result: TrialResult) -> float:
 
 def confirmed(results: Sequence[TrialResult], tolerance: float, cost: str, searched: Sequence[str] = (),
               confidence: float = 0.95, budget: int | None = None) -> Decision | None:
-    """The race's decision on the confirmation runs (``tune.race``): proven only where the candidates ran the
+    """The race's decision on the confirmation runs (``tune.reporting.race``): proven only where the candidates ran the
     ``budget`` of seeds (None: these runs are the race's last look), then the cheapest candidate proven within
     ``tolerance`` of the best on paired seeds at ``confidence``; otherwise the highest mean (the search's own trial,
     chosen for its luck among others, does not count). None without finished confirmation runs."""
@@ -413,7 +414,7 @@ class Report:
     front: list[TrialResult]
     objectives: list[tuple[str, str]]
     recommendation: Recommendation | None
-    decision: Decision | None = None  # the confirmation race's (tune.race)
+    decision: Decision | None = None  # the confirmation race's (tune.reporting.race)
     text: str = ""
     reference: float | None = None  # the linear probe's score (probe_score), where the heads started from it
     val_size: int | None = None  # the validation split's examples, which scored every epoch (None: not known)

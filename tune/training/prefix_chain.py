@@ -4,7 +4,8 @@ A Hugging Face encoder runs embeddings, then layers that a loop in the model's f
 mask: its frozen prefix cannot be cut off as a module of its own. ``Chain.find`` sees, in one forward pass, which
 frozen modules form a chain (the first takes the raw inputs, each next one the previous one's hidden states) or
 why they do not; ``Chain.outputs`` computes the chain's last hidden states; ``Chain.view`` is the model with the
-chain replaced (``graft``) by a ``Replay`` of them and pass-throughs. ``tune.prefix_cache`` decides when to use it.
+chain replaced (``graft``) by a ``Replay`` of them and pass-throughs. ``tune.training.prefix_cache`` decides when to use
+it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from tune.freeze import FrozenModel
+from tune.training.freeze import FrozenModel
 
 __all__ = ["HIDDEN", "Chain", "PassThrough", "Replay", "WithHidden", "graft"]
 
