@@ -35,8 +35,8 @@ from tune.space import OptunaSpace
 from tune.system_metrics import SystemSampler
 from tune.tasks import load_task
 from tune.tracking import SearchTracker
-from tune.train import evaluate_split, make_trial
-from tune.trial import load_checkpoint, model_from_checkpoint, pick_device, save_checkpoint
+from tune.train import evaluate_split, make_trial, pick_device
+from tune.trial import load_checkpoint, model_from_checkpoint, save_checkpoint
 from tune.trial_runs import TrialRuns
 
 __all__ = ["SearchOutcome", "can_restore", "concurrency", "confirm", "gpu_shares", "grid_size", "run"]
