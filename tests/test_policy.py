@@ -307,7 +307,7 @@ def test_a_thawing_trial_measures_and_asks_for_the_memory_it_needs_after_its_tha
     thaw (a thaw of the whole range needs what no freeze needs), and a thawing trial asks for the full share."""
     from types import SimpleNamespace
 
-    from tune.driver.search import _FreezeAwareResources
+    from tune.driver.resources import FreezeAwareResources
 
     cfg = _cfg(batch_size=8)
     none, hard = (LoopTrial(tiny_task, _cfg(freeze_stop=k)).probe_memory() for k in (0, 3))
@@ -315,6 +315,6 @@ def test_a_thawing_trial_measures_and_asks_for_the_memory_it_needs_after_its_tha
     assert hard < none and thawing == pytest.approx(none)
     resources = SimpleNamespace(cpus=1, full=0.5, train=cfg, block_model=tiny_task.build_model(),
                                 shares={(0, 1, 2): 0.1})
-    share = _FreezeAwareResources.__call__
+    share = FreezeAwareResources.__call__
     assert share(resources, {"freeze_stop": 3}).bundles == [{"CPU": 1, "GPU": 0.1}]
     assert share(resources, {"freeze_stop": 3, "unfreeze_epoch": 1}).bundles == [{"CPU": 1, "GPU": 0.5}]

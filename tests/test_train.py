@@ -215,7 +215,7 @@ def test_the_memory_probe_gives_epoch_1s_peak_after_one_optimizer_step(tiny_task
 
 
 def test_gpu_shares_follow_the_measured_memory_by_depth(tiny_task, monkeypatch):
-    from tune.driver.search import gpu_shares
+    from tune.driver.resources import gpu_shares
 
     def no_epoch(*args, **kwargs):
         raise AssertionError("a whole epoch was trained: shares come from the one-step probe")

@@ -3,13 +3,14 @@
 One Tuner per search: OptunaSearch (TPE) samples the space (define-by-run, see tune.settings.space), ASHA stops
 weak trials early on ``score`` (or FIFO runs them all), each trial reports every epoch with a checkpoint
 and resumes from it, and a Tune callback in the driver hands every trial event to MLflow
-(tune.tracker.trial_runs.TrialRuns).
+(tune.tracker.trial_runs.TrialRuns). ``run`` reads: the trainable (``_trainable``: a trial built by
+``tune.training.train.make_trial`` in a Ray worker), its resources (``_wrap``; freeze-aware GPU shares are
+``tune.driver.resources``'), the Tuner fitted (``_fit``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import socket
 import tempfile
@@ -22,12 +23,11 @@ import optuna
 import ray
 import torch
 from ray import tune as ray_tune
-from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.schedulers.async_hyperband import _Bracket  # ASHA's rung bookkeeping: one per freeze range
 from ray.tune.search.optuna import OptunaSearch
 
-from tune.driver import cluster
+from tune.driver import cluster, resources
 from tune.driver.events import BadInput, TrialEvents, quiet_config_errors, stop_for_bad_input
 from tune.settings.config import Config, TaskConfig, TrainConfig
 from tune.settings.space import OptunaSpace
@@ -36,12 +36,12 @@ from tune.tracker.system_metrics import SystemSampler
 from tune.tracker.tracking import SearchTracker
 from tune.tracker.trial_runs import TrialRuns
 from tune.training import prefix_cache
-from tune.training.freeze import FREEZE_KEYS, grid_values, sampled_freezes, trial_freeze
+from tune.training.freeze import FREEZE_KEYS, grid_values
 from tune.training.probe import Probe
-from tune.training.train import evaluate_split, make_trial
-from tune.training.trial import load_checkpoint, model_from_checkpoint, pick_device, save_checkpoint
+from tune.training.train import evaluate_split, make_trial, pick_device
+from tune.training.trial import load_checkpoint, model_from_checkpoint, save_checkpoint
 
-__all__ = ["SearchOutcome", "can_restore", "concurrency", "confirm", "gpu_shares", "grid_size", "run"]
+__all__ = ["SearchOutcome", "can_restore", "concurrency", "confirm", "grid_size", "run"]
 
 
 @dataclass(frozen=True)
@@ -146,10 +146,10 @@ def concurrency(cfg: Config, smallest_gpu_share: float | None = None) -> int:
     shares, counted at the smallest share; Ray places each trial on what it actually asks for)."""
     if cfg.search.max_concurrent_trials:
         return cfg.search.max_concurrent_trials
-    resources = ray.cluster_resources()
-    by_cpu = int(resources.get("CPU", 1) // cfg.search.cpus_per_trial)
+    available = ray.cluster_resources()
+    by_cpu = int(available.get("CPU", 1) // cfg.search.cpus_per_trial)
     gpu_share = smallest_gpu_share or cfg.search.gpus_per_trial
-    by_gpu = int(resources.get("GPU", 0) // gpu_share) if gpu_share else by_cpu
+    by_gpu = int(available.get("GPU", 0) // gpu_share) if gpu_share else by_cpu
     if cfg.search.algorithm == "grid":
         return max(1, min(by_cpu, by_gpu))
     return max(1, min(by_cpu, by_gpu, cfg.search.num_samples))
@@ -166,7 +166,7 @@ def grid_size(space: Mapping[str, Any]) -> int:
 def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, storage_path: str,
          tune_config: dict[str, Any], param_space: dict[str, Any] | None, verbose: int, total: int,
          restore_from: str | None = None, head_probe: dict[str, Any] | None = None) -> SearchOutcome:
-    per_trial = _FreezeAwareResources(cfg) if cfg.search.freeze_aware_gpus else None
+    per_trial = resources.FreezeAwareResources(cfg) if cfg.search.freeze_aware_gpus else None
     at_once = concurrency(cfg, min(per_trial.shares.values()) if per_trial else None)
     # With a searcher, Tune places one trial at a time unless more placement groups may be pending
     # (field-notes: 8 small trials 38 s → 9 s). Read when the Tuner starts.
@@ -210,7 +210,7 @@ def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, stor
     return outcome
 
 
-def _wrap(cfg: Config, trainable: Any, cache_dir: str | None, per_trial: _FreezeAwareResources | None,
+def _wrap(cfg: Config, trainable: Any, cache_dir: str | None, per_trial: resources.FreezeAwareResources | None,
           head_probe: dict[str, Any] | None) -> Any:
     # the fitted probe goes through Ray's object store: every node's trials start their heads from the same one
     wrapped = ray_tune.with_parameters(trainable, base=cfg.train, task_config=cfg.task, cache_dir=cache_dir,
@@ -218,41 +218,6 @@ def _wrap(cfg: Config, trainable: Any, cache_dir: str | None, per_trial: _Freeze
     if per_trial is None:
         return ray_tune.with_resources(wrapped, {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial})
     return ray_tune.with_resources(wrapped, per_trial)
-
-
-def gpu_shares(task: Any, cfg: TrainConfig, freezes: Mapping[tuple[int, ...], dict], full_share: float
-               ) -> dict[tuple[int, ...], float]:
-    """Freeze-aware resources: the GPU share of each set of frozen blocks (``freeze.sampled_freezes``),
-    ``full_share`` scaled by its training memory against freezing nothing, rounded up to 0.05. Each freeze's memory
-    is its trial's ``probe_memory()`` (one optimizer step, epoch 1's peak), measured on the CPU in the driver."""
-    def memory(keys: dict) -> float:  # the head's start changes no memory: no probe fitted for it
-        keys = {**keys, "head_init": "library"}
-        return float(make_trial(task, dataclasses.replace(cfg, **keys), torch.device("cpu")).probe_memory())
-
-    reference = memory({"freeze": None, "freeze_start": 0, "freeze_stop": 0, "train_start": None, "train_stop": None})
-    return {blocks: min(full_share, max(0.05, math.ceil(20 * full_share * memory(keys) / reference) / 20))
-            for blocks, keys in freezes.items()}
-
-
-class _FreezeAwareResources:
-    """Per-trial resources from the trial's config: a deeper freeze needs less memory, so it asks for a smaller
-    share of a GPU and more trials share one (search.freeze_aware_gpus)."""
-
-    def __init__(self, cfg: Config) -> None:
-        self.cpus, self.full, self.train = cfg.search.cpus_per_trial, cfg.search.gpus_per_trial, cfg.train
-        task = load_task(cfg.task)
-        self.block_model = task.build_model()
-        # every freeze the (checked, names resolved) space can sample, measured once in the driver
-        self.shares = gpu_shares(task, cfg.train, sampled_freezes(cfg.space, cfg.train, self.block_model), self.full)
-
-    def __call__(self, config: dict[str, Any]) -> Any:
-        params = config.get("variant", {}).get("params", config)
-        if params.get("unfreeze_epoch", self.train.unfreeze_epoch):  # a thaw trains what it froze
-            return PlacementGroupFactory([{"CPU": self.cpus, "GPU": self.full}])
-        if params.get("adapter", self.train.adapter) == "lora":  # adapters keep the range's activations for backward
-            return PlacementGroupFactory([{"CPU": self.cpus, "GPU": self.full}])
-        share = self.shares.get(trial_freeze(params, self.train, self.block_model), self.full)
-        return PlacementGroupFactory([{"CPU": self.cpus, "GPU": share}])
 
 
 def _outcome(tuner: Any, budget: float | None) -> SearchOutcome:

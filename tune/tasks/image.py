@@ -226,7 +226,7 @@ def make_task(model: str = "resnet18", data: str | None = None, weights: str | N
     has_test = (Path(data).expanduser() / "test").is_dir()
     test_set = _folder(data, "test", create_transform(**config, is_training=False), classes) if has_test else None
 
-    def build() -> BlockModel:  # a fresh model each time; its new head seeded by the trial (trial.frozen_model)
+    def build() -> BlockModel:  # a fresh model each time; its new head seeded by the trial (train.frozen_model)
         return block_model(model, len(classes), weights, trust_weights, new_head, image_size, state)
 
     plain_train = (_folder(data, "train", create_transform(**config, is_training=False), classes)

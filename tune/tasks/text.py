@@ -198,7 +198,7 @@ def make_task(model: str | None = None, data: str | None = None, val_data: str |
         if table is not None else None for table in (train, val, test))
     block_model(model, len(values), max_length)  # a model that cannot be built fails here, before any trial
 
-    def build() -> BlockModel:  # a fresh model each time; its new head seeded by the trial (trial.frozen_model)
+    def build() -> BlockModel:  # a fresh model each time; its new head seeded by the trial (train.frozen_model)
         return block_model(model, len(values), max_length)
 
     return Task(name="text", build_model=build, metric="val_accuracy", train_data=train_set, val_data=val_set,

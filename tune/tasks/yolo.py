@@ -38,7 +38,9 @@ from tune.settings.config import TrainConfig
 from tune.tasks.base import Task, takes_paths
 from tune.tasks.weights import load_fitting, read_state_dict
 from tune.tasks.yolo_offline import check_data, dataset_root, offline_copy, offline_hooks, ultralytics_offline
-from tune.training.trial import EpochMeter, epoch_metrics, frozen_model, load_progress, pick_device, progress, uncached
+from tune.training.prefix_cache import blocker
+from tune.training.train import frozen_model, pick_device
+from tune.training.trial import EpochMeter, epoch_metrics, load_progress, progress
 
 __all__ = ["METRICS", "YoloTrial", "block_model", "layers_model", "make_task", "score_split"]
 
@@ -160,7 +162,7 @@ def make_task(data: str | None = None, model: str = "yolov5nu.yaml", weights: st
                "hyp": _check_hyp(hyp)}
     block_model(model, nc, imgsz, weights, trust_weights)  # bad model or weights: fail here, before any trial
 
-    def build() -> BlockModel:  # a fresh model each time, its new layers seeded by the trial (trial.frozen_model)
+    def build() -> BlockModel:  # a fresh model each time, its new layers seeded by the trial (train.frozen_model)
         return block_model(model, nc, imgsz, weights, trust_weights)
 
     root = dataset_root(data_path, raw)
@@ -217,7 +219,7 @@ class YoloTrial:
     """One trial (``tune.training.trial.TrialProtocol``): Ultralytics' DetectionTrainer on a model built by the task,
     frozen as ``cfg`` says, reporting each epoch through ``run(on_epoch)`` and checkpointable between epochs. Its set-up
     is the built-in ``tune.training.train.LoopTrial``'s: the model seeded and frozen by
-    ``tune.training.trial.frozen_model``, the epochs done and their time checkpointed by
+    ``tune.training.train.frozen_model``, the epochs done and their time checkpointed by
     ``tune.training.trial.progress``."""
 
     def __init__(self, task: Task, cfg: TrainConfig, options: Mapping[str, Any],
@@ -226,7 +228,8 @@ class YoloTrial:
         self.device = device or pick_device(cfg.device)
         self.frozen = frozen_model(task, cfg)
         self.summary = self.frozen.summary
-        self.prefix_cache = uncached(self.frozen, task.augments)  # never exact here
+        # never cached (this loop is Ultralytics'): off, with the first reason the built-in trial would not cache it
+        self.prefix_cache = f"off: {blocker(self.frozen, task.augments)}"
         self.epoch = 0
         self.train_time_s = 0.0
         self._restore: dict[str, Any] | None = None

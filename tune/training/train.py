@@ -7,9 +7,15 @@ training loop over the task's data, loss and ``evaluate``; a task with a loop of
 task has. A LoopTrial's ``epochs()`` yields one metrics dict per epoch (``tune.training.trial.epoch_metrics``),
 ``run(on_epoch)`` calls ``on_epoch(metrics)`` instead, the form every trial has. ``state_dict()`` /
 ``load_state_dict()`` checkpoint it between epochs; a resumed trial yields exactly what the uninterrupted one would
-have (epoch e's batches and randomness depend on (seed, e) only). Its set-up reads top-down: the frozen model
-(``tune.training.trial.frozen_model``), the frozen prefix computed once where that is exact or why not (one call:
-``tune.training.prefix_cache.cached_prefix``), the batches (``tune.training.data``).
+have (epoch e's batches and randomness depend on (seed, e) only).
+
+A trial's set-up is one story, ``LoopTrial.__init__``, read top-down, with its helpers above it in the order it calls
+them: the device, the seeded and frozen model (``frozen_model``), the head's start (``fit_head_probe``,
+``tune.training.probe``), the precision (``tune.training.precision``), the policy (``trial_plan``,
+``tune.training.policy``), the optimizer and its schedule, the frozen prefix computed once where that is exact or why
+not (one call, ``tune.training.prefix_cache.cached_prefix``); then the loop (``run_epoch``, ``_step``) on the batches
+(``tune.training.data``). ``memory_probe`` is what the driver's freeze-aware GPU shares measure
+(``tune.driver.resources``): one trial's epoch-1 peak memory from one optimizer step on the CPU.
 """
 
 from __future__ import annotations
@@ -23,62 +29,37 @@ from typing import Any
 import torch
 from torch import nn
 
+from tune.blocks import BlockModel
 from tune.settings.config import TrainConfig
 from tune.tasks.base import Task
 from tune.training import data, freeze, policy, prefix_cache, probe
 from tune.training import precision as numerics
-from tune.training.trial import (
-    EpochMeter,
-    TrialProtocol,
-    epoch_metrics,
-    frozen_model,
-    load_progress,
-    pick_device,
-    progress,
-    seeded_model,
-)
+from tune.training.trial import EpochMeter, TrialProtocol, epoch_metrics, load_progress, progress
 
-__all__ = ["LoopTrial", "evaluate_split", "fit_head_probe", "make_optimizer", "make_schedule", "make_trial",
-           "parameter_groups", "trial_plan"]
+__all__ = ["LoopTrial", "evaluate_split", "fit_head_probe", "frozen_model", "make_optimizer", "make_schedule",
+           "make_trial", "memory_probe", "parameter_groups", "pick_device", "seeded_model", "trial_plan"]
 
 
-def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter] | list[dict[str, Any]]
-                   ) -> torch.optim.Optimizer:
-    """The optimizer over ``params``: parameters, or parameter groups (each may set its own ``lr``)."""
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return optimizer_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+# -- a trial's set-up, in the order LoopTrial.__init__ reads: its device, its seeded and frozen model, its head's
+# start (fit_head_probe), its policy (trial_plan), its optimizer and schedule --------------------------------------
+def pick_device(name: str) -> torch.device:
+    """``train.device``: ``auto`` is CUDA where there is one, else the CPU; any other name as it is."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
-def trial_plan(frozen: freeze.FrozenModel, cfg: TrainConfig) -> policy.Plan:
-    """The trial's policy over its frozen model (``policy``): when each block trains, at what rate, its label."""
-    counts = [sum(p.numel() for p in frozen.block_parameters(i)) for i in range(frozen.block_model.n_blocks)]
-    found = policy.plan(counts, frozen.spec.blocks, frozen.summary.name, cfg)
-    if frozen.adapters is not None:  # LoRA on the frozen range (tune.training.adapter): its label follows the range's
-        found = dataclasses.replace(found, label=f"{found.label} {frozen.adapters.label}")
-    return found
+def seeded_model(task: Task, cfg: TrainConfig) -> BlockModel:
+    """The task's model (``task.build_model()``), built right after seeding torch with the trial's seed: the new
+    layers a model factory initialises (a head) are the seed's."""
+    torch.manual_seed(cfg.seed)
+    return task.build_model()
 
 
-def parameter_groups(frozen: freeze.FrozenModel, cfg: TrainConfig, plan: policy.Plan | None = None
-                     ) -> list[dict[str, Any]]:
-    """One optimizer group per block the trial trains (``plan``, by default the config's): the block's parameters
-    at ``lr`` times its scale (layer decay; the head block's ``head_lr_mult``), with the block's index (``block``)
-    and the epochs done when it starts training (``start``). A block that thaws later is in its group from the
-    start: until the thaw it has no gradient, so PyTorch's optimizers neither step it nor hold state for it, and it
-    joins at its group's rate. Every trainable parameter is in exactly one group; hard-frozen ones in none."""
-    plan = plan or trial_plan(frozen, cfg)
-    seen: set[int] = set()
-    groups = []
-    for block, scale in plan.scales.items():
-        params = [p for p in frozen.block_parameters(block) if id(p) not in seen]
-        seen.update(id(p) for p in params)
-        if params:
-            groups.append({"params": params, "lr": cfg.lr * scale, "block": block, "start": plan.starts[block]})
-    if frozen.adapters is not None:  # LoRA adapters on the frozen range train from the start at lr (``adapter``)
-        groups.append({"params": list(frozen.adapters.params), "lr": cfg.lr, "block": min(frozen.adapters.blocks),
-                       "start": 0})
-    return groups
+def frozen_model(task: Task, cfg: TrainConfig) -> freeze.FrozenModel:
+    """A trial's model: the task's, seeded (``seeded_model``) and frozen as ``cfg`` says (``tune.training.freeze``); a
+    task's own trial (``Task.make_trial``, the yolo task's) builds its model with it too."""
+    return freeze.freeze_model(seeded_model(task, cfg), cfg)
 
 
 @torch.no_grad()
@@ -112,6 +93,45 @@ def fit_head_probe(task: Task, cfg: TrainConfig, device: torch.device | None = N
     return dataclasses.replace(fitted, score=float(score))
 
 
+def trial_plan(frozen: freeze.FrozenModel, cfg: TrainConfig) -> policy.Plan:
+    """The trial's policy over its frozen model (``policy``): when each block trains, at what rate, its label."""
+    counts = [sum(p.numel() for p in frozen.block_parameters(i)) for i in range(frozen.block_model.n_blocks)]
+    found = policy.plan(counts, frozen.spec.blocks, frozen.summary.name, cfg)
+    if frozen.adapters is not None:  # LoRA on the frozen range (tune.training.adapter): its label follows the range's
+        found = dataclasses.replace(found, label=f"{found.label} {frozen.adapters.label}")
+    return found
+
+
+def parameter_groups(frozen: freeze.FrozenModel, cfg: TrainConfig, plan: policy.Plan | None = None
+                     ) -> list[dict[str, Any]]:
+    """One optimizer group per block the trial trains (``plan``, by default the config's): the block's parameters
+    at ``lr`` times its scale (layer decay; the head block's ``head_lr_mult``), with the block's index (``block``)
+    and the epochs done when it starts training (``start``). A block that thaws later is in its group from the
+    start: until the thaw it has no gradient, so PyTorch's optimizers neither step it nor hold state for it, and it
+    joins at its group's rate. Every trainable parameter is in exactly one group; hard-frozen ones in none."""
+    plan = plan or trial_plan(frozen, cfg)
+    seen: set[int] = set()
+    groups = []
+    for block, scale in plan.scales.items():
+        params = [p for p in frozen.block_parameters(block) if id(p) not in seen]
+        seen.update(id(p) for p in params)
+        if params:
+            groups.append({"params": params, "lr": cfg.lr * scale, "block": block, "start": plan.starts[block]})
+    if frozen.adapters is not None:  # LoRA adapters on the frozen range train from the start at lr (``adapter``)
+        groups.append({"params": list(frozen.adapters.params), "lr": cfg.lr, "block": min(frozen.adapters.blocks),
+                       "start": 0})
+    return groups
+
+
+def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter] | list[dict[str, Any]]
+                   ) -> torch.optim.Optimizer:
+    """The optimizer over ``params``: parameters, or parameter groups (each may set its own ``lr``)."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def make_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: Callable[[], int]
                   ) -> torch.optim.lr_scheduler.LambdaLR | None:
     """The learning-rate schedule, stepped after every optimizer step (None: constant, no warmup): a linear warmup
@@ -140,7 +160,9 @@ def make_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_
 
 class LoopTrial:
     """The built-in trial: the task's model, frozen as ``cfg`` says, trained by this project's own loop on the task's
-    data (``tune.training.data``), its loss and its ``evaluate``."""
+    data (``tune.training.data``), its loss and its ``evaluate``. ``__init__`` is the whole set-up, in order: device,
+    head probe (fitted here for a trial on its own), seeded frozen model, head start, precision and memory layout,
+    policy, optimizer and schedule, data on the device, the cached frozen prefix or why not."""
 
     def __init__(self, task: Task, cfg: TrainConfig, device: torch.device | None = None,
                  shared_cache: prefix_cache.SharedPrefixCache | None = None,
@@ -387,3 +409,11 @@ def make_trial(task: Task, cfg: TrainConfig, device: torch.device | None = None,
         raise TypeError(f"task {task.name!r}: make_trial gave a {type(trial).__name__} without {', '.join(missing)} "
                         "(tune.training.trial.TrialProtocol)")
     return trial
+
+
+def memory_probe(task: Task, cfg: TrainConfig, freeze_keys: dict[str, Any]) -> float:
+    """Epoch 1's peak training memory (MB) of the trial ``cfg`` gives with ``freeze_keys`` (the train keys of one
+    freeze, ``tune.training.freeze.sampled_freezes``), from its one-step probe (``probe_memory``) on the CPU. Its head
+    starts as the library builds it: the head's start changes no memory, so no linear probe is fitted for it."""
+    trial = make_trial(task, dataclasses.replace(cfg, **{**freeze_keys, "head_init": "library"}), torch.device("cpu"))
+    return float(trial.probe_memory())

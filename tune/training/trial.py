@@ -1,11 +1,11 @@
-"""What every trial is, and what every trial may use: the trial protocol, its set-up, its per-epoch metrics, its
-checkpoint.
+"""What every trial is, and what every trial may use: the trial protocol, its epoch meter and per-epoch metrics, its
+progress and checkpoint.
 
 A trial trains one configuration of a task: the built-in trial (``tune.training.train.LoopTrial``, this project's own
 loop) and a task's own (``Task.make_trial``, e.g. the yolo task's ``YoloTrial``, Ultralytics' trainer) both implement
-``TrialProtocol``, build their model with ``frozen_model`` (seeded, then frozen), checkpoint their ``progress`` under
-the same keys and build each epoch's metrics with ``epoch_metrics``, so every task reports the same keys
-(``METRIC_KEYS``) and follows the same divergence rule. Pure torch: no Ray, no MLflow.
+``TrialProtocol``, build their model with ``tune.training.train.frozen_model`` (seeded, then frozen), checkpoint their
+``progress`` under the same keys and build each epoch's metrics with ``epoch_metrics``, so every task reports the
+same keys (``METRIC_KEYS``) and follows the same divergence rule. Pure torch: no Ray, no MLflow.
 """
 
 from __future__ import annotations
@@ -18,13 +18,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from tune.blocks import BlockModel
-from tune.training import measure, prefix_cache
-from tune.training.freeze import FreezeSummary, FrozenModel, freeze_model
+from tune.training import measure
+from tune.training.freeze import FreezeSummary
 
-__all__ = ["CHECKPOINT_FILE", "METRIC_KEYS", "EpochMeter", "TrialProtocol", "epoch_metrics", "frozen_model",
-           "known_metrics", "load_checkpoint", "load_progress", "pick_device", "progress", "save_checkpoint",
-           "seeded_model", "uncached"]
+__all__ = ["CHECKPOINT_FILE", "METRIC_KEYS", "EpochMeter", "TrialProtocol", "epoch_metrics", "known_metrics",
+           "load_checkpoint", "load_progress", "model_from_checkpoint", "progress", "save_checkpoint"]
 
 CHECKPOINT_FILE = "trial.pt"
 
@@ -115,31 +113,6 @@ def epoch_metrics(*, epoch: int, score: float, val_loss: float, train_loss: floa
 def known_metrics(task_metric: str, extra_metrics: tuple[str, ...] = ()) -> list[str]:
     """The metric names a task's trials report: what ``search.objectives`` may name."""
     return list(dict.fromkeys([*METRIC_KEYS, task_metric, *extra_metrics]))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seeded_model(task: Any, cfg: Any) -> BlockModel:
-    """The task's model (``task.build_model()``), built right after seeding torch with the trial's seed (``cfg``,
-    its TrainConfig): the new layers a model factory initialises (a head) are the seed's."""
-    torch.manual_seed(cfg.seed)
-    return task.build_model()
-
-
-def frozen_model(task: Any, cfg: Any) -> FrozenModel:
-    """A trial's model: the task's, seeded (``seeded_model``) and frozen as ``cfg`` says (``tune.training.freeze``)."""
-    return freeze_model(seeded_model(task, cfg), cfg)
-
-
-def uncached(frozen: FrozenModel, augments: bool) -> str:
-    """The ``prefix_cache`` tag of a trial that never caches its frozen prefix (a task's own training loop, which
-    ``tune.training.prefix_cache.cached_prefix`` does not reach): off, and the first reason
-    ``tune.training.prefix_cache.blocker`` gives for its frozen model."""
-    return f"off: {prefix_cache.blocker(frozen, augments)}"
 
 
 def progress(trial: Any) -> dict[str, Any]:
