@@ -189,9 +189,12 @@ def test_lora_trials_are_policies_on_the_frontier_and_the_best_hard_freeze_stays
 
     from tune.reporting.report import build_report, candidates
     from tune.settings.config import ReportConfig
+    from tune.settings.policy import Adapter
 
-    records = [_policy_record("lora", 3, "[0, 3) lora r4", [0.93], 1.2, adapter="lora", lora_rank="4"),
-               _policy_record("lora8", 5, "[0, 5) lora r8", [0.925], 1.1, adapter="lora", lora_rank="8"),
+    records = [_policy_record("lora", 3, "[0, 3) lora r4", [0.93], 1.2, adds={"adapter": Adapter("lora", 4)},
+                              adapter="lora", lora_rank="4"),
+               _policy_record("lora8", 5, "[0, 5) lora r8", [0.925], 1.1, adds={"adapter": Adapter("lora", 8)},
+                              adapter="lora", lora_rank="8"),
                _policy_record("hard", 3, "[0, 3)", [0.80], 0.5, adapter="none", lora_rank="8")]
     searched = ["freeze_stop", "adapter", "lora_rank", "lr"]
     built = build_report(records, searched=searched, objectives=[("score", "max")], tolerance=0.01,

@@ -13,6 +13,7 @@ from conftest import make_tiny_task, resumed_epochs
 from torch import nn
 
 from tune.settings.config import ConfigError, TrainConfig, load_config
+from tune.settings.policy import Policy
 from tune.training.freeze import freeze_model
 from tune.training.policy import plan
 from tune.training.train import LoopTrial, parameter_groups
@@ -173,15 +174,15 @@ def test_the_prefix_cache_serves_the_frozen_epochs_and_stops_at_the_thaw(tiny_ta
 def test_plan_labels_the_policy_and_leaves_out_what_it_does_not_use():
     cfg = _cfg(epochs=10)
     counts = [5, 5, 0, 5, 5]  # block 2 has no parameters: never a group, never a thaw step
-    assert plan(counts, (0, 1, 2), "[0, 3)", cfg).label == "[0, 3)"
-    thaw = plan(counts, (0, 1, 2), "[0, 3)", dataclasses.replace(cfg, unfreeze_epoch=2, unfreeze_every=3))
+    assert plan(counts, (0, 1, 2), cfg).label == "[0, 3)"
+    thaw = plan(counts, (0, 1, 2), dataclasses.replace(cfg, unfreeze_epoch=2, unfreeze_every=3))
     assert thaw.starts == {0: 5, 1: 2, 3: 0, 4: 0} and thaw.label == "[0, 3) thaw@2 every 3"
-    assert plan(counts, (), "[0, 0)", dataclasses.replace(cfg, unfreeze_epoch=2)).label == "[0, 0)"
-    decay = plan(counts, (0,), "[0, 1)", dataclasses.replace(cfg, layer_decay=0.8))
+    assert plan(counts, (), dataclasses.replace(cfg, unfreeze_epoch=2)).label == "[0, 0)"
+    decay = plan(counts, (0,), dataclasses.replace(cfg, layer_decay=0.8))
     assert decay.label == "[0, 1) decay 0.8"
     assert decay.scales == pytest.approx({1: 0.8 ** 2, 3: 0.8, 4: 1.0})
     # a decay on the head alone changes nothing: the trial is the hard freeze, and is named so
-    head_only = plan(counts, (0, 1, 2, 3), "[0, 4)", dataclasses.replace(cfg, layer_decay=0.6))
+    head_only = plan(counts, (0, 1, 2, 3), dataclasses.replace(cfg, layer_decay=0.6))
     assert head_only.label == "[0, 4)" and head_only.scales == {4: 1.0}
 
 
@@ -214,12 +215,16 @@ def test_hard_freezing_alone_trains_every_trained_block_at_lr():
 
 
 def _policy_record(name: str, stop: int, policy: str, scores: list[float], epoch_time: float, memory: float = 8.0,
-                   **params: str):
+                   adds: dict | None = None, **params: str):
+    """A trial's record freezing [0, stop) with what its policy ``adds`` (Policy's fields): its run's params are the
+    Policy's (what a trial logs), whose label is ``policy``."""
     from test_report import record
 
+    logged = Policy(frozen=tuple(range(stop)), **(adds or {}))
+    assert logged.label == policy
     made = record(name, stop, scores, epoch_time, memory)
     made.params.update({"layer_decay": "1.0", "unfreeze_epoch": "0", "trainable_params": str(100 - 10 * stop),
-                        **params, "policy": policy})
+                        **params, **{key: str(value) for key, value in logged.params().items()}})
     return made
 
 
@@ -230,8 +235,10 @@ def test_the_report_names_trials_by_policy_and_compares_time_to_the_best_epoch()
     records = [
         # the same range, three policies: each its own row, and each may be a candidate
         _policy_record("hard", 3, "[0, 3)", [0.90], 1.0, layer_decay="1.0", unfreeze_epoch="0"),
-        _policy_record("thaw", 3, "[0, 3) thaw@1", [0.80, 0.915], 1.5, layer_decay="1.0", unfreeze_epoch="1"),
-        _policy_record("decay", 3, "[0, 3) decay 0.7", [0.5, 0.6, 0.7, 0.915], 1.0, layer_decay="0.7",
+        _policy_record("thaw", 3, "[0, 3) thaw@1", [0.80, 0.915], 1.5, adds={"thaw": 1}, layer_decay="1.0",
+                       unfreeze_epoch="1"),
+        _policy_record("decay", 3, "[0, 3) decay 0.7", [0.5, 0.6, 0.7, 0.915], 1.0, adds={"decay": 0.7},
+                       layer_decay="0.7",
                        unfreeze_epoch="0"),
         _policy_record("none", 0, "[0, 0)", [0.85], 2.0, layer_decay="1.0", unfreeze_epoch="0"),
     ]
@@ -262,9 +269,9 @@ def test_the_best_hard_freeze_is_a_candidate_where_policies_were_searched_howeve
     from tune.settings.config import ReportConfig
 
     searched = ["freeze_stop", "layer_decay", "unfreeze_epoch", "lr"]
-    records = [_policy_record("thaw", 5, "[0, 5) thaw@1", [0.95], 1.0), _policy_record("decay", 0, "[0, 0) decay 0.8",
-                                                                                       [0.948], 1.2),
-               _policy_record("decay2", 2, "[0, 2) decay 0.6", [0.947], 1.1),
+    records = [_policy_record("thaw", 5, "[0, 5) thaw@1", [0.95], 1.0, adds={"thaw": 1}),
+               _policy_record("decay", 0, "[0, 0) decay 0.8", [0.948], 1.2, adds={"decay": 0.8}),
+               _policy_record("decay2", 2, "[0, 2) decay 0.6", [0.947], 1.1, adds={"decay": 0.6}),
                _policy_record("hard", 2, "[0, 2)", [0.80], 0.5), _policy_record("hard2", 6, "[0, 6)", [0.70], 0.3)]
     picked = candidates(records, ReportConfig(tolerance=0.01), searched, top=3)
     assert "hard" in picked and len(picked) == 3  # the race will say by how much freezing alone is worse

@@ -22,6 +22,7 @@ from tune.reporting.report import (
     summarise,
     value_at_best,
 )
+from tune.settings.policy import Adapter, Policy
 
 
 def record(name: str, stop: int, scores: list[float], epoch_time: float, memory: float, *, lr: float = 1e-3,
@@ -252,8 +253,8 @@ def test_params_read_back_from_mlflow_keep_their_types():
 
 def test_a_trial_results_params_are_typed_as_the_recommendations_are_and_its_labels_stay_strings():
     trial = record("a", 2, [0.5, 0.9], epoch_time=2.0, memory=5.0, lr=5e-05)
-    trial.params.update(prefix_cache="off", frozen_flops_share="0.2500", policy="{0, 2} thaw@1",
-                        freeze_range="{0, 2}")
+    trial.params.update(prefix_cache="off", frozen_flops_share="0.2500",
+                        **{key: str(value) for key, value in Policy(frozen=(0, 2), thaw=1).params().items()})
     [result] = summarise([trial])
     assert result.params["lr"] == 5e-05 and result.params["freeze_stop"] == 2
     assert result.params["frozen_flops_share"] == 0.25 and result.params["prefix_cache"] == "off"
@@ -372,8 +373,9 @@ def test_a_confirmed_interval_with_no_width_is_said_to_show_no_noise_not_certain
 def test_a_trials_frozen_range_is_read_from_what_its_run_logged_not_from_its_label():
     """A window's or an adapter's label says nothing parseable of its frozen blocks; the FreezeSummary's metrics do
     (the params' where a run has no such metric)."""
+    logged = Policy(frozen=(0, 1, 4, 5), window=(2, 4), adapter=Adapter("lora", 8))  # what the trial's run logs
     window = dataclasses.replace(record("w", 0, [0.9], 1.0, 1.0), metrics={"freeze_start": 0.0, "freeze_stop": 6.0},
-                                 params={"policy": "train [2, 4) lora r8", "freeze_stop": "None"})
+                                 params={**{k: str(v) for k, v in logged.params().items()}, "freeze_stop": "None"})
     [result] = summarise([window])
     assert result.freeze_key == (0, 6) and result.label == "train [2, 4) lora r8"
     [plain] = summarise([record("p", 3, [0.9], 1.0, 1.0)])

@@ -16,7 +16,7 @@ import run_search
 from tune.settings.config import ConfigError, TrainConfig, load_config
 from tune.settings.space import IntRange, OptunaSpace
 from tune.training.freeze import FrozenModel, check_space, depth_points, freeze_model, resolve
-from tune.training.train import LoopTrial
+from tune.training.train import LoopTrial, trial_plan
 
 HEAD = 3  # the tiny model's blocks: c1, c2, neck, head
 
@@ -36,7 +36,7 @@ def test_a_window_freezes_exactly_its_complement_and_trains_the_head(start, stop
     assert trained == expected
     assert frozen.summary.trainable_params == sum(block_model.param_counts()[i] for i in (*range(start, stop), HEAD))
     # a window that reaches the head is the hard freeze [0, start) and is named so; any other says what it trains
-    assert frozen.summary.name == (f"[0, {start})" if stop == HEAD else f"train [{start}, {stop})")
+    assert trial_plan(frozen, _cfg()).label == (f"[0, {start})" if stop == HEAD else f"train [{start}, {stop})")
 
 
 @pytest.mark.parametrize(("keys", "key", "problem"), [

@@ -78,7 +78,7 @@ class SearchResult:
         chosen, confirmed = built.chosen, built.confirmed_choice
         tested = test_scores(built)
         return Recommended(
-            freeze_range=chosen.freeze_range, policy=chosen.label, freeze=chosen.freeze_key,
+            freeze_range=chosen.policy.freeze_range, policy=chosen.policy.label, freeze=chosen.freeze_key,
             params={key: chosen.params[key] for key in built.recommendation.searched if key in chosen.params},
             score=confirmed.mean if confirmed else chosen.score,
             interval=confirmed.interval if confirmed else None, seeds=len(confirmed.scores) if confirmed else 0,

@@ -242,7 +242,7 @@ class Study:
         seeds = [cfg.train.seed + i for i in range(1, rule.seed_budget + 1)]
         done = tracking.finished_confirmations(self.tracking_uri, parent_id) if self.resume else set()
         checkpoints: dict[str, Any] = {}
-        ranges = {r.name: r.label for r in report.summarise(records)}
+        policies = {r.name: r.policy for r in report.summarise(records)}
         self.say(f"confirming {len(candidates)} candidates in a race on paired seeds: seeds "
                  f"{seeds[:rule.confirm_seeds]} first, then one a round up to {len(seeds)}, where the race decides "
                  "(it stops earlier where no candidate can be proven by then)"
@@ -250,8 +250,9 @@ class Study:
 
         def run_round(plan: Mapping[str, Sequence[int]], number: int) -> list[race.Candidate]:
             if number > 1:
+                named = (report.called(policies[name]) if name in policies else name for name in plan)
                 self.say(f"round {number}: seed {', '.join(map(str, sorted({s for v in plan.values() for s in v})))} "
-                         f"for {', '.join(report.called(ranges.get(name, name)) for name in plan)}")
+                         f"for {', '.join(named)}")
             outcome = search.confirm(cfg, self.tracker, {name: candidates[name] for name in plan},
                                      next(iter(plan.values())), storage_path=options.storage_path,
                                      address=self.address, verbose=int(options.verbose), done=done,
@@ -267,7 +268,7 @@ class Study:
         if decision is not None:
             state = ("proven" if decision.decided else
                      f"nothing proven after {decision.seeds} of {decision.budget} seeds, the highest mean")
-            self.say(f"confirmation {state}: {report.called(decision.chosen.label)}")
+            self.say(f"confirmation {state}: {report.called(decision.chosen.policy)}")
         return checkpoints, fetched
 
     def _score_test(self, built: report.Report, records: list, checkpoints: Mapping[str, Any]) -> None:

@@ -37,7 +37,7 @@ def write_report(report: Report, records: Sequence[TrialRecord], out_dir: Path, 
         if result is None:
             continue
         steps, scores = zip(*record.history["score"], strict=True)
-        label = None if result.label in labelled else called(result.label)
+        label = None if result.label in labelled else called(result.policy)
         labelled.add(result.label)
         ax.plot(steps, scores, color=colours[result.label], alpha=0.8, marker=".", label=label)
     _reference_line(ax, report.reference)

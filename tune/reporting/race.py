@@ -35,6 +35,8 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from tune.settings.policy import Policy
+
 __all__ = ["Candidate", "Comparison", "Decision", "decide", "race", "t_quantile"]
 
 WITHIN, WORSE, UNDECIDED = "within", "worse", "undecided"
@@ -57,9 +59,10 @@ def _normal_cdf(x: float) -> float:
 
 @dataclass(frozen=True, init=False)
 class Candidate:
-    """A configuration re-run with fresh seeds by the confirmation: its score and run per seed. ``label`` is its
-    policy's (tune.training.policy: the freeze range and what a policy adds); ``freeze_range`` is the same, by its older
-    name (a keyword of the constructor too)."""
+    """A configuration re-run with fresh seeds by the confirmation: its score and run per seed. ``policy`` is its
+    policy as data (tune.settings.policy: the freeze and what a policy adds; None where a caller gives the label
+    alone) and ``label`` its label; ``freeze_range`` is the label by its other name (a keyword of the constructor
+    too)."""
 
     name: str  # the search trial it repeats
     label: str
@@ -68,20 +71,23 @@ class Candidate:
     cost: float  # mean over the seeds
     runs: tuple[str, ...] = ()  # the confirmation runs' trial names, one per seed
     seeds: tuple[int, ...] = ()  # the seed of each score (paired comparisons match them)
+    policy: Policy | None = None
 
     def __init__(self, name: str, label: str | None = None, params_text: str = "", scores: tuple[float, ...] = (),
                  cost: float = math.nan, runs: tuple[str, ...] = (), seeds: tuple[int, ...] = (), *,
-                 freeze_range: str | None = None) -> None:
+                 freeze_range: str | None = None, policy: Policy | None = None) -> None:
+        if label is None and freeze_range is None and policy is not None:
+            label = policy.label
         if (label is None) == (freeze_range is None):
-            raise TypeError("Candidate takes its label (or, by its older name, freeze_range): one of them")
+            raise TypeError("Candidate takes its policy, its label or its label as freeze_range: one of them")
         for key, value in (("name", name), ("label", label if label is not None else freeze_range),
                            ("params_text", params_text), ("scores", tuple(scores)), ("cost", cost),
-                           ("runs", tuple(runs)), ("seeds", tuple(seeds))):
+                           ("runs", tuple(runs)), ("seeds", tuple(seeds)), ("policy", policy)):
             object.__setattr__(self, key, value)
 
     @property
     def freeze_range(self) -> str:
-        """The label, by its older name."""
+        """The label, by its other name (read-only)."""
         return self.label
 
     @property

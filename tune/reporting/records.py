@@ -1,6 +1,7 @@
 """What a search's runs hold, as plain Python: the records the report reads (TrialRecord, SearchRecord), the
 encodings the runs are written with (``flatten`` for params, ``search_tags`` for what SearchRecord decodes), a
-param read back (``typed``, ``typed_params``) and shown (``short``). Imports neither MLflow nor Ray
+param read back (``typed``, ``typed_params``) and shown (``short``); a trial's policy from its params
+(``TrialRecord.policy``). Imports neither MLflow nor Ray
 (tune.tracker.tracking fills the records from MLflow).
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tune.settings.config import ReportConfig, SearchConfig
+from tune.settings.policy import Policy
 
 __all__ = ["LABELS", "SearchRecord", "TrialRecord", "flatten", "search_tags", "short", "typed", "typed_params"]
 
@@ -40,6 +42,13 @@ class TrialRecord:
                 except (TypeError, ValueError):  # a param such as None: not a range
                     continue
         return (0, 0)
+
+    @property
+    def policy(self) -> Policy:
+        """The trial's policy, from the params its run logged (``Policy.params``); a run without them gets the hard
+        freeze of its ``frozen_range`` with what its config params ask for (``Policy.from_params``)."""
+        start, stop = self.frozen_range
+        return Policy.from_params(typed_params(self.params), frozen=tuple(range(start, stop)))
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 from tune.reporting.race import Candidate, Decision, decide
 from tune.reporting.records import TrialRecord, short, typed_params
 from tune.settings.config import ReportConfig
+from tune.settings.policy import Policy
 from tune.settings.space import LABELLED_KEYS
 
 __all__ = ["Candidate", "Recommendation", "Report", "TrialResult", "build_report", "called", "candidates",
@@ -39,7 +40,7 @@ _SCORED_ONCE = ("test_score",)  # logged once, after the search, for the best-ep
 class TrialResult:
     name: str
     status: str
-    freeze_range: str
+    policy: Policy  # what it froze and what its policy adds (tune.settings.policy), from its run's params
     freeze_key: tuple[int, int]  # (start, stop) of the frozen range, for ordering
     params: dict[str, Any]  # typed as the run's params were written (tune.reporting.records.typed_params)
     best_epoch: int
@@ -48,12 +49,17 @@ class TrialResult:
     epochs_run: int
     stopped_early: bool
     candidate: str | None = None  # confirmation runs: the search trial they repeat
-    policy: str = ""  # the freeze range and what a policy adds to it (tune.training.policy), e.g. "[0, 5) thaw@2"
 
     @property
     def label(self) -> str:
-        """What the trial is called in the tables: its policy (its freeze range, for a hard freeze)."""
-        return self.policy or self.freeze_range
+        """What the trial is called in the tables: its policy's label (its freeze range, for a hard freeze), e.g.
+        ``[0, 5) thaw@2``."""
+        return self.policy.label
+
+    @property
+    def freeze_range(self) -> str:
+        """Its frozen blocks: ``[0, 3)``, ``{0, 2}``."""
+        return self.policy.freeze_range
 
     @property
     def epoch_time_s(self) -> float:
@@ -84,10 +90,15 @@ def value_at_best(history: list[tuple[int, float]], metric: str, best_epoch: int
     return at[-1] if at else math.nan
 
 
-def called(label: str) -> str:
+def called(policy: Policy) -> str:
     """How the report's sentences name a trial's policy: ``freeze [0, 3)``; a trained window's label says what trains,
     and goes as it is (``train [3, 4)``, never "freeze train [3, 4)")."""
-    return label if label.startswith("train ") else f"freeze {label}"
+    return policy.label if policy.window is not None else f"freeze {policy.label}"
+
+
+def _called(candidate: Candidate) -> str:
+    """``called`` for a candidate: by its policy, or its label where it was given a label alone."""
+    return called(candidate.policy) if candidate.policy is not None else f"freeze {candidate.label}"
 
 
 def summarise(records: Sequence[TrialRecord]) -> list[TrialResult]:
@@ -100,13 +111,11 @@ def summarise(records: Sequence[TrialRecord]) -> list[TrialResult]:
             continue
         best_epoch, best = max(scores, key=lambda point: (point[1], -point[0]))
         values = {metric: value_at_best(history, metric, best_epoch) for metric, history in record.history.items()}
-        freeze_range = record.params.get("freeze_range", "?")
         results.append(TrialResult(
-            name=record.name, status=record.status, freeze_range=freeze_range, freeze_key=record.frozen_range,
+            name=record.name, status=record.status, policy=record.policy, freeze_key=record.frozen_range,
             params=typed_params(record.params), best_epoch=best_epoch, score=best, values=values,
             epochs_run=scores[-1][0], stopped_early=record.tags.get("stopped_early") == "True",
-            candidate=record.tags.get("candidate"),
-            policy=record.params.get("policy", freeze_range)))
+            candidate=record.tags.get("candidate")))
     return sorted(results, key=lambda r: (-r.score, r.epoch_time_s))
 
 
@@ -142,13 +151,13 @@ class Recommendation:
 
     def describe(self) -> str:
         chosen, best, cost = self.trial, self.best, self.cost
-        text = (f"Recommendation: {called(chosen.label)} ({_params_text(chosen, self.searched)}): "
+        text = (f"Recommendation: {called(chosen.policy)} ({_params_text(chosen, self.searched)}): "
                 f"score {chosen.score:.4f}, "
                 f"{cost} {chosen.values.get(cost, math.nan):.4g}, peak memory {chosen.peak_mem_mb:.2f} MB.")
         if chosen is best:
             return text + f" It is also the best score; no trial within {self.tolerance:g} of it costs less."
         ratio = chosen.values.get(cost, math.nan) / best.values.get(cost, math.nan)
-        return (text + f" The best score is {best.score:.4f} ({called(best.label)}); this one is within the "
+        return (text + f" The best score is {best.score:.4f} ({called(best.policy)}); this one is within the "
                 f"tolerance of {self.tolerance:g} at {ratio:.0%} of its {cost} and "
                 f"{chosen.peak_mem_mb / best.peak_mem_mb:.0%} of its memory.")
 
@@ -204,13 +213,13 @@ def candidates(records: Sequence[TrialRecord], rule: ReportConfig, searched: Seq
     # candidate whenever early stopping may have hidden it (none of its trials ran every epoch): the cheapest
     # configuration is not lost to a dip in its first epochs; a deepest range that trained to the end and still
     # fell short is judged like any other
-    deepest = min(best_of.values(), key=lambda r: (_trainable_params(r), r.label != r.freeze_range))  # hard first
+    deepest = min(best_of.values(), key=lambda r: (_trainable_params(r), not r.policy.is_hard))  # hard first
     stopped = all(r.stopped_early for r in results if r.label == deepest.label)
     reserved = [deepest] if by_freeze and (stopped or deepest in ranked) else []
     # where policies were searched (tune.training.policy), the best hard freeze is a candidate too: the race then says
     # whether a decay or a thaw is proven better than freezing alone, and a hard freeze within the tolerance and cheaper
     # wins
-    hard = next((r for r in best_of.values() if r.label == r.freeze_range), None)
+    hard = next((r for r in best_of.values() if r.policy.is_hard), None)
     if by_freeze and by_policy(results) and hard is not None and hard not in reserved:
         reserved.append(hard)
     extra = [r for r in reserved if r not in chosen][:max(0, top - 1)]
@@ -249,7 +258,7 @@ def confirmation_candidates(results: Sequence[TrialResult], cost: str, searched:
         if r.candidate and r.status == "FINISHED" and key not in seen:
             seen.add(key)
             groups.setdefault(r.candidate, []).append(r)
-    return [Candidate(name=name, label=runs[0].label, params_text=_params_text(runs[0], searched),
+    return [Candidate(name=name, policy=runs[0].policy, params_text=_params_text(runs[0], searched),
                       scores=tuple(r.score for r in runs),
                       cost=statistics.fmean(r.values.get(cost, math.nan) for r in runs),
                       runs=tuple(r.name for r in runs), seeds=tuple(_seed(r) for r in runs))
@@ -301,7 +310,7 @@ def trial_table(results: Sequence[TrialResult], searched: Sequence[str], marks: 
 
 def by_policy(results: Sequence[TrialResult]) -> bool:
     """Whether more than hard freezing was searched: some trial's policy adds a decay or a thaw to its range."""
-    return any(r.label != r.freeze_range for r in results)
+    return any(not r.policy.is_hard for r in results)
 
 
 def depth_table(results: Sequence[TrialResult]) -> str:
@@ -344,7 +353,7 @@ def confirmed_text(decision: Decision, cost: str) -> str:
     confidence, seeds = f"{decision.confidence:.0%}", decision.seeds
     low, high = chosen.interval
     mean = f"mean score {chosen.mean:.4f} (95% interval {low:.4f}-{high:.4f}) over {len(chosen.scores)} seeds"
-    head = f"Recommendation: {called(chosen.label)} ({chosen.params_text})"
+    head = f"Recommendation: {_called(chosen)} ({chosen.params_text})"
     if decision.ended == "single":
         why = (f"the other {decision.absent} candidate{'s' * (decision.absent != 1)} of the race finished no run"
                if decision.absent else "no other configuration came within three tolerances of its score in the "
@@ -358,7 +367,7 @@ def confirmed_text(decision: Decision, cost: str) -> str:
             text += (f", the highest mean, at most {max(compared.upper, 0):.4f} below the best at {confidence} "
                      "confidence; no cheaper candidate was proven within.")
         else:
-            text += (f", {compared.gap:.4f} below the highest mean ({called(best.label)}, {best.mean:.4f}) and "
+            text += (f", {compared.gap:.4f} below the highest mean ({_called(best)}, {best.mean:.4f}) and "
                      f"at most {max(compared.upper, 0):.4f} below the best at {confidence} confidence, at "
                      f"{chosen.cost / best.cost:.0%} of its {cost}.")
     else:
@@ -379,20 +388,20 @@ def confirmed_text(decision: Decision, cost: str) -> str:
                      "is proven against a candidate that did not run.")
         if decision.more_seeds is not None and decision.prospect is not None:
             prospect = next(c for c in decision.candidates if c.name == decision.prospect)
-            text += (f" At the spread seen, proving {called(prospect.label)} within would take about "
+            text += (f" At the spread seen, proving {_called(prospect)} within would take about "
                      f"{decision.more_seeds} more seed{'s' * (decision.more_seeds != 1)} per candidate "
                      "(report.confirm_max_seeds).")
         near = [c for c in decision.candidates if c.cost < chosen.cost
                 and decision.comparisons[c.name].gap <= tolerance and decision.comparisons[c.name].verdict != "worse"]
         if near:
             text += " Cheaper, within the tolerance on their means but not proven: " + ", ".join(
-                f"{called(c.label)} (gap {decision.comparisons[c.name].gap:.4f}, bound "
+                f"{_called(c)} (gap {decision.comparisons[c.name].gap:.4f}, bound "
                 f"{decision.comparisons[c.name].upper:.4f})" for c in near) + "."
     worse = [c for c in decision.candidates if decision.comparisons[c.name].verdict == "worse"]
     if worse:
         text += " More than the tolerance below another candidate by their bounds (a check, outside the promise): " \
             + ", ".join(
-            f"{called(c.label)} (at least {decision.comparisons[c.name].lower:.4f})" for c in worse) + "."
+            f"{_called(c)} (at least {decision.comparisons[c.name].lower:.4f})" for c in worse) + "."
     others = len(decision.candidates) - 1
     correction = ("one comparison, so no correction" if others == 1 else
                   f"Bonferroni over the {others} comparisons with the best")
@@ -505,7 +514,7 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
                      "choice, chose nothing.")
     if report.chosen is not None and _best_at_start(report):
         parts.append(f"The recommendation is best at epoch 0, before any training step: on these data the linear "
-                     f"probe on {called(report.chosen.label)}'s network is the answer, and fine-tuning it did "
+                     f"probe on {called(report.chosen.policy)}'s network is the answer, and fine-tuning it did "
                      "not help; the logged model is that start (the probe's head on the pretrained network).")
     chosen_score = report.confirmed_choice.mean if report.confirmed_choice else (
         report.chosen.score if report.chosen else None)

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from tune.reporting.records import short
+from tune.settings.policy import Policy
 from tune.settings.space import LABELLED_KEYS
 from tune.tracker.tracking import TRIAL_ID_TAG, SearchTracker
 
-__all__ = ["TAG_KEYS", "TrialRuns", "failure_reason"]
+__all__ = ["TAG_KEYS", "TrialRuns", "failure_reason", "trial_policy"]
 
 # Result keys that describe where and how a trial ran: tags of its MLflow run, not metrics.
 TAG_KEYS = ("mem_source", "prefix_cache", "head_start", "precision", "channels_last", "node_ip", "node_id",
@@ -89,12 +90,11 @@ class TrialRuns:
             self.tracker.set_tags(run_id, {"resumed_at_epoch": epoch})
         if epoch <= self.last_epoch.get(trial_id, -1):
             return  # a retried trial replays no epoch it already logged
-        if trial_id not in self.last_epoch:  # the first result carries the FreezeSummary
-            freeze_range = result.get("freeze_label", f"[{result['freeze_start']}, {result['freeze_stop']})")
-            policy = result.get("policy", freeze_range)  # the range and what a policy adds (tune.training.policy)
-            self.tracker.rename(run_id, self.run_name(policy, params, tags))
+        if trial_id not in self.last_epoch:  # the first result carries the FreezeSummary and the policy
+            policy = trial_policy(result)
+            self.tracker.rename(run_id, self.run_name(policy.label, params, tags))
             self.tracker.log_params(run_id, {
-                "freeze_range": freeze_range, "policy": policy,
+                **policy.params(),
                 "trainable_params": result["trainable_params"], "frozen_params": result["frozen_params"],
                 "frozen_flops_share": f"{result['frozen_flops_share']:.4f}",
                 "adapter_params": result.get("adapter_params", 0)})
@@ -142,6 +142,14 @@ class TrialRuns:
         if trial_id in self.run_ids and trial_id not in self.ended:
             self.ended.add(trial_id)
             self.tracker.end_trial(self.run_ids[trial_id], "FAILED", tags={"failure_reason": reason})
+
+
+def trial_policy(result: Mapping[str, Any]) -> Policy:
+    """A trial's policy from its result: the params it reports (``policy_params``: tune.settings.policy.Policy.params),
+    else the hard freeze of the range its FreezeSummary reports (a trial that reports no policy)."""
+    if "policy_params" in result:
+        return Policy.from_params(result["policy_params"])
+    return Policy(frozen=tuple(range(int(result["freeze_start"]), int(result["freeze_stop"]))))
 
 
 def failure_reason(error_file: str) -> str:

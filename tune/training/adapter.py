@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # torch only where adapters are built
 
     from tune.blocks import BlockModel
 
-__all__ = ["ADAPTER_KEYS", "Adapters", "can_adapt", "check", "inject", "label", "merged", "targets"]
+__all__ = ["ADAPTER_KEYS", "Adapters", "can_adapt", "check", "inject", "merged", "targets"]
 
 _ADAPTER_NAME = "default"  # PEFT's name for a model's one adapter
 
@@ -56,16 +56,6 @@ class Adapters:
     def state(self) -> dict[str, Any]:
         """What a checkpoint needs to rebuild the adapters on a fresh model (``merged``): plain values only."""
         return {"targets": list(self.targets), "rank": self.rank, "alpha": self.alpha, "dropout": self.dropout}
-
-    @property
-    def label(self) -> str:
-        return label(self.rank, self.alpha, self.dropout)
-
-
-def label(rank: int, alpha: float, dropout: float) -> str:
-    """``lora r8``, with the scale's alpha and the dropout where they are not the defaults (16, 0)."""
-    return " ".join([f"lora r{rank}", *([f"alpha {alpha:g}"] if alpha != 16 else []),
-                     *([f"dropout {dropout:g}"] if dropout else [])])
 
 
 def _adaptable(module: nn.Module) -> bool:

@@ -29,6 +29,7 @@ from torch import nn
 
 from tune.blocks import BlockModel, block_flops
 from tune.errors import ConfigError
+from tune.settings.policy import Policy
 from tune.settings.space import FREEZE_KEYS, ORDERED_PAIRS, WINDOW, IntRange, in_order, is_int, resolve_names
 
 __all__ = ["FREEZE_KEYS", "FreezeSpec", "FreezeSummary", "FrozenModel", "check_points", "check_space", "depth_points",
@@ -67,14 +68,6 @@ class FreezeSpec:
         """The frozen prefix: blocks [0, prefix_stop), what a cache may compute once (tune.training.prefix_cache)."""
         return tuple(range(self.prefix_stop))
 
-    @property
-    def name(self) -> str | None:
-        """``train [a, b)`` for a trained window that does not reach the head, None for anything else (a window that
-        reaches the head is the hard freeze [0, a) and goes by that range)."""
-        if self.window is None or self.is_prefix:
-            return None
-        return f"train [{self.window[0]}, {self.window[1]})"
-
 
 @dataclass(frozen=True)
 class FreezeSummary:
@@ -85,25 +78,25 @@ class FreezeSummary:
     trainable_params: int
     frozen_flops_share: float  # share of one forward pass's FLOPs spent in frozen blocks
     adapter_params: int = 0  # LoRA adapters' parameters in the frozen blocks (adapter.py), among trainable_params
-    window_name: str | None = None  # ``train [a, b)``: a trained window's (FreezeSpec.name)
+
+    @property
+    def policy(self) -> Policy:
+        """The hard freeze of the frozen blocks (a trial's own policy adds its window, decay, thaw and adapter:
+        tune.training.policy)."""
+        return Policy(frozen=self.frozen_blocks)
 
     @property
     def label(self) -> str:
         """``[start, stop)`` for a contiguous range (YOLOv5's ``--freeze N`` is ``[0, N)``), else the blocks."""
-        if self.frozen_blocks == tuple(range(self.freeze_start, self.freeze_stop)):
-            return f"[{self.freeze_start}, {self.freeze_stop})"
-        return "{" + ", ".join(str(i) for i in self.frozen_blocks) + "}"
-
-    @property
-    def name(self) -> str:
-        """What the freeze is called (the start of its policy's label, tune.training.policy): a trained window's
-        ``train [a, b)``, else the frozen blocks' ``label``."""
-        return self.window_name or self.label
+        return self.policy.freeze_range
 
     def as_metrics(self) -> dict[str, Any]:
+        """The freeze as a trial reports it: its numbers, its label and ``policy_params``, the params of its run's
+        policy (``tune.settings.policy.Policy.params``; a trial with a policy of its own reports that instead)."""
         return {"freeze_label": self.label, "freeze_start": self.freeze_start, "freeze_stop": self.freeze_stop,
                 "frozen_params": self.frozen_params, "trainable_params": self.trainable_params,
-                "frozen_flops_share": self.frozen_flops_share, "adapter_params": self.adapter_params}
+                "frozen_flops_share": self.frozen_flops_share, "adapter_params": self.adapter_params,
+                "policy_params": self.policy.params()}
 
 
 def _describe(value: Any) -> str | None:
@@ -220,7 +213,6 @@ class FrozenModel:
             trainable_params=sum(p.numel() for p in self.trainable_parameters()),
             frozen_flops_share=self.frozen_flops_share(),
             adapter_params=adapters.param_count if adapters else 0,
-            window_name=spec.name,
         )
 
     def _eval_modules(self) -> list[nn.Module]:

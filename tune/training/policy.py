@@ -13,7 +13,8 @@ Hard freezing is one end of a family; a trial's policy is its frozen range (``tu
   every k epochs (ULMFiT); a block whose turn comes after the last epoch stays frozen.
 
 ``plan`` turns a frozen model and a TrainConfig into a ``Plan``: when each block starts training, its learning-rate
-scale and the policy's label (``[0, 5) thaw@2 decay 0.7``), the name a trial goes by in the report and in MLflow.
+scale and the policy as data (``tune.settings.policy.Policy``), whose label (``[0, 5) thaw@2 decay 0.7``) is the name
+a trial goes by in the report and in MLflow.
 """
 
 from __future__ import annotations
@@ -21,20 +22,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tune.settings.policy import Policy
 from tune.settings.space import LABELLED_KEYS, POLICY_KEYS
 
-__all__ = ["LABELLED_KEYS", "POLICY_KEYS", "Plan", "plan", "policy_label"]
-
-
+__all__ = ["LABELLED_KEYS", "POLICY_KEYS", "Plan", "plan"]
 
 @dataclass(frozen=True)
 class Plan:
     """A trial's policy over its blocks. ``starts[i]``: the epochs done when block i starts training (0: from the
-    first; blocks never trained are absent); ``scales[i]``: its learning rate over ``lr``."""
+    first; blocks never trained are absent); ``scales[i]``: its learning rate over ``lr``; ``policy``: the policy as
+    data, with its label."""
 
     starts: dict[int, int]
     scales: dict[int, float]
-    label: str
+    policy: Policy
+
+    @property
+    def label(self) -> str:
+        return self.policy.label
 
     @property
     def thaws(self) -> dict[int, int]:
@@ -46,22 +51,13 @@ class Plan:
         return min(self.thaws.values(), default=None)
 
 
-def policy_label(freeze_label: str, cfg: Any, thaws: bool, decays: bool = True) -> str:
-    """``[0, 5)``, ``[0, 5) thaw@2``, ``[0, 5) thaw@2 every 1``, ``[2, 6) decay 0.7``: the frozen range and what
-    the policy adds to hard freezing (a thaw only where a block thaws, a decay only where two blocks or more train:
-    on the head alone it changes nothing, and the trial is the hard freeze it labels)."""
-    parts = [freeze_label]
-    if thaws:
-        parts.append(f"thaw@{cfg.unfreeze_epoch}" + (f" every {cfg.unfreeze_every}" if cfg.unfreeze_every else ""))
-    if cfg.layer_decay != 1 and decays:
-        parts.append(f"decay {cfg.layer_decay:g}")
-    return " ".join(parts)
-
-
-def plan(param_counts: list[int], frozen_blocks: tuple[int, ...], freeze_label: str, cfg: Any) -> Plan:
+def plan(param_counts: list[int], frozen_blocks: tuple[int, ...], cfg: Any, *, window: tuple[int, int] | None = None,
+         adapted: bool = False) -> Plan:
     """The policy of a trial whose model has blocks with ``param_counts`` parameters and freezes ``frozen_blocks``
-    (labelled ``freeze_label``), as its TrainConfig ``cfg`` says (layer_decay, unfreeze_epoch, unfreeze_every,
-    head_lr_mult, epochs). Blocks without parameters are left out: nothing of theirs trains."""
+    (from the trained ``window``, if one), as its TrainConfig ``cfg`` says (layer_decay, unfreeze_epoch,
+    unfreeze_every, head_lr_mult, epochs; ``adapted``: adapters sit on the frozen blocks). Blocks without parameters
+    are left out: nothing of theirs trains. Its Policy names a thaw only where a block thaws and a decay only where
+    two blocks or more train: on the head alone a decay changes nothing, and the trial is the hard freeze it labels."""
     frozen = set(frozen_blocks)
     starts = {i: 0 for i, count in enumerate(param_counts) if count and i not in frozen}
     if cfg.unfreeze_epoch:
@@ -77,5 +73,6 @@ def plan(param_counts: list[int], frozen_blocks: tuple[int, ...], freeze_label: 
         above = len(trained) - 1 - rank  # the trained blocks above this one
         scales[block] = cfg.layer_decay ** above * (cfg.head_lr_mult if block == head else 1.0)
     starts = dict(sorted(starts.items()))
-    return Plan(starts=starts, scales=scales,
-                label=policy_label(freeze_label, cfg, any(start > 0 for start in starts.values()), len(trained) > 1))
+    found = Policy.of_trial(tuple(frozen_blocks), window, cfg, thaws=any(start > 0 for start in starts.values()),
+                            decays=len(trained) > 1, adapted=adapted)
+    return Plan(starts=starts, scales=scales, policy=found)

@@ -94,12 +94,12 @@ def fit_head_probe(task: Task, cfg: TrainConfig, device: torch.device | None = N
 
 
 def trial_plan(frozen: freeze.FrozenModel, cfg: TrainConfig) -> policy.Plan:
-    """The trial's policy over its frozen model (``policy``): when each block trains, at what rate, its label."""
+    """The trial's policy over its frozen model (``policy``): when each block trains, at what rate, and the policy
+    as data (its frozen blocks, trained window, decay, thaw and the LoRA adapters on the frozen range, where
+    ``tune.training.adapter`` put them), with its label."""
     counts = [sum(p.numel() for p in frozen.block_parameters(i)) for i in range(frozen.block_model.n_blocks)]
-    found = policy.plan(counts, frozen.spec.blocks, frozen.summary.name, cfg)
-    if frozen.adapters is not None:  # LoRA on the frozen range (tune.training.adapter): its label follows the range's
-        found = dataclasses.replace(found, label=f"{found.label} {frozen.adapters.label}")
-    return found
+    return policy.plan(counts, frozen.spec.blocks, cfg, window=frozen.spec.window,
+                       adapted=frozen.adapters is not None)
 
 
 def parameter_groups(frozen: freeze.FrozenModel, cfg: TrainConfig, plan: policy.Plan | None = None
@@ -348,10 +348,10 @@ class LoopTrial:
         return metrics
 
     def _how(self) -> dict[str, str]:
-        """How the trial trains: its policy's label (a param of its run), the head's start, the precision, the
+        """How the trial trains: its policy's label and params (its run's), the head's start, the precision, the
         memory layout (tags)."""
-        return {"policy": self.plan.label, "head_start": self.head_start, "precision": self.precision,
-                "channels_last": "on" if self.channels_last else "off"}
+        return {"policy": self.plan.label, "policy_params": self.plan.policy.params(), "head_start": self.head_start,
+                "precision": self.precision, "channels_last": "on" if self.channels_last else "off"}
 
     def _step(self, batch: Any, meter: EpochMeter | None = None) -> torch.Tensor:
         """One optimizer step on ``batch`` (recording the activations saved for backward into ``meter`` if
