@@ -36,7 +36,7 @@ from mlflow.tracking import MlflowClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tune.reporting import report  # noqa: E402
+from tune.reporting import analysis  # noqa: E402
 from tune.reporting.records import SearchRecord, TrialRecord  # noqa: E402
 from tune.tracker import tracking  # noqa: E402
 
@@ -72,7 +72,7 @@ def grid_space(folder: Path, lrs: list[float], seeds: list[int]) -> Path:
 def grid_means(trials: list[TrialRecord]) -> dict[str, tuple[float, float, str]]:
     """Each freeze range's (mean, standard error, learning rate) at its best learning rate."""
     by: dict[tuple[str, str], list[float]] = {}
-    for result in report.summarise(trials):
+    for result in analysis.summarise(trials):
         by.setdefault((result.freeze_range, result.params["lr"]), []).append(result.score)
     best: dict[str, tuple[float, float, str]] = {}
     for (freeze_range, lr), scores in by.items():
@@ -92,8 +92,8 @@ def epochs_of(trials: list[TrialRecord], phase: str | None = None) -> int:
 def race_figures(parent: SearchRecord, trials: list[TrialRecord], tolerance: float) -> tuple[int, str, float, float]:
     """The confirmation race of one search: rounds, how it ended (the parent's tag race_ended: proven, budget,
     futile), the median paired and unpaired standard error of the candidates' gaps to the highest mean."""
-    confirmation = [r for r in report.summarise(trials) if r.candidate]
-    decision = report.confirmed(confirmation, tolerance, "epoch_time_s", budget=parent.report.seed_budget)
+    confirmation = [r for r in analysis.summarise(trials) if r.candidate]
+    decision = analysis.confirmed(confirmation, tolerance, "epoch_time_s", budget=parent.report.seed_budget)
     if decision is None:
         return 0, "none", math.nan, math.nan
     rounds = max(int(t.tags.get("round", 1)) for t in trials if t.tags.get("phase") == "confirm")

@@ -180,7 +180,7 @@ def test_resume_without_an_unfinished_search_is_bad_input(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_driver_stopped_during_confirm_resumes_it_without_repeating_or_counting_partial_runs(tmp_path):
-    from tune.reporting import report
+    from tune.reporting import analysis
     from tune.tracker import tracking
 
     _space(tmp_path, seconds=0.3, epochs=3, samples=1, free=4)  # the 3 search trials and 1 confirmation run
@@ -223,5 +223,5 @@ def test_a_driver_stopped_during_confirm_resumes_it_without_repeating_or_countin
     [parent] = [r for r in _runs(tmp_path) if r.data.tags.get("freeze_search.role") == "search"]
     assert parent.info.status == "FINISHED"
     records = tracking.fetch_trials(f"sqlite:///{tmp_path / 'mlflow.db'}", parent.info.run_id)
-    decision = report.confirmed(report.summarise(records), tolerance=0.01, cost="epoch_time_s")
+    decision = analysis.confirmed(analysis.summarise(records), tolerance=0.01, cost="epoch_time_s")
     assert sorted(len(c.scores) for c in decision.candidates) == [2, 2]  # the runs killed part way are not counted

@@ -187,7 +187,8 @@ def test_a_range_with_no_module_to_adapt_is_refused_before_any_trial(tmp_path, m
 def test_lora_trials_are_policies_on_the_frontier_and_the_best_hard_freeze_stays_a_candidate():
     from test_policy import _policy_record
 
-    from tune.reporting.report import build_report, candidates
+    from tune.reporting.analysis import candidates
+    from tune.reporting.report import build_report
     from tune.settings.config import ReportConfig
     from tune.settings.policy import Adapter
 

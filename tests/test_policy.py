@@ -229,7 +229,8 @@ def _policy_record(name: str, stop: int, policy: str, scores: list[float], epoch
 
 
 def test_the_report_names_trials_by_policy_and_compares_time_to_the_best_epoch():
-    from tune.reporting.report import POLICY_FRONTIER, build_report, candidates
+    from tune.reporting.analysis import POLICY_FRONTIER, candidates
+    from tune.reporting.report import build_report
     from tune.settings.config import ReportConfig
 
     records = [
@@ -265,7 +266,7 @@ def test_the_report_names_trials_by_policy_and_compares_time_to_the_best_epoch()
 
 
 def test_the_best_hard_freeze_is_a_candidate_where_policies_were_searched_however_far_below():
-    from tune.reporting.report import candidates
+    from tune.reporting.analysis import candidates
     from tune.settings.config import ReportConfig
 
     searched = ["freeze_stop", "layer_decay", "unfreeze_epoch", "lr"]

@@ -9,19 +9,18 @@ import statistics
 import matplotlib.image
 import pytest
 
-from tune.reporting.plots import write_report
-from tune.reporting.records import TrialRecord
-from tune.reporting.report import (
+from tune.reporting.analysis import (
     DEFAULT_FRONTIER,
-    build_report,
     confirmed,
-    confirmed_text,
     dominates,
     frontier,
     recommend,
     summarise,
     value_at_best,
 )
+from tune.reporting.plots import write_report
+from tune.reporting.records import TrialRecord
+from tune.reporting.report import build_report, confirmed_text
 from tune.settings.policy import Adapter, Policy
 
 
@@ -129,7 +128,7 @@ def test_a_candidate_proven_worse_by_more_than_the_tolerance_is_dropped_from_the
 
 
 def test_candidates_are_the_best_range_and_the_cheapest_ranges_near_it_each_at_its_best_trial():
-    from tune.reporting.report import candidates
+    from tune.reporting.analysis import candidates
     from tune.settings.config import ReportConfig
 
     records = [record("best", 0, [0.95], 2.0, 8.0), record("best_other_lr", 0, [0.90], 2.0, 8.0),
@@ -151,7 +150,7 @@ def test_candidates_are_the_best_range_and_the_cheapest_ranges_near_it_each_at_i
 
 
 def test_the_deepest_freeze_is_a_candidate_where_early_stopping_may_have_hidden_it():
-    from tune.reporting.report import candidates
+    from tune.reporting.analysis import candidates
     from tune.settings.config import ReportConfig
 
     def trials(deepest_stopped: bool) -> list[TrialRecord]:

@@ -248,7 +248,7 @@ def test_time_budget_stops_the_search_cleanly(ray_runtime, tmp_path, capsys):
 
 
 def test_confirm_reruns_the_top_ranked_candidates_with_fresh_seeds_and_recommends_the_confirmed_one(default_smoke):
-    from tune.reporting import report
+    from tune.reporting import analysis
     from tune.tracker import tracking
 
     _, uri, _ = default_smoke
@@ -263,15 +263,15 @@ def test_confirm_reruns_the_top_ranked_candidates_with_fresh_seeds_and_recommend
         source = searched[run.data.tags["candidate"]]
         assert run.data.params["freeze_stop"] == source.data.params["freeze_stop"]
         assert run.data.params["lr"] == source.data.params["lr"]
-    # the candidates: the best score's range, then the cheapest ranges near it (report.candidates), up to 2
+    # the candidates: the best score's range, then the cheapest ranges near it (analysis.candidates), up to 2
     records = tracking.fetch_trials(uri, parent.info.run_id)
-    expected = report.candidates([r for r in records if "candidate" not in r.tags], ReportConfig(),
+    expected = analysis.candidates([r for r in records if "candidate" not in r.tags], ReportConfig(),
                                  ["freeze_stop", "lr"], top=2)
     assert set(by_candidate) == set(expected)
-    best = max((r for r in report.summarise(records) if r.candidate is None), key=lambda r: r.score)
+    best = max((r for r in analysis.summarise(records) if r.candidate is None), key=lambda r: r.score)
     assert best.name in by_candidate
     # the parent's recommendation is the confirmed choice, judged on the confirmation runs alone
-    confirmed = report.confirmed([r for r in report.summarise(records) if r.candidate], 0.01, "epoch_time_s").chosen
+    confirmed = analysis.confirmed([r for r in analysis.summarise(records) if r.candidate], 0.01, "epoch_time_s").chosen
     assert parent.data.tags["recommended_trial"] == confirmed.name
     assert parent.data.tags["recommended_freeze_range"] == searched[confirmed.name].data.params["freeze_range"]
     # scored once on the test split: the confirmed candidate's runs, and no other run
@@ -291,7 +291,7 @@ def test_confirm_reruns_the_top_ranked_candidates_with_fresh_seeds_and_recommend
     assert metrics["test_score"] == pytest.approx(sum(test_scores) / 2)
     assert metrics["recommended_score"] == pytest.approx(confirmed.mean)
     assert metrics["recommended_score_low"] < confirmed.mean < metrics["recommended_score_high"]
-    assert metrics["best_score"] == max(r.score for r in report.summarise(records) if r.candidate is None)
+    assert metrics["best_score"] == max(r.score for r in analysis.summarise(records) if r.candidate is None)
     assert metrics["trials_finished"] == 4 and metrics["trials_failed"] == 0
     assert {"recommended_epoch_time_s", "recommended_peak_mem_mb", "trials_stopped_early"} <= set(metrics)
 

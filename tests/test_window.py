@@ -147,7 +147,8 @@ def test_a_window_and_the_hard_freeze_of_its_prefix_share_the_cached_outputs(tin
 def test_a_window_is_named_train_a_b_in_its_run_its_params_and_the_report(tiny_task, tmp_path):
     from mlflow import MlflowClient
 
-    from tune.reporting.report import build_report, candidates
+    from tune.reporting.analysis import candidates
+    from tune.reporting.report import build_report
     from tune.settings.config import ReportConfig
     from tune.tracker.tracking import SearchTracker, fetch_trials
     from tune.tracker.trial_runs import TrialRuns

@@ -41,7 +41,7 @@ __all__ = ["BlockModel", "Config", "ConfigError", "FreezeSearch", "Predictor", "
            "submit"]
 
 # torch-heavy types come in on first use: `import tune` stays quick, so that a bad space file is reported at once
-_LAZY = {"Task": "tune.tasks.base", "BlockModel": "tune.blocks", "TrialResult": "tune.reporting.report",
+_LAZY = {"Task": "tune.tasks.base", "BlockModel": "tune.blocks", "TrialResult": "tune.reporting.analysis",
          "Predictor": "tune.predict", "load_model": "tune.predict"}
 
 

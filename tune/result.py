@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tune.reporting.report import Report, TrialResult
+    from tune.reporting.analysis import TrialResult
+    from tune.reporting.report import Report
 
 __all__ = ["Recommended", "SearchResult"]
 

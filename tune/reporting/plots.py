@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tune.reporting.analysis import called
 from tune.reporting.records import TrialRecord
-from tune.reporting.report import Report, called
+from tune.reporting.report import Report
 
 __all__ = ["write_report"]
 
