@@ -2,7 +2,8 @@
 
 ``config`` holds the config's sections as dataclasses (task, train, search, report), the rules each key must keep and
 the loading of a space file with its overrides; ``space`` the search space's dimensions (ranges, choices, cut-point
-names) and the vocabulary of a policy's keys. Plain Python and YAML: no torch, no Ray, no MLflow, so a bad space
+names) and the vocabulary of a policy's keys; ``policy`` a trial's policy as data (what it freezes, its decay, thaw
+and adapter) with its one label. Plain Python and YAML: no torch, no Ray, no MLflow, so a bad space
 file is refused in a second. May import ``tune.errors`` only; every other part reads its settings from here.
 """
 
