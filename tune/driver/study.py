@@ -33,7 +33,8 @@ from tune.driver.checks import Checked, StudyOptions, check_config, check_report
 from tune.errors import ConfigError, TrialConfigError, one_line
 from tune.log import say, warn
 from tune.result import SearchResult
-from tune.settings.config import COST_METRICS, space_file
+from tune.settings.fields import COST_METRICS
+from tune.settings.loading import space_file
 from tune.tracker.store import tracking_uri
 
 # torch, Ray and MLflow take seconds to import: they come in once the config file has loaded, so that a mistake in

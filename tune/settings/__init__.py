@@ -1,7 +1,8 @@
 """The settings: what a user writes down for a search, and the checks that need nothing but the text.
 
-``config`` holds the config's sections as dataclasses (task, train, search, report), the rules each key must keep and
-the loading of a space file with its overrides; ``space`` the search space's dimensions (ranges, choices, cut-point
+``config`` holds the config's sections as dataclasses (task, train, search, report), built from the rules each key
+must keep (``fields``) and the rules across keys (``consistency``); ``loading`` reads a space file with its overrides;
+``space`` the search space's dimensions (ranges, choices, cut-point
 names) and the vocabulary of a policy's keys. Plain Python and YAML: no torch, no Ray, no MLflow, so a bad space
 file is refused in a second. May import ``tune.errors`` only; every other part reads its settings from here.
 """
