@@ -274,11 +274,11 @@ class Study:
     def _score_test(self, built: report.Report, records: list, checkpoints: Mapping[str, Any]) -> None:
         """Score the recommended configuration on the task's test split, once: its confirmation runs' best-epoch
         checkpoints (after a confirmation) or its trial's; on a cluster or with GPU trials in a Ray task with a
-        trial's resources (search.score_test).
+        trial's resources (scoring.score_test).
         ``test_score`` (the primary metric) and the task's other metrics as ``test_*`` go to each scored run, at its
         checkpoint's epoch, with where it was scored (tags ``test_hostname``, ``test_pid``), and into ``records``.
         Nothing is chosen on them."""
-        from tune.driver import search
+        from tune.driver import scoring
 
         names = list(built.confirmed_choice.runs) if built.confirmed_choice else [built.chosen.name]
         by_name = {r.name: r for r in records}
@@ -290,8 +290,8 @@ class Study:
             else:
                 warn(f"no checkpoint of trial {name}: not scored on the test split")
         metric = self.task.metric
-        scored = search.score_test(self.cfg, self.task, wanted, address=self.address,
-                                   verbose=int(self.options.verbose))
+        scored = scoring.score_test(self.cfg, self.task, wanted, address=self.address,
+                                    verbose=int(self.options.verbose))
         for name, (metrics, epoch, where) in scored.items():
             renamed = {"test_score": metrics[metric],
                        **{f"test_{k.removeprefix('val_')}": v for k, v in metrics.items() if k != metric}}
