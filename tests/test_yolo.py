@@ -427,7 +427,7 @@ def test_a_test_split_the_yaml_names_must_be_on_disk_and_an_empty_one_is_none(tm
 def test_a_splits_digest_follows_its_labels_too(tmp_path):
     """Ultralytics reads the labels from the folder beside the images: a label edited (or a box added) is other
     data, and the train split's digest says so; the val split's stays."""
-    from tune.training.data import describe
+    from tune.tracker.datasets import describe
 
     data = make_detection_data(tmp_path / "shapes", n_train=4, n_val=2)
     before = {d.split: d for d in describe(make_task(data=str(data), imgsz=64, workers=0))}

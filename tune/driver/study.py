@@ -99,8 +99,8 @@ class Study:
         (none did, or an error, re-raised), KILLED (Ctrl-C: open runs KILLED too; ``--resume`` goes on)."""
         from tune.driver import search
         from tune.tracker import store, tracking
+        from tune.tracker.datasets import describe
         from tune.training import prefix_cache
-        from tune.training.data import describe
 
         cfg, options = self.cfg, self.options
         self.tracker = tracker = tracking.SearchTracker(self.tracking_uri, cfg.name, datasets=describe(self.task))
