@@ -31,7 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from head_init import image_task  # noqa: E402  (the same real image task as the fair-head benchmark)
 
-from tune.settings.config import TrainConfig, load_config  # noqa: E402
+from tune.settings.config import TrainConfig  # noqa: E402
+from tune.settings.loading import load_config  # noqa: E402
 from tune.tasks import load_task  # noqa: E402
 from tune.training.train import LoopTrial, fit_head_probe  # noqa: E402
 

@@ -124,9 +124,9 @@ def _logged_search(tmp_path: Path) -> str:
     """A finished search's runs written by hand into a sqlite store (no Ray, no training): two trials of two epochs
     scored on 18 validation examples; the store's URI."""
     from tune.reporting.records import search_tags
+    from tune.tracker.datasets import DataSplit
     from tune.tracker.tracking import SearchTracker
     from tune.tracker.trial_runs import TrialRuns
-    from tune.training.data import DataSplit
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     splits = [DataSplit("train", "tiny-train", "in memory", "a", 36),

@@ -9,7 +9,9 @@ import optuna
 import pytest
 import yaml
 
-from tune.settings.config import ConfigError, TrainConfig, build_config, load_config, parse_overrides
+from tune.errors import ConfigError
+from tune.settings.config import TrainConfig, build_config
+from tune.settings.loading import load_config, parse_overrides
 from tune.settings.space import Choice, FloatRange, IntRange, OptunaSpace
 from tune.training.freeze import check_space
 

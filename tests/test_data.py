@@ -243,7 +243,7 @@ def test_a_tasks_splits_are_described_by_a_digest_that_follows_the_data(tmp_path
 
     from tune.tasks.digits import make_task
     from tune.tasks.image import write_example
-    from tune.training.data import describe
+    from tune.tracker.datasets import describe
 
     # tensors: the digest is the tensors'; another split seed, other training data, another digest
     first, again, other = (describe(make_task(split_seed=seed)) for seed in (0, 0, 1))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from conftest import _runs, _search
 
-from tune.settings.config import ConfigError
+from tune.errors import ConfigError
 
 
 def _bad(problem: str = "FileNotFoundError: mydata") -> ConfigError:

@@ -149,7 +149,7 @@ def test_the_yolo_task_trains_an_epoch_with_amp_and_fails_a_halved_batch_as_docu
     pytest.importorskip("ultralytics", reason="needs the yolo extra")
     from types import SimpleNamespace
 
-    from tune.tasks import yolo
+    from tune.tasks import yolo, yolo_trial
     from tune.tasks.shapes import make_detection_data
     from tune.training.train import make_trial
 
@@ -162,7 +162,7 @@ def test_the_yolo_task_trains_an_epoch_with_amp_and_fails_a_halved_batch_as_docu
     assert epoch["mem_source"] == "cuda" and epoch["peak_mem_mb"] > 0
     assert trial.trainer.amp is True  # on CUDA, off only on the GPUs Ultralytics' own check turns it off for
     # Ultralytics halves the batch and restarts the epoch after a CUDA OOM: the trial fails there instead
-    reporter = yolo._EpochReporter(trial, SimpleNamespace(add_callback=lambda *a: None), lambda m: None)
+    reporter = yolo_trial._EpochReporter(trial, SimpleNamespace(add_callback=lambda *a: None), lambda m: None)
     reporter.on_train_epoch_start(SimpleNamespace(batch_size=8, epoch=0))
     with pytest.raises(RuntimeError, match=r"^out of memory at epoch 1: Ultralytics retried with batch 4 instead of 8"):
         reporter.on_train_epoch_start(SimpleNamespace(batch_size=4, epoch=0))

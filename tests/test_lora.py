@@ -15,7 +15,9 @@ import run_search
 from tune.blocks import BlockModel
 from tune.driver import cluster
 from tune.driver.checks import StudyOptions, check_config
-from tune.settings.config import ConfigError, TrainConfig, load_config
+from tune.errors import ConfigError
+from tune.settings.config import TrainConfig
+from tune.settings.loading import load_config
 from tune.tasks import Task
 from tune.training.train import LoopTrial
 from tune.training.trial import model_from_checkpoint

@@ -12,7 +12,9 @@ import torch
 from conftest import make_tiny_task, resumed_epochs
 from torch import nn
 
-from tune.settings.config import ConfigError, TrainConfig, load_config
+from tune.errors import ConfigError
+from tune.settings.config import TrainConfig
+from tune.settings.loading import load_config
 from tune.settings.policy import Policy
 from tune.training.freeze import freeze_model
 from tune.training.policy import plan

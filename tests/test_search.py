@@ -16,7 +16,9 @@ from mlflow.tracking import MlflowClient
 
 import run_search
 from tune.driver import cluster, search
-from tune.settings.config import ConfigError, ReportConfig, load_config, parse_overrides
+from tune.errors import ConfigError
+from tune.settings.config import ReportConfig
+from tune.settings.loading import load_config, parse_overrides
 from tune.training.trial import METRIC_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]

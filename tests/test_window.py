@@ -13,7 +13,9 @@ import torch
 from conftest import first_epoch, tiny_block_model
 
 import run_search
-from tune.settings.config import ConfigError, TrainConfig, load_config
+from tune.errors import ConfigError
+from tune.settings.config import TrainConfig
+from tune.settings.loading import load_config
 from tune.settings.space import IntRange, OptunaSpace
 from tune.training.freeze import FrozenModel, check_space, depth_points, freeze_model, resolve
 from tune.training.train import LoopTrial, trial_plan

@@ -106,11 +106,11 @@ def test_memory_falls_with_depth(task):
 
 
 def test_the_memory_probe_gives_epoch_1s_peak_after_one_optimizer_step(task, monkeypatch):
-    from tune.tasks import yolo
+    from tune.tasks import yolo_trial
 
     batches: list[int] = []
-    start = yolo._EpochReporter.on_train_batch_start
-    monkeypatch.setattr(yolo._EpochReporter, "on_train_batch_start",
+    start = yolo_trial._EpochReporter.on_train_batch_start
+    monkeypatch.setattr(yolo_trial._EpochReporter, "on_train_batch_start",
                         lambda self, trainer: (batches.append(1), start(self, trainer))[1])
     for n in (0, 10):
         # 2 epochs: Ultralytics warms up over the first (one optimizer step per batch), and a 1-epoch run has no
@@ -137,9 +137,9 @@ def test_a_trial_resumes_from_its_checkpoint(task, tmp_path, monkeypatch):
     assert saved["epoch"] == 1 and saved["ema_updates"] > 0
     assert saved["stopper"] == {"best_fitness": saved["best_fitness"], "best_epoch": 1}  # a fresh stopper: None, 0
     restored: dict = {}
-    from tune.tasks import yolo
+    from tune.tasks import yolo_trial
 
-    check = yolo._EpochReporter.on_pretrain_routine_end
+    check = yolo_trial._EpochReporter.on_pretrain_routine_end
 
     def capture(self, trainer):  # right after Ultralytics' resume_training, before epoch 2
         restored.update(start=trainer.start_epoch, updates=trainer.ema.updates,
@@ -149,7 +149,7 @@ def test_a_trial_resumes_from_its_checkpoint(task, tmp_path, monkeypatch):
                         stopper=(trainer.stopper.best_fitness, trainer.stopper.best_epoch))
         check(self, trainer)
 
-    monkeypatch.setattr(yolo._EpochReporter, "on_pretrain_routine_end", capture)
+    monkeypatch.setattr(yolo_trial._EpochReporter, "on_pretrain_routine_end", capture)
     resumed = make_trial(task, cfg)
     resumed.load_state_dict(saved)
     epochs: list[dict] = []
@@ -400,10 +400,10 @@ def test_ultralytics_hooks_are_replaced_only_while_a_trial_runs(task):
 def test_a_batch_ultralytics_halved_after_an_oom_fails_the_trial_at_the_restart(task):
     from types import SimpleNamespace
 
-    from tune.tasks import yolo
+    from tune.tasks import yolo_trial
 
     trial = make_trial(task, TrainConfig(**{**TINY.__dict__, "batch_size": 8}))
-    reporter = yolo._EpochReporter(trial, SimpleNamespace(add_callback=lambda *a: None), lambda m: None)
+    reporter = yolo_trial._EpochReporter(trial, SimpleNamespace(add_callback=lambda *a: None), lambda m: None)
     reporter.on_train_epoch_start(SimpleNamespace(batch_size=8, epoch=0))  # as configured: the epoch starts
     with pytest.raises(RuntimeError, match=r"^out of memory at epoch 1: Ultralytics retried with batch 4 instead of 8"):
         reporter.on_train_epoch_start(SimpleNamespace(batch_size=4, epoch=0))  # the restart after halving
@@ -427,7 +427,7 @@ def test_a_test_split_the_yaml_names_must_be_on_disk_and_an_empty_one_is_none(tm
 def test_a_splits_digest_follows_its_labels_too(tmp_path):
     """Ultralytics reads the labels from the folder beside the images: a label edited (or a box added) is other
     data, and the train split's digest says so; the val split's stays."""
-    from tune.training.data import describe
+    from tune.tracker.datasets import describe
 
     data = make_detection_data(tmp_path / "shapes", n_train=4, n_val=2)
     before = {d.split: d for d in describe(make_task(data=str(data), imgsz=64, workers=0))}

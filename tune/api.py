@@ -28,8 +28,9 @@ from tune.driver.checks import StudyOptions, check_submission
 from tune.driver.study import Study, rebuild_report
 from tune.errors import ConfigError
 from tune.result import Recommended, SearchResult
-from tune.settings import config
-from tune.settings.config import DEFAULT_SPACE, bundled_spaces, parse_overrides, space_file
+from tune.settings import loading
+from tune.settings.config import Config
+from tune.settings.loading import DEFAULT_SPACE, bundled_spaces, parse_overrides, space_file
 from tune.tracker.provenance import PACKAGE_DIR
 
 __all__ = ["DEFAULT_REPORT_DIR", "DEFAULT_SPACE", "DEFAULT_STORAGE_PATH", "FreezeSearch", "Recommended",
@@ -178,8 +179,8 @@ def layers(space: str | Path | Mapping[str, Any] = DEFAULT_SPACE, *, overrides: 
     from tune.tasks import load_block_model
 
     with _python_names():
-        cfg_task = config.load_config(space if isinstance(space, Mapping) else space_file(space),
-                                      _overrides(overrides)).task
+        cfg_task = loading.load_config(space if isinstance(space, Mapping) else space_file(space),
+                                       _overrides(overrides)).task
     if task is not None:
         cfg_task = TaskConfig(task, {} if task != cfg_task.name else dict(cfg_task.options))
     if model is not None:
@@ -189,11 +190,11 @@ def layers(space: str | Path | Mapping[str, Any] = DEFAULT_SPACE, *, overrides: 
     return header + "\n" + layer_table(load_block_model(cfg_task))
 
 
-def load_config(path: str | Path | Mapping[str, Any], overrides: Sequence[tuple[str, Any]] = ()) -> config.Config:
+def load_config(path: str | Path | Mapping[str, Any], overrides: Sequence[tuple[str, Any]] = ()) -> Config:
     """A space file (or a bundled space's name, or the file's content as a mapping) with ``overrides`` (dotted key,
     value) applied, checked: a ``tune.Config`` (frozen dataclasses); ConfigError naming the key otherwise."""
     with _python_names({"--space": "path", "--set": "overrides"}):
-        return config.load_config(path, overrides)
+        return loading.load_config(path, overrides)
 
 
 def _checkout(folder: Path) -> bool:

@@ -14,32 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tune.driver.smoke import depth_points_first, smoke_overrides, smoke_points, smoke_sized
 from tune.errors import ConfigError
-from tune.settings import config
-from tune.settings.config import (
-    Config,
-    TrainConfig,
-    bundled_spaces,
-    experiment_name,
-    latest_thaw,
-    load_config,
-    space_file,
-)
+from tune.settings.config import Config, TrainConfig
+from tune.settings.fields import check_report_value
+from tune.settings.loading import bundled_spaces, experiment_name, load_config, space_file
 from tune.tracker.store import tracking_uri
 
 if TYPE_CHECKING:
     from tune.reporting.records import SearchRecord
     from tune.tasks import Task
 
-__all__ = ["SMOKE", "Checked", "StudyOptions", "check_config", "check_report_dir", "check_submission",
-           "resume_point"]
+__all__ = ["Checked", "StudyOptions", "check_config", "check_report_dir", "check_submission", "resume_point"]
 
-# --smoke-test: a few trials of two epochs (a grid runs once; more epochs where a thaw comes later: the thaw is what
-# such a space tests), the first trials at the ends and the middle of the freeze depths searched in place of the
-# space's own search.points_to_evaluate (a sampler's few trials cluster in the middle, and show no trade-off), two
-# candidates confirmed with two seeds; the user's own overrides still win.
-SMOKE = (("search.num_samples", 4), ("train.epochs", 2), ("search.grace_period", 1))
-SMOKE_CONFIRM = {"confirm_seeds": 2, "confirm_top": 2, "confirm_max_seeds": 2}  # at most, where it confirms at all
 
 @dataclass(frozen=True)
 class StudyOptions:
@@ -75,30 +62,18 @@ def check_config(options: StudyOptions) -> Checked:
     for flag, key, value in (("--confirm", "confirm_seeds", options.confirm),
                              ("--confirm-top", "confirm_top", options.confirm_top)):
         if value is not None:
-            config.check_report_value(key, value, flag)
+            check_report_value(key, value, flag)
     flags = [("report.confirm_seeds", options.confirm), ("report.confirm_top", options.confirm_top)]
     given = [*options.overrides, *((key, value) for key, value in flags if value is not None)]
-    smoke: tuple[tuple[str, Any], ...] = ()
-    if options.smoke_test:
-        epochs = max(2, latest_thaw(load_config(options.space_file, given)) + 1)  # the space's own values checked
-        smoke = tuple((key, epochs if key == "train.epochs" else value) for key, value in SMOKE)
+    smoke = smoke_overrides(options.space_file, given) if options.smoke_test else ()  # tune.driver.smoke
     cfg = load_config(options.space_file, [*smoke, *given])
     from tune.tasks import absolute_paths, load_task, task_config
     from tune.tracker import store
     from tune.training import freeze
     from tune.training.trial import known_metrics
 
-    if options.smoke_test and cfg.report.confirm_seeds:
-        named = {key for key, _ in given}
-        smaller = {key: min(getattr(cfg.report, key), most) for key, most in SMOKE_CONFIRM.items()
-                   if f"report.{key}" not in named}
-        cfg = dataclasses.replace(cfg, report=dataclasses.replace(cfg.report, **smaller))
-    if options.smoke_test and cfg.search.algorithm == "grid" and "search.num_samples" not in dict(options.overrides):
-        cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, num_samples=1))  # the grid once
-    smoke_points = options.smoke_test and "search.points_to_evaluate" not in dict(options.overrides)
-    if smoke_points:
-        # the space's points are for the whole search: they would fill the smoke test's few trials
-        cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, points_to_evaluate=()))
+    if options.smoke_test:
+        cfg = smoke_sized(cfg, given, options.overrides)
     if options.task is not None:
         cfg = dataclasses.replace(cfg, task=task_config(options.task))
     written = cfg = dataclasses.replace(cfg, task=absolute_paths(cfg.task, Path.cwd()))  # trials run elsewhere
@@ -120,10 +95,8 @@ def check_config(options: StudyOptions) -> Checked:
     probed = cfg.train.head_init == "probe" or "head_init" in cfg.space
     preflight(task, block_model, class_labels=(probed and not task.keeps_head)
               or task.evaluate is classification_metrics)
-    if smoke_points and cfg.search.algorithm != "grid":  # a grid runs every depth already
-        points = freeze.depth_points(cfg.space)  # block indices: what the parent run logs too
-        written = dataclasses.replace(written, search=dataclasses.replace(written.search, points_to_evaluate=points))
-        cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, points_to_evaluate=points))
+    if options.smoke_test and smoke_points(options.overrides) and cfg.search.algorithm != "grid":
+        cfg, written = depth_points_first(cfg, written)  # a grid runs every depth already
     if cfg.search.points_to_evaluate:
         points = freeze.check_points(cfg.search.points_to_evaluate, cfg.space, block_model)
         cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, points_to_evaluate=points))

@@ -146,7 +146,7 @@ JOB_EXCLUDES = [".venv/", ".venv-yolo/", "venv/", ".git/", "*.egg-info/", "mlflo
 def job_arguments(options: Any, space: str) -> list[str]:
     """The command line of a search's Ray Job from its typed options (a ``StudyOptions``): ``space``, the space
     file's path inside the uploaded project, and the rest as the flags that stand for them."""
-    from tune.settings.config import format_override
+    from tune.settings.loading import format_override
 
     arguments = ["--space", space]
     for key, value in options.overrides:

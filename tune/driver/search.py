@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Collection, Mapping
@@ -38,8 +37,8 @@ from tune.tracker.trial_runs import TrialRuns
 from tune.training import prefix_cache
 from tune.training.freeze import FREEZE_KEYS, grid_values
 from tune.training.probe import Probe
-from tune.training.train import evaluate_split, make_trial, pick_device
-from tune.training.trial import load_checkpoint, model_from_checkpoint, save_checkpoint
+from tune.training.train import make_trial
+from tune.training.trial import load_checkpoint, save_checkpoint
 
 __all__ = ["SearchOutcome", "can_restore", "concurrency", "confirm", "grid_size", "run"]
 
@@ -283,45 +282,6 @@ def confirm(cfg: Config, tracker: SearchTracker, candidates: Mapping[str, dict[s
                 storage_path=storage_path,
                 tune_config={"scheduler": FIFOScheduler()}, param_space={"variant": ray_tune.grid_search(variants)},
                 verbose=verbose, total=len(variants), head_probe=head_probe)
-
-
-def _score(task: Any, cfg: TrainConfig, checkpoints: Mapping[str, Any]
-           ) -> dict[str, tuple[dict[str, float], int, dict[str, Any]]]:
-    """Each checkpoint's metrics on the task's test split: (metrics, the checkpoint's epoch, where it was scored)."""
-    where = {"hostname": socket.gethostname(), "pid": os.getpid()}
-    device = pick_device(cfg.device)
-    scored = {}
-    for name, checkpoint in checkpoints.items():
-        block_model, state = model_from_checkpoint(task, checkpoint)
-        module = block_model.module.to(device)
-        metrics = (task.score_test(module, device) if task.score_test is not None
-                   else evaluate_split(task, module, task.test_data, cfg.batch_size, device))
-        scored[name] = ({k: float(v) for k, v in metrics.items()}, int(state.get("epoch", 0)), where)
-    return scored
-
-
-def _score_in_worker(base: TrainConfig, task_config: TaskConfig, checkpoints: Mapping[str, Any],
-                     workdir: str | None = None
-                     ) -> dict[str, tuple[dict[str, float], int, dict[str, Any]]]:
-    cfg, _ = _in_worker(base, workdir)
-    return _score(load_task(task_config), cfg, checkpoints)
-
-
-def score_test(cfg: Config, task: Any, checkpoints: Mapping[str, Any], *, address: str | None = None,
-               verbose: int = 0) -> dict[str, tuple[dict[str, float], int, dict[str, Any]]]:
-    """Score trial checkpoints on the task's test split. On a cluster (``address``) or where trials have GPUs, in
-    one Ray task with a trial's resources (``search.cpus_per_trial``, ``gpus_per_trial``): where the trials run
-    (a GPU node), not on the driver's machine; otherwise in this process, with ``task`` as it is (a Ray worker
-    would spend seconds importing and building it again). By trial name: (the task's metrics, the checkpoint's
-    epoch, hostname / pid)."""
-    if not checkpoints:
-        return {}
-    if address is None and not cfg.search.gpus_per_trial:
-        return _score(task, cfg.train, checkpoints)
-    cluster.init_ray(address, verbose)
-    remote = ray.remote(_score_in_worker).options(num_cpus=cfg.search.cpus_per_trial,
-                                                   num_gpus=cfg.search.gpus_per_trial, max_retries=0)
-    return ray.get(remote.remote(cfg.train, cfg.task, dict(checkpoints), os.getcwd()))
 
 
 def _best_checkpoints(results: Any) -> dict[str, Any]:

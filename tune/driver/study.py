@@ -33,7 +33,8 @@ from tune.driver.checks import Checked, StudyOptions, check_config, check_report
 from tune.errors import ConfigError, TrialConfigError, one_line
 from tune.log import say, warn
 from tune.result import SearchResult
-from tune.settings.config import COST_METRICS, space_file
+from tune.settings.fields import COST_METRICS
+from tune.settings.loading import space_file
 from tune.tracker.store import tracking_uri
 
 # torch, Ray and MLflow take seconds to import: they come in once the config file has loaded, so that a mistake in
@@ -98,8 +99,8 @@ class Study:
         (none did, or an error, re-raised), KILLED (Ctrl-C: open runs KILLED too; ``--resume`` goes on)."""
         from tune.driver import search
         from tune.tracker import store, tracking
+        from tune.tracker.datasets import describe
         from tune.training import prefix_cache
-        from tune.training.data import describe
 
         cfg, options = self.cfg, self.options
         self.tracker = tracker = tracking.SearchTracker(self.tracking_uri, cfg.name, datasets=describe(self.task))
@@ -274,11 +275,11 @@ class Study:
     def _score_test(self, built: report.Report, records: list, checkpoints: Mapping[str, Any]) -> None:
         """Score the recommended configuration on the task's test split, once: its confirmation runs' best-epoch
         checkpoints (after a confirmation) or its trial's; on a cluster or with GPU trials in a Ray task with a
-        trial's resources (search.score_test).
+        trial's resources (scoring.score_test).
         ``test_score`` (the primary metric) and the task's other metrics as ``test_*`` go to each scored run, at its
         checkpoint's epoch, with where it was scored (tags ``test_hostname``, ``test_pid``), and into ``records``.
         Nothing is chosen on them."""
-        from tune.driver import search
+        from tune.driver import scoring
 
         names = list(built.confirmed_choice.runs) if built.confirmed_choice else [built.chosen.name]
         by_name = {r.name: r for r in records}
@@ -290,8 +291,8 @@ class Study:
             else:
                 warn(f"no checkpoint of trial {name}: not scored on the test split")
         metric = self.task.metric
-        scored = search.score_test(self.cfg, self.task, wanted, address=self.address,
-                                   verbose=int(self.options.verbose))
+        scored = scoring.score_test(self.cfg, self.task, wanted, address=self.address,
+                                    verbose=int(self.options.verbose))
         for name, (metrics, epoch, where) in scored.items():
             renamed = {"test_score": metrics[metric],
                        **{f"test_{k.removeprefix('val_')}": v for k, v in metrics.items() if k != metric}}

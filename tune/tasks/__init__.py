@@ -2,8 +2,9 @@
 ``package.module:function``.
 
 ``base`` is what a task is (``Task``: the model, the splits, ``evaluate``, the classes and preprocessing a saved
-model takes home); ``digits``, ``image``, ``text`` and ``yolo`` are the bundled tasks (``yolo_offline`` keeps
-Ultralytics from the network, ``shapes`` draws a synthetic detection set), ``weights`` loads a state dict that fits.
+model takes home); ``digits``, ``image``, ``text`` and ``yolo`` are the bundled tasks (``yolo_trial`` is the yolo task's
+trial, Ultralytics' trainer; ``yolo_offline`` keeps Ultralytics from the network, ``shapes`` draws a synthetic
+detection set), ``weights`` loads a state dict that fits.
 May import ``tune.errors``, ``tune.log``, ``tune.blocks``, ``tune.settings`` and ``tune.training`` (the yolo task's
 trial keeps the trial protocol); ``tune.training`` in turn imports ``tune.tasks.base`` alone.
 """

@@ -50,9 +50,9 @@ class Task:
     ``has_test``: either form of a test split is there.
 
     ``sources`` says where each split (``train``, ``val``, ``test``) came from: a path or a description, which
-    the runs' MLflow datasets show (``tune.training.data.describe``; a split missing here is "in memory"). A task with
-    its own trial and no data in memory names its splits' folders here; ``also_digested`` names more folders or files
-    per split whose names and sizes belong in its digest (the yolo task: the labels folder beside the images).
+    the runs' MLflow datasets show (``tune.tracker.datasets.describe``; a split missing here is "in memory"). A task
+    with its own trial and no data in memory names its splits' folders here; ``also_digested`` names more folders or
+    files per split whose names and sizes belong in its digest (the yolo task: the labels folder beside the images).
 
     ``augments`` says that training inputs change from epoch to epoch (augmentation), which rules out caching a
     frozen prefix. ``probe_train_data`` is the training split as evaluation sees it (no augmentation), which the

@@ -81,8 +81,8 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, flo
 class SearchTracker:
     """The parent run of one search and the child runs of its trials, through an explicit MlflowClient
     (no global active run, so several trackers can coexist, e.g. in tests). ``datasets``: the task's data splits
-    (tune.training.data.DataSplit), every run's MLflow datasets; ``parent_run_id``: a search logged before, whose runs
-    this tracker reads and tags (``start_search`` or ``reopen_search`` set it otherwise)."""
+    (tune.tracker.datasets.DataSplit), every run's MLflow datasets; ``parent_run_id``: a search logged before, whose
+    runs this tracker reads and tags (``start_search`` or ``reopen_search`` set it otherwise)."""
 
     def __init__(self, tracking_uri: str, experiment_name: str, *, datasets: Iterable[Any] = (),
                  parent_run_id: str | None = None) -> None:
