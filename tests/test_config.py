@@ -13,7 +13,7 @@ from tune.errors import ConfigError
 from tune.settings.config import TrainConfig, build_config
 from tune.settings.loading import load_config, parse_overrides
 from tune.settings.space import Choice, FloatRange, IntRange, OptunaSpace
-from tune.training.freeze import check_space
+from tune.training.space_freezes import check_space
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SPACE = ROOT / "search_spaces" / "digits_freeze.yaml"

@@ -108,3 +108,8 @@ def test_a_monkeypatch_through_the_old_path_is_seen_by_the_module(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr("tune.store.default_tracking_uri", lambda cwd=None: "sqlite:////patched.db")
     assert store.tracking_uri(None) == "sqlite:////patched.db"
+
+
+def test_no_module_of_the_package_is_over_450_lines():
+    sizes = {str(path.relative_to(ROOT)): len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")}
+    assert not {name: n for name, n in sizes.items() if n > 450}

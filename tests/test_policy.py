@@ -301,7 +301,7 @@ def test_points_to_evaluate_name_searched_keys_with_values_their_dimension_takes
 
 
 def test_points_to_evaluate_resolve_cut_point_names_against_the_model(tiny_task):
-    from tune.training.freeze import check_points, check_space
+    from tune.training.space_freezes import check_points, check_space
 
     cfg = load_config("digits_freeze", [("search.points_to_evaluate", [{"freeze_stop": "backbone"}, {"lr": 1e-3}])])
     block_model = tiny_task.build_model()

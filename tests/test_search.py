@@ -15,7 +15,7 @@ from conftest import _phase, _runs, _search, most_open_at_once
 from mlflow.tracking import MlflowClient
 
 import run_search
-from tune.driver import cluster, search
+from tune.driver import cluster, tuner
 from tune.errors import ConfigError
 from tune.settings.config import ReportConfig
 from tune.settings.loading import load_config, parse_overrides
@@ -383,8 +383,8 @@ def test_freeze_aware_gpus_give_deeper_freezes_a_smaller_share(ray_runtime, tmp_
 def test_concurrency_counts_freeze_aware_shares_at_the_smallest(ray_runtime):
     cfg = load_config(ROOT / "search_spaces" / "digits_freeze.yaml", parse_overrides(
         ["search.gpus_per_trial=1.0", "search.cpus_per_trial=0.25", "search.num_samples=20"]))
-    assert search.concurrency(cfg) == 2  # 2 logical GPUs, a whole one per trial
-    assert search.concurrency(cfg, smallest_gpu_share=0.25) == 8  # 8 of the deepest freezes fit, CPUs allow 8
+    assert tuner.concurrency(cfg) == 2  # 2 logical GPUs, a whole one per trial
+    assert tuner.concurrency(cfg, smallest_gpu_share=0.25) == 8  # 8 of the deepest freezes fit, CPUs allow 8
 
 
 
@@ -518,7 +518,7 @@ def test_asha_compares_a_trial_with_its_own_freeze_range_unless_rungs_are_shared
 
     cfg = load_config(ROOT / "search_spaces" / "digits_freeze.yaml", parse_overrides([
         "train.epochs=4", "search.grace_period=1", "search.reduction_factor=2", f"search.asha_rungs={rungs}"]))
-    scheduler = search._scheduler(cfg)
+    scheduler = tuner._scheduler(cfg)
     scheduler.set_search_properties("score", "max")
     decisions = {}
     # a deep fine-tune in its dip (range [0, 1)) against two all-but-head trials that sit at the probe ([0, 7))

@@ -17,7 +17,8 @@ from tune.errors import ConfigError
 from tune.settings.config import TrainConfig
 from tune.settings.loading import load_config
 from tune.settings.space import IntRange, OptunaSpace
-from tune.training.freeze import FrozenModel, check_space, depth_points, freeze_model, resolve
+from tune.training.freeze import FrozenModel, freeze_model, resolve
+from tune.training.space_freezes import check_space, depth_points
 from tune.training.train import LoopTrial, trial_plan
 
 HEAD = 3  # the tiny model's blocks: c1, c2, neck, head

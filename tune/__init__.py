@@ -48,7 +48,8 @@ _LAZY = {"Task": "tune.tasks.base", "BlockModel": "tune.blocks", "TrialResult": 
 # A module's flat path before the parts, and where it lives: ``import tune.race`` gives tune.reporting.race itself
 MOVED = {
     **{name: f"tune.settings.{name}" for name in ("config", "space")},
-    **{name: f"tune.driver.{name}" for name in ("search", "study", "cluster", "events", "checks", "preflight")},
+    **{name: f"tune.driver.{name}" for name in ("study", "cluster", "events", "checks", "preflight")},
+    "search": "tune.driver.tuner",
     **{name: f"tune.training.{name}" for name in ("trial", "train", "freeze", "policy", "adapter", "precision",
                                                   "prefix_cache", "prefix_chain", "probe", "measure", "data")},
     **{name: f"tune.tracker.{name}" for name in ("tracking", "trial_runs", "store", "provenance", "system_metrics")},

@@ -61,7 +61,7 @@ class SearchResult:
     @property
     def trials(self) -> list[TrialResult]:
         """The search's trials, each at its best epoch."""
-        return list(self.report.search) if self.report is not None else []
+        return list(self.report.trials) if self.report is not None else []
 
     @property
     def frontier(self) -> list[TrialResult]:

@@ -69,7 +69,7 @@ def check_config(options: StudyOptions) -> Checked:
     cfg = load_config(options.space_file, [*smoke, *given])
     from tune.tasks import absolute_paths, load_task, task_config
     from tune.tracker import store
-    from tune.training import freeze
+    from tune.training import space_freezes
     from tune.training.trial import known_metrics
 
     if options.smoke_test:
@@ -85,10 +85,11 @@ def check_config(options: StudyOptions) -> Checked:
     _check_ignored(cfg, task)
     _check_precision(cfg)
     block_model = task.build_model()
-    cfg = dataclasses.replace(cfg, space=freeze.check_space(cfg.space, cfg.train, block_model, cfg.fixed_in_space))
+    space = space_freezes.check_space(cfg.space, cfg.train, block_model, cfg.fixed_in_space)
+    cfg = dataclasses.replace(cfg, space=space)
     from tune.training import adapter
 
-    adapter.check(cfg, task, block_model, freeze.sampled_freezes(cfg.space, cfg.train, block_model))
+    adapter.check(cfg, task, block_model, space_freezes.sampled_freezes(cfg.space, cfg.train, block_model))
     from tune.driver.preflight import preflight
     from tune.tasks.base import classification_metrics
 
@@ -98,7 +99,7 @@ def check_config(options: StudyOptions) -> Checked:
     if options.smoke_test and smoke_points(options.overrides) and cfg.search.algorithm != "grid":
         cfg, written = depth_points_first(cfg, written)  # a grid runs every depth already
     if cfg.search.points_to_evaluate:
-        points = freeze.check_points(cfg.search.points_to_evaluate, cfg.space, block_model)
+        points = space_freezes.check_points(cfg.search.points_to_evaluate, cfg.space, block_model)
         cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, points_to_evaluate=points))
     known = known_metrics(task.metric, task.extra_metrics)
     for metric, _ in cfg.search.objective_list:
@@ -182,7 +183,7 @@ def check_submission(options: StudyOptions, project_dir: Path) -> str:
 
 def resume_point(uri: str, experiment: str) -> SearchRecord:
     """The latest search of ``experiment`` if it did not finish and its Ray experiment folder can be restored."""
-    from tune.driver import search
+    from tune.driver import tuner
     from tune.tracker import tracking
 
     try:
@@ -192,7 +193,7 @@ def resume_point(uri: str, experiment: str) -> SearchRecord:
     if record.status == "FINISHED":
         raise ConfigError("--resume", experiment, "an experiment whose latest search did not finish",
                           problem=f"search {record.run_id} finished")
-    if not search.can_restore(record.experiment_path):
+    if not tuner.can_restore(record.experiment_path):
         raise ConfigError("--resume", experiment, "a search whose Ray experiment folder is still there",
                           problem=f"cannot restore {record.experiment_path or 'an unrecorded path'}")
     return record

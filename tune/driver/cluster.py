@@ -1,5 +1,5 @@
 """The Ray runtime a search runs on: joining a cluster (or starting Ray here), what a trial asks for against the
-nodes, the storage path, and Ray Jobs (the same search submitted to a cluster). With tune.driver.search, the only
+nodes, the storage path, and Ray Jobs (the same search submitted to a cluster). With tune.driver.tuner, the only
 modules that import Ray.
 """
 

@@ -13,7 +13,7 @@ from typing import Any
 import ray
 
 from tune.driver import cluster
-from tune.driver.search import _in_worker
+from tune.driver.tuner import _in_worker
 from tune.settings.config import Config, TaskConfig, TrainConfig
 from tune.tasks import load_task
 from tune.training.train import evaluate_split, pick_device

@@ -51,10 +51,10 @@ def smoke_sized(cfg: Config, given: Sequence[tuple[str, Any]], overrides: Sequen
 
 def depth_points_first(cfg: Config, written: Config) -> tuple[Config, Config]:
     """``cfg`` (checked, names resolved) and ``written`` with the ends and the middle of the searched freeze depths
-    as their points to evaluate (``tune.training.freeze.depth_points``)."""
-    from tune.training import freeze
+    as their points to evaluate (``tune.training.space_freezes.depth_points``)."""
+    from tune.training import space_freezes
 
-    points = freeze.depth_points(cfg.space)  # block indices: what the parent run logs too
+    points = space_freezes.depth_points(cfg.space)  # block indices: what the parent run logs too
     written = dataclasses.replace(written, search=dataclasses.replace(written.search, points_to_evaluate=points))
     cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, points_to_evaluate=points))
     return cfg, written

@@ -8,8 +8,8 @@
 ``prepare`` checks everything before Ray starts a trial or MLflow holds a run (tune.driver.checks: the config against
 the task's model, cut-point names resolved once, the tracking store, the search to resume; tune.driver.cluster: the Ray
 cluster, what a trial asks for against the nodes, the storage path). ``run``
-then owns the parent run: created (or reopened with ``--resume``), the search (tune.driver.search), open trials killed,
-the confirmation of the top candidates (picked and judged by tune.reporting.report, run by tune.driver.search), the
+then owns the parent run: created (or reopened with ``--resume``), the search (tune.driver.tuner), open trials killed,
+the confirmation of the top candidates (picked and judged by tune.reporting.report, run by tune.driver.tuner), the
 report, the recommended model, the parent's end. ``rebuild_report`` writes a finished search's report again from MLflow
 alone.
 """
@@ -97,7 +97,7 @@ class Study:
     def run(self) -> SearchResult:
         """The whole search; returns its result, with how the parent run ended: FINISHED (a trial finished), FAILED
         (none did, or an error, re-raised), KILLED (Ctrl-C: open runs KILLED too; ``--resume`` goes on)."""
-        from tune.driver import search
+        from tune.driver import tuner
         from tune.tracker import store, tracking
         from tune.tracker.datasets import describe
         from tune.training import prefix_cache
@@ -105,7 +105,7 @@ class Study:
         cfg, options = self.cfg, self.options
         self.tracker = tracker = tracking.SearchTracker(self.tracking_uri, cfg.name, datasets=describe(self.task))
         parent_id = self._open_parent()
-        planned = (f"a grid of {search.grid_size(cfg.space)} x {cfg.search.num_samples}"
+        planned = (f"a grid of {tuner.grid_size(cfg.space)} x {cfg.search.num_samples}"
                    if cfg.search.algorithm == "grid" else str(cfg.search.num_samples))
         self.say(f"search {cfg.name}: {planned} trials of up to {cfg.train.epochs} epochs over "
                  f"{', '.join(self.searched)}; MLflow parent run {parent_id}")
@@ -114,7 +114,7 @@ class Study:
         try:
             system = tracker.monitor_system()  # the driver's machine, on the parent run
             self.head_probe = self._fit_probe()
-            outcome = search.run(cfg, tracker, storage_path=options.storage_path, address=self.address,
+            outcome = tuner.run(cfg, tracker, storage_path=options.storage_path, address=self.address,
                                  verbose=int(options.verbose), head_probe=self.head_probe,
                                  restore_from=self.resume.experiment_path if self.resume else None)
             tracker.kill_open_trials()
@@ -231,7 +231,7 @@ class Study:
         seed) runs that finished before the stop are not run again, and the rounds replay the same decisions. Returns
         their best-epoch checkpoints by trial, and the confirmation runs' records (fetched once a round, confirmation
         runs only) for the report; ``records`` are the search's."""
-        from tune.driver import search
+        from tune.driver import tuner
         from tune.reporting import race, report
         from tune.tracker import tracking
 
@@ -254,7 +254,7 @@ class Study:
                 named = (report.called(policies[name]) if name in policies else name for name in plan)
                 self.say(f"round {number}: seed {', '.join(map(str, sorted({s for v in plan.values() for s in v})))} "
                          f"for {', '.join(named)}")
-            outcome = search.confirm(cfg, self.tracker, {name: candidates[name] for name in plan},
+            outcome = tuner.confirm(cfg, self.tracker, {name: candidates[name] for name in plan},
                                      next(iter(plan.values())), storage_path=options.storage_path,
                                      address=self.address, verbose=int(options.verbose), done=done,
                                      head_probe=self.head_probe, round_number=number)

@@ -25,10 +25,10 @@ def write_report(report: Report, records: Sequence[TrialRecord], out_dir: Path, 
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    keys = {r.label: r.freeze_key for r in report.search}
+    keys = {r.label: r.freeze_key for r in report.trials}
     ranges = sorted(keys, key=lambda label: (keys[label], label))  # policies
     colours = {fr: plt.get_cmap("viridis")(i / max(1, len(ranges) - 1)) for i, fr in enumerate(ranges)}
-    by_name = {r.name: r for r in report.search}
+    by_name = {r.name: r for r in report.trials}
     files = []
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -50,7 +50,7 @@ def write_report(report: Report, records: Sequence[TrialRecord], out_dir: Path, 
     for axis, metric, label in ((left, "epoch_time_s", "training time per epoch (s)"),
                                 (right, "peak_mem_mb", "peak training memory (MB)")):
         for i, freeze_range in enumerate(ranges):
-            values = [r.values.get(metric, math.nan) for r in report.search if r.label == freeze_range]
+            values = [r.values.get(metric, math.nan) for r in report.trials if r.label == freeze_range]
             axis.scatter([i] * len(values), values, color=colours[freeze_range], alpha=0.7)
             axis.plot([i - 0.3, i + 0.3], [statistics.median(values)] * 2, color="black")
         axis.set_xticks(range(len(ranges)), ranges, rotation=45, fontsize=8)
@@ -65,14 +65,14 @@ def write_report(report: Report, records: Sequence[TrialRecord], out_dir: Path, 
         return r.values.get(time_metric, math.nan)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    points = ax.scatter([cost(r) for r in report.search], [r.score for r in report.search],
-                        c=[r.peak_mem_mb for r in report.search], cmap="plasma", s=30, alpha=0.8)
+    points = ax.scatter([cost(r) for r in report.trials], [r.score for r in report.trials],
+                        c=[r.peak_mem_mb for r in report.trials], cmap="plasma", s=30, alpha=0.8)
     fig.colorbar(points, ax=ax, label="peak memory (MB)")
     ax.scatter([cost(r) for r in report.front], [r.score for r in report.front], s=110, facecolors="none",
                edgecolors="black", label="frontier (" + ", ".join(m for m, _ in report.objectives) + ")")
     # the staircase of the two plotted objectives alone: each step is a trial no faster one outscores
     stairs, best_so_far = [], -math.inf
-    for r in sorted(report.search, key=lambda r: (cost(r), -r.score)):
+    for r in sorted(report.trials, key=lambda r: (cost(r), -r.score)):
         if r.score > best_so_far:
             stairs.append(r)
             best_so_far = r.score

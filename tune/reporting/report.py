@@ -174,7 +174,10 @@ def confirmed_text(decision: Decision, cost: str) -> str:
 
 @dataclass
 class Report:
-    search: list[TrialResult]
+    """A search's report: its trials at their best epoch (``trials``), the confirmation's runs, the frontier, the
+    recommendation, the race's decision and the text."""
+
+    trials: list[TrialResult]
     confirmation: list[TrialResult]
     front: list[TrialResult]
     objectives: list[tuple[str, str]]
@@ -183,6 +186,11 @@ class Report:
     text: str = ""
     reference: float | None = None  # the linear probe's score (probe_score), where the heads started from it
     val_size: int | None = None  # the validation split's examples, which scored every epoch (None: not known)
+
+    @property
+    def search(self) -> list[TrialResult]:
+        """``trials`` under its other name (code that reads a report as ``report.search``)."""
+        return self.trials
 
     @property
     def candidates(self) -> list[Candidate]:
@@ -199,7 +207,7 @@ class Report:
             return None
         if self.confirmed_choice is None:
             return self.recommendation.trial
-        return next(r for r in self.search if r.name == self.confirmed_choice.name)
+        return next(r for r in self.trials if r.name == self.confirmed_choice.name)
 
 
 def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], objectives: Sequence[tuple[str, str]],
@@ -218,7 +226,7 @@ def build_report(records: Sequence[TrialRecord], *, searched: Sequence[str], obj
     front = frontier(search, front_objectives)
     flat = indistinct(search)
     recommendation = None if flat else recommend(search, tolerance, cost, searched)
-    report = Report(search=search, confirmation=confirmation, front=front, objectives=front_objectives,
+    report = Report(trials=search, confirmation=confirmation, front=front, objectives=front_objectives,
                     recommendation=recommendation, reference=reference, val_size=val_size)
     below = set() if reference is None else {r.name for r in search if r.score < reference - tolerance}
     marks = {r.name: "F" for r in front}

@@ -150,7 +150,7 @@ def merged(block_model: BlockModel, weights: Mapping[str, Any], state: Mapping[s
 def check(cfg: Any, task: Any, block_model: BlockModel, freezes: Mapping[tuple[int, ...], Any]) -> None:
     """Before any trial: where a trial can have ``adapter: lora`` (``cfg``, the checked Config), the task trains with
     the built-in trial, peft is installed, and every frozen range the space can sample (``freezes``,
-    ``tune.training.freeze.sampled_freezes``) holds a module to adapt. One ConfigError naming the key otherwise."""
+    ``space_freezes.sampled_freezes``) holds a module to adapt. One ConfigError naming the key otherwise."""
     dim = cfg.space.get("adapter")
     if not (cfg.train.adapter == "lora" or "lora" in getattr(dim, "values", ())):
         return

@@ -413,7 +413,7 @@ def make_trial(task: Task, cfg: TrainConfig, device: torch.device | None = None,
 
 def memory_probe(task: Task, cfg: TrainConfig, freeze_keys: dict[str, Any]) -> float:
     """Epoch 1's peak training memory (MB) of the trial ``cfg`` gives with ``freeze_keys`` (the train keys of one
-    freeze, ``tune.training.freeze.sampled_freezes``), from its one-step probe (``probe_memory``) on the CPU. Its head
+    freeze, ``space_freezes.sampled_freezes``), from its one-step probe (``probe_memory``) on the CPU. Its head
     starts as the library builds it: the head's start changes no memory, so no linear probe is fitted for it."""
     trial = make_trial(task, dataclasses.replace(cfg, **{**freeze_keys, "head_init": "library"}), torch.device("cpu"))
     return float(trial.probe_memory())

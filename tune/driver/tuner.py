@@ -29,22 +29,22 @@ from ray.tune.search.optuna import OptunaSearch
 from tune.driver import cluster, resources
 from tune.driver.events import BadInput, TrialEvents, quiet_config_errors, stop_for_bad_input
 from tune.settings.config import Config, TaskConfig, TrainConfig
-from tune.settings.space import OptunaSpace
+from tune.settings.space import FREEZE_KEYS, OptunaSpace
 from tune.tasks import load_task
 from tune.tracker.system_metrics import SystemSampler
 from tune.tracker.tracking import SearchTracker
 from tune.tracker.trial_runs import TrialRuns
 from tune.training import prefix_cache
-from tune.training.freeze import FREEZE_KEYS, grid_values
 from tune.training.probe import Probe
+from tune.training.space_freezes import grid_values
 from tune.training.train import make_trial
 from tune.training.trial import load_checkpoint, save_checkpoint
 
-__all__ = ["SearchOutcome", "can_restore", "concurrency", "confirm", "grid_size", "run"]
+__all__ = ["TunerOutcome", "can_restore", "concurrency", "confirm", "grid_size", "run"]
 
 
 @dataclass(frozen=True)
-class SearchOutcome:
+class TunerOutcome:
     trials: int  # trials that started
     errored: int
     wall_time_s: float
@@ -164,7 +164,7 @@ def grid_size(space: Mapping[str, Any]) -> int:
 
 def _fit(cfg: Config, tracker: SearchTracker, trainable: Any, *, name: str, storage_path: str,
          tune_config: dict[str, Any], param_space: dict[str, Any] | None, verbose: int, total: int,
-         restore_from: str | None = None, head_probe: dict[str, Any] | None = None) -> SearchOutcome:
+         restore_from: str | None = None, head_probe: dict[str, Any] | None = None) -> TunerOutcome:
     per_trial = resources.FreezeAwareResources(cfg) if cfg.search.freeze_aware_gpus else None
     at_once = concurrency(cfg, min(per_trial.shares.values()) if per_trial else None)
     # With a searcher, Tune places one trial at a time unless more placement groups may be pending
@@ -219,11 +219,11 @@ def _wrap(cfg: Config, trainable: Any, cache_dir: str | None, per_trial: resourc
     return ray_tune.with_resources(wrapped, per_trial)
 
 
-def _outcome(tuner: Any, budget: float | None) -> SearchOutcome:
+def _outcome(tuner: Any, budget: float | None) -> TunerOutcome:
     started = time.perf_counter()
     results = tuner.fit()
     wall = time.perf_counter() - started
-    return SearchOutcome(trials=len(results), errored=results.num_errors, wall_time_s=wall,
+    return TunerOutcome(trials=len(results), errored=results.num_errors, wall_time_s=wall,
                          budget_reached=budget is not None and wall >= budget,
                          best_checkpoints=_best_checkpoints(results))
 
@@ -237,7 +237,7 @@ def can_restore(experiment_path: str) -> bool:
 
 
 def run(cfg: Config, tracker: SearchTracker, *, storage_path: str, address: str | None = None, verbose: int = 0,
-        restore_from: str | None = None, head_probe: dict[str, Any] | None = None) -> SearchOutcome:
+        restore_from: str | None = None, head_probe: dict[str, Any] | None = None) -> TunerOutcome:
     """Run the search of ``cfg`` (checked against its task, names resolved: tune.driver.study), or go on with the
     interrupted one saved at ``restore_from`` (its trials keep their MLflow runs)."""
     cluster.init_ray(address, verbose)
@@ -269,7 +269,7 @@ def run(cfg: Config, tracker: SearchTracker, *, storage_path: str, address: str 
 def confirm(cfg: Config, tracker: SearchTracker, candidates: Mapping[str, dict[str, Any]], seeds: list[int], *,
             storage_path: str, address: str | None = None, verbose: int = 0,
             done: Collection[tuple[str, int]] = (), head_probe: dict[str, Any] | None = None,
-            round_number: int = 1) -> SearchOutcome | None:
+            round_number: int = 1) -> TunerOutcome | None:
     """Re-run each candidate's exact params with each of ``seeds``, every epoch, no early stopping, as round
     ``round_number`` of the confirmation (the runs' tag ``round``); the (candidate, seed) pairs in ``done``
     (finished before a resume) are not run again. None when nothing is left."""
