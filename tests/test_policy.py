@@ -313,15 +313,15 @@ def test_points_to_evaluate_resolve_cut_point_names_against_the_model(tiny_task)
 
 
 def test_a_thawing_trial_measures_and_asks_for_the_memory_it_needs_after_its_thaw(tiny_task):
-    """Freeze-aware GPU shares (search.freeze_aware_gpus): a trial's one-step memory probe is taken after its last
-    thaw (a thaw of the whole range needs what no freeze needs), and a thawing trial asks for the full share."""
+    """Freeze-aware GPU shares (search.freeze_aware_gpus): a trial's memory after one optimizer step is taken after its
+    last thaw (a thaw of the whole range needs what no freeze needs), and a thawing trial asks for the full share."""
     from types import SimpleNamespace
 
     from tune.driver.resources import FreezeAwareResources
 
     cfg = _cfg(batch_size=8)
-    none, hard = (LoopTrial(tiny_task, _cfg(freeze_stop=k)).probe_memory() for k in (0, 3))
-    thawing = LoopTrial(tiny_task, _cfg(freeze_stop=3, unfreeze_epoch=1)).probe_memory()
+    none, hard = (LoopTrial(tiny_task, _cfg(freeze_stop=k)).measure_memory() for k in (0, 3))
+    thawing = LoopTrial(tiny_task, _cfg(freeze_stop=3, unfreeze_epoch=1)).measure_memory()
     assert hard < none and thawing == pytest.approx(none)
     resources = SimpleNamespace(cpus=1, full=0.5, train=cfg, block_model=tiny_task.build_model(),
                                 shares={(0, 1, 2): 0.1})

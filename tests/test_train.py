@@ -203,13 +203,13 @@ def test_frozen_dropout_is_off_by_default_so_the_cache_trains_as_the_whole_model
 
 @pytest.mark.parametrize(("optimizer", "freeze_stop", "prefix_cache"),
                          [("sgd", 0, "auto"), ("adamw", 2, "off"), ("adamw", 2, "auto"), ("sgd", 3, "auto")])
-def test_the_memory_probe_gives_epoch_1s_peak_after_one_optimizer_step(tiny_task, optimizer, freeze_stop,
+def test_the_memory_measurement_gives_epoch_1s_peak_after_one_optimizer_step(tiny_task, optimizer, freeze_stop,
                                                                          prefix_cache):
     cfg = TrainConfig(batch_size=8, epochs=1, optimizer=optimizer, freeze_stop=freeze_stop, prefix_cache=prefix_cache)
     probe = LoopTrial(tiny_task, cfg, torch.device("cpu"))
     steps = []
     probe.optimizer.register_step_post_hook(lambda *args: steps.append(1))
-    probed = probe.probe_memory()
+    probed = probe.measure_memory()
     assert len(steps) == 1  # one batch of the epoch's 6
     assert probed == next(LoopTrial(tiny_task, cfg, torch.device("cpu")).epochs())["peak_mem_mb"]
 
@@ -218,7 +218,7 @@ def test_gpu_shares_follow_the_measured_memory_by_depth(tiny_task, monkeypatch):
     from tune.driver.resources import gpu_shares
 
     def no_epoch(*args, **kwargs):
-        raise AssertionError("a whole epoch was trained: shares come from the one-step probe")
+        raise AssertionError("a whole epoch was trained: shares come from one optimizer step")
 
     monkeypatch.setattr(LoopTrial, "run_epoch", no_epoch)
 
@@ -239,11 +239,24 @@ def test_a_tasks_own_trial_must_implement_the_trial_protocol(tiny_task):
     from tune.training.train import make_trial
 
     incomplete = SimpleNamespace(epoch=0, device=torch.device("cpu"), run=print, state_dict=dict,
-                                 load_state_dict=print)  # no probe_memory
+                                 load_state_dict=print)  # no measure_memory
     task = dataclasses.replace(tiny_task, make_trial=lambda task, cfg, device=None: incomplete)
-    with pytest.raises(TypeError, match=r"^task 'tiny': make_trial gave a SimpleNamespace without probe_memory"):
+    with pytest.raises(TypeError, match=r"^task 'tiny': make_trial gave a SimpleNamespace without measure_memory"):
         make_trial(task, TrainConfig())
     assert isinstance(make_trial(tiny_task, TrainConfig(freeze_stop=1)), LoopTrial)
+
+
+def test_a_tasks_own_trial_may_name_its_memory_measurement_probe_memory(tiny_task):
+    """A trial of a task's own that names its measurement ``probe_memory()`` is built and measured through it."""
+    from types import SimpleNamespace
+
+    from tune.training.train import make_trial, trial_memory
+
+    own = SimpleNamespace(epoch=0, device=torch.device("cpu"), run=print, state_dict=dict, load_state_dict=print,
+                          probe_memory=lambda: 12.5)
+    task = dataclasses.replace(tiny_task, make_trial=lambda task, cfg, device=None: own)
+    assert make_trial(task, TrainConfig()) is own
+    assert trial_memory(task, TrainConfig(), {"freeze_stop": 1}) == 12.5
 
 
 # -- precision: as users train on a GPU; on the CPU autocast runs bfloat16 ------------------------------------------

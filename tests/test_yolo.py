@@ -105,7 +105,7 @@ def test_memory_falls_with_depth(task):
     assert memory[0] > memory[10] > memory[24]
 
 
-def test_the_memory_probe_gives_epoch_1s_peak_after_one_optimizer_step(task, monkeypatch):
+def test_the_memory_measurement_gives_epoch_1s_peak_after_one_optimizer_step(task, monkeypatch):
     from tune.tasks import yolo_trial
 
     batches: list[int] = []
@@ -118,7 +118,7 @@ def test_the_memory_probe_gives_epoch_1s_peak_after_one_optimizer_step(task, mon
         cfg = TrainConfig(**{**TINY.__dict__, "epochs": 2, "freeze": n})
         batches.clear()
         probe = make_trial(task, cfg)
-        probed = probe.probe_memory()
+        probed = probe.measure_memory()
         assert probe.trainer.optimizer_steps == 1 and len(batches) == 1 < len(probe.trainer.train_loader)
         assert probed == first_epoch(make_trial(task, cfg))["peak_mem_mb"]
 

@@ -2,8 +2,8 @@
 a smaller share of a GPU and more of them share one.
 
 In the driver, before the Tuner starts: every freeze the (checked, names resolved) space can sample
-(``tune.training.space_freezes.sampled_freezes``) is measured once by its trial's one-step memory probe on the CPU
-(``tune.training.train.memory_probe``), and its share is ``search.gpus_per_trial`` scaled by that memory against
+(``tune.training.space_freezes.sampled_freezes``) is measured once by its trial's memory after one optimizer step on the
+CPU (``tune.training.train.trial_memory``), and its share is ``search.gpus_per_trial`` scaled by that memory against
 freezing nothing (``gpu_shares``). ``FreezeAwareResources`` gives Ray each trial's placement from its config: that
 share, or the whole ``gpus_per_trial`` for a trial that thaws or trains LoRA adapters.
 """
@@ -19,7 +19,7 @@ from ray.tune.execution.placement_groups import PlacementGroupFactory
 from tune.settings.config import Config, TrainConfig
 from tune.tasks import load_task
 from tune.training.space_freezes import sampled_freezes, trial_freeze
-from tune.training.train import memory_probe
+from tune.training.train import trial_memory
 
 __all__ = ["FreezeAwareResources", "gpu_shares"]
 
@@ -30,9 +30,9 @@ NOTHING_FROZEN = {"freeze": None, "freeze_start": 0, "freeze_stop": 0, "train_st
 def gpu_shares(task: Any, cfg: TrainConfig, freezes: Mapping[tuple[int, ...], dict], full_share: float
                ) -> dict[tuple[int, ...], float]:
     """The GPU share of each set of frozen blocks in ``freezes`` (its train keys, ``sampled_freezes``):
-    ``full_share`` scaled by its trial's ``memory_probe`` against freezing nothing, rounded up to 0.05."""
-    reference = memory_probe(task, cfg, NOTHING_FROZEN)
-    return {blocks: min(full_share, max(0.05, math.ceil(20 * full_share * memory_probe(task, cfg, keys) / reference)
+    ``full_share`` scaled by its trial's ``trial_memory`` against freezing nothing, rounded up to 0.05."""
+    reference = trial_memory(task, cfg, NOTHING_FROZEN)
+    return {blocks: min(full_share, max(0.05, math.ceil(20 * full_share * trial_memory(task, cfg, keys) / reference)
                                         / 20))
             for blocks, keys in freezes.items()}
 

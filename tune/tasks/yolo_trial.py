@@ -84,25 +84,25 @@ class YoloTrial:
             self.trainer = _make_trainer(self, Path(workdir), on_epoch)
             self.trainer.train()
 
-    def probe_memory(self) -> float:
+    def measure_memory(self) -> float:
         """Peak training memory (MB) up to Ultralytics' first optimizer step (one batch, or a few where it
         accumulates gradients), without the rest of the epoch or validation: epoch 1's ``peak_mem_mb`` (the first
         batch holds the activation peak; the optimizer's state and the EMA exist after one step). Still builds the
         trainer and its data loaders. Spends the trial."""
         def no_epoch(metrics: dict[str, Any]) -> None:
-            raise RuntimeError("the memory probe reached the end of an epoch")
+            raise RuntimeError("the memory measurement reached the end of an epoch")
 
-        with tempfile.TemporaryDirectory(prefix="yolo-probe-") as workdir, offline_hooks():
-            self.trainer = _make_trainer(self, Path(workdir), no_epoch, probe=True)
+        with tempfile.TemporaryDirectory(prefix="yolo-memory-") as workdir, offline_hooks():
+            self.trainer = _make_trainer(self, Path(workdir), no_epoch, measure_only=True)
             try:
                 self.trainer.train()
-            except _Probed as probed:
-                return probed.peak_mem_mb
+            except _Measured as measured:
+                return measured.peak_mem_mb
         raise RuntimeError("the trial ended before its first optimizer step")
 
 
-class _Probed(Exception):
-    """Ends a memory probe (YoloTrial.probe_memory) at the first optimizer step, carrying its peak memory."""
+class _Measured(Exception):
+    """Ends a memory measurement (YoloTrial.measure_memory) at the first optimizer step, carrying its peak memory."""
 
     def __init__(self, peak_mem_mb: float) -> None:
         super().__init__(peak_mem_mb)
@@ -110,7 +110,7 @@ class _Probed(Exception):
 
 
 def _make_trainer(trial: YoloTrial, workdir: Path, on_epoch: Callable[[dict[str, Any]], None],
-                  probe: bool = False) -> Any:
+                  measure_only: bool = False) -> Any:
     ultralytics_offline()
     from ultralytics.models.yolo.detect import DetectionTrainer
 
@@ -169,7 +169,7 @@ def _make_trainer(trial: YoloTrial, workdir: Path, on_epoch: Callable[[dict[str,
     }
     trainer = Trainer(overrides=overrides)  # inside offline_hooks: no integrations, no downloads
     trainer.model = trial.frozen.module  # built (and pretrained) by the task, as DetectionTrainer allows
-    _EpochReporter(trial, trainer, on_epoch, probe).attach()
+    _EpochReporter(trial, trainer, on_epoch, measure_only).attach()
     return trainer
 
 
@@ -177,8 +177,8 @@ class _EpochReporter:
     """Callbacks that time each epoch's training, count its memory and report its metrics."""
 
     def __init__(self, trial: YoloTrial, trainer: Any, on_epoch: Callable[[dict[str, Any]], None],
-                 probe: bool = False) -> None:
-        self.trial, self.trainer, self.on_epoch, self.probe = trial, trainer, on_epoch, probe
+                 measure_only: bool = False) -> None:
+        self.trial, self.trainer, self.on_epoch, self.measure_only = trial, trainer, on_epoch, measure_only
         self.meter = EpochMeter(trial.device)
         self._recording: Any = None
         self._timing: Any = None
@@ -224,9 +224,9 @@ class _EpochReporter:
         if self._first_batch and self._recording is not None:
             self._recording.__exit__(None, None, None)
             self._recording, self._first_batch = None, False
-        if self.probe and getattr(trainer, "optimizer_steps", 0):
+        if self.measure_only and getattr(trainer, "optimizer_steps", 0):
             self.on_train_epoch_end(trainer)
-            raise _Probed(self._memory["peak_mem_mb"])
+            raise _Measured(self._memory["peak_mem_mb"])
 
     def on_train_epoch_end(self, trainer: Any) -> None:
         self._timing.__exit__(None, None, None)

@@ -14,7 +14,7 @@ them: the device, the seeded and frozen model (``frozen_model``), the head's sta
 ``tune.training.probe``), the precision (``tune.training.precision``), the policy (``trial_plan``,
 ``tune.training.policy``), the optimizer and its schedule, the frozen prefix computed once where that is exact or why
 not (one call, ``tune.training.prefix_cache.cached_prefix``); then the loop (``run_epoch``, ``_step``) on the batches
-(``tune.training.data``). ``memory_probe`` is what the driver's freeze-aware GPU shares measure
+(``tune.training.data``). ``trial_memory`` is what the driver's freeze-aware GPU shares measure
 (``tune.driver.resources``): one trial's epoch-1 peak memory from one optimizer step on the CPU.
 """
 
@@ -37,7 +37,7 @@ from tune.training import precision as numerics
 from tune.training.trial import EpochMeter, TrialProtocol, epoch_metrics, load_progress, progress
 
 __all__ = ["LoopTrial", "evaluate_split", "fit_head_probe", "frozen_model", "make_optimizer", "make_schedule",
-           "make_trial", "memory_probe", "parameter_groups", "pick_device", "seeded_model", "trial_plan"]
+           "make_trial", "parameter_groups", "pick_device", "seeded_model", "trial_memory", "trial_plan"]
 
 
 # -- a trial's set-up, in the order LoopTrial.__init__ reads: its device, its seeded and frozen model, its head's
@@ -372,7 +372,7 @@ class LoopTrial:
             self.schedule.step()
         return loss.detach()
 
-    def probe_memory(self) -> float:
+    def measure_memory(self) -> float:
         """Peak training memory (MB) from one optimizer step on epoch 1's first batch, without the rest of the
         epoch: the same figure as epoch 1's ``peak_mem_mb`` (that batch holds the activation peak and the
         optimizer's state exists after one step); a trial that thaws is measured after its last thaw, its peak.
@@ -404,16 +404,18 @@ def make_trial(task: Task, cfg: TrainConfig, device: torch.device | None = None,
         return LoopTrial(task, cfg, device, shared_cache, head_probe)
     trial = task.make_trial(task, cfg, device)
     if not isinstance(trial, TrialProtocol):  # the attributes and methods a search calls, present
-        missing = [name for name in ("epoch", "device", "run", "state_dict", "load_state_dict", "probe_memory")
-                   if not hasattr(trial, name)]
-        raise TypeError(f"task {task.name!r}: make_trial gave a {type(trial).__name__} without {', '.join(missing)} "
-                        "(tune.training.trial.TrialProtocol)")
+        missing = [name for name in ("epoch", "device", "run", "state_dict", "load_state_dict", "measure_memory")
+                   if not hasattr(trial, name) and not (name == "measure_memory" and hasattr(trial, "probe_memory"))]
+        if missing:
+            raise TypeError(f"task {task.name!r}: make_trial gave a {type(trial).__name__} without "
+                            f"{', '.join(missing)} (tune.training.trial.TrialProtocol)")
     return trial
 
 
-def memory_probe(task: Task, cfg: TrainConfig, freeze_keys: dict[str, Any]) -> float:
+def trial_memory(task: Task, cfg: TrainConfig, freeze_keys: dict[str, Any]) -> float:
     """Epoch 1's peak training memory (MB) of the trial ``cfg`` gives with ``freeze_keys`` (the train keys of one
-    freeze, ``space_freezes.sampled_freezes``), from its one-step probe (``probe_memory``) on the CPU. Its head
-    starts as the library builds it: the head's start changes no memory, so no linear probe is fitted for it."""
+    freeze, ``space_freezes.sampled_freezes``), measured after one optimizer step (``measure_memory``) on the CPU. Its
+    head starts as the library builds it: the head's start changes no memory, so no linear probe is fitted for it."""
     trial = make_trial(task, dataclasses.replace(cfg, **{**freeze_keys, "head_init": "library"}), torch.device("cpu"))
-    return float(trial.probe_memory())
+    measure = getattr(trial, "measure_memory", None) or trial.probe_memory
+    return float(measure())

@@ -39,8 +39,9 @@ class TrialProtocol(Protocol):
     ``run(on_epoch)`` trains from ``epoch`` (the epochs done) to the config's last, calling ``on_epoch(metrics)``
     after each (``epoch_metrics``); the trial can be checkpointed inside that call. ``state_dict()`` /
     ``load_state_dict()`` save and restore it so that a resumed trial reports what the uninterrupted one would
-    have; ``state_dict()["model"]`` holds the weights the epoch was scored with. ``probe_memory()`` returns epoch 1's
-    ``peak_mem_mb`` from a single optimizer step and spends the trial (freeze-aware GPU shares)."""
+    have; ``state_dict()["model"]`` holds the weights the epoch was scored with. ``measure_memory()`` returns epoch 1's
+    ``peak_mem_mb`` from a single optimizer step and spends the trial (freeze-aware GPU shares); a trial of a task's
+    own that names it ``probe_memory()`` is measured through that name."""
 
     epoch: int
     device: torch.device
@@ -51,7 +52,7 @@ class TrialProtocol(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
-    def probe_memory(self) -> float: ...
+    def measure_memory(self) -> float: ...
 
 
 class EpochMeter:
