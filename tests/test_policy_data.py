@@ -10,7 +10,7 @@ import pytest
 from tune.reporting.records import TrialRecord
 from tune.settings.config import TrainConfig
 from tune.settings.policy import Adapter, Policy
-from tune.training.policy import plan
+from tune.training.policy import plan, trial_policy
 
 CFG = TrainConfig(epochs=10)
 COUNTS = [5] * 7  # six blocks and the head, each with parameters
@@ -80,7 +80,7 @@ def test_a_hard_freeze_is_its_frozen_blocks_and_nothing_more(name):
 
 def test_a_window_is_not_hard_but_the_window_that_reaches_the_head_is_the_hard_freeze_it_equals():
     assert not Policy(frozen=WINDOW, window=(2, 4)).is_hard
-    reaches = Policy.of_trial((0, 1), (2, 6), CFG)
+    reaches = trial_policy((0, 1), (2, 6), CFG)
     assert reaches == Policy(frozen=(0, 1)) and reaches.is_hard and reaches.window is None
     assert not Policy(frozen=(0, 1), adapter=Adapter()).is_hard and not Policy(thaw=1).is_hard
 

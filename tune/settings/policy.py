@@ -1,11 +1,11 @@
 """A trial's policy as plain data: what it freezes (a frozen range, a set of blocks or a trained window), the layer
 decay and the thaw it trains with, and the adapter on its frozen blocks; ``Policy.label`` is its one name.
 
-The trial builds its Policy once, from its resolved freeze and its TrainConfig (``Policy.of_trial``, with what its
-model makes of them: a thaw only where a block thaws, a decay only where two blocks or more train, an adapter only
-on frozen blocks); its MLflow run logs it as params (``Policy.params``, the label among them: the run's name and its
-``policy`` param) and the records give it back from those params (``Policy.from_params``). The report names and
-groups trials by ``label`` and tells a hard freeze by ``is_hard``. Plain Python: no torch.
+The trial builds its Policy once, from its resolved freeze and its TrainConfig (``tune.training.policy.plan``, with
+what its model makes of them: a thaw only where a block thaws, a decay only where two blocks or more train, an
+adapter only on frozen blocks); its MLflow run logs it as params (``Policy.params``, the label among them: the run's
+name and its ``policy`` param) and the records give it back from those params (``Policy.from_params``). The report names
+and groups trials by ``label`` and tells a hard freeze by ``is_hard``. Plain Python: no torch.
 """
 
 from __future__ import annotations
@@ -84,22 +84,6 @@ class Policy:
         """A plain hard freeze: its frozen blocks and nothing more (no window short of the head, no decay, thaw or
         adapter); its label is its ``freeze_range``."""
         return self.window is None and self.decay == 1 and not self.thaw and self.adapter is None
-
-    @classmethod
-    def of_trial(cls, frozen: tuple[int, ...], window: tuple[int, int] | None, train: Any, *, thaws: bool = True,
-                 decays: bool = True, adapted: bool = True) -> Policy:
-        """A trial's policy: its resolved freeze (the frozen blocks, and the trained window they come from, if any)
-        and its TrainConfig ``train`` (layer_decay, unfreeze_epoch, unfreeze_every, adapter, lora_*), with what its
-        model makes of them: ``thaws`` (a block thaws during the run), ``decays`` (two blocks or more train),
-        ``adapted`` (adapters were put on the frozen blocks)."""
-        thaws = thaws and bool(train.unfreeze_epoch)
-        adapter = (Adapter("lora", int(train.lora_rank), float(train.lora_alpha), float(train.lora_dropout))
-                   if adapted and frozen and getattr(train, "adapter", "none") == "lora" else None)
-        prefix = frozen == tuple(range(len(frozen)))
-        return cls(frozen=tuple(frozen), window=None if window is None or prefix else tuple(window),
-                   decay=train.layer_decay if decays and train.layer_decay != 1 else 1.0,
-                   thaw=train.unfreeze_epoch if thaws else 0, thaw_every=train.unfreeze_every if thaws else 0,
-                   adapter=adapter)
 
     def params(self) -> dict[str, Any]:
         """What a trial's run logs of its policy: the labels (``freeze_range``, ``policy``) and the fields, each a

@@ -22,10 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tune.settings.policy import Policy
+from tune.settings.policy import Adapter, Policy
 from tune.settings.space import LABELLED_KEYS, POLICY_KEYS
 
-__all__ = ["LABELLED_KEYS", "POLICY_KEYS", "Plan", "plan"]
+__all__ = ["LABELLED_KEYS", "POLICY_KEYS", "Plan", "plan", "trial_policy"]
 
 @dataclass(frozen=True)
 class Plan:
@@ -73,6 +73,23 @@ def plan(param_counts: list[int], frozen_blocks: tuple[int, ...], cfg: Any, *, w
         above = len(trained) - 1 - rank  # the trained blocks above this one
         scales[block] = cfg.layer_decay ** above * (cfg.head_lr_mult if block == head else 1.0)
     starts = dict(sorted(starts.items()))
-    found = Policy.of_trial(tuple(frozen_blocks), window, cfg, thaws=any(start > 0 for start in starts.values()),
-                            decays=len(trained) > 1, adapted=adapted)
+    found = trial_policy(tuple(frozen_blocks), window, cfg, thaws=any(start > 0 for start in starts.values()),
+                         decays=len(trained) > 1, adapted=adapted)
     return Plan(starts=starts, scales=scales, policy=found)
+
+
+def trial_policy(frozen: tuple[int, ...], window: tuple[int, int] | None, train: Any, *, thaws: bool = True,
+                 decays: bool = True, adapted: bool = True) -> Policy:
+    """A trial's policy as data: its resolved freeze (the frozen blocks, and the trained window they come from, if
+    any) and its TrainConfig ``train`` (layer_decay, unfreeze_epoch, unfreeze_every, adapter, lora_*), with what its
+    model makes of them: ``thaws`` (a block thaws during the run), ``decays`` (two blocks or more train),
+    ``adapted`` (adapters were put on the frozen blocks). A window that reaches the head is the hard freeze of the
+    prefix it freezes, and has no window."""
+    thaws = thaws and bool(train.unfreeze_epoch)
+    adapter = (Adapter("lora", int(train.lora_rank), float(train.lora_alpha), float(train.lora_dropout))
+               if adapted and frozen and getattr(train, "adapter", "none") == "lora" else None)
+    prefix = frozen == tuple(range(len(frozen)))
+    return Policy(frozen=tuple(frozen), window=None if window is None or prefix else tuple(window),
+                  decay=train.layer_decay if decays and train.layer_decay != 1 else 1.0,
+                  thaw=train.unfreeze_epoch if thaws else 0, thaw_every=train.unfreeze_every if thaws else 0,
+                  adapter=adapter)
