@@ -45,6 +45,18 @@ def test_the_development_layout_names_every_module_of_the_package_and_no_other()
     assert named == present, (sorted(present - named), sorted(named - present))
 
 
+def test_the_tests_mirror_the_parts_and_no_test_file_is_over_600_lines():
+    files = sorted(TESTS.rglob("*.py"))
+    for path in files:
+        where = path.relative_to(TESTS)
+        if len(where.parts) > 1:  # tests/<part>/test_x.py: the tests of that part's modules
+            assert len(where.parts) == 2 and (PACKAGE / where.parts[0] / "__init__.py").is_file(), str(where)
+        assert len(path.read_text().splitlines()) <= 600, str(where)
+    # no __init__.py: each test module imports by its file's name (pytest's prepend mode, "conftest:..." tasks)
+    names = [path.name for path in files]
+    assert "__init__.py" not in names and len(set(names)) == len(names)
+
+
 def test_at_most_twelve_modules_sit_at_the_top_and_each_part_says_what_it_owns():
     assert len(list(PACKAGE.glob("*.py"))) <= 12
     for name in PARTS:
@@ -109,15 +121,3 @@ def test_a_monkeypatch_through_the_old_path_is_seen_by_the_module(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr("tune.store.default_tracking_uri", lambda cwd=None: "sqlite:////patched.db")
     assert store.tracking_uri(None) == "sqlite:////patched.db"
-
-
-def test_the_tests_mirror_the_parts_and_no_test_file_is_over_600_lines():
-    files = sorted(TESTS.rglob("*.py"))
-    for path in files:
-        where = path.relative_to(TESTS)
-        if len(where.parts) > 1:  # tests/<part>/test_x.py: the tests of that part's modules
-            assert len(where.parts) == 2 and (PACKAGE / where.parts[0] / "__init__.py").is_file(), str(where)
-        assert len(path.read_text().splitlines()) <= 600, str(where)
-    # no __init__.py: each test module imports by its file's name (pytest's prepend mode, "conftest:..." tasks)
-    names = [path.name for path in files]
-    assert "__init__.py" not in names and len(set(names)) == len(names)
