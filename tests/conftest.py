@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,14 @@ from torch import nn
 
 from tune.blocks import BlockModel
 from tune.tasks.base import Task, classification_metrics, takes_paths
+
+# tests/ and its folders, one for each part of tune/ (no __init__.py: a test module imports as its file's name):
+# importable by name here, in the Ray workers and in the processes the tests start, so that "conftest:..." tasks and
+# one test module's helpers in another load from any folder.
+TESTS = Path(__file__).resolve().parent
+TEST_DIRS = [TESTS, *sorted({path.parent for path in TESTS.glob("*/test_*.py")})]
+TESTS_PATH = os.pathsep.join(map(str, TEST_DIRS))
+sys.path[:0] = [str(folder) for folder in TEST_DIRS if str(folder) not in sys.path]
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 torch.set_num_threads(1)
@@ -156,9 +165,8 @@ def ray_runtime() -> Iterator[None]:
     scheduling is tested for real; the trials still train on the CPU)."""
     import ray
 
-    # Ray workers inherit the driver's environment: let them import the test tasks ("conftest:...").
-    tests_dir = str(Path(__file__).resolve().parent)
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
+    # Ray workers inherit the driver's environment: let them import the test tasks ("conftest:...") and test modules.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS_PATH, os.environ.get("PYTHONPATH")) if p)
     # Trials train on the CPU: the workers see no CUDA device, and Ray leaves that alone (the raylet itself refuses
     # 2 GPUs with an empty CUDA_VISIBLE_DEVICES, so only the workers get it)
     os.environ["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"] = "1"

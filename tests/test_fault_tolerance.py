@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TESTS_PATH
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
 
 # head_init library: no linear probe fitted in the driver, whose forward passes would spend the slow task's gate
 # tokens and time; these tests are about stopping and resuming, on a random-init toy
@@ -29,7 +29,7 @@ report: {{confirm_seeds: 0, tolerance: 1.0}}
 
 
 def _start(tmp_path: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS_PATH, os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), "--space", str(tmp_path / "space.yaml"),
                              "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *extra],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,6 +1,6 @@
 """The layout docs/development.md gives is the package's: every module of tune/ named there, and nothing else; each
 part (subpackage) imports only what its ``MAY_IMPORT`` allows; a module's path from before the parts still imports as
-the same module object."""
+the same module object; tests/ mirrors the parts."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import tune
 ROOT = Path(run_search.__file__).resolve().parent
 PACKAGE = ROOT / "tune"
 PARTS = sorted(path.parent.name for path in PACKAGE.glob("*/__init__.py"))
+TESTS = ROOT / "tests"
 
 
 def _layout() -> set[str]:
@@ -42,6 +43,18 @@ def test_the_development_layout_names_every_module_of_the_package_and_no_other()
         present |= {f"tune/{name}/{path.name}" for path in (PACKAGE / name).glob("*.py") if path.name != "__init__.py"}
     named = _layout()
     assert named == present, (sorted(present - named), sorted(named - present))
+
+
+def test_the_tests_mirror_the_parts_and_no_test_file_is_over_600_lines():
+    files = sorted(TESTS.rglob("*.py"))
+    for path in files:
+        where = path.relative_to(TESTS)
+        if len(where.parts) > 1:  # tests/<part>/test_x.py: the tests of that part's modules
+            assert len(where.parts) == 2 and (PACKAGE / where.parts[0] / "__init__.py").is_file(), str(where)
+        assert len(path.read_text().splitlines()) <= 600, str(where)
+    # no __init__.py: each test module imports by its file's name (pytest's prepend mode, "conftest:..." tasks)
+    names = [path.name for path in files]
+    assert "__init__.py" not in names and len(set(names)) == len(names)
 
 
 def test_at_most_twelve_modules_sit_at_the_top_and_each_part_says_what_it_owns():

@@ -15,7 +15,7 @@ from tune.settings.loading import load_config, parse_overrides
 from tune.settings.space import Choice, FloatRange, IntRange, OptunaSpace
 from tune.training.space_freezes import check_space
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SPACE = ROOT / "search_spaces" / "digits_freeze.yaml"
 
 

@@ -14,7 +14,7 @@ import pytest
 from tune.reporting.race import Candidate, decide, race
 
 COST = {"expensive": 3.0, "middle": 2.0, "cheap": 1.0}
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Table:

@@ -29,7 +29,7 @@ from tune.training.train import make_trial  # noqa: E402
 from tune.training.trial import load_checkpoint, save_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.yolo
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = TrainConfig(epochs=1, batch_size=8, optimizer="sgd", lr=0.01, device="cpu")
 
 

@@ -21,7 +21,7 @@ from tune.settings.config import ReportConfig
 from tune.settings.loading import load_config, parse_overrides
 from tune.training.trial import METRIC_KEYS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # the yolo spaces need the yolo extra and a data set: tests/test_yolo.py runs them on synthetic data
 # and the image and text spaces need data of a user's: tests/test_image.py and test_text.py run them on their own
 SPACES = sorted(p for p in (ROOT / "search_spaces").glob("*.yaml")
