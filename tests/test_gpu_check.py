@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_check  # noqa: E402
 
 
+@pytest.mark.slow  # the whole script in a fresh process: torch and the benchmarks' imports, about 10 s
 def test_without_cuda_it_says_so_in_one_line_and_exits_0():
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")], capture_output=True,
                             text=True, timeout=120, cwd=ROOT)

@@ -54,7 +54,7 @@ def test_the_search_stops_when_its_first_trials_fail_with_the_same_exception_of_
                                   "(docs/your-task.md#what-a-trial-sees)")
 
 
-
+@pytest.mark.slow  # a real search whose trials all fail: about 20 s with Ray's start
 def test_trials_that_all_fail_alike_stop_the_search_with_one_line_and_exit_2(ray_runtime, tmp_path, monkeypatch,
                                                                            capsys):
     import os

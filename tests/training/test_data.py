@@ -63,7 +63,8 @@ def test_a_cached_prefix_over_a_dataset_trains_like_the_full_model(tiny_task):
     assert reads == len(task.train_data)  # the cached trial read its training images once
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
+# two worker processes start in seconds: the slow suite runs that case
+@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_an_augmenting_shuffling_loader_resumes_exactly(tiny_task, tmp_path, num_workers):
     task = dataset_task(tiny_task, augment=True, num_workers=num_workers)
     cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-2, freeze_stop=1, seed=5)
