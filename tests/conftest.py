@@ -47,6 +47,21 @@ def trials_on_the_cpu(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
 
 
+@pytest.fixture(autouse=True)
+def mlflow_environment_restored() -> Iterator[None]:
+    """Each test leaves MLflow's URI variables as it found them. A search that logs its model sets
+    MLFLOW_TRACKING_URI in its process (mlflow.set_tracking_uri writes it): without this, the commands a later test
+    starts would inherit a store in a folder an earlier test has removed."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {key: os.environ.get(key) for key in keys}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 class TinyNet(nn.Module):
     """Four blocks: conv+BN, conv+BN, pooled linear neck, linear head."""
 
